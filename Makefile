@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   set up, then run the main job on the bundled samples
+#   make test   set up, then run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Re-install only when the dependency declarations change; otherwise `make test` starts at once.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+DEMO_OUT ?= out/demo
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing torch 2.14.1 + torchvision 0.29.1 first, then the project (constraints.txt pins them)..."
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO_OUT)
+	$(VENV)/bin/ovrsis categories --taxonomy ovrsis95k --captions demo/captions.jsonl --out $(DEMO_OUT)/categories.jsonl --preview 20
+	@echo "Demo outputs are in $(DEMO_OUT)/"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache

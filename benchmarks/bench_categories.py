@@ -1,0 +1,58 @@
+"""Throughput and peak memory of the caption -> categories stage on the 54,605 RSICD captions.
+
+Prints start-up time (model loads), captions/s after start-up, and peak resident memory.
+Usage: python benchmarks/bench_categories.py [--taxonomy ovrsis95k] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import RSICD_CAPTIONS, require  # noqa: E402
+
+from pipeline.categories import CaptionCategorizer  # noqa: E402
+from taxonomy import load_taxonomy  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--taxonomy", default="ovrsis95k")
+    parser.add_argument("--limit", type=int, default=None, help="images to use (default: all)")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    args = parser.parse_args()
+
+    rows = [json.loads(line) for line in open(require(RSICD_CAPTIONS))][: args.limit]
+    images = [row["captions"] for row in rows]
+    n_captions = sum(len(c) for c in images)
+
+    started = time.perf_counter()
+    categorizer = CaptionCategorizer(load_taxonomy(args.taxonomy))
+    categorizer.matcher  # loads spaCy and the sentence-transformer, embeds the taxonomy
+    categorizer.categorize([["a warm-up caption with a river and a bridge"]])
+    startup = time.perf_counter() - started
+
+    started = time.perf_counter()
+    proposed = 0
+    for start in range(0, len(images), args.batch_size):
+        for result in categorizer.categorize(images[start : start + args.batch_size]):
+            proposed += len(result.categories)
+    elapsed = time.perf_counter() - started
+
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"taxonomy           {args.taxonomy}")
+    print(f"images / captions  {len(images)} / {n_captions} ({len({c for cs in images for c in cs})} distinct)")
+    print(f"start-up           {startup:.2f} s (spaCy + MiniLM load, taxonomy embedding)")
+    print(f"categorize         {elapsed:.2f} s")
+    print(f"throughput         {n_captions / elapsed:.0f} captions/s, {len(images) / elapsed:.0f} images/s")
+    print(f"categories         {proposed} proposed, {proposed / len(images):.2f} per image")
+    print(f"peak memory        {peak_mib:.0f} MiB (max RSS)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect flows wiring the pipeline stages, and the `ovrsis` command line (the only importer of prefect)."""

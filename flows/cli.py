@@ -1,0 +1,35 @@
+"""The `ovrsis` command: one entry point over the pipeline stages, the build flow and the audit.
+
+Sub-commands import their packages lazily, so `ovrsis categories` does not pay for importing
+Prefect, and the dependency direction (taxonomy <- pipeline <- flows) holds.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pipeline import cli as pipeline_cli
+
+app = typer.Typer(
+    name="ovrsis",
+    help="Build OVRSIS95K-style open-vocabulary remote-sensing segmentation datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Build OVRSIS95K-style open-vocabulary remote-sensing segmentation datasets."""
+
+
+app.command("categories", help=pipeline_cli.CATEGORIES_HELP)(pipeline_cli.categories)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

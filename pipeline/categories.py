@@ -1,0 +1,103 @@
+"""The caption -> categories stage: parse captions, match phrases, merge per image.
+
+An image's categories are the union over its captions (several annotators, or several generated
+captions). A category wins over its negation: "no cars" in one caption does not cancel "cars
+parked along the road" in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+from pydantic import BaseModel, Field
+
+from pipeline.phrases import Phrase, load_spacy, parse_captions
+from taxonomy.embedding import DEFAULT_TEXT_EMBEDDER, load_text_embedder
+from taxonomy.loader import Taxonomy
+from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD, CategoryMatch, CategoryMatcher, PhraseQuery
+
+METHOD_RANK = {"exact": 0, "synonym": 1, "embedding": 2}
+
+
+class ProposedCategory(BaseModel):
+    name: str
+    score: float
+    phrase: str
+    method: str
+
+
+class CaptionCategories(BaseModel):
+    """The stage's result for one image; also the `phrases`/`categories` part of a tile record."""
+
+    categories: list[ProposedCategory] = Field(default_factory=list)
+    unmatched: list[str] = Field(default_factory=list)
+    negated: list[str] = Field(default_factory=list)
+    phrases: list[Phrase] = Field(default_factory=list)
+
+
+def spacy_lemmatize(terms: Sequence[str]) -> list[str]:
+    """Lemmatise short terms with the same pipeline that parses captions ("storage tanks" -> "storage tank")."""
+    nlp = load_spacy()
+    return [" ".join(t.lemma_.lower() or t.lower_ for t in doc) for doc in nlp.pipe(list(terms))]
+
+
+@dataclass
+class CaptionCategorizer:
+    """Loads the models once; `categorize` takes a batch of images, each with one or more captions."""
+
+    taxonomy: Taxonomy
+    threshold: float = DEFAULT_THRESHOLD
+    margin: float = DEFAULT_MARGIN
+    embedder_model: str | None = DEFAULT_TEXT_EMBEDDER  # None: exact, synonym and lexicon only
+
+    @cached_property
+    def matcher(self) -> CategoryMatcher:
+        embedder = load_text_embedder(self.embedder_model) if self.embedder_model else None
+        return CategoryMatcher(self.taxonomy, spacy_lemmatize, embedder, self.threshold, self.margin)
+
+    def categorize(self, images: Sequence[Sequence[str]]) -> list[CaptionCategories]:
+        flat = [caption for captions in images for caption in captions]
+        parsed = parse_captions(flat)
+        phrases = [p for caption_phrases in parsed for p in caption_phrases]
+        queries = [
+            PhraseQuery(tuple(p.candidates), p.compound_start, embed=not p.generic) for p in phrases
+        ]
+        matches = iter(self.matcher.match(queries))
+        per_caption = [[(p, next(matches)) for p in caption_phrases] for caption_phrases in parsed]
+        results, start = [], 0
+        for captions in images:
+            results.append(_merge(per_caption[start : start + len(captions)]))
+            start += len(captions)
+        return results
+
+
+def _merge(captions: list[list[tuple[Phrase, CategoryMatch | None]]]) -> CaptionCategories:
+    best: dict[str, CategoryMatch] = {}
+    unmatched: dict[str, None] = {}
+    negated: dict[str, None] = {}
+    phrases: list[Phrase] = []
+    for caption in captions:
+        for phrase, match in caption:
+            phrases.append(phrase)
+            if phrase.negated:
+                negated[phrase.lemma] = None
+            elif match is None:
+                if not phrase.generic:
+                    unmatched[phrase.lemma] = None
+            elif match.propose and _better(match, best.get(match.name)):
+                best[match.name] = match
+    proposed = sorted(best.values(), key=lambda m: (METHOD_RANK[m.method], -m.score, m.name))
+    return CaptionCategories(
+        categories=[ProposedCategory(name=m.name, score=m.score, phrase=m.phrase, method=m.method) for m in proposed],
+        unmatched=list(unmatched),
+        negated=[n for n in negated if n not in {m.phrase for m in proposed}],
+        phrases=phrases,
+    )
+
+
+def _better(candidate: CategoryMatch, current: CategoryMatch | None) -> bool:
+    if current is None:
+        return True
+    return (METHOD_RANK[candidate.method], -candidate.score) < (METHOD_RANK[current.method], -current.score)

@@ -1,0 +1,1 @@
+"""Pi-Seg: model, shard reader, trainer, evaluation and benchmarks."""

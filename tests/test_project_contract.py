@@ -1,0 +1,47 @@
+"""The README's two commands exist in the Makefile, and CI runs exactly the test command."""
+
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_targets() -> set[str]:
+    return set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), flags=re.M))
+
+
+def test_readme_commands_are_make_targets():
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"`make ([a-z][\w-]*)`", readme))
+    assert {"demo", "test"} <= named
+    assert named <= make_targets(), f"README names targets the Makefile lacks: {named - make_targets()}"
+
+
+def test_ci_runs_make_test():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci and "set -e" in ci
+
+
+def test_distribution_installs_the_packages_and_both_commands():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert set(project["project"]["scripts"]) == {"ovrsis", "piseg"}
+    for package in ("taxonomy", "pipeline", "flows", "audit", "piseg"):
+        assert (REPO / package / "__init__.py").is_file()
+    assert "torch==2.14.1" in (REPO / "constraints.txt").read_text()
+
+
+def test_dependency_direction():
+    """taxonomy <- pipeline <- flows; pipeline <- audit; only flows imports prefect, only audit the LS SDK."""
+    forbidden = {
+        "taxonomy": ("pipeline", "flows", "audit", "piseg", "prefect", "label_studio_sdk", "spacy"),
+        "pipeline": ("flows", "audit", "piseg", "prefect", "label_studio_sdk"),
+        "audit": ("flows", "piseg", "prefect"),
+        "piseg": ("flows", "audit", "prefect", "label_studio_sdk"),
+        "flows": ("label_studio_sdk",),
+    }
+    for package, banned in forbidden.items():
+        for source in (REPO / package).rglob("*.py"):
+            text = source.read_text()
+            for name in banned:
+                assert not re.search(rf"^\s*(from|import) {name}\b", text, flags=re.M), f"{source} imports {name}"
