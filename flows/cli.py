@@ -25,6 +25,7 @@ def _root() -> None:
 
 
 app.command("categories", help=pipeline_cli.CATEGORIES_HELP)(pipeline_cli.categories)
+app.command("annotate", help=pipeline_cli.ANNOTATE_HELP)(pipeline_cli.annotate)
 
 
 def main() -> None:

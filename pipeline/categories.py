@@ -51,11 +51,12 @@ class CaptionCategorizer:
     threshold: float = DEFAULT_THRESHOLD
     margin: float = DEFAULT_MARGIN
     embedder_model: str | None = DEFAULT_TEXT_EMBEDDER  # None: exact, synonym and lexicon only
+    use_lexicon: bool = True
 
     @cached_property
     def matcher(self) -> CategoryMatcher:
         embedder = load_text_embedder(self.embedder_model) if self.embedder_model else None
-        return CategoryMatcher(self.taxonomy, spacy_lemmatize, embedder, self.threshold, self.margin)
+        return CategoryMatcher(self.taxonomy, spacy_lemmatize, embedder, self.threshold, self.margin, self.use_lexicon)
 
     def categorize(self, images: Sequence[Sequence[str]]) -> list[CaptionCategories]:
         flat = [caption for captions in images for caption in captions]

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
+from pipeline.batching import batched
 from pipeline.categories import CaptionCategorizer
 from pipeline.jsonl import LineError, atomic_writer, read_jsonl, write_json_line
 from pipeline.phrases import CaptionError, check_caption
@@ -97,7 +98,7 @@ def categorize_file(
         raise FileNotFoundError(f"{captions_path}: captions file not found")
     summary = CategorizeSummary()
     with atomic_writer(out_path) as out:
-        for batch in _batches(iter_items(captions_path, summary), batch_size):
+        for batch in batched(iter_items(captions_path, summary), batch_size):
             for item, result in zip(batch, categorizer.categorize([item.captions for item in batch])):
                 write_json_line(
                     out,
@@ -125,17 +126,6 @@ def _count(summary: CategorizeSummary, item: CaptionItem, result) -> None:
     summary.categories.update(c.name for c in result.categories)
     summary.unmatched.update(result.unmatched)
     summary.images_without_category += not result.categories
-
-
-def _batches(items: Iterable[CaptionItem], size: int) -> Iterator[list[CaptionItem]]:
-    batch: list[CaptionItem] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _short(value: Any) -> str:

@@ -120,3 +120,148 @@ def _print_summary(name: str, version: str, out: Path, errors_path: Path, summar
             f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped; details in {errors_path}"
         )
     sys.stderr.flush()
+
+
+ANNOTATE_HELP = """Annotate a raster or a folder of rasters: tiles, captions, categories, boxes, masks.
+
+\b
+Writes to OUT:
+  records.jsonl      one tile record per line (quarantined tiles included, with their reason)
+  masks/KEY.png      uint8 semantic mask: value i = i-th taxonomy category, 255 = unlabeled/ignore
+  masks/KEY.tif      the same mask as a GeoTIFF on the tile's grid (georeferenced inputs)
+  overlays/KEY.png   quick-look: the tile tinted by class
+  stitched/NAME.tif  full-size mask of each georeferenced raster cut into several tiles
+  summary.json       counts, per-stage seconds, quarantined tiles
+
+\b
+--models: `default` (Florence-2, GroundingDINO, SAM; weights from the hub or a local cache),
+`tiny` (random-weight models built locally for tests and dry runs: masks are meaningless),
+or a YAML file (see pipeline/models/config.py).
+--captions: existing captions (JSON Lines as for `ovrsis categories`; ids are tile keys,
+file stems or file names) instead of running the captioner.
+"""
+
+
+def annotate(
+    input_path: Path = typer.Argument(..., help="A raster file or a folder (searched recursively)."),
+    taxonomy: str = typer.Option("ovrsis95k", "--taxonomy", "-t", help="Bundled taxonomy name or YAML path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    captions: Path | None = typer.Option(None, help="Captions JSON Lines to use instead of the captioner."),
+    models: str = typer.Option("default", help="default | tiny | path to a models YAML."),
+    tile_size: int = typer.Option(1024, help="Tile side in pixels."),
+    overlap: int = typer.Option(0, help="Overlap between neighbouring tiles in pixels."),
+    bands: str | None = typer.Option(None, help="1-based bands used as R,G,B, e.g. '4,3,2' [auto]."),
+    stretch: str = typer.Option("auto", help="auto | none | percentile (2-98 %% per band)."),
+    batch_size: int = typer.Option(8, min=1, help="Tiles per model batch."),
+    min_area: int = typer.Option(16, min=0, help="Instances smaller than this (pixels) are dropped."),
+    fill_holes: bool = typer.Option(False, help="Fill holes inside each instance mask."),
+    background: str = typer.Option("ignore", help="Unclaimed pixels: ignore (255) or class (the taxonomy's background)."),
+    geotiff: bool = typer.Option(True, help="Also write GeoTIFF masks for georeferenced tiles."),
+    overlays: bool = typer.Option(True, help="Write quick-look overlay PNGs."),
+    stitch: bool = typer.Option(True, help="Write full-size stitched masks."),
+) -> None:
+    from importlib.metadata import version
+
+    from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
+    from pipeline.ingest import BandRule, TilingConfig
+    from pipeline.merge import MergeConfig
+    from pipeline.models.config import ModelSet, load_models_config
+
+    try:
+        vocabulary = load_taxonomy(taxonomy)
+        config = AnnotateConfig(
+            tiling=TilingConfig(tile_size, overlap),
+            bands=BandRule(bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")),
+            merge=MergeConfig(min_area, fill_holes, _choice(background, ("ignore", "class"), "--background")),
+            batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch,
+        )  # fmt: skip
+        model_set = ModelSet(load_models_config(models))
+        given = load_caption_file(captions) if captions else None
+        if not input_path.exists():
+            raise FileNotFoundError(f"{input_path}: input not found")
+        out.mkdir(parents=True, exist_ok=True)
+    except (TaxonomyError, ValueError, FileNotFoundError, OSError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    annotator = Annotator(vocabulary, model_set, out, config, captions=given, package_version=version("ovrsis"))
+    with Progress(
+        TextColumn("[bold]annotate[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("tiles", total=_planned_tiles(input_path, config.tiling))
+        summary = annotator.run(input_path, on_tile=lambda: progress.advance(task))
+    _write_annotate_summary(out, summary)
+    _print_annotate_summary(out, summary)
+    if summary.annotated == 0:
+        raise typer.Exit(1)
+
+
+def _parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError as error:
+        raise ValueError(f"--bands must be comma-separated band numbers, got {text!r}") from error
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise ValueError(f"--bands takes 1 or 3 band numbers (1-based), got {text!r}")
+    return bands
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _planned_tiles(input_path: Path, tiling) -> int | None:
+    """Tiles the run will visit, from raster headers only (for the progress bar)."""
+    import warnings
+
+    import rasterio
+
+    from pipeline.ingest import find_rasters, plan_windows
+
+    total = 0
+    rasters, _ = find_rasters(input_path)
+    for path in rasters:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(path) as dataset:
+                    total += len(plan_windows(dataset.width, dataset.height, tiling.tile_size, tiling.overlap))
+        except Exception:  # noqa: BLE001 - unreadable files are quarantined by the run itself
+            continue
+    return total or None
+
+
+def _write_annotate_summary(out: Path, summary) -> None:
+    from pipeline.jsonl import atomic_writer
+
+    payload = {
+        "tiles": summary.tiles,
+        "annotated": summary.annotated,
+        "quarantined": [{"key": k, "stage": s, "reason": r} for k, s, r in summary.quarantined],
+        "seconds_per_stage": {k: round(v, 3) for k, v in summary.seconds.items()},
+        "instances_per_category": dict(summary.instances.most_common()),
+        "domains": dict(summary.domains.most_common()),
+        "stitched": summary.stitched,
+    }
+    with atomic_writer(out / "summary.json") as handle:
+        json.dump(payload, handle, indent=2)
+
+
+def _print_annotate_summary(out: Path, summary) -> None:
+    console.print(f"[bold]{summary.annotated}[/bold] of {summary.tiles} tiles annotated -> {out}")
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in summary.seconds.items())
+    console.print(f"time per stage: {stages}")
+    instances = ", ".join(f"{k} {v}" for k, v in summary.instances.most_common(10)) or "none"
+    console.print(f"instances: {instances}")
+    console.print(f"domains: {', '.join(f'{k} {v}' for k, v in summary.domains.most_common()) or 'none'}")
+    if summary.stitched:
+        console.print(f"stitched: {', '.join(summary.stitched)}")
+    if summary.quarantined:
+        table = Table("tile", "stage", "reason", title=f"{len(summary.quarantined)} quarantined", title_justify="left")
+        for key, stage, reason in summary.quarantined:
+            table.add_row(key, stage, reason)
+        console.print(table)

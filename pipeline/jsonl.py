@@ -8,12 +8,12 @@ when complete, so a crash never leaves a half-written output that looks finished
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
+
+from pipeline.outputs import atomic_path
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any] | LineError]:
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[TextIO]:
     """Open a text file for writing that appears at `path` only when the block ends without error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        yield handle
 
 
 def write_json_line(handle: TextIO, value: Any) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 DATA_DIR = Path(__file__).parent / "data"
-KNOWN_FIELDS = {"name", "synonyms", "description", "propose"}
-TOP_LEVEL_FIELDS = {"name", "description", "categories", "ignore_index", "version_note"}
+KNOWN_FIELDS = {"name", "synonyms", "description", "propose"}  # other fields are kept in Category.extra
 
 
 class TaxonomyError(ValueError):
@@ -33,6 +32,7 @@ class Category:
     synonyms: tuple[str, ...] = ()
     description: str = ""
     propose: bool = True  # False for background/clutter classes that captions must never yield
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # any other fields of the entry
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -118,9 +118,6 @@ def load_taxonomy(name_or_path: str | Path) -> Taxonomy:
     document = _read_yaml(path)
     if not isinstance(document, dict):
         raise TaxonomyError(f"{path}:1: expected a mapping with 'name' and 'categories'")
-    unknown = set(document) - TOP_LEVEL_FIELDS
-    if unknown:
-        raise TaxonomyError(f"{path}:{document.line}: unknown top-level field(s) {sorted(unknown)}")
     name = document.get("name")
     if not isinstance(name, str) or not name.strip():
         raise TaxonomyError(f"{path}:{document.line}: 'name' must be a non-empty string")
@@ -148,11 +145,12 @@ def content_hash(taxonomy: Taxonomy) -> str:
         "name": taxonomy.name,
         "ignore_index": taxonomy.ignore_index,
         "categories": [
-            {"name": c.name, "synonyms": list(c.synonyms), "description": c.description, "propose": c.propose}
+            {"name": c.name, "synonyms": list(c.synonyms), "description": c.description, "propose": c.propose,
+             "extra": c.extra}
             for c in taxonomy.categories
         ],
     }
-    encoded = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
+    encoded = json.dumps(canonical, sort_keys=True, ensure_ascii=False, default=str).encode()
     return "sha256:" + hashlib.sha256(encoded).hexdigest()[:16]
 
 
@@ -186,9 +184,6 @@ def _parse_category(path: Path, index: int, entry: Any) -> Category:
     if not isinstance(entry, dict):
         raise TaxonomyError(f"{path}: category #{index} must be a mapping with a 'name', got {entry!r}")
     entry_line = getattr(entry, "line", 0) or "?"
-    unknown = set(entry) - KNOWN_FIELDS
-    if unknown:
-        raise TaxonomyError(f"{path}:{entry_line}: unknown field(s) {sorted(unknown)} in category #{index}")
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise TaxonomyError(f"{path}:{entry_line}: category #{index} has an empty or missing name")
@@ -207,6 +202,7 @@ def _parse_category(path: Path, index: int, entry: Any) -> Category:
         synonyms=tuple(s.strip() for s in synonyms),
         description=description.strip(),
         propose=propose,
+        extra={k: v for k, v in entry.items() if k not in KNOWN_FIELDS},
     )
 
 

@@ -59,7 +59,6 @@ def test_version_ignores_formatting_but_not_content(tmp_path):
         ("name: x\ncategories:\n  - name: car\n    synonyms: [lane]\n  - name: road\n    synonyms: [lane]\n",
          r":5: synonym 'lane' of 'road' clashes with category 'car' \(line 3\)"),
         ("name: x\ncategories:\n  - name: car\n  - name: road\n    synonyms: [Car]\n", r":4: synonym 'Car' of 'road' clashes"),
-        ("name: x\ncategories:\n  - name: car\n    colour: red\n", r":3: unknown field\(s\) \['colour'\]"),
         ("name: x\ncategories:\n  - name: car\n    synonyms: auto\n", r":3: synonyms of 'car' must be a list"),
         ("name: x\ncategories: []\n", r":1: 'categories' must be a non-empty list"),
         ("categories:\n  - name: car\n", r":1: 'name' must be a non-empty string"),
@@ -71,6 +70,14 @@ def test_each_validation_error_names_file_and_line(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(TaxonomyError, match=str(path).replace(".", r"\.") + message):
         load_taxonomy(path)
+
+
+def test_other_fields_are_kept_and_versioned(tmp_path):
+    path = write(tmp_path, "name: x\nsource: mine\ncategories:\n  - name: car\n    colour: red\n")
+    taxonomy = load_taxonomy(path)
+    assert taxonomy["car"].extra == {"colour": "red"}
+    path.write_text("name: x\ncategories:\n  - name: car\n    colour: blue\n")
+    assert load_taxonomy(path).version != taxonomy.version
 
 
 def test_unknown_name_lists_bundled_taxonomies():

@@ -1,0 +1,69 @@
+"""Writing masks, GeoTIFFs and quick-look overlays, each atomically (temporary name, then rename).
+
+A crash mid-write leaves a `.part` file that no reader mistakes for a finished output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image
+
+IGNORE = 255
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` that is renamed to it when the block ends without error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """uint8 (H, W) or (H, W, 3) as PNG; masks keep their exact values (mode L, no palette)."""
+    with atomic_path(path) as temporary:
+        Image.fromarray(array).save(temporary, format="PNG", optimize=False, compress_level=6)
+    return path
+
+
+def write_mask_geotiff(path: Path, mask: np.ndarray, crs: str | None, transform: Sequence[float]) -> Path:
+    """The tile's mask on the tile's own grid: same CRS and affine transform, nodata 255."""
+    height, width = mask.shape
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+        "nodata": IGNORE, "crs": crs, "transform": Affine(*transform[:6]), "compress": "deflate",
+    }  # fmt: skip
+    with atomic_path(path) as temporary:
+        with rasterio.open(temporary, "w", **profile) as out:
+            out.write(mask, 1)
+    return path
+
+
+def palette(n_classes: int) -> np.ndarray:
+    """A fixed colour per class id (stable across runs and machines); ignore is transparent."""
+    rng = np.random.default_rng(20260417)
+    colours = rng.integers(40, 256, size=(max(n_classes, 1), 3), dtype=np.uint8)
+    return colours
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, n_classes: int, alpha: float = 0.5) -> np.ndarray:
+    """Quick-look: the tile with each labelled pixel tinted by its class colour."""
+    colours = palette(n_classes)
+    labelled = mask != IGNORE
+    blended = image.astype(np.float32).copy()
+    blended[labelled] = (1 - alpha) * blended[labelled] + alpha * colours[np.minimum(mask[labelled], n_classes - 1)]
+    return blended.astype(np.uint8)

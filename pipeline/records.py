@@ -1,0 +1,105 @@
+"""The tile record: one per tile, carried through every stage (ARCHITECTURE.md, "The record").
+
+JSON-serialisable and validated, so a record written by one stage (or one machine) can be read by
+the next without guessing. `schema_version` changes whenever a field changes meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pipeline.categories import ProposedCategory
+from pipeline.phrases import Phrase
+
+SCHEMA_VERSION = 1
+AuditState = Literal["pending", "accepted", "corrected", "discarded"]
+
+
+class Window(BaseModel):
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+
+class SourceInfo(BaseModel):
+    path: str
+    sha256: str
+    window: Window
+    crs: str | None = None  # WKT; None for plain images
+    transform: list[float] | None = None  # affine (a, b, c, d, e, f) of this tile; None when not georeferenced
+    band_mapping: list[int]  # 1-based source bands used as R, G, B
+    stretch: str  # how values became 8-bit, e.g. "none" or "percentile 2-98 per band"
+    nodata: float | None = None
+    dtype: str
+    raster_width: int
+    raster_height: int
+
+
+class Caption(BaseModel):
+    text: str
+    model: str  # model id, or "file" when captions came with the data
+
+
+class Domain(BaseModel):
+    name: str  # town | industrial | forest | waterfront | wasteland | unknown
+    score: float
+
+
+class Instance(BaseModel):
+    category: str
+    box: list[float]  # pixel x0, y0, x1, y1 in the tile
+    detector_score: float
+    phrase: str = ""  # the prompt text the detector tied the box to
+    mask: dict | None = None  # COCO RLE {"size": [h, w], "counts": str}
+    mask_score: float | None = None
+    area: int = 0  # pixels this instance holds in the semantic mask after the merge
+    dropped: str | None = None  # why the merge left it out (e.g. "area 12 < min_area 32")
+
+
+class Conflict(BaseModel):
+    winner: int  # instance indices
+    loser: int
+    winner_category: str
+    loser_category: str
+    pixels: int
+    rule: str  # which step of the merge rule decided
+
+
+class AuditDecision(BaseModel):
+    target: str  # "category:NAME" or "mask:NAME"
+    state: AuditState = "pending"
+    corrected_to: str | None = None
+    reviewer: str | None = None
+    time: str | None = None
+    mask_iou: float | None = None
+
+
+class Quarantine(BaseModel):
+    stage: str
+    reason: str
+
+
+class TileRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    key: str
+    source: SourceInfo
+    domain: Domain | None = None
+    captions: list[Caption] = Field(default_factory=list)
+    phrases: list[Phrase] = Field(default_factory=list)
+    categories: list[ProposedCategory] = Field(default_factory=list)
+    unmatched: list[str] = Field(default_factory=list)
+    negated: list[str] = Field(default_factory=list)
+    instances: list[Instance] = Field(default_factory=list)
+    semantic_mask: str | None = None  # path of the uint8 PNG, relative to the output folder
+    conflicts: list[Conflict] = Field(default_factory=list)
+    audit: list[AuditDecision] = Field(default_factory=list)
+    quarantine: Quarantine | None = None
+    provenance: dict = Field(default_factory=dict)
+
+
+def tile_key(source_stem: str, row_off: int, col_off: int) -> str:
+    """Stable id of a tile within a build: `{source_stem}__r{row_off}_c{col_off}`."""
+    return f"{source_stem}__r{row_off}_c{col_off}"

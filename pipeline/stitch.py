@@ -1,0 +1,83 @@
+"""Rebuild a full-size mask from overlapping tile masks and write it as a GeoTIFF.
+
+Rule: every output pixel takes its label from the one tile whose centre is nearest along each
+axis; with equal-size tiles that puts each seam in the middle of an overlap, where both tiles see
+the most context. Each tile therefore owns a rectangular "core", the cores partition the raster,
+and the stitcher writes one core per tile: memory holds one tile at a time, whatever the raster
+size. Pixels that no usable tile covers (a quarantined tile) are 255 (ignore).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window as RioWindow
+
+from pipeline.outputs import atomic_path
+from pipeline.records import Window
+
+IGNORE = 255
+
+
+def tile_cores(windows: Sequence[Window]) -> list[Window]:
+    """The core of each window (same order), in raster coordinates."""
+    col_seams = _seams(sorted({(w.col_off, w.width) for w in windows}))
+    row_seams = _seams(sorted({(w.row_off, w.height) for w in windows}))
+    cores = []
+    for w in windows:
+        c0, c1 = col_seams[(w.col_off, w.width)]
+        r0, r1 = row_seams[(w.row_off, w.height)]
+        cores.append(Window(row_off=r0, col_off=c0, height=r1 - r0, width=c1 - c0))
+    return cores
+
+
+def _seams(spans: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+    """Start and end of each span's core along one axis: the midpoint of each overlap."""
+    cores = {}
+    for i, (start, size) in enumerate(spans):
+        previous_end = spans[i - 1][0] + spans[i - 1][1] if i else start
+        core_start = start if previous_end <= start else (start + previous_end) // 2
+        if i + 1 < len(spans):
+            next_start = spans[i + 1][0]
+            end = start + size
+            core_end = next_start if end <= next_start else (next_start + end) // 2
+        else:
+            core_end = start + size
+        cores[(start, size)] = (core_start, min(core_end, start + size))
+    return cores
+
+
+def stitch_to_geotiff(
+    windows: Sequence[Window],
+    load_mask: Callable[[int], np.ndarray | None],
+    out_path: Path,
+    width: int,
+    height: int,
+    crs: str | None,
+    transform: Sequence[float] | None,
+) -> Path:
+    """Write the stitched mask; `load_mask(i)` returns tile i's mask, or None for a missing tile."""
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8", "nodata": IGNORE,
+        "crs": crs, "transform": Affine(*transform[:6]) if transform else Affine.identity(),
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+    }  # fmt: skip
+    with atomic_path(out_path) as temporary:
+        with rasterio.open(temporary, "w", **profile) as out:
+            for index, (window, core) in enumerate(zip(windows, tile_cores(windows))):
+                if core.width <= 0 or core.height <= 0:
+                    continue
+                mask = load_mask(index)
+                r = core.row_off - window.row_off
+                c = core.col_off - window.col_off
+                block = (
+                    np.full((core.height, core.width), IGNORE, np.uint8)
+                    if mask is None
+                    else mask[r : r + core.height, c : c + core.width]
+                )
+                out.write(block, 1, window=RioWindow(core.col_off, core.row_off, core.width, core.height))
+    return out_path
