@@ -9,6 +9,10 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # Re-install only when the dependency declarations change; otherwise `make test` starts at once.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 DEMO_OUT ?= out/demo
+# Real NEON aerial tiles read out of the deepforest 2.1.0 wheel (MIT) at set-up; or name your own folder.
+DEMO_IMAGERY ?= .demo-data/imagery
+# tiny: random-weight models built locally (offline, masks meaningless); default: Florence-2 + GroundingDINO + SAM.
+DEMO_MODELS ?= tiny
 
 .PHONY: demo test setup clean
 
@@ -25,7 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/ovrsis categories --taxonomy ovrsis95k --captions demo/captions.jsonl --out $(DEMO_OUT)/categories.jsonl --preview 20
-	@echo "Demo outputs are in $(DEMO_OUT)/"
+	@if [ "$(DEMO_IMAGERY)" = ".demo-data/imagery" ]; then $(PY) demo/fetch_imagery.py $(DEMO_IMAGERY); fi
+	$(VENV)/bin/ovrsis annotate $(DEMO_IMAGERY) --taxonomy ovrsis95k --models $(DEMO_MODELS) \
+		--captions demo/imagery_captions.jsonl --tile-size 512 --overlap 64 --out $(DEMO_OUT)/annotate
+	@echo "Demo outputs are in $(DEMO_OUT)/ (categories.jsonl; annotate/: records, masks, overlays, stitched GeoTIFFs)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

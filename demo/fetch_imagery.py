@@ -27,10 +27,12 @@ def main(destination: Path) -> None:
     if all((destination / Path(m).name).is_file() for m in MEMBERS):
         return
     with tempfile.TemporaryDirectory() as download:
-        subprocess.run(
+        result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check", "-d", download, WHEEL],
-            check=True,
-        )
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            sys.exit(f"could not download {WHEEL} from PyPI:\n{result.stderr}\nName a folder of your own: make demo DEMO_IMAGERY=/path")
         (wheel,) = Path(download).glob("deepforest-*.whl")
         with zipfile.ZipFile(wheel) as archive:
             for member in MEMBERS:

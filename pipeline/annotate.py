@@ -147,14 +147,20 @@ class Annotator:
                     started = time.perf_counter()
 
     def _caption(self, works: list[_Work]) -> None:
-        if self.given_captions is not None:
-            for work in works:
-                work.captions = self._given(work.record)
-                work.record.captions = [Caption(text=t, model="file") for t in work.captions]
+        """Given captions where the caption file has the tile (or its file); the captioner for the rest."""
+        uncaptioned = []
+        for work in works:
+            given = self._given(work.record)
+            if given:
+                work.captions = given
+                work.record.captions = [Caption(text=t, model="file") for t in given]
+            else:
+                uncaptioned.append(work)
+        if not uncaptioned:
             return
-        texts = self.models.captioner.caption([w.tile.image for w in works])
-        _expect(len(texts) == len(works), f"captioner returned {len(texts)} captions for {len(works)} tiles")
-        for work, text in zip(works, texts):
+        texts = self.models.captioner.caption([w.tile.image for w in uncaptioned])
+        _expect(len(texts) == len(uncaptioned), f"captioner returned {len(texts)} captions for {len(uncaptioned)} tiles")
+        for work, text in zip(uncaptioned, texts):
             _expect(bool(text and text.strip()), "captioner returned an empty caption")
             work.captions = [text.strip()]
             work.record.captions = [Caption(text=work.captions[0], model=self.models.captioner.model_id)]
@@ -220,11 +226,13 @@ class Annotator:
 
     def _given(self, record: TileRecord) -> list[str]:
         """Captions supplied for this tile: by tile key, else by source file stem or name."""
+        if not self.given_captions:
+            return []
         path = Path(record.source.path)
         for key in (record.key, path.stem, path.name):
             if key in self.given_captions:
                 return self.given_captions[key]
-        raise LookupError(f"no caption given for {record.key} (nor for {path.name})")
+        return []
 
     def _prompts(self, categories) -> list[PromptPhrase]:
         """Category name (its prompt form), the caption's own phrase, and a few synonyms."""
@@ -262,7 +270,7 @@ class Annotator:
                 continue
             from rasterio.transform import Affine
 
-            full_transform = Affine(*first.transform) * Affine.translation(-first.window.col_off, -first.window.row_off)
+            full_transform = Affine(*first.transform) @ Affine.translation(-first.window.col_off, -first.window.row_off)
             stem = records[0].key.rsplit("__r", 1)[0]
             out = self.out_dir / "stitched" / f"{stem}.tif"
             stitch_to_geotiff(

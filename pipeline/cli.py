@@ -138,7 +138,7 @@ Writes to OUT:
 `tiny` (random-weight models built locally for tests and dry runs: masks are meaningless),
 or a YAML file (see pipeline/models/config.py).
 --captions: existing captions (JSON Lines as for `ovrsis categories`; ids are tile keys,
-file stems or file names) instead of running the captioner.
+file stems or file names) instead of running the captioner; tiles it lacks are captioned.
 """
 
 
@@ -192,6 +192,8 @@ def annotate(
         summary = annotator.run(input_path, on_tile=lambda: progress.advance(task))
     _write_annotate_summary(out, summary)
     _print_annotate_summary(out, summary)
+    if models == "tiny":
+        console.print("[dim]tiny random-weight models: the masks show the plumbing, not a real segmentation[/dim]")
     if summary.annotated == 0:
         raise typer.Exit(1)
 

@@ -30,3 +30,18 @@ def embedder():
     from taxonomy.embedding import load_text_embedder
 
     return load_text_embedder()
+
+
+@pytest.fixture(scope="session")
+def tiny_models_yaml(tmp_path_factory) -> Path:
+    """Tiny random-weight captioner, detector and segmenters, saved like real weights."""
+    from pipeline.models.tiny import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_models_yaml):
+    from pipeline.models.config import ModelSet, load_models_config
+
+    return ModelSet(load_models_config(tiny_models_yaml))
