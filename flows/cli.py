@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from flows import commands
 from pipeline import cli as pipeline_cli
 
 app = typer.Typer(
@@ -26,6 +27,9 @@ def _root() -> None:
 
 app.command("categories", help=pipeline_cli.CATEGORIES_HELP)(pipeline_cli.categories)
 app.command("annotate", help=pipeline_cli.ANNOTATE_HELP)(pipeline_cli.annotate)
+app.command("build")(commands.build)
+app.command("serve")(commands.serve)
+app.add_typer(commands.shards_app, name="shards")
 
 
 def main() -> None:

@@ -1,39 +1,46 @@
 """Imagery in, masks out: the paper's Figure 2 as plain functions over batches of tiles.
 
-    ingest/tile -> caption -> categories -> detect -> segment -> merge -> domain -> write
+    ingest/tile -> caption -> parse -> match -> detect -> segment -> merge -> domain -> write
+
+A batch is a list of `TileState`: the tile's record plus what the stages found, and no pixels, so
+a state can be pickled and cached between stages (the Prefect flow caches each stage this way).
+Pixels come from a `PixelSource`: in memory when tiles were just read, or re-read by window.
 
 Every stage takes the batch's live tiles. A stage that fails for the batch is retried tile by tile,
 so one bad tile (a model error, out-of-memory, an empty answer) is quarantined with the stage and
-the reason, and the rest of the batch goes on. Quarantined tiles keep their record (with the
-reason) and get no mask. Outputs are written atomically.
+the reason, and the rest of the batch goes on. Quarantined tiles keep their record and get no mask.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
+from PIL import Image
 
 from pipeline.batching import batched
-from pipeline.categories import CaptionCategorizer
+from pipeline.categories import CaptionCategorizer, parse_images
 from pipeline.categorize_file import CategorizeSummary, iter_items
 from pipeline.domains import DomainClassifier
 from pipeline.ingest import BandRule, IngestError, RasterSource, Tile, TilingConfig, find_rasters, quarantined_file
 from pipeline.jsonl import atomic_writer, write_json_line
-from pipeline.merge import InstanceMask, MergeConfig, merge_instances
-from pipeline.models.config import ModelSet
-from pipeline.models.detector import PromptPhrase
+from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
+from pipeline.models.detector import Detection, PromptPhrase
 from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
 from pipeline.stitch import stitch_to_geotiff
 from taxonomy.loader import Taxonomy
+from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
-STAGES = ("ingest", "caption", "categories", "detect", "segment", "merge", "domain", "write")
+MODEL_STAGES = ("caption", "parse", "match", "detect", "segment", "merge", "domain")
 
 
 @dataclass
@@ -46,6 +53,45 @@ class AnnotateConfig:
     write_overlay: bool = True
     stitch: bool = True  # also a full-size GeoTIFF mask per georeferenced raster of several tiles
     synonyms_in_prompt: int = 1
+    match_threshold: float = DEFAULT_THRESHOLD
+    match_margin: float = DEFAULT_MARGIN
+
+
+@dataclass
+class TileState:
+    """A tile between stages: picklable, no pixels."""
+
+    record: TileRecord
+    captions: list[str] = field(default_factory=list)
+    parsed: list[list[Phrase]] = field(default_factory=list)  # per caption
+    prompts: list[PromptPhrase] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
+    masks: list[tuple[dict, float]] = field(default_factory=list)  # COCO RLE and mask score per detection
+    mask_png: bytes | None = None  # the semantic mask, PNG-encoded
+    used_models: list[str] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        return self.record.quarantine is None
+
+    def semantic_mask(self) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(self.mask_png)))
+
+
+class PixelSource(Protocol):
+    def __call__(self, record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
+        """The tile's 8-bit RGB image and its valid-pixel mask."""
+
+
+class RasterPixels:
+    """Re-reads tiles by window; open rasters are kept (a few) so a batch reads each file once."""
+
+    def __init__(self, bands: BandRule) -> None:
+        self._open = lru_cache(maxsize=8)(lambda path, stem: RasterSource(Path(path), bands, source_stem=stem))
+
+    def __call__(self, record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
+        stem = record.key.rsplit("__r", 1)[0]
+        return self._open(record.source.path, stem).read(record.source.window)
 
 
 @dataclass
@@ -58,176 +104,200 @@ class AnnotateSummary:
     domains: Counter = field(default_factory=Counter)
     stitched: list[str] = field(default_factory=list)
 
-
-@dataclass
-class _Work:
-    """A tile in flight: its pixels, record and intermediate results."""
-
-    tile: Tile
-    captions: list[str] = field(default_factory=list)
-    prompts: list[PromptPhrase] = field(default_factory=list)
-    detections: list = field(default_factory=list)
-    masks: list = field(default_factory=list)
-    semantic: np.ndarray | None = None
-    used_models: set[str] = field(default_factory=set)
-
-    @property
-    def record(self) -> TileRecord:
-        return self.tile.record
+    def count(self, state: TileState) -> None:
+        self.tiles += 1
+        record = state.record
+        if record.quarantine:
+            self.quarantined.append((record.key, record.quarantine.stage, record.quarantine.reason))
+            return
+        self.annotated += 1
+        self.instances.update(i.category for i in record.instances if not i.dropped)
+        self.domains[record.domain.name if record.domain else "unknown"] += 1
 
 
 class Annotator:
-    """Runs the stages; models come from a ModelSet and load on first use."""
+    """The stages, with models from a ModelSet (loaded on first use)."""
 
-    def __init__(self, taxonomy: Taxonomy, models: ModelSet, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
+    def __init__(self, taxonomy: Taxonomy, models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
                  captions: dict[str, list[str]] | None = None, package_version: str = "") -> None:  # fmt: skip
         self.taxonomy = taxonomy
         self.models = models
         self.out_dir = out_dir
         self.config = config
-        self.given_captions = captions
-        self.categorizer = CaptionCategorizer(taxonomy)
+        self.given_captions = captions or {}
+        self.categorizer = CaptionCategorizer(taxonomy, config.match_threshold, config.match_margin)
         self.domains = DomainClassifier()
+        self.pixels = RasterPixels(config.bands)  # for stages run on records alone (the Prefect flow)
         self.package_version = package_version
         self.summary = AnnotateSummary()
-        self._tiles_of_source: dict[str, list[TileRecord]] = defaultdict(list)  # every planned window, for stitching
+        self.stages: dict[str, Callable[[list[TileState], PixelSource], None]] = {
+            "caption": self.caption, "parse": self.parse, "match": self.match, "detect": self.detect,
+            "segment": self.segment, "merge": self.merge, "domain": self.domain,
+        }  # fmt: skip
+
+    # --- whole runs -----------------------------------------------------------------------------
 
     def run(self, inputs: Path, on_tile: Callable[[], None] | None = None) -> AnnotateSummary:
-        """Annotate every raster under `inputs`; records go to OUT/records.jsonl."""
-        rasters, unsupported = find_rasters(inputs)
-        with atomic_writer(self.out_dir / "records.jsonl") as records:
-            for record in unsupported:
-                self._emit(records, record)
-            for batch in batched(self._tiles(rasters, records), self.config.batch_size):
-                for work in self.process(batch):
-                    self._emit(records, work.record)
+        """Annotate every raster under `inputs` in one process; records go to OUT/records.jsonl."""
+        records_by_source: dict[str, list[TileRecord]] = defaultdict(list)
+        with atomic_writer(self.out_dir / "records.jsonl") as handle:
+
+            def emit(state: TileState) -> None:
+                self.summary.count(state)
+                records_by_source[state.record.source.path].append(state.record)
+                write_json_line(handle, state.record.model_dump(mode="json"))
+
+            for batch in batched(self.tiles(inputs), self.config.batch_size):
+                pixels = {t.record.key: (t.image, t.valid) for t in batch if isinstance(t, Tile)}
+                states = [TileState(t.record if isinstance(t, Tile) else t) for t in batch]
+                for stage, step in self.stages.items():
+                    started = time.perf_counter()
+                    run_stage(stage, states, step, lambda r: pixels[r.key])
+                    self.summary.seconds[stage] += time.perf_counter() - started
+                started = time.perf_counter()
+                self.write(states, lambda r: pixels[r.key])
+                self.summary.seconds["write"] += time.perf_counter() - started
+                for state in states:
+                    emit(state)
                     if on_tile:
                         on_tile()
         if self.config.stitch:
-            self._stitch(self._tiles_of_source)
+            self.stitch(records_by_source)
         return self.summary
 
-    def process(self, tiles: Sequence[Tile]) -> list[_Work]:
-        """All model stages over one batch; returns every tile, quarantined ones included."""
-        works = [_Work(tile) for tile in tiles]
-        live = list(works)
-        for stage, step in (
-            ("caption", self._caption), ("categories", self._categories), ("detect", self._detect),
-            ("segment", self._segment), ("merge", self._merge), ("domain", self._domain), ("write", self._write),
-        ):  # fmt: skip
-            started = time.perf_counter()
-            live = _isolating(stage, live, step)
-            self.summary.seconds[stage] += time.perf_counter() - started
-        for work in works:
-            work.record.provenance = self._provenance(work)
-            if not work.record.quarantine:
-                self.summary.instances.update(i.category for i in work.record.instances if not i.dropped)
-                self.summary.domains[work.record.domain.name] += 1
-        return works
-
-    # --- stages -------------------------------------------------------------------------------
-
-    def _tiles(self, rasters: Iterable[Path], records) -> Iterator[Tile]:
+    def tiles(self, inputs: Path) -> Iterator[Tile | TileRecord]:
+        """Tiles of every raster, with quarantined records for files and tiles that cannot be used."""
+        rasters, unsupported = find_rasters(inputs)
+        yield from unsupported
         stems = Counter(path.stem for path in rasters)
         for path in rasters:
-            stem = path.stem if stems[path.stem] == 1 else path.name  # a.tif and a.png stay apart
+            stem = path.stem if stems[path.stem] == 1 else path.name.replace(".", "_")  # a.tif and a.png stay apart
             started = time.perf_counter()
             try:
                 source = RasterSource(path, self.config.bands, source_stem=stem)
             except (IngestError, OSError) as error:
-                self._emit(records, quarantined_file(path, str(error)))
+                yield quarantined_file(path, str(error))
                 continue
             with source:
                 for item in source.tiles(self.config.tiling):
                     self.summary.seconds["ingest"] += time.perf_counter() - started
-                    if isinstance(item, TileRecord):
-                        self._emit(records, item)
-                    else:
-                        yield item
+                    yield item
                     started = time.perf_counter()
 
-    def _caption(self, works: list[_Work]) -> None:
+    # --- stages ---------------------------------------------------------------------------------
+
+    def caption(self, states: list[TileState], pixels: PixelSource) -> None:
         """Given captions where the caption file has the tile (or its file); the captioner for the rest."""
         uncaptioned = []
-        for work in works:
-            given = self._given(work.record)
+        for state in states:
+            given = self._given(state.record)
             if given:
-                work.captions = given
-                work.record.captions = [Caption(text=t, model="file") for t in given]
+                state.captions = list(given)
+                state.record.captions = [Caption(text=t, model="file") for t in given]
             else:
-                uncaptioned.append(work)
+                uncaptioned.append(state)
         if not uncaptioned:
             return
-        texts = self.models.captioner.caption([w.tile.image for w in uncaptioned])
+        texts = self.models.captioner.caption([pixels(s.record)[0] for s in uncaptioned])
         _expect(len(texts) == len(uncaptioned), f"captioner returned {len(texts)} captions for {len(uncaptioned)} tiles")
-        for work, text in zip(uncaptioned, texts):
+        for state, text in zip(uncaptioned, texts):
             _expect(bool(text and text.strip()), "captioner returned an empty caption")
-            work.captions = [text.strip()]
-            work.record.captions = [Caption(text=work.captions[0], model=self.models.captioner.model_id)]
-            work.used_models.add("captioner")
+            state.captions = [text.strip()]
+            state.record.captions = [Caption(text=state.captions[0], model=self.models.captioner.model_id)]
+            state.used_models.append("captioner")
 
-    def _categories(self, works: list[_Work]) -> None:
-        results = self.categorizer.categorize([w.captions for w in works])
-        for work, result in zip(works, results):
-            record = work.record
+    def parse(self, states: list[TileState], pixels: PixelSource) -> None:
+        for state, parsed in zip(states, parse_images([s.captions for s in states])):
+            state.parsed = parsed
+
+    def match(self, states: list[TileState], pixels: PixelSource) -> None:
+        for state, result in zip(states, self.categorizer.match([s.parsed for s in states])):
+            record = state.record
             record.phrases, record.categories = result.phrases, result.categories
             record.unmatched, record.negated = result.unmatched, result.negated
-            work.prompts = self._prompts(result.categories)
+            state.prompts = self._prompts(result.categories)
 
-    def _detect(self, works: list[_Work]) -> None:
-        prompted = [w for w in works if w.prompts]
+    def detect(self, states: list[TileState], pixels: PixelSource) -> None:
+        prompted = [s for s in states if s.prompts]
         if not prompted:
             return
-        found = self.models.detector.detect([w.tile.image for w in prompted], [w.prompts for w in prompted])
+        found = self.models.detector.detect([pixels(s.record)[0] for s in prompted], [s.prompts for s in prompted])
         _expect(isinstance(found, list) and len(found) == len(prompted), "detector returned no result for some tiles")
-        for work, detections in zip(prompted, found):
-            work.detections = detections
-            work.used_models.add("detector")
+        for state, detections in zip(prompted, found):
+            state.detections = list(detections)
+            state.used_models.append("detector")
 
-    def _segment(self, works: list[_Work]) -> None:
-        boxed = [w for w in works if w.detections]
+    def segment(self, states: list[TileState], pixels: PixelSource) -> None:
+        boxed = [s for s in states if s.detections]
         if not boxed:
             return
-        boxes = [np.array([d.box for d in w.detections], dtype=np.float32) for w in boxed]
-        results = self.models.segmenter.segment([w.tile.image for w in boxed], boxes)
+        boxes = [np.array([d.box for d in s.detections], dtype=np.float32) for s in boxed]
+        results = self.models.segmenter.segment([pixels(s.record)[0] for s in boxed], boxes)
         _expect(len(results) == len(boxed), "segmenter returned no result for some tiles")
-        for work, result in zip(boxed, results):
-            _expect(len(result.masks) == len(work.detections), f"segmenter returned {len(result.masks)} masks for {len(work.detections)} boxes")
-            work.masks = list(zip(result.masks, result.scores))
-            work.used_models.add("segmenter")
+        for state, result in zip(boxed, results):
+            _expect(len(result.masks) == len(state.detections),
+                    f"segmenter returned {len(result.masks)} masks for {len(state.detections)} boxes")  # fmt: skip
+            state.masks = [(encode_rle(mask), float(score)) for mask, score in zip(result.masks, result.scores)]
+            state.used_models.append("segmenter")
 
-    def _merge(self, works: list[_Work]) -> None:
-        for work in works:
+    def merge(self, states: list[TileState], pixels: PixelSource) -> None:
+        for state in states:
             instances = [
-                InstanceMask(d.category, mask, d.score, float(score), d.box, d.phrase)
-                for d, (mask, score) in zip(work.detections, work.masks)
+                InstanceMask(d.category, decode_rle(rle), d.score, score, d.box, d.phrase)
+                for d, (rle, score) in zip(state.detections, state.masks)
             ]
-            work.semantic, work.record.instances, work.record.conflicts = merge_instances(
-                instances, self.taxonomy, work.tile.valid, self.config.merge
+            semantic, state.record.instances, state.record.conflicts = merge_instances(
+                instances, self.taxonomy, pixels(state.record)[1], self.config.merge
             )
+            buffer = io.BytesIO()
+            Image.fromarray(semantic).save(buffer, format="PNG", compress_level=6)
+            state.mask_png = buffer.getvalue()
+            state.record.semantic_mask = f"masks/{state.record.key}.png"
 
-    def _domain(self, works: list[_Work]) -> None:
-        domains = self.domains.classify([w.captions for w in works], [[c.name for c in w.record.categories] for w in works])
-        for work, domain in zip(works, domains):
-            work.record.domain = domain
+    def domain(self, states: list[TileState], pixels: PixelSource) -> None:
+        found = self.domains.classify([s.captions for s in states], [[c.name for c in s.record.categories] for s in states])
+        for state, domain in zip(states, found):
+            state.record.domain = domain
+            state.record.provenance = self._provenance(state)
 
-    def _write(self, works: list[_Work]) -> None:
-        for work in works:
-            key, source = work.record.key, work.record.source
-            write_png(self.out_dir / "masks" / f"{key}.png", work.semantic)
-            work.record.semantic_mask = f"masks/{key}.png"
+    def write(self, states: list[TileState], pixels: PixelSource) -> None:
+        """Masks, GeoTIFF masks and overlays of the live tiles (not cached: cheap and on disk)."""
+        for state in states:
+            if not state.live:
+                continue
+            key, source = state.record.key, state.record.source
+            semantic = state.semantic_mask()
+            write_png(self.out_dir / state.record.semantic_mask, semantic)
             if self.config.write_geotiff and source.transform:
-                write_mask_geotiff(self.out_dir / "masks" / f"{key}.tif", work.semantic, source.crs, source.transform)
+                write_mask_geotiff(self.out_dir / "masks" / f"{key}.tif", semantic, source.crs, source.transform)
             if self.config.write_overlay:
-                quick_look = overlay(work.tile.image, work.semantic, len(self.taxonomy))
-                write_png(self.out_dir / "overlays" / f"{key}.png", quick_look)
+                write_png(self.out_dir / "overlays" / f"{key}.png", overlay(pixels(state.record)[0], semantic, len(self.taxonomy)))
 
-    # --- helpers -----------------------------------------------------------------------------
+    def stitch(self, records_by_source: dict[str, list[TileRecord]]) -> None:
+        """A full-size GeoTIFF mask per georeferenced raster cut into several tiles."""
+        from affine import Affine
+
+        started = time.perf_counter()
+        for records in records_by_source.values():
+            first = records[0].source
+            if len(records) < 2 or not first.transform or all(r.quarantine for r in records):
+                continue
+            full = Affine(*first.transform) @ Affine.translation(-first.window.col_off, -first.window.row_off)
+            out = self.out_dir / "stitched" / f"{records[0].key.rsplit('__r', 1)[0]}.tif"
+
+            def load(index: int) -> np.ndarray | None:
+                record = records[index]
+                return None if record.quarantine else np.asarray(Image.open(self.out_dir / record.semantic_mask))
+
+            stitch_to_geotiff([r.source.window for r in records], load, out, first.raster_width,
+                              first.raster_height, first.crs, list(full)[:6])  # fmt: skip
+            self.summary.stitched.append(str(out))
+        self.summary.seconds["write"] += time.perf_counter() - started
+
+    # --- helpers --------------------------------------------------------------------------------
 
     def _given(self, record: TileRecord) -> list[str]:
         """Captions supplied for this tile: by tile key, else by source file stem or name."""
-        if not self.given_captions:
-            return []
         path = Path(record.source.path)
         for key in (record.key, path.stem, path.name):
             if key in self.given_captions:
@@ -244,41 +314,32 @@ class Annotator:
                 prompts.setdefault(text.lower(), PromptPhrase(text.lower(), category.name))
         return list(prompts.values())
 
-    def _provenance(self, work: _Work) -> dict:
+    def _provenance(self, state: TileState) -> dict:
         return {
-            "models": self.models.provenance(work.used_models),
+            "models": self.models.provenance(set(state.used_models)),
             "taxonomy": {"name": self.taxonomy.name, "version": self.taxonomy.version},
             "merge": dataclasses.asdict(self.config.merge),
             "package_version": self.package_version,
         }
 
-    def _emit(self, handle, record: TileRecord) -> None:
-        self.summary.tiles += 1
-        if record.quarantine:
-            self.summary.quarantined.append((record.key, record.quarantine.stage, record.quarantine.reason))
-        else:
-            self.summary.annotated += 1
-        if record.source.window.width > 0:
-            self._tiles_of_source[record.source.path].append(record)
-        write_json_line(handle, record.model_dump(mode="json"))
 
-    def _stitch(self, records_of: dict[str, list[TileRecord]]) -> None:
-        started = time.perf_counter()
-        for path, records in records_of.items():
-            first = records[0].source
-            if len(records) < 2 or not first.transform or all(r.quarantine for r in records):
-                continue
-            from rasterio.transform import Affine
-
-            full_transform = Affine(*first.transform) @ Affine.translation(-first.window.col_off, -first.window.row_off)
-            stem = records[0].key.rsplit("__r", 1)[0]
-            out = self.out_dir / "stitched" / f"{stem}.tif"
-            stitch_to_geotiff(
-                [r.source.window for r in records], lambda i: _read_mask(self.out_dir, records[i]), out,
-                first.raster_width, first.raster_height, first.crs, list(full_transform)[:6],
-            )  # fmt: skip
-            self.summary.stitched.append(str(out))
-        self.summary.seconds["write"] += time.perf_counter() - started
+def run_stage(stage: str, states: list[TileState], step: Callable, pixels: PixelSource) -> None:
+    """Run `step` on the batch's live tiles; if it fails, tile by tile, quarantining the failures."""
+    live = [s for s in states if s.live]
+    if not live:
+        return
+    try:
+        step(live, pixels)
+        return
+    except Exception:  # noqa: BLE001 - any model or I/O failure is isolated below, tile by tile
+        if len(live) == 1:
+            _quarantine(stage, live[0], *_failure())
+            return
+    for state in live:
+        try:
+            step([state], pixels)
+        except Exception:  # noqa: BLE001
+            _quarantine(stage, state, *_failure())
 
 
 def load_caption_file(path: Path) -> dict[str, list[str]]:
@@ -291,14 +352,6 @@ def load_caption_file(path: Path) -> dict[str, list[str]]:
     return captions
 
 
-def _read_mask(out_dir: Path, record: TileRecord) -> np.ndarray | None:
-    from PIL import Image
-
-    if record.quarantine or not record.semantic_mask:
-        return None
-    return np.asarray(Image.open(out_dir / record.semantic_mask))
-
-
 class _TileFailure(RuntimeError):
     pass
 
@@ -308,29 +361,16 @@ def _expect(condition: bool, message: str) -> None:
         raise _TileFailure(message)
 
 
-def _isolating(stage: str, works: list[_Work], step: Callable[[list[_Work]], None]) -> list[_Work]:
-    """Run `step` on the batch; if it fails, run it tile by tile and quarantine the tiles that fail."""
-    if not works:
-        return works
-    try:
-        step(works)
-        return works
-    except Exception:  # noqa: BLE001 - any model or I/O failure is isolated below, tile by tile
-        if len(works) == 1:
-            return _quarantine_if_failing(stage, works[0], step)
-    survivors = []
-    for work in works:
-        survivors.extend(_quarantine_if_failing(stage, work, step))
-    return survivors
+def _failure() -> tuple[str, str]:
+    import sys
+
+    error = sys.exc_info()[1]
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return type(error).__name__, text
 
 
-def _quarantine_if_failing(stage: str, work: _Work, step) -> list[_Work]:
-    try:
-        step([work])
-        return [work]
-    except Exception as error:  # noqa: BLE001
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "out of memory" in reason.lower():
-            reason = f"out of memory: {reason}"
-        work.record.quarantine = Quarantine(stage=stage, reason=f"{type(error).__name__}: {reason}")
-        return []
+def _quarantine(stage: str, state: TileState, kind: str, text: str) -> None:
+    reason = f"{kind}: {text}" if text else kind
+    if "out of memory" in text.lower() or kind == "OutOfMemoryError":
+        reason = f"out of memory ({reason})"
+    state.record.quarantine = Quarantine(stage=stage, reason=reason)

@@ -59,19 +59,20 @@ class CaptionCategorizer:
         return CategoryMatcher(self.taxonomy, spacy_lemmatize, embedder, self.threshold, self.margin, self.use_lexicon)
 
     def categorize(self, images: Sequence[Sequence[str]]) -> list[CaptionCategories]:
-        flat = [caption for captions in images for caption in captions]
-        parsed = parse_captions(flat)
-        phrases = [p for caption_phrases in parsed for p in caption_phrases]
-        queries = [
-            PhraseQuery(tuple(p.candidates), p.compound_start, embed=not p.generic) for p in phrases
-        ]
+        return self.match(parse_images(images))
+
+    def match(self, parsed: Sequence[Sequence[Sequence[Phrase]]]) -> list[CaptionCategories]:
+        """Match already parsed captions (image -> caption -> phrases) in one embedding call."""
+        phrases = [p for image in parsed for caption in image for p in caption]
+        queries = [PhraseQuery(tuple(p.candidates), p.compound_start, embed=not p.generic) for p in phrases]
         matches = iter(self.matcher.match(queries))
-        per_caption = [[(p, next(matches)) for p in caption_phrases] for caption_phrases in parsed]
-        results, start = [], 0
-        for captions in images:
-            results.append(_merge(per_caption[start : start + len(captions)]))
-            start += len(captions)
-        return results
+        return [_merge([[(p, next(matches)) for p in caption] for caption in image]) for image in parsed]
+
+
+def parse_images(images: Sequence[Sequence[str]]) -> list[list[list[Phrase]]]:
+    """Parse every caption of every image in one spaCy pipe: image -> caption -> phrases."""
+    parsed = iter(parse_captions([caption for captions in images for caption in captions]))
+    return [[next(parsed) for _ in captions] for captions in images]
 
 
 def _merge(captions: list[list[tuple[Phrase, CategoryMatch | None]]]) -> CaptionCategories:

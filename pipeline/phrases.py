@@ -40,8 +40,12 @@ NUMBER_WORDS = {
     "single": 1, "a single": 1, "double": 2, "twin": 2,
 }  # fmt: skip
 ENGLISH_FUNCTION_WORDS = frozenset(
-    "a an the is are was were be been of in on at by with and or some many there this that these those "
-    "to from near next beside around between it its as has have two three several few lots no not".split()
+    "a an the this that these those there here it its their they them some many much several few both each "
+    "every all any no not nor none one two three four five is are was were be been being has have had do does "
+    "can could may might will would of in on at by with without within from to into onto over under above below "
+    "across along around through between among beside besides behind near next beyond toward towards up down "
+    "out off inside outside and or but while where which who whose whom what when than then as like so very "
+    "also only just more most other another such lot lots".split()
 )
 _LETTERS = re.compile(r"[A-Za-z]")
 _NON_ASCII_LETTERS = re.compile(r"[^\x00-\x7F]")

@@ -1,0 +1,96 @@
+"""`ovrsis build`, `ovrsis serve` and `ovrsis shards ...`: running the flow and checking its output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
+
+
+def build(
+    config: Path = typer.Option(..., "--config", "-c", help="Build configuration YAML (see flows/config.py)."),
+    verbose: bool = typer.Option(False, help="Show Prefect's task-level logs."),
+) -> None:
+    """Run the build-ovrsis95k flow in this process (Prefect's ephemeral mode, or the server in
+    PREFECT_API_URL if set). A rerun resumes from the persisted task results."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows import build as build_module
+    from flows import progress as build_progress
+    from flows.config import BuildConfigError, check_before_models, load_build_config
+
+    try:
+        check_before_models(load_build_config(config))
+    except BuildConfigError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    with Progress(TextColumn("[bold]build[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("batches", total=None)
+        build_progress.listen(lambda done, total: progress.update(task, completed=done, total=total))
+        manifest = build_module.build(str(config.resolve()))
+    splits = ", ".join(f"{name} {info['samples']} samples in {len(info['shards'])} shards" for name, info in manifest["splits"].items())
+    output = load_build_config(config).output
+    console.print(f"[bold]shards:[/bold] {splits} -> {output / 'shards'}")
+    console.print(f"manifest: {output / 'manifest.json'}; balance report: {output / 'report' / 'balance.md'}")
+    if manifest["quarantined"]:
+        console.print(f"{len(manifest['quarantined'])} quarantined tile(s), listed in {output / 'summary.json'}")
+
+
+def serve(name: str = typer.Option("local", help="Deployment name.")) -> None:
+    """Serve the flow as deployment build-ovrsis95k/NAME against the Prefect API in PREFECT_API_URL;
+    then `prefect deployment run build-ovrsis95k/local --param config=PATH` starts a build."""
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[red]error:[/red] PREFECT_API_URL is not set: start `prefect server start` and export "
+                      "PREFECT_API_URL=http://127.0.0.1:4200/api (see README)")  # fmt: skip
+        raise typer.Exit(2)
+    from flows.build import build as build_flow
+
+    build_flow.serve(name=name)
+
+
+@shards_app.command("verify")
+def verify(out: Path = typer.Argument(..., help="Build output folder (holds manifest.json).")) -> None:
+    """Check every shard against the manifest: presence, sha256, sample count, mask values."""
+    from pipeline.shards import ShardError, read_manifest, verify_shards
+
+    try:
+        problems = verify_shards(out)
+        manifest = read_manifest(out)
+    except ShardError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    for problem in problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    total = sum(len(s["shards"]) for s in manifest["splits"].values())
+    samples = sum(s["samples"] for s in manifest["splits"].values())
+    console.print(f"ok: {total} shards, {samples} samples, taxonomy {manifest['taxonomy']['version']}")
+
+
+@shards_app.command("export")
+def export(
+    out: Path = typer.Argument(..., help="Build output folder."),
+    destination: Path = typer.Argument(..., help="Folder to write."),
+    layout: str = typer.Option("official", help="official: {split}/img/*.jpg and {split}/mask/*.png."),
+) -> None:
+    """Export the shards in the folder layout the authors' Pi-Seg / CAT-Seg code reads."""
+    from pipeline.shards import ShardError, export_official
+
+    if layout != "official":
+        console.print(f"[red]error:[/red] unknown layout {layout!r} (official)")
+        raise typer.Exit(2)
+    try:
+        count = export_official(out, destination)
+    except ShardError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    console.print(f"{count} samples written under {destination}")

@@ -1,0 +1,201 @@
+"""The build configuration: one validated YAML file holds everything a build depends on.
+
+    inputs: [imagery/]                 # rasters or folders
+    captions: captions.jsonl           # optional: existing captions (tiles it lacks are captioned)
+    taxonomy: ovrsis95k                # bundled name or YAML path
+    models: default                    # default | tiny | models YAML (see pipeline/models/config.py)
+    output: out/                       # shards, manifest, masks, records, reports
+    storage: out/.cache                # persisted task results (resume and caching) [default: OUTPUT/.cache]
+    tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0}
+    matching: {threshold: 0.72, margin: 0.06}
+    merge: {min_area: 16, fill_holes: false, background: ignore}
+    selection: {max_tiles_per_category: null, max_tiles_per_domain: null, drop_unlabeled: true}
+    shards: {max_samples: 1000, max_bytes: 1073741824, lossless: false, val_fraction: 0.1, seed: 0}
+    batch_size: 8                      # tiles per task
+    runner: {kind: threads, workers: 2, address: null}   # threads | processes | dask | ray
+    gpu_concurrency: 1                 # model stages running at once in one process
+
+Relative paths are resolved against the configuration file's folder. Everything is checked before
+any model loads: inputs exist, the output folder is writable, the taxonomy and models config load.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.annotate import AnnotateConfig
+from pipeline.ingest import BandRule, TilingConfig
+from pipeline.merge import MergeConfig
+from pipeline.selection import SelectionConfig
+from pipeline.shards import ShardConfig
+from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
+
+MIN_FREE_BYTES = 100 * 2**20
+
+
+class BuildConfigError(ValueError):
+    """A configuration that cannot run; raised before any model loads."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Tiling(_Section):
+    tile_size: int = 1024
+    overlap: int = 0
+    bands: list[int] | None = None
+    stretch: Literal["auto", "none", "percentile"] = "auto"
+    min_valid_fraction: float = 0.0
+
+
+class Matching(_Section):
+    threshold: float = DEFAULT_THRESHOLD
+    margin: float = DEFAULT_MARGIN
+
+
+class Merge(_Section):
+    min_area: int = 16
+    fill_holes: bool = False
+    background: Literal["ignore", "class"] = "ignore"
+
+
+class Selection(_Section):
+    max_tiles_per_category: int | None = None
+    max_tiles_per_domain: int | None = None
+    drop_unlabeled: bool = True
+
+
+class Shards(_Section):
+    max_samples: int = Field(1000, ge=1)
+    max_bytes: int = Field(1 << 30, ge=1 << 16)
+    lossless: bool = False
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class Runner(_Section):
+    kind: Literal["threads", "processes", "dask", "ray"] = "threads"
+    workers: int = Field(2, ge=1)
+    address: str | None = None  # an existing Dask scheduler or Ray cluster
+
+
+class BuildConfig(_Section):
+    inputs: list[Path]
+    captions: Path | None = None
+    taxonomy: str = "ovrsis95k"
+    models: str = "default"
+    output: Path
+    storage: Path | None = None
+    tiling: Tiling = Tiling()
+    matching: Matching = Matching()
+    merge: Merge = Merge()
+    selection: Selection = Selection()
+    shards: Shards = Shards()
+    batch_size: int = Field(8, ge=1)
+    runner: Runner = Runner()
+    gpu_concurrency: int = Field(1, ge=1)
+
+    @field_validator("inputs")
+    @classmethod
+    def _some_inputs(cls, value: list[Path]) -> list[Path]:
+        if not value:
+            raise ValueError("at least one input raster or folder is needed")
+        return value
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.storage or self.output / ".cache"
+
+    def annotate_config(self) -> AnnotateConfig:
+        t = self.tiling
+        return AnnotateConfig(
+            tiling=TilingConfig(t.tile_size, t.overlap, t.min_valid_fraction),
+            bands=BandRule(bands=tuple(t.bands) if t.bands else None, stretch=t.stretch),
+            merge=MergeConfig(self.merge.min_area, self.merge.fill_holes, self.merge.background),
+            batch_size=self.batch_size,
+            match_threshold=self.matching.threshold,
+            match_margin=self.matching.margin,
+        )
+
+    def selection_config(self) -> SelectionConfig:
+        return SelectionConfig(**self.selection.model_dump())
+
+    def shard_config(self) -> ShardConfig:
+        return ShardConfig(**self.shards.model_dump())
+
+    def fingerprint(self) -> dict:
+        """What the shards depend on (recorded in the manifest): no output or cache paths."""
+        return self.model_dump(mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size"})
+
+
+def load_build_config(path: str | Path) -> BuildConfig:
+    """Read and validate; relative paths are resolved against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuildConfigError(f"{path}: configuration file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise BuildConfigError(f"{path}: invalid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise BuildConfigError(f"{path}: expected a mapping of settings")
+    try:
+        config = BuildConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise BuildConfigError(f"{path}: {problems}") from error
+    base = path.resolve().parent
+    updates = {
+        "inputs": [_resolve(base, p) for p in config.inputs],
+        "captions": _resolve(base, config.captions) if config.captions else None,
+        "output": _resolve(base, config.output),
+        "storage": _resolve(base, config.storage) if config.storage else None,
+    }
+    if config.taxonomy.endswith((".yaml", ".yml")):
+        updates["taxonomy"] = str(_resolve(base, Path(config.taxonomy)))
+    if config.models not in ("default", "tiny"):
+        updates["models"] = str(_resolve(base, Path(config.models)))
+    return config.model_copy(update=updates)
+
+
+def check_before_models(config: BuildConfig) -> None:
+    """Fail fast, before any model loads: inputs, output folder, disk space, taxonomy, models config."""
+    from pipeline.models.config import load_models_config
+    from taxonomy.loader import TaxonomyError, load_taxonomy
+
+    for path in config.inputs:
+        if not path.exists():
+            raise BuildConfigError(f"input {path} does not exist")
+    if config.captions and not config.captions.is_file():
+        raise BuildConfigError(f"captions file {config.captions} does not exist")
+    for folder in (config.output, config.storage_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BuildConfigError(f"cannot create {folder}: {error.strerror}") from error
+        if not os.access(folder, os.W_OK):
+            raise BuildConfigError(f"{folder} is not writable")
+        free = shutil.disk_usage(folder).free
+        if free < MIN_FREE_BYTES:
+            raise BuildConfigError(f"{folder}: only {free / 2**20:.0f} MiB free (need at least {MIN_FREE_BYTES / 2**20:.0f} MiB)")
+    try:
+        load_taxonomy(config.taxonomy)
+        load_models_config(config.models)
+    except (TaxonomyError, ValueError, FileNotFoundError) as error:
+        raise BuildConfigError(str(error)) from error
+    try:
+        config.annotate_config()
+    except ValueError as error:
+        raise BuildConfigError(f"tiling: {error}") from error
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = Path(os.path.expanduser(path))
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,282 @@
+"""WebDataset shards and their manifest: the contract between the build and the trainer.
+
+    OUT/shards/{split}-{000000}.tar   samples {key}.jpg (or .png), {key}.mask.png, {key}.json
+    OUT/manifest.json                 taxonomy (names, version), per-shard count and sha256, statistics
+
+Byte-identical output for identical inputs: samples sorted by key, tar entries with fixed mtime,
+owner and mode, images encoded with fixed settings, JSON with sorted keys, and no timestamps in
+the manifest. The split is a deterministic hash of (seed, key), stratified by domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from pipeline.ingest import file_sha256
+from pipeline.outputs import atomic_path
+from pipeline.records import TileRecord
+
+MANIFEST_SCHEMA_VERSION = 1
+IGNORE = 255
+
+
+class ShardError(ValueError):
+    """Shards that do not match their manifest or the reader's expectations."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    max_samples: int = 1000
+    max_bytes: int = 1 << 30
+    lossless: bool = False  # PNG images instead of JPEG
+    jpeg_quality: int = 95
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    key: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) uint8
+    record: dict
+
+
+def split_keys(records: Sequence[TileRecord], val_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Deterministic train/val split, stratified by domain: within each domain the keys with the
+    smallest sha256(seed:key) go to val, so adding tiles never reshuffles existing ones much."""
+    by_domain: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        by_domain[record.domain.name if record.domain else "unknown"].append(record.key)
+    splits: dict[str, list[str]] = {"train": [], "val": []}
+    for domain in sorted(by_domain):
+        keys = sorted(by_domain[domain], key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+        n_val = int(round(val_fraction * len(keys)))
+        splits["val"].extend(keys[:n_val])
+        splits["train"].extend(keys[n_val:])
+    return {name: sorted(keys) for name, keys in splits.items()}
+
+
+def write_shards(
+    out_dir: Path,
+    records: Sequence[TileRecord],
+    load_sample: Callable[[TileRecord], tuple[np.ndarray, np.ndarray]],
+    taxonomy_names: Sequence[str],
+    taxonomy_version: str,
+    config: ShardConfig = ShardConfig(),
+    build_config: dict | None = None,
+    quarantined: int = 0,
+    audit_round: int = 0,
+) -> dict:
+    """Write every split's shards and the manifest; returns the manifest."""
+    by_key = {r.key: r for r in records}
+    if len(by_key) != len(records):
+        raise ShardError("duplicate tile keys among the records to shard")
+    shard_dir = out_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob("*.tar"):
+        stale.unlink()
+    splits = split_keys(records, config.val_fraction, config.seed)
+    manifest_splits = {}
+    pixels: Counter = Counter()
+    images: Counter = Counter()
+    domains: Counter = Counter()
+    for split, keys in splits.items():
+        shards = []
+        for index, chunk in enumerate(_chunks(keys, by_key, load_sample, config, len(taxonomy_names))):
+            path = shard_dir / f"{split}-{index:06d}.tar"
+            with atomic_path(path) as temporary:
+                with wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis", group="ovrsis", mode=0o444) as tar:
+                    for key, encoded, mask in chunk:
+                        tar.write(encoded)
+                        values, counts = np.unique(mask, return_counts=True)
+                        for value, count in zip(values.tolist(), counts.tolist()):
+                            if value != IGNORE:
+                                pixels[taxonomy_names[value]] += count
+                                images[taxonomy_names[value]] += 1
+                        record = by_key[key]
+                        domains[record.domain.name if record.domain else "unknown"] += 1
+            shards.append({"name": path.name, "samples": len(chunk), "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+        manifest_splits[split] = {"samples": len(keys), "shards": shards}
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "taxonomy": {"names": list(taxonomy_names), "version": taxonomy_version},
+        "image_format": "png" if config.lossless else "jpg",
+        "splits": manifest_splits,
+        "categories": {name: {"pixels": pixels[name], "images": images[name]} for name in taxonomy_names},
+        "domains": dict(sorted(domains.items())),
+        "quarantined_tiles": quarantined,
+        "build_config": build_config or {},
+        "audit_round": audit_round,
+    }
+    with atomic_path(out_dir / "manifest.json") as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _chunks(keys, by_key, load_sample, config: ShardConfig, n_classes: int) -> Iterator[list[tuple[str, dict, np.ndarray]]]:
+    chunk, size = [], 0
+    for key in keys:
+        image, mask = load_sample(by_key[key])
+        bad = np.setdiff1d(np.unique(mask), [*range(n_classes), IGNORE])
+        if bad.size:
+            raise ShardError(f"{key}: mask values {bad.tolist()} outside the taxonomy's {n_classes} classes")
+        encoded = _encode(key, image, mask, by_key[key], config)
+        sample_bytes = sum(len(v) for k, v in encoded.items() if k != "__key__")
+        if chunk and (len(chunk) >= config.max_samples or size + sample_bytes > config.max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((key, encoded, mask))
+        size += sample_bytes
+    if chunk:
+        yield chunk
+
+
+def _encode(key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, config: ShardConfig) -> dict:
+    if "." in key:
+        raise ShardError(f"tile key {key!r} contains '.', which WebDataset reads as an extension")
+    if image.shape[:2] != mask.shape:
+        raise ShardError(f"{key}: image {image.shape[:2]} and mask {mask.shape} differ in size")
+    image_buffer = io.BytesIO()
+    if config.lossless:
+        Image.fromarray(image).save(image_buffer, format="PNG", compress_level=6)
+    else:
+        Image.fromarray(image).save(image_buffer, format="JPEG", quality=config.jpeg_quality, subsampling=0)
+    mask_buffer = io.BytesIO()
+    Image.fromarray(mask).save(mask_buffer, format="PNG", compress_level=6)
+    return {
+        "__key__": key,
+        "png" if config.lossless else "jpg": image_buffer.getvalue(),
+        "mask.png": mask_buffer.getvalue(),
+        "json": json.dumps(record.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode(),
+    }
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise ShardError(f"{path}: no manifest (is {out_dir} a build output folder?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ShardError(f"{path}: invalid JSON ({error})") from error
+    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        raise ShardError(f"{path}: schema version {manifest.get('schema_version')}, this reader knows {MANIFEST_SCHEMA_VERSION}")
+    return manifest
+
+
+def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
+    """Problems found (empty list = all good): missing shards, checksum or count mismatches, bad mask values."""
+    manifest = read_manifest(out_dir)
+    n_classes = len(manifest["taxonomy"]["names"])
+    problems = []
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            path = out_dir / "shards" / shard["name"]
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+                continue
+            if file_sha256(path) != shard["sha256"]:
+                problems.append(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
+                continue
+            keys = set()
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    key, _, extension = member.name.partition(".")
+                    keys.add(key)
+                    if check_masks and extension == "mask.png":
+                        mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())))
+                        bad = np.setdiff1d(np.unique(mask), [*range(n_classes), IGNORE])
+                        if bad.size:
+                            problems.append(f"{path}: sample {key} has mask values {bad.tolist()} outside the taxonomy")
+            if len(keys) != shard["samples"]:
+                problems.append(f"{path}: {len(keys)} samples, manifest says {shard['samples']}")
+    return problems
+
+
+class ShardReader:
+    """Reads a build's shards after checking the manifest against what the caller trains on."""
+
+    def __init__(self, out_dir: Path, expected_names: Sequence[str] | None = None, verify_checksums: bool = True) -> None:
+        self.out_dir = out_dir
+        self.manifest = read_manifest(out_dir)
+        names = self.manifest["taxonomy"]["names"]
+        if expected_names is not None and list(expected_names) != names:
+            missing = [n for n in expected_names if n not in names]
+            raise ShardError(
+                f"{out_dir}: the shards were built with taxonomy {self.manifest['taxonomy']['version']} "
+                f"({len(names)} classes), not the {len(expected_names)} classes configured"
+                + (f"; missing: {missing[:5]}" if missing else "; same names, different order")
+            )
+        if verify_checksums:
+            for info in self.manifest["splits"].values():
+                for shard in info["shards"]:
+                    path = out_dir / "shards" / shard["name"]
+                    if not path.is_file() or file_sha256(path) != shard["sha256"]:
+                        raise ShardError(f"{path}: missing or its sha256 differs from the manifest")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["taxonomy"]["names"])
+
+    def shard_paths(self, split: str) -> list[str]:
+        if split not in self.manifest["splits"]:
+            raise ShardError(f"{self.out_dir}: no split {split!r} (have {sorted(self.manifest['splits'])})")
+        return [str(self.out_dir / "shards" / s["name"]) for s in self.manifest["splits"][split]["shards"]]
+
+    def samples(self, split: str = "train") -> Iterator[Sample]:
+        """Samples in shard order, decoded to arrays."""
+        paths = self.shard_paths(split)
+        if not paths:
+            return
+        extension = self.manifest.get("image_format", "jpg")
+        for raw in wds.WebDataset(paths, shardshuffle=False, empty_check=False):
+            yield decode_sample(raw, extension)
+
+
+def decode_sample(raw: dict, extension: str = "jpg") -> Sample:
+    key = raw["__key__"]
+    try:
+        image = np.asarray(Image.open(io.BytesIO(raw[extension])).convert("RGB"))
+        mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])))
+        record = json.loads(raw["json"])
+    except KeyError as error:
+        raise ShardError(f"sample {key}: missing part {error}") from error
+    return Sample(key=key, image=image, mask=mask, record=record)
+
+
+def export_official(out_dir: Path, destination: Path, splits: Iterable[str] = ("train", "val")) -> int:
+    """The folder layout the authors' Pi-Seg / CAT-Seg code reads: {split}/img/*.jpg, {split}/mask/*.png.
+    JPEG images are copied byte for byte; lossless (PNG) shards are encoded to JPEG at quality 95."""
+    reader = ShardReader(out_dir)
+    extension = reader.manifest.get("image_format", "jpg")
+    count = 0
+    for split in splits:
+        if split not in reader.manifest["splits"] or not reader.shard_paths(split):
+            continue
+        (destination / split / "img").mkdir(parents=True, exist_ok=True)
+        (destination / split / "mask").mkdir(parents=True, exist_ok=True)
+        for raw in wds.WebDataset(reader.shard_paths(split), shardshuffle=False, empty_check=False):
+            key = raw["__key__"]
+            image_path = destination / split / "img" / f"{key}.jpg"
+            if extension == "jpg":
+                image_path.write_bytes(raw["jpg"])
+            else:
+                Image.open(io.BytesIO(raw[extension])).convert("RGB").save(image_path, quality=95)
+            (destination / split / "mask" / f"{key}.png").write_bytes(raw["mask.png"])
+            count += 1
+    return count
