@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "Installing torch 2.14.1 + torchvision 0.29.1 first, then the project (constraints.txt pins them)..."
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@# docker-compose (Debian's 1.29) validates docker-compose.yml in the tests; no engine is needed.
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)) \
+		|| echo "note: docker-compose not installed; its validation tests will be skipped"; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

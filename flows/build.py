@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import threading
+import time
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -73,21 +74,32 @@ def _ingest_raster(path: str, stem: str, config_path: str, cache_key: str) -> li
         return [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
 
 
-def _run_stage(stage: str, states: list[TileState], config_path: str, cache_key: str) -> list[TileState]:
+class Batch:
+    """A batch of tile states passed between tasks. A plain class on purpose: Prefect walks lists,
+    dataclasses and pydantic models in task parameters (looking for futures), which for deep tile
+    records cost more than the stages themselves; it treats other objects as opaque."""
+
+    __slots__ = ("states",)
+
+    def __init__(self, states: list[TileState]) -> None:
+        self.states = states
+
+
+def _run_stage(stage: str, batch: Batch, config_path: str, cache_key: str) -> Batch:
     annotator = _annotator(config_path)
-    states = copy.deepcopy(states)  # never mutate a cached upstream result
+    states = copy.deepcopy(batch.states)  # never mutate a cached upstream result
     if stage in GPU_STAGES:
         with _gpu_slots(config_path):
             run_stage(stage, states, annotator.stages[stage], annotator.pixels)
     else:
         run_stage(stage, states, annotator.stages[stage], annotator.pixels)
-    return states
+    return Batch(states)
 
 
-def _write_outputs(states: list[TileState], config_path: str) -> list[TileRecord]:
+def _write_outputs(batch: Batch, config_path: str) -> list[TileRecord]:
     annotator = _annotator(config_path)
-    annotator.write(states, annotator.pixels)
-    return [s.record for s in states]
+    annotator.write(batch.states, annotator.pixels)
+    return [s.record for s in batch.states]
 
 
 def _select(records: list[TileRecord], config_path: str) -> list[str]:
@@ -132,6 +144,7 @@ shards_task = task(_write_shards, name="shards", retries=1)
 def build_stages(config_path: str) -> dict:
     """The DAG itself; runs under the task runner the configuration names."""
     logger = get_run_logger()
+    started = time.perf_counter()
     config = load_build_config(config_path)
     storage = _result_storage(config)
     rasters, unsupported = find_rasters_of(config)
@@ -145,14 +158,14 @@ def build_stages(config_path: str) -> dict:
     records = [*unsupported, *(r for future in ingested for r in future.result())]
     live = [TileState(r) for r in records if not r.quarantine]
     batches = list(batched(live, config.batch_size))
-    logger.info("%d rasters, %d tiles (%d quarantined at ingest), %d batches", len(rasters), len(records),
-                len(records) - len(live), len(batches))  # fmt: skip
+    logger.info("%d rasters, %d tiles (%d quarantined at ingest), %d batches; ingest %.1f s", len(rasters), len(records),
+                len(records) - len(live), len(batches), time.perf_counter() - started)  # fmt: skip
 
     fingerprints = stage_fingerprints(config)
     written = []
     for batch in batches:
         key = _digest("batch", [(s.record.key, s.record.source.sha256) for s in batch], config.tiling.model_dump(mode="json"))
-        upstream = batch
+        upstream = Batch(batch)
         for stage in STAGES:
             key = _digest(stage, key, fingerprints[stage], _captions_of(config, batch) if stage == "caption" else None)
             runner = stage_task.with_options(name=stage, result_storage=storage, tags=["gpu"] if stage in GPU_STAGES else [])
@@ -162,13 +175,14 @@ def build_stages(config_path: str) -> dict:
     for done, future in enumerate(written, start=1):
         annotated.extend(future.result())
         progress.report(done, len(batches))
+    logger.info("annotated %d tiles in %.1f s", len(annotated), time.perf_counter() - started)
     all_records = sorted([*(r for r in records if r.quarantine), *annotated], key=lambda r: r.key)
     _write_records(config, all_records)
     selected = select_task.submit(annotated, config_path).result()
     manifest = shards_task.submit(annotated, selected, config_path, wait_for=[]).result()
     manifest["quarantined"] = [{"key": r.key, "stage": r.quarantine.stage, "reason": r.quarantine.reason}
                                for r in all_records if r.quarantine]  # fmt: skip
-    logger.info("shards: %s", {s: v["samples"] for s, v in manifest["splits"].items()})
+    logger.info("shards: %s; total %.1f s", {s: v["samples"] for s, v in manifest["splits"].items()}, time.perf_counter() - started)
     return manifest
 
 
@@ -242,14 +256,15 @@ def _write_records(config: BuildConfig, records: list[TileRecord]) -> None:
         json.dump(payload, handle, indent=2)
 
 
-def _result_storage(config: BuildConfig) -> str:
-    """A saved LocalFileSystem block for this storage folder (Prefect needs result storage saved)."""
+def _result_storage(config: BuildConfig):
+    """A LocalFileSystem block for this storage folder, saved (Prefect requires it) and passed as the
+    instance: naming it by slug would make every task load the block from the API (~45 ms a task)."""
     from prefect.filesystems import LocalFileSystem
 
     folder = config.storage_dir.resolve()
-    name = "ovrsis-results-" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
-    return f"local-file-system/{name}"
+    block = LocalFileSystem(basepath=str(folder))
+    block.save("ovrsis-results-" + hashlib.sha256(str(folder).encode()).hexdigest()[:12], overwrite=True)
+    return block
 
 
 def _unique_stems(rasters: list[Path]) -> dict[Path, str]:

@@ -1,0 +1,13 @@
+# The ovrsis image: the build flow (served as deployment `local`) and the CLI.
+FROM python:3.11-slim
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY taxonomy taxonomy
+COPY pipeline pipeline
+COPY flows flows
+COPY audit audit
+COPY piseg piseg
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 \
+ && pip install --no-cache-dir -c constraints.txt .
+ENTRYPOINT ["ovrsis"]

@@ -1,0 +1,199 @@
+"""Review queues: a reproducible, domain-stratified sample of tiles pushed to Label Studio.
+
+Each task shows the tile, the proposed categories (with a choice to discard any of them), the
+merge's overlap conflicts as a note, and one editable brush region per proposed category, sent as a
+prediction (label_studio_sdk's brush RLE). Region ids are `r{category index}`, so a pull knows
+which proposal each reviewed region came from. Task identity is the record key (`data.key`):
+pushing the same records twice creates no duplicates. Images are served by local-files storage,
+never uploaded; a path outside the served root is refused.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+from PIL import Image
+
+from audit.client import AuditClient
+from audit.records import load_records, proposal_mask
+from audit.settings import AuditError
+from pipeline.annotate import RasterPixels
+from pipeline.ingest import BandRule
+from pipeline.outputs import palette
+from pipeline.records import TileRecord
+from taxonomy.loader import Taxonomy
+
+IMPORT_CHUNK = 500
+MODEL_VERSION = "ovrsis-build"
+
+
+@dataclass
+class PushSummary:
+    project_id: int
+    sampled: int
+    created: int
+    already_there: int
+    task_ids: list[int] = field(default_factory=list)
+
+
+def label_config(taxonomy: Taxonomy) -> str:
+    """Tile, discard choices over the task's own proposals, conflict note, brush labels for every category."""
+    colours = palette(len(taxonomy))
+    labels = "\n".join(
+        f'      <Label value={quoteattr(c.name)} background="#{"".join(f"{v:02x}" for v in colours[c.index])}"/>'
+        for c in taxonomy.categories
+    )
+    return f"""<View>
+  <Header value="Tile $key — domain $domain — queue $queue"/>
+  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+  <Header value="Proposed categories: $proposed"/>
+  <Text name="conflicts" value="$conflicts_note"/>
+  <Header value="Discard categories that are not in the tile (their pixels become unlabeled):"/>
+  <Choices name="discard" toName="image" choice="multiple" value="$proposed_options" showInline="true"/>
+  <Header value="Masks: keep a region to accept it, repaint to correct it, relabel it to correct its category."/>
+  <BrushLabels name="mask" toName="image">
+{labels}
+  </BrushLabels>
+</View>"""
+
+
+def stratified_sample(records: Sequence[TileRecord], n: int, seed: int, strata: str | None = "domain") -> list[TileRecord]:
+    """`n` tiles, allocated to strata in proportion to their size (largest remainder), drawn with
+    `random.Random(seed)` from each stratum's keys in sorted order: the same inputs and seed give
+    the same sample on any machine."""
+    if n >= len(records):
+        return sorted(records, key=lambda r: r.key)
+    groups: dict[str, list[TileRecord]] = defaultdict(list)
+    for record in records:
+        groups[_stratum(record, strata)].append(record)
+    exact = {g: n * len(members) / len(records) for g, members in groups.items()}
+    quota = {g: int(v) for g, v in exact.items()}
+    for group in sorted(groups, key=lambda g: (-(exact[g] - quota[g]), g))[: n - sum(quota.values())]:
+        quota[group] += 1
+    rng = random.Random(seed)
+    chosen = []
+    for group in sorted(groups):
+        members = sorted(groups[group], key=lambda r: r.key)
+        chosen.extend(rng.sample(members, quota[group]))
+    return sorted(chosen, key=lambda r: r.key)
+
+
+def uncertain_sample(records: Sequence[TileRecord], n: int) -> list[TileRecord]:
+    """The `n` least certain tiles: overlap conflicts first, then the lowest detector x mask score."""
+
+    def certainty(record: TileRecord) -> tuple:
+        kept = [i for i in record.instances if not i.dropped]
+        weakest = min((i.detector_score * (i.mask_score or 0.0) for i in kept), default=1.0)
+        return (-len(record.conflicts), weakest, record.key)
+
+    return sorted(sorted(records, key=certainty)[:n], key=lambda r: r.key)
+
+
+def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequence[TileRecord], title: str,
+         served_root: Path, queue: str = "sample", chunk: int = IMPORT_CHUNK) -> PushSummary:  # fmt: skip
+    """Create (or reuse) the project `title` and import the records not already in it."""
+    project_id = ensure_project(client, title, taxonomy, out_dir, served_root)
+    existing = existing_keys(client, project_id)
+    new = [r for r in records if r.key not in existing]
+    pixels = TileImages()
+    task_ids: list[int] = []
+    for start in range(0, len(new), chunk):
+        payload = [task_payload(r, out_dir, served_root, taxonomy, queue, pixels) for r in new[start : start + chunk]]
+        response = client.call(
+            "importing tasks",
+            lambda: client.sdk.projects.import_tasks(id=project_id, request=payload, return_task_ids=True),
+        )
+        task_ids.extend(response.task_ids or [])
+    return PushSummary(project_id, len(records), len(new), len(records) - len(new), task_ids)
+
+
+def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir: Path, served_root: Path) -> int:
+    for project in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title))):
+        if project.title == title:
+            return project.id
+    project = client.call("creating the project", lambda: client.sdk.projects.create(
+        title=title, label_config=label_config(taxonomy), description=f"ovrsis audit of {out_dir} ({taxonomy.name} {taxonomy.version})"))  # fmt: skip
+    images = (out_dir / "audit" / "images").resolve()
+    images.mkdir(parents=True, exist_ok=True)
+    _served_path(images, served_root)
+    client.call("connecting local-files storage", lambda: client.sdk.import_storage.local.create(
+        project=project.id, path=str(images), title="tiles", use_blob_urls=False))  # fmt: skip
+    return project.id
+
+
+def existing_keys(client: AuditClient, project_id: int) -> set[str]:
+    tasks = client.call("listing tasks", lambda: list(client.sdk.tasks.list(project=project_id, page_size=1000, fields="all")))
+    return {task.data.get("key") for task in tasks if task.data}
+
+
+class TileImages:
+    """Re-reads tile pixels with the band rule each record was built with."""
+
+    def __init__(self) -> None:
+        self._sources: dict[BandRule, RasterPixels] = {}
+
+    def __call__(self, record: TileRecord) -> np.ndarray:
+        source = record.source
+        rule = BandRule(bands=tuple(source.band_mapping), stretch="none" if source.stretch == "none" else "percentile")
+        return self._sources.setdefault(rule, RasterPixels(rule))(record)[0]
+
+
+def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str,
+                 images: TileImages) -> dict:  # fmt: skip
+    image_path = (out_dir / "audit" / "images" / f"{record.key}.jpg").resolve()
+    if not image_path.is_file():
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images(record)).save(image_path, quality=95)
+    mask = proposal_mask(out_dir, record)
+    proposed = [c for c in taxonomy.categories if (mask == c.index).any()]
+    regions = [
+        {
+            "id": f"r{c.index}", "from_name": "mask", "to_name": "image", "type": "brushlabels",
+            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask2rle(((mask == c.index) * 255).astype(np.uint8)), "brushlabels": [c.name]},
+        }
+        for c in proposed
+    ]  # fmt: skip
+    scores = [i.detector_score * (i.mask_score or 0.0) for i in record.instances if not i.dropped]
+    conflicts = "; ".join(f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts)
+    return {
+        "data": {
+            "image": "/data/local-files/?d=" + _served_path(image_path, served_root),
+            "key": record.key,
+            "domain": record.domain.name if record.domain else "unknown",
+            "queue": queue,
+            "proposed": ", ".join(c.name for c in proposed) or "(none)",
+            "proposed_options": [{"value": c.name} for c in proposed],
+            "conflicts_note": f"⚠ overlaps resolved by the merge: {conflicts}" if conflicts else "no overlap conflicts",
+        },
+        "predictions": [{"model_version": MODEL_VERSION, "score": round(float(np.mean(scores)), 4) if scores else 0.0,
+                         "result": regions}],  # fmt: skip
+    }
+
+
+def _served_path(path: Path, served_root: Path) -> str:
+    """The path relative to the local-files document root; anything outside it is refused."""
+    try:
+        return str(path.resolve().relative_to(served_root.resolve()))
+    except ValueError:
+        raise AuditError(f"{path} is outside the served root {served_root}: Label Studio would not serve it "
+                         "(start the server with --root at or above the build output folder)") from None  # fmt: skip
+
+
+def _stratum(record: TileRecord, strata: str | None) -> str:
+    if strata in (None, "", "none"):
+        return "all"
+    if strata == "domain":
+        return record.domain.name if record.domain else "unknown"
+    raise AuditError(f"unknown strata {strata!r} (domain or none)")
+
+
+def load_live_records(out_dir: Path) -> list[TileRecord]:
+    return [r for r in load_records(out_dir) if not r.quarantine]

@@ -1,0 +1,51 @@
+"""Where the Label Studio server is and how to reach it: from the environment or a `.env` file.
+
+The API token never comes from code and is never printed: messages show it masked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_URL = "http://127.0.0.1:8089"
+
+
+class AuditError(RuntimeError):
+    """An audit operation that cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    url: str
+    token: str
+
+    @property
+    def masked_token(self) -> str:
+        return f"{self.token[:4]}…({len(self.token)} chars)" if self.token else "(none)"
+
+
+def read_dotenv(path: Path = Path(".env")) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (comments and blank lines skipped, quotes stripped)."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def server_settings(url: str | None = None, env_file: Path = Path(".env")) -> ServerSettings:
+    dotenv = read_dotenv(env_file)
+
+    def get(name: str) -> str | None:
+        return os.environ.get(name) or dotenv.get(name)
+
+    token = get("LABEL_STUDIO_API_KEY") or get("LABEL_STUDIO_USER_TOKEN")
+    if not token:
+        raise AuditError("no Label Studio token: set LABEL_STUDIO_USER_TOKEN (or LABEL_STUDIO_API_KEY) in the environment or .env")
+    return ServerSettings(url=(url or get("LABEL_STUDIO_URL") or DEFAULT_URL).rstrip("/"), token=token)
