@@ -14,9 +14,19 @@ DEMO_IMAGERY ?= .demo-data/imagery
 # tiny: random-weight models built locally (offline, masks meaningless); default: Florence-2 + GroundingDINO + SAM.
 DEMO_MODELS ?= tiny
 
+LS_VENV := .venv-ls
+LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23.2
+
 .PHONY: demo test setup clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(LS_STAMP)
+
+# Label Studio in a venv of its own: installed beside Prefect it downgrades Prefect's dependencies.
+$(LS_STAMP):
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	@echo "Installing Label Studio 1.23.2 into $(LS_VENV) (its own venv)..."
+	$(LS_VENV)/bin/python -m pip --disable-pip-version-check install -q label-studio==1.23.2
+	@touch $@
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +48,7 @@ demo: $(STAMP)
 		--captions demo/imagery_captions.jsonl --tile-size 512 --overlap 64 --out $(DEMO_OUT)/annotate
 	@echo "Demo outputs are in $(DEMO_OUT)/ (categories.jsonl; annotate/: records, masks, overlays, stitched GeoTIFFs)"
 
-test: $(STAMP)
+test: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q
 
 clean:

@@ -23,7 +23,7 @@ class ServerSettings:
 
     @property
     def masked_token(self) -> str:
-        return f"{self.token[:4]}…({len(self.token)} chars)" if self.token else "(none)"
+        return f"(hidden, {len(self.token)} characters)" if self.token else "(none)"
 
 
 def read_dotenv(path: Path = Path(".env")) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from audit import cli as audit_cli
 from flows import commands
 from pipeline import cli as pipeline_cli
 
@@ -30,6 +31,7 @@ app.command("annotate", help=pipeline_cli.ANNOTATE_HELP)(pipeline_cli.annotate)
 app.command("build")(commands.build)
 app.command("serve")(commands.serve)
 app.add_typer(commands.shards_app, name="shards")
+app.add_typer(audit_cli.app, name="audit")
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # long paths and messages stay on one line
 
 CATEGORIES_HELP = f"""Propose taxonomy categories for images from their captions.
 

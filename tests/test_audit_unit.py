@@ -1,0 +1,104 @@
+"""Audit pieces that need no server: brush RLE, sampling, applying a review, statistics."""
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+from audit.apply import review
+from audit.queue import label_config, stratified_sample, uncertain_sample
+from audit.stats import audit_statistics, wilson
+from pipeline.records import AuditDecision, Conflict, Domain, Instance, SourceInfo, TileRecord, Window
+from taxonomy import load_taxonomy
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (300, 301), (37, 1), (1, 53), (1024, 999)])
+def test_brush_rle_round_trip(shape):
+    rng = np.random.default_rng(sum(shape))
+    for mask in (rng.random(shape) > 0.6, np.zeros(shape, bool), np.ones(shape, bool)):
+        rle = mask2rle((mask * 255).astype(np.uint8))
+        decoded = decode_rle(rle).reshape(*shape, 4)[:, :, 3] > 127
+        assert np.array_equal(decoded, mask)
+
+
+def record(key, domain, score=0.9, conflicts=0):
+    source = SourceInfo(path="x", sha256="", window=Window(row_off=0, col_off=0, height=8, width=8),
+                        band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=8, raster_height=8)  # fmt: skip
+    return TileRecord(key=key, source=source, domain=Domain(name=domain, score=1),
+                      instances=[Instance(category="road", box=[0, 0, 1, 1], detector_score=score, mask_score=1.0, area=4)],
+                      conflicts=[Conflict(winner=0, loser=0, winner_category="a", loser_category="b", pixels=1, rule="x")] * conflicts)  # fmt: skip
+
+
+def test_stratified_sample_is_proportional_and_reproducible():
+    records = [record(f"t{i:03d}", "town" if i < 60 else "forest" if i < 90 else "waterfront") for i in range(100)]
+    sample = stratified_sample(records, 20, seed=3)
+    assert [r.key for r in sample] == [r.key for r in stratified_sample(list(reversed(records)), 20, seed=3)]
+    domains = [r.domain.name for r in sample]
+    assert (domains.count("town"), domains.count("forest"), domains.count("waterfront")) == (12, 6, 2)
+    assert stratified_sample(records, 20, seed=4) != sample
+    assert len(stratified_sample(records, 500, seed=1)) == 100
+
+
+def test_uncertain_queue_puts_conflicts_and_low_scores_first():
+    records = [record("sure", "town", 0.95), record("weak", "town", 0.2), record("clash", "town", 0.9, conflicts=2)]
+    assert [r.key for r in uncertain_sample(records, 2)] == ["clash", "weak"]
+
+
+def test_label_config_names_every_category():
+    config = label_config(load_taxonomy("ovrsis95k"))
+    assert config.count("<Label ") == 35 and 'value="$proposed_options"' in config and "$conflicts_note" in config
+
+
+def brush(region_id, label, mask):
+    return {"id": region_id, "from_name": "mask", "to_name": "image", "type": "brushlabels",
+            "value": {"format": "rle", "rle": mask2rle((mask * 255).astype(np.uint8)), "brushlabels": [label]}}  # fmt: skip
+
+
+def test_review_decisions_and_reviewed_mask():
+    taxonomy = load_taxonomy("ovrsis95k")
+    road, building, tree, water = (taxonomy.index_of(n) for n in ("road", "building", "tree", "water"))
+    proposal = np.full((10, 10), 255, np.uint8)
+    proposal[:, :3] = road
+    proposal[:, 3:6] = building
+    proposal[:, 6:8] = tree
+    proposal[:, 8:] = water
+    repainted = np.zeros((10, 10), bool)
+    repainted[:5, 3:6] = True  # half of the building
+    added = np.zeros((10, 10), bool)
+    added[9, 9] = True
+    result = [
+        brush(f"r{road}", "road", proposal == road),  # accepted as is
+        brush(f"r{building}", "building", repainted),  # mask corrected
+        brush(f"r{tree}", "grass", proposal == tree),  # category corrected
+        brush(f"r{water}", "water", proposal == water),  # but discarded below
+        brush("new1", "vehicle", added),  # a category the build missed
+        {"id": "d", "from_name": "discard", "to_name": "image", "type": "choices", "value": {"choices": ["water"]}},
+    ]
+    mask, decisions = review(proposal, {"result": result}, taxonomy)
+    states = {(d.target, d.state) for d in decisions}
+    assert ("category:road", "accepted") in states and ("mask:road", "accepted") in states
+    assert ("category:building", "accepted") in states and ("mask:building", "corrected") in states
+    assert ("category:tree", "corrected") in states and ("category:water", "discarded") in states
+    assert next(d for d in decisions if d.target == "mask:building").mask_iou == pytest.approx(0.5)
+    assert next(d for d in decisions if d.target == "category:tree").corrected_to == "grass"
+    assert (mask[:, :3] == road).all() and (mask[:5, 3:6] == building).all() and (mask[5:, 3:6] == 255).all()
+    assert (mask[:, 6:8] == taxonomy.index_of("grass")).all()
+    assert (mask[:9, 8:] == 255).all() and mask[9, 9] == taxonomy.index_of("vehicle")
+    with pytest.raises(KeyError):
+        review(proposal, {"result": [brush("x", "unicorn", added)]}, taxonomy)
+
+
+def test_statistics_counts_and_wilson():
+    low, high = wilson(97, 100)
+    assert (low, high) == pytest.approx((0.9155, 0.9897), abs=1e-4)  # statsmodels' proportion_confint(97, 100, method="wilson")
+    reviewed = record("a", "town")
+    reviewed.audit = [AuditDecision(target="category:road", state="accepted"), AuditDecision(target="mask:road", state="accepted", mask_iou=1.0),
+                      AuditDecision(target="category:tree", state="discarded"),
+                      AuditDecision(target="category:water", state="corrected", corrected_to="sea", mask_iou=0.9)]  # fmt: skip
+    other = record("b", "forest")
+    other.audit = [AuditDecision(target="category:road", state="pending")]
+    stats = audit_statistics([reviewed, other, record("c", "town")])
+    table = stats["table"]
+    assert table["audited images"] == 1 and table["audited domains"] == 1
+    assert (table["category accepted"].successes, table["category accepted"].total) == (1, 3)
+    assert table["category discarded"].successes == 1 and table["false-positive ratio"].value == 1.0
+    assert table["mask accepted"].value == 1.0 and stats["mask_iou"] == [1.0]
