@@ -102,6 +102,44 @@ def _write_outputs(batch: Batch, config_path: str) -> list[TileRecord]:
     return [s.record for s in batch.states]
 
 
+def _audit_pull(config_path: str) -> str:
+    """Apply the reviews in Label Studio to the records and masks; returns the audit round: a digest
+    of the reviews applied, so the same reviews give the same manifest."""
+    from audit.apply import find_project, pull
+    from audit.client import AuditClient
+    from audit.settings import server_settings
+    from taxonomy.loader import load_taxonomy
+
+    config = load_build_config(config_path)
+    client = AuditClient(server_settings(config.audit.url))
+    title = config.audit.project or f"ovrsis audit: {config.output.resolve().name}"
+    summary = pull(client, find_project(client, title), config.output, load_taxonomy(config.taxonomy))
+    reviews = sorted(
+        (task["data"]["key"], [a.get("result") for a in task.get("annotations") or [] if not a.get("was_cancelled")])
+        for task in json.loads(summary.export.read_text())
+    )
+    return f"reviews:{summary.reviewed}:{_digest(reviews)[:12]}"
+
+
+def _audit_push(config_path: str) -> int:
+    """Queue a domain-stratified sample (and the uncertain tiles) for review; returns tasks created."""
+    from audit.client import AuditClient
+    from audit.queue import load_live_records, push, stratified_sample, uncertain_sample
+    from audit.settings import server_settings
+    from taxonomy.loader import load_taxonomy
+
+    config = load_build_config(config_path)
+    client = AuditClient(server_settings(config.audit.url))
+    live, taxonomy = load_live_records(config.output), load_taxonomy(config.taxonomy)
+    title = config.audit.project or f"ovrsis audit: {config.output.resolve().name}"
+    created = push(client, config.output, taxonomy, stratified_sample(live, config.audit.push_sample, config.audit.seed),
+                   title, config.output).created  # fmt: skip
+    if config.audit.uncertain:
+        created += push(client, config.output, taxonomy, uncertain_sample(live, config.audit.uncertain),
+                        title + " (uncertain)", config.output, queue="uncertain").created  # fmt: skip
+    return created
+
+
 def _select(records: list[TileRecord], config_path: str) -> list[str]:
     config = load_build_config(config_path)
     from taxonomy.loader import load_taxonomy
@@ -112,7 +150,7 @@ def _select(records: list[TileRecord], config_path: str) -> list[str]:
     return [r.key for r in selected]
 
 
-def _write_shards(records: list[TileRecord], selected: list[str], config_path: str) -> dict:
+def _write_shards(records: list[TileRecord], selected: list[str], config_path: str, audit_round: str | None = None) -> dict:
     import numpy as np
     from PIL import Image
 
@@ -129,6 +167,7 @@ def _write_shards(records: list[TileRecord], selected: list[str], config_path: s
     return write_shards(
         config.output, [r for r in records if r.key in keep], load, taxonomy.names, taxonomy.version,
         config.shard_config(), build_config=config.fingerprint(), quarantined=sum(1 for r in records if r.quarantine),
+        audit_round=audit_round or 0,
     )  # fmt: skip
 
 
@@ -138,6 +177,8 @@ stage_task = task(_run_stage, persist_result=True, cache_key_fn=_cache_key)
 write_outputs = task(_write_outputs, name="write-outputs", retries=2, retry_delay_seconds=1)
 select_task = task(_select, name="select", retries=1)
 shards_task = task(_write_shards, name="shards", retries=1)
+audit_pull_task = task(_audit_pull, name="audit-pull", retries=2, retry_delay_seconds=5)
+audit_push_task = task(_audit_push, name="audit-push", retries=2, retry_delay_seconds=5)
 
 
 @flow(name="build-stages")
@@ -178,8 +219,15 @@ def build_stages(config_path: str) -> dict:
     logger.info("annotated %d tiles in %.1f s", len(annotated), time.perf_counter() - started)
     all_records = sorted([*(r for r in records if r.quarantine), *annotated], key=lambda r: r.key)
     _write_records(config, all_records)
+    audit_round = None
+    if config.audit.pull:  # the reviews replace the proposals of the reviewed tiles before sharding
+        audit_round = audit_pull_task.submit(config_path).result()
+        reviewed = {r.key: r for r in _read_records(config)}
+        annotated = [reviewed[r.key] for r in annotated]
     selected = select_task.submit(annotated, config_path).result()
-    manifest = shards_task.submit(annotated, selected, config_path, wait_for=[]).result()
+    manifest = shards_task.submit(annotated, selected, config_path, audit_round).result()
+    if config.audit.push_sample or config.audit.uncertain:
+        manifest["audit_tasks_created"] = audit_push_task.submit(config_path).result()
     manifest["quarantined"] = [{"key": r.key, "stage": r.quarantine.stage, "reason": r.quarantine.reason}
                                for r in all_records if r.quarantine]  # fmt: skip
     logger.info("shards: %s; total %.1f s", {s: v["samples"] for s, v in manifest["splits"].items()}, time.perf_counter() - started)
@@ -254,6 +302,10 @@ def _write_records(config: BuildConfig, records: list[TileRecord]) -> None:
                "instances_per_category": dict(summary.instances.most_common()), "domains": dict(summary.domains.most_common())}  # fmt: skip
     with atomic_writer(config.output / "summary.json") as handle:
         json.dump(payload, handle, indent=2)
+
+
+def _read_records(config: BuildConfig) -> list[TileRecord]:
+    return [TileRecord.model_validate_json(line) for line in (config.output / "records.jsonl").read_text().splitlines() if line]
 
 
 def _result_storage(config: BuildConfig):

@@ -13,6 +13,7 @@
     shards: {max_samples: 1000, max_bytes: 1073741824, lossless: false, val_fraction: 0.1, seed: 0}
     batch_size: 32                     # tiles per task (each task costs ~25 ms of orchestration)
     runner: {kind: threads, workers: 2, address: null}   # threads | processes | dask | ray
+    audit: {pull: false, push_sample: 0, uncertain: 0, seed: 0, project: null, url: null}
     gpu_concurrency: 1                 # model stages running at once in one process
 
 Relative paths are resolved against the configuration file's folder. Everything is checked before
@@ -80,6 +81,15 @@ class Shards(_Section):
     seed: int = 0
 
 
+class Audit(_Section):
+    pull: bool = False  # before selection: pull the reviews from Label Studio and apply them
+    push_sample: int = Field(0, ge=0)  # after sharding: push this many tiles (stratified by domain) for review
+    uncertain: int = Field(0, ge=0)  # ... and this many least-certain tiles in a second project
+    seed: int = 0
+    project: str | None = None  # default "ovrsis audit: <output folder name>"
+    url: str | None = None  # default LABEL_STUDIO_URL or http://127.0.0.1:8089; token from the environment
+
+
 class Runner(_Section):
     kind: Literal["threads", "processes", "dask", "ray"] = "threads"
     workers: int = Field(2, ge=1)
@@ -100,6 +110,7 @@ class BuildConfig(_Section):
     shards: Shards = Shards()
     batch_size: int = Field(32, ge=1)
     runner: Runner = Runner()
+    audit: Audit = Audit()
     gpu_concurrency: int = Field(1, ge=1)
 
     @field_validator("inputs")
@@ -132,7 +143,7 @@ class BuildConfig(_Section):
 
     def fingerprint(self) -> dict:
         """What the shards depend on (recorded in the manifest): no output or cache paths."""
-        return self.model_dump(mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size"})
+        return self.model_dump(mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size", "audit"})
 
 
 def load_build_config(path: str | Path) -> BuildConfig:

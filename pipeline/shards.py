@@ -77,7 +77,7 @@ def write_shards(
     config: ShardConfig = ShardConfig(),
     build_config: dict | None = None,
     quarantined: int = 0,
-    audit_round: int = 0,
+    audit_round: int | str = 0,
 ) -> dict:
     """Write every split's shards and the manifest; returns the manifest."""
     by_key = {r.key: r for r in records}

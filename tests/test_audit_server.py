@@ -157,3 +157,41 @@ def test_wrong_token_unreachable_server_and_outside_root(server, build_output, t
     records = [r for r in load_records(build_output) if not r.quarantine][:1]
     with pytest.raises(AuditError, match="outside the served root"):
         push(client, build_output, load_taxonomy("ovrsis95k"), records, "outside root", tmp_path)
+
+
+def test_flow_pushes_a_queue_and_shards_the_reviews(server, build_output, tmp_path, tiny_models_yaml):
+    """audit.push_sample queues tiles after sharding; a rebuild with audit.pull shards the reviewed masks."""
+    import subprocess
+
+    import yaml
+
+    from flow_helpers import ovrsis, prefect_env, write_config
+    from pipeline.shards import ShardReader
+
+    imagery = make_imagery(tmp_path / "data" / "rasters", count=1, size=256)
+    output = build_output / "flow-build"  # under the folder the server serves
+    config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, output,
+                          audit={"push_sample": 2, "seed": 0, "project": "flow audit", "url": server.url})  # fmt: skip
+    env = prefect_env(tmp_path / "prefect") | {"LABEL_STUDIO_USER_TOKEN": TOKEN}
+    first = subprocess.run(ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = AuditClient(ServerSettings(server.url, TOKEN))
+    project = find_project(client, "flow audit")
+    tasks = client.sdk.projects.exports.as_json(project)
+    assert len(tasks) == 2
+    task = tasks[0]
+    (prediction,) = client.sdk.predictions.list(task=task["id"])
+    dropped = prediction.result[0]["value"]["brushlabels"][0]
+    discard = {"id": "c", "from_name": "discard", "to_name": "image", "type": "choices", "value": {"choices": [dropped]}}
+    client.sdk.annotations.create(id=task["id"], result=[*prediction.result, discard])
+    settings = yaml.safe_load(config.read_text())
+    settings["audit"] = {"pull": True, "project": "flow audit", "url": server.url}
+    config.write_text(yaml.safe_dump(settings))
+    second = subprocess.run(ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    reader = ShardReader(output)
+    assert reader.manifest["audit_round"].startswith("reviews:1:")
+    taxonomy = load_taxonomy("ovrsis95k")
+    reviewed = next(s for split in ("train", "val") for s in reader.samples(split) if s.key == task["data"]["key"])
+    assert not (reviewed.mask == taxonomy.index_of(dropped)).any()
+    assert any(d["state"] == "discarded" for d in reviewed.record["audit"])

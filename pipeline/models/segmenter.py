@@ -30,6 +30,10 @@ class SegmentResult:
     masks: np.ndarray  # (N, H, W) bool, one per box
     scores: np.ndarray  # (N,) predicted mask IoU
 
+    @staticmethod
+    def empty(height: int, width: int) -> "SegmentResult":
+        return SegmentResult(np.zeros((0, height, width), bool), np.zeros(0, np.float32))
+
 
 class Segmenter(Protocol):
     model_id: str
@@ -100,7 +104,7 @@ class SegmentAnythingSegmenter:
         for index, (image, tile_boxes) in enumerate(zip(images, boxes)):
             height, width = image.shape[:2]
             if len(tile_boxes) == 0:
-                results.append(SegmentResult(np.zeros((0, height, width), bool), np.zeros(0, np.float32)))
+                results.append(SegmentResult.empty(height, width))
                 continue
             box_tensor = self.transform.apply_boxes_torch(
                 torch.as_tensor(np.asarray(tile_boxes), dtype=torch.float32, device=self.device), (height, width)
@@ -138,7 +142,7 @@ class TransformersSamSegmenter:
         for index, (image, tile_boxes) in enumerate(zip(images, boxes)):
             height, width = image.shape[:2]
             if len(tile_boxes) == 0:
-                results.append(SegmentResult(np.zeros((0, height, width), bool), np.zeros(0, np.float32)))
+                results.append(SegmentResult.empty(height, width))
                 continue
             prompt = self.processor(images=[image], input_boxes=[[list(map(float, b)) for b in tile_boxes]], return_tensors="pt")
             outputs = self.model(
