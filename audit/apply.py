@@ -10,7 +10,8 @@ A region the reviewer added for a category that was not proposed is recorded as 
 (added) category. The new semantic mask is painted from the reviewed regions (smaller regions on
 top, as in the merge rule). Tasks without an annotation stay `pending`.
 
-Every pull exports all tasks to a timestamped JSON file first (no reviewed work is ever lost)
+Every pull first streams all tasks, page by page, into a timestamped JSON Lines export (no reviewed
+work is ever lost; memory stays bounded however many tasks there are)
 and starts from the build's proposal (`masks/KEY.proposed.png`), so pulling twice is idempotent.
 """
 
@@ -21,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
@@ -28,6 +30,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from audit.client import AuditClient
 from audit.records import keep_proposal, load_records, proposal_mask, write_records
 from audit.settings import AuditError
+from pipeline.jsonl import atomic_writer, write_json_line
 from pipeline.outputs import write_png
 from pipeline.records import AuditDecision, TileRecord
 from taxonomy.loader import Taxonomy
@@ -47,27 +50,50 @@ class PullSummary:
     states: Counter = field(default_factory=Counter)
 
 
-def export_project(client: AuditClient, project_id: int, out_dir: Path) -> tuple[list[dict], Path]:
-    tasks = client.call("exporting reviews", lambda: client.sdk.projects.exports.as_json(project_id))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    path = out_dir / "audit" / "exports" / f"project-{project_id}-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(tasks, indent=1))
-    return tasks, path
+PAGE_SIZE = 100
+
+
+def iter_tasks(client: AuditClient, project_id: int) -> Iterator[dict]:
+    """Every task of the project with its annotations, one page at a time (memory stays bounded);
+    each page is fetched with retries."""
+    page = 1
+    while True:
+        current = client.call(f"reading tasks (page {page})", lambda: client.sdk.tasks.list(
+            project=project_id, page=page, page_size=PAGE_SIZE, fields="all"))  # fmt: skip
+        items = current.items or []
+        for task in items:
+            yield {"id": task.id, "data": task.data, "annotations": task.annotations or []}
+        total = getattr(current.response, "total", None)
+        if len(items) < PAGE_SIZE or (total is not None and page * PAGE_SIZE >= total):
+            return  # (has_next cannot be trusted: Label Studio answers 404 past the last page)
+        page += 1
 
 
 def pull(client: AuditClient, project_id: int, out_dir: Path, taxonomy: Taxonomy) -> PullSummary:
-    tasks, export_path = export_project(client, project_id, out_dir)
+    """Stream the project's tasks into a timestamped JSON Lines export, then apply it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    export_path = out_dir / "audit" / "exports" / f"project-{project_id}-{stamp}.jsonl"
+    with atomic_writer(export_path) as handle:
+        for task in iter_tasks(client, project_id):
+            write_json_line(handle, task)
     users = client.call("listing users", lambda: list(client.sdk.users.list()))
-    return apply_export(tasks, out_dir, taxonomy, export_path, {u.id: u.email for u in users})
+    return apply_export(export_path, out_dir, taxonomy, {u.id: u.email for u in users})
 
 
-def apply_export(tasks: list[dict], out_dir: Path, taxonomy: Taxonomy, export_path: Path,
-                 reviewers: dict[int, str] | None = None) -> PullSummary:  # fmt: skip
+def read_export(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def apply_export(export_path: Path, out_dir: Path, taxonomy: Taxonomy, reviewers: dict[int, str] | None = None) -> PullSummary:
+    """Apply a saved export (also usable offline, to replay a past pull)."""
     records = load_records(out_dir)
     by_key = {r.key: r for r in records}
-    summary = PullSummary(export=export_path, tasks=len(tasks))
-    for task in tasks:
+    summary = PullSummary(export=export_path)
+    for task in read_export(export_path):
+        summary.tasks += 1
         key = (task.get("data") or {}).get("key")
         record = by_key.get(key)
         if record is None:

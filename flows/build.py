@@ -114,9 +114,11 @@ def _audit_pull(config_path: str) -> str:
     client = AuditClient(server_settings(config.audit.url))
     title = config.audit.project or f"ovrsis audit: {config.output.resolve().name}"
     summary = pull(client, find_project(client, title), config.output, load_taxonomy(config.taxonomy))
+    from audit.apply import read_export
+
     reviews = sorted(
         (task["data"]["key"], [a.get("result") for a in task.get("annotations") or [] if not a.get("was_cancelled")])
-        for task in json.loads(summary.export.read_text())
+        for task in read_export(summary.export)
     )
     return f"reviews:{summary.reviewed}:{_digest(reviews)[:12]}"
 
