@@ -46,7 +46,12 @@ demo: $(STAMP)
 	@if [ "$(DEMO_IMAGERY)" = ".demo-data/imagery" ]; then $(PY) demo/fetch_imagery.py $(DEMO_IMAGERY); fi
 	$(VENV)/bin/ovrsis annotate $(DEMO_IMAGERY) --taxonomy ovrsis95k --models $(DEMO_MODELS) \
 		--captions demo/imagery_captions.jsonl --tile-size 512 --overlap 64 --out $(DEMO_OUT)/annotate
-	@echo "Demo outputs are in $(DEMO_OUT)/ (categories.jsonl; annotate/: records, masks, overlays, stitched GeoTIFFs)"
+	@printf 'inputs: ["%s"]\ncaptions: "%s"\nmodels: "%s"\noutput: "%s"\ntiling: {tile_size: 512, overlap: 64}\nshards: {max_samples: 8, val_fraction: 0.25}\n' \
+		"$(abspath $(DEMO_IMAGERY))" "$(abspath demo/imagery_captions.jsonl)" "$(DEMO_MODELS)" "$(abspath $(DEMO_OUT))/build" > $(DEMO_OUT)/build.yaml
+	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/ovrsis build --config $(DEMO_OUT)/build.yaml
+	$(VENV)/bin/ovrsis shards verify $(DEMO_OUT)/build
+	@echo "Demo outputs are in $(DEMO_OUT)/: categories.jsonl; annotate/ (records, masks, overlays, stitched GeoTIFFs);"
+	@echo "build/ (the Prefect build: shards, manifest.json, report/balance.md, records, masks)"
 
 test: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q

@@ -152,7 +152,8 @@ def _select(records: list[TileRecord], config_path: str) -> list[str]:
     return [r.key for r in selected]
 
 
-def _write_shards(records: list[TileRecord], selected: list[str], config_path: str, audit_round: str | None = None) -> dict:
+def _write_shards(records: list[TileRecord], selected: list[str], config_path: str, quarantined: int,
+                  audit_round: str | None = None) -> dict:  # fmt: skip
     import numpy as np
     from PIL import Image
 
@@ -168,7 +169,7 @@ def _write_shards(records: list[TileRecord], selected: list[str], config_path: s
 
     return write_shards(
         config.output, [r for r in records if r.key in keep], load, taxonomy.names, taxonomy.version,
-        config.shard_config(), build_config=config.fingerprint(), quarantined=sum(1 for r in records if r.quarantine),
+        config.shard_config(), build_config=config.fingerprint(), quarantined=quarantined,
         audit_round=audit_round or 0,
     )  # fmt: skip
 
@@ -227,11 +228,11 @@ def build_stages(config_path: str) -> dict:
         reviewed = {r.key: r for r in _read_records(config)}
         annotated = [reviewed[r.key] for r in annotated]
     selected = select_task.submit(annotated, config_path).result()
-    manifest = shards_task.submit(annotated, selected, config_path, audit_round).result()
+    quarantined = [r for r in all_records if r.quarantine]
+    manifest = shards_task.submit(annotated, selected, config_path, len(quarantined), audit_round).result()
     if config.audit.push_sample or config.audit.uncertain:
         manifest["audit_tasks_created"] = audit_push_task.submit(config_path).result()
-    manifest["quarantined"] = [{"key": r.key, "stage": r.quarantine.stage, "reason": r.quarantine.reason}
-                               for r in all_records if r.quarantine]  # fmt: skip
+    manifest["quarantined"] = [{"key": r.key, "stage": r.quarantine.stage, "reason": r.quarantine.reason} for r in quarantined]
     logger.info("shards: %s; total %.1f s", {s: v["samples"] for s, v in manifest["splits"].items()}, time.perf_counter() - started)
     return manifest
 

@@ -23,6 +23,7 @@ def make_imagery(folder: Path, count: int = 3, size: int = 512) -> Path:
                    "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000 + 1000 * index, 0, -0.5, 5000000)}  # fmt: skip
         with rasterio.open(folder / f"scene{index}.tif", "w", **profile) as out:
             out.write(rng.integers(1, 255, (3, size, size), dtype=np.uint8))
+    (folder / "broken.tif").write_bytes(b"not a raster" * 20)  # must be quarantined, never sharded
     captions = folder.parent / "captions.jsonl"
     captions.write_text("".join(json.dumps({"id": f"scene{i}", "caption": CAPTION}) + "\n" for i in range(count)))
     return folder

@@ -134,6 +134,11 @@ def test_audit_session_push_review_pull_stats(server, build_output, tmp_path):
     assert {p.name: p.read_bytes() for p in (build_output / "masks").glob("*.png")} == masks_before
     assert second.export != summary.export and second.export.is_file()
 
+    # a task deleted in the UI: the next pull leaves that tile's reviewed decisions as they were
+    client.sdk.tasks.delete(id=str(by_key[accept]["id"]))
+    third = pull(client, project, build_output, taxonomy)
+    assert third.tasks == 5 and {r.key: r for r in load_records(build_output)}[accept].audit == after[accept].audit
+
     stats = write_report(load_records(build_output), tmp_path / "report")
     table = stats["table"]
     n_proposed = sum(len([d for d in after[k].audit if d.target.startswith("category:")]) for k in reviews)

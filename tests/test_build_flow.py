@@ -40,6 +40,8 @@ def test_resume_after_sigkill_gives_identical_shards_and_cache_rules(tmp_path, i
     reader = ShardReader(tmp_path / "reference")
     assert reader.manifest["splits"]["train"]["samples"] + reader.manifest["splits"]["val"]["samples"] == 48
     assert reader.class_names[24] == "building" and next(reader.samples("train")).image.shape == (128, 128, 3)
+    assert reader.manifest["quarantined_tiles"] == 1
+    assert not any(s.key.startswith("broken") for split in ("train", "val") for s in reader.samples(split))
 
     # SIGKILL the whole build (and its ephemeral Prefect server) in the middle of the model stages
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out")
