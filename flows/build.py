@@ -31,7 +31,7 @@ from flows.config import BuildConfig, BuildConfigError, check_before_models, loa
 from flows.runners import make_task_runner
 from pipeline.annotate import AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file, run_stage
 from pipeline.batching import batched
-from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file
+from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
 from pipeline.jsonl import atomic_writer, write_json_line
 from pipeline.records import SCHEMA_VERSION, TileRecord
 from pipeline.selection import select_tiles, statistics, write_report
@@ -192,7 +192,7 @@ def build_stages(config_path: str) -> dict:
     config = load_build_config(config_path)
     storage = _result_storage(config)
     rasters, unsupported = find_rasters_of(config)
-    stems = _unique_stems(rasters)
+    stems = source_stems(rasters)
     ingest = ingest_raster.with_options(result_storage=storage)
     ingested = [
         ingest.submit(str(path), stems[path], config_path, cache_key=_digest("ingest", _file_digest(path), stems[path],
@@ -320,13 +320,6 @@ def _result_storage(config: BuildConfig):
     block = LocalFileSystem(basepath=str(folder))
     block.save("ovrsis-results-" + hashlib.sha256(str(folder).encode()).hexdigest()[:12], overwrite=True)
     return block
-
-
-def _unique_stems(rasters: list[Path]) -> dict[Path, str]:
-    from collections import Counter
-
-    counts = Counter(p.stem for p in rasters)
-    return {p: p.stem if counts[p.stem] == 1 else p.name.replace(".", "_") for p in rasters}
 
 
 @lru_cache(maxsize=256)

@@ -29,7 +29,16 @@ from pipeline.batching import batched
 from pipeline.categories import CaptionCategorizer, parse_images
 from pipeline.categorize_file import CategorizeSummary, iter_items
 from pipeline.domains import DomainClassifier
-from pipeline.ingest import BandRule, IngestError, RasterSource, Tile, TilingConfig, find_rasters, quarantined_file
+from pipeline.ingest import (
+    BandRule,
+    IngestError,
+    RasterSource,
+    Tile,
+    TilingConfig,
+    find_rasters,
+    quarantined_file,
+    source_stems,
+)
 from pipeline.jsonl import atomic_writer, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from pipeline.models.detector import Detection, PromptPhrase
@@ -169,9 +178,9 @@ class Annotator:
         """Tiles of every raster, with quarantined records for files and tiles that cannot be used."""
         rasters, unsupported = find_rasters(inputs)
         yield from unsupported
-        stems = Counter(path.stem for path in rasters)
+        stems = source_stems(rasters)
         for path in rasters:
-            stem = path.stem if stems[path.stem] == 1 else path.name.replace(".", "_")  # a.tif and a.png stay apart
+            stem = stems[path]
             started = time.perf_counter()
             try:
                 source = RasterSource(path, self.config.bands, source_stem=stem)

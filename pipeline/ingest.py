@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -84,6 +85,13 @@ def find_rasters(path: Path) -> tuple[list[Path], list[TileRecord]]:
         elif candidate == path or not _is_sidecar(candidate):
             unsupported.append(quarantined_file(candidate, f"unsupported format {suffix or '(no extension)'}"))
     return rasters, unsupported
+
+
+def source_stems(rasters: list[Path]) -> dict[Path, str]:
+    """The name each raster's tile keys start with: its stem, or its name with dots replaced when two
+    files share a stem (a.tif and a.png). Never a dot: WebDataset reads dots as extensions."""
+    counts = Counter(p.stem for p in rasters)
+    return {p: (p.stem if counts[p.stem] == 1 else p.name).replace(".", "_") for p in rasters}
 
 
 def _is_sidecar(path: Path) -> bool:

@@ -44,7 +44,6 @@ class DetectorSpec(_Spec):
     nms_iou: float = 0.5
     cross_class_iou: float = 0.85
     max_boxes: int = 100
-    synonyms_in_prompt: int = 1  # besides the category name and the caption's own phrase
 
 
 class SegmenterSpec(_Spec):
