@@ -13,21 +13,19 @@ import numpy as np
 from PIL import Image
 
 from audit.settings import AuditError
-from pipeline.jsonl import atomic_writer, write_json_line
-from pipeline.records import TileRecord
+from pipeline.records import TileRecord, read_records
+from pipeline.records import write_records as write_record_file
 
 
 def load_records(out_dir: Path) -> list[TileRecord]:
     path = out_dir / "records.jsonl"
     if not path.is_file():
         raise AuditError(f"{path} not found: --records must be a build or `ovrsis annotate` output folder")
-    return [TileRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path)
 
 
 def write_records(out_dir: Path, records: list[TileRecord]) -> None:
-    with atomic_writer(out_dir / "records.jsonl") as handle:
-        for record in records:
-            write_json_line(handle, record.model_dump(mode="json"))
+    write_record_file(out_dir / "records.jsonl", records)
 
 
 def proposal_path(out_dir: Path, record: TileRecord) -> Path:

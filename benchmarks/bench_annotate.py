@@ -11,7 +11,6 @@ Usage: python benchmarks/bench_annotate.py [--real-size]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -65,7 +65,7 @@ def main() -> None:
         tiles = 0
         with rasterio.Env(GDAL_CACHEMAX=128):
             with RasterSource(path) as source:
-                for tile in source.tiles(TilingConfig(args.tile_size)):
+                for _ in source.tiles(TilingConfig(args.tile_size)):
                     tiles += 1
                     if tiles == 1:
                         after_first = rss_mib()

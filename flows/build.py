@@ -32,8 +32,8 @@ from flows.runners import make_task_runner
 from pipeline.annotate import AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file, run_stage
 from pipeline.batching import batched
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
-from pipeline.jsonl import atomic_writer, write_json_line
-from pipeline.records import SCHEMA_VERSION, TileRecord
+from pipeline.jsonl import atomic_writer
+from pipeline.records import SCHEMA_VERSION, TileRecord, read_records, write_records
 from pipeline.selection import select_tiles, statistics, write_report
 from pipeline.shards import write_shards
 
@@ -225,7 +225,7 @@ def build_stages(config_path: str) -> dict:
     audit_round = None
     if config.audit.pull:  # the reviews replace the proposals of the reviewed tiles before sharding
         audit_round = audit_pull_task.submit(config_path).result()
-        reviewed = {r.key: r for r in _read_records(config)}
+        reviewed = {r.key: r for r in read_records(config.output / "records.jsonl")}
         annotated = [reviewed[r.key] for r in annotated]
     selected = select_task.submit(annotated, config_path).result()
     quarantined = [r for r in all_records if r.quarantine]
@@ -294,21 +294,12 @@ def _given_captions(path: str) -> dict[str, list[str]]:
 
 
 def _write_records(config: BuildConfig, records: list[TileRecord]) -> None:
-    with atomic_writer(config.output / "records.jsonl") as handle:
-        for record in records:
-            write_json_line(handle, record.model_dump(mode="json"))
+    write_records(config.output / "records.jsonl", records)
     summary = AnnotateSummary()
     for record in records:
         summary.count(TileState(record))
-    payload = {"tiles": summary.tiles, "annotated": summary.annotated,
-               "quarantined": [{"key": k, "stage": s, "reason": r} for k, s, r in summary.quarantined],
-               "instances_per_category": dict(summary.instances.most_common()), "domains": dict(summary.domains.most_common())}  # fmt: skip
     with atomic_writer(config.output / "summary.json") as handle:
-        json.dump(payload, handle, indent=2)
-
-
-def _read_records(config: BuildConfig) -> list[TileRecord]:
-    return [TileRecord.model_validate_json(line) for line in (config.output / "records.jsonl").read_text().splitlines() if line]
+        json.dump(summary.as_dict(), handle, indent=2)
 
 
 def _result_storage(config: BuildConfig):

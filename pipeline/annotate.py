@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 from PIL import Image
@@ -112,6 +112,18 @@ class AnnotateSummary:
     instances: Counter = field(default_factory=Counter)  # per category
     domains: Counter = field(default_factory=Counter)
     stitched: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """What summary.json holds."""
+        return {
+            "tiles": self.tiles,
+            "annotated": self.annotated,
+            "quarantined": [{"key": k, "stage": s, "reason": r} for k, s, r in self.quarantined],
+            "seconds_per_stage": {k: round(v, 3) for k, v in self.seconds.items()},
+            "instances_per_category": dict(self.instances.most_common()),
+            "domains": dict(self.domains.most_common()),
+            "stitched": self.stitched,
+        }
 
     def count(self, state: TileState) -> None:
         self.tiles += 1

@@ -91,10 +91,11 @@ def _merge(captions: list[list[tuple[Phrase, CategoryMatch | None]]]) -> Caption
             elif match.propose and _better(match, best.get(match.name)):
                 best[match.name] = match
     proposed = sorted(best.values(), key=lambda m: (METHOD_RANK[m.method], -m.score, m.name))
+    matched_phrases = {m.phrase for m in proposed}
     return CaptionCategories(
         categories=[ProposedCategory(name=m.name, score=m.score, phrase=m.phrase, method=m.method) for m in proposed],
         unmatched=list(unmatched),
-        negated=[n for n in negated if n not in {m.phrase for m in proposed}],
+        negated=[n for n in negated if n not in matched_phrases],
         phrases=phrases,
     )
 

@@ -240,17 +240,8 @@ def _planned_tiles(input_path: Path, tiling) -> int | None:
 def _write_annotate_summary(out: Path, summary) -> None:
     from pipeline.jsonl import atomic_writer
 
-    payload = {
-        "tiles": summary.tiles,
-        "annotated": summary.annotated,
-        "quarantined": [{"key": k, "stage": s, "reason": r} for k, s, r in summary.quarantined],
-        "seconds_per_stage": {k: round(v, 3) for k, v in summary.seconds.items()},
-        "instances_per_category": dict(summary.instances.most_common()),
-        "domains": dict(summary.domains.most_common()),
-        "stitched": summary.stitched,
-    }
     with atomic_writer(out / "summary.json") as handle:
-        json.dump(payload, handle, indent=2)
+        json.dump(summary.as_dict(), handle, indent=2)
 
 
 def _print_annotate_summary(out: Path, summary) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -150,7 +151,6 @@ class RasterSource:
             self._check()
             self.bands = self._choose_bands()
             self.ranges = self._stretch_ranges()
-            self.sha256 = file_sha256(path)
         except BaseException:
             self.dataset.close()
             raise
@@ -160,6 +160,11 @@ class RasterSource:
 
     def __exit__(self, *exc) -> None:
         self.dataset.close()
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hashed only when a record needs it: readers that just re-read pixels skip the whole-file read."""
+        return file_sha256(self.path)
 
     @property
     def georeferenced(self) -> bool:

@@ -84,7 +84,7 @@ def merge_instances(
     )  # fmt: skip
     owner = np.full((height, width), -1, dtype=np.int32)
     conflicts: list[Conflict] = []
-    for rank, i in enumerate(order):
+    for i in order:
         claimed = masks[i] & (owner >= 0)
         if claimed.any():
             for winner, pixels in zip(*np.unique(owner[claimed], return_counts=True)):

@@ -6,11 +6,13 @@ the next without guessing. `schema_version` changes whenever a field changes mea
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from pipeline.categories import ProposedCategory
+from pipeline.jsonl import atomic_writer, write_json_line
 from pipeline.phrases import Phrase
 
 SCHEMA_VERSION = 1
@@ -98,6 +100,18 @@ class TileRecord(BaseModel):
     audit: list[AuditDecision] = Field(default_factory=list)
     quarantine: Quarantine | None = None
     provenance: dict = Field(default_factory=dict)
+
+
+def read_records(path: Path) -> list[TileRecord]:
+    """A records.jsonl file, validated record by record."""
+    return [TileRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_records(path: Path, records: list[TileRecord]) -> None:
+    """Rewrite a records.jsonl file atomically."""
+    with atomic_writer(path) as handle:
+        for record in records:
+            write_json_line(handle, record.model_dump(mode="json"))
 
 
 def tile_key(source_stem: str, row_off: int, col_off: int) -> str:

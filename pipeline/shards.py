@@ -184,7 +184,7 @@ def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
     manifest = read_manifest(out_dir)
     n_classes = len(manifest["taxonomy"]["names"])
     problems = []
-    for split, info in manifest["splits"].items():
+    for info in manifest["splits"].values():
         for shard in info["shards"]:
             path = out_dir / "shards" / shard["name"]
             if not path.is_file():

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 OVRSIS = [sys.executable, "-m", "flows.cli"]
 
