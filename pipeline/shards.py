@@ -209,11 +209,16 @@ def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
 
 
 class ShardReader:
-    """Reads a build's shards after checking the manifest against what the caller trains on."""
+    """Reads a build's shards after checking the manifest against what the caller trains on.
 
-    def __init__(self, out_dir: Path, expected_names: Sequence[str] | None = None, verify_checksums: bool = True) -> None:
+    `on_corrupt`: "error" raises on a missing shard or a checksum mismatch; "skip" leaves such shards
+    out (listed in `corrupt`, with the reason) so a long training run is not lost to one bad file."""
+
+    def __init__(self, out_dir: Path, expected_names: Sequence[str] | None = None, verify_checksums: bool = True,
+                 on_corrupt: str = "error") -> None:  # fmt: skip
         self.out_dir = out_dir
         self.manifest = read_manifest(out_dir)
+        self.corrupt: dict[str, str] = {}
         names = self.manifest["taxonomy"]["names"]
         if expected_names is not None and list(expected_names) != names:
             missing = [n for n in expected_names if n not in names]
@@ -226,8 +231,11 @@ class ShardReader:
             for info in self.manifest["splits"].values():
                 for shard in info["shards"]:
                     path = out_dir / "shards" / shard["name"]
-                    if not path.is_file() or file_sha256(path) != shard["sha256"]:
-                        raise ShardError(f"{path}: missing or its sha256 differs from the manifest")
+                    problem = "missing" if not path.is_file() else "sha256 differs from the manifest" if file_sha256(path) != shard["sha256"] else None  # fmt: skip
+                    if problem and on_corrupt != "skip":
+                        raise ShardError(f"{path}: {problem}")
+                    if problem:
+                        self.corrupt[str(path)] = problem
 
     @property
     def class_names(self) -> list[str]:
@@ -236,7 +244,13 @@ class ShardReader:
     def shard_paths(self, split: str) -> list[str]:
         if split not in self.manifest["splits"]:
             raise ShardError(f"{self.out_dir}: no split {split!r} (have {sorted(self.manifest['splits'])})")
-        return [str(self.out_dir / "shards" / s["name"]) for s in self.manifest["splits"][split]["shards"]]
+        paths = [str(self.out_dir / "shards" / s["name"]) for s in self.manifest["splits"][split]["shards"]]
+        return [path for path in paths if path not in self.corrupt]
+
+    def sample_count(self, split: str) -> int:
+        """Samples in the split's readable shards (corrupt ones left out)."""
+        shards = self.manifest["splits"].get(split, {}).get("shards", [])
+        return sum(s["samples"] for s in shards if str(self.out_dir / "shards" / s["name"]) not in self.corrupt)
 
     def samples(self, split: str = "train") -> Iterator[Sample]:
         """Samples in shard order, decoded to arrays."""

@@ -1,0 +1,49 @@
+"""Sliding-window inference, the one scheme used for validation, `piseg predict` and `piseg eval`.
+
+As released (PISEG.md): resize the image to `resize`x`resize`, run crops of `crop` at `stride` plus one
+global view resized to `crop`, sigmoid, average overlapping crops, average the local and global maps,
+resize bilinearly back to the original size. Validation during training uses exactly this function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from piseg.config import EvalConfig
+from piseg.model import PiSeg
+
+
+def crop_offsets(size: int, crop: int, stride: int) -> list[int]:
+    """Window starts covering [0, size): every `stride`, plus a last window flush with the end."""
+    offsets = list(range(0, max(size - crop, 0) + 1, stride))
+    if offsets[-1] + crop < size:
+        offsets.append(size - crop)
+    return offsets
+
+
+@torch.no_grad()
+def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+    """image (3, H, W) on 0-255 -> class probabilities (T, H, W) at the image's own size."""
+    height, width = image.shape[-2:]
+    resized = F.interpolate(image[None].float(), size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)
+    offsets = crop_offsets(settings.resize, settings.crop, settings.stride)
+    windows = [(top, left) for top in offsets for left in offsets]
+    crops = [resized[..., top : top + settings.crop, left : left + settings.crop] for top, left in windows]
+    crops.append(F.interpolate(resized, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False))
+    logits = model(torch.cat(crops), text).logits
+    probabilities = F.interpolate(logits, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False).sigmoid()
+    classes = probabilities.shape[1]
+    local = probabilities.new_zeros(classes, settings.resize, settings.resize)
+    count = probabilities.new_zeros(1, settings.resize, settings.resize)
+    for (top, left), crop_probabilities in zip(windows, probabilities[:-1]):
+        local[:, top : top + settings.crop, left : left + settings.crop] += crop_probabilities
+        count[:, top : top + settings.crop, left : left + settings.crop] += 1
+    overall = F.interpolate(probabilities[-1:], size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)[0]
+    combined = (local / count + overall) / 2
+    return F.interpolate(combined[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def predict_mask(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+    """image (3, H, W) on 0-255 -> class ids (H, W), int64."""
+    return sliding_window_probabilities(model, image, text, settings).argmax(dim=0)

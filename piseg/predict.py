@@ -1,0 +1,77 @@
+"""Open-vocabulary prediction with a trained checkpoint: any class names, any image the ingest stage can
+read (JPEG/PNG, GeoTIFF of any band count and dtype, via the same band rule as the build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from piseg.checkpoint import load_model
+from piseg.config import EvalConfig
+from piseg.inference import predict_mask
+from pipeline.ingest import RasterSource
+from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from pipeline.records import Window
+
+
+def parse_class_names(text: str) -> list[str]:
+    """'building, road; water' -> names split on ';' when present, else on ','. Semicolons let a name
+    keep its comma synonyms ("vehicle, car; road")."""
+    parts = text.split(";") if ";" in text else text.split(",")
+    names = [part.strip() for part in parts if part.strip()]
+    if not names:
+        raise ValueError("no class names given")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names repeat: {names}")
+    return names
+
+
+def read_image(path: Path) -> tuple[np.ndarray, str | None, list[float] | None]:
+    """(H, W, 3) uint8 of a whole raster through the build's band rule (stretch, band choice, nodata → 0),
+    with its CRS (WKT) and affine transform when it is georeferenced."""
+    with RasterSource(path) as source:
+        dataset = source.dataset
+        image, _ = source.read(Window(row_off=0, col_off=0, height=dataset.height, width=dataset.width))
+        if not source.georeferenced:
+            return image, None, None
+        return image, dataset.crs.to_wkt(), list(dataset.transform)[:6]
+
+
+class Predictor:
+    """Python API: `Predictor(checkpoint).predict(image, ["building", "road"])` -> (H, W) class ids."""
+
+    def __init__(self, checkpoint: Path, device: str | None = None, settings: EvalConfig | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.config, payload = load_model(checkpoint, self.device)
+        self.trained_classes: list[str] = payload["class_names"]
+        self.settings = settings or self.config.eval
+        self._text: dict[tuple[str, ...], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def class_embeddings(self, class_names: list[str]) -> torch.Tensor:
+        """Text embeddings, computed once per class list (the text encoder is frozen at inference)."""
+        key = tuple(class_names)
+        if key not in self._text:
+            self._text[key] = self.model.encode_classes(list(class_names))
+        return self._text[key]
+
+    def predict(self, image: np.ndarray, class_names: list[str]) -> np.ndarray:
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.device)
+        mask = predict_mask(self.model, pixels, self.class_embeddings(class_names), self.settings)
+        return mask.to(torch.uint8).cpu().numpy()
+
+    def predict_files(self, paths: list[Path], class_names: list[str], out: Path) -> list[Path]:
+        """Writes OUT/STEM.png (class ids), OUT/STEM.overlay.png and, for georeferenced inputs,
+        OUT/STEM.mask.tif on the input's grid; returns the mask paths."""
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for path in paths:
+            image, crs, transform = read_image(path)
+            mask = self.predict(image, class_names)
+            written.append(write_png(out / f"{path.stem}.png", mask))
+            if transform is not None:
+                write_mask_geotiff(out / f"{path.stem}.mask.tif", mask, crs, transform)
+            write_png(out / f"{path.stem}.overlay.png", overlay(image, mask, len(class_names)))
+        return written

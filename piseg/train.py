@@ -1,0 +1,287 @@
+"""The Pi-Seg trainer: the paper's recipe on the build's shards, on one process or many (`torchrun`).
+
+Every step re-encodes the class prompts through the partly trained text encoder, runs the model with
+the SPMs on, takes binary cross-entropy against one-hot targets, clips the full gradient norm and steps
+AdamW (CLIP's q/v projections at 0.01 x the rate) on a cosine schedule. Validation runs the exact
+sliding-window inference of the final evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from piseg.checkpoint import (CheckpointError, configuration_differences, read_checkpoint, restore_weights, rng_state,
+                              save_checkpoint, set_rng_state)  # fmt: skip
+from piseg.config import PiSegConfig
+from piseg.data import Batch, TrainingStream, training_batches
+from piseg.inference import predict_mask
+from piseg.metrics import ConfusionMatrix
+from piseg.model import PiSeg, PiSegOutput, build_model
+from pipeline.shards import IGNORE, ShardReader
+from taxonomy.loader import load_taxonomy
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, unusable inputs)."""
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_runtime() -> Runtime:
+    """One process, or one of `torchrun`'s (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world, device)
+
+
+class TrainForward(nn.Module):
+    """Text encoding + model in one forward, so DDP sees every trained parameter used by the step."""
+
+    def __init__(self, model: PiSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                generator: torch.Generator | None) -> PiSegOutput:  # fmt: skip
+        text = self.model.backbone.encode_text(input_ids, attention_mask).unsqueeze(1)
+        return self.model(images, text, generator)
+
+
+def parameter_groups(model: PiSeg, config: PiSegConfig) -> list[dict[str, Any]]:
+    """CLIP q/v at lr x multiplier; the rest at lr; no weight decay on normalisation layers."""
+    train = config.train
+    norm_parameters = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for p in m.parameters()}
+    clip, decayed, undecayed = [], [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("backbone."):
+            clip.append(parameter)
+        elif id(parameter) in norm_parameters:
+            undecayed.append(parameter)
+        else:
+            decayed.append(parameter)
+    return [
+        {"params": clip, "lr": train.lr * train.clip_lr_multiplier, "weight_decay": train.weight_decay},
+        {"params": decayed, "lr": train.lr, "weight_decay": train.weight_decay},
+        {"params": undecayed, "lr": train.lr, "weight_decay": 0.0},
+    ]
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, iters) / iters)))
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_mode: str) -> torch.Tensor:
+    """BCE with logits against one-hot targets at the crop's size. Ignore pixels are all-zero targets
+    ("negative", the released code) or left out ("exclude")."""
+    logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    classes = logits.shape[1]
+    valid = masks != IGNORE
+    target = F.one_hot(torch.where(valid, masks, 0), classes).permute(0, 3, 1, 2).to(logits.dtype)
+    target = target * valid[:, None]
+    if ignore_mode == "negative":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    weight = valid[:, None].expand_as(losses).to(losses.dtype)
+    return (losses * weight).sum() / weight.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def perturbation_statistics(output: PiSegOutput, masks: torch.Tensor) -> dict[str, float]:
+    """Figure 10's statistics of delta = perturbed cost - clean cost, at the cost grid (masks by nearest):
+    gt_in_mean = mean delta at each labelled pixel's true class; non_gt_mean = mean delta at the other
+    classes; gap = their difference; align_ratio = share of labelled pixels whose true-class delta is
+    larger than their mean other-class delta (perturbation pushes towards the right class)."""
+    if output.clean_cost is None:
+        return {}
+    delta = (output.cost - output.clean_cost).mean(dim=1).float()  # (B, T, g, g)
+    side = delta.shape[-1]
+    grid = F.interpolate(masks[:, None].float(), size=(side, side), mode="nearest")[:, 0].long()
+    valid = grid != IGNORE
+    if not valid.any():
+        return {}
+    classes = delta.shape[1]
+    onehot = F.one_hot(torch.where(valid, grid, 0), classes).permute(0, 3, 1, 2).bool()
+    at_gt = (delta * onehot).sum(dim=1)[valid]
+    others = ((delta * ~onehot).sum(dim=1) / max(classes - 1, 1))[valid]
+    return {"gt_in_mean": float(at_gt.mean()), "non_gt_mean": float(others.mean()),
+            "gap": float((at_gt - others).mean()), "align_ratio": float((at_gt > others).float().mean())}  # fmt: skip
+
+
+@torch.no_grad()
+def validate(model: PiSeg, reader: ShardReader, config: PiSegConfig, class_names: list[str], device: torch.device) -> dict[str, float]:
+    """mIoU / mACC / pixel accuracy on the val split with the final evaluation's sliding-window scheme."""
+    was_training = model.training
+    model.eval()
+    text = model.encode_classes(class_names)
+    matrix = ConfusionMatrix(len(class_names), device=device)
+    count = 0
+    for sample in reader.samples("val"):
+        if config.train.val_max_samples is not None and count >= config.train.val_max_samples:
+            break
+        image = torch.from_numpy(sample.image).permute(2, 0, 1).to(device)
+        matrix.update(predict_mask(model, image, text, config.eval), torch.from_numpy(sample.mask.astype("int64")))
+        count += 1
+    model.train(was_training)
+    if count == 0:
+        return {}
+    scores = matrix.scores()
+    return {"val_miou": scores.miou, "val_macc": scores.macc, "val_pixel_accuracy": scores.pixel_accuracy, "val_samples": count}
+
+
+class RunLog:
+    """JSON lines (always) and TensorBoard (when installed), written by the main process only."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.board = None
+        if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.file = (folder / "log.jsonl").open("a")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(folder / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.board.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.board is not None:
+                self.board.close()
+
+
+def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
+          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> Path:  # fmt: skip
+    """Train on `shards` and return the final checkpoint's path. `progress(step, total, values)` is
+    called on the main process after every step (the CLI draws a bar with it)."""
+    runtime = start_runtime()
+    torch.manual_seed(config.train.seed)
+    expected = load_taxonomy(config.train.taxonomy).names if config.train.taxonomy else None
+    reader = ShardReader(shards, expected_names=expected, on_corrupt=config.train.on_corrupt_shard)
+    class_names = reader.class_names
+    taxonomy_version = reader.manifest["taxonomy"]["version"]
+    log = RunLog(out, runtime.main)
+    if reader.corrupt:
+        log.write(0, {"corrupt_shards": len(reader.corrupt), "corrupt": reader.corrupt})
+    model = build_model(config.model).to(runtime.device).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    scheduler = cosine_schedule(optimizer, config.train.iters)
+    step = 0
+    last = out / "checkpoints" / "last.pt"
+    if resume:
+        step = resume_from(last, model, optimizer, scheduler, config, class_names)
+    forward: nn.Module = TrainForward(model)
+    if runtime.world > 1:
+        forward = DistributedDataParallel(forward, find_unused_parameters=True)
+    stream = TrainingStream(reader, config.train, runtime.rank, runtime.world, start_batch=step)
+    batches = training_batches(stream, config.train.workers)
+    tokens = {k: v.to(runtime.device) for k, v in model.backbone.tokenize(model.prompts(class_names)).items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.train.amp and runtime.device.type == "cuda" else nullcontext()
+    started, started_step = time.perf_counter(), step
+    while step < config.train.iters:
+        batch: Batch = next(batches)
+        generator = torch.Generator(runtime.device).manual_seed(config.train.seed * 1_000_003 + step * runtime.world + runtime.rank)
+        images, masks = batch.images.to(runtime.device), batch.masks.to(runtime.device)
+        with autocast:
+            output = forward(images, tokens["input_ids"], tokens["attention_mask"], generator)
+            loss = segmentation_loss(output.logits.float(), masks, config.train.ignore_mode)
+        mean_loss = loss.detach().clone()
+        if runtime.world > 1:
+            dist.all_reduce(mean_loss)
+            mean_loss /= runtime.world
+        if not torch.isfinite(mean_loss):
+            raise TrainingError(f"loss is {float(mean_loss)} at step {step + 1}; this process's batch: {batch.keys}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gradient_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        values = {"loss": float(mean_loss), "lr": scheduler.get_last_lr()[1], "grad_norm": float(gradient_norm),
+                  "it_per_s": (step - started_step) / (time.perf_counter() - started)}  # fmt: skip
+        if step % config.train.log_every == 0 or step == config.train.iters:
+            log.write(step, {**values, **perturbation_statistics(output, masks)})
+        if runtime.main and (step % config.train.val_every == 0 or step == config.train.iters):
+            log.write(step, validate(model, reader, config, class_names, runtime.device))
+        if step % config.train.checkpoint_every == 0 or step == config.train.iters:
+            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+            if runtime.main:
+                save_checkpoint(last, model, config, class_names, taxonomy_version, state)
+        if runtime.world > 1 and step % config.train.checkpoint_every == 0:
+            dist.barrier()
+        if runtime.main and progress is not None:
+            progress(step, config.train.iters, values)
+    final = out / "checkpoints" / "final.pt"
+    if runtime.main:
+        save_checkpoint(final, model, config, class_names, taxonomy_version)
+    log.close()
+    if runtime.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+def resume_from(path: Path, model: PiSeg, optimizer: torch.optim.Optimizer, scheduler: Any, config: PiSegConfig,
+                class_names: list[str]) -> int:  # fmt: skip
+    """Restore a run from its last checkpoint; the configuration and classes must be the same."""
+    payload = read_checkpoint(path)
+    if payload.get("training") is None:
+        raise CheckpointError(f"{path}: has no training state (a final checkpoint cannot be resumed)")
+    differences = configuration_differences(payload["config"], config)
+    if differences:
+        raise CheckpointError(f"{path}: written by another configuration: " + "; ".join(differences[:8]))
+    if payload["class_names"] != class_names:
+        raise CheckpointError(f"{path}: trained on {len(payload['class_names'])} other classes than these shards' {len(class_names)}")
+    restore_weights(model, payload, path)
+    state = payload["training"]
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
