@@ -258,7 +258,8 @@ class ShardReader:
         if not paths:
             return
         extension = self.manifest.get("image_format", "jpg")
-        for raw in wds.WebDataset(paths, shardshuffle=False, empty_check=False):
+        # every sample, whatever process asks (webdataset would refuse to guess a split under torchrun)
+        for raw in wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=None):
             yield decode_sample(raw, extension)
 
 

@@ -54,7 +54,7 @@ def decode_training_sample(raw: dict, extension: str, classes: int) -> tuple[str
 def augment(image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The recipe's augmentation: resize the short side (long side capped), random crop, colour jitter,
     horizontal flip, pad to the crop (image 128, mask IGNORE)."""
-    picture = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    picture = torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()  # decoded arrays are read-only
     labels = torch.from_numpy(mask.astype(np.int64))[None]
     height, width = picture.shape[-2:]
     scale = min(config.resize_short / min(height, width), config.max_long / max(height, width))

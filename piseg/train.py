@@ -153,7 +153,7 @@ def validate(model: PiSeg, reader: ShardReader, config: PiSegConfig, class_names
     for sample in reader.samples("val"):
         if config.train.val_max_samples is not None and count >= config.train.val_max_samples:
             break
-        image = torch.from_numpy(sample.image).permute(2, 0, 1).to(device)
+        image = torch.from_numpy(sample.image.copy()).permute(2, 0, 1).to(device)
         matrix.update(predict_mask(model, image, text, config.eval), torch.from_numpy(sample.mask.astype("int64")))
         count += 1
     model.train(was_training)
@@ -218,7 +218,8 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
         step = resume_from(last, model, optimizer, scheduler, config, class_names)
     forward: nn.Module = TrainForward(model)
     if runtime.world > 1:
-        forward = DistributedDataParallel(forward, find_unused_parameters=True)
+        # class-attention padding tokens go unused when there are at least pad_len classes
+        forward = DistributedDataParallel(forward, find_unused_parameters=len(class_names) >= config.model.pad_len)
     stream = TrainingStream(reader, config.train, runtime.rank, runtime.world, start_batch=step)
     batches = training_batches(stream, config.train.workers)
     tokens = {k: v.to(runtime.device) for k, v in model.backbone.tokenize(model.prompts(class_names)).items()}
