@@ -1,0 +1,76 @@
+"""The `piseg` command: info, train and predict, end to end through the CLI."""
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from typer.testing import CliRunner
+
+from piseg.cli import app
+from piseg.predict import Predictor, parse_class_names
+from tests.piseg_helpers import COLOURS, tiny_config, write_config, write_synthetic_shards
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    shards = write_synthetic_shards(folder / "build")
+    config = write_config(folder / "tiny.yaml", tiny_config(iters=4))
+    result = runner.invoke(app, ["train", "--shards", str(shards), "--config", str(config), "--out", str(folder / "run")])
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "checkpoints" / "final.pt"
+
+
+def test_info_prints_counts_and_flops():
+    result = runner.invoke(app, ["info", "--backbone", "vit-b", "--classes", "2"])
+    assert result.exit_code == 0, result.output
+    assert "155,603,682" in result.output and "154,289,378" in result.output and "GMACs" in result.output
+    assert runner.invoke(app, ["info", "--backbone", "vit-z"]).exit_code == 2
+
+
+def test_predict_writes_masks_overlays_and_georeferenced_masks(checkpoint, tmp_path):
+    picture = tmp_path / "scene.png"
+    Image.fromarray(np.repeat(COLOURS[:2], 20, axis=0)[:, None].repeat(40, axis=1)).save(picture)
+    raster = tmp_path / "field.tif"
+    profile = {"driver": "GTiff", "width": 40, "height": 30, "count": 4, "dtype": "uint16", "crs": "EPSG:32614",
+               "transform": rasterio.transform.from_origin(500000, 4000000, 5, 5)}  # fmt: skip
+    with rasterio.open(raster, "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 4000, (4, 30, 40), dtype=np.uint16))
+    out = tmp_path / "predictions"
+    result = runner.invoke(app, ["predict", str(picture), str(raster), "--checkpoint", str(checkpoint),
+                                 "--classes", "building; tree; water, lake", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mask = np.asarray(Image.open(out / "scene.png"))
+    assert mask.shape == (40, 40) and set(np.unique(mask)) <= {0, 1, 2}
+    assert np.asarray(Image.open(out / "scene.overlay.png")).shape == (40, 40, 3)
+    with rasterio.open(out / "field.mask.tif") as written:
+        assert written.crs.to_epsg() == 32614 and written.transform.c == 500000 and written.shape == (30, 40)
+    missing = runner.invoke(app, ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(checkpoint), "--classes", "a"])
+    assert missing.exit_code == 2 and "nope.png" in missing.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = runner.invoke(app, ["predict", str(picture), "--checkpoint", str(bad), "--classes", "a, b"])
+    assert result.exit_code == 2 and "bad.pt: not a readable checkpoint" in result.output
+
+
+def test_python_api_takes_any_class_names(checkpoint):
+    predictor = Predictor(checkpoint, device="cpu")
+    image = np.repeat(COLOURS, 16, axis=0)[:, None].repeat(32, axis=1)
+    for names in (["building", "tree", "water"], ["car", "ship"], ["a", "b", "c", "d", "e"]):
+        mask = predictor.predict(image, names)
+        assert mask.shape == (48, 32) and mask.max() < len(names)
+    assert predictor.trained_classes == ["building", "tree", "water"]
+    assert parse_class_names("vehicle, car; road") == ["vehicle, car", "road"]
+    with pytest.raises(ValueError, match="repeat"):
+        parse_class_names("a, a")
+
+
+def test_train_reports_bad_configuration_and_shards(tmp_path):
+    result = runner.invoke(app, ["train", "--shards", str(tmp_path), "--backbone", "tiny", "--iters", "1"])
+    assert result.exit_code == 1 and "no manifest" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  ignore_mode: maybe\n")
+    result = runner.invoke(app, ["train", "--shards", str(tmp_path), "--config", str(bad)])
+    assert result.exit_code == 2 and "ignore_mode" in result.output
