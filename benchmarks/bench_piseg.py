@@ -1,0 +1,116 @@
+"""Pi-Seg speed: tiny-model training it/s (CPU), full-size ViT-B forward latency at 384x384 for Pi-Seg
+(SPMs on) against the CAT-Seg baseline (SPMs off) measured in one run, and, on a GPU, full-size ViT-B
+training it/s at batch 8, eval FPS at 600x800 and peak memory (the paper: 66.89 FPS, 14.13 GB on an H100).
+
+Random weights throughout (no download): speed does not depend on the weights' values.
+
+    python benchmarks/bench_piseg.py [--classes 35] [--repeats 3] [--skip-full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from piseg.config import preset  # noqa: E402
+from piseg.inference import sliding_window_probabilities  # noqa: E402
+from piseg.info import variant  # noqa: E402
+from piseg.model import build_model  # noqa: E402
+from piseg.train import parameter_groups, segmentation_loss, train  # noqa: E402
+from tests.piseg_helpers import tiny_config, write_synthetic_shards  # noqa: E402
+
+
+def tiny_training(iters: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        shards = write_synthetic_shards(Path(folder) / "build", count=40, size=96)
+        config = tiny_config(iters=iters, batch_size=4, crop=64, resize_short=64, checkpoint_every=10_000, val_every=10_000)
+        config.model = dataclasses.replace(config.model, clip_resolution=64, window_size=4)
+        seen = []
+        train(shards, config, Path(folder) / "run", progress=lambda step, total, values: seen.append(values["it_per_s"]))
+        return seen[-1]
+
+
+def timed(function, repeats: int, device: torch.device) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def full_size(classes: int, repeats: int, device: torch.device) -> None:
+    config = preset("vit-b")
+    images = torch.rand(1, 3, 384, 384, device=device) * 255
+    results = {}
+    for name, perturbation in (("Pi-Seg", True), ("CAT-Seg baseline", False)):
+        model = build_model(variant(config.model, perturbation)).to(device).train()
+        text = torch.randn(classes, 1, model.backbone.embed_dim, device=device)
+        with torch.no_grad():
+            results[name] = timed(lambda: model(images, text), repeats, device)
+        print(f"{name}: ViT-B forward at 384x384, {classes} classes, training mode, batch 1: {results[name] * 1000:.0f} ms ({device})")
+        if device.type == "cuda":
+            gpu_figures(model, config, classes, repeats, device, name)
+        del model
+    print(f"ratio Pi-Seg / baseline: {results['Pi-Seg'] / results['CAT-Seg baseline']:.3f}")
+
+
+def gpu_figures(model, config, classes: int, repeats: int, device: torch.device, name: str) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    names = [f"class {i}" for i in range(classes)]
+    batch = torch.rand(8, 3, 384, 384, device=device) * 255
+    masks = torch.randint(0, classes, (8, 384, 384), device=device)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = segmentation_loss(model(batch, model.encode_classes(names)).logits.float(), masks, "negative")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    seconds = timed(step, repeats * 3, device)
+    print(f"{name}: training batch 8 at 384, {classes} classes, bf16: {1 / seconds:.2f} it/s")
+    model.eval()
+    with torch.no_grad():
+        text = model.encode_classes(names)
+    image = torch.rand(3, 600, 800, device=device) * 255
+    torch.cuda.reset_peak_memory_stats()
+    seconds = timed(lambda: sliding_window_probabilities(model, image, text, config.eval), repeats * 5, device)
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    print(f"{name}: eval 600x800 sliding window: {1 / seconds:.2f} FPS, peak memory {peak:.2f} GB ({torch.cuda.get_device_name()})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classes", type=int, default=35)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny-iters", type=int, default=60)
+    parser.add_argument("--skip-full", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    print(f"tiny model training (batch 4, crop 64, 3 classes, CPU data pipeline): {tiny_training(args.tiny_iters):.1f} it/s")
+    if not args.skip_full:
+        full_size(args.classes, args.repeats, device)
+
+
+if __name__ == "__main__":
+    main()
