@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from piseg.prompts import PROMPT_TEMPLATE
+
 NOISE_FAMILIES = ("gaussian", "laplace", "uniform", "student-t")
 
 
@@ -59,7 +61,7 @@ class ModelConfig:
     architecture: ClipArchitecture | None = None  # filled from the backbone preset when None
     clip_resolution: int = 384  # crops are resized to this inside the model (ViT-L: 336)
     guidance_layers: tuple[int, int] = (3, 7)
-    prompt_template: str = "A photo of a {} in the scene"
+    prompt_template: str = PROMPT_TEMPLATE
     hidden_dim: int = 128
     num_layers: int = 2
     heads: int = 4

@@ -15,6 +15,7 @@ from torch import nn
 from piseg.aggregator import Aggregator
 from piseg.clip_backbone import ClipBackbone, load_clip
 from piseg.config import ModelConfig
+from piseg.prompts import name_prompts
 from piseg.spm import ImageSPM, TextSPM
 
 
@@ -49,8 +50,7 @@ class PiSeg(nn.Module):
         return self.training and (self.text_spm is not None or self.image_spm is not None)
 
     def prompts(self, class_names: list[str]) -> list[str]:
-        """One prompt per class; a comma name ("vehicle, car") uses its first part, as released."""
-        return [self.config.prompt_template.format(name.split(",")[0].strip()) for name in class_names]
+        return name_prompts(class_names, self.config.prompt_template)
 
     def encode_classes(self, class_names: list[str]) -> torch.Tensor:
         """(T, P=1, C) text embeddings through the (partly trained) text encoder."""

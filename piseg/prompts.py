@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taxonomy.loader import Taxonomy
+from taxonomy.loader import Category, Taxonomy
 
 PROMPT_TEMPLATE = "A photo of a {} in the scene"  # the released code's template (the paper writes "a photo of {class}")
 
@@ -10,3 +10,8 @@ PROMPT_TEMPLATE = "A photo of a {} in the scene"  # the released code's template
 def class_prompts(taxonomy: Taxonomy, template: str = PROMPT_TEMPLATE) -> list[str]:
     """One prompt per class, in mask-id order; comma names ("vehicle, car") use their first part."""
     return [template.format(category.prompt_name) for category in taxonomy.categories]
+
+
+def name_prompts(class_names: list[str], template: str = PROMPT_TEMPLATE) -> list[str]:
+    """The same rule for free-form class names (open-vocabulary prediction)."""
+    return [template.format(Category(name=name, index=i).prompt_name) for i, name in enumerate(class_names)]
