@@ -147,6 +147,108 @@ def predict(
     Console().print(f"wrote {out}/ ({len(names)} classes: {', '.join(names)})")
 
 
+@app.command()
+def bench(
+    backbone: str = typer.Option("vit-b", help="vit-b, vit-l (or tiny, for a quick check)."),
+    classes: int = typer.Option(35, help="Classes the model segments into."),
+    repeats: int = typer.Option(3, help="Timed runs per model (after one warm-up)."),
+    device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+) -> None:
+    """Efficiency table (Table XII) at 600x800: parameters, GFLOPs, peak memory, FPS, on this device."""
+    import torch
+
+    from piseg.bench import device_name, measure
+    from piseg.config import ConfigError, preset
+
+    try:
+        config = preset(backbone)
+    except ConfigError as error:
+        fail(str(error))
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = measure(config, chosen, classes, repeats)
+    memory = "peak GPU memory (GB)" if chosen.type == "cuda" else "peak process RSS (GB)"
+    table = Table("model", "params", "GFLOPs train", "GFLOPs eval", memory, "FPS",
+                  title=f"{backbone}, {classes} classes, 600x800, device: {device_name(chosen)}", title_justify="left")  # fmt: skip
+    for row in rows:
+        table.add_row(row.model, f"{row.parameters / 1e6:.2f}M", f"{row.train_gflops:.2f}", f"{row.eval_gflops:.2f}",
+                      f"{row.peak_memory_gb:.2f}", f"{row.fps:.2f}")  # fmt: skip
+    Console(soft_wrap=True).print(table)
+    Console(soft_wrap=True).print("GFLOPs: torch.utils.flop_counter (2 per multiply-add); the paper's counter (fvcore) "
+                                  "reports multiply-adds. Train = one crop with the text encoder and SPMs; eval = sliding window.")
+
+
+@app.command(name="eval")
+def evaluate(
+    benchmark: str = typer.Option(..., help="ovrsisbench-v2, ovrsisbench-v1-dlrsd, ovrsisbench-v1-isaid, building, road, flood, or one dataset."),
+    data_root: Path = typer.Option(..., help="Folder holding the downloaded test sets."),
+    out: Path = typer.Option(..., help="Report folder: report.md, report.json, overlap.png, panels/, datasets/."),
+    checkpoint: Path = typer.Option(None, help="A checkpoint from `piseg train`."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Evaluate training-free dense CLIP instead (the floor)."),
+    backbone: str = typer.Option("vit-b", help="With --zero-shot: the CLIP preset (vit-b, vit-l, tiny)."),
+    clip: str = typer.Option(None, help="With --zero-shot: CLIP hub id or folder (default: the preset's)."),
+    datasets: str = typer.Option(None, help="Only these datasets of the benchmark (comma-separated)."),
+    benchmarks: Path = typer.Option(None, help="Benchmark definitions YAML (default: the bundled one)."),
+    absent: str = typer.Option("exclude", help="Classes absent from the ground truth: exclude (default) or include."),
+    max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
+    panels: int = typer.Option(3, help="Qualitative panels per dataset."),
+    device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+) -> None:
+    """Evaluate a checkpoint (or zero-shot CLIP) on a benchmark, the paper's way; resumable per dataset."""
+    import dataclasses
+
+    import torch
+
+    from piseg.checkpoint import CheckpointError, load_model
+    from piseg.clip_backbone import load_clip
+    from piseg.config import ConfigError, preset
+    from piseg.datasets import DatasetError, load_benchmark, load_definitions
+    from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
+    from piseg.report import ABSENT_RULES, build_report
+    from piseg.zero_shot import ZeroShotClip
+    from pipeline.categories import spacy_lemmatize
+
+    if (checkpoint is None) == (not zero_shot):
+        fail("give either --checkpoint C or --zero-shot")
+    if absent not in ABSENT_RULES:
+        fail(f"--absent must be one of {', '.join(ABSENT_RULES)}")
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        definitions = load_definitions(benchmarks)
+        selected = load_benchmark(benchmark, definitions, [d.strip() for d in datasets.split(",")] if datasets else None)
+        if zero_shot:
+            config = preset(backbone)
+            model_config = dataclasses.replace(config.model, clip=clip or config.model.clip)
+            model = ZeroShotClip(load_clip(model_config), model_config.prompt_template).to(chosen).eval()
+            model_name, identity = f"zero-shot CLIP ({model_config.clip or backbone + ', random weights'})", f"zero-shot:{model_config.clip}:{backbone}"
+        else:
+            model, config, _ = load_model(checkpoint, chosen)
+            model_name, identity = f"Pi-Seg checkpoint {checkpoint.name}", checkpoint_identity(checkpoint)
+    except (ConfigError, DatasetError, CheckpointError, OSError) as error:
+        fail(str(error))
+    run = run_identity(identity, config.eval, max_images)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        try:
+            results = evaluate_benchmark(model, selected, data_root, out, config.eval, run, max_images, panels, progress)
+        except DatasetError as error:
+            fail(str(error), 1)
+    report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions)
+    for name, entry in report["datasets"].items():
+        status = f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}" if entry["status"] == "done" else f"[yellow]{entry['status']}[/yellow]"
+        Console(soft_wrap=True).print(f"{name}: {status}")
+    if report["m_miou"] is not None:
+        Console().print(f"m-mIoU {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}  -> {out / 'report.md'}")
+    if not report["complete"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

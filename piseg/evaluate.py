@@ -1,0 +1,120 @@
+"""Benchmark evaluation: every dataset of a benchmark through the sliding-window inference, a streaming
+confusion matrix per dataset (and per resolution group), qualitative panels, results saved per dataset
+so an interrupted evaluation resumes where it stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from piseg.config import EvalConfig
+from piseg.datasets import Benchmark, DatasetSpec, resolution_group
+from piseg.inference import predict_mask
+from piseg.metrics import ConfusionMatrix
+from pipeline.outputs import palette, write_png
+
+PANEL_SEPARATOR = 4
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    classes: list[str]
+    status: str  # "done" | "missing files" | "failed"
+    run: str  # identity of the model and settings that produced it (for resuming)
+    images: int = 0
+    matrix: list[list[int]] = field(default_factory=list)
+    groups: dict[str, list[list[int]]] = field(default_factory=dict)  # resolution group -> matrix
+    group_images: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    panels: list[str] = field(default_factory=list)
+
+
+def run_identity(model_id: str, settings: EvalConfig, max_images: int | None) -> str:
+    text = json.dumps({"model": model_id, "eval": asdict(settings), "max_images": max_images}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_identity(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return f"checkpoint:{digest.hexdigest()}"
+
+
+def evaluate_benchmark(model: nn.Module, benchmark: Benchmark, root: Path, out: Path, settings: EvalConfig, run: str,
+                       max_images: int | None = None, panels: int = 3,
+                       progress: Callable[[str, int, int], None] | None = None) -> list[DatasetResult]:  # fmt: skip
+    """Results per dataset; datasets already evaluated by the same run under OUT/datasets are reused."""
+    (out / "datasets").mkdir(parents=True, exist_ok=True)
+    results = []
+    for spec in benchmark.datasets:
+        saved = out / "datasets" / f"{spec.name}.json"
+        if saved.is_file():
+            previous = DatasetResult(**json.loads(saved.read_text()))
+            if previous.run == run and previous.status == "done":
+                results.append(previous)
+                continue
+        result = evaluate_dataset(model, spec, root, out, settings, run, max_images, panels, progress)
+        saved.write_text(json.dumps(asdict(result)) + "\n")
+        results.append(result)
+    return results
+
+
+@torch.no_grad()
+def evaluate_dataset(model: nn.Module, spec: DatasetSpec, root: Path, out: Path, settings: EvalConfig, run: str,
+                     max_images: int | None, panels: int,
+                     progress: Callable[[str, int, int], None] | None) -> DatasetResult:  # fmt: skip
+    samples, problems = spec.samples(root)
+    result = DatasetResult(spec.name, spec.class_names, "missing files", run, problems=problems)
+    if problems:  # never half-evaluate a dataset silently
+        return result
+    samples = samples[:max_images] if max_images else samples
+    device = next(model.parameters()).device
+    text = model.encode_classes(spec.class_names)
+    classes = len(spec.class_names)
+    matrix = ConfusionMatrix(classes, device=device)
+    groups: dict[str, ConfusionMatrix] = {}
+    counts: dict[str, int] = {}
+    for index, sample in enumerate(samples):
+        image, mask = spec.read(sample)
+        pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
+        prediction = predict_mask(model, pixels, text, settings)
+        target = torch.from_numpy(mask.astype(np.int64))
+        matrix.update(prediction, target)
+        group = resolution_group(image)
+        groups.setdefault(group, ConfusionMatrix(classes, device=device)).update(prediction, target)
+        counts[group] = counts.get(group, 0) + 1
+        if index < panels:
+            result.panels.append(str(write_panel(out / "panels" / spec.name / f"{sample.name}.png", image, mask,
+                                                 prediction.cpu().numpy().astype(np.uint8), classes).relative_to(out)))  # fmt: skip
+        if progress is not None:
+            progress(spec.name, index + 1, len(samples))
+    result.status, result.images = "done", len(samples)
+    result.matrix = matrix.matrix.cpu().tolist()
+    result.groups = {name: m.matrix.cpu().tolist() for name, m in groups.items()}
+    result.group_images = counts
+    return result
+
+
+def write_panel(path: Path, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, classes: int) -> Path:
+    """Image | ground truth | prediction, side by side; ignore pixels black."""
+    colours = np.vstack([palette(classes), np.zeros((256 - classes, 3), dtype=np.uint8)])
+    gap = np.full((image.shape[0], PANEL_SEPARATOR, 3), 255, dtype=np.uint8)
+    panel = np.concatenate([image, gap, colours[truth], gap, colours[prediction]], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(path, panel)
+
+
+def scores_of(matrix: list[list[int]], absent: str):
+    confusion = ConfusionMatrix(len(matrix))
+    confusion.matrix = torch.tensor(matrix, dtype=torch.int64)
+    return confusion.scores(absent)
