@@ -1,0 +1,268 @@
+"""Benchmark evaluation: dataset adapters in real layouts, metrics against torchmetrics, `piseg eval`
+end to end with a tiny trained checkpoint, zero-shot CLIP, and `piseg bench`."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.features
+import torch
+import yaml
+from PIL import Image
+from torchmetrics.classification import MulticlassJaccardIndex, MulticlassRecall
+from typer.testing import CliRunner
+
+from piseg.cli import app
+from piseg.datasets import DatasetError, dataset_spec, default_definitions, load_benchmark, load_definitions
+from piseg.metrics import ConfusionMatrix
+from piseg.predict import Predictor
+from piseg.train import train
+from tests.piseg_helpers import tiny_config, write_synthetic_shards
+
+runner = CliRunner()
+
+
+def save(path: Path, array: np.ndarray, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return path
+
+
+def write_isaid(root: Path, sizes=((40, 48), (36, 36), (900, 900))) -> None:
+    """iSAID as released for the benchmark: iSAID/img/*.png, iSAID/mask/*.png, ids 0-14 (255 ignore)."""
+    rng = np.random.default_rng(0)
+    for index, (height, width) in enumerate(sizes):
+        save(root / "iSAID" / "img" / f"P{index:04d}.png", rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        mask = rng.choice([0, 3, 8, 14, 255], size=(height, width)).astype(np.uint8)
+        save(root / "iSAID" / "mask" / f"P{index:04d}.png", mask)
+
+
+def write_loveda_native(root: Path) -> None:
+    """LoveDA's own release: Val/{Urban,Rural}/images_png + masks_png, 1..7 classes, 0 = no-data."""
+    rng = np.random.default_rng(1)
+    for domain in ("Urban", "Rural"):
+        for index in range(2):
+            stem = f"{domain[0]}{index}"
+            save(root / "LoveDA" / "Val" / domain / "images_png" / f"{stem}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+            save(root / "LoveDA" / "Val" / domain / "masks_png" / f"{stem}.png", rng.integers(0, 8, (32, 32), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval-model")
+    shards = write_synthetic_shards(folder / "build")
+    return train(shards, tiny_config(iters=2), folder / "run")
+
+
+@pytest.fixture
+def definitions(tmp_path):
+    data = yaml.safe_load(default_definitions().read_text())
+    data["benchmarks"]["two-layouts"] = {"train_taxonomy": "ovrsis95k", "datasets": ["isaid", "loveda-native"]}
+    path = tmp_path / "benchmarks.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_adapters_read_each_layout_and_remap_labels(tmp_path):
+    write_isaid(tmp_path)
+    write_loveda_native(tmp_path)
+    definitions = load_definitions()
+    isaid = dataset_spec(definitions, "isaid")
+    samples, problems = isaid.samples(tmp_path)
+    assert problems == [] and [s.name for s in samples] == ["P0000", "P0001", "P0002"]
+    image, mask = isaid.read(samples[0])
+    assert image.shape == (40, 48, 3) and set(np.unique(mask)) <= {0, 3, 8, 14, 255}
+    loveda = dataset_spec(definitions, "loveda-native")
+    samples, problems = loveda.samples(tmp_path)
+    assert problems == [] and len(samples) == 4
+    stored = np.asarray(Image.open(samples[0].mask_path))
+    _, mask = loveda.read(samples[0])
+    assert np.array_equal(mask == 255, stored == 0) and np.array_equal(mask[stored > 0], stored[stored > 0] - 1)
+    assert len(loveda.class_names) == 7
+
+
+def test_lossy_jpeg_masks_are_thresholded(tmp_path):
+    rows, cols = np.mgrid[:64, :64]
+    disc = (rows - 32) ** 2 + (cols - 30) ** 2 < 20**2
+    truth = np.where(disc, 255, 0).astype(np.uint8)
+    save(tmp_path / "WBS-SI" / "img" / "flood1.jpg", np.full((64, 64, 3), 90, dtype=np.uint8))
+    save(tmp_path / "WBS-SI" / "mask" / "flood1.jpg", truth, quality=70)
+    stored = np.asarray(Image.open(tmp_path / "WBS-SI" / "mask" / "flood1.jpg"))
+    assert len(np.unique(stored)) > 2  # JPEG really did blur the edges
+    spec = dataset_spec(load_definitions(), "wbs-si")
+    _, mask = spec.read(spec.samples(tmp_path)[0][0])
+    assert set(np.unique(mask)) == {0, 1} and abs(int(mask.sum()) - int(disc.sum())) < 40
+
+
+def test_palette_masks_missing_files_and_bad_values(tmp_path):
+    colours = {"255,255,255": 0, "0,0,255": 1}
+    path = tmp_path / "defs.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {
+        "colour": {"taxonomy": "building", "images": "c/img/*.png", "masks": "c/mask/{stem}.png", "labels": {"palette": colours}},
+        "plain": {"taxonomy": "building", "images": "p/img/*.png", "masks": "p/mask/{stem}.png"},
+        "both": {"taxonomy": "building", "images": "p/*.png", "masks": "x", "labels": {"map": {0: 0}, "threshold": 3}},
+    }}))  # fmt: skip
+    definitions = load_definitions(path)
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    rgb[:4] = 255
+    rgb[4:, :, 2] = 255
+    rgb[7, 7] = (9, 9, 9)  # a colour the palette lacks -> ignore
+    save(tmp_path / "c" / "img" / "a.png", rgb)
+    save(tmp_path / "c" / "mask" / "a.png", rgb)
+    colour = dataset_spec(definitions, "colour")
+    _, mask = colour.read(colour.samples(tmp_path)[0][0])
+    assert (mask[:4] == 0).all() and (mask[4:7] == 1).all() and mask[7, 7] == 255
+    plain = dataset_spec(definitions, "plain")
+    assert plain.samples(tmp_path)[1] == [f"no images match p/img/*.png under {tmp_path}"]
+    save(tmp_path / "p" / "img" / "a.png", rgb)
+    save(tmp_path / "p" / "img" / "b.png", rgb)
+    save(tmp_path / "p" / "mask" / "a.png", np.full((8, 8), 7, dtype=np.uint8))
+    samples, problems = plain.samples(tmp_path)
+    assert len(samples) == 1 and problems == [f"{tmp_path / 'p' / 'img' / 'b.png'}: no mask at {tmp_path / 'p' / 'mask' / 'b.png'}"]
+    with pytest.raises(DatasetError, match=r"a.png: mask values \[7\] outside 0-1"):
+        plain.read(samples[0])
+    with pytest.raises(DatasetError, match="one of map / threshold / palette"):
+        dataset_spec(definitions, "both")
+    with pytest.raises(DatasetError, match="no benchmark or dataset 'nope'"):
+        load_benchmark("nope", definitions)
+
+
+def test_adapters_on_real_spacenet_masks(shared_real, tmp_path):
+    spacenet = shared_real / "spacenet"
+    with rasterio.open(spacenet / "sample_geotiff.tif") as image:
+        shapes = [feature["geometry"] for feature in json.loads((spacenet / "geotiff_labels.geojson").read_text())["features"]]
+        buildings = rasterio.features.rasterize(shapes, out_shape=image.shape, transform=image.transform, fill=0, default_value=1)
+    save(tmp_path / "buildings" / "sample_geotiff.png", buildings.astype(np.uint8))
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {
+        "spacenet-road": {"taxonomy": "road", "images": "spacenet/road_mask_input.tif",
+                          "masks": "spacenet/sample_road_raster_mask.tif", "labels": {"map": {0: 0, 255: 1}}},
+        "spacenet-buildings": {"taxonomy": "building", "images": "spacenet/sample_geotiff.tif",
+                               "masks": str(tmp_path / "buildings" / "{stem}.png")},
+    }}))  # fmt: skip
+    definitions = load_definitions(path)
+    road = dataset_spec(definitions, "spacenet-road")
+    image, mask = road.read(road.samples(shared_real)[0][0])
+    with rasterio.open(spacenet / "sample_road_raster_mask.tif") as truth:
+        stored = truth.read(1)
+    assert image.shape == (1300, 1300, 3) and image.dtype == np.uint8 and np.array_equal(mask, (stored > 0).astype(np.uint8))
+    building = dataset_spec(definitions, "spacenet-buildings")
+    image, mask = building.read(building.samples(shared_real)[0][0])
+    assert image.shape == (900, 900, 3) and 0.01 < mask.mean() < 0.5
+
+
+def torchmetrics_scores(prediction, target, classes):
+    iou = MulticlassJaccardIndex(classes, average=None, ignore_index=255)(prediction, target)
+    recall = MulticlassRecall(classes, average=None, ignore_index=255)(prediction, target)
+    return iou, recall
+
+
+def compare(prediction: torch.Tensor, target: torch.Tensor, classes: int) -> None:
+    matrix = ConfusionMatrix(classes)
+    matrix.update(prediction, target)
+    scores = matrix.scores("exclude")
+    iou, recall = torchmetrics_scores(prediction, target, classes)
+    present = torch.tensor(scores.present)
+    ours_iou = torch.tensor([v if v is not None else float("nan") for v in scores.iou], dtype=torch.float64)
+    ours_acc = torch.tensor([v if v is not None else float("nan") for v in scores.acc], dtype=torch.float64)
+    assert torch.allclose(ours_iou[present], iou[present].double(), atol=1e-6)
+    assert torch.allclose(ours_acc[present], recall[present].double(), atol=1e-6)
+    assert scores.miou == pytest.approx(float(iou[present].mean()), abs=1e-6)
+    valid = target != 255
+    assert scores.pixel_accuracy == pytest.approx(float((prediction[valid] == target[valid]).double().mean()), abs=1e-9)
+
+
+def test_metrics_match_torchmetrics_on_random_masks():
+    generator = torch.Generator().manual_seed(0)
+    for classes in (2, 7, 15):
+        target = torch.randint(0, classes, (4, 64, 64), generator=generator)
+        target[:, :5] = 255
+        target[target == 1] = 0  # class 1 absent from the ground truth
+        prediction = torch.randint(0, classes, (4, 64, 64), generator=generator)
+        compare(prediction, target, classes)
+    matrix = ConfusionMatrix(3)
+    matrix.update(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 0, 2]))
+    exclude, include = matrix.scores("exclude"), matrix.scores("include")
+    assert exclude.iou[1] is None and include.iou[1] == 0.0  # predicted, never in the ground truth
+    assert exclude.miou == pytest.approx((1 / 3 + 1) / 2) and include.miou == pytest.approx((1 / 3 + 0 + 1) / 3)
+
+
+def test_metrics_match_torchmetrics_on_real_masks(shared_real):
+    with rasterio.open(shared_real / "spacenet" / "sample_road_raster_mask.tif") as source:
+        roads = torch.from_numpy((source.read(1) > 0).astype(np.int64))
+    shifted = torch.roll(roads, shifts=(7, -5), dims=(0, 1))
+    target = roads.clone()
+    target[:20] = 255
+    compare(shifted, target, 2)
+
+
+def test_piseg_eval_writes_the_full_report_and_resumes(checkpoint, definitions, tmp_path):
+    root = tmp_path / "data"
+    write_isaid(root)
+    write_loveda_native(root)
+    out = tmp_path / "report"
+    arguments = ["eval", "--checkpoint", str(checkpoint), "--benchmark", "two-layouts", "--data-root", str(root),
+                 "--out", str(out), "--benchmarks", str(definitions), "--panels", "2"]  # fmt: skip
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    for name in ("report.md", "report.json", "overlap.png", "datasets/isaid.json", "datasets/loveda-native.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "panels" / "isaid").glob("*.png"))) == 2
+    report = json.loads((out / "report.json").read_text())
+    isaid = report["datasets"]["isaid"]
+    assert isaid["overlap"]["raw"] == 15 and isaid["overlap"]["mapping"]["large vehicle"] == "vehicle"
+    assert isaid["resolution"]["high"]["images"] == 1 and isaid["resolution"]["low"]["images"] == 2
+    assert report["m_miou"] == pytest.approx((isaid["miou"] + report["datasets"]["loveda-native"]["miou"]) / 2)
+    # the report's numbers equal an independent computation: Predictor + torchmetrics
+    predictor = Predictor(checkpoint, device="cpu")
+    spec = dataset_spec(load_definitions(definitions), "isaid")
+    metric = MulticlassJaccardIndex(15, average=None, ignore_index=255)
+    present = torch.zeros(15, dtype=torch.bool)
+    for sample in spec.samples(root)[0]:
+        image, mask = spec.read(sample)
+        target = torch.from_numpy(mask.astype(np.int64))
+        metric.update(torch.from_numpy(predictor.predict(image, spec.class_names).astype(np.int64)), target)
+        present |= torch.bincount(target[target != 255], minlength=15) > 0
+    assert isaid["miou"] == pytest.approx(float(metric.compute()[present].mean()), abs=1e-5)
+    markdown = (out / "report.md").read_text()
+    assert "Seen / unseen" in markdown and "Resolution groups" in markdown and "left out of its mIoU" in markdown
+    # a second run reuses the finished datasets
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "datasets").iterdir()}
+    assert runner.invoke(app, arguments).exit_code == 0
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "datasets").iterdir()}
+
+
+def test_missing_files_are_reported_not_half_evaluated(checkpoint, definitions, tmp_path):
+    root = tmp_path / "data"
+    write_isaid(root)
+    write_loveda_native(root)
+    os.remove(root / "iSAID" / "mask" / "P0001.png")
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--benchmark", "two-layouts", "--data-root", str(root),
+                                 "--out", str(out), "--benchmarks", str(definitions)])  # fmt: skip
+    assert result.exit_code == 1 and "missing files" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False and "miou" not in report["datasets"]["isaid"]
+    assert report["m_miou"] == pytest.approx(report["datasets"]["loveda-native"]["miou"])
+    assert "P0001.png" in (out / "report.md").read_text()
+
+
+def test_zero_shot_clip_runs_through_the_same_evaluation(definitions, tmp_path):
+    root = tmp_path / "data"
+    write_loveda_native(root)
+    out = tmp_path / "zero"
+    result = runner.invoke(app, ["eval", "--zero-shot", "--backbone", "tiny", "--benchmark", "loveda-native",
+                                 "--data-root", str(root), "--out", str(out), "--benchmarks", str(definitions)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"].startswith("zero-shot CLIP") and 0 <= report["m_miou"] <= 1
+    assert runner.invoke(app, ["eval", "--benchmark", "flood", "--data-root", str(root), "--out", str(out)]).exit_code == 2
+
+
+def test_bench_prints_the_efficiency_table():
+    result = runner.invoke(app, ["bench", "--backbone", "tiny", "--repeats", "1", "--classes", "3"])
+    assert result.exit_code == 0, result.output
+    assert "device: CPU" in result.output and "Pi-Seg" in result.output and "FPS" in result.output
