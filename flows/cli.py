@@ -30,6 +30,7 @@ app.command("categories", help=pipeline_cli.CATEGORIES_HELP)(pipeline_cli.catego
 app.command("annotate", help=pipeline_cli.ANNOTATE_HELP)(pipeline_cli.annotate)
 app.command("build")(commands.build)
 app.command("serve")(commands.serve)
+app.command("evaluate-build")(commands.evaluate_build)
 app.add_typer(commands.shards_app, name="shards")
 app.add_typer(audit_cli.app, name="audit")
 

@@ -1,7 +1,8 @@
-"""`ovrsis build`, `ovrsis serve` and `ovrsis shards ...`: running the flow and checking its output."""
+"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...` and `ovrsis evaluate-build`: running the flow and checking its output."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -94,3 +95,46 @@ def export(
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
     console.print(f"{count} samples written under {destination}")
+
+
+def evaluate_build(
+    records: Path = typer.Option(..., help="A build's output folder (records.jsonl, masks/, manifest.json)."),
+    ground_truth: Path = typer.Option(..., help="Folder of labelled masks named after the source rasters: STEM.png|tif."),
+    taxonomy: str = typer.Option(..., help="The ground truth's vocabulary (bundled name or YAML path)."),
+    build_taxonomy: str = typer.Option("ovrsis95k", help="The build's vocabulary (its synonyms help map the ground truth); "
+                                       "a manifest.json naming other classes wins."),
+    min_fraction: float = typer.Option(0.001, help="Share of a tile's labelled pixels a class needs to count as present."),
+    out: Path = typer.Option(None, help="Report folder (default: RECORDS/report)."),
+) -> None:
+    """Score the build's auto-annotations (before and after audit) against a labelled dataset."""
+    from piseg.build_quality import evaluate_build as score
+    from piseg.build_quality import names_taxonomy, write_build_quality
+    from pipeline.categories import spacy_lemmatize
+    from taxonomy.loader import TaxonomyError, load_taxonomy
+
+    try:
+        truth = load_taxonomy(taxonomy)
+        build = load_taxonomy(build_taxonomy)
+        manifest = records / "manifest.json"
+        names = json.loads(manifest.read_text())["taxonomy"]["names"] if manifest.is_file() else build.names
+        if names != build.names:  # the shards say another vocabulary: compare by its names alone
+            build = names_taxonomy(names)
+    except TaxonomyError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from error
+    if not (records / "records.jsonl").is_file():
+        console.print(f"[red]error:[/red] {records / 'records.jsonl'}: no records (is {records} a build output folder?)", highlight=False)
+        raise typer.Exit(2)
+    if not ground_truth.is_dir():
+        console.print(f"[red]error:[/red] {ground_truth}: no such folder", highlight=False)
+        raise typer.Exit(2)
+    result = score(records, ground_truth, truth, build, spacy_lemmatize, min_fraction)
+    path = write_build_quality(result, out or records / "report")
+    summary = Console(soft_wrap=True)
+    for stage in ("before_audit", "after_audit"):
+        c = result[stage]["categories"]
+        fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        summary.print(f"{stage.replace('_', ' ')}: categories P {fmt(c['precision'])} R {fmt(c['recall'])}, mask mIoU {fmt(result[stage]['miou'])}")
+    summary.print(f"{result['tiles']} tiles scored, {len(result['tiles_without_ground_truth'])} without ground truth -> {path}")
+    if result["tiles"] == 0:
+        raise typer.Exit(1)

@@ -96,8 +96,8 @@ def markdown(report: dict) -> str:
     for name, d in datasets.items():
         o = d["overlap"]
         lines.append(f"| {name} | {o['raw']} | {o['covered']} | {o['test_only']} | {100 * o['coverage']:.1f}% |")
-    lines += ["", "Covered = the class name (or one of its parts, or its head noun) matches a training class by name, "
-              "synonym or the lexicon; the mapping is in report.json. ![overlap](overlap.png)", ""]  # fmt: skip
+    lines += ["", "Covered = the class name (or one of its parts, or its head noun) matches a training class's name or "
+              "synonym; the mapping is in report.json. ![overlap](overlap.png)", ""]  # fmt: skip
     lines += ["## Resolution groups (Table XIII; low = native size below 800x800)", "", "| dataset | low: images | low mIoU | high: images | high mIoU |", "|---|---|---|---|---|"]
     for name, d in datasets.items():
         groups = d.get("resolution", {})

@@ -1,5 +1,6 @@
 """Map one vocabulary's class names onto another's (a test set's classes onto the training taxonomy),
-with the same matcher the caption stage uses: names, synonyms and the lexicon, then embeddings if given.
+with the caption stage's matcher restricted to the target's own names and synonyms by default (the
+general lexicon is lenient: it would count "helicopter" as covered by "airplane"), then embeddings if given.
 
 Used for the seen/unseen split and the category-overlap analysis of the benchmarks, and to compare a
 build's masks with a labelled dataset in another vocabulary.
@@ -19,10 +20,11 @@ def name_parts(name: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,/]", name) if part.strip()]
 
 
-def crosswalk(source: Taxonomy, target: Taxonomy, lemmatize: Lemmatize, embedder: TextEmbedder | None = None) -> dict[str, str | None]:
+def crosswalk(source: Taxonomy, target: Taxonomy, lemmatize: Lemmatize, embedder: TextEmbedder | None = None,
+              use_lexicon: bool = False) -> dict[str, str | None]:  # fmt: skip
     """For each source class, the target class it is covered by (None: no counterpart). A name's parts
     are tried in order; a multi-word part also tries its head ("large vehicle" -> "vehicle")."""
-    matcher = CategoryMatcher(target, lemmatize, embedder)
+    matcher = CategoryMatcher(target, lemmatize, embedder, use_lexicon=use_lexicon)
     owners, queries = [], []
     for category in source.categories:
         parts = name_parts(category.name)

@@ -1,0 +1,81 @@
+"""`ovrsis evaluate-build`: the build's auto-annotations scored against labelled masks, before and after audit."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline.categories import ProposedCategory
+from pipeline.records import AuditDecision, Quarantine, write_records
+from tests.piseg_helpers import tile_record
+
+BUILD_NAMES = ["building", "road", "tree", "vehicle"]
+
+
+def category(name: str, method: str = "exact") -> ProposedCategory:
+    return ProposedCategory(name=name, score=1.0, phrase=name, method=method)
+
+
+def tile(key: str, source: str, col: int, categories, mask_value: int | None, out):
+    record = tile_record(key, 8)
+    record.source.path = f"/imagery/{source}.tif"
+    record.source.window.col_off = col
+    record.categories = categories
+    if mask_value is not None:
+        record.semantic_mask = f"masks/{key}.png"
+        Image.fromarray(np.full((8, 8), mask_value, dtype=np.uint8)).save(out / record.semantic_mask)
+    return record
+
+
+@pytest.fixture
+def build(tmp_path):
+    out = tmp_path / "build"
+    (out / "masks").mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"taxonomy": {"names": BUILD_NAMES, "version": "v"}}))
+    left = tile("scene__r0_c0", "scene", 0, [category("building"), category("road")], 0, out)
+    right = tile("scene__r0_c8", "scene", 8, [category("tree", "audit")], 2, out)  # reviewed: building -> tree
+    right.audit = [AuditDecision(target="category:building", state="discarded"),
+                   AuditDecision(target="category:tree", state="corrected", corrected_to="tree")]  # fmt: skip
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(out / "masks" / "scene__r0_c8.proposed.png")
+    unlabelled = tile("other__r0_c0", "other", 0, [category("tree")], 2, out)
+    broken = tile("scene__r8_c0", "scene", 0, [], None, out)
+    broken.quarantine = Quarantine(stage="ingest", reason="all nodata")
+    write_records(out / "records.jsonl", [left, right, unlabelled, broken])
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    potsdam = np.full((8, 16), 1, dtype=np.uint8)  # potsdam ids: 1 building, 3 tree, 2 low vegetation
+    potsdam[:, 8:] = 3
+    potsdam[0, 8] = 2  # low vegetation has no counterpart in the build: ignored
+    Image.fromarray(potsdam).save(truth / "scene.png")
+    return out, truth
+
+
+def test_scores_before_and_after_audit(build):
+    out, truth = build
+    result = CliRunner().invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "potsdam"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report" / "build_quality.json").read_text())
+    # the manifest's bare names carry no synonyms, so potsdam's "car" finds no "vehicle" here
+    assert report["shared_classes"] == ["building", "tree"] and report["mapping"]["low vegetation"] is None
+    assert report["tiles"] == 2 and report["audited_tiles"] == 1 and report["tiles_without_ground_truth"] == ["other__r0_c0"]
+    before, after = report["before_audit"], report["after_audit"]
+    assert before["categories"]["precision"] == 0.5 and before["categories"]["recall"] == 0.5  # road is not judged
+    assert after["categories"]["precision"] == 1.0 and after["categories"]["recall"] == 1.0
+    assert before["iou"]["building"] == pytest.approx(64 / 127) and before["iou"]["tree"] == 0.0
+    assert before["miou"] == pytest.approx(64 / 127 / 2) and after["miou"] == 1.0
+    assert "| before audit | 50.00 | 50.00 |" in (out / "report" / "build_quality.md").read_text()
+
+
+def test_clear_errors(build, tmp_path):
+    out, truth = build
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate-build", "--records", str(tmp_path), "--ground-truth", str(truth), "--taxonomy", "potsdam"])
+    assert result.exit_code == 2 and "records.jsonl: no records" in result.output
+    result = runner.invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "nowhere"])
+    assert result.exit_code == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(empty), "--taxonomy", "potsdam"]).exit_code == 1
