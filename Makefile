@@ -50,8 +50,12 @@ demo: $(STAMP)
 		"$(abspath $(DEMO_IMAGERY))" "$(abspath demo/imagery_captions.jsonl)" "$(DEMO_MODELS)" "$(abspath $(DEMO_OUT))/build" > $(DEMO_OUT)/build.yaml
 	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/ovrsis build --config $(DEMO_OUT)/build.yaml
 	$(VENV)/bin/ovrsis shards verify $(DEMO_OUT)/build
+	$(VENV)/bin/piseg train --shards $(DEMO_OUT)/build --backbone tiny --iters 20 --out $(DEMO_OUT)/piseg
+	$(VENV)/bin/piseg predict --checkpoint $(DEMO_OUT)/piseg/checkpoints/final.pt --classes "tree; building; road; grass" \
+		--out $(DEMO_OUT)/predictions $(DEMO_IMAGERY)/*
 	@echo "Demo outputs are in $(DEMO_OUT)/: categories.jsonl; annotate/ (records, masks, overlays, stitched GeoTIFFs);"
-	@echo "build/ (the Prefect build: shards, manifest.json, report/balance.md, records, masks)"
+	@echo "build/ (the Prefect build: shards, manifest.json, report/balance.md, records, masks);"
+	@echo "piseg/ (a tiny Pi-Seg trained on those shards: checkpoints, log.jsonl); predictions/ (its masks and overlays)"
 
 test: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q

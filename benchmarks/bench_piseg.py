@@ -65,7 +65,6 @@ def full_size(classes: int, repeats: int, device: torch.device) -> None:
         print(f"{name}: ViT-B forward at 384x384, {classes} classes, training mode, batch 1: {results[name] * 1000:.0f} ms ({device})")
         if device.type == "cuda":
             gpu_figures(model, config, classes, repeats, device, name)
-        del model
     print(f"ratio Pi-Seg / baseline: {results['Pi-Seg'] / results['CAT-Seg baseline']:.3f}")
 
 

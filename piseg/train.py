@@ -166,12 +166,12 @@ def validate(model: PiSeg, reader: ShardReader, config: PiSegConfig, class_names
 class RunLog:
     """JSON lines (always) and TensorBoard (when installed), written by the main process only."""
 
-    def __init__(self, folder: Path, enabled: bool) -> None:
+    def __init__(self, folder: Path, enabled: bool, resume: bool) -> None:
         self.enabled = enabled
         self.board = None
         if enabled:
             folder.mkdir(parents=True, exist_ok=True)
-            self.file = (folder / "log.jsonl").open("a")
+            self.file = (folder / "log.jsonl").open("a" if resume else "w")  # a fresh run starts a fresh log
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -206,7 +206,7 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
     reader = ShardReader(shards, expected_names=expected, on_corrupt=config.train.on_corrupt_shard)
     class_names = reader.class_names
     taxonomy_version = reader.manifest["taxonomy"]["version"]
-    log = RunLog(out, runtime.main)
+    log = RunLog(out, runtime.main, resume)
     if reader.corrupt:
         log.write(0, {"corrupt_shards": len(reader.corrupt), "corrupt": reader.corrupt})
     model = build_model(config.model).to(runtime.device).train()
