@@ -124,11 +124,15 @@ def predict(
     classes: str = typer.Option(..., help="Class names: 'building, road, water' (use ';' to keep commas in a name)."),
     out: Path = typer.Option(Path("predictions"), help="Folder for STEM.png, STEM.overlay.png (and STEM.mask.tif)."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+    tile_size: int = typer.Option(2048, help="Rasters larger than this are predicted in windows and stitched (STEM.mask.tif)."),
+    overlap: int = typer.Option(128, help="Overlap of those windows, in pixels."),
 ) -> None:
     """Segment images into any class names with the sliding-window scheme of the evaluation."""
     from piseg.checkpoint import CheckpointError
     from piseg.predict import Predictor, parse_class_names
 
+    if tile_size < 16 or not 0 <= overlap < tile_size:
+        fail(f"--tile-size must be at least 16 and --overlap in [0, tile size), got {tile_size} and {overlap}")
     missing = [str(path) for path in images if not path.is_file()]
     if missing:
         fail(f"no such image: {', '.join(missing)}")
@@ -141,7 +145,7 @@ def predict(
     with Progress(*columns, console=err) as bar:
         for path in bar.track(images):
             try:
-                predictor.predict_files([path], names, out)
+                predictor.predict_files([path], names, out, tile_size, overlap)
             except Exception as error:  # one unreadable image must not stop the others
                 err.print(f"[yellow]skipped[/yellow] {path}: {error}", markup=True, highlight=False)
     Console().print(f"wrote {out}/ ({len(names)} classes: {', '.join(names)})")

@@ -11,9 +11,10 @@ import torch
 from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
 from piseg.inference import predict_mask
-from pipeline.ingest import RasterSource
+from pipeline.ingest import RasterSource, plan_windows
 from pipeline.outputs import overlay, write_mask_geotiff, write_png
 from pipeline.records import Window
+from pipeline.stitch import stitch_to_geotiff
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -62,12 +63,19 @@ class Predictor:
         mask = predict_mask(self.model, pixels, self.class_embeddings(class_names), self.settings)
         return mask.to(torch.uint8).cpu().numpy()
 
-    def predict_files(self, paths: list[Path], class_names: list[str], out: Path) -> list[Path]:
+    def predict_files(self, paths: list[Path], class_names: list[str], out: Path, tile_size: int = 2048,
+                      overlap: int = 128) -> list[Path]:  # fmt: skip
         """Writes OUT/STEM.png (class ids), OUT/STEM.overlay.png and, for georeferenced inputs,
-        OUT/STEM.mask.tif on the input's grid; returns the mask paths."""
+        OUT/STEM.mask.tif on the input's grid; returns the mask paths. Rasters larger than `tile_size`
+        are predicted tile by tile and stitched into OUT/STEM.mask.tif only (memory: one tile)."""
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for path in paths:
+            with RasterSource(path) as source:
+                large = max(source.dataset.width, source.dataset.height) > tile_size
+            if large:
+                written.append(self.predict_large_raster(path, class_names, out / f"{path.stem}.mask.tif", tile_size, overlap))
+                continue
             image, crs, transform = read_image(path)
             mask = self.predict(image, class_names)
             written.append(write_png(out / f"{path.stem}.png", mask))
@@ -75,3 +83,14 @@ class Predictor:
                 write_mask_geotiff(out / f"{path.stem}.mask.tif", mask, crs, transform)
             write_png(out / f"{path.stem}.overlay.png", overlay(image, mask, len(class_names)))
         return written
+
+    def predict_large_raster(self, path: Path, class_names: list[str], destination: Path, tile_size: int, overlap: int) -> Path:
+        """Windows of `tile_size` (overlapping by `overlap`), each through the sliding-window scheme,
+        stitched with the build's seam rule (each seam mid-overlap) into a tiled GeoTIFF."""
+        with RasterSource(path) as source:
+            dataset = source.dataset
+            windows = plan_windows(dataset.width, dataset.height, tile_size, overlap)
+            crs = dataset.crs.to_wkt() if source.georeferenced else None
+            transform = list(dataset.transform)[:6] if source.georeferenced else None
+            return stitch_to_geotiff(windows, lambda index: self.predict(source.read(windows[index])[0], class_names),
+                                     destination, dataset.width, dataset.height, crs, transform)  # fmt: skip

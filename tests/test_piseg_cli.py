@@ -55,6 +55,29 @@ def test_predict_writes_masks_overlays_and_georeferenced_masks(checkpoint, tmp_p
     assert result.exit_code == 2 and "bad.pt: not a readable checkpoint" in result.output
 
 
+def test_large_rasters_are_predicted_in_windows_and_stitched(checkpoint, tmp_path):
+    raster = tmp_path / "large.tif"
+    profile = {"driver": "GTiff", "width": 300, "height": 200, "count": 3, "dtype": "uint8", "crs": "EPSG:32617",
+               "transform": rasterio.transform.from_origin(400000, 3300000, 0.5, 0.5)}  # fmt: skip
+    rng = np.random.default_rng(1)
+    with rasterio.open(raster, "w", **profile) as dst:
+        dst.write(COLOURS[rng.integers(0, 3, (200 // 20, 300 // 20))].repeat(20, 0).repeat(20, 1).transpose(2, 0, 1))
+    out = tmp_path / "large-out"
+    result = runner.invoke(app, ["predict", str(raster), "--checkpoint", str(checkpoint), "--classes", "building, tree, water",
+                                 "--out", str(out), "--tile-size", "128", "--overlap", "16"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not (out / "large.png").exists()
+    with rasterio.open(out / "large.mask.tif") as written:
+        mask = written.read(1)
+        assert written.crs.to_epsg() == 32617 and written.transform.c == 400000 and mask.shape == (200, 300)
+    with rasterio.open(raster) as source:  # the first window's core is that window's own prediction
+        first = source.read(window=rasterio.windows.Window(0, 0, 128, 128)).transpose(1, 2, 0)
+    own = Predictor(checkpoint, device="cpu").predict(first, ["building", "tree", "water"])
+    assert np.array_equal(mask[:100, :100], own[:100, :100])
+    bad = runner.invoke(app, ["predict", str(raster), "--checkpoint", str(checkpoint), "--classes", "a", "--overlap", "4096"])
+    assert bad.exit_code == 2 and "--overlap" in bad.output
+
+
 def test_python_api_takes_any_class_names(checkpoint):
     predictor = Predictor(checkpoint, device="cpu")
     image = np.repeat(COLOURS, 16, axis=0)[:, None].repeat(32, axis=1)
