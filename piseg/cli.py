@@ -54,7 +54,7 @@ def info(
     import dataclasses
 
     from piseg.config import ConfigError, preset
-    from piseg.info import FLOP_RULE, eval_flops, meta_model, parameter_table, train_flops, variant
+    from piseg.info import FLOP_RULE, PAPER_EVAL_GFLOPS, eval_flops, meta_model, parameter_table, train_flops, variant
 
     try:
         config = preset(backbone)
@@ -71,10 +71,11 @@ def info(
         model = meta_model(variant(config.model, True))
         evaluation = eval_flops(model, config.eval, classes=classes) / 1e9
         training = train_flops(model, config.train.crop, classes=classes) / 1e9
+        paper = f"paper (Table XII, fvcore, eval): {PAPER_EVAL_GFLOPS[backbone]}\n" if backbone in PAPER_EVAL_GFLOPS else ""
         Console(soft_wrap=True).print(
             f"GFLOPs with {classes} class(es): eval (600x800, sliding window) {evaluation:.2f} = {evaluation / 2:.2f} GMACs; "
             f"train (one {config.train.crop} crop, text encoder and SPMs on) {training:.2f} = {training / 2:.2f} GMACs\n"
-            f"rule: {FLOP_RULE}"
+            f"{paper}rule: {FLOP_RULE}"
         )
 
 

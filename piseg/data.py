@@ -9,7 +9,6 @@ workers, and resuming at batch b reproduces exactly what an uninterrupted run wo
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,11 +17,10 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from piseg.config import TrainConfig
-from pipeline.shards import IGNORE, ShardError, ShardReader
+from pipeline.shards import IGNORE, ShardError, ShardReader, decode_sample
 
 
 @dataclass
@@ -34,21 +32,17 @@ class Batch:
 
 def decode_training_sample(raw: dict, extension: str, classes: int) -> tuple[str, np.ndarray, np.ndarray]:
     """The image and mask of one raw sample; masks must only hold class ids and IGNORE."""
-    key = raw["__key__"]
-    where = f"{raw.get('__url__', 'shard')}: sample {key}"
+    where = f"{raw.get('__url__', 'shard')}: sample {raw['__key__']}"
     try:
-        image = np.asarray(Image.open(io.BytesIO(raw[extension])).convert("RGB"))
-        mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])))
-    except KeyError as error:
-        raise ShardError(f"{where}: missing part {error}") from error
+        sample = decode_sample(raw, extension)
     except OSError as error:
         raise ShardError(f"{where}: cannot decode ({error})") from error
-    bad = np.setdiff1d(np.unique(mask), [*range(classes), IGNORE])
+    bad = np.setdiff1d(np.unique(sample.mask), [*range(classes), IGNORE])
     if bad.size:
         raise ShardError(f"{where}: mask values {bad.tolist()} outside the {classes} training classes (0-{classes - 1}, {IGNORE} = ignore)")
-    if mask.shape != image.shape[:2]:
-        raise ShardError(f"{where}: mask {mask.shape} and image {image.shape[:2]} differ in size")
-    return key, image, mask
+    if sample.mask.shape != sample.image.shape[:2]:
+        raise ShardError(f"{where}: mask {sample.mask.shape} and image {sample.image.shape[:2]} differ in size")
+    return sample.key, sample.image, sample.mask
 
 
 def augment(image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
