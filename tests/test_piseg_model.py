@@ -147,3 +147,36 @@ def test_ignore_pixels_are_negatives_or_left_out():
     expected_excluded = (np.log(2) + softplus(-5)) / 2
     assert segmentation_loss(logits, masks, "negative").item() == pytest.approx(expected_negative, rel=1e-5)
     assert segmentation_loss(logits, masks, "exclude").item() == pytest.approx(expected_excluded, rel=1e-5)
+
+
+def test_pretrained_clip_loads_from_a_local_folder_and_checkpoints_need_no_folder(tmp_path):
+    """The real-weights path: CLIP weights + tokenizer from a folder (as from the hub), then a
+    self-contained checkpoint that loads after the folder is gone."""
+    import shutil
+
+    from piseg.checkpoint import load_model, save_checkpoint
+    from piseg.clip_backbone import byte_level_tokenizer, clip_config
+    from transformers import CLIPModel
+
+    config = preset("tiny")
+    folder = tmp_path / "clip"
+    torch.manual_seed(3)
+    saved = CLIPModel(clip_config(config.model.architecture))
+    saved.save_pretrained(folder)
+    byte_level_tokenizer().save_pretrained(folder)
+    config.model = dataclasses.replace(config.model, clip=str(folder))
+    model = build_model(config.model)
+    assert torch.equal(model.backbone.clip.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+                       saved.vision_model.encoder.layers[0].self_attn.q_proj.weight)  # fmt: skip
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, config, NAMES, "v")
+    shutil.rmtree(folder)
+    loaded, loaded_config, payload = load_model(path)
+    assert payload["tokenizer_files"] and loaded_config.model.clip == str(folder)
+    model.eval()
+    images = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        expected = model(images, model.encode_classes(NAMES)).logits
+        assert torch.equal(loaded(images, loaded.encode_classes(NAMES)).logits, expected)
+    with pytest.raises(OSError, match="cannot load CLIP from"):
+        build_model(dataclasses.replace(config.model, clip=str(tmp_path / "nowhere")))
