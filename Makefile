@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ovrsis shards verify $(DEMO_OUT)/build
 	$(VENV)/bin/piseg train --shards $(DEMO_OUT)/build --backbone tiny --iters 20 --out $(DEMO_OUT)/piseg
 	$(VENV)/bin/piseg predict --checkpoint $(DEMO_OUT)/piseg/checkpoints/final.pt --classes "tree; building; road; grass" \
-		--out $(DEMO_OUT)/predictions $(DEMO_IMAGERY)/*
+		--out $(DEMO_OUT)/predictions $$(find $(DEMO_IMAGERY) -maxdepth 1 -type f \( -iname '*.tif' -o -iname '*.tiff' -o -iname '*.png' -o -iname '*.jpg' \) | sort)
 	@echo "Demo outputs are in $(DEMO_OUT)/: categories.jsonl; annotate/ (records, masks, overlays, stitched GeoTIFFs);"
 	@echo "build/ (the Prefect build: shards, manifest.json, report/balance.md, records, masks);"
 	@echo "piseg/ (a tiny Pi-Seg trained on those shards: checkpoints, log.jsonl); predictions/ (its masks and overlays)"
