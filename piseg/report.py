@@ -123,11 +123,11 @@ def overlap_figure(report: dict, path: Path) -> None:
     names = list(report["datasets"])
     covered = [report["datasets"][n]["overlap"]["covered"] for n in names]
     only = [report["datasets"][n]["overlap"]["test_only"] for n in names]
-    figure, axis = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.5))
+    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 3.8))
     axis.bar(names, covered, label=f"covered by {report['train_taxonomy']}", color="#4477aa")
     axis.bar(names, only, bottom=covered, label="test-only", color="#ee6677")
     axis.set_ylabel("categories")
-    axis.set_title("Category overlap with the training taxonomy")
+    axis.set_title(f"Test categories covered by {report['train_taxonomy']}", fontsize=10)
     axis.legend(fontsize=8)
     plt.setp(axis.get_xticklabels(), rotation=30, ha="right")
     figure.tight_layout()
