@@ -151,7 +151,7 @@ class ClassAggregation(nn.Module):
         tokens = tokens[:, :classes]
         out = tokens.view(batch, small, small, classes, dim).permute(0, 3, 4, 1, 2).reshape(batch * classes, dim, small, small)
         if pool > 1:
-            out = F.interpolate(out, size=(side, side), mode="bilinear", align_corners=False)
+            out = F.interpolate(out, size=(side, side), mode="bilinear", align_corners=True)  # as released
         return x + out.view(batch, classes, dim, side, side).transpose(1, 2)
 
     def _attend(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ class ModelConfig:
     heads: int = 4
     window_size: int = 12
     class_pool_train: int = 2  # class aggregation works on 2x2-pooled features in training, 1x1 at test
-    pad_len: int = 256  # class attention pads to (or keeps the top-k of) this many classes
+    pad_len: int = 256  # class attention pads to this many classes (with more, all attend; the released code keeps the top 256)
     decoder_dims: tuple[int, int] = (64, 32)
     decoder_guidance_dims: tuple[int, int] = (256, 128)
     decoder_guidance_proj_dims: tuple[int, int] = (32, 16)
