@@ -251,10 +251,9 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
             log.write(step, {**values, **perturbation_statistics(output, masks)})
         if runtime.main and (step % config.train.val_every == 0 or step == config.train.iters):
             log.write(step, validate(model, reader, config, class_names, runtime.device))
-        if step % config.train.checkpoint_every == 0 or step == config.train.iters:
+        if runtime.main and (step % config.train.checkpoint_every == 0 or step == config.train.iters):
             state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
-            if runtime.main:
-                save_checkpoint(last, model, config, class_names, taxonomy_version, state)
+            save_checkpoint(last, model, config, class_names, taxonomy_version, state)
         if runtime.world > 1 and step % config.train.checkpoint_every == 0:
             dist.barrier()
         if runtime.main and progress is not None:
