@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from piseg.config import preset  # noqa: E402
-from piseg.inference import sliding_window_probabilities  # noqa: E402
+from piseg.bench import timed_inference  # noqa: E402
 from piseg.info import variant  # noqa: E402
 from piseg.model import build_model  # noqa: E402
 from piseg.train import parameter_groups, segmentation_loss, train  # noqa: E402
@@ -90,9 +90,7 @@ def gpu_figures(model, config, classes: int, repeats: int, device: torch.device,
     with torch.no_grad():
         text = model.encode_classes(names)
     image = torch.rand(3, 600, 800, device=device) * 255
-    torch.cuda.reset_peak_memory_stats()
-    seconds = timed(lambda: sliding_window_probabilities(model, image, text, config.eval), repeats * 5, device)
-    peak = torch.cuda.max_memory_allocated() / 1e9
+    seconds, peak = timed_inference(model, image, text, config, device, repeats * 5)
     print(f"{name}: eval 600x800 sliding window: {1 / seconds:.2f} FPS, peak memory {peak:.2f} GB ({torch.cuda.get_device_name()})")
 
 

@@ -113,8 +113,3 @@ def write_panel(path: Path, image: np.ndarray, truth: np.ndarray, prediction: np
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_png(path, panel)
 
-
-def scores_of(matrix: list[list[int]], absent: str):
-    confusion = ConfusionMatrix(len(matrix))
-    confusion.matrix = torch.tensor(matrix, dtype=torch.int64)
-    return confusion.scores(absent)

@@ -32,6 +32,13 @@ class ConfusionMatrix:
         self.classes, self.ignore = classes, ignore
         self.matrix = torch.zeros(classes, classes, dtype=torch.int64, device=device)
 
+    @classmethod
+    def from_counts(cls, counts: list[list[int]], ignore: int = IGNORE) -> "ConfusionMatrix":
+        """A matrix saved with `.matrix.tolist()` (e.g. a finished dataset's result file)."""
+        confusion = cls(len(counts), ignore)
+        confusion.matrix = torch.tensor(counts, dtype=torch.int64)
+        return confusion
+
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         target = target.to(self.matrix.device).flatten().long()
         prediction = prediction.to(self.matrix.device).flatten().long()

@@ -8,7 +8,8 @@ import json
 import math
 from pathlib import Path
 
-from piseg.evaluate import DatasetResult, scores_of
+from piseg.evaluate import DatasetResult
+from piseg.metrics import ConfusionMatrix
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import load_taxonomy
 from taxonomy.matcher import Lemmatize
@@ -41,7 +42,7 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
         entry["overlap"] = {"raw": len(mapping), "covered": len(covered), "test_only": len(mapping) - len(covered),
                             "coverage": len(covered) / len(mapping), "mapping": mapping}  # fmt: skip
         if result.status == "done":
-            scores = scores_of(result.matrix, absent)
+            scores = ConfusionMatrix.from_counts(result.matrix).scores(absent)
             seen = [mapping[name] is not None for name in result.classes]
             entry.update(
                 miou=scores.miou, macc=scores.macc, pixel_accuracy=scores.pixel_accuracy,
@@ -49,7 +50,7 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
                          for name, iou, acc, present, s in zip(result.classes, scores.iou, scores.acc, scores.present, seen)},
                 seen_miou=mean([i for i, s in zip(scores.iou, seen) if s and i is not None]),
                 unseen_miou=mean([i for i, s in zip(scores.iou, seen) if not s and i is not None]),
-                resolution={group: {"images": result.group_images[group], "miou": scores_of(matrix, absent).miou}
+                resolution={group: {"images": result.group_images[group], "miou": ConfusionMatrix.from_counts(matrix).scores(absent).miou}
                             for group, matrix in sorted(result.groups.items())},
                 panels=result.panels,
             )  # fmt: skip
