@@ -38,7 +38,7 @@ def classes(
     except TaxonomyError as error:
         fail(str(error))
     table = Table("id", "class", "prompt", title=f"{vocabulary.name} ({vocabulary.version})", title_justify="left")
-    for category, prompt in zip(vocabulary.categories, class_prompts(vocabulary, template)):
+    for category, prompt in zip(vocabulary.categories, class_prompts(vocabulary, template), strict=True):
         table.add_row(str(category.index), category.name, prompt)
     Console().print(table)
 
@@ -150,6 +150,36 @@ def predict(
             except Exception as error:  # one unreadable image must not stop the others
                 err.print(f"[yellow]skipped[/yellow] {path}: {error}", markup=True, highlight=False)
     Console().print(f"wrote {out}/ ({len(names)} classes: {', '.join(names)})")
+
+
+@app.command(name="convert-released")
+def convert_released(
+    weights: Path = typer.Argument(..., help="The authors' released model_final.pth (Pi-Seg or CAT-Seg, detectron2)."),
+    out: Path = typer.Option(..., help="Where to write the Pi-Seg checkpoint."),
+    taxonomy: str = typer.Option("ovrsis95k", help="The vocabulary the weights were trained on (V1: dlrsd or isaid)."),
+    backbone: str = typer.Option(None, help="Preset for the settings the weights do not carry (default: the one the weights show)."),
+    config: Path = typer.Option(None, help="YAML configuration instead of a preset (evaluation scheme, noise families)."),
+    tokenizer: str = typer.Option("auto", help="CLIP tokenizer: hub id or local folder (default: the preset's CLIP id); "
+                                               "'none' = the byte-level one of random-weight models."),  # fmt: skip
+) -> None:
+    """Convert released detectron2 weights into a Pi-Seg checkpoint (no detectron2 needed)."""
+    from piseg.config import ConfigError, load_config
+    from piseg.released import ReleasedCheckpointError
+    from piseg.released import convert_released as convert
+
+    try:
+        vocabulary = load_taxonomy(taxonomy)
+        base = load_config(config, backbone) if (config or backbone) else None
+        summary = convert(weights, out, vocabulary.names, vocabulary.version, base, None if tokenizer == "none" else tokenizer)
+    except (TaxonomyError, ConfigError, ReleasedCheckpointError) as error:
+        fail(str(error))
+    spms = [name for name, on in (("Text-SPM", summary["text_spm"]), ("Image-SPM", summary["image_spm"])) if on]
+    reduction = f" (r = {summary['reduction']})" if summary["image_spm"] else ""
+    Console(soft_wrap=True).print(
+        f"wrote {out}: {summary['backbone']}, {summary['tensors']} tensors ({summary['parameters']:,} parameters), "
+        f"{summary['layers']} aggregation layers, {' + '.join(spms) or 'no SPM (CAT-Seg)'}{reduction}, "
+        f"{summary['classes']} classes of {taxonomy}"
+    )
 
 
 @app.command()

@@ -35,11 +35,12 @@ def clip_config(arch: ClipArchitecture) -> CLIPConfig:
 
 
 def is_trainable_clip_parameter(name: str, last_vision_layer: int) -> bool:
-    """Only attention query and value projections (weights and biases) of both encoders train. The last
-    vision block's query is excluded: the dense path reads only its value path, so it gets no gradient."""
-    if f"vision_model.encoder.layers.{last_vision_layer}.self_attn.q_proj" in name:
+    """Only the attention query and value projection weights of both encoders train (PISEG.md; the released
+    code keeps q/k/v biases packed in one frozen tensor). The last vision block's query is excluded: the
+    dense path reads only its value path, so it gets no gradient."""
+    if name == f"vision_model.encoder.layers.{last_vision_layer}.self_attn.q_proj.weight":
         return False
-    return ".self_attn.q_proj." in name or ".self_attn.v_proj." in name
+    return name.endswith((".self_attn.q_proj.weight", ".self_attn.v_proj.weight"))
 
 
 class ClipBackbone(nn.Module):

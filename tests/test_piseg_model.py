@@ -118,8 +118,8 @@ def test_noise_family_and_other_settings_are_validated(tmp_path):
 def test_only_query_and_value_projections_of_clip_train(tiny):
     last = tiny.backbone.clip.config.vision_config.num_hidden_layers - 1
     for name, parameter in tiny.backbone.clip.named_parameters():
-        projection = ".self_attn.q_proj." in name or ".self_attn.v_proj." in name
-        expected = projection and not name.startswith(f"vision_model.encoder.layers.{last}.self_attn.q_proj")
+        projection_weight = name.endswith((".self_attn.q_proj.weight", ".self_attn.v_proj.weight"))
+        expected = projection_weight and not name.startswith(f"vision_model.encoder.layers.{last}.self_attn.q_proj")
         assert parameter.requires_grad == expected, name
     assert all(p.requires_grad for n, p in tiny.named_parameters() if not n.startswith("backbone."))
     model = build_model(preset("tiny").model).train()
