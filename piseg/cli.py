@@ -224,6 +224,7 @@ def evaluate(
     datasets: str = typer.Option(None, help="Only these datasets of the benchmark (comma-separated)."),
     benchmarks: Path = typer.Option(None, help="Benchmark definitions YAML (default: the bundled one)."),
     absent: str = typer.Option("exclude", help="Classes absent from the ground truth: exclude (default) or include."),
+    inference: str = typer.Option(None, help="sliding (default; V2) or whole (one view per image, the V1 scripts' no-slide)."),
     max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
     panels: int = typer.Option(3, help="Qualitative panels per dataset."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
@@ -235,7 +236,7 @@ def evaluate(
 
     from piseg.checkpoint import CheckpointError, load_model
     from piseg.clip_backbone import load_clip
-    from piseg.config import ConfigError, preset
+    from piseg.config import INFERENCE_MODES, ConfigError, preset
     from piseg.datasets import DatasetError, load_benchmark, load_definitions
     from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
     from piseg.report import ABSENT_RULES, build_report
@@ -246,6 +247,8 @@ def evaluate(
         fail("give either --checkpoint C or --zero-shot")
     if absent not in ABSENT_RULES:
         fail(f"--absent must be one of {', '.join(ABSENT_RULES)}")
+    if inference is not None and inference not in INFERENCE_MODES:
+        fail(f"--inference must be one of {', '.join(INFERENCE_MODES)}")
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         definitions = load_definitions(benchmarks)
@@ -260,7 +263,8 @@ def evaluate(
             model_name, identity = f"Pi-Seg checkpoint {checkpoint.name}", checkpoint_identity(checkpoint)
     except (ConfigError, DatasetError, CheckpointError, OSError) as error:
         fail(str(error))
-    run = run_identity(identity, config.eval, max_images)
+    settings = dataclasses.replace(config.eval, mode=inference or config.eval.mode)
+    run = run_identity(identity, settings, max_images)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err) as bar:
         tasks: dict[str, int] = {}
@@ -271,10 +275,10 @@ def evaluate(
             bar.update(tasks[name], completed=done)
 
         try:
-            results = evaluate_benchmark(model, selected, data_root, out, config.eval, run, max_images, panels, progress)
+            results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
         except DatasetError as error:
             fail(str(error), 1)
-    report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions)
+    report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions, settings)
     for name, entry in report["datasets"].items():
         status = f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}" if entry["status"] == "done" else f"[yellow]{entry['status']}[/yellow]"
         Console(soft_wrap=True).print(f"{name}: {status}")

@@ -16,6 +16,7 @@ import yaml
 from piseg.prompts import PROMPT_TEMPLATE
 
 NOISE_FAMILIES = ("gaussian", "laplace", "uniform", "student-t")
+INFERENCE_MODES = ("sliding", "whole")
 
 
 class ConfigError(ValueError):
@@ -103,11 +104,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Sliding-window inference as released: resize, four crops + one global view, averaged."""
+    """Inference as released. "sliding" (OVRSISBench V2, validation, predict): resize, four crops + one
+    global view, averaged. "whole": the image resized to one crop (the V1 scripts' no-slide evaluation)."""
 
     resize: int = 640
     crop: int = 384
     stride: int = 256
+    mode: str = "sliding"
 
 
 @dataclass
@@ -219,3 +222,5 @@ def validate(config: PiSegConfig) -> None:
         raise ConfigError(f"on_corrupt_shard must be 'error' or 'skip', got {train.on_corrupt_shard!r}")
     if config.eval.crop > config.eval.resize:
         raise ConfigError("eval.crop must not exceed eval.resize")
+    if config.eval.mode not in INFERENCE_MODES:
+        raise ConfigError(f"eval.mode must be one of {', '.join(INFERENCE_MODES)}, got {config.eval.mode!r}")

@@ -30,7 +30,7 @@ class LabelRule:
 
     map: dict[int, int] | None = None
     default: int | None = None
-    threshold: int | None = None
+    threshold: int | str | None = None  # a value, or "auto": 128 for 0/255 masks, 1 for 0/1 masks (by the image's maximum)
     palette: dict[tuple[int, int, int], int] | None = None
 
     def apply(self, stored: np.ndarray, classes: int, where: Path) -> np.ndarray:
@@ -44,7 +44,10 @@ class LabelRule:
         if stored.ndim == 3:
             stored = stored[..., 0]
         if self.threshold is not None:
-            return (stored >= self.threshold).astype(np.uint8)
+            threshold = self.threshold
+            if threshold == "auto":  # JPEG masks come on either scale; their artefacts stay far below the other
+                threshold = 128 if stored.max() >= 128 else 1
+            return (stored >= threshold).astype(np.uint8)
         if self.map is not None:
             lookup = np.full(256 if stored.dtype == np.uint8 else int(stored.max()) + 1, -1, dtype=np.int32)
             for value, index in self.map.items():
@@ -157,7 +160,10 @@ def label_rule(data: dict, where: str) -> LabelRule:
     if "palette" in data:
         palette = {tuple(int(v) for v in str(colour).split(",")): int(index) for colour, index in data["palette"].items()}
     mapping = {int(k): int(v) for k, v in data["map"].items()} if "map" in data else None
-    return LabelRule(map=mapping, default=data.get("default"), threshold=data.get("threshold"), palette=palette)
+    threshold = data.get("threshold")
+    if threshold is not None and threshold != "auto" and not (isinstance(threshold, int) and threshold >= 1):
+        raise DatasetError(f"{where}: threshold must be a positive integer or 'auto', got {threshold!r}")
+    return LabelRule(map=mapping, default=data.get("default"), threshold=threshold, palette=palette)
 
 
 def load_benchmark(name: str, definitions: dict, only: list[str] | None = None) -> Benchmark:

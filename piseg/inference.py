@@ -1,8 +1,11 @@
-"""Sliding-window inference, the one scheme used for validation, `piseg predict` and `piseg eval`.
+"""Inference, one scheme for validation, `piseg predict` and `piseg eval`.
 
-As released (PISEG.md): resize the image to `resize`x`resize`, run crops of `crop` at `stride` plus one
-global view resized to `crop`, sigmoid, average overlapping crops, average the local and global maps,
-resize bilinearly back to the original size. Validation during training uses exactly this function.
+Sliding window as released (PISEG.md): resize the image to `resize`x`resize`, run crops of `crop` at
+`stride` plus one global view resized to `crop`, sigmoid, average overlapping crops, average the local and
+global maps, resize bilinearly back to the original size. Validation during training uses exactly this.
+Whole image (the released V1 scripts' "noslide" evaluation): the image resized to one `crop`x`crop` view.
+The released code first pads the image to a multiple of 384 and keeps the padding in the prediction it
+stretches back; here the image itself is resized, so the prediction stays aligned with it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.
     return F.interpolate(combined[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
+@torch.no_grad()
+def whole_image_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+    """image (3, H, W) on 0-255 -> class probabilities (T, H, W) from one view of the whole image."""
+    height, width = image.shape[-2:]
+    view = F.interpolate(image[None].float(), size=(settings.crop, settings.crop), mode="bilinear", align_corners=False)
+    probabilities = model(view, text).logits.sigmoid()
+    return F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def class_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+    if settings.mode == "whole":
+        return whole_image_probabilities(model, image, text, settings)
+    return sliding_window_probabilities(model, image, text, settings)
+
+
 def predict_mask(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class ids (H, W), int64."""
-    return sliding_window_probabilities(model, image, text, settings).argmax(dim=0)
+    return class_probabilities(model, image, text, settings).argmax(dim=0)

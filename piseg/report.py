@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
+from piseg.config import EvalConfig
 from piseg.evaluate import DatasetResult
 from piseg.metrics import ConfusionMatrix
 from taxonomy.crosswalk import crosswalk
@@ -30,7 +32,7 @@ def mean(values: list[float]) -> float | None:
 
 
 def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: str, model_name: str, absent: str,
-                 lemmatize: Lemmatize, out: Path, definitions: dict) -> dict:  # fmt: skip
+                 lemmatize: Lemmatize, out: Path, definitions: dict, settings: EvalConfig) -> dict:  # fmt: skip
     """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content."""
     training = load_taxonomy(train_taxonomy)
     datasets = {}
@@ -58,7 +60,7 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
     done = [d for d in datasets.values() if d["status"] == "done"]
     report = {
         "benchmark": benchmark, "model": model_name, "train_taxonomy": train_taxonomy,
-        "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]},
+        "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]}, "inference": asdict(settings),
         "m_miou": mean([d["miou"] for d in done]), "m_macc": mean([d["macc"] for d in done]),
         "complete": len(done) == len(datasets), "datasets": datasets,
     }  # fmt: skip
@@ -69,13 +71,20 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
     return report
 
 
+def inference_text(settings: dict) -> str:
+    if settings["mode"] == "whole":
+        return f"whole image, resized to one {settings['crop']}x{settings['crop']} view"
+    return (f"sliding window (resized to {settings['resize']}x{settings['resize']}, {settings['crop']} crops at stride "
+            f"{settings['stride']} and one global view, averaged)")  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     datasets = report["datasets"]
     names = list(datasets)
     lines = [f"# {report['benchmark']}: {report['model']}", ""]
     lines += [f"Rule for absent classes: {report['absent_class_rule']['meaning']} (`--absent {report['absent_class_rule']['rule']}`).",
               "mIoU / mACC average the classes that occur in each dataset's ground truth; m-mIoU / m-mACC average the "
-              "evaluated datasets. Inference: sliding window (resize, crops at stride, one global view, averaged).", ""]  # fmt: skip
+              f"evaluated datasets. Inference: {inference_text(report['inference'])}.", ""]  # fmt: skip
     missing = {n: d for n, d in datasets.items() if d["status"] != "done"}
     if missing:
         lines += ["**Not evaluated** (the means leave them out):", ""]

@@ -31,13 +31,46 @@ def save(path: Path, array: np.ndarray, **options) -> Path:
     return path
 
 
+ISAID = Path("OVRSISBench_test") / "iSAID"
+
+
 def write_isaid(root: Path, sizes=((40, 48), (36, 36), (900, 900))) -> None:
-    """iSAID as released for the benchmark: iSAID/img/*.png, iSAID/mask/*.png, ids 0-14 (255 ignore)."""
+    """iSAID as the authors release it for the benchmark: imgs/*.png, D2masks/*.png, ids 0-14 (255 ignore)."""
     rng = np.random.default_rng(0)
     for index, (height, width) in enumerate(sizes):
-        save(root / "iSAID" / "img" / f"P{index:04d}.png", rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        save(root / ISAID / "imgs" / f"P{index:04d}.png", rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
         mask = rng.choice([0, 3, 8, 14, 255], size=(height, width)).astype(np.uint8)
-        save(root / "iSAID" / "mask" / f"P{index:04d}.png", mask)
+        save(root / ISAID / "D2masks" / f"P{index:04d}.png", mask)
+
+
+# Image and mask of one sample per dataset, as the authors' code registers them (cat_seg/data/datasets/
+# register_*.py: image folder, mask folder, extensions, root), transcribed separately from benchmarks.yaml.
+RELEASED_LAYOUTS = {
+    "isaid": ("OVRSISBench_test/iSAID/imgs/a.png", "OVRSISBench_test/iSAID/D2masks/a.png"),
+    "dlrsd": ("OVRSISBench_test/DLRSD/imgs/a.jpg", "OVRSISBench_test/DLRSD/D2masks/a.png"),
+    "potsdam": ("OVRSISBench_test/Potsdam/imgs/a.png", "OVRSISBench_test/Potsdam/D2masks/a.png"),
+    "vaihingen": ("OVRSISBench_test/Vaihingen/imgs/a.png", "OVRSISBench_test/Vaihingen/D2masks/a.png"),
+    "udd5": ("OVRSISBench_test/UDD5/all/src/a.JPG", "OVRSISBench_test/UDD5/all/gt/a.png"),
+    "loveda": ("OVRSISBench_test/LoveDA/images_png/a.png", "OVRSISBench_test/LoveDA/masks_png2/a.png"),
+    "uavid": ("OVRSISBench_test/uavid/Images/a.png", "OVRSISBench_test/uavid/Labels/a.png"),
+    "vdd": ("OVRSISBench_test/VDD/src/a.JPG", "OVRSISBench_test/VDD/gt/a.png"),
+    "flair": ("OVRSISBench_test/FLAIR_test/image/a.png", "OVRSISBench_test/FLAIR_test/mask/a.png"),
+    "openearthmap": ("OVRSISBench_test/OpenEarthMap/images/a.tif", "OVRSISBench_test/OpenEarthMap/labels/a.tif"),
+    "inria": ("OVRSISBenchV2_other3task/Building_Extraction/Inria/img_dir/split_test/a.png",
+              "OVRSISBenchV2_other3task/Building_Extraction/Inria/ann_dir/split_test/a.png"),
+    "whu-aerial": ("OVRSISBenchV2_other3task/Building_Extraction/WHU-BD/Images/a.png",
+                   "OVRSISBenchV2_other3task/Building_Extraction/WHU-BD/Masks_cvt/a.png"),
+    "whu-satellite-ii": ("OVRSISBenchV2_other3task/Building_Extraction/WHU-SAT/Images/a.tif",
+                         "OVRSISBenchV2_other3task/Building_Extraction/WHU-SAT/Masks_cvt/a.tif"),
+    "xbd-pre": ("OVRSISBenchV2_other3task/Building_Extraction/xBD/images_pre/a.png",
+                "OVRSISBenchV2_other3task/Building_Extraction/xBD/targets_cvt/a.png"),
+    **{name: (f"OVRSISBenchV2_other3task/Road_Extraction/{folder}/image_cvt/a.jpg",
+              f"OVRSISBenchV2_other3task/Road_Extraction/{folder}/label_cvt/a.png")
+       for name, folder in [("chn6-cug", "CHN6-CUG"), ("deepglobe-road", "DeepGlobe"),
+                            ("massachusetts-road", "Massachusetts"), ("spacenet-road", "SpaceNet")]},
+    "wbs-si": ("OVRSISBenchV2_other3task/Flood_Detection/WBS-SI_val/Images/a.jpg",
+               "OVRSISBenchV2_other3task/Flood_Detection/WBS-SI_val/Masks_cvt/a.jpg"),
+}  # fmt: skip
 
 
 def write_loveda_native(root: Path) -> None:
@@ -84,17 +117,29 @@ def test_adapters_read_each_layout_and_remap_labels(tmp_path):
     assert len(loveda.class_names) == 7
 
 
-def test_lossy_jpeg_masks_are_thresholded(tmp_path):
+def test_every_bundled_dataset_reads_the_released_layout(tmp_path):
+    definitions = load_definitions()
+    assert set(RELEASED_LAYOUTS) == set(definitions["datasets"]) - {"loveda-native"}
+    for name, (image, mask) in RELEASED_LAYOUTS.items():
+        save(tmp_path / image, np.zeros((8, 8, 3), dtype=np.uint8))
+        save(tmp_path / mask, np.zeros((8, 8), dtype=np.uint8))
+        samples, problems = dataset_spec(definitions, name).samples(tmp_path)
+        assert problems == [] and [s.mask_path for s in samples] == [tmp_path / mask], name
+
+
+@pytest.mark.parametrize("scale", [255, 1])
+def test_lossy_jpeg_masks_are_thresholded_on_either_scale(tmp_path, scale):
     rows, cols = np.mgrid[:64, :64]
     disc = (rows - 32) ** 2 + (cols - 30) ** 2 < 20**2
-    truth = np.where(disc, 255, 0).astype(np.uint8)
-    save(tmp_path / "WBS-SI" / "img" / "flood1.jpg", np.full((64, 64, 3), 90, dtype=np.uint8))
-    save(tmp_path / "WBS-SI" / "mask" / "flood1.jpg", truth, quality=70)
-    stored = np.asarray(Image.open(tmp_path / "WBS-SI" / "mask" / "flood1.jpg"))
+    image, mask = RELEASED_LAYOUTS["wbs-si"]
+    save(tmp_path / image, np.full((64, 64, 3), 90, dtype=np.uint8))
+    # 0/1 masks survive only high JPEG qualities at all (at 70 most of the background reads 1)
+    save(tmp_path / mask, np.where(disc, scale, 0).astype(np.uint8), quality=70 if scale == 255 else 95)
+    stored = np.asarray(Image.open(tmp_path / mask))
     assert len(np.unique(stored)) > 2  # JPEG really did blur the edges
     spec = dataset_spec(load_definitions(), "wbs-si")
-    _, mask = spec.read(spec.samples(tmp_path)[0][0])
-    assert set(np.unique(mask)) == {0, 1} and abs(int(mask.sum()) - int(disc.sum())) < 40
+    _, read = spec.read(spec.samples(tmp_path)[0][0])
+    assert set(np.unique(read)) == {0, 1} and abs(int(read.sum()) - int(disc.sum())) < 40
 
 
 def test_palette_masks_missing_files_and_bad_values(tmp_path):
@@ -104,6 +149,7 @@ def test_palette_masks_missing_files_and_bad_values(tmp_path):
         "colour": {"taxonomy": "building", "images": "c/img/*.png", "masks": "c/mask/{stem}.png", "labels": {"palette": colours}},
         "plain": {"taxonomy": "building", "images": "p/img/*.png", "masks": "p/mask/{stem}.png"},
         "both": {"taxonomy": "building", "images": "p/*.png", "masks": "x", "labels": {"map": {0: 0}, "threshold": 3}},
+        "vague": {"taxonomy": "flood", "images": "p/*.png", "masks": "x", "labels": {"threshold": "half"}},
     }}))  # fmt: skip
     definitions = load_definitions(path)
     rgb = np.zeros((8, 8, 3), dtype=np.uint8)
@@ -126,6 +172,8 @@ def test_palette_masks_missing_files_and_bad_values(tmp_path):
         plain.read(samples[0])
     with pytest.raises(DatasetError, match="one of map / threshold / palette"):
         dataset_spec(definitions, "both")
+    with pytest.raises(DatasetError, match="'vague': threshold must be a positive integer or 'auto', got 'half'"):
+        dataset_spec(definitions, "vague")
     with pytest.raises(DatasetError, match="no benchmark or dataset 'nope'"):
         load_benchmark("nope", definitions)
 
@@ -239,7 +287,7 @@ def test_missing_files_are_reported_not_half_evaluated(checkpoint, definitions, 
     root = tmp_path / "data"
     write_isaid(root)
     write_loveda_native(root)
-    os.remove(root / "iSAID" / "mask" / "P0001.png")
+    os.remove(root / ISAID / "D2masks" / "P0001.png")
     out = tmp_path / "report"
     result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--benchmark", "two-layouts", "--data-root", str(root),
                                  "--out", str(out), "--benchmarks", str(definitions)])  # fmt: skip
@@ -266,3 +314,37 @@ def test_bench_prints_the_efficiency_table():
     result = runner.invoke(app, ["bench", "--backbone", "tiny", "--repeats", "1", "--classes", "3"])
     assert result.exit_code == 0, result.output
     assert "device: CPU" in result.output and "Pi-Seg" in result.output and "FPS" in result.output
+
+
+def test_whole_image_inference_is_one_resized_view_and_its_own_run(checkpoint, definitions, tmp_path):
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from piseg.checkpoint import load_model
+    from piseg.inference import predict_mask
+
+    model, config, _ = load_model(checkpoint)
+    image = torch.from_numpy(np.random.default_rng(5).integers(0, 255, (3, 50, 70))).float()
+    text = model.encode_classes(["water", "road", "tree"])
+    whole = dataclasses.replace(config.eval, mode="whole")
+    with torch.no_grad():
+        view = F.interpolate(image[None], size=(whole.crop, whole.crop), mode="bilinear", align_corners=False)
+        expected = F.interpolate(model(view, text).logits.sigmoid(), size=(50, 70), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(predict_mask(model, image, text, whole), expected)
+
+    root = tmp_path / "data"
+    write_loveda_native(root)
+    out = tmp_path / "report"
+    arguments = ["eval", "--checkpoint", str(checkpoint), "--benchmark", "loveda-native", "--data-root", str(root),
+                 "--out", str(out), "--benchmarks", str(definitions)]  # fmt: skip
+    assert runner.invoke(app, arguments).exit_code == 0
+    sliding = json.loads((out / "report.json").read_text())
+    finished = (out / "datasets" / "loveda-native.json").stat().st_mtime_ns
+    result = runner.invoke(app, [*arguments, "--inference", "whole"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert sliding["inference"]["mode"] == "sliding" and report["inference"]["mode"] == "whole"
+    assert "whole image, resized to one" in (out / "report.md").read_text()
+    assert (out / "datasets" / "loveda-native.json").stat().st_mtime_ns != finished  # recomputed, not reused
+    assert runner.invoke(app, [*arguments, "--inference", "tiles"]).exit_code == 2
