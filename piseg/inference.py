@@ -1,5 +1,7 @@
 """Inference, one scheme for validation, `piseg predict` and `piseg eval`.
 
+Both start as the released evaluation does: detectron2's test-time resize (shortest edge to `resize`,
+longest at most 2560, antialiased like its PIL bilinear resize). Then:
 Sliding window as released (PISEG.md): resize the image to `resize`x`resize`, run crops of `crop` at
 `stride` plus one global view resized to `crop`, sigmoid, average overlapping crops, average the local and
 global maps, resize bilinearly back to the original size. Validation during training uses exactly this.
@@ -17,6 +19,24 @@ from piseg.config import EvalConfig
 from piseg.model import PiSeg
 
 
+TEST_MAX_SIZE = 2560  # MAX_SIZE_TEST of the released configs
+
+
+def test_time_resize(image: torch.Tensor, shortest: int, max_size: int = TEST_MAX_SIZE) -> torch.Tensor:
+    """(1, 3, H, W) -> shortest edge `shortest` (longest capped at `max_size`), sizes rounded as detectron2's
+    ResizeShortestEdge does; antialiased, which matches the PIL bilinear resize it applies."""
+    height, width = image.shape[-2:]
+    scale = shortest / min(height, width)
+    new_height, new_width = height * scale, width * scale
+    if max(new_height, new_width) > max_size:
+        shrink = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * shrink, new_width * shrink
+    size = (int(new_height + 0.5), int(new_width + 0.5))
+    if size == (height, width):
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 def crop_offsets(size: int, crop: int, stride: int) -> list[int]:
     """Window starts covering [0, size): every `stride`, plus a last window flush with the end."""
     offsets = list(range(0, max(size - crop, 0) + 1, stride))
@@ -29,7 +49,8 @@ def crop_offsets(size: int, crop: int, stride: int) -> list[int]:
 def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) at the image's own size."""
     height, width = image.shape[-2:]
-    resized = F.interpolate(image[None].float(), size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)
+    resized = test_time_resize(image[None].float(), settings.resize)
+    resized = F.interpolate(resized, size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)
     offsets = crop_offsets(settings.resize, settings.crop, settings.stride)
     windows = [(top, left) for top in offsets for left in offsets]
     crops = [resized[..., top : top + settings.crop, left : left + settings.crop] for top, left in windows]
@@ -51,7 +72,8 @@ def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.
 def whole_image_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) from one view of the whole image."""
     height, width = image.shape[-2:]
-    view = F.interpolate(image[None].float(), size=(settings.crop, settings.crop), mode="bilinear", align_corners=False)
+    view = test_time_resize(image[None].float(), settings.resize)
+    view = F.interpolate(view, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False)
     probabilities = model(view, text).logits.sigmoid()
     return F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)[0]
 
