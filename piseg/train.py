@@ -121,25 +121,28 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_mode: st
 
 
 @torch.no_grad()
-def perturbation_statistics(output: PiSegOutput, masks: torch.Tensor) -> dict[str, float]:
-    """Figure 10's statistics of delta = perturbed cost - clean cost, at the cost grid (masks by nearest):
-    gt_in_mean = mean delta at each labelled pixel's true class; non_gt_mean = mean delta at the other
-    classes; gap = their difference; align_ratio = share of labelled pixels whose true-class delta is
-    larger than their mean other-class delta (perturbation pushes towards the right class)."""
+def perturbation_statistics(output: PiSegOutput, masks: torch.Tensor, world: int = 1) -> dict[str, float]:
+    """Figure 10's statistics of delta = perturbed cost - clean cost, as the released code computes them:
+    delta averaged over prompts and upsampled bilinearly to the labels; for every class present in an
+    image, gt_in = its delta inside its ground-truth region and non_gt = its delta on the image's other
+    labelled pixels; means over all such pixels of the batch (of every process); gap = gt_in - non_gt;
+    align_ratio = gt_in / (|non_gt| + 1e-6). Positive gap: the perturbation leans towards the right class."""
     if output.clean_cost is None:
         return {}
     delta = (output.cost - output.clean_cost).mean(dim=1).float()  # (B, T, g, g)
-    side = delta.shape[-1]
-    grid = F.interpolate(masks[:, None].float(), size=(side, side), mode="nearest")[:, 0].long()
-    valid = grid != IGNORE
-    if not valid.any():
-        return {}
+    delta = F.interpolate(delta, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     classes = delta.shape[1]
-    onehot = F.one_hot(torch.where(valid, grid, 0), classes).permute(0, 3, 1, 2).bool()
-    at_gt = (delta * onehot).sum(dim=1)[valid]
-    others = ((delta * ~onehot).sum(dim=1) / max(classes - 1, 1))[valid]
-    return {"gt_in_mean": float(at_gt.mean()), "non_gt_mean": float(others.mean()),
-            "gap": float((at_gt - others).mean()), "align_ratio": float((at_gt > others).float().mean())}  # fmt: skip
+    valid = masks != IGNORE
+    inside = F.one_hot(torch.where(valid, masks, classes), classes + 1)[..., :classes].permute(0, 3, 1, 2).bool()
+    present = inside.flatten(2).any(dim=-1)[..., None, None]  # (B, T, 1, 1)
+    outside = valid[:, None] & ~inside & present
+    sums = torch.stack([(delta * inside).sum(), inside.sum(), (delta * outside).sum(), outside.sum()]).double()
+    if world > 1:
+        dist.all_reduce(sums)
+    if sums[1] == 0:
+        return {}
+    gt_in, non_gt = float(sums[0] / sums[1]), float(sums[2] / sums[3].clamp(min=1))
+    return {"gt_in_mean": gt_in, "non_gt_mean": non_gt, "gap": gt_in - non_gt, "align_ratio": gt_in / (abs(non_gt) + 1e-6)}
 
 
 @torch.no_grad()
@@ -248,7 +251,7 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
         values = {"loss": float(mean_loss), "lr": scheduler.get_last_lr()[1], "grad_norm": float(gradient_norm),
                   "it_per_s": (step - started_step) / (time.perf_counter() - started)}  # fmt: skip
         if step % config.train.log_every == 0 or step == config.train.iters:
-            log.write(step, {**values, **perturbation_statistics(output, masks)})
+            log.write(step, {**values, **perturbation_statistics(output, masks, runtime.world)})
         if runtime.main and (step % config.train.val_every == 0 or step == config.train.iters):
             log.write(step, validate(model, reader, config, class_names, runtime.device))
         if runtime.main and (step % config.train.checkpoint_every == 0 or step == config.train.iters):

@@ -66,7 +66,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shards, tmp_path)
     steps = [entry for entry in log if "loss" in entry]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
     assert {"gt_in_mean", "non_gt_mean", "gap", "align_ratio"} <= set(steps[0])
-    assert 0 <= steps[0]["align_ratio"] <= 1
+    assert steps[0]["gap"] == pytest.approx(steps[0]["gt_in_mean"] - steps[0]["non_gt_mean"])
     assert any("val_miou" in entry for entry in log)  # validation at the end, sliding window
 
 
@@ -137,3 +137,34 @@ def test_tiny_model_overfits_real_road_tiles(shared_real, tmp_path):
     start, end = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert end < 0.5 * start, (start, end)
     assert next(e for e in log if "val_miou" in e)["val_samples"] == 4
+
+
+def test_perturbation_statistics_follow_the_released_definition():
+    """Figure 10: per image and present class c, delta of class c inside c's region vs on the image's other
+    labelled pixels (written here as the released code's loops), pooled over the batch."""
+    import torch.nn.functional as F
+
+    from piseg.model import PiSegOutput
+    from piseg.train import perturbation_statistics
+
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(2, 1, 4, 3, 3, generator=generator)
+    perturbed = clean + torch.randn(2, 1, 4, 3, 3, generator=generator)
+    masks = torch.randint(0, 3, (2, 12, 12), generator=generator)  # class 3 never present
+    masks[0, :2] = 255
+    masks[1] = torch.where(masks[1] == 2, 255, masks[1])
+    output = PiSegOutput(logits=torch.zeros(2, 4, 12, 12), cost=perturbed, clean_cost=clean)
+    delta = F.interpolate((perturbed - clean).mean(dim=1), size=(12, 12), mode="bilinear", align_corners=False)
+    inside, outside = [], []
+    for b in range(2):
+        valid = masks[b] != 255
+        for c in masks[b][valid].unique().tolist():
+            inside.append(delta[b, c][(masks[b] == c) & valid])
+            outside.append(delta[b, c][(masks[b] != c) & valid])
+    gt_in, non_gt = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
+    stats = perturbation_statistics(output, masks)
+    assert stats["gt_in_mean"] == pytest.approx(gt_in, abs=1e-6) and stats["non_gt_mean"] == pytest.approx(non_gt, abs=1e-6)
+    assert stats["gap"] == pytest.approx(gt_in - non_gt, abs=1e-6)
+    assert stats["align_ratio"] == pytest.approx(gt_in / (abs(non_gt) + 1e-6), rel=1e-5)
+    assert perturbation_statistics(output, torch.full_like(masks, 255)) == {}
+    assert perturbation_statistics(PiSegOutput(logits=output.logits, cost=perturbed), masks) == {}
