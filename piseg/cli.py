@@ -161,6 +161,7 @@ def convert_released(
     config: Path = typer.Option(None, help="YAML configuration instead of a preset (evaluation scheme, noise families)."),
     tokenizer: str = typer.Option("auto", help="CLIP tokenizer: hub id or local folder (default: the preset's CLIP id); "
                                                "'none' = the byte-level one of random-weight models."),  # fmt: skip
+    trust_pickle: bool = typer.Option(False, help="Unpickle everything in the file (only for a file you trust)."),
 ) -> None:
     """Convert released detectron2 weights into a Pi-Seg checkpoint (no detectron2 needed)."""
     from piseg.config import ConfigError, load_config
@@ -170,7 +171,8 @@ def convert_released(
     try:
         vocabulary = load_taxonomy(taxonomy)
         base = load_config(config, backbone) if (config or backbone) else None
-        summary = convert(weights, out, vocabulary.names, vocabulary.version, base, None if tokenizer == "none" else tokenizer)
+        summary = convert(weights, out, vocabulary.names, vocabulary.version, base, None if tokenizer == "none" else tokenizer,
+                          trust_pickle)
     except (TaxonomyError, ConfigError, ReleasedCheckpointError) as error:
         fail(str(error))
     spms = [name for name, on in (("Text-SPM", summary["text_spm"]), ("Image-SPM", summary["image_spm"])) if on]

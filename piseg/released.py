@@ -28,6 +28,7 @@ CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 HEAD_PREFIX = "sem_seg_head.predictor."
 OPENAI_HEAD_WIDTH = 64  # OpenAI's CLIP builds width // 64 attention heads; the weights do not record it
 # Tensors a released checkpoint may hold that are not weights: recomputed here.
+ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 NOT_WEIGHTS = re.compile(r"^(pixel_mean|pixel_std|clip_pixel_mean|clip_pixel_std)$|\.attn_mask$")
 
 
@@ -106,16 +107,18 @@ _HEAD_RULES: list[tuple[str, str, Transform]] = [
 _TOWERS = {"visual.": "vision_model", None: "text_model"}
 
 
-def read_released(path: Path) -> dict[str, torch.Tensor]:
+def read_released(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The model weights of a released checkpoint: detectron2's {"model": state_dict, ...} or a bare state_dict.
-    Loaded with `weights_only=True`: a checkpoint is never allowed to run code."""
+    Loaded with `weights_only=True` (a checkpoint cannot run code) unless the user trusts the file."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except FileNotFoundError as error:
         raise ReleasedCheckpointError(f"{path}: no such file") from error
     except Exception as error:  # pickle and zip errors have many types
+        hint = "" if trust_pickle else "; if it holds more than tensors and you trust its source, pass --trust-pickle"
+        reason = ANSI_ESCAPES.sub("", str(error)).splitlines()[0][:200]  # torch's message is long and coloured
         raise ReleasedCheckpointError(f"{path}: not a readable PyTorch checkpoint of tensors ({type(error).__name__}: "
-                                      f"{str(error)[:300]})") from error  # fmt: skip
+                                      f"{reason}){hint}") from error  # fmt: skip
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not any(key.startswith(CLIP_PREFIX) for key in state):
         raise ReleasedCheckpointError(f"{path}: no released Pi-Seg/CAT-Seg weights in it (expected keys under "
@@ -234,13 +237,13 @@ def load_tokenizer(source: str | None) -> CLIPTokenizer:
                                       f"vocab.json and merges.txt, or a cached hub id): {error}") from error  # fmt: skip
 
 
-def convert_released(source: Path, out: Path, class_names: list[str], taxonomy_version: str,
-                     base: PiSegConfig | None = None, tokenizer_source: str | None = "auto") -> dict[str, Any]:  # fmt: skip
+def convert_released(source: Path, out: Path, class_names: list[str], taxonomy_version: str, base: PiSegConfig | None = None,
+                     tokenizer_source: str | None = "auto", trust_pickle: bool = False) -> dict[str, Any]:  # fmt: skip
     """Write a Pi-Seg checkpoint made from a released one; returns a summary of what was converted.
 
     `base` gives the settings the weights do not carry (evaluation scheme, noise families); by default the
     preset of the backbone the weights show. `tokenizer_source="auto"` takes that preset's CLIP id."""
-    state = read_released(source)
+    state = read_released(source, trust_pickle)
     architecture = infer_architecture(state)
     if base is None:
         base = preset(backbone_for(architecture))
