@@ -54,18 +54,28 @@ def timed(function, repeats: int, device: torch.device) -> float:
 
 
 def full_size(classes: int, repeats: int, device: torch.device) -> None:
+    """Both models built first and timed alternately, so drift in the machine's speed hits both alike."""
     config = preset("vit-b")
     images = torch.rand(1, 3, 384, 384, device=device) * 255
-    results = {}
-    for name, perturbation in (("Pi-Seg", True), ("CAT-Seg baseline", False)):
-        model = build_model(variant(config.model, perturbation)).to(device).train()
-        text = torch.randn(classes, 1, model.backbone.embed_dim, device=device)
-        with torch.no_grad():
-            results[name] = timed(lambda: model(images, text), repeats, device)
-        print(f"{name}: ViT-B forward at 384x384, {classes} classes, training mode, batch 1: {results[name] * 1000:.0f} ms ({device})")
-        if device.type == "cuda":
-            gpu_figures(model, config, classes, repeats, device, name)
-    print(f"ratio Pi-Seg / baseline: {results['Pi-Seg'] / results['CAT-Seg baseline']:.3f}")
+    models = {name: build_model(variant(config.model, perturbation)).to(device).train()
+              for name, perturbation in (("Pi-Seg", True), ("CAT-Seg baseline", False))}  # fmt: skip
+    text = torch.randn(classes, 1, models["Pi-Seg"].backbone.embed_dim, device=device)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, model in models.items():
+                samples[name].append(timed(lambda model=model: model(images, text), 1, device))
+    results = {name: statistics.median(times) for name, times in samples.items()}
+    for name, seconds in results.items():
+        print(f"{name}: ViT-B forward at 384x384, {classes} classes, training mode, batch 1: {seconds * 1000:.0f} ms ({device})")
+    print(f"ratio Pi-Seg / baseline: {results['Pi-Seg'] / results['CAT-Seg baseline']:.3f} (medians of {repeats} alternating runs)")
+    if device.type == "cuda":  # one model on the GPU at a time, so each peak memory is that model's alone
+        for model in models.values():
+            model.cpu()
+        for name, model in models.items():
+            torch.cuda.empty_cache()
+            gpu_figures(model.to(device), config, classes, repeats, device, name)
+            model.cpu()
 
 
 def gpu_figures(model, config, classes: int, repeats: int, device: torch.device, name: str) -> None:
