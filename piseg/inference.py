@@ -22,7 +22,7 @@ from piseg.model import PiSeg
 TEST_MAX_SIZE = 2560  # MAX_SIZE_TEST of the released configs
 
 
-def test_time_resize(image: torch.Tensor, shortest: int, max_size: int = TEST_MAX_SIZE) -> torch.Tensor:
+def shortest_edge_resize(image: torch.Tensor, shortest: int, max_size: int = TEST_MAX_SIZE) -> torch.Tensor:
     """(1, 3, H, W) -> shortest edge `shortest` (longest capped at `max_size`), sizes rounded as detectron2's
     ResizeShortestEdge does; antialiased, which matches the PIL bilinear resize it applies."""
     height, width = image.shape[-2:]
@@ -49,7 +49,7 @@ def crop_offsets(size: int, crop: int, stride: int) -> list[int]:
 def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) at the image's own size."""
     height, width = image.shape[-2:]
-    resized = test_time_resize(image[None].float(), settings.resize)
+    resized = shortest_edge_resize(image[None].float(), settings.resize)
     resized = F.interpolate(resized, size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)
     offsets = crop_offsets(settings.resize, settings.crop, settings.stride)
     windows = [(top, left) for top in offsets for left in offsets]
@@ -72,13 +72,14 @@ def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.
 def whole_image_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) from one view of the whole image."""
     height, width = image.shape[-2:]
-    view = test_time_resize(image[None].float(), settings.resize)
+    view = shortest_edge_resize(image[None].float(), settings.resize)
     view = F.interpolate(view, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False)
     probabilities = model(view, text).logits.sigmoid()
     return F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
 def class_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+    """image (3, H, W) on 0-255 -> class probabilities (T, H, W) by the settings' inference mode."""
     if settings.mode == "whole":
         return whole_image_probabilities(model, image, text, settings)
     return sliding_window_probabilities(model, image, text, settings)

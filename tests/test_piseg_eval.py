@@ -322,14 +322,14 @@ def test_whole_image_inference_is_one_resized_view_and_its_own_run(checkpoint, d
     import torch.nn.functional as F
 
     from piseg.checkpoint import load_model
-    from piseg.inference import predict_mask, test_time_resize
+    from piseg.inference import predict_mask, shortest_edge_resize
 
     model, config, _ = load_model(checkpoint)
     image = torch.from_numpy(np.random.default_rng(5).integers(0, 255, (3, 50, 70))).float()
     text = model.encode_classes(["water", "road", "tree"])
     whole = dataclasses.replace(config.eval, mode="whole")
     with torch.no_grad():
-        view = F.interpolate(test_time_resize(image[None], whole.resize), size=(whole.crop, whole.crop), mode="bilinear", align_corners=False)
+        view = F.interpolate(shortest_edge_resize(image[None], whole.resize), size=(whole.crop, whole.crop), mode="bilinear", align_corners=False)
         expected = F.interpolate(model(view, text).logits.sigmoid(), size=(50, 70), mode="bilinear", align_corners=False)[0].argmax(0)
     assert torch.equal(predict_mask(model, image, text, whole), expected)
 
@@ -350,19 +350,19 @@ def test_whole_image_inference_is_one_resized_view_and_its_own_run(checkpoint, d
     assert runner.invoke(app, [*arguments, "--inference", "tiles"]).exit_code == 2
 
 
-def test_test_time_resize_matches_detectron2_pil_resize():
+def test_shortest_edge_resize_matches_detectron2_pil_resize():
     """The released evaluation first resizes the shortest edge to 640 (longest <= 2560) with PIL's bilinear
     filter (detectron2's ResizeShortestEdge + ResizeTransform); ours must give the same pixels."""
-    from piseg.inference import test_time_resize
+    from piseg.inference import shortest_edge_resize
 
     rng = np.random.default_rng(2)
     texture = rng.integers(0, 255, (1500, 1300, 3), dtype=np.uint8)  # fine detail: where antialiasing matters
     pixels = torch.from_numpy(texture.copy()).permute(2, 0, 1)[None].float()
-    ours = test_time_resize(pixels, 640)[0].permute(1, 2, 0).numpy()
+    ours = shortest_edge_resize(pixels, 640)[0].permute(1, 2, 0).numpy()
     assert ours.shape[:2] == (738, 640)  # 1500 x 640/1300 = 738.5 -> 738, as detectron2 rounds
     theirs = np.asarray(Image.fromarray(texture).resize((640, 738), Image.BILINEAR)).astype(np.float32)
     naive = torch.nn.functional.interpolate(pixels, size=(738, 640), mode="bilinear")[0].permute(1, 2, 0).numpy()
     assert np.abs(ours - theirs).mean() < 0.6 and np.abs(naive - theirs).mean() > 10
-    assert tuple(test_time_resize(torch.zeros(1, 3, 1000, 700), 640).shape[-2:]) == (914, 640)
-    wide = test_time_resize(torch.zeros(1, 3, 100, 1000), 640)
+    assert tuple(shortest_edge_resize(torch.zeros(1, 3, 1000, 700), 640).shape[-2:]) == (914, 640)
+    wide = shortest_edge_resize(torch.zeros(1, 3, 100, 1000), 640)
     assert tuple(wide.shape[-2:]) == (256, 2560)  # the longest edge is capped at 2560
