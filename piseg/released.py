@@ -152,10 +152,13 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> ClipArchitecture:
     )  # fmt: skip
 
 
+def known_backbone(architecture: ClipArchitecture) -> str | None:
+    return next((name for name in ("vit-b", "vit-l") if preset(name).model.architecture == architecture), None)
+
+
 def backbone_for(architecture: ClipArchitecture) -> str:
-    for name in ("vit-b", "vit-l"):
-        if preset(name).model.architecture == architecture:
-            return name
+    if (name := known_backbone(architecture)) is not None:
+        return name
     raise ReleasedCheckpointError(f"the released CLIP (vision width {architecture.vision_hidden}, patch "
                                   f"{architecture.patch_size}) is neither ViT-B/16 nor ViT-L/14@336; pass a "
                                   "configuration made for it")  # fmt: skip
@@ -247,6 +250,9 @@ def convert_released(source: Path, out: Path, class_names: list[str], taxonomy_v
     architecture = infer_architecture(state)
     if base is None:
         base = preset(backbone_for(architecture))
+    shown = known_backbone(architecture)
+    if shown is not None and shown != base.model.backbone:  # e.g. ViT-L weights with ViT-B's resolution and guidance blocks
+        raise ReleasedCheckpointError(f"{source}: the weights are a {shown} CLIP but the configuration is {base.model.backbone}")
     if tokenizer_source == "auto":
         tokenizer_source = base.model.clip
     config = model_config_for(state, base, tokenizer_source)

@@ -245,3 +245,17 @@ def test_cli_converts_then_predicts(released, tmp_path):
     assert np.array(Image.open(tmp_path / "p" / "scene.png")).shape == (40, 50)
     result = runner.invoke(app, ["convert-released", str(path), "--out", str(tmp_path / "x.pt")])
     assert result.exit_code == 2 and "neither ViT-B/16 nor ViT-L/14@336" in result.output
+
+
+def test_weights_of_one_backbone_refuse_another_backbones_configuration(tmp_path):
+    """ViT-L/14@336 shapes (expanded views: a few bytes on disk) converted with the ViT-B preset."""
+    shapes = {"visual.conv1.weight": (1024, 3, 14, 14), "visual.positional_embedding": (577, 1024),
+              "visual.proj": (1024, 768), "visual.transformer.resblocks.0.mlp.c_fc.weight": (4096, 1024),
+              "visual.transformer.resblocks.23.ln_1.weight": (1024,), "transformer.resblocks.0.mlp.c_fc.weight": (3072, 768),
+              "transformer.resblocks.11.ln_1.weight": (768,), "ln_final.weight": (768,),
+              "token_embedding.weight": (49408, 768), "positional_embedding": (77, 768)}  # fmt: skip
+    state = {CLIP_PREFIX + name: torch.zeros(1).expand(*shape) for name, shape in shapes.items()}
+    assert infer_architecture(state) == preset("vit-l").model.architecture
+    torch.save({"model": state}, tmp_path / "vitl.pth")
+    with pytest.raises(ReleasedCheckpointError, match="the weights are a vit-l CLIP but the configuration is vit-b"):
+        convert_released(tmp_path / "vitl.pth", tmp_path / "x.pt", NAMES, "v", preset("vit-b"), tokenizer_source=None)
