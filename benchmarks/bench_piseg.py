@@ -39,18 +39,19 @@ def tiny_training(iters: int) -> float:
         return seen[-1]
 
 
+def elapsed(function, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    function()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def timed(function, repeats: int, device: torch.device) -> float:
     function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(elapsed(function, device) for _ in range(repeats))
 
 
 def full_size(classes: int, repeats: int, device: torch.device) -> None:
@@ -62,9 +63,11 @@ def full_size(classes: int, repeats: int, device: torch.device) -> None:
     text = torch.randn(classes, 1, models["Pi-Seg"].backbone.embed_dim, device=device)
     samples: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
+        for model in models.values():
+            model(images, text)  # warm-up
         for _ in range(repeats):
             for name, model in models.items():
-                samples[name].append(timed(lambda model=model: model(images, text), 1, device))
+                samples[name].append(elapsed(lambda model=model: model(images, text), device))
     results = {name: statistics.median(times) for name, times in samples.items()}
     for name, seconds in results.items():
         print(f"{name}: ViT-B forward at 384x384, {classes} classes, training mode, batch 1: {seconds * 1000:.0f} ms ({device})")

@@ -164,9 +164,9 @@ def backbone_for(architecture: ClipArchitecture) -> str:
                                   "configuration made for it")  # fmt: skip
 
 
-def model_config_for(state: dict[str, torch.Tensor], base: PiSegConfig, tokenizer_source: str | None) -> PiSegConfig:
+def model_config_for(state: dict[str, torch.Tensor], architecture: ClipArchitecture, base: PiSegConfig,
+                     tokenizer_source: str | None) -> PiSegConfig:  # fmt: skip
     """`base` with what the weights determine: CLIP shapes, aggregation depth, which SPMs exist and r."""
-    architecture = infer_architecture(state)
     layer_pattern = re.compile(re.escape(HEAD_PREFIX) + r"transformer\.layers\.(\d+)\.")
     num_layers = 1 + max((int(m.group(1)) for key in state if (m := layer_pattern.match(key))), default=-1)
     image_spm = HEAD_PREFIX + "image_vpn.cross_attn.fc_q.weight"
@@ -255,7 +255,7 @@ def convert_released(source: Path, out: Path, class_names: list[str], taxonomy_v
         raise ReleasedCheckpointError(f"{source}: the weights are a {shown} CLIP but the configuration is {base.model.backbone}")
     if tokenizer_source == "auto":
         tokenizer_source = base.model.clip
-    config = model_config_for(state, base, tokenizer_source)
+    config = model_config_for(state, architecture, base, tokenizer_source)
     tokenizer = load_tokenizer(tokenizer_source)
     model = build_converted_model(config, tokenizer)
     weights = convert_state_dict(state)
