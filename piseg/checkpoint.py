@@ -1,10 +1,14 @@
 """Checkpoints: one self-contained file (configuration, class names, CLIP shape and tokenizer, weights,
-and for resuming the optimizer, schedule, step and RNG states). Loading needs no hub access."""
+and for resuming the optimizer, schedule, step and RNG states). Loading needs no hub access.
+
+A checkpoint is data, not code: everything in it is a tensor, number, string, list, tuple or dict, and it
+is read with `torch.load(weights_only=True)`, so a file that would run code when unpickled is refused."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,9 @@ from piseg.config import PiSegConfig, config_from_dict
 from piseg.model import PiSeg
 
 FORMAT = "piseg-checkpoint-1"
+ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+# What torch's weights-only unpickler says of a global (a function, a class) it will not import.
+CODE_IN_PICKLE = re.compile(r"GLOBAL \S+ was not an allowed global|whose module \S+ is blocked|\S+ must be \S+ to load")
 # Settings that may change when a run is resumed; any other difference means another configuration.
 RESUMABLE_CHANGES = {"iters", "val_every", "val_max_samples", "checkpoint_every", "log_every", "workers", "on_corrupt_shard"}
 
@@ -43,15 +50,26 @@ def save_checkpoint(path: Path, model: PiSeg, config: PiSegConfig, class_names: 
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of a Pi-Seg checkpoint, unpickled as plain data only (nothing in the file can run)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: no such checkpoint") from error
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+        if CODE_IN_PICKLE.search(str(error)):
+            raise CheckpointError(f"{path}: refused: it holds Python objects that could run code when loaded, not only "
+                                  f"tensors and plain data ({error_summary(error)})") from error  # fmt: skip
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error_summary(error)})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Pi-Seg checkpoint (expected format {FORMAT})")
     return payload
+
+
+def error_summary(error: Exception) -> str:
+    """torch's unpickling messages run to many coloured lines: the line naming the refused global, else the first."""
+    lines = [line.strip() for line in ANSI_ESCAPES.sub("", str(error)).splitlines() if line.strip()]
+    refused = [line for line in lines if CODE_IN_PICKLE.search(line)]
+    return (refused or lines or [type(error).__name__])[0][:300]
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[PiSeg, PiSegConfig, dict[str, Any]]:
@@ -93,7 +111,10 @@ def _plain(value: Any) -> Any:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The random generators' states as plain data (numpy's key as a tensor), so weights_only loading reads them."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"]["key"] = torch.from_numpy(numpy["state"]["key"].astype(np.int64))
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -101,7 +122,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = {**state["numpy"], "state": {**state["numpy"]["state"], "key": state["numpy"]["state"]["key"].numpy().astype(np.uint32)}}
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from piseg.faults import SkippedLog
 from piseg.prompts import PROMPT_TEMPLATE, class_prompts
 from taxonomy.loader import TaxonomyError, load_taxonomy
 
@@ -16,8 +17,16 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Exit 2 (refused, or stopped by bad input): one `error:` line naming the file and the problem."""
     err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
     raise typer.Exit(code)
+
+
+def report_skipped(skipped: SkippedLog, what: str) -> None:
+    """Exit 1 when anything was left out, the last line saying how many and where the reasons are."""
+    if skipped.count:
+        err.print(f"[yellow]skipped {skipped.count} {what}[/yellow]; reasons in {skipped.path}", markup=True, highlight=False)
+        raise typer.Exit(1)
 
 app = typer.Typer(name="piseg", help="Pi-Seg: open-vocabulary remote-sensing segmentation.", add_completion=False)
 
@@ -113,9 +122,10 @@ def train(
         try:
             final = run_training(shards, config, out, resume=resume, progress=progress)
         except (ShardError, CheckpointError, TrainingError, ValueError) as error:
-            fail(str(error), 1)
+            fail(str(error))
     if main_process:
         Console().print(f"final checkpoint: {final}")
+        report_skipped(SkippedLog(out, fresh=False), "shards or samples")
 
 
 @app.command()
@@ -127,10 +137,14 @@ def predict(
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
     tile_size: int = typer.Option(2048, help="Rasters larger than this are predicted in windows and stitched (STEM.mask.tif)."),
     overlap: int = typer.Option(128, help="Overlap of those windows, in pixels."),
+    keep_going: bool = typer.Option(True, "--keep-going/--fail-fast",
+                                    help="An image that cannot be read or predicted is skipped, the others are "
+                                         "predicted, and the run exits 1 naming OUT/skipped.jsonl (default); "
+                                         "--fail-fast stops at the first such image (exit 2)."),  # fmt: skip
 ) -> None:
     """Segment images into any class names with the sliding-window scheme of the evaluation."""
     from piseg.checkpoint import CheckpointError
-    from piseg.predict import Predictor, parse_class_names
+    from piseg.predict import PREDICT_FAULTS, Predictor, parse_class_names
 
     if tile_size < 16 or not 0 <= overlap < tile_size:
         fail(f"--tile-size must be at least 16 and --overlap in [0, tile size), got {tile_size} and {overlap}")
@@ -142,14 +156,21 @@ def predict(
         predictor = Predictor(checkpoint, device)
     except (CheckpointError, ValueError) as error:
         fail(str(error))
+    skipped = SkippedLog(out, fresh=True)
     columns = (TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err) as bar:
         for path in bar.track(images):
             try:
                 predictor.predict_files([path], names, out, tile_size, overlap)
-            except Exception as error:  # one unreadable image must not stop the others
+            except PREDICT_FAULTS as error:  # one bad image must not stop the others
+                if not keep_going:
+                    fail(f"{path}: {error} (--fail-fast)")
+                skipped.add(f"{path}: {error}", str(path))
                 err.print(f"[yellow]skipped[/yellow] {path}: {error}", markup=True, highlight=False)
+    if skipped.count == len(images):
+        fail(f"none of the {len(images)} images could be predicted; reasons in {skipped.path}")
     Console().print(f"wrote {out}/ ({len(names)} classes: {', '.join(names)})")
+    report_skipped(skipped, f"of {len(images)} images")
 
 
 @app.command(name="convert-released")
@@ -276,10 +297,7 @@ def evaluate(
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done)
 
-        try:
-            results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
-        except DatasetError as error:
-            fail(str(error), 1)
+        results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
     report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions, settings)
     for name, entry in report["datasets"].items():
         status = f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}" if entry["status"] == "done" else f"[yellow]{entry['status']}[/yellow]"
@@ -287,6 +305,9 @@ def evaluate(
     if report["m_miou"] is not None:
         Console().print(f"m-mIoU {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}  -> {out / 'report.md'}")
     if not report["complete"]:
+        left_out = [name for name, entry in report["datasets"].items() if entry["status"] != "done"]
+        err.print(f"[yellow]{len(left_out)} of {len(report['datasets'])} datasets not evaluated[/yellow] ({', '.join(left_out)}); "
+                  f"the files and reasons are in {out / 'report.md'}", markup=True, highlight=False)  # fmt: skip
         raise typer.Exit(1)
 
 

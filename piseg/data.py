@@ -1,6 +1,11 @@
 """Training batches from the build's WebDataset shards: streamed, shuffled and augmented, deterministic by
 seed, split over processes, and resumable at any batch.
 
+Unreadable data never raises inside the loader (where a worker's error would reach the user as a
+traceback): a sample that cannot be decoded, or a shard member that cannot be read, is left out of its
+batch and its reason travels with the batch (`Batch.skipped`); the trainer then stops or counts it, as
+`on_corrupt_shard` says. A batch whose every sample is unreadable arrives empty.
+
 Order: each epoch shuffles the shard list and then samples through a seeded buffer (both from
 (seed, epoch)); the k-th sample of an epoch goes to process k % world. A sample's augmentation draws from
 its own generator seeded by (seed, epoch, k), so the batches do not depend on the number of loader
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,9 +30,17 @@ from pipeline.shards import IGNORE, ShardError, ShardReader, decode_sample
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, 3, crop, crop) float32 on 0-255
+    images: torch.Tensor  # (B, 3, crop, crop) float32 on 0-255; B may be below the batch size, even 0
     masks: torch.Tensor  # (B, crop, crop) int64, IGNORE where unlabelled
     keys: list[str]
+    skipped: list[str] = field(default_factory=list)  # why samples (or shard members) were left out
+
+
+def make_batch(items: list[tuple[str, torch.Tensor, torch.Tensor]], skipped: list[str], crop: int) -> Batch:
+    """A batch of the readable samples (possibly none) with the reasons for those left out."""
+    if not items:
+        return Batch(torch.empty(0, 3, crop, crop), torch.empty(0, crop, crop, dtype=torch.int64), [], skipped)
+    return Batch(torch.stack([i[1] for i in items]), torch.stack([i[2] for i in items]), [i[0] for i in items], skipped)
 
 
 def decode_training_sample(raw: dict, extension: str, classes: int) -> tuple[str, np.ndarray, np.ndarray]:
@@ -35,7 +48,9 @@ def decode_training_sample(raw: dict, extension: str, classes: int) -> tuple[str
     where = f"{raw.get('__url__', 'shard')}: sample {raw['__key__']}"
     try:
         sample = decode_sample(raw, extension)
-    except OSError as error:
+    except ShardError as error:  # a missing part; its message names the sample
+        raise ShardError(f"{raw.get('__url__', 'shard')}: {error}") from error
+    except (OSError, ValueError) as error:  # truncated or foreign image bytes, a damaged JSON record
         raise ShardError(f"{where}: cannot decode ({error})") from error
     bad = np.setdiff1d(np.unique(sample.mask), [*range(classes), IGNORE])
     if bad.size:
@@ -88,13 +103,19 @@ class TrainingStream(IterableDataset):
             raise ShardError(f"{reader.out_dir}: {reader.sample_count('train')} readable training samples, fewer than one "
                              f"batch of {self.per_process} per process × {world} processes")  # fmt: skip
 
-    def epoch_samples(self, epoch: int) -> Iterator[dict]:
-        """Raw (undecoded) samples of one epoch in this epoch's shuffled order."""
+    def epoch_samples(self, epoch: int, faults: list[str]) -> Iterator[dict]:
+        """Raw (undecoded) samples of one epoch in this epoch's shuffled order; a shard that cannot be read
+        as a tar adds its reason to `faults` and the epoch goes on."""
         paths = list(self.paths)
         random.Random(f"{self.config.seed}:shards:{epoch}").shuffle(paths)
+
+        def record(error: Exception) -> bool:
+            faults.append(f"unreadable shard data ({type(error).__name__}: {error})")
+            return True
+
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(paths),
-            wds.tarfile_to_samples(),
+            wds.tarfile_to_samples(handler=record),
             wds.shuffle(self.config.shuffle_buffer, initial=self.config.shuffle_buffer,
                         rng=random.Random(f"{self.config.seed}:samples:{epoch}")),
         )  # fmt: skip
@@ -106,24 +127,36 @@ class TrainingStream(IterableDataset):
         batch_index = self.start_batch
         while True:
             epoch, first = divmod(batch_index, self.batches_per_epoch)
-            wanted = {b for b in range(first, self.batches_per_epoch) if (epoch * self.batches_per_epoch + b - self.start_batch) % workers == worker}
-            pending: dict[int, list] = {}
+            wanted = [b for b in range(first, self.batches_per_epoch) if (epoch * self.batches_per_epoch + b - self.start_batch) % workers == worker]
+            pending: dict[int, tuple[list, list[str]]] = {index: ([], []) for index in wanted}
+            faults: list[str] = []  # shard-level, attached to the next batch out
             mine = -1  # index among this process's samples in the epoch
-            for position, raw in enumerate(self.epoch_samples(epoch)):
+            for position, raw in enumerate(self.epoch_samples(epoch, faults)):
                 if position % self.world != self.rank:
                     continue
                 mine += 1
                 index, _ = divmod(mine, self.per_process)
                 if index >= self.batches_per_epoch:
                     break
-                if index not in wanted:
+                if index not in pending:
                     continue
-                key, image, mask = decode_training_sample(raw, self.extension, self.classes)
-                rng = np.random.default_rng([self.config.seed, epoch, position])
-                pending.setdefault(index, []).append((key, *augment(image, mask, self.config, rng)))
-                if len(pending[index]) == self.per_process:
-                    items = pending.pop(index)
-                    yield Batch(torch.stack([i[1] for i in items]), torch.stack([i[2] for i in items]), [i[0] for i in items])
+                items, skipped = pending[index]
+                try:
+                    key, image, mask = decode_training_sample(raw, self.extension, self.classes)
+                except ShardError as error:
+                    skipped.append(str(error))
+                else:
+                    rng = np.random.default_rng([self.config.seed, epoch, position])
+                    items.append((key, *augment(image, mask, self.config, rng)))
+                if len(items) + len(skipped) == self.per_process:
+                    del pending[index]
+                    yield make_batch(items, skipped + faults, self.config.crop)
+                    faults.clear()
+            # batches the shards ran short of (a member lost): still yielded, in order, so batch b stays step b
+            for index, (items, skipped) in sorted(pending.items()):
+                lost = f"{self.per_process - len(items) - len(skipped)} sample(s) of epoch {epoch}, batch {index} missing from the shards"
+                yield make_batch(items, skipped + faults + [lost], self.config.crop)
+                faults.clear()
             batch_index = (epoch + 1) * self.batches_per_epoch
 
 

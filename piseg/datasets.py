@@ -66,6 +66,17 @@ class LabelRule:
         return stored.astype(np.uint8)
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file as stored; a truncated or damaged file is an error, never a partly decoded mask
+    (PIL decodes lazily, so the whole file is decoded here, where its errors can be caught)."""
+    try:
+        with Image.open(path) as stored:
+            stored.load()
+            return np.asarray(stored)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: cannot read the mask ({error})") from error
+
+
 @dataclass
 class EvalSample:
     name: str
@@ -103,10 +114,7 @@ class DatasetSpec:
     def read(self, sample: EvalSample) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 image and (H, W) class-id mask of one sample."""
         image, _, _ = read_image(sample.image_path)
-        try:
-            stored = np.asarray(Image.open(sample.mask_path))
-        except OSError as error:
-            raise DatasetError(f"{sample.mask_path}: cannot read the mask ({error})") from error
+        stored = read_mask(sample.mask_path)
         mask = self.labels.apply(stored, len(self.class_names), sample.mask_path)
         if mask.shape != image.shape[:2]:
             raise DatasetError(f"{sample.mask_path}: mask {mask.shape} and image {image.shape[:2]} differ in size")

@@ -27,7 +27,7 @@ PANEL_SEPARATOR = 4
 class DatasetResult:
     name: str
     classes: list[str]
-    status: str  # "done" | "missing files" | "failed"
+    status: str  # "done" | "missing files" | "unreadable files" (problems lists each)
     run: str  # identity of the model and settings that produced it (for resuming)
     images: int = 0
     matrix: list[list[int]] = field(default_factory=list)
@@ -58,15 +58,22 @@ def evaluate_benchmark(model: nn.Module, benchmark: Benchmark, root: Path, out: 
     results = []
     for spec in benchmark.datasets:
         saved = out / "datasets" / f"{spec.name}.json"
-        if saved.is_file():
-            previous = DatasetResult(**json.loads(saved.read_text()))
-            if previous.run == run and previous.status == "done":
-                results.append(previous)
-                continue
+        previous = saved_result(saved)
+        if previous is not None and previous.run == run and previous.status == "done":
+            results.append(previous)
+            continue
         result = evaluate_dataset(model, spec, root, out, settings, run, max_images, panels, progress)
         saved.write_text(json.dumps(asdict(result)) + "\n")
         results.append(result)
     return results
+
+
+def saved_result(path: Path) -> DatasetResult | None:
+    """A dataset's result from an earlier run; a missing or damaged file (a run killed while writing) is none."""
+    try:
+        return DatasetResult(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 @torch.no_grad()
@@ -85,19 +92,26 @@ def evaluate_dataset(model: nn.Module, spec: DatasetSpec, root: Path, out: Path,
     groups: dict[str, ConfusionMatrix] = {}
     counts: dict[str, int] = {}
     for index, sample in enumerate(samples):
-        image, mask = spec.read(sample)
-        pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
-        prediction = predict_mask(model, pixels, text, settings)
-        target = torch.from_numpy(mask.astype(np.int64))
-        matrix.update(prediction, target)
-        group = resolution_group(image)
-        groups.setdefault(group, ConfusionMatrix(classes, device=device)).update(prediction, target)
-        counts[group] = counts.get(group, 0) + 1
-        if index < panels:
-            result.panels.append(str(write_panel(out / "panels" / spec.name / f"{sample.name}.png", image, mask,
-                                                 prediction.cpu().numpy().astype(np.uint8), classes).relative_to(out)))  # fmt: skip
+        try:
+            image, mask = spec.read(sample)
+        except (ValueError, OSError) as error:  # DatasetError, the ingest's IngestError (corrupt, truncated), I/O errors
+            result.problems.append(str(error))
+        if not result.problems:  # after an unreadable file the dataset is not scored, only searched for others
+            pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)
+            prediction = predict_mask(model, pixels, text, settings)
+            target = torch.from_numpy(mask.astype(np.int64))
+            matrix.update(prediction, target)
+            group = resolution_group(image)
+            groups.setdefault(group, ConfusionMatrix(classes, device=device)).update(prediction, target)
+            counts[group] = counts.get(group, 0) + 1
+            if index < panels:
+                result.panels.append(str(write_panel(out / "panels" / spec.name / f"{sample.name}.png", image, mask,
+                                                     prediction.cpu().numpy().astype(np.uint8), classes).relative_to(out)))  # fmt: skip
         if progress is not None:
             progress(spec.name, index + 1, len(samples))
+    if result.problems:
+        result.status = "unreadable files"
+        return result
     result.status, result.images = "done", len(samples)
     result.matrix = matrix.matrix.cpu().tolist()
     result.groups = {name: m.matrix.cpu().tolist() for name, m in groups.items()}

@@ -12,9 +12,14 @@ from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
 from piseg.inference import predict_mask
 from pipeline.ingest import RasterSource, plan_windows
-from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from pipeline.outputs import IGNORE, overlay, write_mask_geotiff, write_png
 from pipeline.records import Window
 from pipeline.stitch import stitch_to_geotiff
+
+MAX_CLASSES = IGNORE  # masks are uint8 with 255 = unlabelled, so class ids run 0-254
+# What one bad input raises: unreadable or truncated rasters (IngestError is a ValueError), files that
+# cannot be written, and the model running out of memory on a huge image (a RuntimeError).
+PREDICT_FAULTS = (ValueError, OSError, RuntimeError)
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -26,7 +31,14 @@ def parse_class_names(text: str) -> list[str]:
         raise ValueError("no class names given")
     if len(set(names)) != len(names):
         raise ValueError(f"class names repeat: {names}")
+    check_class_count(names)
     return names
+
+
+def check_class_count(names: list[str]) -> None:
+    """Refuse, before any work, more classes than a uint8 mask can hold next to the ignore value."""
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"{len(names)} class names given; masks are 8-bit (255 = unlabelled), so at most {MAX_CLASSES}")
 
 
 def read_image(path: Path) -> tuple[np.ndarray, str | None, list[float] | None]:
@@ -59,6 +71,7 @@ class Predictor:
         return self._text[key]
 
     def predict(self, image: np.ndarray, class_names: list[str]) -> np.ndarray:
+        check_class_count(class_names)
         pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.device)
         mask = predict_mask(self.model, pixels, self.class_embeddings(class_names), self.settings)
         return mask.to(torch.uint8).cpu().numpy()

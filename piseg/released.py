@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from piseg.checkpoint import save_checkpoint
+from piseg.checkpoint import error_summary, save_checkpoint
 from piseg.clip_backbone import ClipBackbone, byte_level_tokenizer, clip_config
 from piseg.config import ClipArchitecture, PiSegConfig, preset, validate
 from piseg.model import PiSeg
@@ -28,7 +28,6 @@ CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 HEAD_PREFIX = "sem_seg_head.predictor."
 OPENAI_HEAD_WIDTH = 64  # OpenAI's CLIP builds width // 64 attention heads; the weights do not record it
 # Tensors a released checkpoint may hold that are not weights: recomputed here.
-ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 NOT_WEIGHTS = re.compile(r"^(pixel_mean|pixel_std|clip_pixel_mean|clip_pixel_std)$|\.attn_mask$")
 
 
@@ -116,9 +115,8 @@ def read_released(path: Path, trust_pickle: bool = False) -> dict[str, torch.Ten
         raise ReleasedCheckpointError(f"{path}: no such file") from error
     except Exception as error:  # pickle and zip errors have many types
         hint = "" if trust_pickle else "; if it holds more than tensors and you trust its source, pass --trust-pickle"
-        reason = ANSI_ESCAPES.sub("", str(error)).splitlines()[0][:200]  # torch's message is long and coloured
         raise ReleasedCheckpointError(f"{path}: not a readable PyTorch checkpoint of tensors ({type(error).__name__}: "
-                                      f"{reason}){hint}") from error  # fmt: skip
+                                      f"{error_summary(error)}){hint}") from error  # fmt: skip
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not any(key.startswith(CLIP_PREFIX) for key in state):
         raise ReleasedCheckpointError(f"{path}: no released Pi-Seg/CAT-Seg weights in it (expected keys under "

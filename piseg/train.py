@@ -28,10 +28,11 @@ from piseg.checkpoint import (CheckpointError, configuration_differences, read_c
                               save_checkpoint, set_rng_state)  # fmt: skip
 from piseg.config import PiSegConfig
 from piseg.data import Batch, TrainingStream, training_batches
+from piseg.faults import SkippedLog
 from piseg.inference import predict_mask
 from piseg.metrics import ConfusionMatrix
 from piseg.model import PiSeg, PiSegOutput, build_model
-from pipeline.shards import IGNORE, ShardReader
+from pipeline.shards import IGNORE, ShardError, ShardReader
 from taxonomy.loader import load_taxonomy
 
 
@@ -202,7 +203,9 @@ class RunLog:
 def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
           progress: Callable[[int, int, dict[str, float]], None] | None = None) -> Path:  # fmt: skip
     """Train on `shards` and return the final checkpoint's path. `progress(step, total, values)` is
-    called on the main process after every step (the CLI draws a bar with it)."""
+    called on the main process after every step (the CLI draws a bar with it). With
+    `on_corrupt_shard: skip`, unreadable shards and samples are left out and listed in OUT/skipped.jsonl;
+    otherwise the first one stops the run with a ShardError naming it."""
     runtime = start_runtime()
     torch.manual_seed(config.train.seed)
     expected = load_taxonomy(config.train.taxonomy).names if config.train.taxonomy else None
@@ -210,8 +213,13 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
     class_names = reader.class_names
     taxonomy_version = reader.manifest["taxonomy"]["version"]
     log = RunLog(out, runtime.main, resume)
+    skipped = SkippedLog(out, fresh=runtime.main and not resume)
+    if runtime.world > 1:
+        dist.barrier()  # the main process has cleared a fresh run's skipped.jsonl before anyone writes to it
     if reader.corrupt:
         log.write(0, {"corrupt_shards": len(reader.corrupt), "corrupt": reader.corrupt})
+        for path, problem in reader.corrupt.items():
+            skipped.add(f"{path}: {problem}", path)
     model = build_model(config.model).to(runtime.device).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config))
     scheduler = cosine_schedule(optimizer, config.train.iters)
@@ -228,30 +236,38 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
     tokens = {k: v.to(runtime.device) for k, v in model.backbone.tokenize(model.prompts(class_names)).items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.train.amp and runtime.device.type == "cuda" else nullcontext()
-    started, started_step = time.perf_counter(), step
+    started, started_step, empty_in_a_row = time.perf_counter(), step, 0
+    values: dict[str, float] = {"loss": float("nan"), "it_per_s": 0.0}
     while step < config.train.iters:
         batch: Batch = next(batches)
-        generator = torch.Generator(runtime.device).manual_seed(config.train.seed * 1_000_003 + step * runtime.world + runtime.rank)
-        images, masks = batch.images.to(runtime.device), batch.masks.to(runtime.device)
-        with autocast:
-            output = forward(images, tokens["input_ids"], tokens["attention_mask"], generator)
-            loss = segmentation_loss(output.logits.float(), masks, config.train.ignore_mode)
-        mean_loss = loss.detach().clone()
-        if runtime.world > 1:
-            dist.all_reduce(mean_loss)
-            mean_loss /= runtime.world
-        if not torch.isfinite(mean_loss):
-            raise TrainingError(f"loss is {float(mean_loss)} at step {step + 1}; this process's batch: {batch.keys}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gradient_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip)
-        optimizer.step()
+        account_for_skipped(batch, config.train.on_corrupt_shard, skipped)
+        trained = samples_everywhere(batch, runtime)  # if not, a step without an update, so batch b stays step b
+        empty_in_a_row = 0 if trained else empty_in_a_row + 1
+        if empty_in_a_row >= stream.batches_per_epoch:
+            raise ShardError(f"{shards}: no readable training sample in a whole epoch; reasons in {skipped.path}")
+        if trained:
+            generator = torch.Generator(runtime.device).manual_seed(config.train.seed * 1_000_003 + step * runtime.world + runtime.rank)
+            images, masks = batch.images.to(runtime.device), batch.masks.to(runtime.device)
+            with autocast:
+                output = forward(images, tokens["input_ids"], tokens["attention_mask"], generator)
+                loss = segmentation_loss(output.logits.float(), masks, config.train.ignore_mode)
+            mean_loss = loss.detach().clone()
+            if runtime.world > 1:
+                dist.all_reduce(mean_loss)
+                mean_loss /= runtime.world
+            if not torch.isfinite(mean_loss):
+                raise TrainingError(f"loss is {float(mean_loss)} at step {step + 1}; this process's batch: {batch.keys}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gradient_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip)
+            optimizer.step()
         scheduler.step()
         step += 1
-        values = {"loss": float(mean_loss), "lr": scheduler.get_last_lr()[1], "grad_norm": float(gradient_norm),
-                  "it_per_s": (step - started_step) / (time.perf_counter() - started)}  # fmt: skip
-        if step % config.train.log_every == 0 or step == config.train.iters:
-            log.write(step, {**values, **perturbation_statistics(output, masks, runtime.world)})
+        if trained:
+            values = {"loss": float(mean_loss), "lr": scheduler.get_last_lr()[1], "grad_norm": float(gradient_norm),
+                      "it_per_s": (step - started_step) / (time.perf_counter() - started)}  # fmt: skip
+            if step % config.train.log_every == 0 or step == config.train.iters:
+                log.write(step, {**values, **perturbation_statistics(output, masks, runtime.world)})
         if runtime.main and (step % config.train.val_every == 0 or step == config.train.iters):
             log.write(step, validate(model, reader, config, class_names, runtime.device))
         if runtime.main and (step % config.train.checkpoint_every == 0 or step == config.train.iters):
@@ -269,6 +285,23 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
         dist.barrier()
         dist.destroy_process_group()
     return final
+
+
+def account_for_skipped(batch: Batch, on_corrupt: str, skipped: SkippedLog) -> None:
+    """Samples the loader left out: the first stops the run (on_corrupt_shard: error) or each is logged once."""
+    if batch.skipped and on_corrupt != "skip":
+        more = f" (+{len(batch.skipped) - 1} more in this batch)" if len(batch.skipped) > 1 else ""
+        raise ShardError(f"{batch.skipped[0]}{more}; set train.on_corrupt_shard: skip to train without such samples")
+    for reason in batch.skipped:
+        skipped.add(reason)
+
+
+def samples_everywhere(batch: Batch, runtime: Runtime) -> bool:
+    """Whether every process has at least one sample this step (all must agree to step together under DDP)."""
+    count = torch.tensor(len(batch.keys), device=runtime.device)
+    if runtime.world > 1:
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+    return bool(count > 0)
 
 
 def resume_from(path: Path, model: PiSeg, optimizer: torch.optim.Optimizer, scheduler: Any, config: PiSegConfig,

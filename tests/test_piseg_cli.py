@@ -92,7 +92,7 @@ def test_python_api_takes_any_class_names(checkpoint):
 
 def test_train_reports_bad_configuration_and_shards(tmp_path):
     result = runner.invoke(app, ["train", "--shards", str(tmp_path), "--backbone", "tiny", "--iters", "1"])
-    assert result.exit_code == 1 and "no manifest" in result.output
+    assert result.exit_code == 2 and "no manifest" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  ignore_mode: maybe\n")
     result = runner.invoke(app, ["train", "--shards", str(tmp_path), "--config", str(bad)])
