@@ -3,6 +3,10 @@
 A taxonomy file is data that people edit by hand, so every validation error names the file and the
 line, and the version is a hash of the *content* (names, synonyms, descriptions, order), not of the
 bytes: re-indenting a file or adding a comment does not change the version a build records.
+
+Masks are uint8 and 255 marks unlabeled pixels everywhere (masks, shards, Pi-Seg, metrics), so a
+taxonomy holds at most 255 categories (ids 0-254) and `ignore_index`, if written, must be 255. A key
+the loader does not know (a typo such as `synonym:`) is an error, not silently ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from typing import Any
 import yaml
 
 DATA_DIR = Path(__file__).parent / "data"
-KNOWN_FIELDS = {"name", "synonyms", "description", "propose"}  # other fields are kept in Category.extra
+IGNORE_INDEX = 255  # the mask value of unlabeled pixels, fixed: masks are uint8
+MAX_CATEGORIES = IGNORE_INDEX  # ids 0-254
+TOP_LEVEL_FIELDS = ("name", "description", "ignore_index", "categories")
+CATEGORY_FIELDS = ("name", "synonyms", "description", "propose")
+EXTRA_CATEGORY_FIELDS = ("indicators",)  # kept in Category.extra (scene domains: indicator categories)
 
 
 class TaxonomyError(ValueError):
@@ -32,7 +40,7 @@ class Category:
     synonyms: tuple[str, ...] = ()
     description: str = ""
     propose: bool = True  # False for background/clutter classes that captions must never yield
-    extra: dict = field(default_factory=dict, compare=False, hash=False)  # any other fields of the entry
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # EXTRA_CATEGORY_FIELDS present in the entry
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -52,7 +60,7 @@ class Taxonomy:
     categories: tuple[Category, ...]
     source: str
     description: str = ""
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     version: str = field(default="")
 
     @property
@@ -78,11 +86,16 @@ class _LineLoader(yaml.SafeLoader):
 
 class _LinedDict(dict):
     line: int = 0
+    key_lines: dict = {}
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
 
 
 def _construct_lined_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LinedDict:
     mapping = _LinedDict(loader.construct_mapping(node, deep=True))
     mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
     return mapping
 
 
@@ -118,23 +131,31 @@ def load_taxonomy(name_or_path: str | Path) -> Taxonomy:
     document = _read_yaml(path)
     if not isinstance(document, dict):
         raise TaxonomyError(f"{path}:1: expected a mapping with 'name' and 'categories'")
+    _check_keys(path, document, TOP_LEVEL_FIELDS, "taxonomy")
     name = document.get("name")
     if not isinstance(name, str) or not name.strip():
         raise TaxonomyError(f"{path}:{document.line}: 'name' must be a non-empty string")
     entries = document.get("categories")
     if not isinstance(entries, list) or not entries:
         raise TaxonomyError(f"{path}:{document.line}: 'categories' must be a non-empty list")
+    if len(entries) > MAX_CATEGORIES:
+        raise TaxonomyError(
+            f"{path}:{document.line_of('categories')}: taxonomy {name.strip()!r} has {len(entries)} categories; masks "
+            f"are uint8, so a taxonomy holds at most {MAX_CATEGORIES} (ids 0-{MAX_CATEGORIES - 1}; "
+            f"{IGNORE_INDEX} marks unlabeled pixels)"
+        )
+    if document.get("ignore_index", IGNORE_INDEX) != IGNORE_INDEX:
+        raise TaxonomyError(
+            f"{path}:{document.line_of('ignore_index')}: ignore_index is {document['ignore_index']!r}, but unlabeled "
+            f"pixels are {IGNORE_INDEX} in every mask, shard and metric; remove the line or write {IGNORE_INDEX}"
+        )
     categories = tuple(_parse_category(path, i, entry) for i, entry in enumerate(entries))
     _check_unique_terms(path, entries, categories)
-    ignore_index = document.get("ignore_index", 255)
-    if not isinstance(ignore_index, int) or not len(categories) <= ignore_index <= 255:
-        raise TaxonomyError(f"{path}: ignore_index must be an integer in [{len(categories)}, 255]")
     taxonomy = Taxonomy(
         name=name.strip(),
         categories=categories,
         source=str(path),
         description=str(document.get("description", "")),
-        ignore_index=ignore_index,
     )
     return Taxonomy(**{**taxonomy.__dict__, "version": content_hash(taxonomy)})
 
@@ -187,6 +208,7 @@ def _parse_category(path: Path, index: int, entry: Any) -> Category:
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise TaxonomyError(f"{path}:{entry_line}: category #{index} has an empty or missing name")
+    _check_keys(path, entry, CATEGORY_FIELDS + EXTRA_CATEGORY_FIELDS, f"category {name.strip()!r}")
     synonyms = entry.get("synonyms") or []
     if not isinstance(synonyms, list) or not all(isinstance(s, str) and s.strip() for s in synonyms):
         raise TaxonomyError(f"{path}:{entry_line}: synonyms of {name!r} must be a list of non-empty strings")
@@ -202,8 +224,16 @@ def _parse_category(path: Path, index: int, entry: Any) -> Category:
         synonyms=tuple(s.strip() for s in synonyms),
         description=description.strip(),
         propose=propose,
-        extra={k: v for k, v in entry.items() if k not in KNOWN_FIELDS},
+        extra={k: entry[k] for k in EXTRA_CATEGORY_FIELDS if k in entry},
     )
+
+
+def _check_keys(path: Path, mapping: dict, known: tuple[str, ...], what: str) -> None:
+    """Unknown keys are errors naming their line: a misspelt `synonym:` must not be dropped silently."""
+    for key in mapping:
+        if key not in known:
+            line = mapping.line_of(key) if isinstance(mapping, _LinedDict) else "?"
+            raise TaxonomyError(f"{path}:{line}: unknown key {key!r} in {what} (known keys: {', '.join(known)})")
 
 
 def _check_unique_terms(path: Path, entries: list[Any], categories: tuple[Category, ...]) -> None:

@@ -72,12 +72,45 @@ def test_each_validation_error_names_file_and_line(tmp_path, text, message):
         load_taxonomy(path)
 
 
-def test_other_fields_are_kept_and_versioned(tmp_path):
-    path = write(tmp_path, "name: x\nsource: mine\ncategories:\n  - name: car\n    colour: red\n")
+def test_indicators_are_kept_and_versioned(tmp_path):
+    path = write(tmp_path, "name: x\ncategories:\n  - name: town\n    indicators: [building]\n")
     taxonomy = load_taxonomy(path)
-    assert taxonomy["car"].extra == {"colour": "red"}
-    path.write_text("name: x\ncategories:\n  - name: car\n    colour: blue\n")
+    assert taxonomy["town"].extra == {"indicators": ["building"]}
+    path.write_text("name: x\ncategories:\n  - name: town\n    indicators: [road]\n")
     assert load_taxonomy(path).version != taxonomy.version
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nsource: mine\ncategories:\n  - name: car\n", r":2: unknown key 'source' in taxonomy \(known keys: name,"),
+        ("name: x\ncategories:\n  - name: car\n\n    synonym: [auto]\n", r":5: unknown key 'synonym' in category 'car'"),
+        ("name: x\ncategories:\n  - name: car\n    colour: red\n", r":4: unknown key 'colour' in category 'car'"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_are_errors_naming_the_line(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(TaxonomyError, match=str(path).replace(".", r"\.") + message):
+        load_taxonomy(path)
+
+
+def test_ignore_index_is_fixed_at_255(tmp_path):
+    path = write(tmp_path, "name: x\nignore_index: 200\ncategories: [car, road]\n")
+    with pytest.raises(TaxonomyError, match=r"t\.yaml:2: ignore_index is 200, but unlabeled pixels are 255 .* remove the line"):
+        load_taxonomy(path)
+    path.write_text("name: x\nignore_index: 255\ncategories: [car, road]\n")
+    assert load_taxonomy(path).ignore_index == 255 == load_taxonomy("ovrsis95k").ignore_index
+
+
+def test_too_many_categories_says_why_in_plain_words(tmp_path):
+    names = "".join(f"  - class {i}\n" for i in range(300))
+    path = write(tmp_path, f"name: big\ncategories:\n{names}")
+    with pytest.raises(TaxonomyError) as raised:
+        load_taxonomy(path)
+    assert str(raised.value) == (f"{path}:2: taxonomy 'big' has 300 categories; masks are uint8, so a taxonomy holds "
+                                 "at most 255 (ids 0-254; 255 marks unlabeled pixels)")  # fmt: skip
+    path.write_text(f"name: big\ncategories:\n{''.join(f'  - class {i}{chr(10)}' for i in range(255))}")
+    assert len(load_taxonomy(path)) == 255
 
 
 def test_unknown_name_lists_bundled_taxonomies():
