@@ -42,7 +42,8 @@ def build(
     console.print(f"[bold]shards:[/bold] {splits} -> {output / 'shards'}")
     console.print(f"manifest: {output / 'manifest.json'}; balance report: {output / 'report' / 'balance.md'}")
     if manifest["quarantined"]:
-        console.print(f"{len(manifest['quarantined'])} quarantined tile(s), listed in {output / 'summary.json'}")
+        console.print(f"{len(manifest['quarantined'])} quarantined tile(s); reasons in {output / 'summary.json'}", highlight=False)
+        raise typer.Exit(1)  # finished, good tiles sharded, some inputs skipped: the 0/1/2 rule of the README
 
 
 def serve(name: str = typer.Option("local", help="Deployment name.")) -> None:

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 def run_build(config, home, timeout=600):
     result = subprocess.run(ovrsis("build", "--config", str(config)), env=prefect_env(home), capture_output=True,
                             text=True, timeout=timeout)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    # exit 1: finished, but the broken.tif that make_imagery puts among the good rasters was quarantined
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 quarantined tile(s); reasons in" in result.stderr.strip().splitlines()[-1]
     return result
 
 
