@@ -1,203 +1,124 @@
-"""Pull reviews from Label Studio and apply them to the records and masks.
+"""Apply the review ledger to a build's records and masks, with no server.
 
-Per proposed category c (brush region `r{index of c}` in the prediction), from the latest
-annotation of the task:
-- c among the "discard" choices, or its region deleted  -> category discarded; its pixels unlabeled;
-- its region relabelled to d                            -> category corrected to d (mask IoU recorded);
-- otherwise                                             -> category accepted; the mask is accepted
-  if the reviewed region equals the proposal (IoU >= 0.999), else corrected (IoU recorded).
-A region the reviewer added for a category that was not proposed is recorded as a corrected
-(added) category. The new semantic mask is painted from the reviewed regions (smaller regions on
-top, as in the merge rule). Tasks without an annotation stay `pending`.
+Records and masks are derived from proposals + ledger, never the other way round. For each tile,
+the latest completed review in any queue (random sample, uncertain, stale, ...) wins:
 
-Every pull first streams all tasks, page by page, into a timestamped JSON Lines export (no reviewed
-work is ever lost; memory stays bounded however many tasks there are)
-and starts from the build's proposal (`masks/KEY.proposed.png`), so pulling twice is idempotent.
+- `masks/KEY.png` becomes the reviewed mask, `masks/KEY.proposed.png` holds the build's proposal;
+- the record's `audit` holds the decisions (audit/decisions.py, judged against the proposal the
+  reviewer was shown), its `categories` what the reviewer kept, and `review` which review it was;
+- a review whose shown proposal differs from today's proposal is **stale**: the review still wins
+  (a human looked at this tile), the record says so, `ovrsis audit push --stale` re-queues it.
+
+Tiles that were queued (audit/queued.jsonl) but have no review yet get `pending` decisions.
+
+Called by every build after the masks are written (`fresh_proposals=True`: the masks on disk are
+this build's proposals) and by `ovrsis audit pull` (`fresh_proposals=False`: the proposal is the
+kept `KEY.proposed.png` where there is one). Applying twice gives the same files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import Counter
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle
 
-from audit.client import AuditClient
-from audit.records import keep_proposal, load_records, proposal_mask, write_records
-from audit.settings import AuditError
-from pipeline.jsonl import atomic_writer, write_json_line
+from audit.decisions import ReviewShapeError, proposed_categories, review_annotation
+from audit.ledger import QUEUED, Review, latest_reviews, read_ledger, read_lines
+from audit.records import kept_proposal_path, mask_path, proposal_digest, read_mask, shown_mask
+from pipeline.categories import ProposedCategory
 from pipeline.outputs import write_png
-from pipeline.records import AuditDecision, TileRecord
+from pipeline.records import AuditDecision, ReviewRef, TileRecord
 from taxonomy.loader import Taxonomy
-
-IGNORE = 255
-SAME_MASK_IOU = 0.999
 
 
 @dataclass
-class PullSummary:
-    export: Path
-    tasks: int = 0
+class ApplySummary:
     reviewed: int = 0
+    stale: int = 0
     pending: int = 0
-    unknown_keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    states: Counter = field(default_factory=Counter)
+    audit_round: str | None = None  # "reviews:N:DIGEST" of the reviews applied; None when there are none
 
 
-PAGE_SIZE = 100
-
-
-def iter_tasks(client: AuditClient, project_id: int) -> Iterator[dict]:
-    """Every task of the project with its annotations, one page at a time (memory stays bounded);
-    each page is fetched with retries."""
-    page = 1
-    while True:
-        current = client.call(f"reading tasks (page {page})", lambda: client.sdk.tasks.list(
-            project=project_id, page=page, page_size=PAGE_SIZE, fields="all"))  # fmt: skip
-        items = current.items or []
-        for task in items:
-            yield {"id": task.id, "data": task.data, "annotations": task.annotations or []}
-        total = getattr(current.response, "total", None)
-        if len(items) < PAGE_SIZE or (total is not None and page * PAGE_SIZE >= total):
-            return  # (has_next cannot be trusted: Label Studio answers 404 past the last page)
-        page += 1
-
-
-def pull(client: AuditClient, project_id: int, out_dir: Path, taxonomy: Taxonomy) -> PullSummary:
-    """Stream the project's tasks into a timestamped JSON Lines export, then apply it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    export_path = out_dir / "audit" / "exports" / f"project-{project_id}-{stamp}.jsonl"
-    with atomic_writer(export_path) as handle:
-        for task in iter_tasks(client, project_id):
-            write_json_line(handle, task)
-    users = client.call("listing users", lambda: list(client.sdk.users.list()))
-    return apply_export(export_path, out_dir, taxonomy, {u.id: u.email for u in users})
-
-
-def read_export(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
-
-
-def apply_export(export_path: Path, out_dir: Path, taxonomy: Taxonomy, reviewers: dict[int, str] | None = None) -> PullSummary:
-    """Apply a saved export (also usable offline, to replay a past pull)."""
-    records = load_records(out_dir)
-    by_key = {r.key: r for r in records}
-    summary = PullSummary(export=export_path)
-    for task in read_export(export_path):
-        summary.tasks += 1
-        key = (task.get("data") or {}).get("key")
-        record = by_key.get(key)
-        if record is None:
-            summary.unknown_keys.append(str(key))
+def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy, fresh_proposals: bool) -> ApplySummary:
+    """Apply the ledger's latest review of each tile to `records` (in place) and their masks."""
+    latest = latest_reviews(read_ledger(out_dir))
+    queued = queued_keys(out_dir)
+    summary = ApplySummary()
+    applied: list[tuple] = []
+    for record in records:
+        if record.quarantine or not record.semantic_mask:
             continue
-        annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        proposal = proposal_mask(out_dir, record)
-        if not annotations:
-            summary.pending += 1
-            record.audit = [AuditDecision(target=f"category:{c.name}") for c in _proposed(proposal, taxonomy)]
+        review = latest.get(record.key)
+        proposal = _current_proposal(out_dir, record, keep=review is not None, fresh=fresh_proposals)
+        if review is None:
+            record.review = None
+            record.audit = _pending(proposal, taxonomy) if record.key in queued else []
+            summary.pending += record.key in queued
             continue
-        latest = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
         try:
-            mask, decisions = review(proposal, latest, taxonomy)
-        except (KeyError, ValueError, TypeError) as error:
-            summary.problems.append(f"task {task.get('id')} ({key}): annotation in an unexpected shape ({error}); left pending")
+            _apply_one(out_dir, record, review, proposal, taxonomy)
+        except ReviewShapeError as error:
+            summary.problems.append(f"{record.key}: review {review.annotation_id} ({review.queue}) not applied: {error}")
             continue
-        keep_proposal(out_dir, record)
-        write_png(out_dir / record.semantic_mask, mask)
-        reviewer, when = _who(latest, reviewers or {}), latest.get("updated_at") or latest.get("created_at")
-        for decision in decisions:
-            decision.reviewer, decision.time = reviewer, when
-            summary.states[decision.state] += 1
-        record.audit = decisions
-        _update_categories(record, decisions)
         summary.reviewed += 1
-    write_records(out_dir, records)
+        summary.stale += record.review.stale
+        applied.append(review.identity)
+    if applied:
+        digest = hashlib.sha256(json.dumps(sorted(applied)).encode()).hexdigest()[:12]
+        summary.audit_round = f"reviews:{len(applied)}:{digest}"
     return summary
 
 
-def review(proposal: np.ndarray, annotation: dict, taxonomy: Taxonomy) -> tuple[np.ndarray, list[AuditDecision]]:
-    """The reviewed semantic mask and the decisions, from one annotation's result list."""
-    height, width = proposal.shape
-    regions: dict[str, tuple[str, np.ndarray]] = {}
-    discarded: set[str] = set()
-    for item in annotation.get("result") or []:
-        if item.get("from_name") == "discard":
-            discarded.update(item["value"].get("choices", []))
-        elif item.get("type") == "brushlabels":
-            value = item["value"]
-            label = value["brushlabels"][0]
-            taxonomy.index_of(label)  # an unknown label raises KeyError: unexpected shape
-            pixels = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] > 127
-            if item["id"] in regions:  # the same region in several parts: union
-                pixels |= regions[item["id"]][1]
-            regions[item["id"]] = (label, pixels)
-    decisions: list[AuditDecision] = []
-    painted: list[tuple[int, np.ndarray]] = []
-    proposed = _proposed(proposal, taxonomy)
-    for category in proposed:
-        region_id = f"r{category.index}"
-        proposed_pixels = proposal == category.index
-        if category.name in discarded or region_id not in regions:
-            decisions.append(AuditDecision(target=f"category:{category.name}", state="discarded"))
-            continue
-        label, pixels = regions[region_id]
-        iou = _iou(proposed_pixels, pixels)
-        if label != category.name:
-            decisions.append(AuditDecision(target=f"category:{category.name}", state="corrected", corrected_to=label, mask_iou=iou))
+def queued_keys(out_dir: Path) -> set[str]:
+    return {row["key"] for row in read_lines(out_dir / QUEUED)}
+
+
+def _current_proposal(out_dir: Path, record: TileRecord, keep: bool, fresh: bool) -> np.ndarray:
+    """This build's proposal of the tile; kept aside as KEY.proposed.png where a review replaces it."""
+    current, kept = mask_path(out_dir, record), kept_proposal_path(out_dir, record)
+    if fresh:  # the build just wrote its proposal to KEY.png
+        if keep:
+            shutil.copyfile(current, kept)
         else:
-            decisions.append(AuditDecision(target=f"category:{category.name}", state="accepted"))
-            state = "accepted" if iou >= SAME_MASK_IOU else "corrected"
-            decisions.append(AuditDecision(target=f"mask:{category.name}", state=state, mask_iou=iou))
-        painted.append((taxonomy.index_of(label), pixels))
-    proposed_ids = {f"r{c.index}" for c in proposed}
-    for region_id, (label, pixels) in sorted(regions.items()):
-        if region_id not in proposed_ids:
-            decisions.append(AuditDecision(target=f"category:{label}", state="corrected", corrected_to=label, mask_iou=0.0))
-            painted.append((taxonomy.index_of(label), pixels))
-    mask = np.full((height, width), IGNORE, np.uint8)
-    for index, pixels in sorted(painted, key=lambda p: -int(p[1].sum())):  # larger first, smaller on top
-        mask[pixels] = index
-    return mask, decisions
+            kept.unlink(missing_ok=True)  # no review (any more): no stale copy left to confuse a reader
+        return read_mask(current)
+    if keep and not kept.is_file():
+        shutil.copyfile(current, kept)
+    return read_mask(kept if kept.is_file() else current)
 
 
-def find_project(client: AuditClient, title: str) -> int:
-    for project in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title))):
-        if project.title == title:
-            return project.id
-    raise AuditError(f"no Label Studio project titled {title!r} (push first)")
+def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.ndarray, taxonomy: Taxonomy) -> None:
+    shown = shown_mask(out_dir, review.proposal_digest)
+    if shown is None:
+        shown = proposal
+    if shown.shape != proposal.shape:
+        raise ReviewShapeError(f"the reviewed tile was {shown.shape[1]}x{shown.shape[0]}, it is now "
+                               f"{proposal.shape[1]}x{proposal.shape[0]}: re-queue it")  # fmt: skip
+    mask, decisions = review_annotation(shown, review.result, taxonomy)
+    for decision in decisions:
+        decision.reviewer, decision.time = review.reviewer, review.updated_at
+    write_png(mask_path(out_dir, record), mask)
+    record.audit = decisions
+    record.categories = _categories_after(record, decisions)
+    record.review = ReviewRef(
+        queue=review.queue, project_id=review.project_id, task_id=review.task_id, annotation_id=review.annotation_id,
+        updated_at=review.updated_at, reviewer=review.reviewer, proposal_digest=review.proposal_digest,
+        stale=review.proposal_digest is not None and review.proposal_digest != proposal_digest(proposal),
+    )  # fmt: skip
 
 
-def _proposed(proposal: np.ndarray, taxonomy: Taxonomy):
-    present = set(np.unique(proposal).tolist()) - {IGNORE}
-    return [c for c in taxonomy.categories if c.index in present]
+def _pending(proposal: np.ndarray, taxonomy: Taxonomy) -> list[AuditDecision]:
+    return [AuditDecision(target=f"category:{c.name}") for c in proposed_categories(proposal, taxonomy)]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return round(float(np.logical_and(a, b).sum() / union), 6) if union else 1.0
-
-
-def _who(annotation: dict, reviewers: dict[int, str]) -> str | None:
-    """The reviewer's e-mail (exports give a user id or a user object)."""
-    who = annotation.get("completed_by")
-    if isinstance(who, dict):
-        return who.get("email") or reviewers.get(who.get("id")) or str(who.get("id"))
-    return None if who is None else reviewers.get(who, str(who))
-
-
-def _update_categories(record: TileRecord, decisions: list[AuditDecision]) -> None:
+def _categories_after(record: TileRecord, decisions: list[AuditDecision]) -> list[ProposedCategory]:
     """The record's categories after review: discarded ones removed, corrected ones renamed, added ones listed."""
-    from pipeline.categories import ProposedCategory
-
     by_name = {c.name: c for c in record.categories}
     result: dict[str, ProposedCategory] = {}
     for decision in decisions:
@@ -207,7 +128,7 @@ def _update_categories(record: TileRecord, decisions: list[AuditDecision]) -> No
         source = by_name.get(name)
         if decision.state == "accepted" and source is not None:
             result[name] = source
-        else:  # corrected, added, or accepted after an earlier pull removed it: the reviewer is the source
+        else:  # corrected or added: the reviewer is the source
             final = decision.corrected_to or name
             result[final] = ProposedCategory(name=final, score=1.0, phrase="", method="audit")
-    record.categories = sorted(result.values(), key=lambda c: c.name)
+    return sorted(result.values(), key=lambda c: c.name)

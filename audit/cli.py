@@ -21,13 +21,9 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _title(records: Path, project: str | None) -> str:
-    return project or f"ovrsis audit: {records.resolve().name}"
-
-
 @app.command()
 def server(
-    root: Path = typer.Option(..., help="Folder served to the browser (the build output folder, or above it)."),
+    root: Path | None = typer.Option(None, help="Folder served to the browser (the build output folder, or above it); needed to start."),
     port: int = typer.Option(8089, help="Port on 127.0.0.1."),
     data: Path = typer.Option(Path(".lsdata"), help="Label Studio's data folder (SQLite database, uploads)."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server started from this data folder."),
@@ -47,6 +43,8 @@ def server(
         return
     env = read_dotenv() | {k: v for k, v in os.environ.items() if k.startswith("LABEL_STUDIO_")}
     try:
+        if root is None:
+            raise AuditError("--root is needed to start the server: the folder it serves (the build output folder, or above it)")
         token, password = env.get("LABEL_STUDIO_USER_TOKEN"), env.get("LABEL_STUDIO_PASSWORD")
         if not token or not password:
             raise AuditError("set LABEL_STUDIO_USER_TOKEN (40 hex chars) and LABEL_STUDIO_PASSWORD in the environment or .env")
@@ -59,34 +57,31 @@ def server(
 @app.command()
 def push(
     records: Path = RECORDS,
-    sample: int = typer.Option(100, min=1, help="Tiles in the random review queue."),
+    sample: int = typer.Option(100, min=0, help="Tiles in the random review queue (0: none)."),
     seed: int = typer.Option(0, help="Sampling seed (the same seed gives the same sample)."),
     strata: str = typer.Option("domain", help="Stratify the sample by: domain | none."),
-    uncertain: int = typer.Option(0, min=0, help="Also queue this many least-certain tiles in a second project."),
+    uncertain: int = typer.Option(0, min=0, help="Also queue this many least-certain tiles in TITLE (uncertain)."),
+    stale: bool = typer.Option(False, "--stale", help="Also re-queue the tiles whose review is stale in TITLE (stale)."),
     project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
     root: Path | None = typer.Option(None, help="The server's served root [the records folder]."),
     url: str | None = typer.Option(None, help="Label Studio URL [LABEL_STUDIO_URL or http://127.0.0.1:8089]."),
 ) -> None:
-    """Push a domain-stratified, seeded sample of tiles (and optionally the uncertain ones) for review."""
+    """Push a domain-stratified, seeded sample of tiles (and the uncertain / stale queues) for review.
+    Every check runs before anything is created; pushing again creates no duplicates."""
     from audit.client import AuditClient
-    from audit.queue import load_live_records, push as push_tasks, stratified_sample, uncertain_sample
+    from audit.session import QueuePlan, default_title, push_queues
     from audit.settings import server_settings
-    from taxonomy.loader import load_taxonomy
 
     try:
         client = AuditClient(server_settings(url))
         client.check()
-        live = load_live_records(records)
-        taxonomy = load_taxonomy(live[0].provenance.get("taxonomy", {}).get("name", "ovrsis95k")) if live else None
-        if taxonomy is None:
-            raise AuditError(f"{records}: no annotated tile to review")
-        queues = [(_title(records, project), stratified_sample(live, sample, seed, strata), "sample")]
-        if uncertain:
-            queues.append((_title(records, project) + " (uncertain)", uncertain_sample(live, uncertain), "uncertain"))
-        for title, chosen, queue in queues:
-            summary = push_tasks(client, records, taxonomy, chosen, title, root or records, queue)
+        plan = QueuePlan(sample=sample, seed=seed, strata=strata, uncertain=uncertain, stale=stale)
+        pushed = push_queues(client, records, _taxonomy(records), project or default_title(records), root or records, plan)
+        for title, summary in pushed:
             console.print(f"{title!r} (project {summary.project_id}): {summary.created} task(s) created, "
                           f"{summary.already_there} already there")  # fmt: skip
+        if not pushed:
+            console.print("nothing to queue")
     except AuditError as error:
         _fail(error)
 
@@ -97,50 +92,71 @@ def pull(
     project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
     url: str | None = typer.Option(None, help="Label Studio URL."),
 ) -> None:
-    """Export the reviews (kept as a timestamped JSON) and apply them to the records and masks."""
-    from audit.apply import find_project, pull as pull_reviews
+    """Append every queue's completed reviews to the ledger (OUT/audit/ledger.jsonl), then apply the
+    ledger to the records and masks. Every later `ovrsis build` applies the ledger too, server or not."""
     from audit.client import AuditClient
-    from audit.queue import load_live_records
+    from audit.session import apply_ledger, default_title, pull_queues
     from audit.settings import server_settings
-    from taxonomy.loader import load_taxonomy
 
     try:
         client = AuditClient(server_settings(url))
         client.check()
-        live = load_live_records(records)
-        taxonomy = load_taxonomy(live[0].provenance.get("taxonomy", {}).get("name", "ovrsis95k"))
-        titles = [_title(records, project)]
-        if project is None:
-            titles.append(titles[0] + " (uncertain)")
-        for title in titles:
-            try:
-                project_id = find_project(client, title)
-            except AuditError:
-                if title != titles[0]:
-                    continue
-                raise
-            summary = pull_reviews(client, project_id, records, taxonomy)
-            states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items())) or "none"
-            console.print(f"{title!r}: {summary.reviewed} reviewed, {summary.pending} pending of {summary.tasks} tasks "
-                          f"({states}); export kept at {summary.export}")  # fmt: skip
-            for problem in summary.problems:
-                console.print(f"[yellow]warning:[/yellow] {problem}")
+        for summary in pull_queues(client, records, project or default_title(records)):
+            console.print(f"{summary.project!r}: {summary.reviewed} of {summary.tasks} tasks reviewed; "
+                          f"{summary.new_reviews} new review(s) in the ledger")  # fmt: skip
             if summary.unknown_keys:
                 console.print(f"[yellow]warning:[/yellow] {len(summary.unknown_keys)} task(s) name tiles not in the records")
+        applied = apply_ledger(records, _taxonomy(records))
+        console.print(f"applied: {applied.reviewed} reviewed tile(s) ({applied.stale} stale), {applied.pending} pending")
+        for problem in applied.problems:
+            console.print(f"[yellow]warning:[/yellow] {problem}")
     except AuditError as error:
         _fail(error)
 
 
 @app.command()
-def stats(records: Path = RECORDS, report: Path = typer.Option(..., help="Folder for the report.")) -> None:
-    """Table II (and per category, per domain, IoU, whole-dataset estimate) as Markdown, JSON and PNG."""
-    from audit.records import load_records
-    from audit.stats import write_report
+def status(records: Path = RECORDS) -> None:
+    """Per queue: tasks, reviewed, pending, stale, reviewers, last pull (local files only, no server)."""
+    from rich.table import Table
+
+    from audit.status import audit_status
 
     try:
-        payload = write_report(load_records(records), report)
+        statuses = audit_status(records)
     except AuditError as error:
         _fail(error)
-    table = payload["table"]
-    console.print(f"{table['audited images']} audited images; category accepted {table['category accepted']['rate']}, "
-                  f"discarded {table['category discarded']['rate']}; report in {report / 'audit_stats.md'}")  # fmt: skip
+    table = Table(title=f"audit of {records}")
+    for column in ("queue", "tasks", "reviewed", "pending", "stale", "reviewers", "last pull"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(s.queue, str(s.tasks), str(s.reviewed), str(s.pending), str(s.stale),
+                      ", ".join(sorted(s.reviewers)) or "-", s.last_pull or "never")  # fmt: skip
+    Console(soft_wrap=True).print(table if statuses else "no queue pushed yet (`ovrsis audit push`)")
+
+
+@app.command()
+def stats(records: Path = RECORDS, report: Path = typer.Option(..., help="Folder for the report.")) -> None:
+    """Table II per queue (and per category, per domain, IoU, whole-dataset estimate) as Markdown, JSON and PNG."""
+    from audit.stats import SAMPLE_QUEUE, write_report
+
+    try:
+        payload = write_report(records, report, _taxonomy(records))
+    except AuditError as error:
+        _fail(error)
+    sample = payload["queues"].get(SAMPLE_QUEUE)
+    if sample:
+        table = sample["table"]
+        console.print(f"{table['audited images']} audited images in the random sample; category accepted "
+                      f"{table['category accepted']['rate']}, discarded {table['category discarded']['rate']}")  # fmt: skip
+    console.print(f"report in {report / 'audit_stats.md'}")
+
+
+def _taxonomy(records: Path):
+    """The taxonomy the build used (named in its records)."""
+    from audit.queue import load_live_records
+    from taxonomy.loader import load_taxonomy
+
+    live = load_live_records(records)
+    if not live:
+        raise AuditError(f"{records}: no annotated tile in records.jsonl")
+    return load_taxonomy(live[0].provenance.get("taxonomy", {}).get("name", "ovrsis95k"))

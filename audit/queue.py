@@ -22,7 +22,8 @@ from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
 from audit.client import AuditClient
-from audit.records import load_records, proposal_mask
+from audit.ledger import QUEUED, append_row, now
+from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
 from pipeline.annotate import RasterPixels
 from pipeline.ingest import BandRule
@@ -61,6 +62,12 @@ def label_config(taxonomy: Taxonomy) -> str:
   <BrushLabels name="mask" toName="image">
 {labels}
   </BrushLabels>
+  <Header value="A corrected region: how was it corrected? (select the region, then choose)"/>
+  <Choices name="correction" toName="image" perRegion="true" choice="single" showInline="true">
+    <Choice value="boundary" hint="outline repainted"/>
+    <Choice value="merge" hint="merged into another category"/>
+    <Choice value="filtering" hint="instance or region removed"/>
+  </Choices>
 </View>"""
 
 
@@ -98,39 +105,59 @@ def uncertain_sample(records: Sequence[TileRecord], n: int) -> list[TileRecord]:
 
 def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequence[TileRecord], title: str,
          served_root: Path, queue: str = "sample", chunk: int = IMPORT_CHUNK) -> PushSummary:  # fmt: skip
-    """Create (or reuse) the project `title` and import the records not already in it."""
-    project_id = ensure_project(client, title, taxonomy, out_dir, served_root)
-    existing = existing_keys(client, project_id)
-    new = [r for r in records if r.key not in existing]
+    """Create (or reuse) the project `title` and import the records not already in it.
+
+    All-or-nothing: every check (the served root, each record's proposal) runs before anything is
+    created on the server. A task's identity is its tile key (its key and the proposal it shows in
+    the "stale" queue), so pushing twice creates nothing new."""
+    images = (out_dir / "audit" / "images").resolve()
+    _served_path(images, served_root)
+    shown = {r.key: remember_shown(out_dir, proposal_mask(out_dir, r)) for r in records}
+    project_id = ensure_project(client, title, taxonomy, out_dir, images)
+    existing = existing_tasks(client, project_id)
+    new = [r for r in records if _identity(r.key, shown[r.key], queue) not in existing]
     pixels = TileImages()
     task_ids: list[int] = []
     for start in range(0, len(new), chunk):
-        payload = [task_payload(r, out_dir, served_root, taxonomy, queue, pixels) for r in new[start : start + chunk]]
+        part = new[start : start + chunk]
+        payload = [task_payload(r, out_dir, served_root, taxonomy, queue, pixels, shown[r.key]) for r in part]
         response = client.call(
             "importing tasks",
             lambda: client.sdk.projects.import_tasks(id=project_id, request=payload, return_task_ids=True),
         )
         task_ids.extend(response.task_ids or [])
+        for record in part:
+            append_row(out_dir / QUEUED, {"key": record.key, "queue": queue, "project_id": project_id,
+                                          "proposal_digest": shown[record.key], "pushed_at": now()})  # fmt: skip
     return PushSummary(project_id, len(records), len(new), len(records) - len(new), task_ids)
 
 
-def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir: Path, served_root: Path) -> int:
-    for project in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title))):
-        if project.title == title:
-            return project.id
-    project = client.call("creating the project", lambda: client.sdk.projects.create(
-        title=title, label_config=label_config(taxonomy), description=f"ovrsis audit of {out_dir} ({taxonomy.name} {taxonomy.version})"))  # fmt: skip
-    images = (out_dir / "audit" / "images").resolve()
-    images.mkdir(parents=True, exist_ok=True)
-    _served_path(images, served_root)
-    client.call("connecting local-files storage", lambda: client.sdk.import_storage.local.create(
-        project=project.id, path=str(images), title="tiles", use_blob_urls=False))  # fmt: skip
-    return project.id
+def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir: Path, images: Path) -> int:
+    """The project titled `title`, created if need be, with local-files storage over `images`
+    (connected now if an earlier, interrupted push created the project without it)."""
+    project_id = next((p.id for p in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title)))
+                       if p.title == title), None)  # fmt: skip
+    if project_id is None:
+        project_id = client.call("creating the project", lambda: client.sdk.projects.create(
+            title=title, label_config=label_config(taxonomy),
+            description=f"ovrsis audit of {out_dir} ({taxonomy.name} {taxonomy.version})")).id  # fmt: skip
+    storages = client.call("listing storages", lambda: client.sdk.import_storage.local.list(project=project_id))
+    if not any(Path(s.path or "").resolve() == images for s in storages):
+        images.mkdir(parents=True, exist_ok=True)
+        client.call("connecting local-files storage", lambda: client.sdk.import_storage.local.create(
+            project=project_id, path=str(images), title="tiles", use_blob_urls=False))  # fmt: skip
+    return project_id
 
 
-def existing_keys(client: AuditClient, project_id: int) -> set[str]:
+def existing_tasks(client: AuditClient, project_id: int) -> set[tuple]:
+    """The identities of the project's tasks (see `_identity`)."""
     tasks = client.call("listing tasks", lambda: list(client.sdk.tasks.list(project=project_id, page_size=1000, fields="all")))
-    return {task.data.get("key") for task in tasks if task.data}
+    return {_identity(t.data.get("key"), t.data.get("proposal_digest"), t.data.get("queue")) for t in tasks if t.data}
+
+
+def _identity(key: str, digest: str | None, queue: str | None) -> tuple:
+    """A tile is queued once per project; in the stale queue, once per proposal it shows."""
+    return (key, digest) if queue == "stale" else (key,)
 
 
 class TileImages:
@@ -146,7 +173,7 @@ class TileImages:
 
 
 def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str,
-                 images: TileImages) -> dict:  # fmt: skip
+                 images: TileImages, digest: str) -> dict:  # fmt: skip
     image_path = (out_dir / "audit" / "images" / f"{record.key}.jpg").resolve()
     if not image_path.is_file():
         image_path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +196,7 @@ def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy:
             "key": record.key,
             "domain": record.domain.name if record.domain else "unknown",
             "queue": queue,
+            "proposal_digest": digest,
             "proposed": ", ".join(c.name for c in proposed) or "(none)",
             "proposed_options": [{"value": c.name} for c in proposed],
             "conflicts_note": f"⚠ overlaps resolved by the merge: {conflicts}" if conflicts else "no overlap conflicts",

@@ -1,11 +1,14 @@
 """Reading and rewriting a build's records and masks for the audit.
 
-The first pull keeps the build's proposal of each reviewed tile as `masks/KEY.proposed.png`, and
-every pull starts again from that proposal, so pulling twice gives the same result.
+Where a tile has a review, `masks/KEY.png` is the reviewed mask and `masks/KEY.proposed.png` the
+build's proposal; elsewhere `masks/KEY.png` is the proposal. The proposal a reviewer was shown is
+kept by content digest in `audit/shown/DIGEST.png`, so a review can be judged against what was
+shown even after a rebuild changed the proposal (a stale review).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from audit.settings import AuditError
+from pipeline.outputs import write_png
 from pipeline.records import TileRecord, read_records
 from pipeline.records import write_records as write_record_file
 
@@ -28,21 +32,59 @@ def write_records(out_dir: Path, records: list[TileRecord]) -> None:
     write_record_file(out_dir / "records.jsonl", records)
 
 
-def proposal_path(out_dir: Path, record: TileRecord) -> Path:
+def mask_path(out_dir: Path, record: TileRecord) -> Path:
     if not record.semantic_mask:
         raise AuditError(f"tile {record.key} has no semantic mask (quarantined?)")
-    current = out_dir / record.semantic_mask
-    kept = current.with_name(current.stem + ".proposed.png")
-    return kept if kept.is_file() else current
+    return out_dir / record.semantic_mask
+
+
+def kept_proposal_path(out_dir: Path, record: TileRecord) -> Path:
+    current = mask_path(out_dir, record)
+    return current.with_name(current.stem + ".proposed.png")
+
+
+def proposal_path(out_dir: Path, record: TileRecord) -> Path:
+    """The build's proposal: kept aside once a review replaced the mask, else the mask itself."""
+    kept = kept_proposal_path(out_dir, record)
+    return kept if kept.is_file() else mask_path(out_dir, record)
 
 
 def proposal_mask(out_dir: Path, record: TileRecord) -> np.ndarray:
-    return np.asarray(Image.open(proposal_path(out_dir, record)))
+    return read_mask(proposal_path(out_dir, record))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
 
 
 def keep_proposal(out_dir: Path, record: TileRecord) -> None:
-    """Copy the build's mask aside once, before the audit overwrites it."""
-    current = out_dir / record.semantic_mask
-    kept = current.with_name(current.stem + ".proposed.png")
+    """Copy the build's mask aside, before a review overwrites it."""
+    kept = kept_proposal_path(out_dir, record)
     if not kept.is_file():
-        shutil.copyfile(current, kept)
+        shutil.copyfile(mask_path(out_dir, record), kept)
+
+
+def proposal_digest(mask: np.ndarray) -> str:
+    """A digest of the mask's values (not of the PNG bytes, which depend on the encoder)."""
+    digest = hashlib.sha256(f"{mask.shape}:{mask.dtype}".encode())
+    digest.update(np.ascontiguousarray(mask).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def shown_path(out_dir: Path, digest: str) -> Path:
+    return out_dir / "audit" / "shown" / f"{digest}.png"
+
+
+def remember_shown(out_dir: Path, mask: np.ndarray) -> str:
+    """Keep the proposal a reviewer is shown (by digest); returns the digest."""
+    digest = proposal_digest(mask)
+    path = shown_path(out_dir, digest)
+    if not path.is_file():
+        write_png(path, mask)
+    return digest
+
+
+def shown_mask(out_dir: Path, digest: str | None) -> np.ndarray | None:
+    if digest is None or not shown_path(out_dir, digest).is_file():
+        return None
+    return read_mask(shown_path(out_dir, digest))

@@ -1,17 +1,27 @@
-"""Audit statistics: the paper's Table II, per category and per domain, with 95% Wilson intervals.
+"""Audit statistics: the paper's Table II, per review queue, per category and per domain, with 95% intervals.
 
 Definitions (also written into the report):
-- audited images: tiles whose task has at least one submitted review;
-- audited domains: distinct scene domains among them;
-- category accepted / corrected / discarded %: share of the categories the build proposed on
-  audited images that the reviewers kept as they were / relabelled / removed;
-- added categories: categories reviewers painted that the build had not proposed (misses), per
-  audited image;
-- mask accepted / corrected %: among kept, correctly labelled categories, share whose reviewed
-  mask equals the proposal (IoU >= 0.999) / was repainted;
-- false-positive ratio: share of audited images with at least one discarded category;
-- estimate for the whole dataset: each rate applied to all proposed categories of the build,
-  with the interval's bounds (valid for a random sample; the uncertain queue is not random).
+- the statistics are read from the review ledger (audit/ledger.jsonl), the latest review of each
+  tile in each queue, each judged against the proposal its reviewer was shown (audit/decisions.py);
+- Table II's rates come from the random-sample queue (`sample`) only, as in the paper (a random
+  sample of images); every other queue (`uncertain`, `stale`, ...) gets a table of its own, which
+  is not an estimate of the dataset's quality (those tiles were chosen because they look wrong);
+- audited images: tiles of the queue with a completed review; audited domains: their scene domains;
+- category accepted / corrected / discarded %: per proposed category (each category the build
+  painted on an audited tile): kept as it was / relabelled / removed by the reviewer;
+- false-positive ratio: discarded proposals over all proposals (so it equals the discard rate, as
+  in the paper); images with a discarded category are counted too, as an extra row;
+- mask accepted / corrected %: per kept category (accepted or relabelled): the reviewer kept its
+  region unchanged / repainted, filtered or merged it; the mask IoU of shown vs reviewed region is
+  a measure, not the rule;
+- correction kinds: boundary (same category, outline repainted), merge (merged into another
+  proposed category), filtering (an instance or region removed, pixels only taken away): the
+  reviewer's per-region choice where set, else inferred; the table says how many of each source;
+- added categories: categories a reviewer painted that the build had not proposed (misses), per image;
+- stale reviews: reviews of a proposal that a later build changed; they are still valid judgements
+  of what was shown and are counted in the rates, and listed apart;
+- intervals: 95% Wilson score intervals; the estimate for the whole dataset applies the sample's
+  rates (and interval bounds) to every proposed category of the build.
 """
 
 from __future__ import annotations
@@ -22,10 +32,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from audit.decisions import CORRECTION_KINDS, ReviewShapeError, review_annotation
+from audit.ledger import Review, latest_reviews, read_ledger
+from audit.records import load_records, proposal_digest, proposal_mask, shown_mask
 from pipeline.outputs import atomic_path
 from pipeline.records import TileRecord
+from taxonomy.loader import Taxonomy
 
 Z = 1.959963984540054  # 95 %
+STATES = ("accepted", "corrected", "discarded")
 
 
 @dataclass(frozen=True)
@@ -63,102 +78,152 @@ def wilson(successes: int, total: int, z: float = Z) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def audit_statistics(records: list[TileRecord]) -> dict:
-    audited = [r for r in records if r.audit and any(d.state != "pending" for d in r.audit)]
-    category_states: Counter = Counter()
-    mask_states: Counter = Counter()
+PAPER_TABLE_II = {  # arXiv 2604.15652, Table II (20,000 random images across five scene domains), in %
+    "category accepted": 97.25, "category corrected": 2.22, "category discarded": 0.53,
+    "false-positive ratio": 0.53, "mask accepted": 91.66, "mask corrected": 8.34,
+}  # fmt: skip
+SAMPLE_QUEUE = "sample"
+
+
+def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
+    """Per queue: Table II and its breakdowns, from the ledger and the build's records."""
+    records = {r.key: r for r in load_records(out_dir)}
+    reviews = read_ledger(out_dir)
+    queues = sorted({r.queue for r in reviews}, key=lambda q: (q != SAMPLE_QUEUE, q))
+    tables = {queue: _queue_statistics(out_dir, latest_reviews(reviews, queue), records, taxonomy) for queue in queues}
+    sample = tables.get(SAMPLE_QUEUE)
+    proposed = sum(len(r.categories) for r in records.values() if not r.quarantine)
+    estimate = {}
+    if sample:
+        estimate = {
+            name: {"expected": _round(rate.value * proposed), "ci95": [_round(b * proposed) for b in rate.interval]}
+            for name, rate in (("discarded categories", sample["table"]["category discarded"]),
+                               ("corrected categories", sample["table"]["category corrected"]))
+        }  # fmt: skip
+    return {
+        "queues": tables,
+        "paper": PAPER_TABLE_II,
+        "dataset": {"tiles": sum(1 for r in records.values() if not r.quarantine), "proposed categories": proposed,
+                    "estimate": estimate},  # fmt: skip
+    }
+
+
+def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[str, TileRecord], taxonomy: Taxonomy) -> dict:
+    categories: Counter = Counter()
+    masks: Counter = Counter()
+    kinds: Counter = Counter()
+    kind_sources: Counter = Counter()
     per_category: dict[str, Counter] = defaultdict(Counter)
     per_domain: dict[str, Counter] = defaultdict(Counter)
     ious: list[float] = []
-    added = images_with_discard = 0
-    for record in audited:
+    images = images_with_discard = added = stale = 0
+    domains: set[str] = set()
+    for key, review in sorted(latest.items()):
+        record = records.get(key)
+        if record is None or record.quarantine:
+            continue
+        shown = shown_mask(out_dir, review.proposal_digest)
+        proposal = proposal_mask(out_dir, record)
+        shown = proposal if shown is None else shown
+        try:
+            _, decisions = review_annotation(shown, review.result, taxonomy)
+        except ReviewShapeError:
+            continue
+        images += 1
+        stale += review.proposal_digest is not None and review.proposal_digest != proposal_digest(proposal)
         domain = record.domain.name if record.domain else "unknown"
-        for decision in record.audit:
+        domains.add(domain)
+        for decision in decisions:
             kind, name = decision.target.split(":", 1)
-            if kind == "category":
-                if decision.state == "corrected" and decision.corrected_to == name:
-                    added += 1  # painted by the reviewer, not proposed by the build
-                    continue
-                category_states[decision.state] += 1
+            if kind == "category" and decision.kind == "added":
+                added += 1
+            elif kind == "category":
+                categories[decision.state] += 1
                 per_category[name][decision.state] += 1
                 per_domain[domain][decision.state] += 1
-            elif kind == "mask":
-                mask_states[decision.state] += 1
+            else:
+                masks[decision.state] += 1
                 per_category[name]["mask " + decision.state] += 1
-                if decision.mask_iou is not None:
-                    ious.append(decision.mask_iou)
-        images_with_discard += any(d.state == "discarded" for d in record.audit)
-    n_categories = sum(category_states[s] for s in ("accepted", "corrected", "discarded"))
-    n_masks = mask_states["accepted"] + mask_states["corrected"]
-    all_proposed = sum(len(r.categories) for r in records if not r.quarantine and not r.audit) + n_categories
-
-    def rates(counter: Counter) -> dict:
-        total = sum(counter[s] for s in ("accepted", "corrected", "discarded"))
-        return {s: Rate(counter[s], total) for s in ("accepted", "corrected", "discarded")}
-
+                ious.append(decision.mask_iou)
+                if decision.kind:
+                    kinds[decision.kind] += 1
+                    kind_sources[decision.kind_source] += 1
+        images_with_discard += any(d.state == "discarded" for d in decisions)
+    n_categories = sum(categories[s] for s in STATES)
+    n_masks = masks["accepted"] + masks["corrected"]
     table = {
-        "audited images": len(audited),
-        "audited domains": len({r.domain.name if r.domain else "unknown" for r in audited}),
-        "category accepted": Rate(category_states["accepted"], n_categories),
-        "category corrected": Rate(category_states["corrected"], n_categories),
-        "category discarded": Rate(category_states["discarded"], n_categories),
-        "mask accepted": Rate(mask_states["accepted"], n_masks),
-        "mask corrected": Rate(mask_states["corrected"], n_masks),
-        "false-positive ratio": Rate(images_with_discard, len(audited)),
-        "added categories per audited image": round(added / len(audited), 4) if audited else float("nan"),
+        "audited images": images,
+        "audited domains": len(domains),
+        "category accepted": Rate(categories["accepted"], n_categories),
+        "category corrected": Rate(categories["corrected"], n_categories),
+        "category discarded": Rate(categories["discarded"], n_categories),
+        "false-positive ratio": Rate(categories["discarded"], n_categories),
+        "mask accepted": Rate(masks["accepted"], n_masks),
+        "mask corrected": Rate(masks["corrected"], n_masks),
+        **{f"mask correction: {k}": Rate(kinds[k], masks["corrected"]) for k in CORRECTION_KINDS},
+        "images with a discarded category": Rate(images_with_discard, images),
+        "added categories per audited image": round(added / images, 4) if images else float("nan"),
+        "stale reviews": stale,
     }
-    estimate = {
-        name: {"expected": _round(rate.value * all_proposed), "ci95": [_round(b * all_proposed) for b in rate.interval]}
-        for name, rate in (("discarded categories", table["category discarded"]), ("corrected categories", table["category corrected"]))
-    }  # fmt: skip
     return {
         "table": table,
-        "per_category": {name: rates(counter) for name, counter in sorted(per_category.items())},
-        "per_domain": {name: rates(counter) for name, counter in sorted(per_domain.items())},
+        "correction kind source": {"reviewer": kind_sources["reviewer"], "inferred": kind_sources["inferred"]},
+        "per_category": {name: _rates(counter) for name, counter in sorted(per_category.items())},
+        "per_domain": {name: _rates(counter) for name, counter in sorted(per_domain.items())},
         "mask_iou": sorted(ious),
-        "dataset": {"tiles": sum(1 for r in records if not r.quarantine), "proposed categories": all_proposed, "estimate": estimate},
     }
 
 
-def write_report(records: list[TileRecord], folder: Path) -> dict:
-    """audit_stats.md, audit_stats.json, iou.png and rates.png in `folder`."""
-    stats = audit_statistics(records)
+def _rates(counter: Counter) -> dict:
+    total = sum(counter[s] for s in STATES)
+    return {s: Rate(counter[s], total) for s in STATES}
+
+
+def write_report(out_dir: Path, folder: Path, taxonomy: Taxonomy) -> dict:
+    """audit_stats.md, audit_stats.json, and per queue iou-QUEUE.png and rates-QUEUE.png in `folder`."""
+    stats = audit_statistics(out_dir, taxonomy)
     folder.mkdir(parents=True, exist_ok=True)
     payload = _jsonable(stats)
     with atomic_path(folder / "audit_stats.json") as temporary:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True))
     with atomic_path(folder / "audit_stats.md") as temporary:
         temporary.write_text(_markdown(stats))
-    _charts(stats, folder)
+    for queue, queue_stats in stats["queues"].items():
+        _charts(queue_stats, folder, queue)
     return payload
 
 
 def _markdown(stats: dict) -> str:
-    table = stats["table"]
-    lines = ["# Audit statistics", "", "Rates with 95% Wilson intervals and [count/total].", "",
-             "## Table II", "", "| row | value |", "|---|---|"]  # fmt: skip
-    for row, value in table.items():
-        lines.append(f"| {row} | {value.text() if isinstance(value, Rate) else value} |")
-    lines += ["", "## Per category", "", "| category | accepted | corrected | discarded |", "|---|---|---|---|"]
-    for name, rates in stats["per_category"].items():
-        lines.append(f"| {name} | {rates['accepted'].text()} | {rates['corrected'].text()} | {rates['discarded'].text()} |")
-    lines += ["", "## Per domain", "", "| domain | accepted | corrected | discarded |", "|---|---|---|---|"]
-    for name, rates in stats["per_domain"].items():
-        lines.append(f"| {name} | {rates['accepted'].text()} | {rates['corrected'].text()} | {rates['discarded'].text()} |")
-    ious = stats["mask_iou"]
-    if ious:
-        lines += ["", f"## Proposed vs corrected mask IoU ({len(ious)} masks)", "",
-                  f"median {ious[len(ious) // 2]:.3f}, min {ious[0]:.3f}, max {ious[-1]:.3f}", "", "![IoU](iou.png)"]  # fmt: skip
+    lines = ["# Audit statistics", "", "Rates with 95% Wilson intervals and [count/total]; the paper's Table II beside ours.", ""]
+    if not stats["queues"]:
+        lines += ["No reviews in the ledger yet (`ovrsis audit pull`).", ""]
+    for queue, queue_stats in stats["queues"].items():
+        title = "Table II (random sample)" if queue == SAMPLE_QUEUE else f"Queue `{queue}` (not a random sample)"
+        lines += [f"## {title}", "", "| row | ours | paper |", "|---|---|---|"]
+        for row, value in queue_stats["table"].items():
+            ours = value.text() if isinstance(value, Rate) else value
+            paper = f"{PAPER_TABLE_II[row]:.2f}%" if row in PAPER_TABLE_II and queue == SAMPLE_QUEUE else ""
+            lines.append(f"| {row} | {ours} | {paper} |")
+        sources = queue_stats["correction kind source"]
+        lines += ["", f"Correction kinds: {sources['reviewer']} chosen by the reviewer, {sources['inferred']} inferred.", ""]
+        for heading, rows in (("category", queue_stats["per_category"]), ("domain", queue_stats["per_domain"])):
+            lines += [f"### Per {heading} ({queue})", "", f"| {heading} | accepted | corrected | discarded |", "|---|---|---|---|"]
+            lines += [f"| {name} | {r['accepted'].text()} | {r['corrected'].text()} | {r['discarded'].text()} |" for name, r in rows.items()]
+            lines.append("")
+        ious = queue_stats["mask_iou"]
+        if ious:
+            lines += [f"Shown vs reviewed mask IoU ({len(ious)} masks): median {ious[len(ious) // 2]:.3f}, "
+                      f"min {ious[0]:.3f}, max {ious[-1]:.3f}", "", f"![IoU](iou-{queue}.png) ![rates](rates-{queue}.png)", ""]  # fmt: skip
     dataset = stats["dataset"]
-    lines += ["", "## Estimate for the whole dataset", "",
+    lines += ["## Estimate for the whole dataset (from the random sample)", "",
               f"{dataset['tiles']} tiles, {dataset['proposed categories']} proposed categories.", ""]  # fmt: skip
     for name, estimate in dataset["estimate"].items():
         lines.append(f"- {name}: about {estimate['expected']} (95%: {estimate['ci95'][0]}–{estimate['ci95'][1]})")
-    lines += ["", "![rates per category](rates.png)", "", "## Definitions", "", __doc__.split("Definitions (also written into the report):")[1].strip(), ""]
+    lines += ["", "## Definitions", "", __doc__.split("Definitions (also written into the report):")[1].strip(), ""]
     return "\n".join(lines)
 
 
-def _charts(stats: dict, folder: Path) -> None:
+def _charts(stats: dict, folder: Path, queue: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,9 +233,9 @@ def _charts(stats: dict, folder: Path) -> None:
     axis.hist(stats["mask_iou"] or [float("nan")], bins=20, range=(0, 1), color="#4477aa")
     axis.set_xlabel("IoU of proposed vs reviewed mask")
     axis.set_ylabel("masks")
-    axis.set_title("mask IoU after review")
+    axis.set_title(f"mask IoU after review ({queue})")
     figure.tight_layout()
-    with atomic_path(folder / "iou.png") as temporary:
+    with atomic_path(folder / f"iou-{queue}.png") as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
 
@@ -184,11 +249,11 @@ def _charts(stats: dict, folder: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, values)]
     axis.set_ylim(0, 1)
     axis.set_ylabel("share of proposed categories")
-    axis.set_title("audit decisions per category")
+    axis.set_title(f"audit decisions per category ({queue})")
     axis.tick_params(axis="x", rotation=60, labelsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(folder / "rates.png") as temporary:
+    with atomic_path(folder / f"rates-{queue}.png") as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
 

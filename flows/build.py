@@ -33,7 +33,7 @@ from pipeline.annotate import AnnotateSummary, Annotator, RasterPixels, TileStat
 from pipeline.batching import batched
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
 from pipeline.jsonl import atomic_writer
-from pipeline.records import SCHEMA_VERSION, TileRecord, read_records, write_records
+from pipeline.records import SCHEMA_VERSION, TileRecord, write_records
 from pipeline.selection import select_tiles, statistics, write_report
 from pipeline.shards import write_shards
 
@@ -67,11 +67,10 @@ def _ingest_raster(path: str, stem: str, config_path: str, cache_key: str) -> li
     """The tile records of one raster (windows, georeferencing, quarantines); pixels are re-read later."""
     config = load_build_config(config_path).annotate_config()
     try:
-        source = RasterSource(Path(path), config.bands, source_stem=stem)
-    except (IngestError, OSError) as error:
+        with RasterSource(Path(path), config.bands, stem, config.max_pixels) as source:
+            return [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
+    except IngestError as error:  # unreadable, undecodable, refused by --max-pixels: the reason is recorded
         return [quarantined_file(Path(path), str(error))]
-    with source:
-        return [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
 
 
 class Batch:
@@ -102,44 +101,47 @@ def _write_outputs(batch: Batch, config_path: str) -> list[TileRecord]:
     return [s.record for s in batch.states]
 
 
-def _audit_pull(config_path: str) -> str:
-    """Apply the reviews in Label Studio to the records and masks; returns the audit round: a digest
-    of the reviews applied, so the same reviews give the same manifest."""
-    from audit.apply import find_project, pull
+def _audit_pull(config_path: str) -> int:
+    """Append every queue's completed reviews in Label Studio to the review ledger; returns how many
+    were new. Applying them is `_apply_reviews`, which every build runs, server or not."""
     from audit.client import AuditClient
+    from audit.session import default_title, pull_queues
     from audit.settings import server_settings
-    from taxonomy.loader import load_taxonomy
 
     config = load_build_config(config_path)
     client = AuditClient(server_settings(config.audit.url))
-    title = config.audit.project or f"ovrsis audit: {config.output.resolve().name}"
-    summary = pull(client, find_project(client, title), config.output, load_taxonomy(config.taxonomy))
-    from audit.apply import read_export
+    summaries = pull_queues(client, config.output, config.audit.project or default_title(config.output))
+    return sum(s.new_reviews for s in summaries)
 
-    reviews = sorted(
-        (task["data"]["key"], [a.get("result") for a in task.get("annotations") or [] if not a.get("was_cancelled")])
-        for task in read_export(summary.export)
-    )
-    return f"reviews:{summary.reviewed}:{_digest(reviews)[:12]}"
+
+def _apply_reviews(records: list[TileRecord], config_path: str) -> tuple[list[TileRecord], str | None]:
+    """The review ledger applied to this build's fresh proposals: the reviewed masks and categories
+    replace the proposals of every reviewed tile. Returns the records and the audit round."""
+    from audit.apply import apply_reviews
+    from taxonomy.loader import load_taxonomy
+
+    config = load_build_config(config_path)
+    summary = apply_reviews(config.output, records, load_taxonomy(config.taxonomy), fresh_proposals=True)
+    logger = get_run_logger()
+    logger.info("reviews applied: %d tile(s) (%d stale), %d pending", summary.reviewed, summary.stale, summary.pending)
+    for problem in summary.problems:
+        logger.warning(problem)
+    return records, summary.audit_round
 
 
 def _audit_push(config_path: str) -> int:
     """Queue a domain-stratified sample (and the uncertain tiles) for review; returns tasks created."""
     from audit.client import AuditClient
-    from audit.queue import load_live_records, push, stratified_sample, uncertain_sample
+    from audit.session import QueuePlan, default_title, push_queues
     from audit.settings import server_settings
     from taxonomy.loader import load_taxonomy
 
     config = load_build_config(config_path)
     client = AuditClient(server_settings(config.audit.url))
-    live, taxonomy = load_live_records(config.output), load_taxonomy(config.taxonomy)
-    title = config.audit.project or f"ovrsis audit: {config.output.resolve().name}"
-    created = push(client, config.output, taxonomy, stratified_sample(live, config.audit.push_sample, config.audit.seed),
-                   title, config.output).created  # fmt: skip
-    if config.audit.uncertain:
-        created += push(client, config.output, taxonomy, uncertain_sample(live, config.audit.uncertain),
-                        title + " (uncertain)", config.output, queue="uncertain").created  # fmt: skip
-    return created
+    plan = QueuePlan(sample=config.audit.push_sample, seed=config.audit.seed, uncertain=config.audit.uncertain)
+    pushed = push_queues(client, config.output, load_taxonomy(config.taxonomy),
+                         config.audit.project or default_title(config.output), config.output, plan)  # fmt: skip
+    return sum(summary.created for _, summary in pushed)
 
 
 def _select(records: list[TileRecord], config_path: str) -> list[str]:
@@ -181,6 +183,7 @@ write_outputs = task(_write_outputs, name="write-outputs", retries=2, retry_dela
 select_task = task(_select, name="select", retries=1)
 shards_task = task(_write_shards, name="shards", retries=1)
 audit_pull_task = task(_audit_pull, name="audit-pull", retries=2, retry_delay_seconds=5)
+apply_reviews_task = task(_apply_reviews, name="apply-reviews")
 audit_push_task = task(_audit_push, name="audit-push", retries=2, retry_delay_seconds=5)
 
 
@@ -220,13 +223,11 @@ def build_stages(config_path: str) -> dict:
         annotated.extend(future.result())
         progress.report(done, len(batches))
     logger.info("annotated %d tiles in %.1f s", len(annotated), time.perf_counter() - started)
+    if config.audit.pull:  # only fills the ledger; the ledger is applied below in every build
+        logger.info("%d new review(s) pulled into the ledger", audit_pull_task.submit(config_path).result())
+    annotated, audit_round = apply_reviews_task.submit(annotated, config_path).result()
     all_records = sorted([*(r for r in records if r.quarantine), *annotated], key=lambda r: r.key)
     _write_records(config, all_records)
-    audit_round = None
-    if config.audit.pull:  # the reviews replace the proposals of the reviewed tiles before sharding
-        audit_round = audit_pull_task.submit(config_path).result()
-        reviewed = {r.key: r for r in read_records(config.output / "records.jsonl")}
-        annotated = [reviewed[r.key] for r in annotated]
     selected = select_task.submit(annotated, config_path).result()
     quarantined = [r for r in all_records if r.quarantine]
     manifest = shards_task.submit(annotated, selected, config_path, len(quarantined), audit_round).result()
@@ -317,7 +318,10 @@ def _result_storage(config: BuildConfig):
 def _file_digest(path: Path) -> str:
     from pipeline.ingest import file_sha256
 
-    return file_sha256(path)
+    try:
+        return file_sha256(path)
+    except OSError as error:  # unreadable: the ingest task quarantines it with the reason
+        return f"unreadable: {error.strerror}"
 
 
 def _lexicon_digest() -> str:

@@ -82,7 +82,9 @@ class Shards(_Section):
 
 
 class Audit(_Section):
-    pull: bool = False  # before selection: pull the reviews from Label Studio and apply them
+    # before selection: pull Label Studio's reviews into the ledger (OUT/audit/ledger.jsonl) first. The ledger
+    # itself is applied by every build, pull or not, so a rebuild never drops a review.
+    pull: bool = False
     push_sample: int = Field(0, ge=0)  # after sharding: push this many tiles (stratified by domain) for review
     uncertain: int = Field(0, ge=0)  # ... and this many least-certain tiles in a second project
     seed: int = 0

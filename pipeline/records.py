@@ -77,6 +77,23 @@ class AuditDecision(BaseModel):
     reviewer: str | None = None
     time: str | None = None
     mask_iou: float | None = None
+    # masks: "boundary" | "merge" | "filtering" (how it was corrected); categories: "added" (painted by the
+    # reviewer, not proposed). kind_source says whether the reviewer chose the kind or it was inferred.
+    kind: str | None = None
+    kind_source: Literal["reviewer", "inferred"] | None = None
+
+
+class ReviewRef(BaseModel):
+    """Which human review a tile's mask and categories come from (an entry of OUT/audit/ledger.jsonl)."""
+
+    queue: str  # "sample" (random, stratified), "uncertain", "stale", ...
+    project_id: int
+    task_id: int
+    annotation_id: int
+    updated_at: str
+    reviewer: str | None = None
+    proposal_digest: str | None = None  # digest of the proposal the reviewer was shown
+    stale: bool = False  # the build's proposal has changed since: the review still wins; re-queue with --stale
 
 
 class Quarantine(BaseModel):
@@ -98,6 +115,7 @@ class TileRecord(BaseModel):
     semantic_mask: str | None = None  # path of the uint8 PNG, relative to the output folder
     conflicts: list[Conflict] = Field(default_factory=list)
     audit: list[AuditDecision] = Field(default_factory=list)
+    review: ReviewRef | None = None  # set where a human review replaced the proposal
     quarantine: Quarantine | None = None
     provenance: dict = Field(default_factory=dict)
 

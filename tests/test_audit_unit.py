@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from audit.apply import review
 from audit.queue import label_config, stratified_sample, uncertain_sample
-from audit.stats import audit_statistics, wilson
-from pipeline.records import AuditDecision, Conflict, Domain, Instance, SourceInfo, TileRecord, Window
+from audit.stats import wilson
+from pipeline.records import Conflict, Domain, Instance, SourceInfo, TileRecord, Window
 from taxonomy import load_taxonomy
 
 
@@ -48,57 +47,7 @@ def test_label_config_names_every_category():
     assert config.count("<Label ") == 35 and 'value="$proposed_options"' in config and "$conflicts_note" in config
 
 
-def brush(region_id, label, mask):
-    return {"id": region_id, "from_name": "mask", "to_name": "image", "type": "brushlabels",
-            "value": {"format": "rle", "rle": mask2rle((mask * 255).astype(np.uint8)), "brushlabels": [label]}}  # fmt: skip
-
-
-def test_review_decisions_and_reviewed_mask():
-    taxonomy = load_taxonomy("ovrsis95k")
-    road, building, tree, water = (taxonomy.index_of(n) for n in ("road", "building", "tree", "water"))
-    proposal = np.full((10, 10), 255, np.uint8)
-    proposal[:, :3] = road
-    proposal[:, 3:6] = building
-    proposal[:, 6:8] = tree
-    proposal[:, 8:] = water
-    repainted = np.zeros((10, 10), bool)
-    repainted[:5, 3:6] = True  # half of the building
-    added = np.zeros((10, 10), bool)
-    added[9, 9] = True
-    result = [
-        brush(f"r{road}", "road", proposal == road),  # accepted as is
-        brush(f"r{building}", "building", repainted),  # mask corrected
-        brush(f"r{tree}", "grass", proposal == tree),  # category corrected
-        brush(f"r{water}", "water", proposal == water),  # but discarded below
-        brush("new1", "vehicle", added),  # a category the build missed
-        {"id": "d", "from_name": "discard", "to_name": "image", "type": "choices", "value": {"choices": ["water"]}},
-    ]
-    mask, decisions = review(proposal, {"result": result}, taxonomy)
-    states = {(d.target, d.state) for d in decisions}
-    assert ("category:road", "accepted") in states and ("mask:road", "accepted") in states
-    assert ("category:building", "accepted") in states and ("mask:building", "corrected") in states
-    assert ("category:tree", "corrected") in states and ("category:water", "discarded") in states
-    assert next(d for d in decisions if d.target == "mask:building").mask_iou == pytest.approx(0.5)
-    assert next(d for d in decisions if d.target == "category:tree").corrected_to == "grass"
-    assert (mask[:, :3] == road).all() and (mask[:5, 3:6] == building).all() and (mask[5:, 3:6] == 255).all()
-    assert (mask[:, 6:8] == taxonomy.index_of("grass")).all()
-    assert (mask[:9, 8:] == 255).all() and mask[9, 9] == taxonomy.index_of("vehicle")
-    with pytest.raises(KeyError):
-        review(proposal, {"result": [brush("x", "unicorn", added)]}, taxonomy)
-
-
-def test_statistics_counts_and_wilson():
+def test_wilson_interval():
     low, high = wilson(97, 100)
     assert (low, high) == pytest.approx((0.9155, 0.9897), abs=1e-4)  # statsmodels' proportion_confint(97, 100, method="wilson")
-    reviewed = record("a", "town")
-    reviewed.audit = [AuditDecision(target="category:road", state="accepted"), AuditDecision(target="mask:road", state="accepted", mask_iou=1.0),
-                      AuditDecision(target="category:tree", state="discarded"),
-                      AuditDecision(target="category:water", state="corrected", corrected_to="sea", mask_iou=0.9)]  # fmt: skip
-    other = record("b", "forest")
-    other.audit = [AuditDecision(target="category:road", state="pending")]
-    stats = audit_statistics([reviewed, other, record("c", "town")])
-    table = stats["table"]
-    assert table["audited images"] == 1 and table["audited domains"] == 1
-    assert (table["category accepted"].successes, table["category accepted"].total) == (1, 3)
-    assert table["category discarded"].successes == 1 and table["false-positive ratio"].value == 1.0
-    assert table["mask accepted"].value == 1.0 and stats["mask_iou"] == [1.0]
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0

@@ -1,0 +1,150 @@
+"""One review, read against the proposal the reviewer was shown: the reviewed mask and the decisions.
+
+The labelling interface (audit/queue.py) shows one brush region per proposed category, with id
+`r{category index}`, a "discard" choice over the proposed categories and a per-region
+"correction" choice (boundary / merge / filtering). Per proposed category c:
+
+- c among the discard choices, or its region deleted  -> category **discarded** (a false positive);
+  its pixels become unlabeled; no mask decision (there is no mask left to judge);
+- its region relabelled to d                         -> category **corrected** (to d);
+- otherwise                                          -> category **accepted**.
+
+Every kept category (accepted or corrected) gets one mask decision:
+
+- **accepted** when the reviewer kept the region as shown (same pixels) and did not merge it;
+- **corrected** otherwise, with the kind: the reviewer's per-region choice where set
+  (`kind_source: reviewer`), else inferred (`kind_source: inferred`):
+  merge     - relabelled to another category the tile also proposed (two categories merged);
+  filtering - pixels only removed (an instance or region filtered out);
+  boundary  - otherwise (the outline repainted).
+
+The IoU of shown vs reviewed region is recorded in every case, as a measure, not as the rule.
+Extra regions the reviewer painted are joined to a kept category with the same final label, or,
+for a label nobody proposed, recorded as an **added** category (a miss of the build). The reviewed
+semantic mask is painted from the reviewed regions, larger first, smaller on top (as the merge).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle
+
+from pipeline.records import AuditDecision
+from taxonomy.loader import Category, Taxonomy
+
+IGNORE = 255
+CORRECTION_KINDS = ("boundary", "merge", "filtering")
+
+
+class ReviewShapeError(ValueError):
+    """The annotation does not fit the tile (another size, an unknown label, a malformed region)."""
+
+
+def proposed_categories(proposal: np.ndarray, taxonomy: Taxonomy) -> list[Category]:
+    present = set(np.unique(proposal).tolist()) - {IGNORE}
+    return [c for c in taxonomy.categories if c.index in present]
+
+
+def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy) -> tuple[np.ndarray, list[AuditDecision]]:
+    """The reviewed semantic mask and the decisions of one annotation's result list."""
+    regions, discarded, kinds = _read_result(result, shown.shape, taxonomy)
+    decisions: list[AuditDecision] = []
+    kept: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # region id -> (final label, reviewed, shown)
+    proposed = proposed_categories(shown, taxonomy)
+    proposed_names = {c.name for c in proposed}
+    for category in proposed:
+        region_id = f"r{category.index}"
+        if category.name in discarded or region_id not in regions:
+            decisions.append(AuditDecision(target=f"category:{category.name}", state="discarded"))
+            continue
+        label, pixels = regions[region_id]
+        if label == category.name:
+            decisions.append(AuditDecision(target=f"category:{category.name}", state="accepted"))
+        else:
+            decisions.append(AuditDecision(target=f"category:{category.name}", state="corrected", corrected_to=label))
+        kept[region_id] = (label, pixels, shown == category.index)
+    extras = _join_extras(regions, kept, {f"r{c.index}" for c in proposed}, decisions, taxonomy)
+    for region_id, (label, pixels, was_shown) in kept.items():
+        name = _name_of(region_id, taxonomy)
+        merged = label != name and label in proposed_names
+        decisions.append(_mask_decision(name, pixels, was_shown, merged, kinds.get(region_id)))
+    painted = [(taxonomy.index_of(label), pixels) for label, pixels, _ in kept.values()] + extras
+    mask = np.full(shown.shape, IGNORE, np.uint8)
+    for index, pixels in sorted(painted, key=lambda p: -int(p[1].sum())):  # larger first, smaller on top
+        mask[pixels] = index
+    return mask, decisions
+
+
+def _mask_decision(name: str, reviewed: np.ndarray, shown: np.ndarray, merged: bool, chosen: str | None) -> AuditDecision:
+    iou = _iou(shown, reviewed)
+    if not merged and np.array_equal(reviewed, shown):
+        return AuditDecision(target=f"mask:{name}", state="accepted", mask_iou=iou)
+    if chosen is not None:
+        kind, source = chosen, "reviewer"
+    elif merged:
+        kind, source = "merge", "inferred"
+    elif not (reviewed & ~shown).any():
+        kind, source = "filtering", "inferred"
+    else:
+        kind, source = "boundary", "inferred"
+    return AuditDecision(target=f"mask:{name}", state="corrected", mask_iou=iou, kind=kind, kind_source=source)
+
+
+def _join_extras(regions: dict, kept: dict, proposed_ids: set[str], decisions: list[AuditDecision],
+                 taxonomy: Taxonomy) -> list[tuple[int, np.ndarray]]:  # fmt: skip
+    """Regions the reviewer added: joined to the kept region with the same final label (a correction
+    of that category's mask), else an added category. Returns the added categories' pixels."""
+    by_label = {label: region_id for region_id, (label, _, _) in sorted(kept.items(), reverse=True)}
+    added: dict[str, np.ndarray] = {}
+    for region_id, (label, pixels) in sorted(regions.items()):
+        if region_id in proposed_ids:  # kept above, or the region of a discarded category
+            continue
+        if label in by_label:
+            final, reviewed, shown = kept[by_label[label]]
+            kept[by_label[label]] = (final, reviewed | pixels, shown)
+        else:
+            added[label] = added[label] | pixels if label in added else pixels
+    for label in added:
+        decisions.append(AuditDecision(target=f"category:{label}", state="corrected", corrected_to=label, kind="added",
+                                       kind_source="reviewer", mask_iou=0.0))  # fmt: skip
+    return [(taxonomy.index_of(label), pixels) for label, pixels in added.items()]
+
+
+def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy):
+    height, width = shape
+    regions: dict[str, tuple[str, np.ndarray]] = {}
+    discarded: set[str] = set()
+    kinds: dict[str, str] = {}
+    for item in result or []:
+        try:
+            value = item["value"]
+            if item.get("from_name") == "discard":
+                discarded.update(value.get("choices", []))
+            elif item.get("from_name") == "correction":
+                chosen = [c for c in value.get("choices", []) if c in CORRECTION_KINDS]
+                if chosen:
+                    kinds[item["id"]] = chosen[0]
+            elif item.get("type") == "brushlabels":
+                label = value["brushlabels"][0]
+                taxonomy.index_of(label)
+                if item.get("original_height", height) != height or item.get("original_width", width) != width:
+                    raise ReviewShapeError(f"region {item['id']} is {item['original_width']}x{item['original_height']}, "
+                                           f"the tile {width}x{height}")  # fmt: skip
+                pixels = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] > 127
+                if item["id"] in regions:  # the same region in several parts: union
+                    pixels |= regions[item["id"]][1]
+                regions[item["id"]] = (label, pixels)
+        except ReviewShapeError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError) as error:
+            raise ReviewShapeError(f"result item {item.get('id')!r} in an unexpected shape ({type(error).__name__}: {error})") from None
+    return regions, discarded, kinds
+
+
+def _name_of(region_id: str, taxonomy: Taxonomy) -> str:
+    return taxonomy.categories[int(region_id[1:])].name
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return round(float(np.logical_and(a, b).sum() / union), 6) if union else 1.0

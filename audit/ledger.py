@@ -1,0 +1,182 @@
+"""The review ledger: every completed human review a pull has seen, kept in the build output.
+
+`OUT/audit/ledger.jsonl` is JSON Lines, append-only, one review (a completed Label Studio
+annotation) per line, readable without this project:
+
+    {"key", "queue", "project_id", "project", "task_id", "annotation_id", "updated_at",
+     "reviewer", "result", "proposal_digest", "pulled_at"}
+
+`result` is the annotation's result list as Label Studio gives it (brush RLE regions, discard
+choices, per-region correction kinds), so the ledger alone, with no server, rebuilds every reviewed
+mask and category. `proposal_digest` names the proposal the reviewer was shown (kept as
+`OUT/audit/shown/DIGEST.png`).
+
+Why a ledger and not the records: the records and masks are derived from proposals + ledger on
+every build, so a rebuild (cache wiped, thresholds or models changed, server stopped) can never
+drop a review. An entry's identity is (project, task, annotation, updated_at): pulling twice
+appends nothing; an edited annotation appends its new version, and the latest one wins.
+
+Safety: appends take an exclusive lock, write whole lines and fsync. A writer killed mid-line
+leaves at most one torn last line (no newline); it is cut off before the next append and ignored
+when reading, and the rerun appends it again. A damaged line anywhere else is an error naming
+the file and line, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from audit.settings import AuditError
+
+LEDGER = Path("audit") / "ledger.jsonl"
+PULLS = Path("audit") / "pulls.jsonl"
+QUEUED = Path("audit") / "queued.jsonl"
+
+
+class Review(BaseModel):
+    """One completed annotation of one tile, as pulled."""
+
+    key: str
+    queue: str
+    project_id: int
+    project: str
+    task_id: int
+    annotation_id: int
+    updated_at: str
+    reviewer: str | None = None
+    result: list[dict] = Field(default_factory=list)
+    proposal_digest: str | None = None
+    pulled_at: str
+
+    @property
+    def identity(self) -> tuple[int, int, int, str]:
+        return (self.project_id, self.task_id, self.annotation_id, self.updated_at)
+
+    @property
+    def order(self) -> tuple[datetime, int]:
+        """Later reviews win: by Label Studio's update time, then by annotation id."""
+        return (_parse_time(self.updated_at), self.annotation_id)
+
+
+def ledger_path(out_dir: Path) -> Path:
+    return out_dir / LEDGER
+
+
+def read_ledger(out_dir: Path) -> list[Review]:
+    """Every review in the ledger, in file order ([] when there is none yet)."""
+    return [Review.model_validate(row) for row in read_lines(ledger_path(out_dir), Review)]
+
+
+def read_lines(path: Path, model: type[BaseModel] | None = None) -> Iterator[dict]:
+    """The JSON objects of an append-only file; a torn last line (a killed writer) is ignored, any
+    other damaged line is an AuditError naming the file and line."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as handle:
+        data = handle.read()
+    complete = data.split(b"\n")[:-1]  # text after the last newline was never finished: ignored
+    for number, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            if model is not None:
+                model.model_validate(row)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as error:
+            reason = str(error).splitlines()[0]
+            raise AuditError(f"{path}:{number}: damaged line ({reason}); every other line is intact: "
+                             f"repair or delete that line, then rerun") from None  # fmt: skip
+        yield row
+
+
+def append_reviews(out_dir: Path, reviews: Iterable[Review]) -> int:
+    """Append the reviews not already in the ledger; returns how many were new."""
+    path = ledger_path(out_dir)
+    with _locked_append(path) as handle:
+        known = {r.identity for r in read_ledger(out_dir)}
+        new = []
+        for review in reviews:
+            if review.identity not in known:
+                known.add(review.identity)
+                new.append(review)
+        _write_lines(handle, [r.model_dump(mode="json") for r in new])
+    return len(new)
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One line appended to a small append-only log (pulls, queued tasks)."""
+    with _locked_append(path) as handle:
+        _write_lines(handle, [row])
+
+
+def latest_reviews(reviews: Iterable[Review], queue: str | None = None) -> dict[str, Review]:
+    """The latest review of each tile (of one queue, or of all queues)."""
+    latest: dict[str, Review] = {}
+    for review in reviews:
+        if queue is not None and review.queue != queue:
+            continue
+        current = latest.get(review.key)
+        if current is None or review.order > current.order:
+            latest[review.key] = review
+    return latest
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _locked_append:
+    """An append handle under an exclusive lock, with any torn last line cut off first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "ab+")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        _cut_torn_tail(self.handle)
+        return self.handle
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        finally:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def _cut_torn_tail(handle) -> None:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    if size == 0:
+        return
+    handle.seek(max(0, size - 1))
+    if handle.read(1) == b"\n":
+        return
+    handle.seek(0)
+    data = handle.read()
+    handle.truncate(data.rfind(b"\n") + 1)
+    handle.seek(0, os.SEEK_END)
+
+
+def _write_lines(handle, rows: list[dict]) -> None:
+    for row in rows:
+        handle.write((json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+        handle.flush()
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -1,0 +1,114 @@
+"""Pull completed reviews from Label Studio into the build's review ledger (audit/ledger.py).
+
+A pull only reads the server and appends to the ledger; it never edits records or masks (that is
+`audit.apply`, which needs no server). Tasks are streamed page by page and each page's reviews are
+appended before the next page is read, so memory stays bounded and a pull killed or cut off
+mid-way keeps every page it finished; the rerun appends the rest and nothing twice.
+
+Every completed annotation is kept (an edited annotation appears again with its new `updated_at`);
+skipped (cancelled) annotations and open tasks add nothing, so they never downgrade a reviewed tile.
+Each pull also appends one line per project to `audit/pulls.jsonl` (tasks, reviewed, when), which
+`ovrsis audit status` reads without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from audit.client import AuditClient
+from audit.ledger import PULLS, Review, append_reviews, append_row, now
+from audit.records import proposal_mask, remember_shown
+from audit.settings import AuditError
+from pipeline.records import TileRecord
+
+PAGE_SIZE = 100
+QUEUE_SUFFIXES = {"uncertain": " (uncertain)", "stale": " (stale)"}
+
+
+@dataclass
+class PullSummary:
+    project: str
+    project_id: int
+    tasks: int = 0
+    reviewed: int = 0
+    new_reviews: int = 0
+    unknown_keys: list[str] = field(default_factory=list)
+
+
+def project_titles(title: str) -> dict[str, str]:
+    """Queue -> project title: the random sample under `title`, the other queues beside it."""
+    return {"sample": title} | {queue: title + suffix for queue, suffix in QUEUE_SUFFIXES.items()}
+
+
+def find_project(client: AuditClient, title: str) -> int | None:
+    for project in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title))):
+        if project.title == title:
+            return project.id
+    return None
+
+
+def pull_project(client: AuditClient, project_id: int, title: str, queue: str, out_dir: Path,
+                 records: dict[str, TileRecord]) -> PullSummary:  # fmt: skip
+    """Append the project's completed reviews to the ledger, one page at a time."""
+    users = client.call("listing users", lambda: list(client.sdk.users.list()))
+    emails = {user.id: user.email for user in users}
+    summary = PullSummary(project=title, project_id=project_id)
+    for page in _pages(client, project_id):
+        reviews = []
+        for task in page:
+            summary.tasks += 1
+            key = (task["data"] or {}).get("key")
+            if key not in records:
+                summary.unknown_keys.append(str(key))
+                continue
+            found = [_review(task, a, key, queue, title, project_id, emails, out_dir, records[key])
+                     for a in task["annotations"] if _completed(a)]  # fmt: skip
+            summary.reviewed += bool(found)
+            reviews.extend(found)
+        summary.new_reviews += append_reviews(out_dir, reviews)
+    append_row(out_dir / PULLS, {"project": title, "project_id": project_id, "queue": queue, "tasks": summary.tasks,
+                                 "reviewed": summary.reviewed, "new_reviews": summary.new_reviews, "pulled_at": now()})  # fmt: skip
+    return summary
+
+
+def _pages(client: AuditClient, project_id: int) -> Iterator[list[dict]]:
+    page = 1
+    while True:
+        current = client.call(f"reading tasks (page {page})", lambda: client.sdk.tasks.list(
+            project=project_id, page=page, page_size=PAGE_SIZE, fields="all"))  # fmt: skip
+        items = current.items or []
+        yield [{"id": t.id, "data": t.data, "annotations": t.annotations or []} for t in items]
+        total = getattr(current.response, "total", None)
+        if len(items) < PAGE_SIZE or (total is not None and page * PAGE_SIZE >= total):
+            return  # (has_next cannot be trusted: Label Studio answers 404 past the last page)
+        page += 1
+
+
+def _completed(annotation: dict) -> bool:
+    return not annotation.get("was_cancelled") and annotation.get("result") is not None
+
+
+def _review(task: dict, annotation: dict, key: str, queue: str, title: str, project_id: int, emails: dict,
+            out_dir: Path, record: TileRecord) -> Review:  # fmt: skip
+    digest = (task["data"] or {}).get("proposal_digest")
+    if digest is None:  # pushed before digests were kept: the proposal on disk is what was shown
+        digest = remember_shown(out_dir, proposal_mask(out_dir, record))
+    try:
+        return Review(
+            key=key, queue=(task["data"] or {}).get("queue") or queue, project_id=project_id, project=title,
+            task_id=task["id"], annotation_id=annotation["id"],
+            updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+            reviewer=_who(annotation, emails), result=annotation.get("result") or [], proposal_digest=digest, pulled_at=now(),
+        )  # fmt: skip
+    except (KeyError, ValueError) as error:
+        raise AuditError(f"task {task.get('id')} ({key}): annotation in an unexpected shape ({error})") from None
+
+
+def _who(annotation: dict, emails: dict[int, str]) -> str | None:
+    """The reviewer's e-mail (the API gives a user id or a user object)."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        return who.get("email") or emails.get(who.get("id")) or str(who.get("id"))
+    return None if who is None else emails.get(who, str(who))

@@ -1,0 +1,74 @@
+"""The audit steps as the command line and the build flow both run them: push the queues, pull
+every queue into the ledger, apply the ledger. One path, so `ovrsis audit` and `ovrsis build`
+cannot drift apart.
+
+Queues live in projects named after one title: the random sample in `TITLE`, the others in
+`TITLE (uncertain)` and `TITLE (stale)` (audit/pull.py `project_titles`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from audit.apply import ApplySummary, apply_reviews
+from audit.client import AuditClient
+from audit.pull import PullSummary, find_project, project_titles, pull_project
+from audit.queue import PushSummary, load_live_records, push, stratified_sample, uncertain_sample
+from audit.records import load_records, write_records
+from audit.settings import AuditError
+from audit.status import stale_keys
+from taxonomy.loader import Taxonomy
+
+
+@dataclass(frozen=True)
+class QueuePlan:
+    sample: int = 100
+    seed: int = 0
+    strata: str = "domain"
+    uncertain: int = 0
+    stale: bool = False
+
+
+def default_title(out_dir: Path) -> str:
+    return f"ovrsis audit: {out_dir.resolve().name}"
+
+
+def push_queues(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: str, served_root: Path,
+                plan: QueuePlan) -> list[tuple[str, PushSummary]]:  # fmt: skip
+    """Push the random sample (and the uncertain and stale queues the plan asks for)."""
+    live = load_live_records(out_dir)
+    if not live:
+        raise AuditError(f"{out_dir}: no annotated tile to review")
+    titles = project_titles(title)
+    queues = []
+    if plan.sample:
+        queues.append(("sample", stratified_sample(live, plan.sample, plan.seed, plan.strata)))
+    if plan.uncertain:
+        queues.append(("uncertain", uncertain_sample(live, plan.uncertain)))
+    if plan.stale:
+        stale = stale_keys(out_dir)
+        queues.append(("stale", [r for r in live if r.key in stale]))
+    return [(titles[queue], push(client, out_dir, taxonomy, chosen, titles[queue], served_root, queue))
+            for queue, chosen in queues if chosen]  # fmt: skip
+
+
+def pull_queues(client: AuditClient, out_dir: Path, title: str) -> list[PullSummary]:
+    """Every queue's completed reviews into the ledger; the records and masks are not touched."""
+    records = {r.key: r for r in load_records(out_dir) if not r.quarantine}
+    summaries = []
+    for queue, project_title in project_titles(title).items():
+        project_id = find_project(client, project_title)
+        if project_id is not None:
+            summaries.append(pull_project(client, project_id, project_title, queue, out_dir, records))
+    if not summaries:
+        raise AuditError(f"no Label Studio project titled {title!r} (push first)")
+    return summaries
+
+
+def apply_ledger(out_dir: Path, taxonomy: Taxonomy) -> ApplySummary:
+    """Apply the ledger to the output folder's records and masks (the proposal kept aside)."""
+    records = load_records(out_dir)
+    summary = apply_reviews(out_dir, records, taxonomy, fresh_proposals=False)
+    write_records(out_dir, records)
+    return summary

@@ -1,0 +1,59 @@
+"""Where an audit stands, per queue, from local files only (no server): what was queued
+(audit/queued.jsonl, written by each push), what was reviewed (the ledger), what went stale (the
+build's proposal changed since the review) and when each queue was last pulled (audit/pulls.jsonl)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from audit.ledger import PULLS, QUEUED, Review, latest_reviews, read_ledger, read_lines
+from audit.records import load_records, proposal_digest, proposal_mask
+from pipeline.records import TileRecord
+
+
+@dataclass
+class QueueStatus:
+    queue: str
+    tasks: int = 0
+    reviewed: int = 0
+    pending: int = 0
+    stale: int = 0
+    reviewers: set[str] = field(default_factory=set)
+    last_pull: str | None = None
+    projects: set[str] = field(default_factory=set)
+
+
+def audit_status(out_dir: Path) -> list[QueueStatus]:
+    records = {r.key: r for r in load_records(out_dir) if not r.quarantine}
+    queued: dict[str, set[str]] = defaultdict(set)
+    for row in read_lines(out_dir / QUEUED):
+        queued[row["queue"]].add(row["key"])
+    reviews = read_ledger(out_dir)
+    statuses: dict[str, QueueStatus] = {}
+    for queue in sorted(set(queued) | {r.queue for r in reviews}):
+        latest = latest_reviews(reviews, queue)
+        status = statuses[queue] = QueueStatus(queue)
+        status.tasks = len(queued[queue] | set(latest))
+        status.reviewed = len(latest)
+        status.pending = len(queued[queue] - set(latest))
+        status.reviewers = {r.reviewer for r in latest.values() if r.reviewer}
+        status.projects = {r.project for r in latest.values()}
+        status.stale = sum(1 for key, review in latest.items() if key in records and is_stale(out_dir, records[key], review))
+    for row in read_lines(out_dir / PULLS):
+        status = statuses.setdefault(row["queue"], QueueStatus(row["queue"]))
+        status.last_pull = max(status.last_pull or "", row["pulled_at"])
+        status.projects.add(row["project"])
+    return list(statuses.values())
+
+
+def stale_keys(out_dir: Path) -> set[str]:
+    """Tiles whose latest review (any queue) was of another proposal than today's."""
+    records = {r.key: r for r in load_records(out_dir) if not r.quarantine}
+    latest = latest_reviews(read_ledger(out_dir))
+    return {key for key, review in latest.items() if key in records and is_stale(out_dir, records[key], review)}
+
+
+def is_stale(out_dir: Path, record: TileRecord, review: Review) -> bool:
+    return review.proposal_digest is not None and review.proposal_digest != proposal_digest(proposal_mask(out_dir, record))
