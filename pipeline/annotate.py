@@ -30,6 +30,7 @@ from pipeline.categories import CaptionCategorizer, parse_images
 from pipeline.categorize_file import CategorizeSummary, iter_items
 from pipeline.domains import DomainClassifier
 from pipeline.ingest import (
+    MAX_PIXELS,
     BandRule,
     IngestError,
     RasterSource,
@@ -39,10 +40,10 @@ from pipeline.ingest import (
     quarantined_file,
     source_stems,
 )
-from pipeline.jsonl import atomic_writer, write_json_line
+from pipeline.jsonl import check_encoding, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from pipeline.models.detector import Detection, PromptPhrase
-from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from pipeline.outputs import overlay, remove_stale_parts, write_mask_geotiff, write_png
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
 from pipeline.stitch import stitch_to_geotiff
@@ -64,6 +65,7 @@ class AnnotateConfig:
     synonyms_in_prompt: int = 1
     match_threshold: float = DEFAULT_THRESHOLD
     match_margin: float = DEFAULT_MARGIN
+    max_pixels: int = MAX_PIXELS  # rasters whose header claims more are quarantined unread
 
 
 @dataclass
@@ -95,8 +97,8 @@ class PixelSource(Protocol):
 class RasterPixels:
     """Re-reads tiles by window; open rasters are kept (a few) so a batch reads each file once."""
 
-    def __init__(self, bands: BandRule) -> None:
-        self._open = lru_cache(maxsize=8)(lambda path, stem: RasterSource(Path(path), bands, source_stem=stem))
+    def __init__(self, bands: BandRule, max_pixels: int = MAX_PIXELS) -> None:
+        self._open = lru_cache(maxsize=8)(lambda path, stem: RasterSource(Path(path), bands, stem, max_pixels))
 
     def __call__(self, record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
         stem = record.key.rsplit("__r", 1)[0]
@@ -148,7 +150,7 @@ class Annotator:
         self.given_captions = captions or {}
         self.categorizer = CaptionCategorizer(taxonomy, config.match_threshold, config.match_margin)
         self.domains = DomainClassifier()
-        self.pixels = RasterPixels(config.bands)  # for stages run on records alone (the Prefect flow)
+        self.pixels = RasterPixels(config.bands, config.max_pixels)  # for stages run on records alone (the Prefect flow)
         self.package_version = package_version
         self.summary = AnnotateSummary()
         self.stages: dict[str, Callable[[list[TileState], PixelSource], None]] = {
@@ -159,14 +161,24 @@ class Annotator:
     # --- whole runs -----------------------------------------------------------------------------
 
     def run(self, inputs: Path, on_tile: Callable[[], None] | None = None) -> AnnotateSummary:
-        """Annotate every raster under `inputs` in one process; records go to OUT/records.jsonl."""
-        records_by_source: dict[str, list[TileRecord]] = defaultdict(list)
-        with atomic_writer(self.out_dir / "records.jsonl") as handle:
+        """Annotate every raster under `inputs` in one process.
+
+        Records are appended to OUT/records.jsonl batch by batch (flushed), so a run stopped half-way
+        keeps the tiles it finished; the summary is the caller's to write at the end. Temporaries an
+        interrupted run left behind (`.NAME.*.part`) are removed first."""
+        for folder in (self.out_dir, *(self.out_dir / name for name in ("masks", "overlays", "stitched"))):
+            remove_stale_parts(folder)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stitchable: dict[str, list[TileRecord]] = defaultdict(list)
+        with open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
 
             def emit(state: TileState) -> None:
                 self.summary.count(state)
-                records_by_source[state.record.source.path].append(state.record)
-                write_json_line(handle, state.record.model_dump(mode="json"))
+                record = state.record
+                if self.config.stitch and record.source.transform:  # only what stitching needs, not the instances
+                    stitchable[record.source.path].append(TileRecord(key=record.key, source=record.source,
+                        semantic_mask=record.semantic_mask, quarantine=record.quarantine))  # fmt: skip
+                write_json_line(handle, record.model_dump(mode="json"))
 
             for batch in batched(self.tiles(inputs), self.config.batch_size):
                 pixels = {t.record.key: (t.image, t.valid) for t in batch if isinstance(t, Tile)}
@@ -182,8 +194,9 @@ class Annotator:
                     emit(state)
                     if on_tile:
                         on_tile()
+                handle.flush()
         if self.config.stitch:
-            self.stitch(records_by_source)
+            self.stitch(stitchable)
         return self.summary
 
     def tiles(self, inputs: Path) -> Iterator[Tile | TileRecord]:
@@ -192,18 +205,15 @@ class Annotator:
         yield from unsupported
         stems = source_stems(rasters)
         for path in rasters:
-            stem = stems[path]
             started = time.perf_counter()
             try:
-                source = RasterSource(path, self.config.bands, source_stem=stem)
-            except (IngestError, OSError) as error:
+                with RasterSource(path, self.config.bands, stems[path], self.config.max_pixels) as source:
+                    for item in source.tiles(self.config.tiling):
+                        self.summary.seconds["ingest"] += time.perf_counter() - started
+                        yield item
+                        started = time.perf_counter()
+            except IngestError as error:  # unreadable, undecodable, refused, or unreadable once opened
                 yield quarantined_file(path, str(error))
-                continue
-            with source:
-                for item in source.tiles(self.config.tiling):
-                    self.summary.seconds["ingest"] += time.perf_counter() - started
-                    yield item
-                    started = time.perf_counter()
 
     # --- stages ---------------------------------------------------------------------------------
 
@@ -364,7 +374,12 @@ def run_stage(stage: str, states: list[TileState], step: Callable, pixels: Pixel
 
 
 def load_caption_file(path: Path) -> dict[str, list[str]]:
-    """`--captions` input: the same JSON Lines as `ovrsis categories`; ids are tile keys, file stems or names."""
+    """`--captions` input: the same JSON Lines as `ovrsis categories`; ids are tile keys, file stems or names.
+    Any bad line refuses the whole file (ValueError naming the line): a tile whose given caption was
+    dropped would silently get a model caption instead."""
+    if not path.is_file():
+        raise ValueError(f"{path}: captions file not found")
+    check_encoding(path)
     summary = CategorizeSummary()
     captions = {item.id: item.captions for item in iter_items(path, summary)}
     if summary.errors:

@@ -2,6 +2,9 @@
 
 Input lines are `{"id": str, "caption": str}` or `{"id": str, "captions": [str, ...]}`. Bad lines and
 bad captions are reported with their line number and written to an errors file; the rest go on.
+A caption longer than MAX_CAPTION_CHARS is a bad caption (spaCy refuses texts over 1,000,000
+characters, and long before that one caption would hold a batch's memory), and a batch the parser or
+matcher fails on is retried line by line, so only the line at fault is reported.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pipeline.batching import batched
 from pipeline.categories import CaptionCategorizer
 from pipeline.jsonl import LineError, atomic_writer, read_jsonl, write_json_line
 from pipeline.phrases import CaptionError, check_caption
+
+MAX_CAPTION_CHARS = 10_000  # ~1,500 words: ten times the longest generated captions
 
 
 @dataclass
@@ -57,13 +62,19 @@ def parse_item(line: int, value: Any, warnings: list[LineError]) -> CaptionItem:
     usable, dropped = [], []
     for position, caption in enumerate(captions):
         try:
-            usable.append(check_caption(caption))
+            usable.append(_check_length(check_caption(caption)))
         except CaptionError as error:
             dropped.append(LineError(line, f"id {identifier!r} caption #{position}: {error}", ""))
     if not usable:
         raise ValueError(f"id {identifier!r}: no usable caption ({dropped[-1].message.split(': ', 1)[-1]})")
     warnings.extend(dropped)
     return CaptionItem(line, identifier, usable)
+
+
+def _check_length(caption: str) -> str:
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise CaptionError(f"caption is {len(caption):,} characters long (at most {MAX_CAPTION_CHARS:,})")
+    return caption
 
 
 def iter_items(path: Path, summary: CategorizeSummary) -> Iterator[CaptionItem]:
@@ -99,7 +110,7 @@ def categorize_file(
     summary = CategorizeSummary()
     with atomic_writer(out_path) as out:
         for batch in batched(iter_items(captions_path, summary), batch_size):
-            for item, result in zip(batch, categorizer.categorize([item.captions for item in batch])):
+            for item, result in _categorize(categorizer, batch, summary):
                 write_json_line(
                     out,
                     {
@@ -114,9 +125,31 @@ def categorize_file(
                 on_batch(batch[-1].line - batch[0].line + 1)
     if errors_path is not None and (summary.errors or summary.warnings):
         with atomic_writer(errors_path) as handle:
-            for problem in [*summary.errors, *summary.warnings]:
+            for problem in sorted([*summary.errors, *summary.warnings], key=lambda p: p.line):
                 write_json_line(handle, {"line": problem.line, "error": problem.message, "raw": problem.raw})
     return summary
+
+
+def _categorize(categorizer: CaptionCategorizer, batch: list[CaptionItem], summary: CategorizeSummary):
+    """(item, result) for the batch, in order; if the batch fails, line by line, each failing line
+    reported as an error instead of costing the batch."""
+    try:
+        return list(zip(batch, categorizer.categorize([item.captions for item in batch])))
+    except Exception:  # noqa: BLE001 - isolated below, line by line
+        return [pair for item in batch for pair in _categorize_one(categorizer, item, summary)]
+
+
+def _categorize_one(categorizer: CaptionCategorizer, item: CaptionItem, summary: CategorizeSummary):
+    try:
+        return [(item, categorizer.categorize([item.captions])[0])]
+    except Exception as error:  # noqa: BLE001 - any parser or matcher failure costs this line only
+        summary.errors.append(LineError(item.line, f"id {item.id!r}: {type(error).__name__}: {_first_line(error)}",
+                                        repr(item.captions)[:200]))  # fmt: skip
+        return []
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
 
 
 def _count(summary: CategorizeSummary, item: CaptionItem, result) -> None:

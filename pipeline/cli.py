@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.ingest import MAX_PIXELS
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
@@ -34,9 +35,13 @@ method: exact (a category name), synonym (a synonym, or the bundled remote-sensi
 embedding (all-MiniLM-L6-v2 similarity >= --threshold and >= --margin ahead of the runner-up).
 
 \b
-Bad lines (invalid JSON, missing id, empty or non-English captions, duplicate ids) are reported
-with their line number and written to --errors (default: OUT with .errors.jsonl); the other lines
-are processed. Exit status 1 when no line could be processed, or with --strict when any line failed.
+Bad lines (invalid JSON, not UTF-8, missing id, empty, non-English or over-long captions,
+duplicate ids) are reported with their line number and written to --errors (default: OUT with
+.errors.jsonl); the other lines are processed. A UTF-8 byte-order mark is ignored.
+
+\b
+Exit status: 0 every line processed; 1 some lines or captions skipped (the last line printed
+names the errors file); 2 nothing done (unknown taxonomy, missing, empty or UTF-16 input).
 
 Bundled taxonomies: {", ".join(bundled_taxonomies())}.
 """
@@ -51,7 +56,6 @@ def categories(
     margin: float = typer.Option(DEFAULT_MARGIN, help="Required lead of the best category over the runner-up."),
     no_embedding: bool = typer.Option(False, "--no-embedding", help="Exact, synonym and lexicon matches only."),
     batch_size: int = typer.Option(1024, min=1, help="Images per batch (one spaCy pipe, one embedding call)."),
-    strict: bool = typer.Option(False, help="Exit 1 if any input line fails."),
     preview: int = typer.Option(0, min=0, help="Also print the first N results, one line per image."),
 ) -> None:
     from pipeline.categories import CaptionCategorizer
@@ -62,9 +66,11 @@ def categories(
     except TaxonomyError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
-    if not captions.is_file():
-        console.print(f"[red]error:[/red] {captions}: captions file not found")
-        raise typer.Exit(2)
+    try:
+        _check_captions_file(captions)
+    except (ValueError, OSError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from error
     errors_path = errors or out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
     categorizer = CaptionCategorizer(
         vocabulary, threshold=threshold, margin=margin, embedder_model=None if no_embedding else "all-MiniLM-L6-v2"
@@ -81,8 +87,20 @@ def categories(
         )
     _print_preview(out, preview)
     _print_summary(vocabulary.name, vocabulary.version, out, errors_path, summary)
-    if summary.images == 0 or (strict and summary.errors):
+    if summary.errors or summary.warnings:
         raise typer.Exit(1)
+
+
+def _check_captions_file(captions: Path) -> None:
+    """Refuse, before any model loads, an input that cannot hold a single caption line."""
+    from pipeline.jsonl import check_encoding
+
+    if not captions.is_file():
+        raise ValueError(f"{captions}: captions file not found")
+    check_encoding(captions)
+    with open(captions, "rb") as handle:
+        if not any(line.strip() for line in handle):
+            raise ValueError(f"{captions}: no caption lines (the file is empty)")
 
 
 def _print_preview(out: Path, count: int) -> None:
@@ -117,7 +135,8 @@ def _print_summary(name: str, version: str, out: Path, errors_path: Path, summar
         console.print(f"... and {len(summary.errors) - 10} more")
     if summary.errors or summary.warnings:
         console.print(
-            f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped; details in {errors_path}"
+            f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped; reasons in {errors_path}",
+            highlight=False,
         )
     sys.stderr.flush()
 
@@ -131,7 +150,14 @@ Writes to OUT:
   masks/KEY.tif      the same mask as a GeoTIFF on the tile's grid (georeferenced inputs)
   overlays/KEY.png   quick-look: the tile tinted by class
   stitched/NAME.tif  full-size mask of each georeferenced raster cut into several tiles
-  summary.json       counts, per-stage seconds, quarantined tiles
+  summary.json       counts, per-stage seconds, quarantined tiles (written at the end)
+
+\b
+records.jsonl grows as tiles finish: a stopped run keeps them (no summary.json means stopped).
+Bad files and tiles (unreadable, corrupt, truncated, broken links, other formats, a header over
+--max-pixels, all nodata, a model failing on a tile) are quarantined with the reason; the run goes on.
+Exit status: 0 every tile annotated; 1 some quarantined (the last line printed says how many and
+names summary.json); 2 nothing done (bad option, taxonomy, models, captions file, empty input).
 
 \b
 --models: `default` (Florence-2, GroundingDINO, SAM; weights from the hub or a local cache),
@@ -159,11 +185,12 @@ def annotate(
     geotiff: bool = typer.Option(True, help="Also write GeoTIFF masks for georeferenced tiles."),
     overlays: bool = typer.Option(True, help="Write quick-look overlay PNGs."),
     stitch: bool = typer.Option(True, help="Write full-size stitched masks."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Quarantine rasters whose header claims more pixels (width x height)."),
 ) -> None:
     from importlib.metadata import version
 
     from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-    from pipeline.ingest import BandRule, TilingConfig
+    from pipeline.ingest import BandRule, TilingConfig, find_rasters
     from pipeline.merge import MergeConfig
     from pipeline.models.config import ModelSet, load_models_config
 
@@ -173,28 +200,35 @@ def annotate(
             tiling=TilingConfig(tile_size, overlap),
             bands=BandRule(bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")),
             merge=MergeConfig(min_area, fill_holes, _choice(background, ("ignore", "class"), "--background")),
-            batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch,
+            batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch, max_pixels=max_pixels,
         )  # fmt: skip
         model_set = ModelSet(load_models_config(models))
         given = load_caption_file(captions) if captions else None
-        if not input_path.exists():
-            raise FileNotFoundError(f"{input_path}: input not found")
+        rasters, skipped = find_rasters(input_path)
+        if not rasters and not skipped:
+            raise ValueError(f"{input_path}: no files in the input folder")
         out.mkdir(parents=True, exist_ok=True)
-    except (TaxonomyError, ValueError, FileNotFoundError, OSError) as error:
-        console.print(f"[red]error:[/red] {error}")
+    except (TaxonomyError, ValueError, OSError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from error
     annotator = Annotator(vocabulary, model_set, out, config, captions=given, package_version=version("ovrsis"))
-    with Progress(
-        TextColumn("[bold]annotate[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("tiles", total=_planned_tiles(input_path, config.tiling))
-        summary = annotator.run(input_path, on_tile=lambda: progress.advance(task))
+    try:
+        with Progress(
+            TextColumn("[bold]annotate[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+            TimeElapsedColumn(), console=console, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("tiles", total=(_planned_tiles(rasters, config) + len(skipped)) or None)
+            summary = annotator.run(input_path, on_tile=lambda: progress.advance(task))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the {annotator.summary.tiles} tiles finished are in {out / 'records.jsonl'}", highlight=False)
+        raise typer.Exit(130) from None
     _write_annotate_summary(out, summary)
     _print_annotate_summary(out, summary)
     if models == "tiny":
         console.print("[dim]tiny random-weight models: the masks show the plumbing, not a real segmentation[/dim]")
-    if summary.annotated == 0:
+    if summary.quarantined:
+        console.print(f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined; reasons in {out / 'summary.json'}",
+                      highlight=False)  # fmt: skip
         raise typer.Exit(1)
 
 
@@ -216,25 +250,27 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     return value
 
 
-def _planned_tiles(input_path: Path, tiling) -> int | None:
-    """Tiles the run will visit, from raster headers only (for the progress bar)."""
+def _planned_tiles(rasters: list[Path], config) -> int:
+    """Tiles the run will visit, from raster headers only (for the progress bar); a file that cannot
+    be opened, or whose header is over --max-pixels, counts as the one record it will get."""
     import warnings
 
     import rasterio
 
-    from pipeline.ingest import find_rasters, plan_windows
+    from pipeline.ingest import plan_windows
 
     total = 0
-    rasters, _ = find_rasters(input_path)
     for path in rasters:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with rasterio.open(path) as dataset:
-                    total += len(plan_windows(dataset.width, dataset.height, tiling.tile_size, tiling.overlap))
+                    width, height = dataset.width, dataset.height
         except Exception:  # noqa: BLE001 - unreadable files are quarantined by the run itself
-            continue
-    return total or None
+            width = height = 0
+        refused = width * height > config.max_pixels
+        total += 1 if refused else max(1, len(plan_windows(width, height, config.tiling.tile_size, config.tiling.overlap)))
+    return total
 
 
 def _write_annotate_summary(out: Path, summary) -> None:

@@ -10,13 +10,21 @@ Band rule (documented in the README and recorded per tile):
   same mapping and no tile's histogram changes its neighbour's colours.
 - nodata: pixels the dataset mask marks invalid (nodata value, alpha or internal mask) are black in
   the image and become 255 (ignore) in every mask; a tile with no valid pixel is quarantined.
+- PNG and JPEG (up to PIL's decompression-bomb limit, ~89 MP) are decoded by PIL, as detectron2's
+  reader does: a file cut short is an error (GDAL would return garbage), the EXIF orientation is
+  applied (unless the file is georeferenced: a world file describes the stored grid), and palette
+  images are expanded to RGB.
 
-Large rasters are never read whole: tiles come from windowed reads, so memory stays flat.
+Large rasters are never read whole: tiles come from windowed reads, so memory stays flat. A header
+claiming more than `max_pixels` (default 2.5e9, a 50000 x 50000 raster) is refused before any read.
+Every failure to open, decode or read becomes an IngestError whose message is the reason to record
+(GDAL's own words, not rasterio's "See previous exception").
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -26,8 +34,11 @@ from typing import Iterator, Literal
 
 import numpy as np
 import rasterio
+from affine import Affine
+from PIL import Image, ImageOps
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import DatasetReader, MemoryFile
 from rasterio.windows import Window as RioWindow
 from rasterio.windows import transform as window_transform
 
@@ -36,6 +47,8 @@ from pipeline.records import Quarantine, SourceInfo, TileRecord, Window, tile_ke
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt")
 SIDECAR_SUFFIXES = (".xml", ".aux", ".ovr", ".json", ".jsonl", ".geojson", ".txt", ".md", ".prj", ".tfw", ".wld")
 STATS_MAX_SIDE = 1024
+MAX_PIXELS = 2_500_000_000  # default refusal threshold for a raster's header (width x height)
+PIL_DRIVERS = ("PNG", "JPEG")  # decoded by PIL: truncation is an error, EXIF orientation applied
 
 
 class IngestError(ValueError):
@@ -73,19 +86,37 @@ class Tile:
 
 
 def find_rasters(path: Path) -> tuple[list[Path], list[TileRecord]]:
-    """Rasters under a folder (recursively) or the single file given. Other files come back as
-    quarantined records, so the summary lists them; sidecars (.xml, .ovr, ...) are skipped quietly."""
+    """Rasters under a folder (recursively) or the single file given. Everything else that is not a
+    sidecar (.xml, .ovr, ... skipped quietly) comes back as a quarantined record with its reason, so
+    the summary lists it: other formats, broken symbolic links, special files, directories named
+    like rasters."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: input not found")
-    candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    rasters, unsupported = [], []
+    candidates = [path] if not path.is_dir() else sorted(path.rglob("*"))
+    rasters, skipped = [], []
     for candidate in candidates:
-        suffix = candidate.suffix.lower()
-        if suffix in SUPPORTED_SUFFIXES:
+        if candidate != path and _is_sidecar(candidate):
+            continue
+        reason = _not_a_raster(candidate)
+        if reason is None:
             rasters.append(candidate)
-        elif candidate == path or not _is_sidecar(candidate):
-            unsupported.append(quarantined_file(candidate, f"unsupported format {suffix or '(no extension)'}"))
-    return rasters, unsupported
+        elif reason:
+            skipped.append(quarantined_file(candidate, reason))
+    return rasters, skipped
+
+
+def _not_a_raster(path: Path) -> str | None:
+    """Why `path` is not read as a raster; None for a raster file, "" for a folder to walk through."""
+    suffix = path.suffix.lower()
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    if path.is_dir():
+        return "not a regular file: a directory with a raster's name" if suffix in SUPPORTED_SUFFIXES else ""
+    if not path.is_file():
+        return "not a regular file (a FIFO, socket or device): not read"
+    if suffix not in SUPPORTED_SUFFIXES:
+        return f"unsupported format {suffix or '(no extension)'}"
+    return None
 
 
 def source_stems(rasters: list[Path]) -> dict[Path, str]:
@@ -133,38 +164,85 @@ def file_sha256(path: Path) -> str:
 
 
 class RasterSource:
-    """One open raster with its band mapping and stretch fixed; yields tiles by windowed reads."""
+    """One open raster with its band mapping and stretch fixed; yields tiles by windowed reads.
+    Raises IngestError, with the reason, for any file that cannot be opened, decoded or read."""
 
-    def __init__(self, path: Path, rule: BandRule = BandRule(), source_stem: str | None = None) -> None:
+    def __init__(self, path: Path, rule: BandRule = BandRule(), source_stem: str | None = None,
+                 max_pixels: int = MAX_PIXELS) -> None:  # fmt: skip
         self.path = path
         self.rule = rule
         self.stem = source_stem or path.stem
-        if path.stat().st_size == 0:
-            raise IngestError("zero-byte file")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dataset = rasterio.open(path)
-        except RasterioIOError as error:
-            raise IngestError(f"cannot be read as a raster ({_first_line(error)})") from error
+        self._memory: MemoryFile | None = None
+        self.dataset = self._open(max_pixels)
         try:
             self._check()
             self.bands = self._choose_bands()
             self.ranges = self._stretch_ranges()
+        except RasterioIOError as error:
+            self.close()
+            raise IngestError(f"read failed: {self._gdal_reason(error)}") from error
         except BaseException:
-            self.dataset.close()
+            self.close()
             raise
 
     def __enter__(self) -> "RasterSource":
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.dataset.close()
+        if self._memory is not None:
+            self._memory.close()
 
     @cached_property
     def sha256(self) -> str:
         """Hashed only when a record needs it: readers that just re-read pixels skip the whole-file read."""
-        return file_sha256(self.path)
+        try:
+            return file_sha256(self.path)
+        except OSError as error:
+            raise IngestError(f"cannot be read: {error.strerror or error}") from error
+
+    def _open(self, max_pixels: int) -> DatasetReader:
+        """The dataset to read from: GDAL's, or for PNG/JPEG the PIL-decoded pixels in memory."""
+        try:
+            if self.path.stat().st_size == 0:
+                raise IngestError("zero-byte file")
+            with open(self.path, "rb"):  # GDAL would say "not recognized"; Python says "Permission denied"
+                pass
+        except OSError as error:
+            raise IngestError(f"cannot be opened: {error.strerror or error}") from error
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                dataset = rasterio.open(self.path)
+        except RasterioIOError as error:
+            raise IngestError(f"cannot be read as a raster ({self._gdal_reason(error)})") from error
+        pixels = dataset.width * dataset.height
+        if pixels > max_pixels:
+            dataset.close()
+            raise IngestError(
+                f"header claims {dataset.width} x {dataset.height} = {pixels:,} pixels, over the limit of "
+                f"{max_pixels:,} (--max-pixels); refused before reading"
+            )
+        if dataset.driver not in PIL_DRIVERS or pixels > Image.MAX_IMAGE_PIXELS:
+            return dataset
+        with dataset:
+            self._memory = _decode_with_pil(self.path, dataset)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return self._memory.open()
+
+    def _gdal_reason(self, error: BaseException) -> str:
+        """GDAL's own message: rasterio raises "Read failed. See previous exception for details." and
+        chains GDAL's error as the cause. The file's name, which GDAL repeats, is left out."""
+        messages = []
+        while error is not None and len(messages) < 8:
+            messages.append(_first_line(error))
+            error = error.__cause__ or error.__context__
+        specific = [m for m in messages if "see previous exception" not in m.lower()] or messages
+        return specific[-1].removeprefix(f"{self.path}, ").removeprefix(f"{self.path}: ")
 
     @property
     def georeferenced(self) -> bool:
@@ -176,8 +254,8 @@ class RasterSource:
             record = TileRecord(key=tile_key(self.stem, window.row_off, window.col_off), source=self._source(window))
             try:
                 image, valid = self.read(window)
-            except (RasterioIOError, ValueError) as error:
-                record.quarantine = Quarantine(stage="ingest", reason=f"read failed: {_first_line(error)}")
+            except IngestError as error:
+                record.quarantine = Quarantine(stage="ingest", reason=str(error))
                 yield record
                 continue
             valid_fraction = float(valid.mean()) if valid.size else 0.0
@@ -192,9 +270,13 @@ class RasterSource:
                 yield Tile(image=image, valid=valid, record=record)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The window as 8-bit RGB and its valid-pixel mask; IngestError (GDAL's reason) if it cannot be read."""
         rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
-        data = self.dataset.read(list(self.bands), window=rio_window)
-        valid = self.dataset.dataset_mask(window=rio_window) > 0
+        try:
+            data = self.dataset.read(list(self.bands), window=rio_window)
+            valid = self.dataset.dataset_mask(window=rio_window) > 0
+        except RasterioIOError as error:
+            raise IngestError(f"read failed: {self._gdal_reason(error)}") from error
         image = np.stack([self._to_uint8(band, i) for i, band in enumerate(data)], axis=-1)
         image[~valid] = 0
         return image, valid
@@ -274,12 +356,65 @@ class RasterSource:
 
 
 def quarantined_file(path: Path, reason: str) -> TileRecord:
-    """A record standing for a whole file that could not be tiled."""
+    """A record standing for a whole file that could not be tiled (hashed when it can be read)."""
     source = SourceInfo(
-        path=str(path), sha256=file_sha256(path) if path.is_file() else "", window=Window(row_off=0, col_off=0, height=0, width=0),
+        path=str(path), sha256=_sha256_or_empty(path), window=Window(row_off=0, col_off=0, height=0, width=0),
         band_mapping=[], stretch="none", dtype="unknown", raster_width=0, raster_height=0,
     )  # fmt: skip
     return TileRecord(key=tile_key(path.stem, 0, 0), source=source, quarantine=Quarantine(stage="ingest", reason=reason))
+
+
+def _sha256_or_empty(path: Path) -> str:
+    try:
+        return file_sha256(path) if path.is_file() else ""
+    except OSError:  # unreadable: the record's reason says so
+        return ""
+
+
+def _decode_with_pil(path: Path, dataset: DatasetReader) -> MemoryFile:
+    """The PNG/JPEG decoded by PIL into an in-memory GeoTIFF with the file's georeferencing.
+
+    PIL raises on a file cut short, where GDAL's PNG driver returns garbage; EXIF orientation is
+    applied to plain photos (not to georeferenced files, whose transform describes the stored grid);
+    palette and other modes become RGB(A), grey or their integer/float type."""
+    georeferenced = dataset.crs is not None or not dataset.transform.is_identity
+    try:
+        with Image.open(path) as opened:
+            image = opened if georeferenced else ImageOps.exif_transpose(opened)
+            image = _plain_mode(image)
+            pixels = np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise IngestError(f"cannot be decoded: {_first_line(error)}") from error
+    pixels = pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
+    bands = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    profile = {
+        "driver": "GTiff", "count": bands.shape[0], "height": bands.shape[1], "width": bands.shape[2],
+        "dtype": bands.dtype.name, "crs": dataset.crs, "nodata": dataset.nodata,
+        "transform": dataset.transform if georeferenced else Affine.identity(),
+    }  # fmt: skip
+    memory = MemoryFile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with memory.open(**profile) as out:
+            out.write(bands)
+            out.colorinterp = _COLOUR_INTERP.get(bands.shape[0], out.colorinterp)
+    return memory
+
+
+_COLOUR_INTERP = {
+    3: (ColorInterp.red, ColorInterp.green, ColorInterp.blue),
+    4: (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha),
+}
+
+
+def _plain_mode(image: Image.Image) -> Image.Image:
+    """A mode numpy and GDAL read as bands: palettes and grey+alpha expand to RGB(A)."""
+    if image.mode in ("L", "RGB", "RGBA", "I;16", "I;16B", "I", "F"):
+        return image
+    if image.mode in ("P", "PA", "LA"):
+        has_alpha = image.mode != "P" or "transparency" in image.info
+        return image.convert("RGBA" if has_alpha else "RGB")
+    return image.convert("RGB")  # 1, CMYK, YCbCr, ...
 
 
 def _first_line(error: BaseException) -> str:

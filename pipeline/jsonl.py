@@ -1,7 +1,8 @@
 """JSON Lines in and out, the way a long batch job needs it.
 
 Reading never stops at a bad line: each line yields either its object or an error naming the line,
-so one malformed record costs that record only. Writing goes to a temporary name that is renamed
+so one malformed record costs that record only. A UTF-8 byte-order mark (Windows editors write one)
+is ignored; a UTF-16 file is refused as a whole by `check_encoding`, since every line would fail. Writing goes to a temporary name that is renamed
 when complete, so a crash never leaves a half-written output that looks finished.
 """
 
@@ -16,6 +17,9 @@ from typing import Any, Iterator, TextIO
 from pipeline.outputs import atomic_path
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 @dataclass(frozen=True)
 class LineError:
     line: int
@@ -23,10 +27,20 @@ class LineError:
     raw: str
 
 
+def check_encoding(path: Path) -> None:
+    """Raise ValueError, naming the file, for UTF-16/32 text (a byte-order mark or NUL bytes up front)."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in start:
+        raise ValueError(f"{path}: the file is UTF-16 or UTF-32 text; JSON Lines must be UTF-8 (save it as UTF-8)")
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any] | LineError]:
     """Yield (line number, parsed object) or a LineError; blank lines are skipped."""
     with open(path, "rb") as handle:
         for number, raw_bytes in enumerate(handle, start=1):
+            if number == 1:
+                raw_bytes = raw_bytes.removeprefix(UTF8_BOM)
             try:
                 raw = raw_bytes.decode("utf-8")
             except UnicodeDecodeError as error:

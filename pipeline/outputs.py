@@ -1,6 +1,8 @@
 """Writing masks, GeoTIFFs and quick-look overlays, each atomically (temporary name, then rename).
 
-A crash mid-write leaves a `.part` file that no reader mistakes for a finished output.
+A crash mid-write leaves a `.NAME.*.part` file that no reader mistakes for a finished output;
+`remove_stale_parts` clears them when the next run starts. Finished files get the mode a plain
+write would give (0666 less the umask), not mkstemp's private 0600.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,6 +27,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` that is renamed to it when the block ends without error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.fchmod(descriptor, 0o666 & ~process_umask())
     os.close(descriptor)
     try:
         yield Path(temporary)
@@ -31,6 +35,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@cache
+def process_umask() -> int:
+    """The umask, read once: setting it to read it is not thread-safe, so it is not read per file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_parts(folder: Path) -> list[Path]:
+    """Delete the temporaries (`.NAME.*.part`) an interrupted run left in `folder`; returns them."""
+    stale = sorted(folder.glob(".*.part")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
