@@ -148,9 +148,6 @@ def predict(
 
     if tile_size < 16 or not 0 <= overlap < tile_size:
         fail(f"--tile-size must be at least 16 and --overlap in [0, tile size), got {tile_size} and {overlap}")
-    missing = [str(path) for path in images if not path.is_file()]
-    if missing:
-        fail(f"no such image: {', '.join(missing)}")
     try:
         names = parse_class_names(classes)
         predictor = Predictor(checkpoint, device)

@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from piseg.predict import read_image
+from pipeline.ingest import IngestError
 from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
 
 IGNORE = 255
@@ -113,7 +114,10 @@ class DatasetSpec:
 
     def read(self, sample: EvalSample) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 image and (H, W) class-id mask of one sample."""
-        image, _, _ = read_image(sample.image_path)
+        try:
+            image, _, _ = read_image(sample.image_path)
+        except IngestError as error:  # corrupt, truncated, unsupported: its message does not name the file
+            raise DatasetError(f"{sample.image_path}: {error}") from error
         stored = read_mask(sample.mask_path)
         mask = self.labels.apply(stored, len(self.class_names), sample.mask_path)
         if mask.shape != image.shape[:2]:

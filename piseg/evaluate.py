@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from piseg.config import EvalConfig
-from piseg.datasets import Benchmark, DatasetSpec, resolution_group
+from piseg.datasets import Benchmark, DatasetError, DatasetSpec, resolution_group
 from piseg.inference import predict_mask
 from piseg.metrics import ConfusionMatrix
 from pipeline.outputs import palette, write_png
@@ -94,7 +94,7 @@ def evaluate_dataset(model: nn.Module, spec: DatasetSpec, root: Path, out: Path,
     for index, sample in enumerate(samples):
         try:
             image, mask = spec.read(sample)
-        except (ValueError, OSError) as error:  # DatasetError, the ingest's IngestError (corrupt, truncated), I/O errors
+        except (DatasetError, OSError) as error:  # a corrupt, truncated or unmapped file names itself
             result.problems.append(str(error))
         if not result.problems:  # after an unreadable file the dataset is not scored, only searched for others
             pixels = torch.from_numpy(image.copy()).permute(2, 0, 1).to(device)

@@ -1,0 +1,320 @@
+"""Bad input in the `piseg` commands (issue 12): a checkpoint is data, never code; a bad image, mask, class
+list or shard is reported by name and never costs the good work; exit codes follow the rule 0 / 1 / 2
+(finished / finished but skipped some, reasons in a named file / refused or stopped, one `error:` line)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import Result
+from PIL import Image
+from typer.testing import CliRunner
+
+from piseg.checkpoint import FORMAT, rng_state, set_rng_state
+from piseg.cli import app
+from piseg.datasets import default_definitions
+from piseg.predict import Predictor
+from piseg.train import train
+from pipeline.shards import file_sha256
+from tests.bad_inputs import GOOD, make_raster_corpus, write_exif_rotated_jpeg
+from tests.piseg_helpers import tiny_config, write_config, write_synthetic_shards
+
+runner = CliRunner()
+PISEG = Path(__file__).resolve().parent.parent / "piseg"
+FOLDER_SCAN_KINDS = {"bad_broken_link.tif", "bad_directory.tif", "bad_unsupported.bmp"}
+
+
+def assert_clean_exit(result: Result, code: int) -> None:
+    """The exit code wanted, and no Python traceback (the CLI turns bad input into one-line messages)."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output, result.output
+
+
+def last_line(result: Result) -> str:
+    return result.output.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_synthetic_shards(tmp_path_factory.mktemp("bad-input-shards") / "build")
+
+
+@pytest.fixture(scope="module")
+def run(shards, tmp_path_factory):
+    """A tiny trained run: checkpoints/final.pt (weights) and checkpoints/last.pt (with its training state)."""
+    folder = tmp_path_factory.mktemp("bad-input-run")
+    train(shards, tiny_config(iters=2), folder)
+    return folder
+
+
+class Payload:
+    """What a hostile pickle holds: unpickling it calls os.makedirs(marker)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.marker),)
+
+
+def write_evil_checkpoint(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "model": Payload(marker)}, path)
+    return path
+
+
+# --- a checkpoint is data, not code ------------------------------------------------------------------
+
+
+def test_checkpoints_hold_only_plain_data_and_round_trip(run):
+    payload = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert payload["format"] == FORMAT and payload["training"]["step"] == 2
+    assert torch.load(run / "checkpoints" / "final.pt", map_location="cpu", weights_only=True)["training"] is None
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.random()), float(torch.rand(1))
+
+    expected = draws()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draws() == expected
+
+
+def test_a_hostile_checkpoint_runs_nothing_in_predict_eval_and_resume(shards, tmp_path):
+    marker = tmp_path / "payload-ran"
+    evil = write_evil_checkpoint(tmp_path / "evil.pt", marker)
+    picture = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(picture)
+    commands = {
+        "predict": ["predict", str(picture), "--checkpoint", str(evil), "--classes", "a, b", "--out", str(tmp_path / "p")],
+        "eval": ["eval", "--checkpoint", str(evil), "--benchmark", "isaid", "--data-root", str(tmp_path), "--out", str(tmp_path / "e")],
+    }  # fmt: skip
+    for name, arguments in commands.items():
+        result = runner.invoke(app, arguments)
+        assert_clean_exit(result, 2)
+        assert "evil.pt: refused" in result.output and "os.makedirs" in result.output, name
+        assert not marker.exists(), f"{name} ran the payload"
+        assert not (tmp_path / name[0]).exists(), f"{name} wrote output"
+    write_evil_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", marker)
+    config = write_config(tmp_path / "tiny.yaml", tiny_config())
+    result = runner.invoke(app, ["train", "--shards", str(shards), "--config", str(config), "--out", str(tmp_path / "run"), "--resume"])
+    assert_clean_exit(result, 2)
+    assert "last.pt: refused" in result.output and not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live: an unsafe load does run it
+    assert marker.is_dir()
+
+
+def test_no_piseg_module_unpickles_code_unless_convert_released_is_told_to():
+    settings = {(path.name, value) for path in PISEG.glob("*.py") for value in re.findall(r"weights_only=([\w ]+)", path.read_text())}
+    assert {value for _, value in settings} == {"True", "not trust_pickle"}
+    assert {name for name, value in settings if value != "True"} == {"released.py"}
+
+
+# --- predict ----------------------------------------------------------------------------------------
+
+
+def test_predict_refuses_more_classes_than_a_mask_holds_before_any_work(run, tmp_path):
+    names = ", ".join(f"class {i}" for i in range(300))
+    picture = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(picture)
+    result = runner.invoke(app, ["predict", str(picture), "--checkpoint", str(run / "checkpoints" / "final.pt"),
+                                 "--classes", names, "--out", str(tmp_path / "out")])  # fmt: skip
+    assert_clean_exit(result, 2)
+    assert "300 class names" in result.output and "at most 255" in result.output
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="at most 255"):
+        Predictor(run / "checkpoints" / "final.pt", "cpu").predict(np.zeros((32, 32, 3), np.uint8), names.split(", "))
+
+
+@pytest.mark.slow
+def test_predict_goes_over_the_bad_input_corpus_and_exits_1(run, tmp_path):
+    corpus = make_raster_corpus(tmp_path / "corpus")
+    corpus["bad_all_nodata.tif"] = GOOD  # all nodata is a bad tile to annotate, but an image predict can segment
+    paths = [tmp_path / "corpus" / name for name in corpus]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", *map(str, paths), "--checkpoint", str(run / "checkpoints" / "final.pt"),
+                                 "--classes", "building, tree, water", "--out", str(out)])  # fmt: skip
+    assert_clean_exit(result, 1)
+    skipped = {Path(json.loads(line)["input"]).name: json.loads(line)["reason"] for line in (out / "skipped.jsonl").read_text().splitlines()}
+    bad = {name for name, outcome in corpus.items() if outcome != GOOD}
+    assert set(skipped) == {Path(name).name for name in bad}
+    for name in bad - FOLDER_SCAN_KINDS:  # those are reasons of annotate's folder scan; predict is given paths
+        assert corpus[name].removeprefix("bad: ").lower() in skipped[name].lower(), skipped[name]
+    for name in corpus.keys() - bad:
+        assert (out / f"{Path(name).stem}.png").is_file(), name
+    assert last_line(result) == f"skipped {len(bad)} of {len(paths)} images; reasons in {out / 'skipped.jsonl'}"
+    # the EXIF orientation is applied: the landscape-stored JPEG is predicted upright (portrait)
+    assert np.asarray(Image.open(out / "good_exif_rotated.png")).shape == (80, 40)
+
+
+def test_predict_exits_2_when_nothing_is_readable_and_fail_fast_stops_at_the_first(run, tmp_path):
+    checkpoint = str(run / "checkpoints" / "final.pt")
+    broken, cut = tmp_path / "broken.png", tmp_path / "cut.png"
+    broken.write_text("<html>403 Forbidden</html>")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(good)
+    result = runner.invoke(app, ["predict", str(broken), str(cut), str(tmp_path / "nope.png"), "--checkpoint", checkpoint,
+                                 "--classes", "a, b", "--out", str(tmp_path / "all-bad")])  # fmt: skip
+    assert_clean_exit(result, 2)
+    assert "none of the 3 images" in last_line(result) and "skipped.jsonl" in last_line(result)
+    reasons = (tmp_path / "all-bad" / "skipped.jsonl").read_text()
+    assert "truncated" in reasons and "No such file" in reasons
+    result = runner.invoke(app, ["predict", str(broken), str(good), "--fail-fast", "--checkpoint", checkpoint,
+                                 "--classes", "a, b", "--out", str(tmp_path / "fast")])  # fmt: skip
+    assert_clean_exit(result, 2)
+    assert "broken.png" in result.output and "--fail-fast" in result.output
+    assert not (tmp_path / "fast" / "good.png").exists()
+
+
+# --- eval -------------------------------------------------------------------------------------------
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.slow
+def test_eval_reports_unreadable_files_and_evaluates_the_other_datasets(run, tmp_path):
+    root, rng = tmp_path / "data", np.random.default_rng(0)
+    isaid, dlrsd = root / "OVRSISBench_test" / "iSAID", root / "OVRSISBench_test" / "DLRSD"
+    for index in range(4):
+        save(isaid / "imgs" / f"P{index}.png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        save(isaid / "D2masks" / f"P{index}.png", rng.choice([0, 3, 14, 255], size=(40, 40)).astype(np.uint8))
+    (isaid / "imgs" / "P0.png").write_text("<html>not an image</html>")
+    cut_in_half(isaid / "imgs" / "P1.png")
+    cut_in_half(isaid / "D2masks" / "P2.png")
+    (dlrsd / "imgs").mkdir(parents=True)
+    upright = write_exif_rotated_jpeg(dlrsd / "imgs" / "rotated.jpg")
+    save(dlrsd / "D2masks" / "rotated.png", (upright[..., 0] > 127).astype(np.uint8))  # a mask of the upright image
+    save(dlrsd / "imgs" / "plain.jpg", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    save(dlrsd / "D2masks" / "plain.png", rng.integers(0, 17, (40, 40), dtype=np.uint8))
+    definitions = yaml.safe_load(default_definitions().read_text())
+    definitions["benchmarks"]["pair"] = {"train_taxonomy": "ovrsis95k", "datasets": ["isaid", "dlrsd"]}
+    (tmp_path / "benchmarks.yaml").write_text(yaml.safe_dump(definitions))
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--benchmark", "pair",
+                                 "--data-root", str(root), "--out", str(out), "--benchmarks", str(tmp_path / "benchmarks.yaml")])  # fmt: skip
+    assert_clean_exit(result, 1)
+    report = json.loads((out / "report.json").read_text())
+    entry = report["datasets"]["isaid"]
+    assert report["complete"] is False and entry["status"] == "unreadable files" and "miou" not in entry
+    problems = "\n".join(entry["problems"])
+    assert len(entry["problems"]) == 3, problems  # every unreadable file is listed, not only the first
+    assert "P0.png: cannot be read as a raster" in problems
+    assert re.search(r"imgs/P1\.png: .*truncated", problems) and re.search(r"D2masks/P2\.png: .*truncated", problems)
+    assert report["datasets"]["dlrsd"]["status"] == "done" and report["datasets"]["dlrsd"]["images"] == 2
+    assert report["m_miou"] == pytest.approx(report["datasets"]["dlrsd"]["miou"])
+    assert "P0.png" in (out / "report.md").read_text()
+    assert "1 of 2 datasets not evaluated" in last_line(result) and "report.md" in last_line(result)
+
+
+# --- train on bad shards ----------------------------------------------------------------------------
+
+
+def rewrite_shard(build: Path, shard: str, change) -> None:
+    """Rewrite one shard's members through `change(name, data) -> data`, and give the manifest its new
+    checksum, as a build that wrote bad data would have (so the checksum check cannot catch it)."""
+    path = build / "shards" / shard
+    with tarfile.open(path) as archive:
+        members = [(info, archive.extractfile(info).read()) for info in archive.getmembers()]
+    with tarfile.open(path, "w") as archive:
+        for info, data in members:
+            data = change(info.name, data)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    set_checksum(build, shard)
+
+
+def set_checksum(build: Path, shard: str) -> None:
+    manifest = json.loads((build / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            if entry["name"] == shard:
+                entry["sha256"] = file_sha256(build / "shards" / shard)
+    (build / "manifest.json").write_text(json.dumps(manifest))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def train_cli(build: Path, out: Path, **settings) -> Result:
+    config = write_config(out.parent / f"{out.name}.yaml", tiny_config(**settings))
+    return runner.invoke(app, ["train", "--shards", str(build), "--config", str(config), "--out", str(out)])
+
+
+def test_train_refuses_an_empty_shard_folder_and_a_corrupt_tar_unless_told_to_skip(tmp_path):
+    empty = write_synthetic_shards(tmp_path / "empty")
+    for shard in (empty / "shards").iterdir():
+        shard.unlink()
+    result = train_cli(empty, tmp_path / "a")
+    assert_clean_exit(result, 2)
+    assert re.search(r"error: .*train-000000\.tar: missing", result.output)
+    result = train_cli(empty, tmp_path / "b", on_corrupt_shard="skip")
+    assert_clean_exit(result, 2)
+    assert "0 readable training samples" in result.output
+    corrupt = write_synthetic_shards(tmp_path / "corrupt")
+    first = corrupt / "shards" / "train-000000.tar"
+    first.write_bytes(first.read_bytes()[:1000])
+    assert_clean_exit(train_cli(corrupt, tmp_path / "c"), 2)
+    result = train_cli(corrupt, tmp_path / "d", on_corrupt_shard="skip")
+    assert_clean_exit(result, 1)
+    reasons = [json.loads(line) for line in (tmp_path / "d" / "skipped.jsonl").read_text().splitlines()]
+    assert reasons == [{"input": str(first), "reason": f"{first}: sha256 differs from the manifest"}]
+    assert last_line(result) == f"skipped 1 shards or samples; reasons in {tmp_path / 'd' / 'skipped.jsonl'}"
+    assert (tmp_path / "d" / "checkpoints" / "final.pt").is_file()
+
+
+@pytest.mark.slow
+def test_train_stops_at_or_skips_bad_samples_and_unreadable_shard_data(tmp_path):
+    build = write_synthetic_shards(tmp_path / "build")
+    shards = sorted(p.name for p in (build / "shards").glob("train-*.tar"))
+    keys = sorted({name.split(".")[0] for name in tarfile.open(build / "shards" / shards[0]).getnames()})
+    truncated, misshapen = keys[0], keys[1]
+
+    def damage(name: str, data: bytes) -> bytes:
+        if name == f"{truncated}.mask.png":
+            return data[: len(data) // 2]
+        if name == f"{misshapen}.mask.png":
+            return png_bytes(np.zeros((10, 12), np.uint8))
+        return data
+
+    rewrite_shard(build, shards[0], damage)
+    (build / "shards" / shards[1]).write_bytes(b"not a tar archive " * 200)
+    set_checksum(build, shards[1])
+    result = train_cli(build, tmp_path / "stop")
+    assert_clean_exit(result, 2)
+    assert "error:" in result.output and "on_corrupt_shard: skip" in result.output
+    result = train_cli(build, tmp_path / "skip", on_corrupt_shard="skip", workers=2)
+    assert_clean_exit(result, 1)
+    reasons = "\n".join(json.loads(line)["reason"] for line in (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines())
+    assert re.search(rf"sample {truncated}: cannot decode \(.*truncated", reasons), reasons
+    assert re.search(rf"sample {misshapen}: mask \(10, 12\) and image \(48, 48\) differ in size", reasons), reasons
+    assert "unreadable shard data" in reasons and "missing from the shards" in reasons
+    assert (tmp_path / "skip" / "checkpoints" / "final.pt").is_file()
+    assert "skipped" in last_line(result) and "skipped.jsonl" in last_line(result)
