@@ -122,10 +122,11 @@ def train(
         try:
             final = run_training(shards, config, out, resume=resume, progress=progress)
         except (ShardError, CheckpointError, TrainingError, ValueError) as error:
+            bar.stop()  # the error is the last line, under the bar
             fail(str(error))
     if main_process:
         Console().print(f"final checkpoint: {final}")
-        report_skipped(SkippedLog(out, fresh=False), "shards or samples")
+        report_skipped(SkippedLog(out, fresh=False), "unreadable shards/samples")
 
 
 @app.command()
@@ -161,6 +162,7 @@ def predict(
                 predictor.predict_files([path], names, out, tile_size, overlap)
             except PREDICT_FAULTS as error:  # one bad image must not stop the others
                 if not keep_going:
+                    bar.stop()
                     fail(f"{path}: {error} (--fail-fast)")
                 skipped.add(f"{path}: {error}", str(path))
                 err.print(f"[yellow]skipped[/yellow] {path}: {error}", markup=True, highlight=False)

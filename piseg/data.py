@@ -110,7 +110,8 @@ class TrainingStream(IterableDataset):
         random.Random(f"{self.config.seed}:shards:{epoch}").shuffle(paths)
 
         def record(error: Exception) -> bool:
-            faults.append(f"unreadable shard data ({type(error).__name__}: {error})")
+            where = error.args[-1] if len(error.args) > 1 else "a shard"  # webdataset appends the shard's URL
+            faults.append(f"{where}: unreadable shard data ({type(error).__name__}: {error.args[0] if error.args else error})")
             return True
 
         pipeline = wds.DataPipeline(

@@ -286,7 +286,7 @@ def test_train_refuses_an_empty_shard_folder_and_a_corrupt_tar_unless_told_to_sk
     assert_clean_exit(result, 1)
     reasons = [json.loads(line) for line in (tmp_path / "d" / "skipped.jsonl").read_text().splitlines()]
     assert reasons == [{"input": str(first), "reason": f"{first}: sha256 differs from the manifest"}]
-    assert last_line(result) == f"skipped 1 shards or samples; reasons in {tmp_path / 'd' / 'skipped.jsonl'}"
+    assert last_line(result) == f"skipped 1 unreadable shards/samples; reasons in {tmp_path / 'd' / 'skipped.jsonl'}"
     assert (tmp_path / "d" / "checkpoints" / "final.pt").is_file()
 
 
