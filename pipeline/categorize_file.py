@@ -73,7 +73,7 @@ def parse_item(line: int, value: Any, warnings: list[LineError]) -> CaptionItem:
 
 def _check_length(caption: str) -> str:
     if len(caption) > MAX_CAPTION_CHARS:
-        raise CaptionError(f"caption is {len(caption):,} characters long (at most {MAX_CAPTION_CHARS:,})")
+        raise CaptionError(f"caption is {len(caption):,} characters long; at most {MAX_CAPTION_CHARS:,}")
     return caption
 
 

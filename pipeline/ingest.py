@@ -47,6 +47,7 @@ from pipeline.records import Quarantine, SourceInfo, TileRecord, Window, tile_ke
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt")
 SIDECAR_SUFFIXES = (".xml", ".aux", ".ovr", ".json", ".jsonl", ".geojson", ".txt", ".md", ".prj", ".tfw", ".wld")
 STATS_MAX_SIDE = 1024
+MIN_SIDE = 16  # the smallest raster tiled: the models' image processors fail on slivers (a 1 x 1 raster)
 MAX_PIXELS = 2_500_000_000  # default refusal threshold for a raster's header (width x height)
 PIL_DRIVERS = ("PNG", "JPEG")  # decoded by PIL: truncation is an error, EXIF orientation applied
 
@@ -249,7 +250,11 @@ class RasterSource:
         return self.dataset.crs is not None
 
     def tiles(self, config: TilingConfig) -> Iterator[Tile | TileRecord]:
-        """Each window as a Tile, or as a quarantined TileRecord saying why it cannot be used."""
+        """Each window as a Tile, or as a quarantined TileRecord saying why it cannot be used; IngestError
+        for a raster too small to tile (reading a small image whole, as piseg does, is fine)."""
+        if min(self.dataset.width, self.dataset.height) < MIN_SIDE:
+            raise IngestError(f"raster is {self.dataset.width} x {self.dataset.height} pixels: too small to tile, "
+                              f"at least {MIN_SIDE} on each side")  # fmt: skip
         for window in plan_windows(self.dataset.width, self.dataset.height, config.tile_size, config.overlap):
             record = TileRecord(key=tile_key(self.stem, window.row_off, window.col_off), source=self._source(window))
             try:

@@ -71,7 +71,7 @@ def _write_raster_corpus(folder: Path) -> dict[str, str]:
     geotiff("good_float_nan.tif", float_nan)
     geotiff("good_two_band.tif", rng.integers(0, 255, (2, 48, 64), dtype=np.uint8))
     geotiff("good_four_band.tif", rng.integers(0, 255, (4, 48, 64), dtype=np.uint8))
-    geotiff("good_one_by_one.tif", rgb(1, 1))
+    geotiff("good_sixteen_px.tif", rgb(16, 16))  # the smallest raster read (MIN_SIDE)
     geotiff("good_smaller_than_tile.tif", rgb(20, 30))
     half_nodata = rgb()
     half_nodata[:, :, :40] = 0
@@ -110,6 +110,8 @@ def _write_raster_corpus(folder: Path) -> dict[str, str]:
     truncated = geotiff("bad_truncated.tif", rng.integers(0, 255, (3, 96, 96), dtype=np.uint8), "bad: TIFFReadEncoded")
     _cut_in_half(truncated)
     geotiff("bad_all_nodata.tif", np.zeros((3, 48, 64), np.uint8), "bad: all pixels are nodata", nodata=0)
+    geotiff("bad_one_by_one.tif", rgb(1, 1), "bad: too small")
+    geotiff("bad_sliver.tif", rgb(3, 90), "bad: too small")
     geotiff("bad_complex.tif", np.ones((1, 16, 16), np.complex64), "bad: complex data type")
     write_absurd_header(folder / "bad_absurd_header.tif")
     expected["bad_absurd_header.tif"] = "bad: --max-pixels"
