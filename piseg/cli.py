@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -12,6 +13,9 @@ from rich.table import Table
 from piseg.faults import SkippedLog
 from piseg.prompts import PROMPT_TEMPLATE, class_prompts
 from taxonomy.loader import TaxonomyError, load_taxonomy
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it, so `piseg --help` starts fast
+    import torch
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -27,6 +31,17 @@ def report_skipped(skipped: SkippedLog, what: str) -> None:
     if skipped.count:
         err.print(f"[yellow]skipped {skipped.count} {what}[/yellow]; reasons in {skipped.path}", markup=True, highlight=False)
         raise typer.Exit(1)
+
+
+def torch_device(name: str | None) -> torch.device:
+    """The device asked for (default: cuda when present); a name torch does not know is refused."""
+    import torch
+
+    try:
+        return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        fail(f"--device {name}: {error}")
+
 
 app = typer.Typer(name="piseg", help="Pi-Seg: open-vocabulary remote-sensing segmentation.", add_completion=False)
 
@@ -151,9 +166,13 @@ def predict(
         fail(f"--tile-size must be at least 16 and --overlap in [0, tile size), got {tile_size} and {overlap}")
     try:
         names = parse_class_names(classes)
-        predictor = Predictor(checkpoint, device)
+        predictor = Predictor(checkpoint, str(torch_device(device)))
     except (CheckpointError, ValueError) as error:
         fail(str(error))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"{out}: cannot create the output folder ({error.strerror or error})")
     skipped = SkippedLog(out, fresh=True)
     columns = (TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err) as bar:
@@ -193,7 +212,7 @@ def convert_released(
         base = load_config(config, backbone) if (config or backbone) else None
         summary = convert(weights, out, vocabulary.names, vocabulary.version, base, None if tokenizer == "none" else tokenizer,
                           trust_pickle)
-    except (TaxonomyError, ConfigError, ReleasedCheckpointError) as error:
+    except (TaxonomyError, ConfigError, ReleasedCheckpointError, OSError) as error:  # OSError: OUT cannot be written
         fail(str(error))
     spms = [name for name, on in (("Text-SPM", summary["text_spm"]), ("Image-SPM", summary["image_spm"])) if on]
     reduction = f" (r = {summary['reduction']})" if summary["image_spm"] else ""
@@ -212,8 +231,6 @@ def bench(
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
 ) -> None:
     """Efficiency table (Table XII) at 600x800: parameters, GFLOPs, peak memory, FPS, on this device."""
-    import torch
-
     from piseg.bench import device_name, measure
     from piseg.config import ConfigError, preset
 
@@ -221,7 +238,7 @@ def bench(
         config = preset(backbone)
     except ConfigError as error:
         fail(str(error))
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = torch_device(device)
     rows = measure(config, chosen, classes, repeats)
     memory = "peak GPU memory (GB)" if chosen.type == "cuda" else "peak process RSS (GB)"
     table = Table("model", "params", "GFLOPs train", "GFLOPs eval", memory, "FPS",
@@ -254,8 +271,6 @@ def evaluate(
     """Evaluate a checkpoint (or zero-shot CLIP) on a benchmark, the paper's way; resumable per dataset."""
     import dataclasses
 
-    import torch
-
     from piseg.checkpoint import CheckpointError, load_model
     from piseg.clip_backbone import load_clip
     from piseg.config import INFERENCE_MODES, ConfigError, preset
@@ -271,7 +286,7 @@ def evaluate(
         fail(f"--absent must be one of {', '.join(ABSENT_RULES)}")
     if inference is not None and inference not in INFERENCE_MODES:
         fail(f"--inference must be one of {', '.join(INFERENCE_MODES)}")
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = torch_device(device)
     try:
         definitions = load_definitions(benchmarks)
         selected = load_benchmark(benchmark, definitions, [d.strip() for d in datasets.split(",")] if datasets else None)
@@ -283,6 +298,7 @@ def evaluate(
         else:
             model, config, _ = load_model(checkpoint, chosen)
             model_name, identity = f"Pi-Seg checkpoint {checkpoint.name}", checkpoint_identity(checkpoint)
+        out.mkdir(parents=True, exist_ok=True)  # an unwritable OUT is refused before any work
     except (ConfigError, DatasetError, CheckpointError, OSError) as error:
         fail(str(error))
     settings = dataclasses.replace(config.eval, mode=inference or config.eval.mode)

@@ -28,7 +28,7 @@ from piseg.checkpoint import (CheckpointError, configuration_differences, read_c
                               save_checkpoint, set_rng_state)  # fmt: skip
 from piseg.config import PiSegConfig
 from piseg.data import Batch, TrainingStream, training_batches
-from piseg.faults import SkippedLog
+from piseg.faults import SKIPPED_FILE, SkippedLog
 from piseg.inference import predict_mask
 from piseg.metrics import ConfusionMatrix
 from piseg.model import PiSeg, PiSegOutput, build_model
@@ -213,9 +213,11 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
     class_names = reader.class_names
     taxonomy_version = reader.manifest["taxonomy"]["version"]
     log = RunLog(out, runtime.main, resume)
-    skipped = SkippedLog(out, fresh=runtime.main and not resume)
+    if runtime.main and not resume:
+        (out / SKIPPED_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh list
     if runtime.world > 1:
-        dist.barrier()  # the main process has cleared a fresh run's skipped.jsonl before anyone writes to it
+        dist.barrier()  # cleared before any process reads or writes it
+    skipped = SkippedLog(out, fresh=False)
     if reader.corrupt:
         log.write(0, {"corrupt_shards": len(reader.corrupt), "corrupt": reader.corrupt})
         for path, problem in reader.corrupt.items():
