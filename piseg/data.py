@@ -155,7 +155,8 @@ class TrainingStream(IterableDataset):
                     faults.clear()
             # batches the shards ran short of (a member lost): still yielded, in order, so batch b stays step b
             for index, (items, skipped) in sorted(pending.items()):
-                lost = f"{self.per_process - len(items) - len(skipped)} sample(s) of epoch {epoch}, batch {index} missing from the shards"
+                lost = (f"{self.per_process - len(items) - len(skipped)} sample(s) of batch {index} missing: the shards "
+                        f"hold fewer training samples than the manifest counts")  # fmt: skip
                 yield make_batch(items, skipped + faults + [lost], self.config.crop)
                 faults.clear()
             batch_index = (epoch + 1) * self.batches_per_epoch

@@ -319,6 +319,6 @@ def test_train_stops_at_or_skips_bad_samples_and_unreadable_shard_data(tmp_path)
     reasons = "\n".join(json.loads(line)["reason"] for line in (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines())
     assert re.search(rf"sample {truncated}: cannot decode \(.*truncated", reasons), reasons
     assert re.search(rf"sample {misshapen}: mask \(10, 12\) and image \(48, 48\) differ in size", reasons), reasons
-    assert "unreadable shard data" in reasons and "missing from the shards" in reasons
+    assert "unreadable shard data" in reasons and "fewer training samples than the manifest" in reasons
     assert (tmp_path / "skip" / "checkpoints" / "final.pt").is_file()
     assert "skipped" in last_line(result) and "skipped.jsonl" in last_line(result)
