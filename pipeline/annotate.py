@@ -36,6 +36,7 @@ from pipeline.ingest import (
     RasterSource,
     Tile,
     TilingConfig,
+    bounded_reads,
     find_rasters,
     quarantined_file,
     source_stems,
@@ -165,12 +166,13 @@ class Annotator:
 
         Records are appended to OUT/records.jsonl batch by batch (flushed), so a run stopped half-way
         keeps the tiles it finished; the summary is the caller's to write at the end. Temporaries an
-        interrupted run left behind (`.NAME.*.part`) are removed first."""
+        interrupted run left behind (`.NAME.*.part`) are removed first. Memory stays flat: GDAL's
+        block cache is bounded and only what stitching needs is kept per tile."""
         for folder in (self.out_dir, *(self.out_dir / name for name in ("masks", "overlays", "stitched"))):
             remove_stale_parts(folder)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         stitchable: dict[str, list[TileRecord]] = defaultdict(list)
-        with open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
+        with bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
 
             def emit(state: TileState) -> None:
                 self.summary.count(state)

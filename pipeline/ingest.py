@@ -49,6 +49,7 @@ SIDECAR_SUFFIXES = (".xml", ".aux", ".ovr", ".json", ".jsonl", ".geojson", ".txt
 STATS_MAX_SIDE = 1024
 MIN_SIDE = 16  # the smallest raster tiled: the models' image processors fail on slivers (a 1 x 1 raster)
 MAX_PIXELS = 2_500_000_000  # default refusal threshold for a raster's header (width x height)
+GDAL_CACHE_MB = 256  # GDAL's block cache; its default, 5 % of RAM, grows by gigabytes over one large raster
 PIL_DRIVERS = ("PNG", "JPEG")  # decoded by PIL: truncation is an error, EXIF orientation applied
 
 
@@ -118,6 +119,12 @@ def _not_a_raster(path: Path) -> str | None:
     if suffix not in SUPPORTED_SUFFIXES:
         return f"unsupported format {suffix or '(no extension)'}"
     return None
+
+
+def bounded_reads() -> rasterio.Env:
+    """A GDAL environment whose block cache stays small, so tiling a huge raster keeps memory flat
+    (every block is read once anyway). A GDAL_CACHEMAX set in the environment wins."""
+    return rasterio.Env(GDAL_CACHEMAX=os.environ.get("GDAL_CACHEMAX", GDAL_CACHE_MB))
 
 
 def source_stems(rasters: list[Path]) -> dict[Path, str]:

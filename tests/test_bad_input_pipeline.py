@@ -30,7 +30,7 @@ from bad_inputs import (
     write_exif_rotated_jpeg,
 )
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.ingest import IngestError, RasterSource, TilingConfig, find_rasters
+from pipeline.ingest import IngestError, RasterSource, TilingConfig, bounded_reads, find_rasters
 from pipeline.jsonl import atomic_writer
 from pipeline.outputs import process_umask, write_png
 from pipeline.records import TileRecord, Window
@@ -241,6 +241,22 @@ def test_absurd_header_is_refused_before_reading(tmp_path):
         RasterSource(tmp_path / "huge.tif")
     with RasterSource(tmp_path / "huge.tif", max_pixels=10**10) as source:  # allowed when asked for
         assert source.dataset.width == 100_000
+
+
+def test_tiling_a_huge_raster_keeps_memory_flat(tmp_path):
+    """GDAL's default block cache (5 % of RAM) grew RSS by ~3 MB per 1024 px tile, without bound."""
+
+    def rss_mib() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    write_absurd_header(tmp_path / "big.tif", side=40_000)  # a real run would need --max-pixels 1.6e9: allowed
+    with bounded_reads(), RasterSource(tmp_path / "big.tif") as source:
+        tiles = source.tiles(TilingConfig(1024))
+        next(tiles)
+        before = rss_mib()
+        for _ in range(200):
+            next(tiles)
+        assert rss_mib() - before < 100
 
 
 def test_broken_links_directories_and_other_formats_are_listed(tmp_path):
