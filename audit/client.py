@@ -34,15 +34,16 @@ class AuditClient:
             except ApiError as error:
                 if error.status_code in (401, 403):
                     raise AuditError(
-                        f"Label Studio at {self.settings.url} refused the API token {self.settings.masked_token} "
+                        f"Label Studio at {self.settings.safe_url} refused the API token {self.settings.masked_token} "
                         f"while {what} (HTTP {error.status_code}): check LABEL_STUDIO_USER_TOKEN"
                     ) from None
                 if error.status_code is None or error.status_code < 500 or attempt == self.retries - 1:
-                    raise AuditError(f"Label Studio answered HTTP {error.status_code} while {what}: {_short(error.body)}") from None
+                    raise AuditError(f"Label Studio answered HTTP {error.status_code} while {what}: "
+                                     f"{_short(self.settings.redact(str(error.body)))}") from None  # fmt: skip
             except (httpx.TransportError, httpx.TimeoutException) as error:
                 if attempt == self.retries - 1:
                     raise AuditError(
-                        f"Label Studio at {self.settings.url} unreachable while {what} after {self.retries} tries "
+                        f"Label Studio at {self.settings.safe_url} unreachable while {what} after {self.retries} tries "
                         f"({type(error).__name__}); is the server running? (`ovrsis audit server`)"
                     ) from None
             time.sleep(self.backoff * 2**attempt)
@@ -53,6 +54,5 @@ class AuditClient:
         self.call("checking the connection", lambda: self.sdk.users.whoami())
 
 
-def _short(body: object) -> str:
-    text = str(body)
+def _short(text: str) -> str:
     return text if len(text) < 300 else text[:300] + "…"

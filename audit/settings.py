@@ -6,6 +6,8 @@ The API token never comes from code and is never printed: messages show it maske
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,31 @@ class ServerSettings:
     @property
     def masked_token(self) -> str:
         return f"(hidden, {len(self.token)} characters)" if self.token else "(none)"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL as it may be printed: a `user:password@` part has its password hidden."""
+        return redact(self.url)
+
+    def redact(self, text: str) -> str:
+        return redact(text, [self.token])
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+(?=@)", re.IGNORECASE)
+_AUTH_VALUE = re.compile(r"(?P<head>\b(?:authorization|x-api-key|api[_-]?key|token|access|refresh|password)['\"]?\s*[:=]\s*['\"]?"
+                         r"(?:token\s+|bearer\s+|basic\s+)?)[^\s'\",}]+", re.IGNORECASE)  # fmt: skip
+_SCHEME_VALUE = re.compile(r"(?P<head>\b(?:token|bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with secrets hidden: the given values, URL passwords, and the values of
+    authorization headers and token-like fields (as an error body from a server may echo them)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in (_URL_PASSWORD, _AUTH_VALUE, _SCHEME_VALUE):
+        text = pattern.sub(lambda match: match.group("head") + "***", text)
+    return text
 
 
 def read_dotenv(path: Path = Path(".env")) -> dict[str, str]:

@@ -51,3 +51,42 @@ def test_wilson_interval():
     low, high = wilson(97, 100)
     assert (low, high) == pytest.approx((0.9155, 0.9897), abs=1e-4)  # statsmodels' proportion_confint(97, 100, method="wilson")
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+
+
+def test_secrets_are_redacted_from_server_errors_and_urls():
+    from label_studio_sdk.core.api_error import ApiError
+
+    from audit.client import AuditClient
+    from audit.settings import AuditError, ServerSettings, redact
+
+    token = "0123456789abcdef0123456789abcdef01234567"
+    settings = ServerSettings("http://admin:s3cret-pw@127.0.0.1:8089", token)
+    assert "s3cret" not in settings.safe_url and settings.safe_url.startswith("http://admin:***@127.0.0.1")
+    body = {"detail": "boom", "headers": {"Authorization": f"Token {token}", "X-Other": "Bearer abcdefgh12345678"}}
+
+    def failing():
+        raise ApiError(status_code=500, body=body)
+
+    with pytest.raises(AuditError, match="HTTP 500") as error:
+        AuditClient(settings, retries=1, backoff=0).call("reading tasks", failing)
+    assert token not in str(error.value) and "abcdefgh12345678" not in str(error.value) and "boom" in str(error.value)
+    assert redact("password=hunter2hunter2 and https://u:p4ss@host/x") == "password=*** and https://u:***@host/x"
+
+
+def test_server_stop_needs_no_root(tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    missing = CliRunner().invoke(app, ["server", "--stop", "--data", str(tmp_path)])
+    assert missing.exit_code == 2 and "nothing to stop" in missing.output and "--root" not in missing.output
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    (tmp_path / "label-studio.pid").write_text(str(sleeper.pid))
+    stopped = CliRunner().invoke(app, ["server", "--stop", "--data", str(tmp_path)])
+    sleeper.wait(timeout=20)  # ended (TimeoutExpired otherwise)
+    assert stopped.exit_code == 0 and not (tmp_path / "label-studio.pid").exists()
+    start = CliRunner().invoke(app, ["server", "--data", str(tmp_path)])
+    assert start.exit_code == 2 and "--root is needed" in start.output
