@@ -41,7 +41,8 @@ duplicate ids) are reported with their line number and written to --errors (defa
 
 \b
 Exit status: 0 every line processed; 1 some lines or captions skipped (the last line printed
-names the errors file); 2 nothing done (unknown taxonomy, missing, empty or UTF-16 input).
+names the errors file); 2 nothing done: refused (unknown taxonomy, missing, empty or UTF-16
+input), or no line usable (the errors file says why).
 
 Bundled taxonomies: {", ".join(bundled_taxonomies())}.
 """
@@ -87,6 +88,9 @@ def categories(
         )
     _print_preview(out, preview)
     _print_summary(vocabulary.name, vocabulary.version, out, errors_path, summary)
+    if summary.images == 0:
+        console.print(f"[red]error:[/red] no line of {captions} could be used; reasons in {errors_path}", highlight=False)
+        raise typer.Exit(2)
     if summary.errors or summary.warnings:
         raise typer.Exit(1)
 
@@ -157,7 +161,8 @@ records.jsonl grows as tiles finish: a stopped run keeps them (no summary.json m
 Bad files and tiles (unreadable, corrupt, truncated, broken links, other formats, a header over
 --max-pixels, all nodata, a model failing on a tile) are quarantined with the reason; the run goes on.
 Exit status: 0 every tile annotated; 1 some quarantined (the last line printed says how many and
-names summary.json); 2 nothing done (bad option, taxonomy, models, captions file, empty input).
+names summary.json); 2 nothing done: refused (bad option, taxonomy, models, captions file, empty
+input folder), or no tile could be annotated (summary.json says why).
 
 \b
 --models: `default` (Florence-2, GroundingDINO, SAM; weights from the hub or a local cache),
@@ -226,6 +231,10 @@ def annotate(
     _print_annotate_summary(out, summary)
     if models == "tiny":
         console.print("[dim]tiny random-weight models: the masks show the plumbing, not a real segmentation[/dim]")
+    if summary.annotated == 0:
+        console.print(f"[red]error:[/red] none of the {summary.tiles} tiles could be annotated; reasons in {out / 'summary.json'}",
+                      highlight=False)  # fmt: skip
+        raise typer.Exit(2)
     if summary.quarantined:
         console.print(f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined; reasons in {out / 'summary.json'}",
                       highlight=False)  # fmt: skip

@@ -193,6 +193,26 @@ def test_bad_taxonomy_refuses_annotate_before_any_work(tmp_path, taxonomy, messa
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_annotate_with_nothing_readable_exits_2_and_keeps_the_reasons(tmp_path, tiny_models_yaml):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "zero.tif").write_bytes(b"")
+    (tmp_path / "in" / "link.png").symlink_to(tmp_path / "gone.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["annotate", str(tmp_path / "in"), "-o", str(out), "--models", str(tiny_models_yaml)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip().splitlines()[-1] == f"error: none of the 2 tiles could be annotated; reasons in {out / 'summary.json'}"
+    reasons = {q["key"]: q["reason"] for q in json.loads((out / "summary.json").read_text())["quarantined"]}
+    assert reasons["zero__r0_c0"] == "zero-byte file" and reasons["link__r0_c0"].startswith("broken symbolic link")
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(app, ["annotate", str(tmp_path / "empty"), "-o", str(tmp_path / "o2"), "--models", str(tiny_models_yaml)])
+    assert empty.exit_code == 2 and empty.output == f"error: {tmp_path / 'empty'}: no files in the input folder\n"
+    assert not (tmp_path / "o2").exists()
+
+
 def test_annotate_refuses_an_overlong_given_caption_naming_the_line(tmp_path):
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"id": "a", "caption": CAPTION}) + "\n" + json.dumps({"id": "b", "caption": LONG_CAPTION}) + "\n")

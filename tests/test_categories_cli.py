@@ -66,7 +66,9 @@ def test_bad_lines_are_reported_and_the_rest_processed(tmp_path):
 def test_nothing_processable_exits_nonzero_and_writes_nothing_half(tmp_path):
     captions = write_lines(tmp_path / "in.jsonl", ["garbage", {"id": "x"}])
     result = run("categories", "-t", "ovrsis95k", "-c", str(captions), "-o", str(tmp_path / "out.jsonl"))
-    assert result.returncode == 1
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (f"error: no line of {captions} could be used; "
+                                                      f"reasons in {tmp_path / 'out.errors.jsonl'}")  # fmt: skip
     assert (tmp_path / "out.jsonl").read_text() == ""
     assert not list(tmp_path.glob("*.part"))
 
