@@ -2,8 +2,9 @@
 
 Writes a synthetic build output (N records of 256x256 tiles, three categories each, one shared
 GeoTIFF), starts Label Studio from .venv-ls on a free port, pushes the N tasks (brush-RLE
-predictions, chunks of 500), accepts them all with one bulk annotation call, pulls (export +
-decode + apply + rewrite records and masks), and stops the server by PID.
+predictions, chunks of 500), accepts them all (one annotation POST per task), pulls them into the
+review ledger, applies the ledger (decode + decide + rewrite records and masks: what every build
+does, with no server), and stops the server by PID.
 Usage: python benchmarks/bench_audit.py [--tasks 5000]
 """
 
@@ -22,9 +23,9 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from audit.apply import pull
 from audit.client import AuditClient
 from audit.queue import push
+from audit.session import apply_ledger, pull_queues
 from audit.server import start_server, stop_server
 from audit.settings import ServerSettings
 from pipeline.jsonl import atomic_writer, write_json_line
@@ -87,16 +88,22 @@ def main() -> None:
             annotate_seconds = time.perf_counter() - started
             rss["after reviews"] = _rss_mib()
             started = time.perf_counter()
-            pulled = pull(client, pushed.project_id, out, taxonomy)
+            (pulled,) = pull_queues(client, out, "bench")
             pull_seconds = time.perf_counter() - started
             rss["after pull"] = _rss_mib()
+            started = time.perf_counter()
+            applied = apply_ledger(out, taxonomy)
+            apply_seconds = time.perf_counter() - started
+            rss["after apply"] = _rss_mib()
+            ledger_mib = (out / "audit" / "ledger.jsonl").stat().st_size / 2**20
         finally:
             stop_server(server.pid)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"tasks          {args.tasks} (256x256 tiles, 3 brush regions each), Label Studio 1.23.2 on SQLite, 2 cores")
     print(f"push           {push_seconds:7.1f} s  {args.tasks / push_seconds:7.1f} tasks/s  (JPEG tiles + RLE + import)")
     print(f"accept all     {annotate_seconds:7.1f} s  {args.tasks / annotate_seconds:7.1f} tasks/s  (one annotation POST per task, 4 at a time)")
-    print(f"pull           {pull_seconds:7.1f} s  {args.tasks / pull_seconds:7.1f} tasks/s  (export + decode + apply), {pulled.reviewed} reviewed")
+    print(f"pull           {pull_seconds:7.1f} s  {args.tasks / pull_seconds:7.1f} tasks/s  (into the ledger: {pulled.new_reviews} reviews, {ledger_mib:.1f} MiB)")
+    print(f"apply ledger   {apply_seconds:7.1f} s  {args.tasks / apply_seconds:7.1f} tiles/s  (no server; every build does this), {applied.reviewed} reviewed")
     print(f"peak memory    {peak:7.0f} MiB (client process, max RSS); " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
 
 

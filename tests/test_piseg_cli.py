@@ -47,11 +47,12 @@ def test_predict_writes_masks_overlays_and_georeferenced_masks(checkpoint, tmp_p
     assert np.asarray(Image.open(out / "scene.overlay.png")).shape == (40, 40, 3)
     with rasterio.open(out / "field.mask.tif") as written:
         assert written.crs.to_epsg() == 32614 and written.transform.c == 500000 and written.shape == (30, 40)
-    missing = runner.invoke(app, ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(checkpoint), "--classes", "a"])
+    missing = runner.invoke(app, ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(checkpoint), "--classes", "a",
+                                  "--out", str(tmp_path / "missing")])  # fmt: skip
     assert missing.exit_code == 2 and "nope.png" in missing.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = runner.invoke(app, ["predict", str(picture), "--checkpoint", str(bad), "--classes", "a, b"])
+    result = runner.invoke(app, ["predict", str(picture), "--checkpoint", str(bad), "--classes", "a, b", "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "bad.pt: not a readable checkpoint" in result.output
 
 
