@@ -168,8 +168,7 @@ class Annotator:
         keeps the tiles it finished; the summary is the caller's to write at the end. Temporaries an
         interrupted run left behind (`.NAME.*.part`) are removed first. Memory stays flat: GDAL's
         block cache is bounded and only what stitching needs is kept per tile."""
-        for folder in (self.out_dir, *(self.out_dir / name for name in ("masks", "overlays", "stitched"))):
-            remove_stale_parts(folder)
+        remove_stale_outputs(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         stitchable: dict[str, list[TileRecord]] = defaultdict(list)
         with bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
@@ -354,6 +353,13 @@ class Annotator:
             "merge": dataclasses.asdict(self.config.merge),
             "package_version": self.package_version,
         }
+
+
+def remove_stale_outputs(out_dir: Path) -> None:
+    """Delete the temporaries (`.NAME.*.part`) a stopped run left in an output folder and the
+    folders the writers fill; call before writing there again (annotate and the build flow)."""
+    for folder in (out_dir, *(out_dir / name for name in ("masks", "overlays", "stitched"))):
+        remove_stale_parts(folder)
 
 
 def run_stage(stage: str, states: list[TileState], step: Callable, pixels: PixelSource) -> None:
