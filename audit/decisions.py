@@ -9,6 +9,10 @@ The labelling interface (audit/queue.py) shows one brush region per proposed cat
 - its region relabelled to d                         -> category **corrected** (to d);
 - otherwise                                          -> category **accepted**.
 
+The taxonomy's background class (`propose: false`, e.g. ovrsis95k's "unlabeled areas, background,
+clutter") is shown as an editable region too, so the reviewed mask keeps it, but it is not a
+proposal: it gets no decision and does not count in Table II.
+
 Every kept category (accepted or corrected) gets one mask decision:
 
 - **accepted** when the reviewer kept the region as shown (same pixels) and did not merge it;
@@ -50,10 +54,15 @@ def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy)
     regions, discarded, kinds = _read_result(result, shown.shape, taxonomy)
     decisions: list[AuditDecision] = []
     kept: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # region id -> (final label, reviewed, shown)
-    proposed = proposed_categories(shown, taxonomy)
+    present = proposed_categories(shown, taxonomy)
+    proposed = [c for c in present if c.propose]
     proposed_names = {c.name for c in proposed}
-    for category in proposed:
+    for category in present:
         region_id = f"r{category.index}"
+        if not category.propose:  # the background class: painted as reviewed, never judged
+            if region_id in regions:
+                kept[region_id] = (*regions[region_id], shown == category.index)
+            continue
         if category.name in discarded or region_id not in regions:
             decisions.append(AuditDecision(target=f"category:{category.name}", state="discarded"))
             continue
@@ -63,9 +72,11 @@ def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy)
         else:
             decisions.append(AuditDecision(target=f"category:{category.name}", state="corrected", corrected_to=label))
         kept[region_id] = (label, pixels, shown == category.index)
-    extras = _join_extras(regions, kept, {f"r{c.index}" for c in proposed}, decisions, taxonomy)
+    extras = _join_extras(regions, kept, {f"r{c.index}" for c in present}, decisions, taxonomy)
     for region_id, (label, pixels, was_shown) in kept.items():
         name = _name_of(region_id, taxonomy)
+        if name not in proposed_names:
+            continue
         merged = label != name and label in proposed_names
         decisions.append(_mask_decision(name, pixels, was_shown, merged, kinds.get(region_id)))
     painted = [(taxonomy.index_of(label), pixels) for label, pixels, _ in kept.values()] + extras

@@ -22,6 +22,7 @@ from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
 from audit.client import AuditClient
+from audit.decisions import proposed_categories
 from audit.ledger import QUEUED, append_row, now
 from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
@@ -179,14 +180,15 @@ def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy:
         image_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images(record)).save(image_path, quality=95)
     mask = proposal_mask(out_dir, record)
-    proposed = [c for c in taxonomy.categories if (mask == c.index).any()]
+    present = proposed_categories(mask, taxonomy)  # the background class too: its region is editable, not judged
+    proposed = [c for c in present if c.propose]
     regions = [
         {
             "id": f"r{c.index}", "from_name": "mask", "to_name": "image", "type": "brushlabels",
             "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
             "value": {"format": "rle", "rle": mask2rle(((mask == c.index) * 255).astype(np.uint8)), "brushlabels": [c.name]},
         }
-        for c in proposed
+        for c in present
     ]  # fmt: skip
     scores = [i.detector_score * (i.mask_score or 0.0) for i in record.instances if not i.dropped]
     conflicts = "; ".join(f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts)

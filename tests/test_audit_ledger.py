@@ -235,3 +235,14 @@ def test_rebuild_applies_the_ledger_and_marks_stale_reviews(tmp_path):
     again = load_records(tmp_path)
     apply_reviews(tmp_path, again, TAXONOMY, fresh_proposals=False)  # applying twice changes nothing
     assert [r.model_dump() for r in again] == [r.model_dump() for r in records]
+
+
+def test_background_class_is_painted_but_not_judged():
+    background = next(c for c in TAXONOMY.categories if not c.propose)
+    proposal = four_stripes()
+    proposal[:2, :] = background.index
+    result = [*unchanged(proposal, ROAD, BUILDING, TREE, WATER, background.index), discard("water")]
+    mask, decisions = review_annotation(proposal, result, TAXONOMY)
+    assert not any(background.name in d.target for d in decisions)
+    assert len([d for d in decisions if d.target.startswith("category:")]) == 4
+    assert (mask[:2] == background.index).all() and (mask[2:, 8:] == 255).all()

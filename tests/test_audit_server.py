@@ -170,6 +170,18 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     apply_ledger(build_output, taxonomy)
     assert {r.key: r for r in load_records(build_output)}[accept].audit == after[accept].audit
 
+    # a later build proposes something else for a reviewed tile: the review is stale, --stale re-queues it once
+    proposed = build_output / "masks" / f"{repaint}.proposed.png"
+    changed = np.asarray(Image.open(proposed)).copy()
+    changed[0, 0] = taxonomy.index_of("bareland") if changed[0, 0] != taxonomy.index_of("bareland") else 255
+    Image.fromarray(changed).save(proposed)
+    assert apply_ledger(build_output, taxonomy).stale == 1
+    stale_plan = QueuePlan(sample=0, stale=True)
+    (title, requeued), = push_queues(client, build_output, taxonomy, "audit test", build_output, stale_plan)
+    assert (title, requeued.created) == ("audit test (stale)", 1)
+    assert tasks_by_key(client, title)[repaint]["data"]["queue"] == "stale"
+    assert push_queues(client, build_output, taxonomy, "audit test", build_output, stale_plan)[0][1].created == 0
+
     stats = write_report(build_output, tmp_path / "report", taxonomy)
     table = stats["queues"]["sample"]["table"]
     proposals = sum(len(regions[k]) for k in (accept, repaint, discard, relabel, skipped, twice))
@@ -177,7 +189,7 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     assert table["category discarded"]["count"] == 2 and table["category corrected"]["count"] == 1
     assert table["false-positive ratio"]["count"] == 2 and table["false-positive ratio"]["of"] == proposals
     assert table["mask correction: filtering"]["count"] == 1
-    assert stats["queues"]["uncertain"]["table"]["audited images"] == 1
+    assert stats["queues"]["uncertain"]["table"]["audited images"] == 1 and table["stale reviews"] == 1
     assert (tmp_path / "report" / "iou-sample.png").read_bytes()[:4] == b"\x89PNG"
 
 
