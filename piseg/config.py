@@ -88,10 +88,10 @@ class TrainConfig:
     resize_short: int = 384
     max_long: int = 1333
     pad_image: int = 128
-    color_jitter: bool = True
+    color_jitter: bool = True  # detectron2's ColorAugSSD, as the released configs (COLOR_AUG_SSD: True)
     hflip: bool = True
     ignore_mode: str = "negative"  # "negative": ignore pixels are all-zero targets (released code); "exclude"
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    amp: bool = False  # False: fp32 with TF32 matmuls on CUDA, as released; True: bfloat16 autocast over the forward
     val_every: int = 5_000
     val_max_samples: int | None = None
     checkpoint_every: int = 1_000

@@ -60,9 +60,78 @@ def decode_training_sample(raw: dict, extension: str, classes: int) -> tuple[str
     return sample.key, sample.image, sample.mask
 
 
+# --- ColorAugSSD (detectron2's ColorAugSSDTransform, as the released configs set COLOR_AUG_SSD: True) ------
+
+HSV_SHIFT = 12  # OpenCV's fixed-point 8-bit HSV conversion, reproduced so no OpenCV is needed
+_INVERSE = np.arange(256, dtype=np.float64)
+_S_DIV = np.rint(np.divide(255 << HSV_SHIFT, _INVERSE, out=np.zeros(256), where=_INVERSE > 0)).astype(np.int64)
+_H_DIV = np.rint(np.divide(180 << HSV_SHIFT, 6 * _INVERSE, out=np.zeros(256), where=_INVERSE > 0)).astype(np.int64)
+_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])  # (r, g, b) picks of (v, p, q, t)
+
+
+def rgb_to_hsv8(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> uint8 HSV with H in [0, 180), bit-exact with cv2.cvtColor(COLOR_RGB2HSV)."""
+    r, g, b = (image[..., i].astype(np.int64) for i in range(3))
+    v = np.maximum(np.maximum(r, g), b)
+    diff = v - np.minimum(np.minimum(r, g), b)
+    half = 1 << (HSV_SHIFT - 1)
+    s = (diff * _S_DIV[v] + half) >> HSV_SHIFT
+    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * _H_DIV[diff] + half) >> HSV_SHIFT
+    h = np.where(h < 0, h + 180, h)
+    return np.stack([h, s, v], axis=-1).astype(np.uint8)
+
+
+def hsv8_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """uint8 HSV (H in [0, 180)) -> uint8 RGB as cv2.cvtColor(COLOR_HSV2RGB)'s vector path computes it
+    (float32, truncated). OpenCV's scalar code, which takes the last (width mod 16-64) pixels of each row,
+    rounds instead: those pixels may differ by one level."""
+    h = hsv[..., 0].astype(np.float32) * np.float32(6 / 180)
+    s, v = (hsv[..., i].astype(np.float32) * np.float32(1 / 255) for i in (1, 2))
+    sector = np.floor(h)
+    h = h - sector
+    table = np.stack([v, v * (1 - s), v * (1 - s * h), v * (1 - s * (1 - h))], axis=-1)
+    picks = _SECTORS[sector.astype(np.int64) % 6]
+    rgb = np.take_along_axis(table, picks, axis=-1)
+    return np.clip(rgb * np.float32(255), 0, 255).astype(np.uint8)
+
+
+def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, brightness: float = 32, contrast: tuple[float, float] = (0.5, 1.5),
+                  saturation: tuple[float, float] = (0.5, 1.5), hue: int = 18) -> np.ndarray:  # fmt: skip
+    """detectron2's ColorAugSSDTransform on a uint8 RGB image: each step with p = 0.5, brightness +U(-32, 32),
+    then contrast xU(0.5, 1.5) either before or after saturation xU(0.5, 1.5) (in HSV) and hue +{-18..18}
+    of 180, every step clipped and truncated to uint8 as the released pipeline does."""
+
+    def convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(values.astype(np.float32) * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
+
+    def contrast_step(picture: np.ndarray) -> np.ndarray:
+        return convert(picture, alpha=rng.uniform(*contrast)) if rng.integers(2) else picture
+
+    def saturation_step(picture: np.ndarray) -> np.ndarray:
+        if not rng.integers(2):
+            return picture
+        hsv = rgb_to_hsv8(picture)
+        hsv[..., 1] = convert(hsv[..., 1], alpha=rng.uniform(*saturation))
+        return hsv8_to_rgb(hsv)
+
+    def hue_step(picture: np.ndarray) -> np.ndarray:
+        if not rng.integers(2):
+            return picture
+        hsv = rgb_to_hsv8(picture)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + rng.integers(-hue, hue + 1)) % 180
+        return hsv8_to_rgb(hsv)
+
+    if rng.integers(2):
+        image = convert(image, beta=rng.uniform(-brightness, brightness))
+    if rng.integers(2):
+        return hue_step(saturation_step(contrast_step(image)))
+    return contrast_step(hue_step(saturation_step(image)))
+
+
 def augment(image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recipe's augmentation: resize the short side (long side capped), random crop, colour jitter,
-    horizontal flip, pad to the crop (image 128, mask IGNORE)."""
+    """The recipe's augmentation, in the released order: resize the short side (long side capped), random
+    crop, ColorAugSSD (`color_jitter`), horizontal flip, pad to the crop (image 128, mask IGNORE)."""
     picture = torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()  # decoded arrays are read-only
     labels = torch.from_numpy(mask.astype(np.int64))[None]
     height, width = picture.shape[-2:]
@@ -75,8 +144,7 @@ def augment(image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.ra
     picture = picture[:, top : top + config.crop, left : left + config.crop]
     labels = labels[:, top : top + config.crop, left : left + config.crop]
     if config.color_jitter:
-        brightness, contrast, saturation = rng.uniform(0.8, 1.2, size=3)
-        picture = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(picture, brightness), contrast), saturation)
+        picture = torch.from_numpy(color_aug_ssd(picture.permute(1, 2, 0).numpy(), rng)).permute(2, 0, 1)
     if config.hflip and rng.random() < 0.5:
         picture, labels = TF.horizontal_flip(picture), TF.horizontal_flip(labels)
     pad = [0, 0, config.crop - picture.shape[-1], config.crop - picture.shape[-2]]
