@@ -190,7 +190,8 @@ def annotate(
     geotiff: bool = typer.Option(True, help="Also write GeoTIFF masks for georeferenced tiles."),
     overlays: bool = typer.Option(True, help="Write quick-look overlay PNGs."),
     stitch: bool = typer.Option(True, help="Write full-size stitched masks."),
-    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Quarantine rasters whose header claims more pixels (width x height)."),
+    max_pixels: float = typer.Option(MAX_PIXELS, min=1, help="Quarantine rasters whose header claims more pixels "
+                                     "(width x height); 1e10 and the like are accepted."),
 ) -> None:
     from importlib.metadata import version
 
@@ -205,7 +206,7 @@ def annotate(
             tiling=TilingConfig(tile_size, overlap),
             bands=BandRule(bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")),
             merge=MergeConfig(min_area, fill_holes, _choice(background, ("ignore", "class"), "--background")),
-            batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch, max_pixels=max_pixels,
+            batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch, max_pixels=int(max_pixels),
         )  # fmt: skip
         model_set = ModelSet(load_models_config(models))
         given = load_caption_file(captions) if captions else None
