@@ -30,12 +30,14 @@ from flows import progress
 from flows.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
 from flows.runners import make_task_runner
 from pipeline.annotate import AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file, run_stage
+from pipeline.balance_report import write_report
 from pipeline.batching import batched
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
 from pipeline.jsonl import atomic_writer
 from pipeline.records import SCHEMA_VERSION, TileRecord, write_records
-from pipeline.selection import select_tiles, statistics, write_report
+from pipeline.selection import candidate_records, select
 from pipeline.shards import write_shards
+from pipeline.tile_table import TileTable
 
 FLOW_NAME = "build-ovrsis95k"
 GPU_STAGES = {"caption", "detect", "segment"}
@@ -148,10 +150,11 @@ def _select(records: list[TileRecord], config_path: str) -> list[str]:
     config = load_build_config(config_path)
     from taxonomy.loader import load_taxonomy
 
-    live = [r for r in records if not r.quarantine]
-    selected = select_tiles(live, config.selection_config())
-    write_report(config.output / "report", statistics(live), statistics(selected), load_taxonomy(config.taxonomy).names)
-    return [r.key for r in selected]
+    settings = config.selection_config()
+    table = TileTable.from_records(candidate_records(records, settings), load_taxonomy(config.taxonomy).names)
+    selection = select(table, settings)
+    write_report(config.output / "report", table, selection)
+    return table.keys[selection.selected].tolist()
 
 
 def _write_shards(records: list[TileRecord], selected: list[str], config_path: str, quarantined: int,

@@ -9,7 +9,9 @@
     tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0}
     matching: {threshold: 0.72, margin: 0.06}
     merge: {min_area: 16, fill_holes: false, background: ignore}
-    selection: {max_tiles_per_category: null, max_tiles_per_domain: null, drop_unlabeled: true}
+    selection: {target_tiles: 95000, quota_per_category: null, drop_unlabeled: true}
+                                       # N tiles balanced over categories and domains (pipeline/selection.py);
+                                       # target_tiles: all keeps every labelled tile
     shards: {max_samples: 1000, max_bytes: 1073741824, lossless: false, val_fraction: 0.1, seed: 0}
     batch_size: 32                     # tiles per task (each task costs ~25 ms of orchestration)
     runner: {kind: threads, workers: 2, address: null}   # threads | processes | dask | ray
@@ -25,7 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.annotate import AnnotateConfig
 from pipeline.ingest import BandRule, TilingConfig
 from pipeline.merge import MergeConfig
-from pipeline.selection import SelectionConfig
+from pipeline.selection import DEFAULT_TARGET_TILES, SelectionConfig
 from pipeline.shards import ShardConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
@@ -68,8 +70,8 @@ class Merge(_Section):
 
 
 class Selection(_Section):
-    max_tiles_per_category: int | None = None
-    max_tiles_per_domain: int | None = None
+    target_tiles: Annotated[int, Field(ge=1)] | Literal["all"] = DEFAULT_TARGET_TILES  # "all": keep everything, unbalanced
+    quota_per_category: int | None = Field(None, ge=1)  # lowers the per-category floor the target gives
     drop_unlabeled: bool = True
 
 

@@ -1,5 +1,13 @@
+import numpy as np
+import pytest
+from scipy import sparse
+
+from pipeline.balance_report import write_report
 from pipeline.records import Domain, Instance, Quarantine, SourceInfo, TileRecord, Window
-from pipeline.selection import SelectionConfig, select_tiles, statistics, write_report
+from pipeline.selection import SelectionConfig, select, select_tiles, water_fill_quota
+from pipeline.tile_table import TileTable
+
+DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")
 
 
 def tile(key, categories, domain="town", quarantined=False):
@@ -10,25 +18,78 @@ def tile(key, categories, domain="town", quarantined=False):
                       quarantine=Quarantine(stage="x", reason="y") if quarantined else None)  # fmt: skip
 
 
-def test_without_caps_everything_labelled_is_kept():
-    tiles = [tile("a", ["building"]), tile("b", []), tile("c", ["road"], quarantined=True)]
-    assert [t.key for t in select_tiles(tiles)] == ["a"]
-    assert [t.key for t in select_tiles(tiles, SelectionConfig(drop_unlabeled=False))] == ["a", "b"]
+def corpus(tiles=6000, categories=20, seed=0, order=None):
+    """Three categories in most tiles, a Zipf tail, five domains of unequal size."""
+    rng = np.random.default_rng(seed)
+    rate = np.r_[[0.85, 0.7, 0.5], 0.6 / np.arange(1, categories - 2) ** 1.6]
+    present = rng.random((tiles, categories)) < rate
+    pixels = sparse.csr_matrix(present * rng.integers(1, 1000, size=present.shape))
+    domain = rng.choice(5, size=tiles, p=[0.5, 0.2, 0.15, 0.1, 0.05])
+    keys = [f"t{i:05d}" for i in range(tiles)]
+    if order is not None:
+        keys, pixels, domain = [keys[i] for i in order], pixels[order], domain[order]
+    return TileTable.build(keys, [f"c{j}" for j in range(categories)], DOMAINS, pixels, domain)
 
 
-def test_caps_thin_frequent_categories_and_keep_rare_ones():
+@pytest.fixture(scope="module")
+def table():
+    return corpus()
+
+
+def test_target_respected_and_quota_floor_kept(table):
+    result = select(table, SelectionConfig(target_tiles=1500))
+    available, kept = table.category_tiles(), table.category_tiles(result.selected)
+    assert result.count == 1500 and result.quota == water_fill_quota(available, 1500)
+    assert (kept >= np.minimum(available, result.quota)).all()
+    # frequent categories are thinned only through tiles that carry no under-quota category
+    dropped = table.incidence[~result.selected]
+    under = kept < result.quota
+    assert under.any() and dropped[:, np.flatnonzero(under)].nnz == 0
+
+
+def test_explicit_quota_lowers_the_floor_and_balances_better_than_random(table):
+    result = select(table, SelectionConfig(target_tiles=1500, quota_per_category=40))
+    assert result.quota == 40 and (table.category_tiles(result.selected) >= np.minimum(table.category_tiles(), 40)).all()
+    rng = np.random.default_rng(0)
+    randomly = np.zeros(len(table), bool)
+    randomly[rng.choice(len(table), 1500, replace=False)] = True
+
+    def entropy(rows):
+        p = table.category_tiles(rows) / table.category_tiles(rows).sum()
+        return -(p[p > 0] * np.log(p[p > 0])).sum()
+
+    assert entropy(result.selected) > entropy(randomly) + 0.2
+    domains = table.domain_tiles(result.selected)
+    assert domains.min() / domains.max() > 2 * table.domain_tiles().min() / table.domain_tiles().max()  # spread evened
+
+
+def test_deterministic_whatever_the_input_order(table):
+    shuffled = corpus(order=np.random.default_rng(5).permutation(len(table)))
+    a = table.keys[select(table, SelectionConfig(target_tiles=900)).selected]
+    b = shuffled.keys[select(shuffled, SelectionConfig(target_tiles=900)).selected]
+    assert a.tolist() == b.tolist()
+
+
+def test_all_and_small_corpora_keep_everything_labelled():
+    tiles = [tile("a", ["building"]), tile("b", []), tile("c", ["road"], quarantined=True), tile("d", ["ship"])]
+    assert [t.key for t in select_tiles(tiles)] == ["a", "d"]  # fewer tiles than the default target
+    assert [t.key for t in select_tiles(tiles, SelectionConfig(target_tiles="all", drop_unlabeled=False))] == ["a", "b", "d"]
+    with pytest.raises(ValueError, match="target_tiles"):
+        SelectionConfig(target_tiles=0)
+
+
+def test_rare_tiles_win_over_the_frequent_ones():
     tiles = [tile(f"b{i}", ["building"]) for i in range(10)] + [tile("s1", ["ship", "building"]), tile("s2", ["ship"])]
-    kept = select_tiles(tiles, SelectionConfig(max_tiles_per_category=4))
-    stats = statistics(kept)
-    assert stats.category_tiles["ship"] == 2 and stats.category_tiles["building"] == 4
-    assert "s1" in {t.key for t in kept}  # the rare tile comes first even though it also holds a building
-    domains = [tile(f"f{i}", ["tree"], "forest") for i in range(5)] + [tile("w", ["water"], "waterfront")]
-    assert statistics(select_tiles(domains, SelectionConfig(max_tiles_per_domain=2))).domain_tiles == {"forest": 2, "waterfront": 1}
+    kept = {t.key for t in select_tiles(tiles, SelectionConfig(target_tiles=4))}
+    assert {"s1", "s2"} <= kept and len(kept) == 4
 
 
-def test_report_has_tables_and_charts(tmp_path):
-    tiles = [tile("a", ["building", "road"]), tile("b", ["water"], "waterfront")]
-    report = write_report(tmp_path, statistics(tiles), statistics(tiles[:1]), ["building", "road", "water"])
-    text = report.read_text()
-    assert "| water | 1 | 0 | 0 |" in text and "| waterfront | 1 | 0 |" in text
-    assert (tmp_path / "categories.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "domains.png").is_file()
+def test_report_before_and_after(tmp_path, table):
+    result = select(table, SelectionConfig(target_tiles=1500))
+    text = write_report(tmp_path, table, result).read_text()
+    assert f"{len(table)} candidate tiles, 1500 selected (target reached with a quota of {result.quota}" in text
+    assert "normalised entropy of tiles per category" in text and "max/min tiles per category" in text
+    assert "| categories below min(available, quota) | - | none |" in text
+    assert "| waterfront |" in text and "| c19 |" in text
+    for chart in ("categories.png", "pixels.png", "domains.png"):
+        assert (tmp_path / chart).read_bytes()[:4] == b"\x89PNG"

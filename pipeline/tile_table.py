@@ -1,0 +1,104 @@
+"""Compact per-tile statistics: what selection and the balance report read instead of whole records.
+
+A tile record carries captions, phrases, RLE masks and provenance; choosing among a million tiles
+needs only which categories each tile holds (with their pixels) and its scene domain. `TileTable`
+keeps exactly that as a sparse tiles x categories matrix of pixel counts and a domain index per
+tile, rows sorted by key so that everything computed from it is independent of the input order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import numpy as np
+from scipy import sparse
+
+from pipeline.records import TileRecord
+
+UNKNOWN_DOMAIN = "unknown"
+
+
+def kept_categories(record: TileRecord) -> list[str]:
+    """Categories that own pixels in the tile's semantic mask after the merge."""
+    return sorted({i.category for i in record.instances if not i.dropped and i.area > 0})
+
+
+@dataclass(frozen=True)
+class TileTable:
+    """Construct with `build` or `from_records`, which sort the rows by key."""
+
+    keys: np.ndarray  # (tiles,) str, sorted
+    categories: tuple[str, ...]  # column names
+    domains: tuple[str, ...]  # names of the values in `domain`
+    pixels: sparse.csr_matrix  # (tiles, categories) int64 pixels a category holds in a tile; no explicit zeros
+    domain: np.ndarray  # (tiles,) int index into `domains`
+
+    @classmethod
+    def build(cls, keys: Sequence[str], categories: Sequence[str], domains: Sequence[str],
+              pixels: sparse.spmatrix, domain: np.ndarray) -> "TileTable":  # fmt: skip
+        """Rows reordered by key; duplicate keys are refused (a key names one tile)."""
+        keys = np.asarray(keys, dtype=str)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        if len(keys) > 1 and (keys[1:] == keys[:-1]).any():
+            raise ValueError("duplicate tile keys in the selection candidates")
+        matrix = sparse.csr_matrix(pixels, dtype=np.int64)[order]
+        matrix.eliminate_zeros()
+        matrix.sort_indices()
+        return cls(keys, tuple(categories), tuple(domains), matrix, np.asarray(domain, dtype=np.int64)[order])
+
+    @classmethod
+    def from_records(cls, records: Sequence[TileRecord], categories: Sequence[str] | None = None) -> "TileTable":
+        """Pixels per kept category from the merged instances; categories absent from `categories` are
+        appended in name order (a reviewer may paint a class the build's list lacks)."""
+        names = list(categories or [])
+        seen = set(names)
+        names += sorted({c for r in records for c in kept_categories(r)} - seen)
+        column = {name: j for j, name in enumerate(names)}
+        domain_names = sorted({_domain_of(r) for r in records})
+        domain_index = {name: d for d, name in enumerate(domain_names)}
+        rows, cols, values = [], [], []
+        for i, record in enumerate(records):
+            for instance in record.instances:
+                if not instance.dropped and instance.area > 0:
+                    rows.append(i)
+                    cols.append(column[instance.category])
+                    values.append(instance.area)
+        matrix = sparse.coo_matrix((np.asarray(values, np.int64), (rows, cols)), shape=(len(records), len(names)))
+        return cls.build([r.key for r in records], names, domain_names, matrix.tocsr(),
+                         np.array([domain_index[_domain_of(r)] for r in records], np.int64))  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @cached_property
+    def incidence(self) -> sparse.csr_matrix:
+        """1 where a tile holds a category (float, ready for matrix-vector products)."""
+        return sparse.csr_matrix((np.ones_like(self.pixels.data, dtype=np.float64), self.pixels.indices,
+                                  self.pixels.indptr), shape=self.pixels.shape)  # fmt: skip
+
+    @cached_property
+    def spread(self) -> np.ndarray:
+        """A deterministic pseudo-random tie-breaker per tile (CRC-32 of the key): ties never fall
+        to key order, which would favour one source raster's neighbouring tiles."""
+        return np.fromiter((zlib.crc32(k.encode()) for k in self.keys.tolist()), np.uint32, len(self.keys))
+
+    def category_tiles(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Tiles per category among `rows` (a boolean mask; all tiles when None)."""
+        matrix = self.incidence if rows is None else self.incidence[rows]
+        return np.asarray(matrix.sum(axis=0)).ravel().astype(np.int64)
+
+    def category_pixels(self, rows: np.ndarray | None = None) -> np.ndarray:
+        matrix = self.pixels if rows is None else self.pixels[rows]
+        return np.asarray(matrix.sum(axis=0)).ravel().astype(np.int64)
+
+    def domain_tiles(self, rows: np.ndarray | None = None) -> np.ndarray:
+        domain = self.domain if rows is None else self.domain[rows]
+        return np.bincount(domain, minlength=len(self.domains)).astype(np.int64)
+
+
+def _domain_of(record: TileRecord) -> str:
+    return record.domain.name if record.domain else UNKNOWN_DOMAIN
