@@ -3,9 +3,11 @@
     OUT/shards/{split}-{000000}.tar   samples {key}.jpg (or .png), {key}.mask.png, {key}.json
     OUT/manifest.json                 taxonomy (names, version), per-shard count and sha256, statistics
 
-Byte-identical output for identical inputs: samples sorted by key, tar entries with fixed mtime,
-owner and mode, images encoded with fixed settings, JSON with sorted keys, and no timestamps in
-the manifest. The split is a deterministic hash of (seed, key), stratified by domain.
+Byte-identical output for identical inputs: samples in a seeded random order (a hash of (seed, key), so
+neighbouring tiles of one raster, which share categories, land in different shards and a trainer's
+batches mix them as a full permutation would), tar entries with fixed mtime, owner and mode, images
+encoded with fixed settings, JSON with sorted keys, and no timestamps in the manifest. The split is a
+deterministic hash of (seed, key), stratified by domain.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def split_keys(records: Sequence[TileRecord], val_fraction: float, seed: int) ->
     return {name: sorted(keys) for name, keys in splits.items()}
 
 
+def shuffled_keys(keys: Sequence[str], seed: int) -> list[str]:
+    """The order samples are written in: by sha256(seed:order:key), random but independent of the input order."""
+    return sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:order:{k}".encode()).hexdigest())
+
+
 def write_shards(
     out_dir: Path,
     records: Sequence[TileRecord],
@@ -93,6 +100,7 @@ def write_shards(
     images: Counter = Counter()
     domains: Counter = Counter()
     for split, keys in splits.items():
+        keys = shuffled_keys(keys, config.seed)
         shards = []
         for index, chunk in enumerate(_chunks(keys, by_key, load_sample, config, len(taxonomy_names))):
             path = shard_dir / f"{split}-{index:06d}.tar"
@@ -246,6 +254,11 @@ class ShardReader:
             raise ShardError(f"{self.out_dir}: no split {split!r} (have {sorted(self.manifest['splits'])})")
         paths = [str(self.out_dir / "shards" / s["name"]) for s in self.manifest["splits"][split]["shards"]]
         return [path for path in paths if path not in self.corrupt]
+
+    def split_bytes(self, split: str) -> int:
+        """Bytes of the split's readable shards (what a buffer holding every sample would hold)."""
+        shards = self.manifest["splits"].get(split, {}).get("shards", [])
+        return sum(s["bytes"] for s in shards if str(self.out_dir / "shards" / s["name"]) not in self.corrupt)
 
     def sample_count(self, split: str) -> int:
         """Samples in the split's readable shards (corrupt ones left out)."""

@@ -97,7 +97,8 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     log_every: int = 20
     seed: int = 0
-    shuffle_buffer: int = 1_000
+    shuffle_buffer: int | None = None  # samples; None: sized to the data (all training samples, within shuffle_memory_gb)
+    shuffle_memory_gb: float = 2.0  # per loader worker: the most shard bytes a data-sized buffer holds
     workers: int = 2
     on_corrupt_shard: str = "error"  # or "skip": leave the shard out, warn and count it
 

@@ -6,8 +6,11 @@ traceback): a sample that cannot be decoded, or a shard member that cannot be re
 batch and its reason travels with the batch (`Batch.skipped`); the trainer then stops or counts it, as
 `on_corrupt_shard` says. A batch whose every sample is unreadable arrives empty.
 
-Order: each epoch shuffles the shard list and then samples through a seeded buffer (both from
-(seed, epoch)); the k-th sample of an epoch goes to process k % world. A sample's augmentation draws from
+Order: close to the released sampler's full random permutation per epoch. The build writes samples to
+shards in a seeded random order; each epoch shuffles the shard list and then samples through a seeded
+buffer (both from (seed, epoch)) that by default holds the whole training split (or as many samples as
+`shuffle_memory_gb` allows), which makes the epoch an exact permutation. The k-th sample of an epoch goes
+to process k % world. A sample's augmentation draws from
 its own generator seeded by (seed, epoch, k), so the batches do not depend on the number of loader
 workers, and resuming at batch b reproduces exactly what an uninterrupted run would have seen.
 """
@@ -154,6 +157,13 @@ def augment(image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.ra
     return picture.float(), labels[0]
 
 
+def data_sized_buffer(reader: ShardReader, memory_gb: float) -> int:
+    """Every training sample, unless their encoded bytes exceed `memory_gb`: then as many as fit."""
+    samples, size = reader.sample_count("train"), reader.split_bytes("train")
+    fitting = int(memory_gb * 2**30 * samples / size) if size else samples
+    return max(1, min(samples, fitting))
+
+
 class TrainingStream(IterableDataset):
     """Endless batches for one process, starting at `start_batch` (its own batch count)."""
 
@@ -166,6 +176,7 @@ class TrainingStream(IterableDataset):
         if config.batch_size % world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
         self.per_process = config.batch_size // world
+        self.buffer = config.shuffle_buffer or data_sized_buffer(reader, config.shuffle_memory_gb)
         self.batches_per_epoch = reader.sample_count("train") // world // self.per_process
         if self.batches_per_epoch == 0:
             raise ShardError(f"{reader.out_dir}: {reader.sample_count('train')} readable training samples, fewer than one "
@@ -185,7 +196,7 @@ class TrainingStream(IterableDataset):
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(paths),
             wds.tarfile_to_samples(handler=record),
-            wds.shuffle(self.config.shuffle_buffer, initial=self.config.shuffle_buffer,
+            wds.shuffle(self.buffer, initial=self.buffer,
                         rng=random.Random(f"{self.config.seed}:samples:{epoch}")),
         )  # fmt: skip
         return iter(pipeline)

@@ -49,3 +49,45 @@ def test_training_forward_is_fp32_by_default_and_bf16_with_amp():
         with precision(config, torch.device("cpu")):
             model(images, text)
     assert seen == [torch.float32, torch.bfloat16]
+
+
+def clustered_shards(out, rasters: int = 12, tiles: int = 8):
+    """Tiles of one raster share a key prefix (as `ovrsis annotate` names them) and so sit side by side when
+    sorted by key; the writer's seeded order must scatter them."""
+    from pipeline.shards import ShardConfig, write_shards
+    from tests.piseg_helpers import tile_record
+
+    records = [tile_record(f"raster{r:02d}__r{t}_c0", 8) for r in range(rasters) for t in range(tiles)]
+    sample = (np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8), dtype=np.uint8))
+    write_shards(out, records, lambda record: sample, ["building"], "sha256:order", ShardConfig(max_samples=tiles, val_fraction=0))
+    return out
+
+
+def test_sample_order_is_close_to_a_full_permutation(tmp_path):
+    """Shards hold samples in a seeded random order, and the default buffer holds the whole split: an epoch
+    is a permutation. Even a buffer of one batch (a split far larger than memory) mixes rasters within
+    batches about as a permutation does, where key-sorted shards gave one raster per batch."""
+    import tarfile
+
+    from piseg.config import TrainConfig
+    from piseg.data import TrainingStream
+    from pipeline.shards import ShardReader
+
+    shards = clustered_shards(tmp_path / "build")
+    with tarfile.open(shards / "shards" / "train-000000.tar") as tar:
+        written = [name.split(".")[0] for name in tar.getnames()[::3]]
+    assert len({key[:8] for key in written}) >= 5 and written != sorted(written)
+    reader = ShardReader(shards)
+    assert TrainingStream(reader, TrainConfig(taxonomy=None)).buffer == 96
+    assert TrainingStream(reader, TrainConfig(taxonomy=None, shuffle_memory_gb=1e-6)).buffer < 96
+
+    def rasters_per_batch(buffer: int) -> float:
+        stream = TrainingStream(reader, TrainConfig(taxonomy=None, shuffle_buffer=buffer))
+        keys = [raw["__key__"][:8] for raw in stream.epoch_samples(0, [])]
+        assert len(keys) == 96
+        return float(np.mean([len(set(keys[i : i + 8])) for i in range(0, 96, 8)]))
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 8)
+    permutation = np.mean([len(set(rng.permutation(labels)[i : i + 8])) for _ in range(200) for i in range(0, 96, 8)])
+    assert rasters_per_batch(8) > 0.85 * permutation and rasters_per_batch(96) > 0.85 * permutation  # ~5.9 rasters
