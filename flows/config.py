@@ -8,7 +8,8 @@
     storage: out/.cache                # persisted task results (resume and caching) [default: OUTPUT/.cache]
     tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0}
     matching: {threshold: 0.72, margin: 0.06}
-    merge: {min_area: 16, fill_holes: false, background: ignore}
+    merge: {min_area: 16, fill_holes: false, background: auto}   # auto: unclaimed pixels -> the taxonomy's background
+                                       # class (propose: false) if it has one; ignore: 255
     selection: {target_tiles: 95000, quota_per_category: null, drop_unlabeled: true}
                                        # N tiles balanced over categories and domains (pipeline/selection.py);
                                        # target_tiles: all keeps every labelled tile
@@ -66,7 +67,7 @@ class Matching(_Section):
 class Merge(_Section):
     min_area: int = 16
     fill_holes: bool = False
-    background: Literal["ignore", "class"] = "ignore"
+    background: Literal["auto", "class", "ignore"] = "auto"
 
 
 class Selection(_Section):

@@ -150,7 +150,8 @@ ANNOTATE_HELP = """Annotate a raster or a folder of rasters: tiles, captions, ca
 \b
 Writes to OUT:
   records.jsonl      one tile record per line (quarantined tiles included, with their reason)
-  masks/KEY.png      uint8 semantic mask: value i = i-th taxonomy category, 255 = unlabeled/ignore
+  masks/KEY.png      uint8 semantic mask: value i = i-th taxonomy category (unclaimed pixels = the background
+                     class where the taxonomy has one), 255 = nodata/ignore
   masks/KEY.tif      the same mask as a GeoTIFF on the tile's grid (georeferenced inputs)
   overlays/KEY.png   quick-look: the tile tinted by class
   stitched/NAME.tif  full-size mask of each georeferenced raster cut into several tiles
@@ -186,7 +187,8 @@ def annotate(
     batch_size: int = typer.Option(8, min=1, help="Tiles per model batch."),
     min_area: int = typer.Option(16, min=0, help="Instances smaller than this (pixels) are dropped."),
     fill_holes: bool = typer.Option(False, help="Fill holes inside each instance mask."),
-    background: str = typer.Option("ignore", help="Unclaimed pixels: ignore (255) or class (the taxonomy's background)."),
+    background: str = typer.Option("auto", help="Unclaimed pixels: auto (the taxonomy's background class if it has one, "
+                                   "else 255), class (the background class, required) or ignore (255)."),
     geotiff: bool = typer.Option(True, help="Also write GeoTIFF masks for georeferenced tiles."),
     overlays: bool = typer.Option(True, help="Write quick-look overlay PNGs."),
     stitch: bool = typer.Option(True, help="Write full-size stitched masks."),
@@ -205,7 +207,7 @@ def annotate(
         config = AnnotateConfig(
             tiling=TilingConfig(tile_size, overlap),
             bands=BandRule(bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")),
-            merge=MergeConfig(min_area, fill_holes, _choice(background, ("ignore", "class"), "--background")),
+            merge=MergeConfig(min_area, fill_holes, _choice(background, ("auto", "class", "ignore"), "--background")),
             batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch, max_pixels=int(max_pixels),
         )  # fmt: skip
         model_set = ModelSet(load_models_config(models))

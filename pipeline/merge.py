@@ -7,8 +7,12 @@ separates two instances decides:
 3. the category that comes first in the taxonomy file ("taxonomy order");
 4. the instance detected first ("detection order"), so ties never depend on sort stability.
 Before that, instances below `min_area` pixels are dropped and, if asked, holes inside each
-instance are filled. Pixels no instance claims are 255 (unlabeled), or the taxonomy's background
-class when `background="class"`; nodata pixels are always 255.
+instance are filled. Pixels no instance claims take the taxonomy's background class (its category
+with `propose: false`, id 34 "unlabeled areas, background, clutter" in OVRSIS95K), as the released
+dataset's masks do, so a model trained on the shards learns background too. That is
+`background="auto"`, the default; a taxonomy without a background class leaves them 255.
+`background="class"` insists on the class (an error without one); `background="ignore"` keeps
+every unclaimed pixel 255. Nodata pixels are always 255: 255 means "no data", never "background".
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ IGNORE = 255
 class MergeConfig:
     min_area: int = 16
     fill_holes: bool = False
-    background: Literal["ignore", "class"] = "ignore"
+    background: Literal["auto", "class", "ignore"] = "auto"
 
 
 @dataclass
@@ -114,9 +118,12 @@ def _conflict(records: list[Instance], winner: int, loser: int, pixels: int) -> 
 
 
 def _fill_value(taxonomy: Taxonomy, config: MergeConfig) -> int:
+    """What unclaimed pixels become (see the module docstring)."""
     if config.background == "ignore":
         return IGNORE
     background = [c.index for c in taxonomy.categories if not c.propose]
-    if not background:
-        raise ValueError(f"background='class' needs a category with propose: false in taxonomy {taxonomy.name!r}")
-    return background[-1]
+    if background:
+        return background[-1]
+    if config.background == "auto":
+        return IGNORE
+    raise ValueError(f"background='class' needs a category with propose: false in taxonomy {taxonomy.name!r}")

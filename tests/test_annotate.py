@@ -52,7 +52,8 @@ def test_annotate_writes_records_masks_geotiffs_and_one_embedding_per_tile(tmp_p
         assert record.captions[0].model == "file" and record.domain.name == "town"
         mask = np.asarray(Image.open(tmp_path / "out" / record.semantic_mask))
         assert mask.dtype == np.uint8 and mask.shape == (256, 256)
-        assert set(np.unique(mask)) <= {taxonomy.index_of(c.name) for c in record.categories} | {255}
+        # unclaimed pixels take the background class (34); 255 only where the scene is nodata
+        assert set(np.unique(mask)) <= {taxonomy.index_of(c.name) for c in record.categories} | {34, 255}
         with rasterio.open(tmp_path / "out" / "masks" / f"{record.key}.tif") as tif:
             assert tif.crs.to_epsg() == 32633 and list(tif.transform)[:6] == pytest.approx(record.source.transform)
             assert np.array_equal(tif.read(1), mask)

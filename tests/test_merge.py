@@ -36,7 +36,7 @@ def test_confidence_wins_and_conflict_is_recorded(taxonomy):
     car = instance("vehicle", box_mask(valid.shape, 5, 10, 5, 15), det=0.9)
     semantic, records, conflicts = merge_instances([road, car], taxonomy, valid)
     assert (semantic[5:10, 5:15] == taxonomy.index_of("vehicle")).all()
-    assert semantic[0, 0] == taxonomy.index_of("road") and semantic[0, 15] == 255
+    assert semantic[0, 0] == taxonomy.index_of("road") and semantic[0, 15] == 34  # unclaimed: the background class
     (conflict,) = conflicts
     assert (conflict.winner_category, conflict.loser_category, conflict.pixels, conflict.rule) == ("vehicle", "road", 25, "confidence")
     assert records[0].area == 200 - 25 and records[1].area == 50
@@ -61,11 +61,14 @@ def test_min_area_holes_nodata_and_background(taxonomy):
     ring[5:15, 5:15] = False
     speck = box_mask(valid.shape, 25, 27, 25, 27)
     semantic, records, _ = merge_instances([instance("building", ring), instance("vehicle", box_mask(valid.shape, 22, 24, 0, 2))],
-                                           taxonomy, valid, MergeConfig(min_area=8))  # fmt: skip
+                                           taxonomy, valid, MergeConfig(min_area=8, background="ignore"))  # fmt: skip
     assert semantic[10, 10] == 255 and records[1].dropped == "area 4 < min_area 8"
     filled, _, _ = merge_instances([instance("building", ring)], taxonomy, valid, MergeConfig(fill_holes=True))
     assert filled[10, 10] == taxonomy.index_of("building")
-    with_class, _, _ = merge_instances([instance("building", speck)], taxonomy, valid, MergeConfig(min_area=0, background="class"))
-    assert with_class[0, 0] == 34 and with_class[0, 29] == 255  # unclaimed -> background class; nodata -> 255
+    for background in ("auto", "class"):  # auto is the default
+        with_class, _, _ = merge_instances([instance("building", speck)], taxonomy, valid, MergeConfig(min_area=0, background=background))
+        assert with_class[0, 0] == 34 and with_class[0, 29] == 255  # unclaimed -> background class; nodata -> 255
+    isaid = load_taxonomy("isaid")  # no background class: auto leaves unclaimed pixels 255, class refuses
+    assert (merge_instances([], isaid, valid)[0] == 255).all()
     with pytest.raises(ValueError, match="propose: false"):
-        merge_instances([], load_taxonomy("isaid"), valid, MergeConfig(background="class"))
+        merge_instances([], isaid, valid, MergeConfig(background="class"))
