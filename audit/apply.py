@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.decisions import ReviewShapeError, proposed_categories, review_annotation
+from audit.decisions import ReviewShapeError, proposed_categories
 from audit.ledger import QUEUED, Review, latest_reviews, read_ledger, read_lines
 from audit.records import kept_proposal_path, mask_path, proposal_digest, read_mask, shown_mask
+from audit.review_cache import reviewed
 from pipeline.categories import ProposedCategory
 from pipeline.outputs import write_png
 from pipeline.records import AuditDecision, ReviewRef, TileRecord
@@ -100,7 +101,7 @@ def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.n
     if shown.shape != proposal.shape:
         raise ReviewShapeError(f"the reviewed tile was {shown.shape[1]}x{shown.shape[0]}, it is now "
                                f"{proposal.shape[1]}x{proposal.shape[0]}: re-queue it")  # fmt: skip
-    mask, decisions = review_annotation(shown, review.result, taxonomy)
+    mask, decisions = reviewed(out_dir, review, shown, taxonomy)
     for decision in decisions:
         decision.reviewer, decision.time = review.reviewer, review.updated_at
     write_png(mask_path(out_dir, record), mask)

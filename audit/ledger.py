@@ -27,9 +27,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+
+from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -37,6 +39,7 @@ from audit.settings import AuditError
 
 LEDGER = Path("audit") / "ledger.jsonl"
 PULLS = Path("audit") / "pulls.jsonl"
+T = TypeVar("T")
 QUEUED = Path("audit") / "queued.jsonl"
 
 
@@ -71,10 +74,10 @@ def ledger_path(out_dir: Path) -> Path:
 
 def read_ledger(out_dir: Path) -> list[Review]:
     """Every review in the ledger, in file order ([] when there is none yet)."""
-    return [Review.model_validate(row) for row in read_lines(ledger_path(out_dir), Review)]
+    return list(read_lines(ledger_path(out_dir), Review.model_validate_json))
 
 
-def read_lines(path: Path, model: type[BaseModel] | None = None) -> Iterator[dict]:
+def read_lines(path: Path, parse: Callable[[bytes], T] = json.loads) -> Iterator[T]:
     """The JSON objects of an append-only file; a torn last line (a killed writer) is ignored, any
     other damaged line is an AuditError naming the file and line."""
     if not path.is_file():
@@ -86,9 +89,7 @@ def read_lines(path: Path, model: type[BaseModel] | None = None) -> Iterator[dic
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw)
-            if model is not None:
-                model.model_validate(row)
+            row = parse(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as error:
             reason = str(error).splitlines()[0]
             raise AuditError(f"{path}:{number}: damaged line ({reason}); every other line is intact: "

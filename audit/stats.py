@@ -32,9 +32,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.decisions import CORRECTION_KINDS, ReviewShapeError, review_annotation
+from audit.decisions import CORRECTION_KINDS, ReviewShapeError
 from audit.ledger import Review, latest_reviews, read_ledger
 from audit.records import load_records, proposal_digest, proposal_mask, shown_mask
+from audit.review_cache import reviewed
 from pipeline.outputs import atomic_path
 from pipeline.records import TileRecord
 from taxonomy.loader import Taxonomy
@@ -126,7 +127,7 @@ def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[st
         proposal = proposal_mask(out_dir, record)
         shown = proposal if shown is None else shown
         try:
-            _, decisions = review_annotation(shown, review.result, taxonomy)
+            _, decisions = reviewed(out_dir, review, shown, taxonomy)
         except ReviewShapeError:
             continue
         images += 1

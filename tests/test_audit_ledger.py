@@ -246,3 +246,19 @@ def test_background_class_is_painted_but_not_judged():
     assert not any(background.name in d.target for d in decisions)
     assert len([d for d in decisions if d.target.startswith("category:")]) == 4
     assert (mask[:2] == background.index).all() and (mask[2:, 8:] == 255).all()
+
+
+def test_decoded_reviews_are_cached_and_a_damaged_entry_is_decoded_again(tmp_path):
+    proposal = four_stripes()
+    make_build(tmp_path, {"a": proposal})
+    append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
+    first = load_records(tmp_path)
+    apply_reviews(tmp_path, first, TAXONOMY, fresh_proposals=False)
+    cached = sorted((tmp_path / "audit" / "reviewed").iterdir())
+    assert [p.suffix for p in cached] == [".json", ".png"]
+    cached[1].write_bytes(b"\x89PNG broken")
+    cached[0].write_text("[")
+    again = load_records(tmp_path)
+    apply_reviews(tmp_path, again, TAXONOMY, fresh_proposals=False)
+    assert [r.model_dump() for r in again] == [r.model_dump() for r in first]
+    assert np.array_equal(np.asarray(Image.open(cached[1])), np.asarray(Image.open(tmp_path / "masks" / "a.png")))
