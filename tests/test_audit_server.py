@@ -184,7 +184,8 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
 
     stats = write_report(build_output, tmp_path / "report", taxonomy)
     table = stats["queues"]["sample"]["table"]
-    proposals = sum(len(regions[k]) for k in (accept, repaint, discard, relabel, skipped, twice))
+    proposals = sum(taxonomy.categories[taxonomy.index_of(r["value"]["brushlabels"][0])].propose  # (the background is no proposal)
+                    for k in (accept, repaint, discard, relabel, skipped, twice) for r in regions[k])  # fmt: skip
     assert table["audited images"] == 6 and table["category accepted"]["of"] == proposals
     assert table["category discarded"]["count"] == 2 and table["category corrected"]["count"] == 1
     assert table["false-positive ratio"]["count"] == 2 and table["false-positive ratio"]["of"] == proposals
