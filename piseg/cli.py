@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from piseg.faults import SkippedLog
 from piseg.prompts import PROMPT_TEMPLATE, class_prompts
@@ -41,6 +41,15 @@ def torch_device(name: str | None) -> torch.device:
         return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:
         fail(f"--device {name}: {error}")
+
+
+def beside_paper(ours: dict, paper: dict | None) -> str:
+    """'   paper Pi-Seg 47.54 (Δ -1.20), CAT-Seg 49.19 (Δ -2.85)' for a line of `piseg eval`'s summary."""
+    if not paper or "miou" not in ours:
+        return ""
+    parts = [f"{model} {100 * paper[model]['miou']:.2f} (Δ {100 * (ours['miou'] - paper[model]['miou']):+.2f})"
+             for model in ("Pi-Seg", "CAT-Seg") if paper.get(model)]  # fmt: skip
+    return "   paper mIoU: " + ", ".join(parts) if parts else ""
 
 
 app = typer.Typer(name="piseg", help="Pi-Seg: open-vocabulary remote-sensing segmentation.", add_completion=False)
@@ -233,6 +242,7 @@ def bench(
     """Efficiency table (Table XII) at 600x800: parameters, GFLOPs, peak memory, FPS, on this device."""
     from piseg.bench import device_name, measure
     from piseg.config import ConfigError, preset
+    from piseg.paper import BACKBONES, SOURCE, efficiency_row
 
     try:
         config = preset(backbone)
@@ -241,12 +251,19 @@ def bench(
     chosen = torch_device(device)
     rows = measure(config, chosen, classes, repeats)
     memory = "peak GPU memory (GB)" if chosen.type == "cuda" else "peak process RSS (GB)"
-    table = Table("model", "params", "GFLOPs train", "GFLOPs eval", memory, "FPS",
+    table = Table(Column("model", no_wrap=True), "params", "GFLOPs train", "GFLOPs eval", memory, "FPS",
                   title=f"{backbone}, {classes} classes, 600x800, device: {device_name(chosen)}", title_justify="left")  # fmt: skip
     for row in rows:
         table.add_row(row.model, f"{row.parameters / 1e6:.2f}M", f"{row.train_gflops:.2f}", f"{row.eval_gflops:.2f}",
                       f"{row.peak_memory_gb:.2f}", f"{row.fps:.2f}")  # fmt: skip
+    paper = efficiency_row(backbone)
+    for model, row in (paper or {}).items():
+        table.add_row(f"{model}, paper", f"{row['params_M']:.2f}M", f"{row['GFLOPs_train']:.2f}", f"{row['GFLOPs_eval']:.2f}",
+                      f"{row['peak_mem_GB']:.2f}", f"{row['FPS']:.2f}")  # fmt: skip
     Console(soft_wrap=True).print(table)
+    if paper:
+        Console(soft_wrap=True).print(f"Paper rows: Table XII of {SOURCE} ({BACKBONES[backbone]}), device: NVIDIA H100 "
+                                      "(the paper trains on 4), peak GPU memory.")  # fmt: skip
     Console(soft_wrap=True).print("GFLOPs: torch.utils.flop_counter (2 per multiply-add); the paper's counter (fvcore) "
                                   "reports multiply-adds. Train = one crop with the text encoder and SPMs; eval = sliding window.")
 
@@ -267,6 +284,10 @@ def evaluate(
     max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
     panels: int = typer.Option(3, help="Qualitative panels per dataset."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+    compare_paper: bool = typer.Option(True, help="Print the paper's Pi-Seg and CAT-Seg numbers beside ours, with the delta, "
+                                                  "when the paper reports this benchmark for the backbone."),
+    paper_backbone: str = typer.Option(None, help="Compare with the paper's numbers for this backbone (vit-b, vit-l; "
+                                                  "default: the model's)."),
 ) -> None:
     """Evaluate a checkpoint (or zero-shot CLIP) on a benchmark, the paper's way; resumable per dataset."""
     import dataclasses
@@ -276,6 +297,7 @@ def evaluate(
     from piseg.config import INFERENCE_MODES, ConfigError, preset
     from piseg.datasets import DatasetError, load_benchmark, load_definitions
     from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
+    from piseg.paper import paper_comparison
     from piseg.report import ABSENT_RULES, build_report
     from piseg.zero_shot import ZeroShotClip
     from pipeline.categories import spacy_lemmatize
@@ -313,12 +335,19 @@ def evaluate(
             bar.update(tasks[name], completed=done)
 
         results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
-    report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions, settings)
+    paper = paper_comparison(selected.name, paper_backbone or config.model.backbone) if compare_paper else None
+    report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions,
+                          settings, paper)  # fmt: skip
     for name, entry in report["datasets"].items():
         status = f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}" if entry["status"] == "done" else f"[yellow]{entry['status']}[/yellow]"
-        Console(soft_wrap=True).print(f"{name}: {status}")
+        Console(soft_wrap=True).print(f"{name}: {status}{beside_paper(entry, entry.get('paper'))}")
     if report["m_miou"] is not None:
-        Console().print(f"m-mIoU {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}  -> {out / 'report.md'}")
+        label = f"m-mIoU w/o {report['means_exclude']}" if report["means_exclude"] else "m-mIoU"
+        ours = {"miou": report["m_miou"]}
+        Console(soft_wrap=True).print(f"{label} {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}"
+                                      f"{beside_paper(ours, paper['benchmark']['mean'] if paper else None)}  -> {out / 'report.md'}")  # fmt: skip
+    if compare_paper and paper is None:
+        Console(soft_wrap=True).print(f"(the paper reports no {selected.name} numbers for {paper_backbone or config.model.backbone})")
     if not report["complete"]:
         left_out = [name for name, entry in report["datasets"].items() if entry["status"] != "done"]
         err.print(f"[yellow]{len(left_out)} of {len(report['datasets'])} datasets not evaluated[/yellow] ({', '.join(left_out)}); "

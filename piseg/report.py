@@ -1,6 +1,8 @@
-"""The evaluation report: the paper's tables (per-dataset mIoU/mACC and their means, Tables III-V), the
-seen/unseen split (Table XI), the category overlap with the training taxonomy (Figure 5) and the
-resolution groups (Table XIII), as Markdown, JSON and PNG."""
+"""The evaluation report: the paper's tables (per-dataset mIoU/mACC and their means, Tables III-V, V1 means
+without the training set), the seen/unseen split (Table XI: ours from the crosswalk, and the paper's where it
+states one), the category overlap with the training taxonomy (Figure 5) and the resolution groups (Table XIII
+by whole datasets; per image as an extra), as Markdown, JSON and PNG, with the paper's numbers beside ours
+when a table matches."""
 
 from __future__ import annotations
 
@@ -32,14 +34,17 @@ def mean(values: list[float]) -> float | None:
 
 
 def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: str, model_name: str, absent: str,
-                 lemmatize: Lemmatize, out: Path, definitions: dict, settings: EvalConfig) -> dict:  # fmt: skip
-    """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content."""
+                 lemmatize: Lemmatize, out: Path, definitions: dict, settings: EvalConfig,
+                 paper: dict | None = None) -> dict:  # fmt: skip
+    """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content. `paper`
+    (`piseg.paper.paper_comparison`) puts the paper's numbers beside ours."""
     training = load_taxonomy(train_taxonomy)
+    protocol = (definitions.get("benchmarks") or {}).get(benchmark) or {}
     datasets = {}
     for result in results:
         entry: dict = {"status": result.status, "problems": result.problems, "images": result.images}
-        spec_taxonomy = load_taxonomy(definitions["datasets"][result.name]["taxonomy"])
-        mapping = crosswalk(spec_taxonomy, training, lemmatize)
+        definition = definitions["datasets"][result.name]
+        mapping = crosswalk(load_taxonomy(definition["taxonomy"]), training, lemmatize)
         covered = [name for name, target in mapping.items() if target is not None]
         entry["overlap"] = {"raw": len(mapping), "covered": len(covered), "test_only": len(mapping) - len(covered),
                             "coverage": len(covered) / len(mapping), "mapping": mapping}  # fmt: skip
@@ -56,19 +61,47 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
                             for group, matrix in sorted(result.groups.items())},
                 panels=result.panels,
             )  # fmt: skip
+            if "paper_split" in definition:
+                entry["paper_split"] = stated_split(entry["classes"], definition["paper_split"])
+        if paper and paper["benchmark"]:
+            entry["paper"] = paper["benchmark"]["datasets"].get(result.name)
         datasets[result.name] = entry
-    done = [d for d in datasets.values() if d["status"] == "done"]
+    done = {name: d for name, d in datasets.items() if d["status"] == "done"}
+    excluded = protocol.get("train_dataset")
+    counted = [d for name, d in done.items() if name != excluded]
     report = {
         "benchmark": benchmark, "model": model_name, "train_taxonomy": train_taxonomy,
         "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]}, "inference": asdict(settings),
-        "m_miou": mean([d["miou"] for d in done]), "m_macc": mean([d["macc"] for d in done]),
-        "complete": len(done) == len(datasets), "datasets": datasets,
+        "m_miou": mean([d["miou"] for d in counted]), "m_macc": mean([d["macc"] for d in counted]),
+        "means_exclude": excluded, "complete": len(done) == len(datasets), "datasets": datasets,
     }  # fmt: skip
+    if excluded:  # Table III averages without the training set; the mean with it, for reference
+        report["m_miou_with_training_set"] = mean([d["miou"] for d in done.values()])
+        report["m_macc_with_training_set"] = mean([d["macc"] for d in done.values()])
+    if "resolution_groups" in protocol:
+        report["resolution_groups"] = {
+            group: {"datasets": names, "evaluated": [n for n in names if n in done],
+                    "m_miou": mean([done[n]["miou"] for n in names if n in done]),
+                    "m_macc": mean([done[n]["macc"] for n in names if n in done])}
+            for group, names in protocol["resolution_groups"].items()
+        }  # fmt: skip
+    report["paper"] = paper
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
     overlap_figure(report, out / "overlap.png")
     return report
+
+
+def stated_split(classes: dict[str, dict], split: dict[str, list[str]]) -> dict:
+    """A seen/unseen split as a paper states it (Table XI): mIoU/mACC over its seen, unseen and all listed
+    classes; classes it does not list (UAVid's background) are in none of the three."""
+    unknown = {c for group in split.values() for c in group} - set(classes)
+    if unknown:
+        raise ValueError(f"paper_split names classes the dataset lacks: {sorted(unknown)}")
+    groups = {"overall": split["seen"] + split["unseen"], "seen": split["seen"], "unseen": split["unseen"]}
+    return {name: {"miou": mean([classes[c]["iou"] for c in members]), "macc": mean([classes[c]["acc"] for c in members])}
+            for name, members in groups.items()} | {"classes": split}  # fmt: skip
 
 
 def inference_text(settings: dict) -> str:
@@ -78,29 +111,73 @@ def inference_text(settings: dict) -> str:
             f"{settings['stride']} and one global view, averaged)")  # fmt: skip
 
 
+def signed(ours: float | None, theirs: float | None) -> str:
+    return "-" if ours is None or theirs is None or math.isnan(ours) else f"{100 * (ours - theirs):+.2f}"
+
+
+def paper_cells(ours: dict, paper: dict | None) -> list[str]:
+    """Paper Pi-Seg and CAT-Seg mIoU / mACC, and our mIoU's delta to each."""
+    paper = paper or {}
+    cells = []
+    for model in ("Pi-Seg", "CAT-Seg"):
+        theirs = paper.get(model) or {}
+        cells += [percent(theirs.get("miou")), percent(theirs.get("macc"))]
+    return cells + [signed(ours.get("miou"), (paper.get(model) or {}).get("miou")) for model in ("Pi-Seg", "CAT-Seg")]
+
+
+PAPER_HEADER = " paper Pi-Seg mIoU | paper Pi-Seg mACC | paper CAT-Seg mIoU | paper CAT-Seg mACC | Δ mIoU vs Pi-Seg | Δ mIoU vs CAT-Seg |"
+
+
 def markdown(report: dict) -> str:
-    datasets = report["datasets"]
-    names = list(datasets)
+    datasets, paper = report["datasets"], report.get("paper")
+    compared = paper["benchmark"] if paper else None
     lines = [f"# {report['benchmark']}: {report['model']}", ""]
     lines += [f"Rule for absent classes: {report['absent_class_rule']['meaning']} (`--absent {report['absent_class_rule']['rule']}`).",
               "mIoU / mACC average the classes that occur in each dataset's ground truth; m-mIoU / m-mACC average the "
               f"evaluated datasets. Inference: {inference_text(report['inference'])}.", ""]  # fmt: skip
+    if report.get("means_exclude"):
+        lines += [f"As in the paper's Table III, the means leave out the training set ({report['means_exclude']}); with it: "
+                  f"m-mIoU {percent(report['m_miou_with_training_set'])}, m-mACC {percent(report['m_macc_with_training_set'])}.", ""]  # fmt: skip
+    if compared:
+        lines += [f"Paper columns: Table {compared['table']} of {compared['source']}, {compared['backbone']} (the paper's "
+                  "numbers as printed; Δ = ours − paper, in points).", ""]  # fmt: skip
     missing = {n: d for n, d in datasets.items() if d["status"] != "done"}
     if missing:
         lines += ["**Not evaluated** (the means leave them out):", ""]
         lines += [f"- {n}: {d['status']}: " + "; ".join(d["problems"][:3]) + (f" (+{len(d['problems']) - 3} more)" if len(d["problems"]) > 3 else "") for n, d in missing.items()]
         lines.append("")
-    header = "| metric | " + " | ".join(names) + " | mean |"
-    lines += ["## Results (Tables III-V layout)", "", header, "|" + "---|" * (len(names) + 2)]
-    for metric, label, overall in (("miou", "mIoU", "m_miou"), ("macc", "mACC", "m_macc")):
-        row = [percent(datasets[n].get(metric)) for n in names]
-        lines.append(f"| {label} | " + " | ".join(row) + f" | {percent(report[overall])} |")
-    lines += ["", "## Seen / unseen classes (Table XI)", "", "| dataset | seen classes | unseen classes | seen mIoU | unseen mIoU |", "|---|---|---|---|---|"]
+    header, rule = "| dataset | mIoU | mACC |", "|---|---|---|"
+    if compared:
+        header, rule = header + PAPER_HEADER, rule + "---|" * 6
+    lines += ["## Results (Tables III-V layout)", "", header, rule]
+    for name, d in datasets.items():
+        row = [name, percent(d.get("miou")), percent(d.get("macc"))]
+        lines.append("| " + " | ".join(row + (paper_cells(d, d.get("paper")) if compared else [])) + " |")
+    label = f"mean w/o {report['means_exclude']}" if report.get("means_exclude") else "mean"
+    ours = {"miou": report["m_miou"], "macc": report["m_macc"]}
+    row = [f"**{label}**", percent(report["m_miou"]), percent(report["m_macc"])]
+    lines.append("| " + " | ".join(row + (paper_cells(ours, compared["mean"]) if compared else [])) + " |")
+    lines += ["", "## Seen / unseen classes (Table XI)", "",
+              "Automatic split: a class is seen when the crosswalk maps it to a class of the training taxonomy.", "",
+              "| dataset | seen classes | unseen classes | seen mIoU | unseen mIoU |", "|---|---|---|---|---|"]  # fmt: skip
     for name, d in datasets.items():
         mapping = d["overlap"]["mapping"]
         seen = [c for c, t in mapping.items() if t is not None]
         unseen = [c for c, t in mapping.items() if t is None]
         lines.append(f"| {name} | {len(seen)} | {len(unseen)}: {', '.join(unseen) or '-'} | {percent(d.get('seen_miou'))} | {percent(d.get('unseen_miou'))} |")
+    for name, d in datasets.items():
+        if "paper_split" not in d:
+            continue
+        split = d["paper_split"]
+        theirs = (paper or {}).get("uavid") if name == "uavid" else None
+        lines += ["", f"{name}, the split the paper states (seen: {', '.join(split['classes']['seen'])}; unseen: "
+                  f"{', '.join(split['classes']['unseen'])}; overall: those six):", "",
+                  "| group | mIoU | mACC |" + (PAPER_HEADER if theirs else ""), "|---|---|---|" + ("---|" * 6 if theirs else "")]  # fmt: skip
+        for group in ("overall", "seen", "unseen"):
+            cells = [group, percent(split[group]["miou"]), percent(split[group]["macc"])]
+            if theirs:
+                cells += paper_cells(split[group], {model: theirs[model][group] for model in theirs})
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"## Category overlap with {report['train_taxonomy']} (Figure 5)", "",
               "| dataset | raw categories | covered | test-only | coverage |", "|---|---|---|---|---|"]  # fmt: skip
     for name, d in datasets.items():
@@ -108,7 +185,19 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {o['raw']} | {o['covered']} | {o['test_only']} | {100 * o['coverage']:.1f}% |")
     lines += ["", "Covered = the class name (or one of its parts, or its head noun) matches a training class's name or "
               "synonym; the mapping is in report.json. ![overlap](overlap.png)", ""]  # fmt: skip
-    lines += ["## Resolution groups (Table XIII; low = native size below 800x800)", "", "| dataset | low: images | low mIoU | high: images | high mIoU |", "|---|---|---|---|---|"]
+    if "resolution_groups" in report:
+        theirs = (paper or {}).get("resolution")
+        lines += ["## Resolution groups (Table XIII: whole datasets by native size; m-mIoU = mean over the group's datasets)", "",
+                  "| group | datasets (evaluated) | m-mIoU | m-mACC |" + (PAPER_HEADER if theirs else ""),
+                  "|---|---|---|---|" + ("---|" * 6 if theirs else "")]  # fmt: skip
+        for group, g in report["resolution_groups"].items():
+            cells = [group, f"{', '.join(g['evaluated'])} ({len(g['evaluated'])} of {len(g['datasets'])})", percent(g["m_miou"]), percent(g["m_macc"])]
+            if theirs:
+                cells += paper_cells({"miou": g["m_miou"]}, {model: theirs[model].get(group) for model in theirs})
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Resolution per image (extra: each image grouped by its own size; low = below 800x800)", "",
+              "| dataset | low: images | low mIoU | high: images | high mIoU |", "|---|---|---|---|---|"]  # fmt: skip
     for name, d in datasets.items():
         groups = d.get("resolution", {})
         low, high = groups.get("low", {}), groups.get("high", {})

@@ -276,7 +276,7 @@ def test_piseg_eval_writes_the_full_report_and_resumes(checkpoint, definitions, 
         present |= torch.bincount(target[target != 255], minlength=15) > 0
     assert isaid["miou"] == pytest.approx(float(metric.compute()[present].mean()), abs=1e-5)
     markdown = (out / "report.md").read_text()
-    assert "Seen / unseen" in markdown and "Resolution groups" in markdown and "left out of its mIoU" in markdown
+    assert "Seen / unseen" in markdown and "Resolution per image" in markdown and "left out of its mIoU" in markdown
     # a second run reuses the finished datasets
     before = {p.name: p.stat().st_mtime_ns for p in (out / "datasets").iterdir()}
     assert runner.invoke(app, arguments).exit_code == 0
@@ -366,3 +366,20 @@ def test_shortest_edge_resize_matches_detectron2_pil_resize():
     assert tuple(shortest_edge_resize(torch.zeros(1, 3, 1000, 700), 640).shape[-2:]) == (914, 640)
     wide = shortest_edge_resize(torch.zeros(1, 3, 100, 1000), 640)
     assert tuple(wide.shape[-2:]) == (256, 2560)  # the longest edge is capped at 2560
+
+
+def test_eval_prints_the_papers_numbers_beside_ours(checkpoint, definitions, tmp_path):
+    """--compare-paper (on by default): the matching table for the backbone asked for (the tiny checkpoint has
+    none of its own); --no-compare-paper leaves the columns out."""
+    root = tmp_path / "data"
+    write_isaid(root, sizes=((40, 48),))
+    arguments = ["eval", "--checkpoint", str(checkpoint), "--benchmark", "ovrsisbench-v2", "--datasets", "isaid", "--data-root",
+                 str(root), "--benchmarks", str(definitions), "--panels", "0"]  # fmt: skip
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "a"), "--paper-backbone", "vit-b"])
+    assert result.exit_code == 0, result.output
+    assert "paper mIoU: Pi-Seg 47.54 (Δ " in result.output and "CAT-Seg 49.19" in result.output and "Pi-Seg 39.48" in result.output
+    assert "Table IV of arXiv 2604.15652, ViT-B" in (tmp_path / "a" / "report.md").read_text()
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0 and "paper reports no ovrsisbench-v2 numbers for tiny" in result.output
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "c"), "--paper-backbone", "vit-b", "--no-compare-paper"])
+    assert result.exit_code == 0 and "paper mIoU" not in result.output and "paper reports" not in result.output
