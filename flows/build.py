@@ -29,7 +29,8 @@ from prefect import flow, get_run_logger, task
 from flows import progress
 from flows.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
 from flows.runners import make_task_runner
-from pipeline.annotate import AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file, run_stage
+from pipeline.annotate import (AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file,
+                               remove_stale_outputs, run_stage)  # fmt: skip
 from pipeline.balance_report import write_report
 from pipeline.batching import batched
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
@@ -197,6 +198,7 @@ def build_stages(config_path: str) -> dict:
     started = time.perf_counter()
     config = load_build_config(config_path)
     storage = _result_storage(config)
+    remove_stale_outputs(config.output)  # temporaries a killed run left behind
     rasters, unsupported = find_rasters_of(config)
     stems = source_stems(rasters)
     ingest = ingest_raster.with_options(result_storage=storage)

@@ -6,7 +6,8 @@
     models: default                    # default | tiny | models YAML (see pipeline/models/config.py)
     output: out/                       # shards, manifest, masks, records, reports
     storage: out/.cache                # persisted task results (resume and caching) [default: OUTPUT/.cache]
-    tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0}
+    tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0, max_pixels: 2500000000}
+                                       # max_pixels: a raster whose header claims more is quarantined unread
     matching: {threshold: 0.72, margin: 0.06}
     merge: {min_area: 16, fill_holes: false, background: auto}   # auto: unclaimed pixels -> the taxonomy's background
                                        # class (propose: false) if it has one; ignore: 255
@@ -34,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.annotate import AnnotateConfig
-from pipeline.ingest import BandRule, TilingConfig
+from pipeline.ingest import MAX_PIXELS, BandRule, TilingConfig
 from pipeline.merge import MergeConfig
 from pipeline.selection import DEFAULT_TARGET_TILES, SelectionConfig
 from pipeline.shards import ShardConfig
@@ -57,6 +58,7 @@ class Tiling(_Section):
     bands: list[int] | None = None
     stretch: Literal["auto", "none", "percentile"] = "auto"
     min_valid_fraction: float = 0.0
+    max_pixels: int = Field(MAX_PIXELS, gt=0)
 
 
 class Matching(_Section):
@@ -138,6 +140,7 @@ class BuildConfig(_Section):
             batch_size=self.batch_size,
             match_threshold=self.matching.threshold,
             match_margin=self.matching.margin,
+            max_pixels=t.max_pixels,
         )
 
     def selection_config(self) -> SelectionConfig:
