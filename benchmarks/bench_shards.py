@@ -1,30 +1,41 @@
-"""Shard writing throughput (MB/s) against a plain `tar` of the same files.
+"""Shard writing throughput (MB/s) against a plain `tar` of the same files, and (--images) the image
+encodings a shard can hold, on real imagery.
 
-Encodes N random-content 512x512 tiles with masks (JPEG q95 + PNG + JSON record), then times
+Throughput: encodes N random-content 512x512 tiles with masks (JPEG q95 + PNG + JSON record), then times
 (a) `write_shards` (webdataset TarWriter, sha256, manifest, statistics), including the encoding,
 and (b) the same encoded files written to a folder and packed with `tar cf` (encoding excluded).
-Usage: python benchmarks/bench_shards.py [--samples 1000]
+
+--images: 512x512 tiles of the real NAIP, NEON and UC Merced rasters in ../shared/data/real, each encoded as
+JPEG q95 (the old default), PNG and lossless WebP (the default now): bytes per pixel, encode and decode
+speed (decode = what the trainer does per sample), and whether the pixels come back exactly.
+Usage: python benchmarks/bench_shards.py [--samples 1000] [--images]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from _shared import SHARED_REAL, require
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, _encode, write_shards
+from pipeline.shards import ShardConfig, _encode, decode_image, encode_image, write_shards
 from taxonomy import load_taxonomy
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--images", action="store_true", help="Compare image encodings on real imagery instead.")
     args = parser.parse_args()
+    if args.images:
+        return compare_encodings()
     taxonomy = load_taxonomy("ovrsis95k")
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
@@ -42,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         started = time.perf_counter()
-        write_shards(work / "out", records, sample, taxonomy.names, taxonomy.version, ShardConfig(max_samples=500))
+        write_shards(work / "out", records, sample, taxonomy.names, taxonomy.version, ShardConfig(max_samples=500, lossless=False))
         shard_seconds = time.perf_counter() - started
         shard_bytes = sum(p.stat().st_size for p in (work / "out" / "shards").glob("*.tar"))
 
@@ -51,11 +62,11 @@ def main() -> None:
         started = time.perf_counter()
         for record in records:
             image, mask = sample(record)
-            _encode(record.key, image, mask, record, ShardConfig())
+            _encode(record.key, image, mask, record, ShardConfig(lossless=False))
         encode_seconds = time.perf_counter() - started
         for record in records:
             image, mask = sample(record)
-            for extension, payload in _encode(record.key, image, mask, record, ShardConfig()).items():
+            for extension, payload in _encode(record.key, image, mask, record, ShardConfig(lossless=False)).items():
                 if extension != "__key__":
                     (files / f"{record.key}.{extension}").write_bytes(payload)
         started = time.perf_counter()
@@ -66,6 +77,46 @@ def main() -> None:
     print(f"write_shards       {shard_seconds:6.2f} s  {mb / shard_seconds:7.1f} MB/s  (encoding + tar + sha256 + statistics)")
     print(f"  of which encode  {encode_seconds:6.2f} s; tar + sha256 + statistics alone: {mb / (shard_seconds - encode_seconds):7.1f} MB/s")
     print(f"plain tar cf       {tar_seconds:6.2f} s  {mb / tar_seconds:7.1f} MB/s  (pre-encoded files)")
+
+
+def real_tiles(size: int = 512) -> list[np.ndarray]:
+    import rasterio
+
+    tiles = []
+    for path in sorted(require(SHARED_REAL).glob("*/*.tif")):
+        with rasterio.open(path) as raster:
+            if raster.count < 3 or raster.dtypes[0] != "uint8":
+                continue
+            pixels = raster.read([1, 2, 3]).transpose(1, 2, 0)
+        step = min(size, *pixels.shape[:2])
+        tiles += [np.ascontiguousarray(pixels[r : r + step, c : c + step])
+                  for r in range(0, pixels.shape[0] - step + 1, step) for c in range(0, pixels.shape[1] - step + 1, step)]  # fmt: skip
+    return tiles
+
+
+def compare_encodings() -> None:
+    tiles = real_tiles()
+    megapixels = sum(t.shape[0] * t.shape[1] for t in tiles) / 1e6
+    print(f"{len(tiles)} real tiles (NAIP, NEON, UC Merced; up to 512x512), {megapixels:.1f} MP")
+    print(f"{'encoding':<24} {'bytes/pixel':>11} {'encode MP/s':>11} {'decode MP/s':>11}  exact")
+    for label, config in (("JPEG q95 (old default)", ShardConfig(lossless=False)), ("PNG level 6", None),
+                          ("lossless WebP (default)", ShardConfig())):  # fmt: skip
+        started = time.perf_counter()
+        if config is None:
+            encoded = []
+            for tile in tiles:
+                buffer = io.BytesIO()
+                Image.fromarray(tile).save(buffer, format="PNG", compress_level=6)
+                encoded.append(buffer.getvalue())
+        else:
+            encoded = [encode_image(tile, config)[1] for tile in tiles]
+        encode_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        decoded = [decode_image(data) for data in encoded]
+        decode_seconds = time.perf_counter() - started
+        exact = all(np.array_equal(a, b) for a, b in zip(tiles, decoded))
+        size = sum(map(len, encoded)) / (megapixels * 1e6)
+        print(f"{label:<24} {size:>11.3f} {megapixels / encode_seconds:>11.1f} {megapixels / decode_seconds:>11.1f}  {'yes' if exact else 'no'}")
 
 
 if __name__ == "__main__":

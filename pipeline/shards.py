@@ -1,6 +1,6 @@
 """WebDataset shards and their manifest: the contract between the build and the trainer.
 
-    OUT/shards/{split}-{000000}.tar   samples {key}.jpg (or .png), {key}.mask.png, {key}.json
+    OUT/shards/{split}-{000000}.tar   samples {key}.{jpg,png,webp}, {key}.mask.png, {key}.json
     OUT/manifest.json                 taxonomy (names, version), per-shard count and sha256, statistics
 
 Byte-identical output for identical inputs: samples in a seeded random order (a hash of (seed, key), so
@@ -8,6 +8,12 @@ neighbouring tiles of one raster, which share categories, land in different shar
 batches mix them as a full permutation would), tar entries with fixed mtime, owner and mode, images
 encoded with fixed settings, JSON with sorted keys, and no timestamps in the manifest. The split is a
 deterministic hash of (seed, key), stratified by domain.
+
+Image bytes are never a second lossy generation by default: a tile that is a whole JPEG or PNG source image
+keeps the source file's bytes (when they decode to exactly the tile's pixels, so EXIF-rotated or palette
+files are re-encoded); any other tile is stored as lossless WebP (exact pixels, a fifth smaller than PNG:
+`benchmarks/bench_shards.py --images`). `lossless: false` stores those as JPEG at
+`jpeg_quality` instead, an explicit lossy choice.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pipeline.records import TileRecord
 
 MANIFEST_SCHEMA_VERSION = 1
 IGNORE = 255
+IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # a sample holds exactly one image part
 
 
 class ShardError(ValueError):
@@ -41,7 +48,7 @@ class ShardError(ValueError):
 class ShardConfig:
     max_samples: int = 1000
     max_bytes: int = 1 << 30
-    lossless: bool = False  # PNG images instead of JPEG
+    lossless: bool = True  # tiles that are not whole JPEG/PNG sources: lossless WebP; False: JPEG at jpeg_quality
     jpeg_quality: int = 95
     val_fraction: float = 0.1
     seed: int = 0
@@ -99,6 +106,7 @@ def write_shards(
     pixels: Counter = Counter()
     images: Counter = Counter()
     domains: Counter = Counter()
+    formats: set[str] = set()
     for split, keys in splits.items():
         keys = shuffled_keys(keys, config.seed)
         shards = []
@@ -108,6 +116,7 @@ def write_shards(
                 with wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis", group="ovrsis", mode=0o444) as tar:
                     for key, encoded, mask in chunk:
                         tar.write(encoded)
+                        formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
                         values, counts = np.unique(mask, return_counts=True)
                         for value, count in zip(values.tolist(), counts.tolist()):
                             if value != IGNORE:
@@ -120,7 +129,7 @@ def write_shards(
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "taxonomy": {"names": list(taxonomy_names), "version": taxonomy_version},
-        "image_format": "png" if config.lossless else "jpg",
+        "image_format": formats.pop() if len(formats) == 1 else "mixed",  # per sample: its own extension
         "splits": manifest_splits,
         "categories": {name: {"pixels": pixels[name], "images": images[name]} for name in taxonomy_names},
         "domains": dict(sorted(domains.items())),
@@ -156,19 +165,51 @@ def _encode(key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, c
         raise ShardError(f"tile key {key!r} contains '.', which WebDataset reads as an extension")
     if image.shape[:2] != mask.shape:
         raise ShardError(f"{key}: image {image.shape[:2]} and mask {mask.shape} differ in size")
-    image_buffer = io.BytesIO()
-    if config.lossless:
-        Image.fromarray(image).save(image_buffer, format="PNG", compress_level=6)
-    else:
-        Image.fromarray(image).save(image_buffer, format="JPEG", quality=config.jpeg_quality, subsampling=0)
+    extension, image_bytes = source_image_bytes(image, record) or encode_image(image, config)
     mask_buffer = io.BytesIO()
     Image.fromarray(mask).save(mask_buffer, format="PNG", compress_level=6)
     return {
         "__key__": key,
-        "png" if config.lossless else "jpg": image_buffer.getvalue(),
+        extension: image_bytes,
         "mask.png": mask_buffer.getvalue(),
         "json": json.dumps(record.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode(),
     }
+
+
+def encode_image(image: np.ndarray, config: ShardConfig) -> tuple[str, bytes]:
+    """Lossless WebP (`exact`: pixels kept bit for bit; effort 25/method 1: on real aerial tiles a fifth
+    smaller than PNG, encoded faster than PNG level 6, decoded as fast), or JPEG when `lossless` is off."""
+    buffer = io.BytesIO()
+    if config.lossless:
+        Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=25, method=1, exact=True)
+        return "webp", buffer.getvalue()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=config.jpeg_quality, subsampling=0)
+    return "jpg", buffer.getvalue()
+
+
+def source_image_bytes(image: np.ndarray, record: TileRecord) -> tuple[str, bytes] | None:
+    """The source file's own bytes when the tile is that whole JPEG/PNG image and they decode (as the
+    readers decode them) to exactly the tile's pixels; None otherwise."""
+    source, window = record.source, record.source.window
+    whole = (window.row_off, window.col_off, window.height, window.width) == (0, 0, source.raster_height, source.raster_width)
+    path = Path(source.path)
+    if not whole or image.shape[:2] != (window.height, window.width) or not path.is_file():
+        return None
+    data = path.read_bytes()
+    extension = "jpg" if data[:3] == b"\xff\xd8\xff" else "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else None
+    if extension is None:
+        return None
+    try:
+        same = np.array_equal(decode_image(data), image)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (extension, data) if same else None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8, as every reader of the shards decodes an image part."""
+    with Image.open(io.BytesIO(data)) as opened:
+        return np.asarray(opened.convert("RGB"))
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -270,16 +311,23 @@ class ShardReader:
         paths = self.shard_paths(split)
         if not paths:
             return
-        extension = self.manifest.get("image_format", "jpg")
         # every sample, whatever process asks (webdataset would refuse to guess a split under torchrun)
         for raw in wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=None):
-            yield decode_sample(raw, extension)
+            yield decode_sample(raw)
 
 
-def decode_sample(raw: dict, extension: str = "jpg") -> Sample:
+def image_part(raw: dict) -> str:
+    """The extension of a raw sample's image part."""
+    found = [extension for extension in IMAGE_EXTENSIONS if extension in raw]
+    if len(found) != 1:
+        raise ShardError(f"sample {raw['__key__']}: {'no' if not found else 'more than one'} image part ({', '.join(IMAGE_EXTENSIONS)})")
+    return found[0]
+
+
+def decode_sample(raw: dict) -> Sample:
     key = raw["__key__"]
+    image = decode_image(raw[image_part(raw)])
     try:
-        image = np.asarray(Image.open(io.BytesIO(raw[extension])).convert("RGB"))
         mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])))
         record = json.loads(raw["json"])
     except KeyError as error:
@@ -289,9 +337,8 @@ def decode_sample(raw: dict, extension: str = "jpg") -> Sample:
 
 def export_official(out_dir: Path, destination: Path, splits: Iterable[str] = ("train", "val")) -> int:
     """The folder layout the authors' Pi-Seg / CAT-Seg code reads: {split}/img/*.jpg, {split}/mask/*.png.
-    JPEG images are copied byte for byte; lossless (PNG) shards are encoded to JPEG at quality 95."""
+    JPEG images are copied byte for byte; PNG and WebP images are encoded to JPEG at quality 95."""
     reader = ShardReader(out_dir)
-    extension = reader.manifest.get("image_format", "jpg")
     count = 0
     for split in splits:
         if split not in reader.manifest["splits"] or not reader.shard_paths(split):
@@ -301,10 +348,11 @@ def export_official(out_dir: Path, destination: Path, splits: Iterable[str] = ("
         for raw in wds.WebDataset(reader.shard_paths(split), shardshuffle=False, empty_check=False):
             key = raw["__key__"]
             image_path = destination / split / "img" / f"{key}.jpg"
+            extension = image_part(raw)
             if extension == "jpg":
                 image_path.write_bytes(raw["jpg"])
             else:
-                Image.open(io.BytesIO(raw[extension])).convert("RGB").save(image_path, quality=95)
+                Image.fromarray(decode_image(raw[extension])).save(image_path, quality=95)
             (destination / split / "mask" / f"{key}.png").write_bytes(raw["mask.png"])
             count += 1
     return count

@@ -46,11 +46,11 @@ def make_batch(items: list[tuple[str, torch.Tensor, torch.Tensor]], skipped: lis
     return Batch(torch.stack([i[1] for i in items]), torch.stack([i[2] for i in items]), [i[0] for i in items], skipped)
 
 
-def decode_training_sample(raw: dict, extension: str, classes: int) -> tuple[str, np.ndarray, np.ndarray]:
+def decode_training_sample(raw: dict, classes: int) -> tuple[str, np.ndarray, np.ndarray]:
     """The image and mask of one raw sample; masks must only hold class ids and IGNORE."""
     where = f"{raw.get('__url__', 'shard')}: sample {raw['__key__']}"
     try:
-        sample = decode_sample(raw, extension)
+        sample = decode_sample(raw)
     except ShardError as error:  # a missing part; its message names the sample
         raise ShardError(f"{raw.get('__url__', 'shard')}: {error}") from error
     except (OSError, ValueError) as error:  # truncated or foreign image bytes, a damaged JSON record
@@ -170,7 +170,6 @@ class TrainingStream(IterableDataset):
     def __init__(self, reader: ShardReader, config: TrainConfig, rank: int = 0, world: int = 1, start_batch: int = 0) -> None:
         super().__init__()
         self.paths = reader.shard_paths("train")
-        self.extension = reader.manifest.get("image_format", "jpg")
         self.classes = len(reader.class_names)
         self.config, self.rank, self.world, self.start_batch = config, rank, world, start_batch
         if config.batch_size % world:
@@ -222,7 +221,7 @@ class TrainingStream(IterableDataset):
                     continue
                 items, skipped = pending[index]
                 try:
-                    key, image, mask = decode_training_sample(raw, self.extension, self.classes)
+                    key, image, mask = decode_training_sample(raw, self.classes)
                 except ShardError as error:
                     skipped.append(str(error))
                 else:

@@ -1,6 +1,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_shards_are_byte_identical_and_match_the_manifest(tmp_path, records):
     assert verify_shards(tmp_path / "a") == []
     with tarfile.open(tmp_path / "a" / "shards" / "train-000000.tar") as tar:
         key = tar.getnames()[0].split(".")[0]
-        assert sorted(tar.getnames()[:3]) == [f"{key}.json", f"{key}.mask.png", f"{key}.png"]
+        assert sorted(tar.getnames()[:3]) == [f"{key}.json", f"{key}.mask.png", f"{key}.webp"]
         assert all(m.mtime == 0 for m in tar.getmembers())
 
 
@@ -117,3 +118,47 @@ def test_export_official_layout(tmp_path, records):
     assert mask.dtype == np.uint8 and mask.shape == (16, 16)
     json.loads((tmp_path / "out" / "manifest.json").read_text())
     Image.open(io.BytesIO((tmp_path / "official" / "train" / "img" / "tile_001.jpg").read_bytes())).verify()
+
+
+def test_image_bytes_keep_the_source_or_are_lossless(tmp_path):
+    """A whole JPEG/PNG source keeps its own bytes; an EXIF-rotated JPEG (whose bytes decode to other pixels
+    than the upright tile) and a window of a larger raster are stored losslessly (WebP); JPEG only on request."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "whole.jpg", quality=80)
+    Image.fromarray(pixels).save(tmp_path / "whole.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", quality=80, exif=exif)
+
+    def tile(name: str, path: Path, window: tuple[int, int, int, int], image: np.ndarray) -> tuple[TileRecord, np.ndarray]:
+        row, col, height, width = window
+        full = Image.open(path).size
+        source = SourceInfo(path=str(path), sha256="0" * 64, window=Window(row_off=row, col_off=col, height=height, width=width),
+                            band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=full[0], raster_height=full[1])  # fmt: skip
+        return TileRecord(key=name, source=source, domain=Domain(name="town", score=1.0)), image
+
+    decoded = {name: np.asarray(Image.open(tmp_path / name).convert("RGB")) for name in ("whole.jpg", "whole.png")}
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "rotated.jpg")).convert("RGB"))
+    tiles = [
+        tile("jpeg_0", tmp_path / "whole.jpg", (0, 0, 16, 24), decoded["whole.jpg"]),
+        tile("png_0", tmp_path / "whole.png", (0, 0, 16, 24), decoded["whole.png"]),
+        tile("rotated_0", tmp_path / "rotated.jpg", (0, 0, 24, 16), upright),
+        tile("window_0", tmp_path / "whole.png", (0, 0, 8, 8), pixels[:8, :8]),
+    ]  # fmt: skip
+    masks = {r.key: np.zeros(image.shape[:2], dtype=np.uint8) for r, image in tiles}
+    by_key = {r.key: image for r, image in tiles}
+    manifest = write_shards(tmp_path / "out", [r for r, _ in tiles], lambda r: (by_key[r.key], masks[r.key]), NAMES, "v", ShardConfig(val_fraction=0))
+    assert manifest["image_format"] == "mixed"
+    with tarfile.open(tmp_path / "out" / "shards" / "train-000000.tar") as tar:
+        stored = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if not m.name.endswith((".json", ".mask.png"))}
+    assert stored["jpeg_0.jpg"] == (tmp_path / "whole.jpg").read_bytes()
+    assert stored["png_0.png"] == (tmp_path / "whole.png").read_bytes()
+    assert set(stored) == {"jpeg_0.jpg", "png_0.png", "rotated_0.webp", "window_0.webp"}
+    for sample in ShardReader(tmp_path / "out").samples("train"):
+        assert np.array_equal(sample.image, by_key[sample.key]), sample.key  # bit for bit, every kind
+    write_shards(tmp_path / "lossy", [r for r, _ in tiles if r.key == "window_0"], lambda r: (by_key[r.key], masks[r.key]), NAMES, "v",
+                 ShardConfig(val_fraction=0, lossless=False))  # fmt: skip
+    assert ShardReader(tmp_path / "lossy").manifest["image_format"] == "jpg"
