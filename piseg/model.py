@@ -23,7 +23,9 @@ from piseg.spm import ImageSPM, TextSPM
 class PiSegOutput:
     logits: torch.Tensor  # (B, T, 4g, 4g)
     cost: torch.Tensor  # the cost volume the aggregator saw (B, P, T, g, g)
-    clean_cost: torch.Tensor | None = None  # without perturbation, in training with an SPM on (Figure 10 statistics)
+    # Figure 10's "before", in training with an SPM on: the cost volume of the unperturbed image features with
+    # the *perturbed* text, as the released code computes it, so the change isolates the image perturbation
+    clean_cost: torch.Tensor | None = None
 
 
 class PiSeg(nn.Module):
@@ -71,7 +73,7 @@ class PiSeg(nn.Module):
             if self.image_spm is not None:
                 vision = self.image_spm(dense, words, generator)
             with torch.no_grad():
-                clean_cost = cost_volume(dense, text)
+                clean_cost = cost_volume(dense, words)
         cost = cost_volume(vision, words)
         pool = self.config.class_pool_train if self.training else 1
         logits = self.aggregator(cost, dense, words, guidance, pool)

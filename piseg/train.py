@@ -129,7 +129,8 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_mode: st
 
 @torch.no_grad()
 def perturbation_statistics(output: PiSegOutput, masks: torch.Tensor, world: int = 1) -> dict[str, float]:
-    """Figure 10's statistics of delta = perturbed cost - clean cost, as the released code computes them:
+    """Figure 10's statistics of delta = perturbed cost - cost before the image perturbation (both with the
+    perturbed text: `PiSegOutput.clean_cost`), as the released code computes them:
     delta averaged over prompts and upsampled bilinearly to the labels; for every class present in an
     image, gt_in = its delta inside its ground-truth region and non_gt = its delta on the image's other
     labelled pixels; means over all such pixels of the batch (of every process); gap = gt_in - non_gt;

@@ -91,3 +91,24 @@ def test_sample_order_is_close_to_a_full_permutation(tmp_path):
     labels = np.repeat(np.arange(12), 8)
     permutation = np.mean([len(set(rng.permutation(labels)[i : i + 8])) for _ in range(200) for i in range(0, 96, 8)])
     assert rasters_per_batch(8) > 0.85 * permutation and rasters_per_batch(96) > 0.85 * permutation  # ~5.9 rasters
+
+
+def test_figure_10_before_uses_the_perturbed_text():
+    """The released "before" cost volume pairs the clean image features with the perturbed text: with only the
+    Text-SPM on, nothing changes the image, so delta is zero; with both on, before = cos(V, T_hat) exactly."""
+    from piseg.config import SPMConfig, preset
+    from piseg.model import build_model, cost_volume
+
+    config = preset("tiny").model
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(config, spm=SPMConfig(image=False))).train()
+    images, text = torch.rand(2, 3, 64, 64) * 255, model.encode_classes(["building", "tree", "water"]).detach()
+    output = model(images, text, torch.Generator().manual_seed(1))
+    assert torch.equal(output.clean_cost, output.cost)
+    model = build_model(config).train()
+    output = model(images, text, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dense, _ = model.backbone.encode_image(images)
+        perturbed_text = model.text_spm(text, torch.Generator().manual_seed(1))
+    assert torch.allclose(output.clean_cost, cost_volume(dense, perturbed_text), atol=1e-6)
+    assert not torch.allclose(output.clean_cost, cost_volume(dense, text), atol=1e-3)
