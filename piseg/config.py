@@ -106,12 +106,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Inference as released. "sliding" (OVRSISBench V2, validation, predict): resize, four crops + one
-    global view, averaged. "whole": the image resized to one crop (the V1 scripts' no-slide evaluation)."""
+    global view, averaged. "whole": the image padded and resized to one crop (the V1 scripts' no-slide
+    evaluation). `piseg/inference.py` says each step."""
 
     resize: int = 640
     crop: int = 384
     stride: int = 256
     mode: str = "sliding"
+    whole_pad: int = 32  # "whole": pad to a multiple of this first (the released SIZE_DIVISIBILITY); 0 = no padding
 
 
 @dataclass

@@ -1,13 +1,16 @@
 """Inference, one scheme for validation, `piseg predict` and `piseg eval`.
 
 Both start as the released evaluation does: detectron2's test-time resize (shortest edge to `resize`,
-longest at most 2560, antialiased like its PIL bilinear resize). Then:
-Sliding window as released (PISEG.md): resize the image to `resize`x`resize`, run crops of `crop` at
-`stride` plus one global view resized to `crop`, sigmoid, average overlapping crops, average the local and
-global maps, resize bilinearly back to the original size. Validation during training uses exactly this.
-Whole image (the released V1 scripts' "noslide" evaluation): the image resized to one `crop`x`crop` view.
-The released code first pads the image to a multiple of 384 and keeps the padding in the prediction it
-stretches back; here the image itself is resized, so the prediction stays aligned with it.
+longest at most 2560, antialiased like its PIL bilinear resize). Then, as the released code:
+Sliding window (PISEG.md): the resized image is squashed to `resize`x`resize` for crops of `crop` at `stride`,
+and the global view is the shortest-edge image itself squashed to `crop`x`crop`; sigmoid, average
+overlapping crops, average the local and global maps, resize bilinearly back to the original size.
+Validation during training uses exactly this.
+Whole image (the released V1 scripts' "noslide" evaluation): the shortest-edge image padded at the bottom
+and right to a multiple of `whole_pad` (32, the released SIZE_DIVISIBILITY; the pad is CLIP's mean colour,
+zero after normalisation), squashed to one `crop`x`crop` view; the prediction of the padded image is
+stretched back to the original size, padding included, as released. `whole_pad: 0` drops the padding
+(prediction aligned with the image; the released scheme shifts it by up to 31/`resize` of the padded side).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from piseg.clip_backbone import CLIP_MEAN
 from piseg.config import EvalConfig
 from piseg.model import PiSeg
 
@@ -45,16 +49,26 @@ def crop_offsets(size: int, crop: int, stride: int) -> list[int]:
     return offsets
 
 
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(1, 3, H, W) padded at the bottom and right to multiples of `multiple` with CLIP's mean colour (what
+    detectron2's ImageList does to the normalised image with pad value 0)."""
+    height, width = image.shape[-2:]
+    padded = image.new_empty(1, 3, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
+    padded[:] = torch.tensor(CLIP_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    padded[..., :height, :width] = image
+    return padded
+
+
 @torch.no_grad()
 def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) at the image's own size."""
     height, width = image.shape[-2:]
-    resized = shortest_edge_resize(image[None].float(), settings.resize)
-    resized = F.interpolate(resized, size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)
+    shortest = shortest_edge_resize(image[None].float(), settings.resize)
+    resized = F.interpolate(shortest, size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)
     offsets = crop_offsets(settings.resize, settings.crop, settings.stride)
     windows = [(top, left) for top in offsets for left in offsets]
     crops = [resized[..., top : top + settings.crop, left : left + settings.crop] for top, left in windows]
-    crops.append(F.interpolate(resized, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False))
+    crops.append(F.interpolate(shortest, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False))
     logits = model(torch.cat(crops), text).logits
     probabilities = F.interpolate(logits, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False).sigmoid()
     classes = probabilities.shape[1]
@@ -73,6 +87,8 @@ def whole_image_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Ten
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) from one view of the whole image."""
     height, width = image.shape[-2:]
     view = shortest_edge_resize(image[None].float(), settings.resize)
+    if settings.whole_pad:
+        view = pad_to_multiple(view, settings.whole_pad)
     view = F.interpolate(view, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False)
     probabilities = model(view, text).logits.sigmoid()
     return F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)[0]

@@ -106,7 +106,8 @@ def stated_split(classes: dict[str, dict], split: dict[str, list[str]]) -> dict:
 
 def inference_text(settings: dict) -> str:
     if settings["mode"] == "whole":
-        return f"whole image, resized to one {settings['crop']}x{settings['crop']} view"
+        pad = settings.get("whole_pad", 0)
+        return f"whole image, resized to one {settings['crop']}x{settings['crop']} view" + (f" after padding to a multiple of {pad}" if pad else "")
     return (f"sliding window (resized to {settings['resize']}x{settings['resize']}, {settings['crop']} crops at stride "
             f"{settings['stride']} and one global view, averaged)")  # fmt: skip
 

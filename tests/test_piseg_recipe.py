@@ -112,3 +112,51 @@ def test_figure_10_before_uses_the_perturbed_text():
         perturbed_text = model.text_spm(text, torch.Generator().manual_seed(1))
     assert torch.allclose(output.clean_cost, cost_volume(dense, perturbed_text), atol=1e-6)
     assert not torch.allclose(output.clean_cost, cost_volume(dense, text), atol=1e-3)
+
+
+class ImageEcho(torch.nn.Module):
+    """A stand-in model whose two 'class' logits are its input's red and green channels pooled 4x, so an
+    inference scheme's views can be read back from its output."""
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.nn.functional.avg_pool2d(images[:, :2] / 64 - 2, 4))
+
+
+def test_sliding_window_global_view_and_whole_image_padding_as_released():
+    """Global view: the shortest-edge image squashed to the crop (not the 640x640 squash). Whole image: padded
+    to a multiple of 32 with CLIP's mean colour, squashed to one crop, stretched back padding included."""
+    import torch.nn.functional as F
+
+    from piseg.clip_backbone import CLIP_MEAN
+    from piseg.config import EvalConfig
+    from piseg.inference import crop_offsets, shortest_edge_resize, sliding_window_probabilities, whole_image_probabilities
+
+    settings = EvalConfig(resize=96, crop=64, stride=32)
+    rng = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 50, 130, generator=rng) * 255  # wide, so squashing twice and once differ
+    model, text = ImageEcho(), torch.zeros(2, 1, 4)
+
+    def resize(x, size):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    shortest = shortest_edge_resize(image[None], 96)  # 96 x 250
+    square = resize(shortest, (96, 96))
+    offsets = crop_offsets(96, 64, 32)
+    local, count = torch.zeros(2, 96, 96), torch.zeros(1, 96, 96)
+    for top in offsets:
+        for left in offsets:
+            local[:, top : top + 64, left : left + 64] += resize(model(square[..., top : top + 64, left : left + 64], text).logits, (64, 64)).sigmoid()[0]
+            count[:, top : top + 64, left : left + 64] += 1
+    overall = resize(resize(model(resize(shortest, (64, 64)), text).logits, (64, 64)).sigmoid(), (96, 96))[0]
+    expected = resize(((local / count + overall) / 2)[None], (50, 130))[0]
+    assert torch.allclose(sliding_window_probabilities(model, image, text, settings), expected, atol=1e-5)
+
+    padded = torch.empty(1, 3, 96, 256)
+    padded[:] = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    padded[..., :96, :250] = shortest
+    expected = resize(model(resize(padded, (64, 64)), text).logits.sigmoid(), (50, 130))[0]
+    assert torch.allclose(whole_image_probabilities(model, image, text, settings), expected, atol=1e-5)
+    unpadded = resize(model(resize(shortest, (64, 64)), text).logits.sigmoid(), (50, 130))[0]
+    assert torch.allclose(whole_image_probabilities(model, image, text, dataclasses.replace(settings, whole_pad=0)), unpadded, atol=1e-5)
