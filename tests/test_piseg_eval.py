@@ -383,3 +383,26 @@ def test_eval_prints_the_papers_numbers_beside_ours(checkpoint, definitions, tmp
     assert result.exit_code == 0 and "paper reports no ovrsisbench-v2 numbers for tiny" in result.output
     result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "c"), "--paper-backbone", "vit-b", "--no-compare-paper"])
     assert result.exit_code == 0 and "paper mIoU" not in result.output and "paper reports" not in result.output
+
+
+def test_eval_images_are_read_upright_and_palette_images_expanded(tmp_path):
+    """As detectron2's reader: the EXIF orientation is applied (the mask is of the upright image) and a palette
+    PNG becomes its colours, not its indices."""
+    from tests.bad_inputs import write_exif_rotated_jpeg
+
+    folder = tmp_path / "OVRSISBench_test" / "DLRSD"
+    (folder / "imgs").mkdir(parents=True)
+    upright = write_exif_rotated_jpeg(folder / "imgs" / "rotated.jpg")
+    save(folder / "D2masks" / "rotated.png", np.zeros(upright.shape[:2], dtype=np.uint8))
+    palette = Image.new("P", (6, 4))
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0, 0, 0] * 254)
+    palette.putdata([0, 1] * 12)
+    palette.save(folder / "imgs" / "palette.png")
+    save(folder / "D2masks" / "palette.png", np.zeros((4, 6), dtype=np.uint8))
+    spec = dataset_spec(load_definitions(), "dlrsd")
+    spec.images = ["OVRSISBench_test/DLRSD/imgs/*"]
+    samples = {s.name: s for s in spec.samples(tmp_path)[0]}
+    image, mask = spec.read(samples["rotated"])
+    assert image.shape == upright.shape and np.abs(image.astype(int) - upright).mean() < 3 and mask.shape == upright.shape[:2]
+    image, _ = spec.read(samples["palette"])
+    assert image.shape == (4, 6, 3) and image[0, 0].tolist() == [255, 0, 0] and image[0, 1].tolist() == [0, 255, 0]
