@@ -46,7 +46,7 @@ demo: $(STAMP)
 	@if [ "$(DEMO_IMAGERY)" = ".demo-data/imagery" ]; then $(PY) demo/fetch_imagery.py $(DEMO_IMAGERY); fi
 	$(VENV)/bin/ovrsis annotate $(DEMO_IMAGERY) --taxonomy ovrsis95k --models $(DEMO_MODELS) \
 		--captions demo/imagery_captions.jsonl --tile-size 512 --overlap 64 --out $(DEMO_OUT)/annotate
-	@printf 'inputs: ["%s"]\ncaptions: "%s"\nmodels: "%s"\noutput: "%s"\ntiling: {tile_size: 512, overlap: 64}\nshards: {max_samples: 8, val_fraction: 0.25}\n' \
+	@printf 'inputs: ["%s"]\ncaptions: "%s"\nmodels: "%s"\noutput: "%s"\ntiling: {tile_size: 512, overlap: 64}\nselection: {target_tiles: 10}\nshards: {max_samples: 8, val_fraction: 0.25}\n' \
 		"$(abspath $(DEMO_IMAGERY))" "$(abspath demo/imagery_captions.jsonl)" "$(DEMO_MODELS)" "$(abspath $(DEMO_OUT))/build" > $(DEMO_OUT)/build.yaml
 	PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/ovrsis build --config $(DEMO_OUT)/build.yaml
 	$(VENV)/bin/ovrsis shards verify $(DEMO_OUT)/build

@@ -165,9 +165,16 @@ def _fill_by_gain(table: TileTable, selected: np.ndarray, config: SelectionConfi
     step = max(1, -(-budget // FILL_ROUNDS))
     while budget > 0:
         rows = np.flatnonzero(~selected)
-        gain = incidence[rows] @ _entropy_gradient(table.category_tiles(selected))
-        gain += config.domain_weight * _entropy_gradient(table.domain_tiles(selected))[table.domain[rows]]
-        gain += config.pixel_weight * (shares[rows] @ _entropy_gradient(table.category_pixels(selected)))
+        sub, ahead = incidence[rows], budget / len(rows)
+        # The gradient is taken where the selection is heading (the rest of the budget filled at
+        # random), not where it stands: a category in nearly every tile will end up frequent
+        # whatever is chosen, and the greedy must see that now rather than after the budget is spent.
+        tiles = table.category_tiles(selected) + ahead * np.asarray(sub.sum(axis=0)).ravel()
+        domains = table.domain_tiles(selected) + ahead * np.bincount(table.domain[rows], minlength=len(table.domains))
+        pixels = table.category_pixels(selected) + ahead * np.asarray(table.pixels[rows].sum(axis=0)).ravel()
+        gain = sub @ _entropy_gradient(tiles)
+        gain += config.domain_weight * _entropy_gradient(domains)[table.domain[rows]]
+        gain += config.pixel_weight * (shares[rows] @ _entropy_gradient(pixels))
         take = min(step, budget)
         if take < len(rows):
             top = np.argpartition(-gain, take - 1)[:take]
@@ -183,8 +190,11 @@ def _fill_by_gain(table: TileTable, selected: np.ndarray, config: SelectionConfi
 
 
 def _entropy_gradient(counts: np.ndarray) -> np.ndarray:
-    """d H / d n_c up to a positive factor: -log p_c - H. Empty entries count as half a tile, so a
-    category (or domain) not yet selected has the largest gain, not an infinite one."""
-    smoothed = np.where(counts > 0, counts, 0.5).astype(np.float64)
-    p = smoothed / smoothed.sum()
-    return -np.log(p) + (p * np.log(p)).sum()
+    """d H / d n_c up to a positive factor: -log p_c - H, over the entries with a positive count.
+    An entry at zero (a category no candidate holds) gets 0: it must not dilute H, whatever the
+    length of the taxonomy."""
+    present = counts > 0
+    p = counts[present] / counts[present].sum()
+    gradient = np.zeros(len(counts))
+    gradient[present] = -np.log(p) + (p * np.log(p)).sum()
+    return gradient

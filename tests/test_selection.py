@@ -93,3 +93,15 @@ def test_report_before_and_after(tmp_path, table):
     assert "| waterfront |" in text and "| c19 |" in text
     for chart in ("categories.png", "pixels.png", "domains.png"):
         assert (tmp_path / chart).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unused_taxonomy_columns_do_not_skew_the_balance():
+    """The demo's case: twelve tiles, tree on all, grass on eleven, road on five, bareland on one, and
+    the build passes all 35 taxonomy names. Dropping two tiles must drop tree+grass tiles, not road."""
+    rows = [["grass", "road", "tree"]] * 5 + [["grass", "tree"]] * 6 + [["bareland", "tree"]]
+    tiles = [tile(f"t{i:02d}", categories) for i, categories in enumerate(rows)]
+    names = [f"unused {j}" for j in range(31)] + ["bareland", "grass", "road", "tree"]
+    table = TileTable.from_records(tiles, names)
+    result = select(table, SelectionConfig(target_tiles=10))
+    kept = dict(zip(table.categories, table.category_tiles(result.selected).tolist()))
+    assert kept["road"] == 5 and kept["bareland"] == 1 and kept["tree"] == 10
