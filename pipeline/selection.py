@@ -21,12 +21,16 @@ below the cap. This module selects to a target instead, in two phases over the c
    raises the entropy of tiles per category the most (to first order, a tile adds
    sum over its categories of (-log p_c - H)), plus the same gain for the tiles per domain and,
    weighted lower, for the pixel shares (`pixel_weight`): tiles per category first, pixel share
-   second, domain balance alongside.
+   second, domain balance alongside. p is taken where the fill is heading (the selection so far
+   plus the rest of the budget at the remaining tiles' rates), so a category present in nearly
+   every tile is seen as frequent from the first round.
+
+The background class is never an instance, so it never counts here: every tile holds some.
 
 Deterministic: rows are sorted by key and ties fall to a CRC-32 of the key, so the same
 candidates give the same selection whatever their order. `target_tiles: all` keeps every
 candidate; with fewer candidates than the target all are kept, since dropping labelled tiles only
-pays when there is a surplus. 1,000,000 candidates take ~10 s on 2 cores (benchmarks/bench_selection.py).
+pays when there is a surplus. 1,000,000 candidates take ~7 s on 2 cores (benchmarks/bench_selection.py).
 """
 
 from __future__ import annotations
