@@ -355,6 +355,63 @@ def evaluate(
         raise typer.Exit(1)
 
 
+@app.command()
+def reproduce(
+    weights: Path = typer.Option(..., help="Folder holding the authors' released weights (*.pth, e.g. the V1 and V2 downloads)."),
+    data_root: Path = typer.Option(..., help="Folder holding the downloaded test sets (as for `piseg eval`)."),
+    out: Path = typer.Option(..., help="Output: report.md (every comparison), checkpoints/, one folder per run and benchmark."),
+    plan: Path = typer.Option(None, help="YAML {weights path: {taxonomy, benchmarks}} instead of reading the training set from the paths."),
+    benchmarks: Path = typer.Option(None, help="Benchmark definitions YAML (default: the bundled one)."),
+    backbone: str = typer.Option(None, help="Preset for settings the weights do not carry (default: the one the weights show)."),
+    tokenizer: str = typer.Option("auto", help="CLIP tokenizer: hub id or folder (default: the preset's); 'none' = byte-level."),
+    trust_pickle: bool = typer.Option(False, help="Unpickle everything in the weight files (only for files you trust)."),
+    paper_backbone: str = typer.Option(None, help="Compare with the paper's numbers for this backbone (default: the weights')."),
+    max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
+    device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+) -> None:
+    """Tables III, IV, V, XI and XIII from the released weights: convert, evaluate, compare; resumable."""
+    from piseg.checkpoint import CheckpointError
+    from piseg.config import ConfigError, preset
+    from piseg.datasets import DatasetError, load_benchmark, load_definitions
+    from piseg.released import ReleasedCheckpointError
+    from piseg.reproduce import PlanError, plan_runs
+    from piseg.reproduce import reproduce as run_all
+
+    chosen = torch_device(device)
+    try:
+        definitions = load_definitions(benchmarks)
+        runs = plan_runs(weights, plan)
+        for run in runs:  # every name checked before hours of evaluation
+            load_taxonomy(run.taxonomy)
+            for name in run.benchmarks:
+                load_benchmark(name, definitions)
+        base = preset(backbone) if backbone else None
+        out.mkdir(parents=True, exist_ok=True)
+    except (PlanError, DatasetError, ConfigError, TaxonomyError, OSError) as error:
+        fail(str(error))
+    for run in runs:
+        err.print(f"{run.name}: {run.weights} ({run.taxonomy}) -> {', '.join(run.benchmarks)}", highlight=False)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        try:
+            summary = run_all(runs, data_root, out, definitions, base, None if tokenizer == "none" else tokenizer, trust_pickle,
+                              paper_backbone, chosen, max_images, progress)  # fmt: skip
+        except (ReleasedCheckpointError, CheckpointError, DatasetError, OSError) as error:
+            fail(str(error))
+    Console(soft_wrap=True).print(f"wrote {out / 'report.md'}")
+    if not summary["complete"]:
+        err.print(f"[yellow]some datasets were not evaluated[/yellow]; the files and reasons are in each benchmark's report "
+                  f"(linked from {out / 'report.md'})", markup=True, highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -33,18 +33,30 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+_CROSSWALKS: dict[tuple, dict[str, str | None]] = {}
+
+
+def cached_crosswalk(source: str, target: str, lemmatize: Lemmatize) -> dict[str, str | None]:
+    """The crosswalk of a test vocabulary to the training one, computed once per process (lemmatising every
+    class name is most of a report's time, and `piseg reproduce` writes many reports over the same vocabularies)."""
+    source_taxonomy, target_taxonomy = load_taxonomy(source), load_taxonomy(target)
+    key = (source, source_taxonomy.version, target, target_taxonomy.version, lemmatize)
+    if key not in _CROSSWALKS:
+        _CROSSWALKS[key] = crosswalk(source_taxonomy, target_taxonomy, lemmatize)
+    return dict(_CROSSWALKS[key])
+
+
 def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: str, model_name: str, absent: str,
                  lemmatize: Lemmatize, out: Path, definitions: dict, settings: EvalConfig,
                  paper: dict | None = None) -> dict:  # fmt: skip
     """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content. `paper`
     (`piseg.paper.paper_comparison`) puts the paper's numbers beside ours."""
-    training = load_taxonomy(train_taxonomy)
     protocol = (definitions.get("benchmarks") or {}).get(benchmark) or {}
     datasets = {}
     for result in results:
         entry: dict = {"status": result.status, "problems": result.problems, "images": result.images}
         definition = definitions["datasets"][result.name]
-        mapping = crosswalk(load_taxonomy(definition["taxonomy"]), training, lemmatize)
+        mapping = cached_crosswalk(definition["taxonomy"], train_taxonomy, lemmatize)
         covered = [name for name, target in mapping.items() if target is not None]
         entry["overlap"] = {"raw": len(mapping), "covered": len(covered), "test_only": len(mapping) - len(covered),
                             "coverage": len(covered) / len(mapping), "mapping": mapping}  # fmt: skip

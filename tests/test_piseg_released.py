@@ -259,3 +259,45 @@ def test_weights_of_one_backbone_refuse_another_backbones_configuration(tmp_path
     torch.save({"model": state}, tmp_path / "vitl.pth")
     with pytest.raises(ReleasedCheckpointError, match="the weights are a vit-l CLIP but the configuration is vit-b"):
         convert_released(tmp_path / "vitl.pth", tmp_path / "x.pt", NAMES, "v", preset("vit-b"), tokenizer_source=None)
+
+
+def test_reproduce_converts_evaluates_and_compares_every_run_resumably(released, tmp_path):
+    """`piseg reproduce` end to end: a V2 and a V1 (DLRSD) run from one tiny released checkpoint, two tiny test
+    sets; the paper's numbers are printed beside ours (not asserted against), the V1 mean leaves DLRSD out,
+    and a rerun converts and evaluates nothing again."""
+    import json
+    import shutil
+
+    path, _, _ = released
+    weights = tmp_path / "weights"
+    for folder in ("V2/vitb_384_OVRSIS95K", "V1/vitb_384_DLRSD"):
+        (weights / folder).mkdir(parents=True)
+        shutil.copy(path, weights / folder / "model_final.pth")
+    rng, root = np.random.default_rng(0), tmp_path / "data" / "OVRSISBench_test"
+    for name, extension, classes in (("iSAID", "png", [0, 3, 14]), ("DLRSD", "jpg", [0, 5, 16])):
+        for index in range(2):
+            (root / name / "imgs").mkdir(parents=True, exist_ok=True)
+            (root / name / "D2masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / name / "imgs" / f"P{index}.{extension}")
+            Image.fromarray(rng.choice(classes, size=(40, 48)).astype(np.uint8)).save(root / name / "D2masks" / f"P{index}.png")
+    out = tmp_path / "reproduce"
+    arguments = ["reproduce", "--weights", str(weights), "--data-root", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny",
+                 "--tokenizer", "none", "--paper-backbone", "vit-b", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 1, result.output  # most test sets are absent here
+    summary = json.loads((out / "report.json").read_text())
+    v1, v2 = summary["runs"]["V1-vitb_384_DLRSD"], summary["runs"]["V2-vitb_384_OVRSIS95K"]
+    assert v1["taxonomy"] == "dlrsd" and list(v1["benchmarks"]) == ["ovrsisbench-v1-dlrsd"]
+    assert list(v2["benchmarks"]) == ["ovrsisbench-v2", "downstream"]
+    dlrsd = v1["benchmarks"]["ovrsisbench-v1-dlrsd"]
+    assert dlrsd["means_exclude"] == "dlrsd" and dlrsd["m_miou"] == pytest.approx(dlrsd["datasets"]["isaid"])
+    text = (out / "report.md").read_text()
+    assert "| V1-vitb_384_DLRSD | ovrsisbench-v1-dlrsd (III, w/o dlrsd) | 2 of 8 |" in text and "| 37.28 | 29.58 |" in text
+    assert "| V2-vitb_384_OVRSIS95K | ovrsisbench-v2 (IV) | 2 of 10 |" in text and "| 39.48 | 37.88 |" in text
+    assert "Table XIII" in text and (out / "V2-vitb_384_OVRSIS95K" / "ovrsisbench-v2" / "report.md").is_file()
+    before = {p: p.stat().st_mtime_ns for p in [*out.glob("checkpoints/*.pt"), *out.glob("*/*/datasets/isaid.json"),
+                                                 *out.glob("*/*/datasets/dlrsd.json")]}  # fmt: skip
+    assert len(before) == 2 + 4  # the missing test sets are looked for again
+    assert runner.invoke(app, arguments).exit_code == 1
+    assert before == {p: p.stat().st_mtime_ns for p in before}
+    assert runner.invoke(app, [*arguments[:2], str(tmp_path / "data"), *arguments[3:]]).exit_code == 2  # no weights there

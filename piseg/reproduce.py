@@ -1,0 +1,156 @@
+"""`piseg reproduce`: the paper's tables from the authors' released weights, in one resumable command.
+
+Every released `model_final.pth` under the weights folder is one run. Its path says what it was trained on
+(the released configs and weight folders name the training set): a path naming DLRSD or iSAID is a V1 model
+(Table III, on that benchmark), any other an OVRSIS95K model (Table IV with UAVid's seen/unseen split, Table XI,
+and the resolution groups, Table XIII, then the downstream datasets, Table V). A `--plan` YAML
+(`{relative path: {taxonomy, benchmarks}}`) replaces that rule for folders laid out otherwise.
+
+Each run is converted once (`convert-released`) and each benchmark evaluated with `piseg eval`'s machinery,
+which keeps finished datasets: a rerun converts and evaluates only what is missing. One report,
+OUT/report.md, puts every mean beside the paper's and links each benchmark's full report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from piseg.checkpoint import load_model
+from piseg.config import PiSegConfig
+from piseg.datasets import load_benchmark
+from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
+from piseg.paper import paper_comparison
+from piseg.released import convert_released
+from piseg.report import build_report, percent, signed
+from pipeline.categories import spacy_lemmatize
+from taxonomy.loader import load_taxonomy
+
+V1_TRAINING_SETS = {"dlrsd": "ovrsisbench-v1-dlrsd", "isaid": "ovrsisbench-v1-isaid"}
+V2_BENCHMARKS = ["ovrsisbench-v2", "downstream"]
+
+
+class PlanError(ValueError):
+    """A weights folder or plan that names no run, or a run that cannot be set up."""
+
+
+@dataclass
+class Run:
+    name: str  # the weights' path under the folder, made a file name
+    weights: Path
+    taxonomy: str
+    benchmarks: list[str]
+
+
+def plan_runs(weights: Path, plan: Path | None = None) -> list[Run]:
+    """The runs to reproduce: every .pth under `weights`, by the path rule or by `plan`."""
+    if plan is not None:
+        try:
+            entries = yaml.safe_load(plan.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise PlanError(f"{plan}: cannot read the plan ({error})") from error
+        if not isinstance(entries, dict):
+            raise PlanError(f"{plan}: expected {{weights path: {{taxonomy, benchmarks}}}}")
+        try:
+            runs = [Run(run_name(Path(p)), weights / p, e["taxonomy"], list(e["benchmarks"])) for p, e in entries.items()]
+        except (KeyError, TypeError) as error:
+            raise PlanError(f"{plan}: each entry needs taxonomy and benchmarks ({error!r})") from error
+        missing = [str(r.weights) for r in runs if not r.weights.is_file()]
+        if missing:
+            raise PlanError(f"{plan}: weights not found: {', '.join(missing)}")
+        return runs
+    files = sorted(weights.rglob("*.pth"))
+    if not files:
+        raise PlanError(f"{weights}: no released weights (*.pth) found")
+    runs = []
+    for path in files:
+        relative = path.relative_to(weights)
+        lowered = str(relative).lower()
+        trained = next((name for name in V1_TRAINING_SETS if name in lowered), None)
+        runs.append(Run(run_name(relative), path, trained or "ovrsis95k", [V1_TRAINING_SETS[trained]] if trained else V2_BENCHMARKS))
+    return runs
+
+
+def run_name(relative: Path) -> str:
+    parts = relative.with_suffix("").parts
+    parts = parts[:-1] if len(parts) > 1 and parts[-1] == "model_final" else parts
+    return "-".join(parts).replace(" ", "_")
+
+
+def reproduce(runs: list[Run], data_root: Path, out: Path, definitions: dict, base: PiSegConfig | None, tokenizer: str | None,
+              trust_pickle: bool, paper_backbone: str | None, device: torch.device, max_images: int | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> dict:  # fmt: skip
+    """Convert, evaluate and compare every run; writes OUT/report.md and OUT/report.json and returns the latter."""
+    summary = {"data_root": str(data_root), "runs": {}}
+    for run in runs:
+        checkpoint = out / "checkpoints" / f"{run.name}.pt"
+        if not checkpoint.is_file():  # converted once; a rerun reuses it
+            taxonomy = load_taxonomy(run.taxonomy)
+            convert_released(run.weights, checkpoint, taxonomy.names, taxonomy.version, base, tokenizer, trust_pickle)
+        model, config, _ = load_model(checkpoint, device)
+        backbone = paper_backbone or config.model.backbone
+        identity = run_identity(checkpoint_identity(checkpoint), config.eval, max_images)
+        reports = {}
+        for name in run.benchmarks:
+            benchmark = load_benchmark(name, definitions)
+            folder = out / run.name / name
+            results = evaluate_benchmark(model, benchmark, data_root, folder, config.eval, identity, max_images, 0, progress)
+            report = build_report(results, name, benchmark.train_taxonomy, f"{run.name} (released weights, converted)", "exclude",
+                                  spacy_lemmatize, folder, definitions, config.eval, paper_comparison(name, backbone))  # fmt: skip
+            reports[name] = {key: report[key] for key in ("m_miou", "m_macc", "means_exclude", "complete", "paper", "resolution_groups")
+                             if key in report} | {"report": str(folder.relative_to(out) / "report.md"),
+                                                  "datasets": {n: d.get("miou") for n, d in report["datasets"].items()},
+                                                  "uavid_split": report["datasets"].get("uavid", {}).get("paper_split")}  # fmt: skip
+        summary["runs"][run.name] = {"weights": str(run.weights), "taxonomy": run.taxonomy, "backbone": backbone, "benchmarks": reports}
+        del model
+    summary["complete"] = all(b["complete"] for r in summary["runs"].values() for b in r["benchmarks"].values())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(summary))
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# The paper's tables from the released weights", "",
+             "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
+             "Δ = ours − paper, in points). The full report of each benchmark (per dataset, per class) is linked.", "",
+             "| run | benchmark (table) | datasets | m-mIoU | m-mACC | paper Pi-Seg | paper CAT-Seg | Δ vs Pi-Seg | Δ vs CAT-Seg | report |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run_name, run in summary["runs"].items():
+        for name, bench in run["benchmarks"].items():
+            compared = (bench.get("paper") or {}).get("benchmark") or {}
+            mean = compared.get("mean") or {}
+            pi, cat = (mean.get(m) or {} for m in ("Pi-Seg", "CAT-Seg"))
+            evaluated = sum(v is not None for v in bench["datasets"].values())
+            label = f"{name} ({compared.get('table', '-')}" + (f", w/o {bench['means_exclude']})" if bench.get("means_exclude") else ")")
+            lines.append(f"| {run_name} | {label} | {evaluated} of {len(bench['datasets'])} | {percent(bench['m_miou'])} | "
+                         f"{percent(bench['m_macc'])} | {percent(pi.get('miou'))} | {percent(cat.get('miou'))} | "
+                         f"{signed(bench['m_miou'], pi.get('miou'))} | {signed(bench['m_miou'], cat.get('miou'))} | [report]({bench['report']}) |")  # fmt: skip
+    for run_name, run in summary["runs"].items():
+        bench = run["benchmarks"].get("ovrsisbench-v2")
+        if not bench:
+            continue
+        paper = bench.get("paper") or {}
+        if bench.get("uavid_split"):
+            theirs = paper.get("uavid") or {}
+            lines += ["", f"## Table XI: UAVid seen / unseen ({run_name}, the paper's split)", "",
+                      "| group | mIoU | mACC | paper Pi-Seg mIoU | paper CAT-Seg mIoU |", "|---|---|---|---|---|"]  # fmt: skip
+            for group in ("overall", "seen", "unseen"):
+                ours = bench["uavid_split"][group]
+                lines.append(f"| {group} | {percent(ours['miou'])} | {percent(ours['macc'])} | "
+                             f"{percent((theirs.get('Pi-Seg') or {}).get(group, {}).get('miou'))} | "
+                             f"{percent((theirs.get('CAT-Seg') or {}).get(group, {}).get('miou'))} |")  # fmt: skip
+        if bench.get("resolution_groups"):
+            theirs = paper.get("resolution") or {}
+            lines += ["", f"## Table XIII: resolution groups ({run_name}, whole datasets)", "",
+                      "| group | datasets evaluated | m-mIoU | paper Pi-Seg | paper CAT-Seg |", "|---|---|---|---|---|"]  # fmt: skip
+            for group, g in bench["resolution_groups"].items():
+                lines.append(f"| {group} | {len(g['evaluated'])} of {len(g['datasets'])} | {percent(g['m_miou'])} | "
+                             f"{percent(((theirs.get('Pi-Seg') or {}).get(group) or {}).get('miou'))} | "
+                             f"{percent(((theirs.get('CAT-Seg') or {}).get(group) or {}).get('miou'))} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
