@@ -1,11 +1,16 @@
-"""Precision and recall of proposed categories on hand-labelled RSICD captions.
+"""Precision and recall of proposed categories on hand-labelled RSICD captions, per vocabulary and method.
 
-Labels (benchmarks/data/rsicd_ovrsis95k_labels.jsonl) name, for one caption of each of 200 randomly
-drawn RSICD images, the OVRSIS95K categories that the caption states are present; the captions
-themselves are read from ../shared/data/real (they are not copied into the repository). The stage
-runs twice: with the bundled OVRSIS95K taxonomy (synonyms written) and with the same names only,
-the case of a user who writes no synonyms.
-Usage: python benchmarks/eval_categories.py [--threshold T] [--margin M] [--show-errors]
+Two label sets, captions read from ../shared/data/real (never copied into the repository):
+- benchmarks/data/rsicd_ovrsis95k_labels.jsonl: 200 captions against OVRSIS95K, run with its
+  synonyms and with its names only;
+- benchmarks/data/categories_rsicd_dev.jsonl: 400 other captions labelled against LoveDA, Potsdam,
+  iSAID and FLAIR (rules: benchmarks/data/categories_labelling_rules.md): a tune and a test half of
+  400, and 200 `fresh` ones labelled after the relations were written; these vocabularies are
+  bundled as names only, so they run names-only.
+Every row is printed twice: `baseline` is today's matcher before relation walks (exact, synonym,
+lexicon, embedding at the default threshold and margin), `relations` adds the hypernym walks.
+Per-method counts say how many proposals each stage made and how many were right.
+Usage: python benchmarks/eval_categories.py [--threshold T] [--margin M] [--show-errors SPLIT]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,9 +27,13 @@ from _shared import RSICD_CAPTIONS, require  # noqa: E402
 
 from pipeline.categories import CaptionCategorizer  # noqa: E402
 from taxonomy import load_taxonomy  # noqa: E402
-from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD  # noqa: E402
+from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD, METHOD_RANK  # noqa: E402
 
-LABELS = Path(__file__).resolve().parent / "data" / "rsicd_ovrsis95k_labels.jsonl"
+DATA = Path(__file__).resolve().parent / "data"
+OVRSIS_LABELS = DATA / "rsicd_ovrsis95k_labels.jsonl"
+DEV_LABELS = DATA / "categories_rsicd_dev.jsonl"
+DEV_VOCABULARIES = ("loveda", "potsdam", "isaid", "flair")
+SPLITS = ("tune", "test", "fresh")
 
 
 def names_only(taxonomy):
@@ -31,39 +41,100 @@ def names_only(taxonomy):
     return dataclasses.replace(taxonomy, categories=categories, name=taxonomy.name + "-names-only")
 
 
-def score(categorizer, captions, labels, show_errors):
-    tp = fp = fn = 0
-    for caption, gold, result in zip(captions, labels, categorizer.categorize([[c] for c in captions])):
-        proposed = {c.name for c in result.categories}
-        tp += len(proposed & gold)
-        fp += len(proposed - gold)
-        fn += len(gold - proposed)
-        if show_errors and proposed != gold:
-            print(f"  {caption!r}: +{sorted(proposed - gold)} -{sorted(gold - proposed)}")
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    return precision, recall, tp, fp, fn
+@dataclasses.dataclass
+class Score:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    by_method: Counter = dataclasses.field(default_factory=Counter)  # method -> proposals
+    right_by_method: Counter = dataclasses.field(default_factory=Counter)  # method -> correct proposals
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def methods(self) -> str:
+        return " ".join(f"{m}={self.right_by_method[m]}/{self.by_method[m]}" for m in METHOD_RANK if self.by_method[m])
+
+
+def score(categorizer, captions, labels, show_errors=False) -> Score:
+    result = Score()
+    for caption, gold, found in zip(captions, labels, categorizer.categorize([[c] for c in captions])):
+        proposed = {c.name: c for c in found.categories}
+        result.tp += len(proposed.keys() & gold)
+        result.fp += len(proposed.keys() - gold)
+        result.fn += len(gold - proposed.keys())
+        for name, category in proposed.items():
+            result.by_method[category.method] += 1
+            result.right_by_method[category.method] += name in gold
+        if show_errors and proposed.keys() != gold:
+            print(f"    {caption!r}: +{sorted(proposed.keys() - gold)} -{sorted(gold - proposed.keys())}")
+    return result
+
+
+def row(label: str, s: Score) -> str:
+    return (
+        f"{label:<34} {s.precision:>6.3f} {s.recall:>6.3f} {s.f1:>6.3f} {s.tp:>5} {s.fp:>4} {s.fn:>4}  {s.methods()}"
+    )
+
+
+HEADER = f"{'vocabulary / split / matcher':<34} {'P':>6} {'R':>6} {'F1':>6} {'tp':>5} {'fp':>4} {'fn':>4}  right/proposed"
+
+
+def categorizers(taxonomy, args):
+    for label, relations in (("baseline", False), ("relations", True)):
+        yield label, CaptionCategorizer(taxonomy, args.threshold, args.margin, use_relations=relations)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
-    parser.add_argument("--show-errors", action="store_true")
+    parser.add_argument("--show-errors", choices=(*SPLITS, "ovrsis95k"), default=None)
     args = parser.parse_args()
-
     captions_by_id = {row["id"]: row["captions"] for row in map(json.loads, open(require(RSICD_CAPTIONS)))}
-    entries = [json.loads(line) for line in open(LABELS)]
+
+    dev = [json.loads(line) for line in open(DEV_LABELS)]
+    print(f"dev set: {len(dev)} captions, labels per vocabulary: "
+          + ", ".join(f"{v} {sum(len(e['labels'][v]) for e in dev)}" for v in DEV_VOCABULARIES))  # fmt: skip
+    print(HEADER)
+    totals: dict[tuple[str, str], Score] = {}
+    for vocabulary in DEV_VOCABULARIES:
+        taxonomy = names_only(load_taxonomy(vocabulary))
+        for label, categorizer in categorizers(taxonomy, args):
+            for split in SPLITS:
+                entries = [e for e in dev if e["split"] == split]
+                captions = [captions_by_id[e["id"]][e["caption_index"]] for e in entries]
+                gold = [set(e["labels"][vocabulary]) for e in entries]
+                show = args.show_errors == split and label == "relations"
+                s = score(categorizer, captions, gold, show)
+                print(row(f"{vocabulary} {split} {label}", s))
+                total = totals.setdefault((split, label), Score())
+                total.tp, total.fp, total.fn = total.tp + s.tp, total.fp + s.fp, total.fn + s.fn
+                total.by_method.update(s.by_method)
+                total.right_by_method.update(s.right_by_method)
+    for (split, label), s in sorted(totals.items(), key=lambda kv: (SPLITS.index(kv[0][0]), kv[0][1])):
+        print(row(f"all four {split} {label}", s))
+
+    entries = [json.loads(line) for line in open(OVRSIS_LABELS)]
     captions = [captions_by_id[e["id"]][e["caption_index"]] for e in entries]
     labels = [set(e["labels"]) for e in entries]
-
+    print(f"\novrsis95k: {len(entries)} labelled captions, {sum(map(len, labels))} labels (tuned on in earlier work)")
+    print(HEADER)
     full = load_taxonomy("ovrsis95k")
-    print(f"{len(entries)} labelled captions, {sum(map(len, labels))} labels")
-    print(f"{'taxonomy':<24} {'precision':>9} {'recall':>7} {'tp':>5} {'fp':>4} {'fn':>4}")
-    for taxonomy in (full, names_only(full)):
-        categorizer = CaptionCategorizer(taxonomy, threshold=args.threshold, margin=args.margin)
-        precision, recall, tp, fp, fn = score(categorizer, captions, labels, args.show_errors)
-        print(f"{taxonomy.name:<24} {precision:>9.3f} {recall:>7.3f} {tp:>5} {fp:>4} {fn:>4}")
+    for taxonomy, kind in ((full, "synonyms"), (names_only(full), "names only")):
+        for label, categorizer in categorizers(taxonomy, args):
+            s = score(categorizer, captions, labels, args.show_errors == "ovrsis95k" and label == "relations")
+            print(row(f"ovrsis95k {kind} {label}", s))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,14 @@ from pydantic import BaseModel, Field
 from pipeline.phrases import Phrase, load_spacy, parse_captions
 from taxonomy.embedding import DEFAULT_TEXT_EMBEDDER, load_text_embedder
 from taxonomy.loader import Taxonomy
-from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD, CategoryMatch, CategoryMatcher, PhraseQuery
-
-METHOD_RANK = {"exact": 0, "synonym": 1, "embedding": 2}
+from taxonomy.matcher import (
+    DEFAULT_MARGIN,
+    DEFAULT_THRESHOLD,
+    METHOD_RANK,
+    CategoryMatch,
+    CategoryMatcher,
+    PhraseQuery,
+)
 
 
 class ProposedCategory(BaseModel):
@@ -52,11 +57,20 @@ class CaptionCategorizer:
     margin: float = DEFAULT_MARGIN
     embedder_model: str | None = DEFAULT_TEXT_EMBEDDER  # None: exact, synonym and lexicon only
     use_lexicon: bool = True
+    use_relations: bool = True  # False: today's matcher before relation walks (the eval's baseline)
 
     @cached_property
     def matcher(self) -> CategoryMatcher:
         embedder = load_text_embedder(self.embedder_model) if self.embedder_model else None
-        return CategoryMatcher(self.taxonomy, spacy_lemmatize, embedder, self.threshold, self.margin, self.use_lexicon)
+        return CategoryMatcher(
+            self.taxonomy,
+            spacy_lemmatize,
+            embedder,
+            self.threshold,
+            self.margin,
+            use_lexicon=self.use_lexicon,
+            use_relations=self.use_relations,
+        )
 
     def categorize(self, images: Sequence[Sequence[str]]) -> list[CaptionCategories]:
         return self.match(parse_images(images))

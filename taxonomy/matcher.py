@@ -1,11 +1,13 @@
-"""Match caption phrases to taxonomy categories: exact name, synonym, lexicon, then embedding.
+"""Match caption phrases to taxonomy categories: exact name, synonym, lexicon, relation, embedding.
 
 Precision comes first (the paper's auditors accepted 97% of proposed categories), so the cheap,
 certain methods run first and the embedding similarity only decides when it is both high and
 clearly ahead of the runner-up category. A phrase arrives as its lemma spans, longest first
 ("large oil tank", "oil tank", "tank"); spans that drop a noun compound ("tank" of "oil tank")
 match by name, synonym or lexicon, never by embedding. A word the lexicon knows but the
-taxonomy lacks ("railway" in OVRSIS95K) stays unmatched rather than being guessed.
+taxonomy lacks ("railway" in OVRSIS95K) stays unmatched rather than being guessed, unless a
+written hypernym walk (taxonomy/relations.py) reaches a broader category the taxonomy has
+("runway" -> "impervious surfaces").
 
 The matcher knows nothing of spaCy: the caller passes a `lemmatize` function, so taxonomy terms
 and caption phrases are normalised by the same pipeline.
@@ -20,11 +22,14 @@ import numpy as np
 
 from taxonomy.embedding import TextEmbedder
 from taxonomy.loader import Taxonomy, load_lexicon, normalize_term
+from taxonomy.relations import Relations, load_relations
 
 Lemmatize = Callable[[Sequence[str]], list[str]]
 
 DEFAULT_THRESHOLD = 0.72
 DEFAULT_MARGIN = 0.06
+METHOD_RANK = {"exact": 0, "synonym": 1, "relation": 2, "embedding": 3}  # most certain first
+RELATION_DECAY = 0.9  # a relation match scores 0.9 per hypernym step: nearer is more certain
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class CategoryMatch:
     name: str
     score: float
     phrase: str  # the lemma span that matched
-    method: str  # exact | synonym | embedding
+    method: str  # exact | synonym | relation | embedding
     propose: bool = True  # False for background classes: recognised, but never proposed
 
 
@@ -56,6 +61,7 @@ class CategoryMatcher:
         threshold: float = DEFAULT_THRESHOLD,
         margin: float = DEFAULT_MARGIN,
         use_lexicon: bool = True,
+        use_relations: bool = True,
     ) -> None:
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= margin <= 1.0:
             raise ValueError(f"threshold and margin must lie in [0, 1], got {threshold}, {margin}")
@@ -76,6 +82,7 @@ class CategoryMatcher:
                 for key in {normalize_term(term), lemma}:
                     self._synonyms.setdefault(key, category.name)
         self._lexicon = _lemmatized_lexicon(lemmatize) if use_lexicon else {}
+        self._relations = load_relations().lemmatized(lemmatize) if use_relations else Relations()
         self._term_texts = list(dict.fromkeys([*self._names, *self._synonyms]))
         self._term_owner = np.array(
             [names.index(self._names.get(t) or self._synonyms[t]) for t in self._term_texts], dtype=np.int64
@@ -105,11 +112,22 @@ class CategoryMatcher:
                 owner = self._names.get(related) or self._synonyms.get(related)
                 if owner is not None:
                     return self._result(owner, 1.0, span, "synonym")
+        return self._match_by_relations(spans)
+
+    def _match_by_relations(self, spans: Sequence[str]) -> CategoryMatch | None:
+        """Walk up from each span (then from its lexicon relatives) to the nearest category."""
+        for span in spans:
+            for start in (span, *self._lexicon.get(span, ())):
+                for term, depth in self._relations.ancestors(start):
+                    owner = self._names.get(term) or self._synonyms.get(term)
+                    if owner is not None:
+                        return self._result(owner, RELATION_DECAY**depth, span, "relation")
         return None
 
     def _is_known(self, query: PhraseQuery) -> bool:
         """A phrase the lexicon knows ("railway") but the taxonomy lacks gets no embedding guess."""
-        return not query.candidates or any(span in self._lexicon for span in query.candidates[: query.compound_start])
+        known = query.candidates[: query.compound_start]
+        return not query.candidates or any(s in self._lexicon or self._relations.knows(s) for s in known)
 
     def _embedding_text(self, query: PhraseQuery) -> str:
         return query.candidates[max(0, min(query.compound_start, len(query.candidates)) - 1)]
