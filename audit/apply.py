@@ -11,9 +11,13 @@ the latest completed review in any queue (random sample, uncertain, stale, ...) 
 
 Tiles that were queued (audit/queued.jsonl) but have no review yet get `pending` decisions.
 
-Called by every build after the masks are written (`fresh_proposals=True`: the masks on disk are
-this build's proposals) and by `ovrsis audit pull` (`fresh_proposals=False`: the proposal is the
-kept `KEY.proposed.png` where there is one). Applying twice gives the same files.
+The proposal is found by the digest the build (or annotate) wrote into the record, in KEY.png
+(just rewritten by a build) or KEY.proposed.png (kept by an earlier apply), so applying after a
+build, after an `ovrsis annotate` rerun or after a killed build never mistakes a reviewed mask for
+a proposal. Called by every build after the masks are written and by `ovrsis audit pull` (which
+skips it while a build holds the output folder; that build applies the ledger itself). Applying
+twice gives the same files. Where the build wrote them, the GeoTIFF mask and the overlay of a
+reviewed tile show the reviewed mask too.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from audit.decisions import ReviewShapeError, proposed_categories
-from audit.ledger import QUEUED, Review, latest_reviews, read_ledger, read_lines
-from audit.records import kept_proposal_path, mask_path, proposal_digest, read_mask, shown_mask
+from audit.ledger import QUEUED, Review, read_ledger, read_lines, reviews_by_tile
+from audit.queue import TileImages
+from audit.records import kept_proposal_path, mask_path, read_mask, shown_mask
 from audit.review_cache import reviewed
 from pipeline.categories import ProposedCategory
-from pipeline.outputs import write_png
+from pipeline.ingest import IngestError
+from pipeline.outputs import mask_digest, overlay, write_mask_geotiff, write_png
 from pipeline.records import AuditDecision, ReviewRef, TileRecord
 from taxonomy.loader import Taxonomy
 
@@ -46,27 +52,31 @@ class ApplySummary:
     audit_round: str | None = None  # "reviews:N:DIGEST" of the reviews applied; None when there are none
 
 
-def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy, fresh_proposals: bool) -> ApplySummary:
-    """Apply the ledger's latest review of each tile to `records` (in place) and their masks."""
-    latest = latest_reviews(read_ledger(out_dir))
+def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy) -> ApplySummary:
+    """Apply the ledger's latest applicable review of each tile to `records` (in place) and their masks."""
+    reviews = reviews_by_tile(read_ledger(out_dir))
     queued = queued_keys(out_dir)
     summary = ApplySummary()
     applied: list[tuple] = []
+    overlays = OverlayWriter(out_dir, len(taxonomy))
     for record in records:
         if record.quarantine or not record.semantic_mask:
             continue
-        review = latest.get(record.key)
-        proposal = _current_proposal(out_dir, record, keep=review is not None, fresh=fresh_proposals)
+        candidates = reviews.get(record.key, [])
+        try:
+            proposal = _current_proposal(out_dir, record, keep=bool(candidates))
+        except ProposalMissing as error:
+            summary.problems.append(str(error))
+            continue
+        review = _apply_newest(out_dir, record, candidates, proposal, taxonomy, summary.problems)
         if review is None:
             record.review = None
             record.audit = _pending(proposal, taxonomy) if record.key in queued else []
             summary.pending += record.key in queued
+            if candidates:  # reviewed, but no review fits today's tile: the proposal stands
+                shutil.copyfile(kept_proposal_path(out_dir, record), mask_path(out_dir, record))
             continue
-        try:
-            _apply_one(out_dir, record, review, proposal, taxonomy)
-        except ReviewShapeError as error:
-            summary.problems.append(f"{record.key}: review {review.annotation_id} ({review.queue}) not applied: {error}")
-            continue
+        overlays.rewrite(record, read_mask(mask_path(out_dir, record)), summary.problems)
         summary.reviewed += 1
         summary.stale += record.review.stale
         applied.append(review.identity)
@@ -80,28 +90,55 @@ def queued_keys(out_dir: Path) -> set[str]:
     return {row["key"] for row in read_lines(out_dir / QUEUED)}
 
 
-def _current_proposal(out_dir: Path, record: TileRecord, keep: bool, fresh: bool) -> np.ndarray:
-    """This build's proposal of the tile; kept aside as KEY.proposed.png where a review replaces it."""
+class ProposalMissing(RuntimeError):
+    """Neither mask file of a tile holds the proposal its record names (a killed build, files edited)."""
+
+
+def _current_proposal(out_dir: Path, record: TileRecord, keep: bool) -> np.ndarray:
+    """The tile's proposal: of KEY.png and KEY.proposed.png, the one whose values match the record's
+    `proposal_digest` (the build and annotate write it with the mask). Kept aside as KEY.proposed.png
+    where a review replaces it; put back as KEY.png where no review does."""
     current, kept = mask_path(out_dir, record), kept_proposal_path(out_dir, record)
-    if fresh:  # the build just wrote its proposal to KEY.png
-        if keep:
-            shutil.copyfile(current, kept)
-        else:
-            kept.unlink(missing_ok=True)  # no review (any more): no stale copy left to confuse a reader
-        return read_mask(current)
-    if keep and not kept.is_file():
+    candidates = [path for path in (kept, current) if path.is_file()]
+    found = None
+    for path in candidates:
+        mask = read_mask(path)
+        if record.proposal_digest is None or mask_digest(mask) == record.proposal_digest:
+            found = (path, mask)  # (records of older versions name no digest: the kept copy, else the mask)
+            break
+    if found is None:
+        raise ProposalMissing(f"{record.key}: neither {current.name} nor {kept.name} holds the proposal "
+                              f"{record.proposal_digest} that records.jsonl names; rerun the build")  # fmt: skip
+    path, proposal = found
+    if keep and path == current:
         shutil.copyfile(current, kept)
-    return read_mask(kept if kept.is_file() else current)
+    elif not keep and path == kept:  # a review no longer in the ledger: the mask goes back to the proposal
+        shutil.copyfile(kept, current)
+    if not keep:
+        kept.unlink(missing_ok=True)
+    return proposal
+
+
+def _apply_newest(out_dir: Path, record: TileRecord, candidates: list[Review], proposal: np.ndarray, taxonomy: Taxonomy,
+                  problems: list[str]) -> Review | None:  # fmt: skip
+    """Apply the newest review that fits the tile; a review that does not (another tile size, a label the
+    taxonomy lost) is reported and the next older one is tried."""
+    for review in candidates:
+        try:
+            _apply_one(out_dir, record, review, proposal, taxonomy)
+            return review
+        except ReviewShapeError as error:
+            problems.append(f"{record.key}: review {review.annotation_id} ({review.queue}) not applied: {error}")
+    return None
 
 
 def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.ndarray, taxonomy: Taxonomy) -> None:
-    shown = shown_mask(out_dir, review.proposal_digest)
-    if shown is None:
-        shown = proposal
+    kept_shown = shown_mask(out_dir, review.proposal_digest)
+    shown = proposal if kept_shown is None else kept_shown
     if shown.shape != proposal.shape:
         raise ReviewShapeError(f"the reviewed tile was {shown.shape[1]}x{shown.shape[0]}, it is now "
                                f"{proposal.shape[1]}x{proposal.shape[0]}: re-queue it")  # fmt: skip
-    mask, decisions = reviewed(out_dir, review, shown, taxonomy)
+    mask, decisions = reviewed(out_dir, review, shown, taxonomy, cache=kept_shown is not None)
     for decision in decisions:
         decision.reviewer, decision.time = review.reviewer, review.updated_at
     write_png(mask_path(out_dir, record), mask)
@@ -110,8 +147,28 @@ def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.n
     record.review = ReviewRef(
         queue=review.queue, project_id=review.project_id, task_id=review.task_id, annotation_id=review.annotation_id,
         updated_at=review.updated_at, reviewer=review.reviewer, proposal_digest=review.proposal_digest,
-        stale=review.proposal_digest is not None and review.proposal_digest != proposal_digest(proposal),
+        stale=review.proposal_digest is not None and review.proposal_digest != mask_digest(proposal),
     )  # fmt: skip
+
+
+class OverlayWriter:
+    """The reviewed mask into the tile's other views, where the build wrote them: the GeoTIFF mask
+    (masks/KEY.tif) and the quick-look overlay (overlays/KEY.png), so GIS users and quick looks
+    see the reviewed mask too."""
+
+    def __init__(self, out_dir: Path, n_classes: int) -> None:
+        self.out_dir, self.n_classes = out_dir, n_classes
+        self.images = TileImages()
+
+    def rewrite(self, record: TileRecord, mask: np.ndarray, problems: list[str]) -> None:
+        geotiff, quick_look = self.out_dir / "masks" / f"{record.key}.tif", self.out_dir / "overlays" / f"{record.key}.png"
+        if geotiff.is_file() and record.source.transform:
+            write_mask_geotiff(geotiff, mask, record.source.crs, record.source.transform)
+        if quick_look.is_file():
+            try:
+                write_png(quick_look, overlay(self.images(record), mask, self.n_classes))
+            except (IngestError, OSError) as error:
+                problems.append(f"{record.key}: overlay not updated ({error})")
 
 
 def _pending(proposal: np.ndarray, taxonomy: Taxonomy) -> list[AuditDecision]:
@@ -121,7 +178,9 @@ def _pending(proposal: np.ndarray, taxonomy: Taxonomy) -> list[AuditDecision]:
 def _categories_after(record: TileRecord, decisions: list[AuditDecision]) -> list[ProposedCategory]:
     """The record's categories after review: discarded ones removed, corrected ones renamed, added ones listed."""
     by_name = {c.name: c for c in record.categories}
-    result: dict[str, ProposedCategory] = {}
+    judged = {d.target.split(":", 1)[1] for d in decisions if d.target.startswith("category:")}
+    # a category the captions proposed but no mask showed was never put to the reviewer: kept as proposed
+    result: dict[str, ProposedCategory] = {name: c for name, c in by_name.items() if name not in judged}
     for decision in decisions:
         kind, name = decision.target.split(":", 1)
         if kind != "category" or decision.state == "discarded":

@@ -107,6 +107,9 @@ def pull(
             if summary.unknown_keys:
                 console.print(f"[yellow]warning:[/yellow] {len(summary.unknown_keys)} task(s) name tiles not in the records")
         applied = apply_ledger(records, _taxonomy(records))
+        if applied is None:
+            console.print(f"{records} is being rebuilt: the reviews are in the ledger, and the running build applies them")
+            return
         console.print(f"applied: {applied.reviewed} reviewed tile(s) ({applied.stale} stale), {applied.pending} pending")
         for problem in applied.problems:
             console.print(f"[yellow]warning:[/yellow] {problem}")

@@ -6,7 +6,8 @@ The labelling interface (audit/queue.py) shows one brush region per proposed cat
 
 - c among the discard choices, or its region deleted  -> category **discarded** (a false positive);
   its pixels become unlabeled; no mask decision (there is no mask left to judge);
-- its region relabelled to d                         -> category **corrected** (to d);
+- its region relabelled to d                         -> category **corrected** (to d); relabelled to the
+  background class it is **discarded** (a false positive; the pixels become background);
 - otherwise                                          -> category **accepted**.
 
 The taxonomy's background class (`propose: false`, e.g. ovrsis95k's "unlabeled areas, background,
@@ -23,8 +24,10 @@ Every kept category (accepted or corrected) gets one mask decision:
   boundary  - otherwise (the outline repainted).
 
 The IoU of shown vs reviewed region is recorded in every case, as a measure, not as the rule.
-Extra regions the reviewer painted are joined to a kept category with the same final label, or,
-for a label nobody proposed, recorded as an **added** category (a miss of the build). The reviewed
+Extra regions the reviewer painted are joined to a kept category with the same final label (a
+region deleted and painted anew under its own label, not ticked under discard, is the outline
+redrawn), or, for a label nobody proposed, recorded as an **added** category (a miss of the build;
+never the background class, which is only painted). The reviewed
 semantic mask is painted from the reviewed regions, larger first, smaller on top (as the merge).
 """
 
@@ -52,34 +55,36 @@ def proposed_categories(proposal: np.ndarray, taxonomy: Taxonomy) -> list[Catego
 def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy) -> tuple[np.ndarray, list[AuditDecision]]:
     """The reviewed semantic mask and the decisions of one annotation's result list."""
     regions, discarded, kinds = _read_result(result, shown.shape, taxonomy)
-    decisions: list[AuditDecision] = []
-    kept: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # region id -> (final label, reviewed, shown)
     present = proposed_categories(shown, taxonomy)
-    proposed = [c for c in present if c.propose]
-    proposed_names = {c.name for c in proposed}
+    proposed_names = {c.name for c in present if c.propose}
+    extras = _extra_regions(regions, {f"r{c.index}" for c in present})
+    decisions: list[AuditDecision] = []
+    kept: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # proposed category -> (final label, reviewed, shown)
     for category in present:
-        region_id = f"r{category.index}"
+        region = regions.get(f"r{category.index}")
+        if region is None and category.name not in discarded and category.name in extras:
+            region = (category.name, extras.pop(category.name))  # deleted and painted anew: the outline redrawn
         if not category.propose:  # the background class: painted as reviewed, never judged
-            if region_id in regions:
-                kept[region_id] = (*regions[region_id], shown == category.index)
+            if region is not None:
+                kept[category.name] = (*region, shown == category.index)
             continue
-        if category.name in discarded or region_id not in regions:
+        if category.name in discarded or region is None or not taxonomy.categories[taxonomy.index_of(region[0])].propose:
             decisions.append(AuditDecision(target=f"category:{category.name}", state="discarded"))
+            if region is not None and category.name not in discarded:  # relabelled to the background: painted so
+                kept[category.name] = (*region, shown == category.index)
             continue
-        label, pixels = regions[region_id]
-        if label == category.name:
-            decisions.append(AuditDecision(target=f"category:{category.name}", state="accepted"))
-        else:
-            decisions.append(AuditDecision(target=f"category:{category.name}", state="corrected", corrected_to=label))
-        kept[region_id] = (label, pixels, shown == category.index)
-    extras = _join_extras(regions, kept, {f"r{c.index}" for c in present}, decisions, taxonomy)
-    for region_id, (label, pixels, was_shown) in kept.items():
-        name = _name_of(region_id, taxonomy)
-        if name not in proposed_names:
-            continue
-        merged = label != name and label in proposed_names
-        decisions.append(_mask_decision(name, pixels, was_shown, merged, kinds.get(region_id)))
-    painted = [(taxonomy.index_of(label), pixels) for label, pixels, _ in kept.values()] + extras
+        label, pixels = region
+        state = "accepted" if label == category.name else "corrected"
+        decisions.append(AuditDecision(target=f"category:{category.name}", state=state,
+                                       corrected_to=None if label == category.name else label))  # fmt: skip
+        kept[category.name] = (label, pixels, shown == category.index)
+    added = _join_extras(extras, kept, decisions, taxonomy)
+    for name, (label, pixels, was_shown) in kept.items():
+        if name in proposed_names and taxonomy.categories[taxonomy.index_of(label)].propose:
+            merged = label != name and label in proposed_names
+            region_id = f"r{taxonomy.index_of(name)}"
+            decisions.append(_mask_decision(name, pixels, was_shown, merged, kinds.get(region_id)))
+    painted = [(taxonomy.index_of(label), pixels) for label, pixels, _ in kept.values()] + added
     mask = np.full(shown.shape, IGNORE, np.uint8)
     for index, pixels in sorted(painted, key=lambda p: -int(p[1].sum())):  # larger first, smaller on top
         mask[pixels] = index
@@ -101,24 +106,31 @@ def _mask_decision(name: str, reviewed: np.ndarray, shown: np.ndarray, merged: b
     return AuditDecision(target=f"mask:{name}", state="corrected", mask_iou=iou, kind=kind, kind_source=source)
 
 
-def _join_extras(regions: dict, kept: dict, proposed_ids: set[str], decisions: list[AuditDecision],
-                 taxonomy: Taxonomy) -> list[tuple[int, np.ndarray]]:  # fmt: skip
-    """Regions the reviewer added: joined to the kept region with the same final label (a correction
-    of that category's mask), else an added category. Returns the added categories' pixels."""
-    by_label = {label: region_id for region_id, (label, _, _) in sorted(kept.items(), reverse=True)}
-    added: dict[str, np.ndarray] = {}
+def _extra_regions(regions: dict, proposal_ids: set[str]) -> dict[str, np.ndarray]:
+    """The regions the reviewer painted anew (ids other than the proposals'), united per label."""
+    extras: dict[str, np.ndarray] = {}
     for region_id, (label, pixels) in sorted(regions.items()):
-        if region_id in proposed_ids:  # kept above, or the region of a discarded category
-            continue
+        if region_id not in proposal_ids:
+            extras[label] = extras[label] | pixels if label in extras else pixels
+    return extras
+
+
+def _join_extras(extras: dict[str, np.ndarray], kept: dict, decisions: list[AuditDecision],
+                 taxonomy: Taxonomy) -> list[tuple[int, np.ndarray]]:  # fmt: skip
+    """New regions: joined to the kept category with the same final label (a correction of its mask),
+    else painted; an added category (a miss of the build) unless it is the background class."""
+    by_label = {label: name for name, (label, _, _) in sorted(kept.items(), reverse=True)}
+    painted = []
+    for label, pixels in extras.items():
         if label in by_label:
             final, reviewed, shown = kept[by_label[label]]
             kept[by_label[label]] = (final, reviewed | pixels, shown)
-        else:
-            added[label] = added[label] | pixels if label in added else pixels
-    for label in added:
-        decisions.append(AuditDecision(target=f"category:{label}", state="corrected", corrected_to=label, kind="added",
-                                       kind_source="reviewer", mask_iou=0.0))  # fmt: skip
-    return [(taxonomy.index_of(label), pixels) for label, pixels in added.items()]
+            continue
+        painted.append((taxonomy.index_of(label), pixels))
+        if taxonomy.categories[taxonomy.index_of(label)].propose:
+            decisions.append(AuditDecision(target=f"category:{label}", state="corrected", corrected_to=label, kind="added",
+                                           kind_source="reviewer", mask_iou=0.0))  # fmt: skip
+    return painted
 
 
 def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy):
@@ -150,10 +162,6 @@ def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy)
         except (KeyError, IndexError, ValueError, TypeError) as error:
             raise ReviewShapeError(f"result item {item.get('id')!r} in an unexpected shape ({type(error).__name__}: {error})") from None
     return regions, discarded, kinds
-
-
-def _name_of(region_id: str, taxonomy: Taxonomy) -> str:
-    return taxonomy.categories[int(region_id[1:])].name
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -99,16 +99,48 @@ def read_lines(path: Path, parse: Callable[[bytes], T] = json.loads) -> Iterator
 
 def append_reviews(out_dir: Path, reviews: Iterable[Review]) -> int:
     """Append the reviews not already in the ledger; returns how many were new."""
-    path = ledger_path(out_dir)
-    with _locked_append(path) as handle:
-        known = {r.identity for r in read_ledger(out_dir)}
-        new = []
-        for review in reviews:
-            if review.identity not in known:
-                known.add(review.identity)
-                new.append(review)
-        _write_lines(handle, [r.model_dump(mode="json") for r in new])
-    return len(new)
+    return LedgerWriter(out_dir).append(reviews)
+
+
+class LedgerWriter:
+    """Appends to the ledger for the length of one pull. The identities already in it are read once,
+    then only what other writers appended since (a pull of 20,000 reviews reads the ledger once,
+    not once per page)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = ledger_path(out_dir)
+        self.known: set[tuple] = set()
+        self.offset = 0  # bytes of the ledger already read into `known` (always at a line end)
+        self.lines = 0
+
+    def append(self, reviews: Iterable[Review]) -> int:
+        with _locked_append(self.path) as handle:
+            self._catch_up(handle)
+            new = []
+            for review in reviews:
+                if review.identity not in self.known:
+                    self.known.add(review.identity)
+                    new.append(review.model_dump(mode="json"))
+            _write_lines(handle, new)
+            handle.flush()
+            self.offset, self.lines = handle.tell(), self.lines + len(new)
+        return len(new)
+
+    def _catch_up(self, handle) -> None:
+        size = handle.seek(0, os.SEEK_END)
+        if size < self.offset:  # the file was replaced: read it all again
+            self.known, self.offset, self.lines = set(), 0, 0
+        handle.seek(self.offset)
+        for raw in handle.read(size - self.offset).split(b"\n")[:-1]:
+            self.lines += 1
+            try:
+                row = json.loads(raw)
+                self.known.add((row["project_id"], row["task_id"], row["annotation_id"], row["updated_at"]))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+                raise AuditError(f"{self.path}:{self.lines}: damaged line ({type(error).__name__}: {error}); every other "
+                                 "line is intact: repair or delete that line, then rerun") from None  # fmt: skip
+        handle.seek(0, os.SEEK_END)
+        self.offset = size
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -127,6 +159,14 @@ def latest_reviews(reviews: Iterable[Review], queue: str | None = None) -> dict[
         if current is None or review.order > current.order:
             latest[review.key] = review
     return latest
+
+
+def reviews_by_tile(reviews: Iterable[Review]) -> dict[str, list[Review]]:
+    """Every tile's reviews, newest first."""
+    by_tile: dict[str, list[Review]] = {}
+    for review in reviews:
+        by_tile.setdefault(review.key, []).append(review)
+    return {key: sorted(found, key=lambda r: r.order, reverse=True) for key, found in by_tile.items()}
 
 
 def now() -> str:

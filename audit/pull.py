@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from audit.client import AuditClient
-from audit.ledger import PULLS, Review, append_reviews, append_row, now
+from audit.ledger import PULLS, QUEUED, LedgerWriter, Review, append_row, now, read_lines
 from audit.records import proposal_mask, remember_shown
 from audit.settings import AuditError
 from pipeline.records import TileRecord
@@ -38,8 +38,21 @@ class PullSummary:
 
 
 def project_titles(title: str) -> dict[str, str]:
-    """Queue -> project title: the random sample under `title`, the other queues beside it."""
+    """Queue -> project title of the queues `ovrsis audit push` fills: the random sample under
+    `title`, the others beside it as `title (QUEUE)`."""
     return {"sample": title} | {queue: title + suffix for queue, suffix in QUEUE_SUFFIXES.items()}
+
+
+def queue_projects(client: AuditClient, title: str) -> dict[str, tuple[int, str]]:
+    """Queue -> (project id, title) of every project of this audit: `title` is the random sample,
+    any `title (QUEUE)` another queue (uncertain, stale, or one a team added by hand)."""
+    found = {}
+    for project in client.call("listing projects", lambda: list(client.sdk.projects.list())):
+        if project.title == title:
+            found["sample"] = (project.id, project.title)
+        elif project.title.startswith(title + " (") and project.title.endswith(")"):
+            found[project.title[len(title) + 2 : -1]] = (project.id, project.title)
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "sample", item[0])))
 
 
 def find_project(client: AuditClient, title: str) -> int | None:
@@ -51,23 +64,31 @@ def find_project(client: AuditClient, title: str) -> int | None:
 
 def pull_project(client: AuditClient, project_id: int, title: str, queue: str, out_dir: Path,
                  records: dict[str, TileRecord]) -> PullSummary:  # fmt: skip
-    """Append the project's completed reviews to the ledger, one page at a time."""
+    """Append the project's completed reviews to the ledger, one page at a time. Every completed
+    review is kept, also of tiles this build does not hold (quarantined now, or from another
+    tiling): a review is never dropped because of the current records."""
     users = client.call("listing users", lambda: list(client.sdk.users.list()))
     emails = {user.id: user.email for user in users}
     summary = PullSummary(project=title, project_id=project_id)
+    writer = LedgerWriter(out_dir)
+    queued = {(row["key"], row["queue"]) for row in read_lines(out_dir / QUEUED)}
     for page in _pages(client, project_id):
         reviews = []
         for task in page:
             summary.tasks += 1
-            key = (task["data"] or {}).get("key")
+            data = task["data"] or {}
+            key, task_queue = data.get("key"), data.get("queue") or queue
             if key not in records:
                 summary.unknown_keys.append(str(key))
-                continue
-            found = [_review(task, a, key, queue, title, project_id, emails, out_dir, records[key])
+            if key and (key, task_queue) not in queued:  # a task pushed by a push that was cut short, or by hand
+                queued.add((key, task_queue))
+                append_row(out_dir / QUEUED, {"key": key, "queue": task_queue, "project_id": project_id,
+                                              "proposal_digest": data.get("proposal_digest"), "pushed_at": None})  # fmt: skip
+            found = [_review(task, a, key, task_queue, title, project_id, emails, out_dir, records.get(key))
                      for a in task["annotations"] if _completed(a)]  # fmt: skip
             summary.reviewed += bool(found)
             reviews.extend(found)
-        summary.new_reviews += append_reviews(out_dir, reviews)
+        summary.new_reviews += writer.append(reviews)
     append_row(out_dir / PULLS, {"project": title, "project_id": project_id, "queue": queue, "tasks": summary.tasks,
                                  "reviewed": summary.reviewed, "new_reviews": summary.new_reviews, "pulled_at": now()})  # fmt: skip
     return summary
@@ -91,13 +112,13 @@ def _completed(annotation: dict) -> bool:
 
 
 def _review(task: dict, annotation: dict, key: str, queue: str, title: str, project_id: int, emails: dict,
-            out_dir: Path, record: TileRecord) -> Review:  # fmt: skip
+            out_dir: Path, record: TileRecord | None) -> Review:  # fmt: skip
     digest = (task["data"] or {}).get("proposal_digest")
-    if digest is None:  # pushed before digests were kept: the proposal on disk is what was shown
+    if digest is None and record is not None:  # pushed before digests were kept: the proposal on disk was shown
         digest = remember_shown(out_dir, proposal_mask(out_dir, record))
     try:
         return Review(
-            key=key, queue=(task["data"] or {}).get("queue") or queue, project_id=project_id, project=title,
+            key=key, queue=queue, project_id=project_id, project=title,
             task_id=task["id"], annotation_id=annotation["id"],
             updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
             reviewer=_who(annotation, emails), result=annotation.get("result") or [], proposal_digest=digest, pulled_at=now(),

@@ -27,8 +27,8 @@ from audit.ledger import QUEUED, append_row, now
 from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
 from pipeline.annotate import RasterPixels
-from pipeline.ingest import BandRule
-from pipeline.outputs import palette
+from pipeline.ingest import BandRule, IngestError
+from pipeline.outputs import atomic_path, palette
 from pipeline.records import TileRecord
 from taxonomy.loader import Taxonomy
 
@@ -111,17 +111,14 @@ def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequen
     All-or-nothing: every check (the served root, each record's proposal) runs before anything is
     created on the server. A task's identity is its tile key (its key and the proposal it shows in
     the "stale" queue), so pushing twice creates nothing new."""
-    images = (out_dir / "audit" / "images").resolve()
-    _served_path(images, served_root)
-    shown = {r.key: remember_shown(out_dir, proposal_mask(out_dir, r)) for r in records}
-    project_id = ensure_project(client, title, taxonomy, out_dir, images)
+    shown = prepare_tiles(out_dir, records, served_root)
+    project_id = ensure_project(client, title, taxonomy, out_dir, (out_dir / "audit" / "images").resolve())
     existing = existing_tasks(client, project_id)
     new = [r for r in records if _identity(r.key, shown[r.key], queue) not in existing]
-    pixels = TileImages()
     task_ids: list[int] = []
     for start in range(0, len(new), chunk):
         part = new[start : start + chunk]
-        payload = [task_payload(r, out_dir, served_root, taxonomy, queue, pixels, shown[r.key]) for r in part]
+        payload = [task_payload(r, out_dir, served_root, taxonomy, queue, shown[r.key]) for r in part]
         response = client.call(
             "importing tasks",
             lambda: client.sdk.projects.import_tasks(id=project_id, request=payload, return_task_ids=True),
@@ -131,6 +128,26 @@ def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequen
             append_row(out_dir / QUEUED, {"key": record.key, "queue": queue, "project_id": project_id,
                                           "proposal_digest": shown[record.key], "pushed_at": now()})  # fmt: skip
     return PushSummary(project_id, len(records), len(new), len(records) - len(new), task_ids)
+
+
+def prepare_tiles(out_dir: Path, records: Sequence[TileRecord], served_root: Path) -> dict[str, str]:
+    """Everything a push needs from disk, before anything is created on the server: each tile's
+    image (`audit/images/KEY.jpg`, read from its raster) under the served root, and the proposal it
+    will show (kept by digest). Returns key -> proposal digest; any failure is an AuditError naming the tile."""
+    images = (out_dir / "audit" / "images").resolve()
+    _served_path(images, served_root)
+    pixels = TileImages()
+    shown = {}
+    for record in records:
+        try:
+            image_path = images / f"{record.key}.jpg"
+            if not image_path.is_file():
+                with atomic_path(image_path) as temporary:
+                    Image.fromarray(pixels(record)).save(temporary, format="JPEG", quality=95)
+            shown[record.key] = remember_shown(out_dir, proposal_mask(out_dir, record))
+        except (IngestError, OSError, ValueError) as error:
+            raise AuditError(f"tile {record.key}: cannot prepare its task ({error}); nothing was pushed") from None
+    return shown
 
 
 def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir: Path, images: Path) -> int:
@@ -173,12 +190,9 @@ class TileImages:
         return self._sources.setdefault(rule, RasterPixels(rule))(record)[0]
 
 
-def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str,
-                 images: TileImages, digest: str) -> dict:  # fmt: skip
+def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str, digest: str) -> dict:
+    """One task: the tile's image (written by `prepare_tiles`) and one brush region per class in its proposal."""
     image_path = (out_dir / "audit" / "images" / f"{record.key}.jpg").resolve()
-    if not image_path.is_file():
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images(record)).save(image_path, quality=95)
     mask = proposal_mask(out_dir, record)
     present = proposed_categories(mask, taxonomy)  # the background class too: its region is editable, not judged
     proposed = [c for c in present if c.propose]

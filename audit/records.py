@@ -8,7 +8,6 @@ shown even after a rebuild changed the proposal (a stale review).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from audit.settings import AuditError
-from pipeline.outputs import write_png
+from pipeline.outputs import mask_digest, write_png
 from pipeline.records import TileRecord, read_records
 from pipeline.records import write_records as write_record_file
 
@@ -64,20 +63,13 @@ def keep_proposal(out_dir: Path, record: TileRecord) -> None:
         shutil.copyfile(mask_path(out_dir, record), kept)
 
 
-def proposal_digest(mask: np.ndarray) -> str:
-    """A digest of the mask's values (not of the PNG bytes, which depend on the encoder)."""
-    digest = hashlib.sha256(f"{mask.shape}:{mask.dtype}".encode())
-    digest.update(np.ascontiguousarray(mask).tobytes())
-    return digest.hexdigest()[:24]
-
-
 def shown_path(out_dir: Path, digest: str) -> Path:
     return out_dir / "audit" / "shown" / f"{digest}.png"
 
 
 def remember_shown(out_dir: Path, mask: np.ndarray) -> str:
     """Keep the proposal a reviewer is shown (by digest); returns the digest."""
-    digest = proposal_digest(mask)
+    digest = mask_digest(mask)
     path = shown_path(out_dir, digest)
     if not path.is_file():
         write_png(path, mask)

@@ -3,8 +3,8 @@
 Decoding Label Studio's brush RLE is slow (label_studio_sdk's decoder walks bits in Python: about
 10 ms per region of a 1024x1024 tile), and every build applies every review. A review and the
 proposal it was shown are both immutable, so their decoded result (the reviewed mask and the
-decisions) is cached under `OUT/audit/reviewed/HASH.png|.json`, keyed by the review's identity, the
-shown proposal's digest and `RULES_VERSION` (bump it when audit/decisions.py changes its rules).
+decisions) is cached under `OUT/audit/reviewed/HASH.png|.json`, keyed by the review's identity and
+result, the shown proposal's digest and `RULES_VERSION` (bump it when audit/decisions.py changes its rules).
 A missing or damaged cache entry is simply decoded again.
 """
 
@@ -26,9 +26,14 @@ from taxonomy.loader import Taxonomy
 RULES_VERSION = 1
 
 
-def reviewed(out_dir: Path, review: Review, shown: np.ndarray, taxonomy: Taxonomy) -> tuple[np.ndarray, list[AuditDecision]]:
-    """`review_annotation(shown, review.result)`, from the cache when it holds it."""
-    key = json.dumps([RULES_VERSION, taxonomy.version, list(review.identity), review.proposal_digest, shown.shape])
+def reviewed(out_dir: Path, review: Review, shown: np.ndarray, taxonomy: Taxonomy,
+             cache: bool = True) -> tuple[np.ndarray, list[AuditDecision]]:  # fmt: skip
+    """`review_annotation(shown, review.result)`, from the cache when it holds it. `cache=False` where
+    `shown` is a stand-in (the shown proposal was not kept), so a guess is never cached as a fact."""
+    if not cache:
+        return review_annotation(shown, review.result, taxonomy)
+    result = hashlib.sha256(json.dumps(review.result, sort_keys=True).encode()).hexdigest()
+    key = json.dumps([RULES_VERSION, taxonomy.version, list(review.identity), result, review.proposal_digest, shown.shape])
     base = out_dir / "audit" / "reviewed" / hashlib.sha256(key.encode()).hexdigest()[:32]
     mask_file, decisions_file = base.with_suffix(".png"), base.with_suffix(".json")
     try:

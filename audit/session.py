@@ -13,11 +13,12 @@ from pathlib import Path
 
 from audit.apply import ApplySummary, apply_reviews
 from audit.client import AuditClient
-from audit.pull import PullSummary, find_project, project_titles, pull_project
-from audit.queue import PushSummary, load_live_records, push, stratified_sample, uncertain_sample
+from audit.pull import PullSummary, project_titles, pull_project, queue_projects
+from audit.queue import PushSummary, load_live_records, prepare_tiles, push, stratified_sample, uncertain_sample
 from audit.records import load_records, write_records
 from audit.settings import AuditError
 from audit.status import stale_keys
+from pipeline.outputs import OutputBusy, output_lock
 from taxonomy.loader import Taxonomy
 
 
@@ -49,26 +50,31 @@ def push_queues(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: s
     if plan.stale:
         stale = stale_keys(out_dir)
         queues.append(("stale", [r for r in live if r.key in stale]))
+    prepare_tiles(out_dir, list({r.key: r for _, chosen in queues for r in chosen}.values()), served_root)  # all checks first
     return [(titles[queue], push(client, out_dir, taxonomy, chosen, titles[queue], served_root, queue))
             for queue, chosen in queues if chosen]  # fmt: skip
 
 
 def pull_queues(client: AuditClient, out_dir: Path, title: str) -> list[PullSummary]:
-    """Every queue's completed reviews into the ledger; the records and masks are not touched."""
-    records = {r.key: r for r in load_records(out_dir) if not r.quarantine}
-    summaries = []
-    for queue, project_title in project_titles(title).items():
-        project_id = find_project(client, project_title)
-        if project_id is not None:
-            summaries.append(pull_project(client, project_id, project_title, queue, out_dir, records))
-    if not summaries:
+    """Every queue's completed reviews into the ledger; the records and masks are not touched (a
+    folder without records.jsonl yet, as at the start of a first build, can be pulled into too)."""
+    path = out_dir / "records.jsonl"
+    records = {r.key: r for r in load_records(out_dir) if not r.quarantine} if path.is_file() else {}
+    projects = queue_projects(client, title)
+    if not projects:
         raise AuditError(f"no Label Studio project titled {title!r} (push first)")
-    return summaries
+    return [pull_project(client, project_id, project_title, queue, out_dir, records)
+            for queue, (project_id, project_title) in projects.items()]  # fmt: skip
 
 
-def apply_ledger(out_dir: Path, taxonomy: Taxonomy) -> ApplySummary:
-    """Apply the ledger to the output folder's records and masks (the proposal kept aside)."""
-    records = load_records(out_dir)
-    summary = apply_reviews(out_dir, records, taxonomy, fresh_proposals=False)
-    write_records(out_dir, records)
+def apply_ledger(out_dir: Path, taxonomy: Taxonomy) -> ApplySummary | None:
+    """Apply the ledger to the output folder's records and masks (the proposal kept aside); None when a
+    build or annotate run is writing the folder: that run applies the ledger itself when it gets there."""
+    try:
+        with output_lock(out_dir, wait=False):
+            records = load_records(out_dir)
+            summary = apply_reviews(out_dir, records, taxonomy)
+            write_records(out_dir, records)
+    except OutputBusy:
+        return None
     return summary

@@ -36,9 +36,11 @@ class ServerSettings:
         return redact(text, [self.token])
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+(?=@)", re.IGNORECASE)
-_AUTH_VALUE = re.compile(r"(?P<head>\b(?:authorization|x-api-key|api[_-]?key|token|access|refresh|password)['\"]?\s*[:=]\s*['\"]?"
-                         r"(?:token\s+|bearer\s+|basic\s+)?)[^\s'\",}]+", re.IGNORECASE)  # fmt: skip
+# user:password@host, the password may itself hold '@' or '/': up to the last '@' before the host
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)\S+(?=@[^@\s/]+(?:[/\s'\"]|$))", re.IGNORECASE)
+_SECRET_FIELDS = r"authorization|x-api-key|api[ _-]?key|[a-z_]*token|access|refresh|password|passwd|secret|sessionid|csrftoken|cookie"
+_AUTH_VALUE = re.compile(rf"(?P<head>\b(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*['\"]?(?:token\s+|bearer\s+|basic\s+)?)[^\s'\",;}}]+",
+                         re.IGNORECASE)  # fmt: skip
 _SCHEME_VALUE = re.compile(r"(?P<head>\b(?:token|bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 
 

@@ -21,7 +21,10 @@ Definitions (also written into the report):
 - stale reviews: reviews of a proposal that a later build changed; they are still valid judgements
   of what was shown and are counted in the rates, and listed apart;
 - intervals: 95% Wilson score intervals; the estimate for the whole dataset applies the sample's
-  rates (and interval bounds) to every proposed category of the build.
+  rates (and interval bounds) to every category the build's proposals show (the same unit as the
+  rates: categories with pixels in a proposal);
+- reviews that do not fit their tile (another size, a label the taxonomy lost) are not counted and
+  are listed by number.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from pathlib import Path
 
 from audit.decisions import CORRECTION_KINDS, ReviewShapeError
 from audit.ledger import Review, latest_reviews, read_ledger
-from audit.records import load_records, proposal_digest, proposal_mask, shown_mask
+from audit.records import load_records, proposal_mask, shown_mask
+from pipeline.outputs import mask_digest
 from audit.review_cache import reviewed
 from pipeline.outputs import atomic_path
 from pipeline.records import TileRecord
@@ -93,7 +97,7 @@ def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
     queues = sorted({r.queue for r in reviews}, key=lambda q: (q != SAMPLE_QUEUE, q))
     tables = {queue: _queue_statistics(out_dir, latest_reviews(reviews, queue), records, taxonomy) for queue in queues}
     sample = tables.get(SAMPLE_QUEUE)
-    proposed = sum(len(r.categories) for r in records.values() if not r.quarantine)
+    proposed = sum(len(_painted(r)) for r in records.values() if not r.quarantine)
     estimate = {}
     if sample:
         estimate = {
@@ -117,21 +121,22 @@ def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[st
     per_category: dict[str, Counter] = defaultdict(Counter)
     per_domain: dict[str, Counter] = defaultdict(Counter)
     ious: list[float] = []
-    images = images_with_discard = added = stale = 0
+    images = images_with_discard = added = stale = unfit = 0
     domains: set[str] = set()
     for key, review in sorted(latest.items()):
         record = records.get(key)
         if record is None or record.quarantine:
             continue
-        shown = shown_mask(out_dir, review.proposal_digest)
+        kept_shown = shown_mask(out_dir, review.proposal_digest)
         proposal = proposal_mask(out_dir, record)
-        shown = proposal if shown is None else shown
+        shown = proposal if kept_shown is None else kept_shown
         try:
-            _, decisions = reviewed(out_dir, review, shown, taxonomy)
+            _, decisions = reviewed(out_dir, review, shown, taxonomy, cache=kept_shown is not None)
         except ReviewShapeError:
+            unfit += 1
             continue
         images += 1
-        stale += review.proposal_digest is not None and review.proposal_digest != proposal_digest(proposal)
+        stale += review.proposal_digest is not None and review.proposal_digest != mask_digest(proposal)
         domain = record.domain.name if record.domain else "unknown"
         domains.add(domain)
         for decision in decisions:
@@ -165,6 +170,7 @@ def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[st
         "images with a discarded category": Rate(images_with_discard, images),
         "added categories per audited image": round(added / images, 4) if images else float("nan"),
         "stale reviews": stale,
+        "reviews that do not fit their tile (not counted)": unfit,
     }
     return {
         "table": table,
@@ -173,6 +179,11 @@ def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[st
         "per_domain": {name: _rates(counter) for name, counter in sorted(per_domain.items())},
         "mask_iou": sorted(ious),
     }
+
+
+def _painted(record: TileRecord) -> set[str]:
+    """The categories a tile's proposal shows (the instances the merge kept): Table II's unit."""
+    return {i.category for i in record.instances if not i.dropped and i.area > 0}
 
 
 def _rates(counter: Counter) -> dict:

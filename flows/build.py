@@ -35,6 +35,7 @@ from pipeline.balance_report import write_report
 from pipeline.batching import batched
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
 from pipeline.jsonl import atomic_writer
+from pipeline.outputs import output_lock
 from pipeline.records import SCHEMA_VERSION, TileRecord, write_records
 from pipeline.selection import candidate_records, select
 from pipeline.shards import write_shards
@@ -118,13 +119,13 @@ def _audit_pull(config_path: str) -> int:
 
 
 def _apply_reviews(records: list[TileRecord], config_path: str) -> tuple[list[TileRecord], str | None]:
-    """The review ledger applied to this build's fresh proposals: the reviewed masks and categories
+    """The review ledger applied to this build's proposals: the reviewed masks and categories
     replace the proposals of every reviewed tile. Returns the records and the audit round."""
     from audit.apply import apply_reviews
     from taxonomy.loader import load_taxonomy
 
     config = load_build_config(config_path)
-    summary = apply_reviews(config.output, records, load_taxonomy(config.taxonomy), fresh_proposals=True)
+    summary = apply_reviews(config.output, records, load_taxonomy(config.taxonomy))
     logger = get_run_logger()
     logger.info("reviews applied: %d tile(s) (%d stale), %d pending", summary.reviewed, summary.stale, summary.pending)
     for problem in summary.problems:
@@ -249,7 +250,8 @@ def build(config: str) -> dict:
     path = str(Path(config).resolve())
     settings = load_build_config(path)
     check_before_models(settings)
-    return build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
+    with output_lock(settings.output):  # no `ovrsis audit pull` applies reviews to masks while they are rewritten
+        return build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
 
 
 def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:

@@ -44,7 +44,7 @@ from pipeline.ingest import (
 from pipeline.jsonl import check_encoding, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from pipeline.models.detector import Detection, PromptPhrase
-from pipeline.outputs import overlay, remove_stale_parts, write_mask_geotiff, write_png
+from pipeline.outputs import mask_digest, output_lock, overlay, remove_stale_parts, write_mask_geotiff, write_png
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
 from pipeline.stitch import stitch_to_geotiff
@@ -171,7 +171,7 @@ class Annotator:
         remove_stale_outputs(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         stitchable: dict[str, list[TileRecord]] = defaultdict(list)
-        with bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
+        with output_lock(self.out_dir), bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
 
             def emit(state: TileState) -> None:
                 self.summary.count(state)
@@ -300,6 +300,7 @@ class Annotator:
             key, source = state.record.key, state.record.source
             semantic = state.semantic_mask()
             write_png(self.out_dir / state.record.semantic_mask, semantic)
+            state.record.proposal_digest = mask_digest(semantic)
             if self.config.write_geotiff and source.transform:
                 write_mask_geotiff(self.out_dir / "masks" / f"{key}.tif", semantic, source.crs, source.transform)
             if self.config.write_overlay:

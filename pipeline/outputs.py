@@ -7,6 +7,8 @@ write would give (0666 less the umask), not mkstemp's private 0600.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -20,6 +22,36 @@ from affine import Affine
 from PIL import Image
 
 IGNORE = 255
+LOCK_NAME = ".writing.lock"
+
+
+class OutputBusy(RuntimeError):
+    """Another process is writing this output folder (a build or an annotate run)."""
+
+
+@contextmanager
+def output_lock(folder: Path, wait: bool = True) -> Iterator[None]:
+    """Exclusive use of an output folder while its masks are (re)written: a build or annotate run
+    holds it from start to end, so an `ovrsis audit pull` can never apply reviews to masks a running
+    build is rewriting. With `wait=False` a held lock raises OutputBusy at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise OutputBusy(f"{folder} is being written by another process (a build or annotate run)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """A digest of a mask's values (not of its PNG bytes, which depend on the encoder): how the audit
+    tells which proposal a reviewer saw and whether a rebuild changed it."""
+    digest = hashlib.sha256(f"{mask.shape}:{mask.dtype}".encode())
+    digest.update(np.ascontiguousarray(mask).tobytes())
+    return digest.hexdigest()[:24]
 
 
 @contextmanager

@@ -113,6 +113,7 @@ class TileRecord(BaseModel):
     negated: list[str] = Field(default_factory=list)
     instances: list[Instance] = Field(default_factory=list)
     semantic_mask: str | None = None  # path of the uint8 PNG, relative to the output folder
+    proposal_digest: str | None = None  # pipeline.outputs.mask_digest of the mask the build proposed
     conflicts: list[Conflict] = Field(default_factory=list)
     audit: list[AuditDecision] = Field(default_factory=list)
     review: ReviewRef | None = None  # set where a human review replaced the proposal

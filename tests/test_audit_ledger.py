@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ from PIL import Image
 from audit.apply import apply_reviews
 from audit.decisions import ReviewShapeError, review_annotation
 from audit.ledger import Review, append_reviews, latest_reviews, ledger_path, read_ledger
-from audit.records import load_records, proposal_digest, remember_shown
+from audit.records import load_records, remember_shown
 from audit.settings import AuditError
 from audit.stats import audit_statistics, write_report
 from audit.status import audit_status
+from pipeline.outputs import mask_digest
 from pipeline.records import Domain, SourceInfo, TileRecord, Window, write_records
 from taxonomy import load_taxonomy
 
@@ -117,7 +119,7 @@ def make_build(out: Path, proposals: dict[str, np.ndarray], domains: dict[str, s
                             band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=width, raster_height=height)  # fmt: skip
         (out / "masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(proposal).save(out / "masks" / f"{key}.png")
-        records.append(TileRecord(key=key, source=source, semantic_mask=f"masks/{key}.png",
+        records.append(TileRecord(key=key, source=source, semantic_mask=f"masks/{key}.png", proposal_digest=mask_digest(proposal),
                                   domain=Domain(name=(domains or {}).get(key, "town"), score=1.0)))  # fmt: skip
     write_records(out / "records.jsonl", records)
 
@@ -126,7 +128,7 @@ def review(out: Path, key: str, result: list[dict], queue: str = "sample", annot
            proposal: np.ndarray | None = None) -> Review:  # fmt: skip
     if proposal is None:
         proposal = np.asarray(Image.open(out / "masks" / f"{key}.png"))
-    return Review(key=key, queue=queue, project_id=1 if queue == "sample" else 2, project=f"p {queue}", task_id=hash(key) % 1000,
+    return Review(key=key, queue=queue, project_id=1 if queue == "sample" else 2, project=f"p {queue}", task_id=zlib.crc32(key.encode()),
                   annotation_id=annotation, updated_at=when, reviewer="ann@example.com", result=result,
                   proposal_digest=remember_shown(out, proposal), pulled_at="2026-11-02T00:00:00+00:00")  # fmt: skip
 
@@ -210,7 +212,7 @@ def test_rebuild_applies_the_ledger_and_marks_stale_reviews(tmp_path):
     append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
 
     records = load_records(tmp_path)
-    summary = apply_reviews(tmp_path, records, TAXONOMY, fresh_proposals=True)
+    summary = apply_reviews(tmp_path, records, TAXONOMY)
     assert (summary.reviewed, summary.stale) == (1, 0) and summary.audit_round.startswith("reviews:1:")
     reviewed = np.asarray(Image.open(tmp_path / "masks" / "a.png"))
     assert not (reviewed == WATER).any() and (reviewed[:, :3] == ROAD).all()
@@ -223,17 +225,18 @@ def test_rebuild_applies_the_ledger_and_marks_stale_reviews(tmp_path):
     Image.fromarray(changed).save(tmp_path / "masks" / "a.png")
     Image.fromarray(proposal).save(tmp_path / "masks" / "b.png")
     records = load_records(tmp_path)
-    summary = apply_reviews(tmp_path, records, TAXONOMY, fresh_proposals=True)
+    records[0].proposal_digest = mask_digest(changed)  # as the build writes it beside the mask
+    summary = apply_reviews(tmp_path, records, TAXONOMY)
     assert (summary.reviewed, summary.stale) == (1, 1)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "masks" / "a.png")), reviewed)  # the human review still wins
-    assert records[0].review.stale and records[0].review.proposal_digest == proposal_digest(proposal)
+    assert records[0].review.stale and records[0].review.proposal_digest == mask_digest(proposal)
     assert decision(records[0].audit, "category:water").state == "discarded"  # judged against what was shown
     write_records(tmp_path / "records.jsonl", records)
     (status,) = audit_status(tmp_path)
     assert (status.queue, status.reviewed, status.stale, status.reviewers) == ("sample", 1, 1, {"ann@example.com"})
 
     again = load_records(tmp_path)
-    apply_reviews(tmp_path, again, TAXONOMY, fresh_proposals=False)  # applying twice changes nothing
+    apply_reviews(tmp_path, again, TAXONOMY)  # applying twice changes nothing
     assert [r.model_dump() for r in again] == [r.model_dump() for r in records]
 
 
@@ -247,18 +250,106 @@ def test_background_class_is_painted_but_not_judged():
     assert len([d for d in decisions if d.target.startswith("category:")]) == 4
     assert (mask[:2] == background.index).all() and (mask[2:, 8:] == 255).all()
 
+    corner = np.zeros_like(proposal, bool)
+    corner[9, 9] = True
+    to_background = [*unchanged(proposal, ROAD, BUILDING, background.index), brush(f"r{TREE}", background.name, proposal == TREE),
+                     *unchanged(proposal, WATER), brush("new", background.name, corner)]  # fmt: skip
+    mask, decisions = review_annotation(proposal, to_background, TAXONOMY)
+    assert decision(decisions, "category:tree").state == "discarded"  # relabelled to the background: a false positive
+    assert not any(d.kind == "added" for d in decisions) and not any(d.target == "mask:tree" for d in decisions)
+    assert (mask[2:, 6:8] == background.index).all()
+
+
+def test_a_region_deleted_and_painted_anew_is_a_redrawn_outline():
+    proposal = four_stripes()
+    redrawn = proposal == ROAD
+    redrawn[:, 2] = False
+    result = [*unchanged(proposal, BUILDING, TREE, WATER), brush("fresh-stroke", "road", redrawn)]
+    _, decisions = review_annotation(proposal, result, TAXONOMY)
+    assert decision(decisions, "category:road").state == "accepted"
+    assert (decision(decisions, "mask:road").state, decision(decisions, "mask:road").kind) == ("corrected", "filtering")
+    assert not any(d.kind == "added" for d in decisions)
+    _, ticked = review_annotation(proposal, [*result, discard("road")], TAXONOMY)
+    assert decision(ticked, "category:road").state == "discarded"
+
 
 def test_decoded_reviews_are_cached_and_a_damaged_entry_is_decoded_again(tmp_path):
     proposal = four_stripes()
     make_build(tmp_path, {"a": proposal})
     append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
     first = load_records(tmp_path)
-    apply_reviews(tmp_path, first, TAXONOMY, fresh_proposals=False)
+    apply_reviews(tmp_path, first, TAXONOMY)
     cached = sorted((tmp_path / "audit" / "reviewed").iterdir())
     assert [p.suffix for p in cached] == [".json", ".png"]
     cached[1].write_bytes(b"\x89PNG broken")
     cached[0].write_text("[")
     again = load_records(tmp_path)
-    apply_reviews(tmp_path, again, TAXONOMY, fresh_proposals=False)
+    apply_reviews(tmp_path, again, TAXONOMY)
     assert [r.model_dump() for r in again] == [r.model_dump() for r in first]
     assert np.array_equal(np.asarray(Image.open(cached[1])), np.asarray(Image.open(tmp_path / "masks" / "a.png")))
+
+
+def test_the_proposal_is_found_by_its_digest_after_an_annotate_rerun(tmp_path):
+    """An annotate rerun rewrites KEY.png (and the record's digest) while an older KEY.proposed.png is
+    still there: the apply takes the proposal the record names, so the review is seen to be stale."""
+    proposal = four_stripes()
+    make_build(tmp_path, {"a": proposal})
+    append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
+    apply_reviews(tmp_path, load_records(tmp_path), TAXONOMY)
+    changed = proposal.copy()
+    changed[:, :3] = GRASS
+    make_build(tmp_path, {"a": changed})  # what `ovrsis annotate` writes again into the same folder
+    records = load_records(tmp_path)
+    summary = apply_reviews(tmp_path, records, TAXONOMY)
+    assert summary.stale == 1 and records[0].review.stale
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "masks" / "a.proposed.png")), changed)
+
+    Image.fromarray(np.zeros_like(proposal)).save(tmp_path / "masks" / "a.proposed.png")  # both files lost the proposal
+    reviewed_mask = (tmp_path / "masks" / "a.png").read_bytes()
+    summary = apply_reviews(tmp_path, load_records(tmp_path), TAXONOMY)
+    assert summary.reviewed == 0 and "rerun the build" in summary.problems[0]
+    assert (tmp_path / "masks" / "a.png").read_bytes() == reviewed_mask  # nothing overwritten
+
+
+def test_apply_waits_for_a_running_build_and_keeps_unshown_categories(tmp_path):
+    from audit.session import apply_ledger
+    from pipeline.categories import ProposedCategory
+    from pipeline.outputs import output_lock
+
+    proposal = four_stripes()
+    make_build(tmp_path, {"a": proposal})
+    records = load_records(tmp_path)
+    records[0].categories = [ProposedCategory(name=n, score=0.9, phrase=n, method="exact") for n in ("road", "water", "ship")]
+    write_records(tmp_path / "records.jsonl", records)
+    append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
+    with output_lock(tmp_path):  # a build is rewriting the folder: the pull leaves the masks to it
+        assert apply_ledger(tmp_path, TAXONOMY) is None
+    assert not (tmp_path / "masks" / "a.proposed.png").exists()
+    assert apply_ledger(tmp_path, TAXONOMY).reviewed == 1
+    after = load_records(tmp_path)[0]
+    # ship was proposed by the captions but no mask showed it: never judged, kept as proposed
+    assert [c.name for c in after.categories] == ["building", "road", "ship", "tree"]
+    assert next(c for c in after.categories if c.name == "ship").method == "exact"
+
+
+def test_reviewed_masks_reach_the_geotiff_and_a_push_checks_everything_before_the_server(tmp_path):
+    import rasterio
+
+    from audit.client import AuditClient
+    from audit.queue import push
+    from audit.settings import ServerSettings
+    from pipeline.outputs import write_mask_geotiff
+
+    proposal = four_stripes()
+    make_build(tmp_path, {"a": proposal})
+    records = load_records(tmp_path)
+    records[0].source.crs, records[0].source.transform = "EPSG:32633", [0.5, 0, 400000, 0, -0.5, 5000000]
+    write_mask_geotiff(tmp_path / "masks" / "a.tif", proposal, records[0].source.crs, records[0].source.transform)
+    append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
+    apply_reviews(tmp_path, records, TAXONOMY)
+    with rasterio.open(tmp_path / "masks" / "a.tif") as written:
+        assert not (written.read(1) == WATER).any() and written.crs.to_epsg() == 32633
+
+    nowhere = AuditClient(ServerSettings("http://127.0.0.1:9", "0" * 40), retries=1, backoff=0)
+    with pytest.raises(AuditError, match="tile a: cannot prepare its task"):  # x.tif is missing: refused before any call
+        push(nowhere, tmp_path, TAXONOMY, records, "never created", tmp_path)

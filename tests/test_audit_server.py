@@ -206,6 +206,10 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
     pull_queues(AuditClient(ServerSettings(server.url, TOKEN)), uninterrupted, "audit test")
     reference = {r.identity for r in read_ledger(uninterrupted)}
     assert reference
+    bare = tmp_path / "bare"  # no records at all (a first build pulling before it wrote any): every review is kept
+    (bare / "audit").mkdir(parents=True)
+    pull_queues(AuditClient(ServerSettings(server.url, TOKEN)), bare, "audit test")
+    assert {r.identity for r in read_ledger(bare)} == reference
     env = dict(os.environ, LABEL_STUDIO_USER_TOKEN=TOKEN)
     command = [str(REPO / ".venv" / "bin" / "ovrsis"), "audit", "pull", "--records", str(copy), "--project", "audit test", "--url", server.url]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
