@@ -40,8 +40,9 @@ class DomainClassifier:
 
     @cached_property
     def _caption_matcher(self) -> CaptionCategorizer:
-        # names and synonyms only: the general lexicon would read "trees" as the forest *domain*
-        return CaptionCategorizer(self._vocabulary, embedder_model=None, use_lexicon=False)
+        # names and synonyms only: the general lexicon and the hypernym relations would read "trees"
+        # as the forest *domain* (held-out accuracy 0.96 -> 0.71 with relations on)
+        return CaptionCategorizer(self._vocabulary, embedder_model=None, use_lexicon=False, use_relations=False)
 
     @cached_property
     def _indicators(self) -> dict[str, dict[str, float]]:
