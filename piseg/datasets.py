@@ -160,6 +160,12 @@ def dataset_spec(definitions: dict, name: str) -> DatasetSpec:
         taxonomy = load_taxonomy(entry["taxonomy"])
     except TaxonomyError as error:
         raise DatasetError(f"{where}: dataset {name!r}: {error}") from error
+    split = entry.get("paper_split")
+    if split is not None:  # Table XI's split as the paper states it: checked here, before any evaluation
+        named = [c for group in ("seen", "unseen") for c in (split.get(group) or [])] if isinstance(split, dict) else []
+        if not named or set(split) != {"seen", "unseen"} or set(named) - set(taxonomy.names):
+            raise DatasetError(f"{where}: dataset {name!r}: paper_split takes seen and unseen lists of its classes "
+                               f"({', '.join(taxonomy.names)})")  # fmt: skip
     images = entry["images"] if isinstance(entry["images"], list) else [entry["images"]]
     return DatasetSpec(name, taxonomy, images, entry["masks"], label_rule(entry.get("labels") or {}, f"{where}: dataset {name!r}"))
 

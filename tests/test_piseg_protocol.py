@@ -103,3 +103,13 @@ def test_bench_prints_table_xii_beside_the_measured_rows(monkeypatch):
     output = CliRunner().invoke(app, ["bench", "--backbone", "vit-b", "--device", "cpu"]).output
     assert "device: CPU" in output and "Pi-Seg, paper" in output and "CAT-Seg, paper" in output
     assert "66.89" in output and "14.13" in output and "Table XII of arXiv 2604.15652 (ViT-B), device: NVIDIA H100" in output
+
+
+def test_a_stated_split_naming_unknown_classes_is_refused_before_evaluation():
+    from piseg.datasets import DatasetError, dataset_spec
+
+    definitions = load_definitions()
+    definitions["datasets"]["uavid"] = {**definitions["datasets"]["uavid"], "paper_split": {"seen": ["building"], "unseen": ["boat"]}}
+    with pytest.raises(DatasetError, match="paper_split takes seen and unseen lists"):
+        dataset_spec(definitions, "uavid")
+    assert dataset_spec(load_definitions(), "uavid").class_names[0] == "background/clutter"
