@@ -86,6 +86,7 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
         "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]}, "inference": asdict(settings),
         "m_miou": mean([d["miou"] for d in counted]), "m_macc": mean([d["macc"] for d in counted]),
         "means_exclude": excluded, "complete": len(done) == len(datasets), "datasets": datasets,
+        "benchmark_datasets": protocol.get("datasets") or list(datasets),
     }  # fmt: skip
     if excluded:  # Table III averages without the training set; the mean with it, for reference
         report["m_miou_with_training_set"] = mean([d["miou"] for d in done.values()])
@@ -164,6 +165,10 @@ def markdown(report: dict) -> str:
         row = [name, percent(d.get("miou")), percent(d.get("macc"))]
         lines.append("| " + " | ".join(row + (paper_cells(d, d.get("paper")) if compared else [])) + " |")
     label = f"mean w/o {report['means_exclude']}" if report.get("means_exclude") else "mean"
+    averaged = [n for n in report["benchmark_datasets"] if n != report.get("means_exclude")]
+    counted = sum(datasets.get(n, {}).get("status") == "done" for n in averaged)
+    if counted < len(averaged):  # a partial mean (missing files, --datasets) is not the paper's mean
+        label += f" ({counted} of {len(averaged)} datasets)"
     ours = {"miou": report["m_miou"], "macc": report["m_macc"]}
     row = [f"**{label}**", percent(report["m_miou"]), percent(report["m_macc"])]
     lines.append("| " + " | ".join(row + (paper_cells(ours, compared["mean"]) if compared else [])) + " |")
