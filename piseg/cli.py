@@ -343,6 +343,9 @@ def evaluate(
         Console(soft_wrap=True).print(f"{name}: {status}{beside_paper(entry, entry.get('paper'))}")
     if report["m_miou"] is not None:
         label = f"m-mIoU w/o {report['means_exclude']}" if report["means_exclude"] else "m-mIoU"
+        averaged = [n for n in report["benchmark_datasets"] if n != report["means_exclude"]]
+        counted = sum(report["datasets"].get(n, {}).get("status") == "done" for n in averaged)
+        label += f" ({counted} of {len(averaged)} datasets)" if counted < len(averaged) else ""
         ours = {"miou": report["m_miou"]}
         Console(soft_wrap=True).print(f"{label} {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}"
                                       f"{beside_paper(ours, paper['benchmark']['mean'] if paper else None)}  -> {out / 'report.md'}")  # fmt: skip
