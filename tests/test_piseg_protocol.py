@@ -113,3 +113,24 @@ def test_a_stated_split_naming_unknown_classes_is_refused_before_evaluation():
     with pytest.raises(DatasetError, match="paper_split takes seen and unseen lists"):
         dataset_spec(definitions, "uavid")
     assert dataset_spec(load_definitions(), "uavid").class_names[0] == "background/clutter"
+
+
+def test_reproduce_plans_runs_from_the_weight_paths_or_a_plan(tmp_path):
+    from piseg.reproduce import PlanError, plan_runs
+
+    for path in ("V1/vitb_384_iSAID/model_final.pth", "V2/Pi-Seg ViT-L.pth"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"")
+    runs = {run.name: (run.taxonomy, run.benchmarks) for run in plan_runs(tmp_path)}
+    assert runs == {"V1-vitb_384_iSAID": ("isaid", ["ovrsisbench-v1-isaid"]), "V2-Pi-Seg_ViT-L": ("ovrsis95k", ["ovrsisbench-v2", "downstream"])}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("V2/Pi-Seg ViT-L.pth: {taxonomy: ovrsis95k, benchmarks: [building]}\n")
+    assert [(r.name, r.benchmarks) for r in plan_runs(tmp_path, plan)] == [("V2-Pi-Seg_ViT-L", ["building"])]
+    plan.write_text("missing.pth: {taxonomy: ovrsis95k, benchmarks: [building]}\n")
+    with pytest.raises(PlanError, match="weights not found"):
+        plan_runs(tmp_path, plan)
+    plan.write_text("V2/Pi-Seg ViT-L.pth: {benchmarks: [building]}\n")
+    with pytest.raises(PlanError, match="needs taxonomy and benchmarks"):
+        plan_runs(tmp_path, plan)
+    with pytest.raises(PlanError, match="no released weights"):
+        plan_runs(tmp_path / "V1" / "nothing")
