@@ -23,7 +23,7 @@ from audit.client import AuditClient
 from audit.ledger import ledger_path, read_ledger
 from audit.pull import find_project
 from audit.queue import label_config, push
-from audit.records import load_records
+from audit.records import load_records, write_records
 from audit.server import start_server, stop_server
 from audit.session import QueuePlan, apply_ledger, pull_queues, push_queues
 from audit.settings import AuditError, ServerSettings
@@ -31,6 +31,7 @@ from audit.stats import write_report
 from flow_helpers import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
+from pipeline.outputs import mask_digest
 from taxonomy import load_taxonomy
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -175,6 +176,9 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     changed = np.asarray(Image.open(proposed)).copy()
     changed[0, 0] = taxonomy.index_of("bareland") if changed[0, 0] != taxonomy.index_of("bareland") else 255
     Image.fromarray(changed).save(proposed)
+    rebuilt = load_records(build_output)
+    next(r for r in rebuilt if r.key == repaint).proposal_digest = mask_digest(changed)  # as the build records it
+    write_records(build_output, rebuilt)
     assert apply_ledger(build_output, taxonomy).stale == 1
     stale_plan = QueuePlan(sample=0, stale=True)
     (title, requeued), = push_queues(client, build_output, taxonomy, "audit test", build_output, stale_plan)
