@@ -58,6 +58,10 @@ def categories(
     no_embedding: bool = typer.Option(False, "--no-embedding", help="Exact, synonym and lexicon matches only."),
     batch_size: int = typer.Option(1024, min=1, help="Images per batch (one spaCy pipe, one embedding call)."),
     preview: int = typer.Option(0, min=0, help="Also print the first N results, one line per image."),
+    suggest: Path | None = typer.Option(
+        None, "--suggest", help="Also write the most frequent unmatched phrases, grouped under their nearest "
+        "categories with scores, as a YAML synonyms snippet to review and paste into the taxonomy.",
+    ),  # fmt: skip
 ) -> None:
     from pipeline.categories import CaptionCategorizer
     from pipeline.categorize_file import categorize_file
@@ -88,6 +92,12 @@ def categories(
         )
     _print_preview(out, preview)
     _print_summary(vocabulary.name, vocabulary.version, out, errors_path, summary)
+    if suggest is not None and summary.images:
+        from taxonomy.suggest import write_suggestions
+
+        suggester = categorizer if not no_embedding else CaptionCategorizer(vocabulary)
+        count = write_suggestions(suggester.matcher, summary.unmatched, summary.images, suggest)
+        console.print(f"{count} synonym suggestions -> {suggest}", highlight=False)
     if summary.images == 0:
         console.print(f"[red]error:[/red] no line of {captions} could be used; reasons in {errors_path}", highlight=False)
         raise typer.Exit(2)

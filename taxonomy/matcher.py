@@ -173,11 +173,16 @@ class CategoryMatcher:
                 results.append(None)
         return results
 
+    def category_scores(self, similarity: np.ndarray) -> np.ndarray:
+        """(texts, categories): each category's best anchor similarity."""
+        per_category = np.full((similarity.shape[0], len(self.taxonomy)), -1.0, dtype=np.float32)
+        np.maximum.at(per_category.T, self.anchor_owner, similarity.T)
+        return per_category
+
     def rank(self, texts: Sequence[str], similarity: np.ndarray) -> list[Ranked]:
         """Best category per text, its score, its lead over the runner-up category."""
         n_categories = len(self.taxonomy)
-        per_category = np.full((len(texts), n_categories), -1.0, dtype=np.float32)
-        np.maximum.at(per_category.T, self.anchor_owner, similarity.T)
+        per_category = self.category_scores(similarity)
         order = np.argsort(-per_category, axis=1)
         best_anchor = similarity.argmax(axis=1)
         ranked = []
