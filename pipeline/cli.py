@@ -160,8 +160,8 @@ ANNOTATE_HELP = """Annotate a raster or a folder of rasters: tiles, captions, ca
 \b
 Writes to OUT:
   records.jsonl      one tile record per line (quarantined tiles included, with their reason)
-  masks/KEY.png      uint8 semantic mask: value i = i-th taxonomy category (unclaimed pixels = the background
-                     class where the taxonomy has one), 255 = nodata/ignore
+  masks/KEY.png      uint8 semantic mask: value i = i-th taxonomy category;
+                     unclaimed pixels = its background class, 255 = nodata
   masks/KEY.tif      the same mask as a GeoTIFF on the tile's grid (georeferenced inputs)
   overlays/KEY.png   quick-look: the tile tinted by class
   stitched/NAME.tif  full-size mask of each georeferenced raster cut into several tiles
