@@ -16,6 +16,7 @@ and caption phrases are normalised by the same pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -94,7 +95,7 @@ class CategoryMatcher:
                 for key in {normalize_term(term), lemma}:
                     self._synonyms.setdefault(key, category.name)
         self._lexicon = _lemmatized_lexicon(lemmatize) if use_lexicon else {}
-        self._relations = load_relations().lemmatized(lemmatize) if use_relations else Relations()
+        self._relations = _lemmatized_relations(lemmatize) if use_relations else Relations()
         owners = {t: self._names.get(t) or self._synonyms[t] for t in dict.fromkeys([*self._names, *self._synonyms])}
         if use_relations:
             owners.update(self._relative_anchors(owners))
@@ -209,6 +210,13 @@ def _lemmatize_terms(lemmatize: Lemmatize, terms: Sequence[str]) -> list[str]:
     return [normalize_term(t) for t in lemmatize([normalize_term(t) for t in terms])] if terms else []
 
 
+@lru_cache(maxsize=4)
+def _lemmatized_relations(lemmatize: Lemmatize) -> Relations:
+    """Once per lemmatizer: a run that builds a matcher per vocabulary parses the terms once."""
+    return load_relations().lemmatized(lemmatize)
+
+
+@lru_cache(maxsize=4)
 def _lemmatized_lexicon(lemmatize: Lemmatize) -> dict[str, list[str]]:
     lexicon = _two_step_lexicon(load_lexicon())
     keys = list(lexicon)

@@ -95,3 +95,24 @@ def test_real_rsicd_captions(shared_real, tmp_path):
     airports = [names for key, names in results.items() if key.startswith("airport_")]
     assert airports and sum("airplane" in n or "airport" in n for n in airports) / len(airports) > 0.9
     assert not [key for key, names in results.items() if "unlabeled areas, background, clutter" in names]
+
+
+def test_suggest_writes_a_synonyms_snippet_and_relation_matches_are_counted(tmp_path):
+    import yaml
+
+    captions = write_lines(
+        tmp_path / "in.jsonl",
+        [{"id": str(i), "caption": text} for i, text in enumerate(
+            ["a runway beside a shoreline", "planes on a runway near the shoreline", "a viaduct and a shoreline"]
+        )],
+    )  # fmt: skip
+    out, snippet = tmp_path / "out.jsonl", tmp_path / "suggest.yaml"
+    result = run("categories", "-t", "loveda", "-c", str(captions), "-o", str(out), "--suggest", str(snippet))
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(snippet.read_text())
+    (group,) = document["categories"]  # the only unknown phrase, under its nearest LoveDA category
+    assert group["name"] in {"water", "barren"} and group["synonyms"] == ["shoreline"]
+    assert "shoreline  # 3 images; " in snippet.read_text()  # evidence: images, nearest categories and scores
+    assert "known kinds the taxonomy has no category for" in snippet.read_text()  # runway: LoveDA lacks it
+    assert "by method: relation 1" in result.stderr  # viaduct -> road by the relation walk
+    assert "synonym suggestions ->" in result.stderr  # the console writes to stderr
