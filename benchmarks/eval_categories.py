@@ -88,7 +88,9 @@ def row(label: str, s: Score) -> str:
     )
 
 
-HEADER = f"{'vocabulary / split / matcher':<34} {'P':>6} {'R':>6} {'F1':>6} {'tp':>5} {'fp':>4} {'fn':>4}  right/proposed"
+HEADER = (
+    f"{'vocabulary / split / matcher':<34} {'P':>6} {'R':>6} {'F1':>6} {'tp':>5} {'fp':>4} {'fn':>4}  right/proposed"
+)
 
 
 BASELINE_THRESHOLD, BASELINE_MARGIN = 0.72, 0.06  # today's matcher, before relations and calibration

@@ -64,9 +64,8 @@ def calibration_pairs(matchers: dict[str, CategoryMatcher]) -> list[Pair]:
         for row, text in enumerate(texts):
             similarity[row, _same_word(anchors, text)] = -1.0
         for text, ranked in zip(texts, matcher.rank(texts, similarity)):
-            pairs.append(
-                Pair(vocabulary, text, names[ranked.best], relatives.get(text), ranked.score, ranked.gap, ranked.fragment)
-            )
+            proposed, gold = names[ranked.best], relatives.get(text)
+            pairs.append(Pair(vocabulary, text, proposed, gold, ranked.score, ranked.gap, ranked.fragment))
     return pairs
 
 

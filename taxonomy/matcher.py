@@ -169,7 +169,8 @@ class CategoryMatcher:
         results: list[CategoryMatch | None] = []
         for text, ranked in zip(texts, self.rank(texts, self.anchor_similarity(texts))):
             if ranked.score >= self.threshold and ranked.gap >= self.margin and not ranked.fragment:
-                results.append(self._result(self.taxonomy.categories[ranked.best].name, ranked.score, text, "embedding"))
+                name = self.taxonomy.categories[ranked.best].name
+                results.append(self._result(name, ranked.score, text, "embedding"))
             else:
                 results.append(None)
         return results

@@ -26,7 +26,8 @@ def match_one(matcher: CategoryMatcher, term: str):
 
 
 def test_walk_is_nearest_first_and_only_upward():
-    relations = relations_from([["paved area", "impervious surface"]], {"runway": ["paved area"], "paved area": ["land"]})
+    edges = {"runway": ["paved area"], "paved area": ["land"]}
+    relations = relations_from([["paved area", "impervious surface"]], edges)
     assert relations.ancestors("runway") == [("runway", 0), ("paved area", 1), ("impervious surface", 1), ("land", 2)]
     assert relations.ancestors("land") == [("land", 0)]  # never down to runway
 
