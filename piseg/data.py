@@ -67,21 +67,20 @@ def decode_training_sample(raw: dict, classes: int) -> tuple[str, np.ndarray, np
 
 HSV_SHIFT = 12  # OpenCV's fixed-point 8-bit HSV conversion, reproduced so no OpenCV is needed
 _INVERSE = np.arange(256, dtype=np.float64)
-_S_DIV = np.rint(np.divide(255 << HSV_SHIFT, _INVERSE, out=np.zeros(256), where=_INVERSE > 0)).astype(np.int64)
-_H_DIV = np.rint(np.divide(180 << HSV_SHIFT, 6 * _INVERSE, out=np.zeros(256), where=_INVERSE > 0)).astype(np.int64)
-_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])  # (r, g, b) picks of (v, p, q, t)
+_S_DIV = np.rint(np.divide(255 << HSV_SHIFT, _INVERSE, out=np.zeros(256), where=_INVERSE > 0)).astype(np.int32)
+_H_DIV = np.rint(np.divide(180 << HSV_SHIFT, 6 * _INVERSE, out=np.zeros(256), where=_INVERSE > 0)).astype(np.int32)
 
 
 def rgb_to_hsv8(image: np.ndarray) -> np.ndarray:
     """uint8 RGB -> uint8 HSV with H in [0, 180), bit-exact with cv2.cvtColor(COLOR_RGB2HSV)."""
-    r, g, b = (image[..., i].astype(np.int64) for i in range(3))
+    r, g, b = (image[..., i].astype(np.int32) for i in range(3))
     v = np.maximum(np.maximum(r, g), b)
     diff = v - np.minimum(np.minimum(r, g), b)
     half = 1 << (HSV_SHIFT - 1)
     s = (diff * _S_DIV[v] + half) >> HSV_SHIFT
     h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
     h = (h * _H_DIV[diff] + half) >> HSV_SHIFT
-    h = np.where(h < 0, h + 180, h)
+    h += 180 * (h < 0)
     return np.stack([h, s, v], axis=-1).astype(np.uint8)
 
 
@@ -92,11 +91,13 @@ def hsv8_to_rgb(hsv: np.ndarray) -> np.ndarray:
     h = hsv[..., 0].astype(np.float32) * np.float32(6 / 180)
     s, v = (hsv[..., i].astype(np.float32) * np.float32(1 / 255) for i in (1, 2))
     sector = np.floor(h)
-    h = h - sector
-    table = np.stack([v, v * (1 - s), v * (1 - s * h), v * (1 - s * (1 - h))], axis=-1)
-    picks = _SECTORS[sector.astype(np.int64) % 6]
-    rgb = np.take_along_axis(table, picks, axis=-1)
-    return np.clip(rgb * np.float32(255), 0, 255).astype(np.uint8)
+    f = h - sector
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))  # all within [0, v]: no clipping needed
+    sector = sector.astype(np.uint8) % 6
+    rgb = np.empty(hsv.shape, dtype=np.uint8)
+    for channel, by_sector in enumerate(((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))):
+        rgb[..., channel] = np.choose(sector, by_sector) * np.float32(255)
+    return rgb
 
 
 def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, brightness: float = 32, contrast: tuple[float, float] = (0.5, 1.5),
