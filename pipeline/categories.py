@@ -55,7 +55,7 @@ class CaptionCategorizer:
     taxonomy: Taxonomy
     threshold: float = DEFAULT_THRESHOLD
     margin: float = DEFAULT_MARGIN
-    embedder_model: str | None = DEFAULT_TEXT_EMBEDDER  # None: exact, synonym and lexicon only
+    embedder_model: str | None = DEFAULT_TEXT_EMBEDDER  # None: exact, synonym, lexicon and relation only
     use_lexicon: bool = True
     use_relations: bool = True  # False: today's matcher before relation walks (the eval's baseline)
 

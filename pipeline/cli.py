@@ -55,7 +55,7 @@ def categories(
     errors: Path | None = typer.Option(None, help="Where bad lines are reported [default: OUT.errors.jsonl]."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Minimum cosine similarity for an embedding match."),
     margin: float = typer.Option(DEFAULT_MARGIN, help="Required lead of the best category over the runner-up."),
-    no_embedding: bool = typer.Option(False, "--no-embedding", help="Exact, synonym and lexicon matches only."),
+    no_embedding: bool = typer.Option(False, "--no-embedding", help="Exact, synonym, lexicon and relation matches only."),
     batch_size: int = typer.Option(1024, min=1, help="Images per batch (one spaCy pipe, one embedding call)."),
     preview: int = typer.Option(0, min=0, help="Also print the first N results, one line per image."),
     suggest: Path | None = typer.Option(
