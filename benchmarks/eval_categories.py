@@ -6,7 +6,8 @@ Two label sets, captions read from ../shared/data/real (never copied into the re
 - benchmarks/data/categories_rsicd_dev.jsonl: 400 other captions labelled against LoveDA, Potsdam,
   iSAID and FLAIR (rules: benchmarks/data/categories_labelling_rules.md): a tune and a test half of
   400, and 200 `fresh` ones labelled after the relations were written; these vocabularies are
-  bundled as names only, so they run names-only.
+  bundled as names only, so they run names-only, and again `with synonyms`: the names plus the
+  reviewed `--suggest` synonyms of benchmarks/data/categories_synonyms.yaml.
 Every row is printed twice: `baseline` is the matcher before this work (exact, synonym, lexicon,
 embedding on names and synonyms at 0.72 / 0.06), `relations` adds the hypernym walks and the
 calibrated embedding stage (relatives as anchors, --threshold / --margin, default the calibrated ones).
@@ -23,6 +24,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import RSICD_CAPTIONS, require  # noqa: E402
 
@@ -33,8 +36,15 @@ from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD, METHOD_RANK  # n
 DATA = Path(__file__).resolve().parent / "data"
 OVRSIS_LABELS = DATA / "rsicd_ovrsis95k_labels.jsonl"
 DEV_LABELS = DATA / "categories_rsicd_dev.jsonl"
+DEV_SYNONYMS = DATA / "categories_synonyms.yaml"
 DEV_VOCABULARIES = ("loveda", "potsdam", "isaid", "flair")
 SPLITS = ("tune", "test", "fresh")
+
+
+def with_synonyms(taxonomy, synonyms: dict[str, list[str]]):
+    """The names-only vocabulary plus the synonyms a user accepted from `--suggest`."""
+    categories = tuple(dataclasses.replace(c, synonyms=tuple(synonyms.get(c.name, ()))) for c in taxonomy.categories)
+    return dataclasses.replace(taxonomy, categories=categories, name=taxonomy.name + "-with-synonyms")
 
 
 def names_only(taxonomy):
@@ -114,9 +124,14 @@ def main() -> None:
           + ", ".join(f"{v} {sum(len(e['labels'][v]) for e in dev)}" for v in DEV_VOCABULARIES))  # fmt: skip
     print(HEADER)
     totals: dict[tuple[str, str], Score] = {}
+    accepted = yaml.safe_load(DEV_SYNONYMS.read_text())
     for vocabulary in DEV_VOCABULARIES:
         taxonomy = names_only(load_taxonomy(vocabulary))
-        for label, categorizer in categorizers(taxonomy, args):
+        runs = list(categorizers(taxonomy, args))
+        if accepted.get(vocabulary):
+            synonyms = with_synonyms(taxonomy, accepted[vocabulary])
+            runs.append(("+synonyms", CaptionCategorizer(synonyms, args.threshold, args.margin)))
+        for label, categorizer in runs:
             for split in SPLITS:
                 entries = [e for e in dev if e["split"] == split]
                 captions = [captions_by_id[e["id"]][e["caption_index"]] for e in entries]
@@ -124,6 +139,8 @@ def main() -> None:
                 show = args.show_errors == split and label == "relations"
                 s = score(categorizer, captions, gold, show)
                 print(row(f"{vocabulary} {split} {label}", s))
+                if label == "+synonyms":
+                    continue  # the totals compare the two matchers on names only
                 total = totals.setdefault((split, label), Score())
                 total.tp, total.fp, total.fn = total.tp + s.tp, total.fp + s.fp, total.fn + s.fn
                 total.by_method.update(s.by_method)
