@@ -14,7 +14,9 @@
     selection: {target_tiles: 95000, quota_per_category: null, drop_unlabeled: true}
                                        # N tiles balanced over categories and domains (pipeline/selection.py);
                                        # target_tiles: all keeps every labelled tile
-    shards: {max_samples: 1000, max_bytes: 1073741824, lossless: false, val_fraction: 0.1, seed: 0}
+    shards: {max_samples: 1000, max_bytes: 1073741824, lossless: true, val_fraction: 0.1, seed: 0}
+                                       # lossless: whole JPEG/PNG sources keep their bytes, other tiles
+                                       # lossless WebP; false: JPEG q95 (a second lossy generation)
     batch_size: 32                     # tiles per task (each task costs ~25 ms of orchestration)
     runner: {kind: threads, workers: 2, address: null}   # threads | processes | dask | ray
     audit: {pull: false, push_sample: 0, uncertain: 0, seed: 0, project: null, url: null}
@@ -81,7 +83,7 @@ class Selection(_Section):
 class Shards(_Section):
     max_samples: int = Field(1000, ge=1)
     max_bytes: int = Field(1 << 30, ge=1 << 16)
-    lossless: bool = False
+    lossless: bool = True
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +60,21 @@ app = typer.Typer(name="piseg", help="Pi-Seg: open-vocabulary remote-sensing seg
 @app.callback()
 def _root() -> None:
     """Pi-Seg: open-vocabulary remote-sensing segmentation."""
+
+
+@contextmanager
+def dataset_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """One progress bar per dataset, made on its first report: `progress(name, done, total)`."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        yield progress
 
 
 @app.command()
@@ -325,15 +342,7 @@ def evaluate(
         fail(str(error))
     settings = dataclasses.replace(config.eval, mode=inference or config.eval.mode)
     run = run_identity(identity, settings, max_images)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done)
-
+    with dataset_progress() as progress:
         results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
     paper = paper_comparison(selected.name, paper_backbone or config.model.backbone) if compare_paper else None
     report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions,
@@ -394,15 +403,7 @@ def reproduce(
         fail(str(error))
     for run in runs:
         err.print(f"{run.name}: {run.weights} ({run.taxonomy}) -> {', '.join(run.benchmarks)}", highlight=False)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done)
-
+    with dataset_progress() as progress:
         try:
             summary = run_all(runs, data_root, out, definitions, base, None if tokenizer == "none" else tokenizer, trust_pickle,
                               paper_backbone, chosen, max_images, progress)  # fmt: skip

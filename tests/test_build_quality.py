@@ -58,8 +58,8 @@ def test_scores_before_and_after_audit(build):
     result = CliRunner().invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "potsdam"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report" / "build_quality.json").read_text())
-    # the manifest's bare names carry no synonyms, so potsdam's "car" finds no "vehicle" here
-    assert report["shared_classes"] == ["building", "tree"] and report["mapping"]["low vegetation"] is None
+    # the lexicon's relations take potsdam's "car" to the build's broader "vehicle" (no vehicle pixels here)
+    assert report["shared_classes"] == ["building", "tree", "vehicle"] and report["mapping"]["low vegetation"] is None
     assert report["tiles"] == 2 and report["audited_tiles"] == 1 and report["tiles_without_ground_truth"] == ["other__r0_c0"]
     before, after = report["before_audit"], report["after_audit"]
     assert before["categories"]["precision"] == 0.5 and before["categories"]["recall"] == 0.5  # road is not judged
