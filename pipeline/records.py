@@ -1,4 +1,4 @@
-"""The tile record: one per tile, carried through every stage (ARCHITECTURE.md, "The record").
+"""The tile record: one per tile, carried through every stage (docs/architecture.md, "The record").
 
 JSON-serialisable and validated, so a record written by one stage (or one machine) can be read by
 the next without guessing. `schema_version` changes whenever a field changes meaning.
