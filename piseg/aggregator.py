@@ -1,6 +1,7 @@
 """CAT-Seg cost aggregation: embed the image-text cost volume, aggregate it spatially (Swin windows
 guided by CLIP's appearance features) and across classes (linear attention guided by the text), then
-upsample it to logits with guidance from intermediate CLIP blocks. Shapes follow PISEG.md."""
+upsample it to logits with guidance from intermediate CLIP blocks. Shapes follow docs/piseg.md
+("Architecture and shapes")."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class WindowAttention(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """One (shifted) window attention block with an MLP; no relative position bias (PISEG.md)."""
+    """One (shifted) window attention block with an MLP; no relative position bias (docs/piseg.md)."""
 
     def __init__(self, dim: int, guidance_dim: int, heads: int, window: int, shift: int, mlp_ratio: int = 4) -> None:
         super().__init__()

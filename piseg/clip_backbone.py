@@ -17,7 +17,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from piseg.config import ClipArchitecture, ModelConfig
 
-CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)  # on 0-255, as PISEG.md
+CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)  # on 0-255, as docs/piseg.md
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 BYTE_VOCAB_LIMIT = 1000  # vocabularies this small are the byte-level one below
 
@@ -35,7 +35,7 @@ def clip_config(arch: ClipArchitecture) -> CLIPConfig:
 
 
 def is_trainable_clip_parameter(name: str, last_vision_layer: int) -> bool:
-    """Only the attention query and value projection weights of both encoders train (PISEG.md; the released
+    """Only the attention query and value projection weights of both encoders train (docs/piseg.md; the released
     code keeps q/k/v biases packed in one frozen tensor). The last vision block's query is excluded: the
     dense path reads only its value path, so it gets no gradient."""
     if name == f"vision_model.encoder.layers.{last_vision_layer}.self_attn.q_proj.weight":
@@ -82,7 +82,7 @@ class ClipBackbone(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 3, H, W) pixels on 0-255 -> dense features (B, C, g, g) and the guidance blocks' tokens
-        as maps (B, width, g, g). Dense features: the last block's value path (PISEG.md)."""
+        as maps (B, width, g, g). Dense features: the last block's value path (docs/piseg.md)."""
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
             images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         pixels = (images - self.mean) / self.std

@@ -1,7 +1,7 @@
 """Pi-Seg configuration: the model, the training recipe and the evaluation scheme as plain dataclasses.
 
-Defaults are the paper's recipe (PISEG.md). A YAML file overrides any field by name; unknown names are an
-error, so a typo never silently falls back to a default.
+Defaults are the paper's recipe (docs/piseg.md, "Training recipe"). A YAML file overrides any field by
+name; unknown names are an error, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both start as the released evaluation does: detectron2's test-time resize (shortest edge to `resize`,
 longest at most 2560, antialiased like its PIL bilinear resize). Then, as the released code:
-Sliding window (PISEG.md): the resized image is squashed to `resize`x`resize` for crops of `crop` at `stride`,
-and the global view is the shortest-edge image itself squashed to `crop`x`crop`; sigmoid, average
+Sliding window (docs/piseg.md, "Inference"): the resized image is squashed to `resize`x`resize` for crops
+of `crop` at `stride`, and the global view is the shortest-edge image itself squashed to `crop`x`crop`; sigmoid, average
 overlapping crops, average the local and global maps, resize bilinearly back to the original size.
 Validation during training uses exactly this.
 Whole image (the released V1 scripts' "noslide" evaluation): the shortest-edge image padded at the bottom

@@ -1,6 +1,6 @@
 """Segmentation metrics from a streaming confusion matrix (torch; runs on the GPU when the data is there).
 
-Rule for classes absent from the ground truth (PISEG.md: the released numbers depend on it). Default
+Rule for classes absent from the ground truth (docs/piseg.md, "Metrics": the released numbers depend on it). Default
 ("exclude"): a class with no ground-truth pixels in a dataset is left out of mIoU and mACC, whatever was
 predicted; its false positives still cost the true classes, as their false negatives. "include": a class
 that never occurs but was predicted counts with IoU 0 in mIoU. mACC always averages present classes.
