@@ -58,7 +58,7 @@ def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxono
     queued = queued_keys(out_dir)
     summary = ApplySummary()
     applied: list[tuple] = []
-    overlays = OverlayWriter(out_dir, len(taxonomy))
+    overlays = OverlayWriter(out_dir, taxonomy)
     for record in records:
         if record.quarantine or not record.semantic_mask:
             continue
@@ -156,8 +156,9 @@ class OverlayWriter:
     (masks/KEY.tif) and the quick-look overlay (overlays/KEY.png), so GIS users and quick looks
     see the reviewed mask too."""
 
-    def __init__(self, out_dir: Path, n_classes: int) -> None:
-        self.out_dir, self.n_classes = out_dir, n_classes
+    def __init__(self, out_dir: Path, taxonomy: Taxonomy) -> None:
+        self.out_dir, self.n_classes = out_dir, len(taxonomy)
+        self.background = [c.index for c in taxonomy.categories if not c.propose]
         self.images = TileImages()
 
     def rewrite(self, record: TileRecord, mask: np.ndarray, problems: list[str]) -> None:
@@ -166,7 +167,7 @@ class OverlayWriter:
             write_mask_geotiff(geotiff, mask, record.source.crs, record.source.transform)
         if quick_look.is_file():
             try:
-                write_png(quick_look, overlay(self.images(record), mask, self.n_classes))
+                write_png(quick_look, overlay(self.images(record), mask, self.n_classes, untinted=self.background))
             except (IngestError, OSError) as error:
                 problems.append(f"{record.key}: overlay not updated ({error})")
 

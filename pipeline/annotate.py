@@ -145,6 +145,7 @@ class Annotator:
     def __init__(self, taxonomy: Taxonomy, models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
                  captions: dict[str, list[str]] | None = None, package_version: str = "") -> None:  # fmt: skip
         self.taxonomy = taxonomy
+        self.background_ids = [c.index for c in taxonomy.categories if not c.propose]  # left untinted in overlays
         self.models = models
         self.out_dir = out_dir
         self.config = config
@@ -304,7 +305,8 @@ class Annotator:
             if self.config.write_geotiff and source.transform:
                 write_mask_geotiff(self.out_dir / "masks" / f"{key}.tif", semantic, source.crs, source.transform)
             if self.config.write_overlay:
-                write_png(self.out_dir / "overlays" / f"{key}.png", overlay(pixels(state.record)[0], semantic, len(self.taxonomy)))
+                quick_look = overlay(pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.background_ids)
+                write_png(self.out_dir / "overlays" / f"{key}.png", quick_look)
 
     def stitch(self, records_by_source: dict[str, list[TileRecord]]) -> None:
         """A full-size GeoTIFF mask per georeferenced raster cut into several tiles."""

@@ -112,10 +112,11 @@ def palette(n_classes: int) -> np.ndarray:
     return colours
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, n_classes: int, alpha: float = 0.5) -> np.ndarray:
-    """Quick-look: the tile with each labelled pixel tinted by its class colour."""
+def overlay(image: np.ndarray, mask: np.ndarray, n_classes: int, alpha: float = 0.5, untinted: Sequence[int] = ()) -> np.ndarray:
+    """Quick-look: the tile with each labelled pixel tinted by its class colour; `untinted` classes (the
+    taxonomy's background class) are left as they are, so the objects stand out."""
     colours = palette(n_classes)
-    labelled = mask != IGNORE
+    labelled = (mask != IGNORE) & ~np.isin(mask, list(untinted))
     blended = image.astype(np.float32).copy()
     blended[labelled] = (1 - alpha) * blended[labelled] + alpha * colours[np.minimum(mask[labelled], n_classes - 1)]
     return blended.astype(np.uint8)

@@ -60,3 +60,15 @@ def test_background_through_annotate_shards_and_export(tmp_path, tiny_models, ba
     stats = manifest["categories"]["unlabeled areas, background, clutter"]
     assert stats["pixels"] == background_pixels and (stats["pixels"] > 0) == (background == "auto")
     assert stats["images"] == (len(masks) if background == "auto" else 0)
+
+
+def test_overlays_leave_the_background_class_untinted():
+    from pipeline.outputs import overlay
+
+    image = np.full((4, 4, 3), 100, np.uint8)
+    mask = np.full((4, 4), 34, np.uint8)
+    mask[0, 0], mask[1, 1] = 3, 255
+    quick_look = overlay(image, mask, 35, untinted=[34])
+    untouched = (quick_look == 100).all(axis=2)
+    assert untouched.sum() == 15 and not untouched[0, 0]
+    assert (overlay(image, mask, 35) != 100).any(axis=2).sum() == 15  # without it, the background is tinted too
