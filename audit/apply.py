@@ -68,15 +68,16 @@ def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxono
         except ProposalMissing as error:
             summary.problems.append(str(error))
             continue
-        review = _apply_newest(out_dir, record, candidates, proposal, taxonomy, summary.problems)
-        if review is None:
+        applied_review = _apply_newest(out_dir, record, candidates, proposal, taxonomy, summary.problems)
+        if applied_review is None:
             record.review = None
             record.audit = _pending(proposal, taxonomy) if record.key in queued else []
             summary.pending += record.key in queued
             if candidates:  # reviewed, but no review fits today's tile: the proposal stands
                 shutil.copyfile(kept_proposal_path(out_dir, record), mask_path(out_dir, record))
             continue
-        overlays.rewrite(record, read_mask(mask_path(out_dir, record)), summary.problems)
+        review, reviewed_mask = applied_review
+        overlays.rewrite(record, reviewed_mask, summary.problems)
         summary.reviewed += 1
         summary.stale += record.review.stale
         applied.append(review.identity)
@@ -120,19 +121,19 @@ def _current_proposal(out_dir: Path, record: TileRecord, keep: bool) -> np.ndarr
 
 
 def _apply_newest(out_dir: Path, record: TileRecord, candidates: list[Review], proposal: np.ndarray, taxonomy: Taxonomy,
-                  problems: list[str]) -> Review | None:  # fmt: skip
+                  problems: list[str]) -> tuple[Review, np.ndarray] | None:  # fmt: skip
     """Apply the newest review that fits the tile; a review that does not (another tile size, a label the
     taxonomy lost) is reported and the next older one is tried."""
     for review in candidates:
         try:
-            _apply_one(out_dir, record, review, proposal, taxonomy)
-            return review
+            return review, _apply_one(out_dir, record, review, proposal, taxonomy)
         except ReviewShapeError as error:
             problems.append(f"{record.key}: review {review.annotation_id} ({review.queue}) not applied: {error}")
     return None
 
 
-def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.ndarray, taxonomy: Taxonomy) -> None:
+def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+    """Write the review's mask over KEY.png and its decisions into the record; returns the mask."""
     kept_shown = shown_mask(out_dir, review.proposal_digest)
     shown = proposal if kept_shown is None else kept_shown
     if shown.shape != proposal.shape:
@@ -147,8 +148,9 @@ def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.n
     record.review = ReviewRef(
         queue=review.queue, project_id=review.project_id, task_id=review.task_id, annotation_id=review.annotation_id,
         updated_at=review.updated_at, reviewer=review.reviewer, proposal_digest=review.proposal_digest,
-        stale=review.proposal_digest is not None and review.proposal_digest != mask_digest(proposal),
+        stale=review.is_stale_for(proposal),
     )  # fmt: skip
+    return mask
 
 
 class OverlayWriter:

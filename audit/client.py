@@ -54,5 +54,13 @@ class AuditClient:
         self.call("checking the connection", lambda: self.sdk.users.whoami())
 
 
+def find_project(client: AuditClient, title: str) -> int | None:
+    """The id of the project titled exactly `title`, or None."""
+    for project in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title))):
+        if project.title == title:
+            return project.id
+    return None
+
+
 def _short(text: str) -> str:
     return text if len(text) < 300 else text[:300] + "…"

@@ -33,9 +33,11 @@ from pathlib import Path
 
 from typing import TypeVar
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from audit.settings import AuditError
+from pipeline.outputs import mask_digest
 
 LEDGER = Path("audit") / "ledger.jsonl"
 PULLS = Path("audit") / "pulls.jsonl"
@@ -61,6 +63,10 @@ class Review(BaseModel):
     @property
     def identity(self) -> tuple[int, int, int, str]:
         return (self.project_id, self.task_id, self.annotation_id, self.updated_at)
+
+    def is_stale_for(self, proposal: np.ndarray) -> bool:
+        """Whether the build's proposal is no longer the one this review was shown."""
+        return self.proposal_digest is not None and self.proposal_digest != mask_digest(proposal)
 
     @property
     def order(self) -> tuple[datetime, int]:
@@ -91,9 +97,7 @@ def read_lines(path: Path, parse: Callable[[bytes], T] = json.loads) -> Iterator
         try:
             row = parse(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as error:
-            reason = str(error).splitlines()[0]
-            raise AuditError(f"{path}:{number}: damaged line ({reason}); every other line is intact: "
-                             f"repair or delete that line, then rerun") from None  # fmt: skip
+            raise _damaged(path, number, error) from None
         yield row
 
 
@@ -137,8 +141,7 @@ class LedgerWriter:
                 row = json.loads(raw)
                 self.known.add((row["project_id"], row["task_id"], row["annotation_id"], row["updated_at"]))
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-                raise AuditError(f"{self.path}:{self.lines}: damaged line ({type(error).__name__}: {error}); every other "
-                                 "line is intact: repair or delete that line, then rerun") from None  # fmt: skip
+                raise _damaged(self.path, self.lines, error) from None
         handle.seek(0, os.SEEK_END)
         self.offset = size
 
@@ -193,6 +196,11 @@ class _locked_append:
         finally:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
+
+
+def _damaged(path: Path, line: int, error: Exception) -> AuditError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return AuditError(f"{path}:{line}: damaged line ({reason}); every other line is intact: repair or delete that line, then rerun")
 
 
 def _cut_torn_tail(handle) -> None:

@@ -24,7 +24,6 @@ from audit.settings import AuditError
 from pipeline.records import TileRecord
 
 PAGE_SIZE = 100
-QUEUE_SUFFIXES = {"uncertain": " (uncertain)", "stale": " (stale)"}
 
 
 @dataclass
@@ -37,10 +36,9 @@ class PullSummary:
     unknown_keys: list[str] = field(default_factory=list)
 
 
-def project_titles(title: str) -> dict[str, str]:
-    """Queue -> project title of the queues `ovrsis audit push` fills: the random sample under
-    `title`, the others beside it as `title (QUEUE)`."""
-    return {"sample": title} | {queue: title + suffix for queue, suffix in QUEUE_SUFFIXES.items()}
+def queue_title(title: str, queue: str) -> str:
+    """The project of a queue: the random sample under `title`, any other queue as `title (QUEUE)`."""
+    return title if queue == "sample" else f"{title} ({queue})"
 
 
 def queue_projects(client: AuditClient, title: str) -> dict[str, tuple[int, str]]:
@@ -53,13 +51,6 @@ def queue_projects(client: AuditClient, title: str) -> dict[str, tuple[int, str]
         elif project.title.startswith(title + " (") and project.title.endswith(")"):
             found[project.title[len(title) + 2 : -1]] = (project.id, project.title)
     return dict(sorted(found.items(), key=lambda item: (item[0] != "sample", item[0])))
-
-
-def find_project(client: AuditClient, title: str) -> int | None:
-    for project in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title))):
-        if project.title == title:
-            return project.id
-    return None
 
 
 def pull_project(client: AuditClient, project_id: int, title: str, queue: str, out_dir: Path,

@@ -21,7 +21,7 @@ import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
-from audit.client import AuditClient
+from audit.client import AuditClient, find_project
 from audit.decisions import proposed_categories
 from audit.ledger import QUEUED, append_row, now
 from audit.records import load_records, proposal_mask, remember_shown
@@ -105,13 +105,15 @@ def uncertain_sample(records: Sequence[TileRecord], n: int) -> list[TileRecord]:
 
 
 def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequence[TileRecord], title: str,
-         served_root: Path, queue: str = "sample", chunk: int = IMPORT_CHUNK) -> PushSummary:  # fmt: skip
+         served_root: Path, queue: str = "sample", shown: dict[str, str] | None = None,
+         chunk: int = IMPORT_CHUNK) -> PushSummary:  # fmt: skip
     """Create (or reuse) the project `title` and import the records not already in it.
 
     All-or-nothing: every check (the served root, each record's proposal) runs before anything is
     created on the server. A task's identity is its tile key (its key and the proposal it shows in
     the "stale" queue), so pushing twice creates nothing new."""
-    shown = prepare_tiles(out_dir, records, served_root)
+    if shown is None:  # (push_queues prepares every queue's tiles at once, before any push)
+        shown = prepare_tiles(out_dir, records, served_root)
     project_id = ensure_project(client, title, taxonomy, out_dir, (out_dir / "audit" / "images").resolve())
     existing = existing_tasks(client, project_id)
     new = [r for r in records if _identity(r.key, shown[r.key], queue) not in existing]
@@ -153,8 +155,7 @@ def prepare_tiles(out_dir: Path, records: Sequence[TileRecord], served_root: Pat
 def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir: Path, images: Path) -> int:
     """The project titled `title`, created if need be, with local-files storage over `images`
     (connected now if an earlier, interrupted push created the project without it)."""
-    project_id = next((p.id for p in client.call("listing projects", lambda: list(client.sdk.projects.list(title=title)))
-                       if p.title == title), None)  # fmt: skip
+    project_id = find_project(client, title)
     if project_id is None:
         project_id = client.call("creating the project", lambda: client.sdk.projects.create(
             title=title, label_config=label_config(taxonomy),

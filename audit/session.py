@@ -3,7 +3,7 @@ every queue into the ledger, apply the ledger. One path, so `ovrsis audit` and `
 cannot drift apart.
 
 Queues live in projects named after one title: the random sample in `TITLE`, the others in
-`TITLE (uncertain)` and `TITLE (stale)` (audit/pull.py `project_titles`).
+`TITLE (uncertain)`, `TITLE (stale)` or any `TITLE (QUEUE)` (audit/pull.py `queue_title`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from audit.apply import ApplySummary, apply_reviews
 from audit.client import AuditClient
-from audit.pull import PullSummary, project_titles, pull_project, queue_projects
+from audit.pull import PullSummary, pull_project, queue_projects, queue_title
 from audit.queue import PushSummary, load_live_records, prepare_tiles, push, stratified_sample, uncertain_sample
 from audit.records import load_records, write_records
 from audit.settings import AuditError
@@ -41,7 +41,6 @@ def push_queues(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: s
     live = load_live_records(out_dir)
     if not live:
         raise AuditError(f"{out_dir}: no annotated tile to review")
-    titles = project_titles(title)
     queues = []
     if plan.sample:
         queues.append(("sample", stratified_sample(live, plan.sample, plan.seed, plan.strata)))
@@ -50,8 +49,9 @@ def push_queues(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: s
     if plan.stale:
         stale = stale_keys(out_dir)
         queues.append(("stale", [r for r in live if r.key in stale]))
-    prepare_tiles(out_dir, list({r.key: r for _, chosen in queues for r in chosen}.values()), served_root)  # all checks first
-    return [(titles[queue], push(client, out_dir, taxonomy, chosen, titles[queue], served_root, queue))
+    # every queue's checks before anything is created on the server
+    shown = prepare_tiles(out_dir, list({r.key: r for _, chosen in queues for r in chosen}.values()), served_root)
+    return [(queue_title(title, queue), push(client, out_dir, taxonomy, chosen, queue_title(title, queue), served_root, queue, shown))
             for queue, chosen in queues if chosen]  # fmt: skip
 
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from audit.decisions import CORRECTION_KINDS, ReviewShapeError
 from audit.ledger import Review, latest_reviews, read_ledger
 from audit.records import load_records, proposal_mask, shown_mask
-from pipeline.outputs import mask_digest
 from audit.review_cache import reviewed
 from pipeline.outputs import atomic_path
 from pipeline.records import TileRecord
@@ -136,7 +135,7 @@ def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[st
             unfit += 1
             continue
         images += 1
-        stale += review.proposal_digest is not None and review.proposal_digest != mask_digest(proposal)
+        stale += review.is_stale_for(proposal)
         domain = record.domain.name if record.domain else "unknown"
         domains.add(domain)
         for decision in decisions:

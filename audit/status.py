@@ -10,7 +10,6 @@ from pathlib import Path
 
 from audit.ledger import PULLS, QUEUED, Review, latest_reviews, read_ledger, read_lines
 from audit.records import load_records, proposal_mask
-from pipeline.outputs import mask_digest
 from pipeline.records import TileRecord
 
 
@@ -57,4 +56,4 @@ def stale_keys(out_dir: Path) -> set[str]:
 
 
 def is_stale(out_dir: Path, record: TileRecord, review: Review) -> bool:
-    return review.proposal_digest is not None and review.proposal_digest != mask_digest(proposal_mask(out_dir, record))
+    return review.is_stale_for(proposal_mask(out_dir, record))

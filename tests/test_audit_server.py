@@ -19,9 +19,8 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
-from audit.client import AuditClient
+from audit.client import AuditClient, find_project
 from audit.ledger import ledger_path, read_ledger
-from audit.pull import find_project
 from audit.queue import label_config, push
 from audit.records import load_records, write_records
 from audit.server import start_server, stop_server
