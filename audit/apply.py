@@ -160,7 +160,7 @@ class OverlayWriter:
 
     def __init__(self, out_dir: Path, taxonomy: Taxonomy) -> None:
         self.out_dir, self.n_classes = out_dir, len(taxonomy)
-        self.background = [c.index for c in taxonomy.categories if not c.propose]
+        self.background = taxonomy.background_indices
         self.images = TileImages()
 
     def rewrite(self, record: TileRecord, mask: np.ndarray, problems: list[str]) -> None:

@@ -145,7 +145,6 @@ class Annotator:
     def __init__(self, taxonomy: Taxonomy, models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
                  captions: dict[str, list[str]] | None = None, package_version: str = "") -> None:  # fmt: skip
         self.taxonomy = taxonomy
-        self.background_ids = [c.index for c in taxonomy.categories if not c.propose]  # left untinted in overlays
         self.models = models
         self.out_dir = out_dir
         self.config = config
@@ -169,10 +168,18 @@ class Annotator:
         keeps the tiles it finished; the summary is the caller's to write at the end. Temporaries an
         interrupted run left behind (`.NAME.*.part`) are removed first. Memory stays flat: GDAL's
         block cache is bounded and only what stitching needs is kept per tile."""
-        remove_stale_outputs(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with output_lock(self.out_dir):  # taken first: the temporaries of a build holding the folder are its own
+            remove_stale_outputs(self.out_dir)
+            stitchable = self._annotate_all(inputs, on_tile)
+            if self.config.stitch:
+                self.stitch(stitchable)
+        return self.summary
+
+    def _annotate_all(self, inputs: Path, on_tile: Callable[[], None] | None) -> dict[str, list[TileRecord]]:
+        """Every tile through the stages, its record appended as its batch finishes; returns what stitching needs."""
         stitchable: dict[str, list[TileRecord]] = defaultdict(list)
-        with output_lock(self.out_dir), bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
+        with bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
 
             def emit(state: TileState) -> None:
                 self.summary.count(state)
@@ -197,9 +204,7 @@ class Annotator:
                     if on_tile:
                         on_tile()
                 handle.flush()
-        if self.config.stitch:
-            self.stitch(stitchable)
-        return self.summary
+        return stitchable
 
     def tiles(self, inputs: Path) -> Iterator[Tile | TileRecord]:
         """Tiles of every raster, with quarantined records for files and tiles that cannot be used."""
@@ -305,7 +310,7 @@ class Annotator:
             if self.config.write_geotiff and source.transform:
                 write_mask_geotiff(self.out_dir / "masks" / f"{key}.tif", semantic, source.crs, source.transform)
             if self.config.write_overlay:
-                quick_look = overlay(pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.background_ids)
+                quick_look = overlay(pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices)
                 write_png(self.out_dir / "overlays" / f"{key}.png", quick_look)
 
     def stitch(self, records_by_source: dict[str, list[TileRecord]]) -> None:

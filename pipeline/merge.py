@@ -121,7 +121,7 @@ def _fill_value(taxonomy: Taxonomy, config: MergeConfig) -> int:
     """What unclaimed pixels become (see the module docstring)."""
     if config.background == "ignore":
         return IGNORE
-    background = [c.index for c in taxonomy.categories if not c.propose]
+    background = taxonomy.background_indices
     if background:
         return background[-1]
     if config.background == "auto":

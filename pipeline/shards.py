@@ -195,10 +195,12 @@ def source_image_bytes(image: np.ndarray, record: TileRecord) -> tuple[str, byte
     path = Path(source.path)
     if not whole or image.shape[:2] != (window.height, window.width) or not path.is_file():
         return None
-    data = path.read_bytes()
-    extension = "jpg" if data[:3] == b"\xff\xd8\xff" else "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else None
+    with open(path, "rb") as handle:  # a GeoTIFF or other raster is never read whole for nothing
+        head = handle.read(8)
+    extension = "jpg" if head[:3] == b"\xff\xd8\xff" else "png" if head == b"\x89PNG\r\n\x1a\n" else None
     if extension is None:
         return None
+    data = path.read_bytes()
     try:
         same = np.array_equal(decode_image(data), image)
     except (OSError, ValueError, Image.DecompressionBombError):

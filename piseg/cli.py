@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from piseg.faults import SkippedLog
+from piseg.paper import MODELS
 from piseg.prompts import PROMPT_TEMPLATE, class_prompts
 from taxonomy.loader import TaxonomyError, load_taxonomy
 
@@ -50,7 +51,7 @@ def beside_paper(ours: dict, paper: dict | None) -> str:
     if not paper or "miou" not in ours:
         return ""
     parts = [f"{model} {100 * paper[model]['miou']:.2f} (Δ {100 * (ours['miou'] - paper[model]['miou']):+.2f})"
-             for model in ("Pi-Seg", "CAT-Seg") if paper.get(model)]  # fmt: skip
+             for model in MODELS if paper.get(model)]  # fmt: skip
     return "   paper mIoU: " + ", ".join(parts) if parts else ""
 
 

@@ -45,8 +45,7 @@ def benchmark_comparison(benchmark: str, backbone: str) -> dict[str, Any] | None
     if "mean" in where:
         mean = {model: _fractions(by_model[model][where["mean"]], "m-mIoU", "m-mACC") for model in MODELS}
     table_name = where["table"].split("_")[0]
-    return {"table": table_name, "backbone": column, "source": SOURCE, "datasets": datasets, "mean": mean,
-            "mean_label": where.get("mean", "mean").replace("_", " ")}  # fmt: skip
+    return {"table": table_name, "backbone": column, "source": SOURCE, "datasets": datasets, "mean": mean}
 
 
 def uavid_split(backbone: str) -> dict[str, Any] | None:

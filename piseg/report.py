@@ -14,6 +14,7 @@ from pathlib import Path
 from piseg.config import EvalConfig
 from piseg.evaluate import DatasetResult
 from piseg.metrics import ConfusionMatrix
+from piseg.paper import MODELS
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import load_taxonomy
 from taxonomy.matcher import Lemmatize
@@ -130,10 +131,10 @@ def paper_cells(ours: dict, paper: dict | None) -> list[str]:
     """Paper Pi-Seg and CAT-Seg mIoU / mACC, and our mIoU's delta to each."""
     paper = paper or {}
     cells = []
-    for model in ("Pi-Seg", "CAT-Seg"):
+    for model in MODELS:
         theirs = paper.get(model) or {}
         cells += [percent(theirs.get("miou")), percent(theirs.get("macc"))]
-    return cells + [signed(ours.get("miou"), (paper.get(model) or {}).get("miou")) for model in ("Pi-Seg", "CAT-Seg")]
+    return cells + [signed(ours.get("miou"), (paper.get(model) or {}).get("miou")) for model in MODELS]
 
 
 PAPER_HEADER = " paper Pi-Seg mIoU | paper Pi-Seg mACC | paper CAT-Seg mIoU | paper CAT-Seg mACC | Δ mIoU vs Pi-Seg | Δ mIoU vs CAT-Seg |"

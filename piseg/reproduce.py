@@ -24,7 +24,7 @@ from piseg.checkpoint import load_model
 from piseg.config import PiSegConfig
 from piseg.datasets import load_benchmark
 from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
-from piseg.paper import paper_comparison
+from piseg.paper import MODELS, paper_comparison
 from piseg.released import convert_released
 from piseg.report import build_report, percent, signed
 from pipeline.categories import spacy_lemmatize
@@ -124,7 +124,7 @@ def markdown(summary: dict) -> str:
         for name, bench in run["benchmarks"].items():
             compared = (bench.get("paper") or {}).get("benchmark") or {}
             mean = compared.get("mean") or {}
-            pi, cat = (mean.get(m) or {} for m in ("Pi-Seg", "CAT-Seg"))
+            pi, cat = (mean.get(m) or {} for m in MODELS)
             evaluated = sum(v is not None for v in bench["datasets"].values())
             label = f"{name} ({compared.get('table', '-')}" + (f", w/o {bench['means_exclude']})" if bench.get("means_exclude") else ")")
             lines.append(f"| {run_name} | {label} | {evaluated} of {len(bench['datasets'])} | {percent(bench['m_miou'])} | "

@@ -64,6 +64,11 @@ class Taxonomy:
     version: str = field(default="")
 
     @property
+    def background_indices(self) -> list[int]:
+        """The classes captions never yield (`propose: false`): background / clutter."""
+        return [c.index for c in self.categories if not c.propose]
+
+    @property
     def names(self) -> list[str]:
         return [c.name for c in self.categories]
 
