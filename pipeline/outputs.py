@@ -92,12 +92,19 @@ def write_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+# Cloud-Optimized GeoTIFF settings for every mask GeoTIFF (tile masks and stitched mosaics): GIS tools
+# and STAC clients read COGs by HTTP range requests, and overviews let a whole mosaic show at once.
+# Overviews take the most frequent label (`mode`): class ids are labels, never averaged.
+COG_OPTIONS = {"compress": "deflate", "blocksize": 256, "overview_resampling": "mode"}
+
+
 def write_mask_geotiff(path: Path, mask: np.ndarray, crs: str | None, transform: Sequence[float]) -> Path:
-    """The tile's mask on the tile's own grid: same CRS and affine transform, nodata 255."""
+    """The tile's mask on the tile's own grid (same CRS and affine transform, nodata 255), written as a
+    Cloud-Optimized GeoTIFF by GDAL's COG driver (rasterio buffers the tile in memory: tiles are small)."""
     height, width = mask.shape
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
-        "nodata": IGNORE, "crs": crs, "transform": Affine(*transform[:6]), "compress": "deflate",
+        "driver": "COG", "width": width, "height": height, "count": 1, "dtype": "uint8",
+        "nodata": IGNORE, "crs": crs, "transform": Affine(*transform[:6]), **COG_OPTIONS,
     }  # fmt: skip
     with atomic_path(path) as temporary:
         with rasterio.open(temporary, "w", **profile) as out:

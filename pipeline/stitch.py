@@ -1,23 +1,30 @@
-"""Rebuild a full-size mask from overlapping tile masks and write it as a GeoTIFF.
+"""Rebuild a full-size mask from overlapping tile masks and write it as a Cloud-Optimized GeoTIFF.
 
 Rule: every output pixel takes its label from the one tile whose centre is nearest along each
 axis; with equal-size tiles that puts each seam in the middle of an overlap, where both tiles see
 the most context. Each tile therefore owns a rectangular "core", the cores partition the raster,
 and the stitcher writes one core per tile: memory holds one tile at a time, whatever the raster
 size. Pixels that no usable tile covers (a quarantined tile) are 255 (ignore).
+
+The cores go into a tiled GeoTIFF first, which GDAL's COG driver then copies with overviews: the COG
+driver cannot be written window by window, and buffering a whole mosaic in memory would undo the
+one-tile-at-a-time rule.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window as RioWindow
 
-from pipeline.outputs import atomic_path
+from pipeline.outputs import COG_OPTIONS, atomic_path
 from pipeline.records import Window
 
 IGNORE = 255
@@ -60,14 +67,17 @@ def stitch_to_geotiff(
     crs: str | None,
     transform: Sequence[float] | None,
 ) -> Path:
-    """Write the stitched mask; `load_mask(i)` returns tile i's mask, or None for a missing tile."""
+    """Write the stitched mask as a COG; `load_mask(i)` returns tile i's mask, or None for a missing tile."""
     profile = {
         "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8", "nodata": IGNORE,
         "crs": crs, "transform": Affine(*transform[:6]) if transform else Affine.identity(),
         "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
     }  # fmt: skip
-    with atomic_path(out_path) as temporary:
-        with rasterio.open(temporary, "w", **profile) as out:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
+    os.close(descriptor)  # named like the other temporaries, so remove_stale_parts clears it after a crash
+    try:
+        with rasterio.open(staging, "w", **profile) as out:
             for index, (window, core) in enumerate(zip(windows, tile_cores(windows))):
                 if core.width <= 0 or core.height <= 0:
                     continue
@@ -80,4 +90,8 @@ def stitch_to_geotiff(
                     else mask[r : r + core.height, c : c + core.width]
                 )
                 out.write(block, 1, window=RioWindow(core.col_off, core.row_off, core.width, core.height))
+        with atomic_path(out_path) as temporary:
+            rio_copy(staging, temporary, driver="COG", **COG_OPTIONS)
+    finally:
+        Path(staging).unlink(missing_ok=True)
     return out_path

@@ -1,0 +1,104 @@
+"""`ovrsis export vectors|stac|hf`: an output folder for GIS tools, STAC clients and Hugging Face.
+
+Exit codes as every command (docs/architecture.md): 0 all exported, 1 exported with some tiles left
+out (not georeferenced; listed), 2 nothing exported (the message names the file at fault).
+Heavy libraries (pyogrio, pystac, datasets) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)
+app = typer.Typer(help="Export an output folder as GIS vectors, a STAC collection or a Hugging Face dataset.", no_args_is_help=True)
+
+OUT_HELP = "An `ovrsis annotate` or `ovrsis build` output folder (records.jsonl, masks/)."
+TAXONOMY_HELP = "Class names of the masks (bundled name or YAML); default: manifest.json, else the records' taxonomy."
+
+
+@app.command("vectors")
+def vectors(
+    out: Path = typer.Argument(..., help=OUT_HELP),
+    fmt: str = typer.Option("gpkg", "--format", help="gpkg (one file, layers regions and instances) or geojson (a file per layer)."),
+    dest: Path = typer.Option(None, help="Folder to write (default: OUT/vectors)."),
+    taxonomy: str = typer.Option(None, help=TAXONOMY_HELP),
+) -> None:
+    """Semantic regions (per tile and class, over the tile's core) and kept instances as polygons in
+    the source CRS, with category, score, tile key and audit decision. Tiles without a CRS are left out."""
+    from pipeline.export.output_folder import ExportError, read_output_folder
+    from pipeline.export.vectors import export_vectors
+
+    try:
+        summary = export_vectors(read_output_folder(out, taxonomy), dest or out / "vectors", fmt)
+    except ExportError as error:
+        _refuse(error)
+    console.print(f"{summary.regions} regions, {summary.instances} instances -> {', '.join(map(str, summary.files))}", highlight=False)
+    _skipped(summary.skipped)
+
+
+@app.command("stac")
+def stac(
+    out: Path = typer.Argument(..., help=OUT_HELP),
+    dest: Path = typer.Option(None, help="Folder to write collection.json and the items into (default: OUT/stac)."),
+    collection_id: str = typer.Option(None, "--id", help="Collection id (default: the folder's name)."),
+    when: str = typer.Option(None, "--datetime", help="Acquisition time of the imagery, ISO 8601 (default: the source's "
+                             "TIFFTAG_DATETIME, else when the mask was written)."),  # fmt: skip
+    taxonomy: str = typer.Option(None, help=TAXONOMY_HELP),
+) -> None:
+    """A STAC collection: an item per georeferenced tile and per stitched mosaic, masks as COG assets with their class names."""
+    from pipeline.export.output_folder import ExportError, read_output_folder
+    from pipeline.export.stac import write_stac
+
+    try:
+        moment = _parse_datetime(when) if when else None
+        path, skipped = write_stac(read_output_folder(out, taxonomy), dest or out / "stac", collection_id, moment)
+    except ExportError as error:
+        _refuse(error)
+    console.print(f"STAC collection -> {path}", highlight=False)
+    _skipped(skipped)
+
+
+@app.command("hf")
+def hf(
+    out: Path = typer.Argument(..., help="A build output folder (manifest.json, shards/)."),
+    dest: Path = typer.Option(None, help="Folder to write (default: OUT/hf); then `datasets.load_dataset(DEST)`."),
+) -> None:
+    """The shards as a Hugging Face dataset: the same image and mask bytes, a fixed-schema json part,
+    and a dataset card declaring the features (class names included) and splits."""
+    from pipeline.export.hf import export_hf
+    from pipeline.export.output_folder import ExportError
+
+    target = dest or out / "hf"
+    try:
+        counts = export_hf(out, target)
+    except ExportError as error:
+        _refuse(error)
+    console.print(f"{', '.join(f'{s} {n}' for s, n in counts.items())} samples -> {target} (load_dataset({str(target)!r}))", highlight=False)
+
+
+def _parse_datetime(text: str) -> datetime:
+    from pipeline.export.output_folder import ExportError
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ExportError(f"--datetime {text!r}: not an ISO 8601 time (e.g. 2024-06-01T10:30:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _refuse(error: Exception) -> None:
+    console.print(f"[red]error:[/red] {error}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _skipped(skipped: list[tuple[str, str]]) -> None:
+    if not skipped:
+        return
+    for key, reason in skipped[:10]:
+        console.print(f"skipped {key}: {reason}", highlight=False)
+    console.print(f"{len(skipped)} tile(s) left out (the first 10 listed above)", highlight=False)
+    raise typer.Exit(1)

@@ -1,0 +1,172 @@
+"""The shards in a layout Hugging Face `datasets` loads whole: `ovrsis export hf`.
+
+`datasets.load_dataset("webdataset", data_files=...)` reads a build's shards as they are only while
+every record has the same shape: it infers the columns from the first five samples, and a later
+record with an audit decision, a review or a dropped instance (fields that were empty or null in
+those five) fails the whole load with a cast error. So this export rewrites each sample's `json`
+part into one fixed schema, declared in a dataset card (README.md) beside the shards, which
+`load_dataset(DEST)` reads: no inference, nothing to fail later.
+
+    DEST/README.md                 the card: configs (splits -> data/*.tar), dataset_info features, class table
+    DEST/data/{split}-000000.tar   per sample {key}.{jpg|png|webp} and {key}.mask.png (the build's bytes),
+                                   {key}.json (the fixed schema below)
+
+`json`: key, `classes` (the class ids present in the mask, a ClassLabel list: the class names travel
+in the features, `ds.features["json"]["classes"].feature.names`), `categories` (the tile's proposed
+category names), domain, crs (WKT or ""), transform ([] when none), window [row_off, col_off, height,
+width], source (file name), reviewed, and `record`: the whole tile record as JSON text.
+
+Image and mask bytes are the build's own. A build whose tiles mix image formats (whole JPEG/PNG
+sources beside WebP tiles) would give one column per format; there every image is re-encoded as
+PNG (lossless: the decoded pixels exactly), so the dataset has one image column.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.export.output_folder import ExportError
+from pipeline.outputs import IGNORE, atomic_path
+from pipeline.shards import IMAGE_EXTENSIONS, ShardError, ShardReader, decode_image, image_part
+
+
+def hf_features(class_names: list[str], image_extension: str):
+    """The `datasets.Features` of the exported samples (also usable as
+    `load_dataset("webdataset", data_files=..., features=...)` on the exported tars)."""
+    from datasets import ClassLabel, Features, Image as HFImage, List, Value
+
+    return Features({
+        image_extension: HFImage(),
+        "mask.png": HFImage(),
+        "json": {
+            "key": Value("string"), "classes": List(ClassLabel(names=list(class_names))), "categories": List(Value("string")),
+            "domain": Value("string"), "crs": Value("string"), "transform": List(Value("float64")),
+            "window": List(Value("int64")), "source": Value("string"), "reviewed": Value("bool"), "record": Value("string"),
+        },
+        "__key__": Value("string"),
+        "__url__": Value("string"),
+    })  # fmt: skip
+
+
+def export_hf(out_dir: Path, dest: Path) -> dict[str, int]:
+    """Write DEST/data/*.tar and DEST/README.md from a build's shards; returns samples per split."""
+    try:
+        reader = ShardReader(out_dir)
+    except ShardError as error:
+        raise ExportError(str(error)) from error
+    names = reader.class_names
+    mixed = reader.manifest.get("image_format") not in IMAGE_EXTENSIONS
+    extension = "png" if mixed else reader.manifest["image_format"]
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    for stale in (dest / "data").glob("*.tar"):
+        stale.unlink()
+    counts: dict[str, int] = {}
+    for split in reader.manifest["splits"]:
+        counts[split] = 0
+        for shard in reader.shard_paths(split):
+            target = dest / "data" / Path(shard).name
+            with atomic_path(target) as temporary, tarfile.open(shard) as source, tarfile.open(temporary, "w") as tar:
+                for key, parts in _samples(source, shard):
+                    for name, data in _hf_parts(key, parts, extension, mixed, names, shard).items():
+                        _add(tar, f"{key}.{name}", data)
+                    counts[split] += 1
+    _write_card(dest, out_dir, names, extension, counts, mixed)
+    return counts
+
+
+def _samples(tar: tarfile.TarFile, path: str):
+    """(key, {part: bytes}) per sample, in the shard's order (a sample's parts are adjacent)."""
+    key, parts = None, {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        name_key, _, part = member.name.partition(".")
+        if name_key != key and parts:
+            yield key, parts
+            parts = {}
+        key = name_key
+        parts[part] = tar.extractfile(member).read()
+    if parts:
+        yield key, parts
+
+
+def _hf_parts(key: str, parts: dict, extension: str, mixed: bool, names: list[str], shard: str) -> dict[str, bytes]:
+    try:
+        own = image_part({"__key__": key, **parts})
+        record = json.loads(parts["json"])
+        mask_bytes = parts["mask.png"]
+    except (ShardError, KeyError, json.JSONDecodeError) as error:
+        raise ExportError(f"{shard}: sample {key}: {error}") from None
+    if mixed:
+        buffer = io.BytesIO()
+        Image.fromarray(decode_image(parts[own])).save(buffer, format="PNG", compress_level=6)
+        image = buffer.getvalue()
+    else:
+        image = parts[own]
+    mask = np.asarray(Image.open(io.BytesIO(mask_bytes)))
+    source = record.get("source") or {}
+    window = source.get("window") or {}
+    summary = {
+        "key": key,
+        "classes": [int(v) for v in np.unique(mask) if v != IGNORE and v < len(names)],
+        "categories": [c["name"] for c in record.get("categories", [])],
+        "domain": (record.get("domain") or {}).get("name", "unknown"),
+        "crs": source.get("crs") or "",
+        "transform": [float(v) for v in source.get("transform") or []],
+        "window": [int(window.get(k, 0)) for k in ("row_off", "col_off", "height", "width")],
+        "source": Path(source.get("path", "")).name,
+        "reviewed": record.get("review") is not None,
+        "record": json.dumps(record, sort_keys=True, separators=(",", ":")),
+    }
+    return {extension: image, "mask.png": mask_bytes, "json": json.dumps(summary, sort_keys=True).encode()}
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """A tar entry with fixed metadata, as the build's shards have: identical inputs, identical bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "ovrsis", "ovrsis"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_card(dest: Path, out_dir: Path, names: list[str], extension: str, counts: dict[str, int], mixed: bool) -> None:
+    import yaml
+
+    features = hf_features(names, extension)
+    metadata = {
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": split, "path": f"data/{split}-*.tar"} for split in counts if counts[split]]}],
+        "dataset_info": {"features": features._to_yaml_list(),
+                         "splits": [{"name": split, "num_bytes": sum(p.stat().st_size for p in (dest / "data").glob(f"{split}-*.tar")),
+                                     "num_examples": n} for split, n in counts.items() if n]},
+        "task_categories": ["image-segmentation"],
+        "tags": ["remote-sensing", "open-vocabulary-segmentation", "webdataset", "ovrsis"],
+    }  # fmt: skip
+    table = "\n".join(f"| {i} | {name} |" for i, name in enumerate(names))
+    body = f"""# {out_dir.resolve().name}
+
+Open-vocabulary remote-sensing segmentation tiles exported by `ovrsis export hf` from a build's
+WebDataset shards ({", ".join(f"{split}: {n}" for split, n in counts.items())} samples).
+
+    from datasets import load_dataset
+    ds = load_dataset("path/to/this/folder")
+    sample = ds["train"][0]
+    image, mask = sample["{extension}"], sample["mask.png"]      # PIL images
+    names = ds["train"].features["json"]["classes"].feature.names
+
+`mask.png`: uint8, value i = class i below, 255 = nodata / ignore. `json.classes`: the classes present
+in the mask; `json.record`: the whole tile record (docs/architecture.md of ovrsis).
+{"Images were re-encoded as PNG (lossless) because the build mixed image formats." if mixed else "Image and mask bytes are the build's own."}
+
+| value | class |
+|---|---|
+{table}
+| 255 | nodata / ignore |
+"""
+    with atomic_path(dest / "README.md") as temporary:
+        temporary.write_text("---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n" + body)
