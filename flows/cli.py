@@ -11,6 +11,7 @@ import typer
 from audit import cli as audit_cli
 from flows import commands
 from pipeline import cli as pipeline_cli
+from pipeline.export import cli as export_cli
 
 app = typer.Typer(
     name="ovrsis",
@@ -33,6 +34,7 @@ app.command("serve")(commands.serve)
 app.command("evaluate-build")(commands.evaluate_build)
 app.add_typer(commands.shards_app, name="shards")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(export_cli.app, name="export")
 
 
 def main() -> None:
