@@ -6,7 +6,8 @@ import yaml
 
 from pipeline.models.config import ModelsConfig, load_models_config
 from pipeline.models.detector import Detection, DetectorConfig, GroundingDinoDetector, PromptPhrase
-from pipeline.models.segmenter import SegmentAnythingSegmenter, TransformersSamSegmenter
+from pipeline.models.registry import load_backend, parse_spec
+from pipeline.models.segmenter import SegmentAnythingSegmenter
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +16,23 @@ def images():
     return [rng.integers(0, 255, (200, 300, 3), dtype=np.uint8), rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)]
 
 
-def test_captioner_generates_text_for_each_tile(tiny_models, images):
-    captions = tiny_models.captioner.caption(images)
+@pytest.fixture(scope="module")
+def twins(tiny_models_yaml) -> dict:
+    """Every backend's tiny twin spec, by stage and backend name (written beside models.yaml)."""
+    return yaml.safe_load((tiny_models_yaml.parent / "twins.yaml").read_text())
+
+
+def test_default_captioner_twin_is_florence2_with_its_task_prompt(tiny_models, images):
+    captioner = tiny_models.captioner
+    assert captioner.model_id.endswith("captioner-florence2") and captioner.model.config.model_type == "florence2"
+    assert captioner.prompt == "<MORE_DETAILED_CAPTION>"
+    captions = captioner.caption(images)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
-    assert tiny_models.captioner.model_id.endswith("captioner-blip")
+
+
+def test_blip_captioner_by_configuration(twins, images):
+    captioner = load_backend("captioner", parse_spec("captioner", twins["captioner"]["blip"]))
+    assert captioner.prompt is None and len(captioner.caption(images)) == 2
 
 
 def test_detector_ties_each_box_to_a_prompt_category(tiny_models, images):
@@ -57,13 +71,13 @@ def test_class_aware_nms_and_cross_class_rule(tiny_models):
     assert len(detector._suppress(overlapping_other_class)) == 2  # IoU 0.25: different objects
 
 
-@pytest.mark.parametrize("backend", ["segment-anything", "transformers"])
-def test_segmenters_one_image_embedding_per_tile(tiny_models_yaml, images, backend):
-    config = load_models_config(tiny_models_yaml).segmenter
+@pytest.mark.parametrize("backend", ["segment-anything", "sam", "sam2"])
+def test_segmenters_one_image_embedding_per_tile(twins, images, backend):
+    spec = parse_spec("segmenter", twins["segmenter"][backend])
     if backend == "segment-anything":
-        segmenter = SegmentAnythingSegmenter(config.checkpoint)  # architecture from the .json beside it
+        segmenter = SegmentAnythingSegmenter(spec.checkpoint)  # architecture from the .json beside it
     else:
-        segmenter = TransformersSamSegmenter(str(tiny_models_yaml.parent / "segmenter-sam-hf"))
+        segmenter = load_backend("segmenter", spec)
     boxes = [np.array([[10, 10, 100, 80], [0, 0, 300, 200], [50, 50, 60, 60]], np.float32), np.zeros((0, 4), np.float32)]
     results = segmenter.segment(images, boxes)
     assert segmenter.image_encoder_calls == 2
@@ -83,7 +97,7 @@ def test_models_config_validation(tmp_path):
     assert ModelsConfig().detector.model == "IDEA-Research/grounding-dino-base"
     bad = tmp_path / "m.yaml"
     bad.write_text(yaml.safe_dump({"segmenter": {"backend": "segment-anything"}}))
-    with pytest.raises(ValueError, match="needs 'checkpoint'"):
+    with pytest.raises(ValueError, match="segment-anything(.|\n)*checkpoint"):
         load_models_config(bad)
     bad.write_text(yaml.safe_dump({"detector": {"modle": "x"}}))
     with pytest.raises(ValueError, match="modle"):

@@ -1,28 +1,34 @@
 """Captions from any transformers image-text-to-text model that can `generate()`.
 
 Florence-2 with its `<MORE_DETAILED_CAPTION>` task is the default for real builds (the paper uses a
-VLM's detailed captions); BLIP, GIT and others work by configuration, with or without a prompt.
+VLM's detailed captions); BLIP and others work by configuration, with or without a prompt. The
+transformers-native Florence-2 checkpoints are the `florence-community/` ones: the `microsoft/`
+repositories need `trust_remote_code` and their own modelling code, which this project never runs.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
 from pipeline.models import quiet_transformers
 from pipeline.models.device import pick_device
+from pipeline.models.protocols import Captioner  # noqa: F401  (re-exported: the captioner contract)
+from pipeline.models.spec import BackendSpec
 
-DEFAULT_CAPTIONER = "microsoft/Florence-2-large"
+DEFAULT_CAPTIONER = "florence-community/Florence-2-large"
 FLORENCE_DETAILED_PROMPT = "<MORE_DETAILED_CAPTION>"
 
 
-class Captioner(Protocol):
-    model_id: str
-
-    def caption(self, images: Sequence[np.ndarray]) -> list[str]:
-        """One caption per tile (H, W, 3 uint8)."""
+class ImageTextToTextSpec(BackendSpec):
+    backend: Literal["image-text-to-text"] = "image-text-to-text"
+    model: str = DEFAULT_CAPTIONER
+    revision: str | None = None
+    prompt: str | None = None  # None: Florence-2's detailed-caption task, else no prompt
+    max_new_tokens: int = 96
+    num_beams: int = 1
 
 
 class TransformersCaptioner:
@@ -39,6 +45,10 @@ class TransformersCaptioner:
         self.prompt = prompt if prompt is not None else (FLORENCE_DETAILED_PROMPT if is_florence else None)
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+
+    @classmethod
+    def from_spec(cls, spec: ImageTextToTextSpec) -> "TransformersCaptioner":
+        return cls(spec.model, prompt=spec.prompt, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams, revision=spec.revision)
 
     @torch.inference_mode()
     def caption(self, images: Sequence[np.ndarray]) -> list[str]:

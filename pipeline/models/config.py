@@ -1,13 +1,16 @@
-"""Which models a build uses: a validated YAML file, `default` (real weights) or `tiny` (tests).
+"""Which models a build uses: a preset (`default`, `fast`, `best`), `tiny` (tests) or a YAML file.
 
-    captioner: {model: microsoft/Florence-2-large, prompt: "<MORE_DETAILED_CAPTION>", max_new_tokens: 96}
-    detector:  {model: IDEA-Research/grounding-dino-base, box_threshold: 0.3, text_threshold: 0.25,
-                category_thresholds: {vehicle: 0.35}, nms_iou: 0.5, cross_class_iou: 0.85}
-    segmenter: {backend: segment-anything, checkpoint: /models/sam_vit_b_01ec64.pth, arch: vit_b}
-           or  {backend: transformers, model: facebook/sam-vit-base}
+    captioner: {backend: image-text-to-text, model: florence-community/Florence-2-large, max_new_tokens: 96}
+    detector:  {backend: grounding-dino, model: IDEA-Research/grounding-dino-base, box_threshold: 0.3,
+                text_threshold: 0.25, category_thresholds: {vehicle: 0.35}, nms_iou: 0.5, cross_class_iou: 0.85}
+    segmenter: {backend: sam2, model: facebook/sam2.1-hiera-small}
+           or  {backend: sam, model: facebook/sam-vit-base}
+           or  {backend: segment-anything, checkpoint: /models/sam_vit_b_01ec64.pth, arch: vit_b}
 
-`model` is a hub id (downloaded on the user's machine) or a local folder. Models load once per
-process and are shared by every batch.
+`backend` picks the configuration class that checks the rest (pipeline/models/registry.py lists
+them; unnamed means image-text-to-text, grounding-dino, sam). `model` is a hub id (downloaded on
+the user's machine, or fetched ahead with `ovrsis models fetch`) or a local folder. Models load
+once per process and are shared by every batch.
 """
 
 from __future__ import annotations
@@ -15,68 +18,44 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
-from pipeline.models.captioner import DEFAULT_CAPTIONER
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class CaptionerSpec(_Spec):
-    model: str = DEFAULT_CAPTIONER
-    revision: str | None = None
-    prompt: str | None = None
-    max_new_tokens: int = 96
-    num_beams: int = 1
+from pipeline.models import registry
+from pipeline.models.presets import PRESETS
+from pipeline.models.protocols import Captioner, Detector, Segmenter
+from pipeline.models.spec import BackendSpec
+from pipeline.models.tiny import TINY_VERSION
 
 
-class DetectorSpec(_Spec):
-    model: str = "IDEA-Research/grounding-dino-base"
-    revision: str | None = None
-    box_threshold: float = 0.3
-    text_threshold: float = 0.25
-    category_thresholds: dict[str, float] = {}
-    nms_iou: float = 0.5
-    cross_class_iou: float = 0.85
-    max_boxes: int = 100
+def _default(stage: registry.Stage):
+    return Field(default_factory=lambda: registry.parse_spec(stage, {}))
 
 
-class SegmenterSpec(_Spec):
-    backend: Literal["segment-anything", "transformers"] = "transformers"
-    model: str | None = "facebook/sam-vit-base"  # transformers backend
-    checkpoint: str | None = None  # segment-anything backend: an official .pth
-    arch: str | dict | None = None  # vit_b | vit_l | vit_h | a dict of sizes
-    revision: str | None = None
+class ModelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    captioner: SerializeAsAny[BackendSpec] = _default("captioner")
+    detector: SerializeAsAny[BackendSpec] = _default("detector")
+    segmenter: SerializeAsAny[BackendSpec] = _default("segmenter")
 
-    @model_validator(mode="after")
-    def _needs_weights(self) -> "SegmenterSpec":
-        if self.backend == "segment-anything" and not self.checkpoint:
-            raise ValueError("segmenter backend 'segment-anything' needs 'checkpoint' (an official SAM .pth)")
-        if self.backend == "transformers" and not self.model:
-            raise ValueError("segmenter backend 'transformers' needs 'model' (a hub id or folder)")
-        return self
-
-
-class ModelsConfig(_Spec):
-    captioner: CaptionerSpec = CaptionerSpec()
-    detector: DetectorSpec = DetectorSpec()
-    segmenter: SegmenterSpec = SegmenterSpec()
+    @field_validator("captioner", "detector", "segmenter", mode="before")
+    @classmethod
+    def _backend_spec(cls, value: object, info: ValidationInfo) -> BackendSpec:
+        """Each stage is validated by the configuration class of the backend it names."""
+        return value if isinstance(value, BackendSpec) else registry.parse_spec(info.field_name, value)
 
 
 def tiny_models_dir() -> Path:
-    return Path(os.environ.get("OVRSIS_CACHE", Path.home() / ".cache" / "ovrsis")) / "tiny-models"
+    return Path(os.environ.get("OVRSIS_CACHE", Path.home() / ".cache" / "ovrsis")) / f"tiny-models-v{TINY_VERSION}"
 
 
 def load_models_config(name_or_path: str | Path) -> ModelsConfig:
-    """`default`, `tiny` (built on first use into the cache folder) or a YAML file."""
-    if str(name_or_path) == "default":
-        return ModelsConfig()
-    if str(name_or_path) == "tiny":
+    """A preset name, `tiny` (built on first use into the cache folder) or a YAML file."""
+    name = str(name_or_path)
+    if name in PRESETS:
+        return ModelsConfig.model_validate(PRESETS[name])
+    if name == "tiny":
         path = tiny_models_dir() / "models.yaml"
         if not path.is_file():
             from pipeline.models.tiny import make_tiny_models
@@ -85,7 +64,7 @@ def load_models_config(name_or_path: str | Path) -> ModelsConfig:
     else:
         path = Path(name_or_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: models configuration not found (or use 'default' / 'tiny')")
+        raise FileNotFoundError(f"{path}: models configuration not found (or use {' / '.join([*PRESETS, 'tiny'])})")
     try:
         return ModelsConfig.model_validate(yaml.safe_load(path.read_text()) or {})
     except (yaml.YAMLError, ValidationError) as error:
@@ -93,35 +72,22 @@ def load_models_config(name_or_path: str | Path) -> ModelsConfig:
 
 
 class ModelSet:
-    """The three models of a build, each loaded on first use and then kept."""
+    """The three models of a build, each loaded on first use (through the registry) and then kept."""
 
     def __init__(self, config: ModelsConfig) -> None:
         self.config = config
 
     @cached_property
-    def captioner(self):
-        from pipeline.models.captioner import TransformersCaptioner
-
-        c = self.config.captioner
-        return TransformersCaptioner(c.model, c.prompt, c.max_new_tokens, c.num_beams, c.revision)
+    def captioner(self) -> Captioner:
+        return registry.load_backend("captioner", self.config.captioner)
 
     @cached_property
-    def detector(self):
-        from pipeline.models.detector import DetectorConfig, GroundingDinoDetector
-
-        d = self.config.detector
-        settings = DetectorConfig(d.box_threshold, d.text_threshold, dict(d.category_thresholds), d.nms_iou,
-                                  d.cross_class_iou, d.max_boxes)  # fmt: skip
-        return GroundingDinoDetector(d.model, settings, d.revision)
+    def detector(self) -> Detector:
+        return registry.load_backend("detector", self.config.detector)
 
     @cached_property
-    def segmenter(self):
-        from pipeline.models.segmenter import SegmentAnythingSegmenter, TransformersSamSegmenter
-
-        s = self.config.segmenter
-        if s.backend == "segment-anything":
-            return SegmentAnythingSegmenter(s.checkpoint, s.arch)
-        return TransformersSamSegmenter(s.model, s.revision)
+    def segmenter(self) -> Segmenter:
+        return registry.load_backend("segmenter", self.config.segmenter)
 
     def provenance(self, used: set[str]) -> dict:
         """Model ids, revisions and thresholds of the models a tile actually went through."""

@@ -1,4 +1,4 @@
-"""Text-prompted boxes with GroundingDINO through transformers (`GroundingDinoForObjectDetection`).
+"""Text-prompted boxes with GroundingDINO or MM-Grounding-DINO through transformers.
 
 The prompt of a tile is built from its matched categories ("tennis court . storage tank . car ."),
 each phrase tied to its category; the box -> category mapping reads the model's token-level
@@ -9,60 +9,68 @@ rule for one object claimed by two categories (the higher score keeps it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from torchvision.ops import batched_nms, box_iou
 
 from pipeline.models import quiet_transformers
 from pipeline.models.device import pick_device
+from pipeline.models.protocols import Detection, Detector, PromptPhrase  # noqa: F401  (re-exported)
+from pipeline.models.spec import BackendSpec
 
 
-@dataclass
-class PromptPhrase:
-    text: str  # what the detector reads ("oil tank")
-    category: str  # the taxonomy category it stands for ("storage tank")
+class DetectorConfig(BaseModel):
+    """Thresholds shared by the text-prompted detectors; each backend's spec extends it, so the
+    spec itself is the detector's configuration (no field copied, none mapped by position)."""
 
-
-@dataclass
-class Detection:
-    box: list[float]  # pixel x0, y0, x1, y1
-    score: float
-    category: str
-    phrase: str
-
-
-@dataclass
-class DetectorConfig:
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
     box_threshold: float = 0.3
     text_threshold: float = 0.25
-    category_thresholds: dict[str, float] = field(default_factory=dict)  # per-category box thresholds
+    category_thresholds: dict[str, float] = {}  # per-category box thresholds
     nms_iou: float = 0.5
     cross_class_iou: float = 0.85
     max_boxes: int = 100
 
 
-class Detector(Protocol):
-    model_id: str
+class GroundingDinoSpec(BackendSpec, DetectorConfig):
+    backend: Literal["grounding-dino"] = "grounding-dino"
+    model: str = "IDEA-Research/grounding-dino-base"
+    revision: str | None = None
 
-    def detect(self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[PromptPhrase]]) -> list[list[Detection]]:
-        """Boxes for each tile, prompted with that tile's phrases."""
+
+class MMGroundingDinoSpec(BackendSpec, DetectorConfig):
+    """MM-Grounding-DINO (OpenMMLab's retrained GroundingDINO): same prompts, same outputs."""
+
+    backend: Literal["mm-grounding-dino"] = "mm-grounding-dino"
+    model: str = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"
+    revision: str | None = None
 
 
 class GroundingDinoDetector:
+    """GroundingDINO or MM-Grounding-DINO (`architecture`, the config's `model_type`): both take
+    "a . b ." prompts and give per-token logits and boxes, so one decoder serves both."""
+
     def __init__(self, model: str, config: DetectorConfig = DetectorConfig(), revision: str | None = None,
-                 device: str | None = None) -> None:  # fmt: skip
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+                 device: str | None = None, architecture: str = "grounding-dino") -> None:  # fmt: skip
+        from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
 
         quiet_transformers()
+        found = AutoConfig.from_pretrained(model, revision=revision).model_type
+        if found != architecture:
+            raise ValueError(f"{model} is a {found!r} model, not {architecture!r}: set the detector's backend to {found!r}")
         self.device = device or pick_device()
         self.processor = AutoProcessor.from_pretrained(model, revision=revision)
-        self.model = GroundingDinoForObjectDetection.from_pretrained(model, revision=revision).to(self.device).eval()
+        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(model, revision=revision).to(self.device).eval()
         self.model_id = model
         self.config = config
         self.max_text_len = int(self.model.config.max_text_len)
+
+    @classmethod
+    def from_spec(cls, spec: GroundingDinoSpec | MMGroundingDinoSpec) -> "GroundingDinoDetector":
+        return cls(spec.model, spec, revision=spec.revision, architecture=spec.backend)
 
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[PromptPhrase]]) -> list[list[Detection]]:

@@ -7,15 +7,17 @@ all of that tile's boxes in one prompt batch. The image encoder runs once per ba
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
+from pipeline.models import quiet_transformers
 from pipeline.models.device import pick_device
+from pipeline.models.protocols import SegmentResult, Segmenter  # noqa: F401  (re-exported)
+from pipeline.models.spec import BackendSpec
 
 SAM_PRESETS = {
     "vit_b": {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12, "encoder_global_attn_indexes": [2, 5, 8, 11]},
@@ -25,22 +27,20 @@ SAM_PRESETS = {
 SAM_DEFAULTS = {"image_size": 1024, "prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_heads": 8}
 
 
-@dataclass
-class SegmentResult:
-    masks: np.ndarray  # (N, H, W) bool, one per box
-    scores: np.ndarray  # (N,) predicted mask IoU
+class SamSpec(BackendSpec):
+    """transformers `SamModel` (facebook/sam-vit-base, -large, -huge or a local folder)."""
 
-    @staticmethod
-    def empty(height: int, width: int) -> "SegmentResult":
-        return SegmentResult(np.zeros((0, height, width), bool), np.zeros(0, np.float32))
+    backend: Literal["sam"] = "sam"
+    model: str = "facebook/sam-vit-base"
+    revision: str | None = None
 
 
-class Segmenter(Protocol):
-    model_id: str
-    image_encoder_calls: int  # counted, so tests can prove one embedding per tile
+class SegmentAnythingSpec(BackendSpec):
+    """An official `segment-anything` checkpoint (`sam_vit_b_01ec64.pth`, ...): a local file."""
 
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
-        """For each tile (H, W, 3 uint8) and its boxes (N, 4 xyxy pixels), one mask per box."""
+    backend: Literal["segment-anything"] = "segment-anything"
+    checkpoint: str
+    arch: str | dict | None = None  # vit_b | vit_l | vit_h | a dict of sizes; else from the file
 
 
 def build_segment_anything(arch: dict):
@@ -90,6 +90,10 @@ class SegmentAnythingSegmenter:
 
         self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
 
+    @classmethod
+    def from_spec(cls, spec: SegmentAnythingSpec) -> "SegmentAnythingSegmenter":
+        return cls(spec.checkpoint, arch=spec.arch)
+
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
         inputs, input_sizes = [], []
@@ -125,11 +129,16 @@ class TransformersSamSegmenter:
     def __init__(self, model: str, revision: str | None = None, device: str | None = None) -> None:
         from transformers import SamModel, SamProcessor
 
+        quiet_transformers()
         self.device = device or pick_device()
         self.processor = SamProcessor.from_pretrained(model, revision=revision)
         self.model = SamModel.from_pretrained(model, revision=revision).to(self.device).eval()
         self.model_id = model
         self.image_encoder_calls = 0
+
+    @classmethod
+    def from_spec(cls, spec: SamSpec) -> "TransformersSamSegmenter":
+        return cls(spec.model, revision=spec.revision)
 
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
