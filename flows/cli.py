@@ -12,6 +12,7 @@ from audit import cli as audit_cli
 from flows import commands
 from pipeline import cli as pipeline_cli
 from pipeline.export import cli as export_cli
+from pipeline.models import cli as models_cli
 
 app = typer.Typer(
     name="ovrsis",
@@ -35,6 +36,7 @@ app.command("evaluate-build")(commands.evaluate_build)
 app.add_typer(commands.shards_app, name="shards")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(export_cli.app, name="export")
+app.add_typer(models_cli.app, name="models")
 
 
 def main() -> None:
