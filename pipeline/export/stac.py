@@ -110,7 +110,7 @@ def _item(item_id: str, crs: str, transform, height: int, width: int, when: date
     from rasterio.warp import transform_geom
 
     affine = Affine(*transform[:6])
-    corners = [affine * (0, 0), affine * (width, 0), affine * (width, height), affine * (0, height)]
+    corners = [affine @ (0, 0), affine @ (width, 0), affine @ (width, height), affine @ (0, height)]
     footprint = {"type": "Polygon", "coordinates": [[*corners, corners[0]]]}
     geometry = transform_geom(CRS.from_wkt(crs), "EPSG:4326", footprint)
     xs, ys = zip(*geometry["coordinates"][0])
