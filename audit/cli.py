@@ -26,20 +26,28 @@ def server(
     root: Path | None = typer.Option(None, help="Folder served to the browser (the build output folder, or above it); needed to start."),
     port: int = typer.Option(8089, help="Port on 127.0.0.1."),
     data: Path = typer.Option(Path(".lsdata"), help="Label Studio's data folder (SQLite database, uploads)."),
-    stop: bool = typer.Option(False, "--stop", help="Stop the server started from this data folder."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the server (and ML backend) started from this data folder."),
+    backend: bool = typer.Option(False, "--backend", help="Also start the ML backend (`ovrsis audit backend`)."),
+    backend_port: int = typer.Option(9090, help="The ML backend's port on 127.0.0.1."),
+    records: Path | None = typer.Option(None, "--records", "-r", help="With --backend: the build output folder [--root]."),
+    models: str = typer.Option("default", help="With --backend: models configuration of the SAM (default | tiny | YAML)."),
+    piseg: Path | None = typer.Option(None, help="With --backend: Pi-Seg checkpoint for tiles without a proposal."),
 ) -> None:
     """Start a local Label Studio (from .venv-ls) and wait until it is healthy. The admin user and API
-    token come from LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_USER_TOKEN (environment or .env)."""
-    from audit.server import start_server, stop_server
+    token come from LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_USER_TOKEN (environment or .env).
+    With --backend, the ML backend is started beside it (connect it with `ovrsis audit push --backend URL`)."""
+    from audit.server import start_backend, start_server, stop_server
     from audit.settings import read_dotenv
 
-    pid_file = data / "label-studio.pid"
+    pid_file, backend_pid = data / "label-studio.pid", data / "ml-backend.pid"
     if stop:
-        if not pid_file.is_file():
+        if not pid_file.is_file() and not backend_pid.is_file():
             _fail(AuditError(f"no {pid_file}: nothing to stop"))
-        stop_server(int(pid_file.read_text()))
-        pid_file.unlink()
-        console.print("Label Studio stopped")
+        for what, pid in (("Label Studio", pid_file), ("the ML backend", backend_pid)):
+            if pid.is_file():
+                stop_server(int(pid.read_text()))
+                pid.unlink()
+                console.print(f"{what} stopped")
         return
     env = read_dotenv() | {k: v for k, v in os.environ.items() if k.startswith("LABEL_STUDIO_")}
     try:
@@ -49,9 +57,39 @@ def server(
         if not token or not password:
             raise AuditError("set LABEL_STUDIO_USER_TOKEN (40 hex chars) and LABEL_STUDIO_PASSWORD in the environment or .env")
         started = start_server(data, root, token, env.get("LABEL_STUDIO_USERNAME", "admin@example.com"), password, port)
+        console.print(f"Label Studio at {started.url} (pid {started.pid}, log {started.log}); stop with `ovrsis audit server --stop`")
+        if backend:
+            ml = start_backend(data, root, records or root, models, piseg, backend_port)
+            console.print(f"ML backend at {ml.url} (pid {ml.pid}, log {ml.log}); connect it: `ovrsis audit push ... --backend {ml.url}`")
     except AuditError as error:
         _fail(error)
-    console.print(f"Label Studio at {started.url} (pid {started.pid}, log {started.log}); stop with `ovrsis audit server --stop`")
+
+
+@app.command()
+def backend(
+    root: Path = typer.Option(..., help="Label Studio's served root (`ovrsis audit server --root`): task images are read from it."),
+    records: Path | None = typer.Option(None, "--records", "-r", help="Build output folder: proposals for pre-annotation, embedding cache [ROOT]."),
+    models: str = typer.Option("default", help="Models configuration whose SAM answers the smart tools (default | tiny | YAML)."),
+    piseg: Path | None = typer.Option(None, help="Pi-Seg checkpoint: pre-annotations for tasks whose tile has no proposal."),
+    port: int = typer.Option(9090, help="Port on 127.0.0.1."),
+    warm: bool = typer.Option(False, "--warm", help="Embed every pushed tile in the background, before the first click."),
+) -> None:
+    """Serve Label Studio's ML-backend protocol (/health, /setup, /predict, /webhook) in the foreground:
+    SAM masks for the smart tools' clicks and boxes (image embedding cached on disk per tile), and
+    pre-annotations for tasks without them. Connect it with `ovrsis audit push --backend URL`."""
+    from audit.backend import BackendConfig, ReviewBackend, serve
+
+    records = records or root
+    try:
+        taxonomy = _taxonomy(records) if (records / "records.jsonl").is_file() else _default_taxonomy()
+        config = BackendConfig(root=root, records=records, models=models, piseg=piseg, warm=warm)
+        review = ReviewBackend(config, taxonomy)
+    except (AuditError, OSError, ValueError) as error:
+        _fail(error)
+    if warm:
+        review.warm_in_background()
+    console.print(f"ML backend on http://127.0.0.1:{port} (SAM from models {models!r}; embeddings in {records / 'audit' / 'embeddings'})")
+    serve(review, port=port)
 
 
 @app.command()
@@ -65,10 +103,12 @@ def push(
     project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
     root: Path | None = typer.Option(None, help="The server's served root [the records folder]."),
     url: str | None = typer.Option(None, help="Label Studio URL [LABEL_STUDIO_URL or http://127.0.0.1:8089]."),
+    backend: str | None = typer.Option(None, "--backend", help="ML backend URL (`ovrsis audit backend`) to connect to every pushed queue."),
 ) -> None:
     """Push a domain-stratified, seeded sample of tiles (and the uncertain / stale queues) for review.
     Every check runs before anything is created; pushing again creates no duplicates."""
     from audit.client import AuditClient
+    from audit.queue import connect_backend
     from audit.session import QueuePlan, default_title, push_queues
     from audit.settings import server_settings
 
@@ -76,10 +116,14 @@ def push(
         client = AuditClient(server_settings(url))
         client.check()
         plan = QueuePlan(sample=sample, seed=seed, strata=strata, uncertain=uncertain, stale=stale)
-        pushed = push_queues(client, records, _taxonomy(records), project or default_title(records), root or records, plan)
+        taxonomy = _taxonomy(records)
+        pushed = push_queues(client, records, taxonomy, project or default_title(records), root or records, plan)
         for title, summary in pushed:
             console.print(f"{title!r} (project {summary.project_id}): {summary.created} task(s) created, "
                           f"{summary.already_there} already there")  # fmt: skip
+            if backend:
+                ml_id = connect_backend(client, summary.project_id, backend, taxonomy)
+                console.print(f"  ML backend {backend} connected (id {ml_id}, interactive)")
         if not pushed:
             console.print("nothing to queue")
     except AuditError as error:
@@ -163,3 +207,13 @@ def _taxonomy(records: Path):
     if not live:
         raise AuditError(f"{records}: no annotated tile in records.jsonl")
     return load_taxonomy(live[0].provenance.get("taxonomy", {}).get("name", "ovrsis95k"))
+
+
+def _default_taxonomy():
+    from taxonomy.loader import load_taxonomy
+
+    return load_taxonomy("ovrsis95k")
+
+
+if __name__ == "__main__":  # `python -m audit.cli backend ...`: how `ovrsis audit server --backend` starts it
+    app()

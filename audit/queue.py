@@ -46,7 +46,9 @@ class PushSummary:
 
 
 def label_config(taxonomy: Taxonomy) -> str:
-    """Tile, discard choices over the task's own proposals, conflict note, brush labels for every category."""
+    """Tile, discard choices over the task's own proposals, conflict note, brush labels for every
+    category, and smart keypoint / rectangle tools over the same labels for the SAM backend
+    (`smartOnly`: shown only while Auto-Annotation is on; a pull reads brush regions only)."""
     colours = palette(len(taxonomy))
     labels = "\n".join(
         f'      <Label value={quoteattr(c.name)} background="#{"".join(f"{v:02x}" for v in colours[c.index])}"/>'
@@ -63,6 +65,13 @@ def label_config(taxonomy: Taxonomy) -> str:
   <BrushLabels name="mask" toName="image">
 {labels}
   </BrushLabels>
+  <Header value="Smart tools (with `ovrsis audit backend` connected, Auto-Annotation on): click (Alt-click: background) or drag a box with a label; SAM returns its brush mask."/>
+  <KeyPointLabels name="click" toName="image" smart="true" smartOnly="true">
+{labels}
+  </KeyPointLabels>
+  <RectangleLabels name="box" toName="image" smart="true" smartOnly="true">
+{labels}
+  </RectangleLabels>
   <Header value="A corrected region: how was it corrected? (select the region, then choose)"/>
   <Choices name="correction" toName="image" perRegion="true" choice="single" showInline="true">
     <Choice value="boundary" hint="outline repainted"/>
@@ -168,6 +177,25 @@ def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir:
     return project_id
 
 
+def connect_backend(client: AuditClient, project_id: int, url: str, taxonomy: Taxonomy) -> int:
+    """Connect the ML backend at `url` to the project (interactive, so its smart tools work), once;
+    a project created before the smart tools existed gets the current labelling config. Returns the
+    ML backend's id. Label Studio checks /health and /setup when connecting: a backend that is down
+    is reported here, after the tasks were pushed (they do not need it)."""
+    project = client.call("reading the project", lambda: client.sdk.projects.get(id=project_id))
+    if "smart=" not in (project.label_config or ""):
+        client.call("updating the labelling config", lambda: client.sdk.projects.update(id=project_id, label_config=label_config(taxonomy)))
+    url = url.rstrip("/")
+    for backend in client.call("listing ML backends", lambda: client.sdk.ml.list(project=project_id)):
+        if (backend.url or "").rstrip("/") == url:
+            if not backend.is_interactive:
+                client.call("making the ML backend interactive", lambda: client.sdk.ml.update(id=backend.id, is_interactive=True))
+            return backend.id
+    created = client.call("connecting the ML backend", lambda: client.sdk.ml.create(
+        project=project_id, url=url, title="ovrsis SAM + proposals", is_interactive=True))  # fmt: skip
+    return created.id
+
+
 def existing_tasks(client: AuditClient, project_id: int) -> set[tuple]:
     """The identities of the project's tasks (see `_identity`)."""
     tasks = client.call("listing tasks", lambda: list(client.sdk.tasks.list(project=project_id, page_size=1000, fields="all")))
@@ -195,16 +223,8 @@ def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy:
     """One task: the tile's image (written by `prepare_tiles`) and one brush region per class in its proposal."""
     image_path = (out_dir / "audit" / "images" / f"{record.key}.jpg").resolve()
     mask = proposal_mask(out_dir, record)
-    present = proposed_categories(mask, taxonomy)  # the background class too: its region is editable, not judged
-    proposed = [c for c in present if c.propose]
-    regions = [
-        {
-            "id": f"r{c.index}", "from_name": "mask", "to_name": "image", "type": "brushlabels",
-            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask2rle(((mask == c.index) * 255).astype(np.uint8)), "brushlabels": [c.name]},
-        }
-        for c in present
-    ]  # fmt: skip
+    proposed = [c for c in proposed_categories(mask, taxonomy) if c.propose]
+    regions = brush_regions(mask, taxonomy)
     scores = [i.detector_score * (i.mask_score or 0.0) for i in record.instances if not i.dropped]
     conflicts = "; ".join(f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts)
     return {
@@ -221,6 +241,21 @@ def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy:
         "predictions": [{"model_version": MODEL_VERSION, "score": round(float(np.mean(scores)), 4) if scores else 0.0,
                          "result": regions}],  # fmt: skip
     }
+
+
+def brush_regions(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict]:
+    """One editable brush region per class in a semantic mask, id `r{category index}` (so a pull knows
+    which proposal a reviewed region came from); the background class too: editable, not judged."""
+    return [brush_region(mask == c.index, c.name, f"r{c.index}") for c in proposed_categories(mask, taxonomy)]
+
+
+def brush_region(pixels: np.ndarray, label: str, region_id: str) -> dict:
+    """A Label Studio brush region (label_studio_sdk's RLE) over the (H, W) bool `pixels`."""
+    return {
+        "id": region_id, "from_name": "mask", "to_name": "image", "type": "brushlabels",
+        "original_width": int(pixels.shape[1]), "original_height": int(pixels.shape[0]), "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle((pixels * 255).astype(np.uint8)), "brushlabels": [label]},
+    }  # fmt: skip
 
 
 def _served_path(path: Path, served_root: Path) -> str:

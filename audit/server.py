@@ -3,7 +3,10 @@
 Label Studio lives in a venv of its own because installing it beside Prefect downgrades Prefect's
 dependencies (see the README). The recipe: SQLite data folder, admin user and API token from the
 environment, legacy tokens enabled on the first start, version check off, loopback only,
-local-files serving rooted at the dataset folder.
+local-files serving rooted at the dataset folder, ML backends on loopback allowed (Label Studio
+blocks local addresses by default, and `ovrsis audit backend` runs beside it).
+
+The ML backend is started the same way: detached, its PID in the data folder, stopped by PID.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -50,6 +54,7 @@ def start_server(data_dir: Path, document_root: Path, token: str, username: str,
         LABEL_STUDIO_PASSWORD=password, LABEL_STUDIO_USER_TOKEN=token, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
         LATEST_VERSION_CHECK="false", LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root.resolve()), COLLECT_ANALYTICS="false",
+        ML_BLOCK_LOCAL_IP="false",  # the ML backend (`ovrsis audit backend`) runs on loopback beside it
     )  # fmt: skip
     command = [str(label_studio_binary(venv)), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -64,6 +69,30 @@ def start_server(data_dir: Path, document_root: Path, token: str, username: str,
         time.sleep(0.5)
     stop_server(process.pid)
     raise AuditError(f"Label Studio did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
+
+
+def start_backend(data_dir: Path, root: Path, records: Path | None, models: str, piseg: Path | None = None,
+                  port: int = 9090, warm: bool = False, timeout: float = 120.0) -> LocalServer:  # fmt: skip
+    """Start `ovrsis audit backend` detached on 127.0.0.1:`port` (PID in DATA/ml-backend.pid) and wait for /health."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "ml-backend.log"
+    command = [sys.executable, "-m", "audit.cli", "backend", "--root", str(root.resolve()), "--models", models, "--port", str(port)]
+    command += ["--records", str(records.resolve())] if records else []
+    command += ["--piseg", str(piseg.resolve())] if piseg else []
+    command += ["--warm"] if warm else []
+    process = subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
+                               cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    (data_dir / "ml-backend.pid").write_text(str(process.pid))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AuditError(f"the ML backend exited with status {process.returncode}; see {log}")
+        if _healthy(url):
+            return LocalServer(url=url, pid=process.pid, log=log)
+        time.sleep(0.3)
+    stop_server(process.pid)
+    raise AuditError(f"the ML backend did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
 
 
 def stop_server(pid: int, timeout: float = 20.0) -> None:
