@@ -76,7 +76,7 @@ def florence2(folder: Path) -> dict:
               "window_size": 2, "projection_dim": 16, "max_position_embeddings": 8, "max_temporal_embeddings": 4}  # fmt: skip
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     text = {"vocab_size": len(tokenizer), "d_model": 16, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-            "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "max_position_embeddings": 64,
+            "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "max_position_embeddings": 256,
             "decoder_start_token_id": tokenizer.eos_token_id, "forced_eos_token_id": tokenizer.eos_token_id, **special}  # fmt: skip
     config = Florence2Config(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)
     Florence2ForConditionalGeneration(config).save_pretrained(target)
