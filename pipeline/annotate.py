@@ -44,6 +44,7 @@ from pipeline.ingest import (
 from pipeline.jsonl import check_encoding, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from pipeline.models.detector import Detection, PromptPhrase
+from pipeline.models.protocols import Models
 from pipeline.outputs import mask_digest, output_lock, overlay, remove_stale_parts, write_mask_geotiff, write_png
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
@@ -142,7 +143,7 @@ class AnnotateSummary:
 class Annotator:
     """The stages, with models from a ModelSet (loaded on first use)."""
 
-    def __init__(self, taxonomy: Taxonomy, models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
+    def __init__(self, taxonomy: Taxonomy, models: Models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
                  captions: dict[str, list[str]] | None = None, package_version: str = "") -> None:  # fmt: skip
         self.taxonomy = taxonomy
         self.models = models
