@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,19 +54,30 @@ class ApplySummary:
 
 def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy) -> ApplySummary:
     """Apply the ledger's latest applicable review of each tile to `records` (in place) and their masks."""
+    summary = ApplySummary()
+    for _ in iter_applied(out_dir, records, taxonomy, summary):
+        pass
+    return summary
+
+
+def iter_applied(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy,
+                 summary: ApplySummary) -> Iterator[TileRecord]:  # fmt: skip
+    """`apply_reviews` one record at a time: each record is yielded once applied, so a build streams
+    its records through here (the ledger is read once) instead of holding them all."""
     reviews = reviews_by_tile(read_ledger(out_dir))
     queued = queued_keys(out_dir)
-    summary = ApplySummary()
     applied: list[tuple] = []
     overlays = OverlayWriter(out_dir, taxonomy)
     for record in records:
         if record.quarantine or not record.semantic_mask:
+            yield record
             continue
         candidates = reviews.get(record.key, [])
         try:
             proposal = _current_proposal(out_dir, record, keep=bool(candidates))
         except ProposalMissing as error:
             summary.problems.append(str(error))
+            yield record
             continue
         applied_review = _apply_newest(out_dir, record, candidates, proposal, taxonomy, summary.problems)
         if applied_review is None:
@@ -75,16 +86,17 @@ def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxono
             summary.pending += record.key in queued
             if candidates:  # reviewed, but no review fits today's tile: the proposal stands
                 shutil.copyfile(kept_proposal_path(out_dir, record), mask_path(out_dir, record))
+            yield record
             continue
         review, reviewed_mask = applied_review
         overlays.rewrite(record, reviewed_mask, summary.problems)
         summary.reviewed += 1
         summary.stale += record.review.stale
         applied.append(review.identity)
+        yield record
     if applied:
         digest = hashlib.sha256(json.dumps(sorted(applied)).encode()).hexdigest()[:12]
         summary.audit_round = f"reviews:{len(applied)}:{digest}"
-    return summary
 
 
 def queued_keys(out_dir: Path) -> set[str]:

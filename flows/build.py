@@ -1,84 +1,85 @@
 """The Prefect flow `build-ovrsis95k`: raw imagery to versioned WebDataset shards.
 
-    ingest/tile -> caption -> parse -> match -> detect -> segment -> merge -> domain
-                -> write outputs -> select -> shards
+    ingest/tile -> per batch: caption -> parse -> match -> detect -> segment -> merge -> domain -> write
+                -> apply the review ledger -> records.jsonl -> select -> shards -> artifacts
 
-Tasks work on batches of tiles (`batch_size`), not single tiles. Each stage task's cache key is
-the hash of its inputs (the previous stage's key, so keys chain), its stage configuration, the
-model ids and the taxonomy version; results are persisted to the configured storage folder. A
-rerun after a crash therefore resumes where it stopped, a rerun with nothing changed does no model
-work, and changing one threshold reruns only the stages downstream of it. (Prefect's default
-cache key includes the flow-run id, which would reuse nothing across runs.)
+One Prefect task per batch of tiles (`batch_size`): it runs the stage registry (pipeline/stages.py)
+through `Annotator.run_batch`, exactly as `ovrsis annotate` does, with the chained stage cache
+(pipeline/stage_cache.py) in the storage folder. A stage's key hashes the previous key, the stage's
+fingerprint and (for captions) the supplied captions, so a rerun after a crash restores what was
+finished, a rerun with nothing changed does no model work, and changing one threshold reruns only
+the stages after it. Prefect persists no task result and caches nothing itself: one task run per
+batch is the whole orchestration cost (docs/architecture.md, "Orchestration").
 
-Model stages run under a per-process slot limit (`gpu_concurrency`) and carry the tag `gpu`, so a
-Prefect tag concurrency limit (`prefect concurrency-limit create gpu 1`) bounds them across workers.
+At most `runner.workers + 1` batch tasks are in flight (`pipeline.batching.in_order`), so one batch's
+CPU stages overlap another's model stages without holding every batch at once. The flow process
+keeps per tile only a key and a few numbers for selection: records go to disk as batches finish
+and are read back by key when sharded (pipeline/record_store.py), so its memory does not grow with
+the number of tiles. Model stages hold a per-process slot (`gpu_concurrency`); batch tasks carry the
+tag `gpu`, so a Prefect tag concurrency limit (`prefect concurrency-limit create gpu 1`) bounds how
+many run at once across workers.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import threading
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
+
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from flows import progress
 from flows.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
 from flows.runners import make_task_runner
 from pipeline.annotate import (AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file,
-                               remove_stale_outputs, run_stage)  # fmt: skip
+                               remove_stale_outputs)  # fmt: skip
 from pipeline.balance_report import write_report
-from pipeline.batching import batched
-from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, quarantined_file, source_stems
-from pipeline.jsonl import atomic_writer
+from pipeline.batching import batched, in_order
+from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_stems
 from pipeline.outputs import output_lock
-from pipeline.records import SCHEMA_VERSION, TileRecord, write_records
-from pipeline.selection import candidate_records, select
+from pipeline.record_store import RecordIndex, sort_records
+from pipeline.records import SCHEMA_VERSION, TileRecord
+from pipeline.selection import is_candidate, select
 from pipeline.shards import write_shards
-from pipeline.tile_table import TileTable
+from pipeline.stage_cache import StageCache, write_used_keys
+from pipeline.stages import batch_key, chained_keys, digest, given_captions, stage_fingerprints
+from pipeline.tile_table import TileRows, TileTable
 
 FLOW_NAME = "build-ovrsis95k"
-GPU_STAGES = {"caption", "detect", "segment"}
-STAGES = ("caption", "parse", "match", "detect", "segment", "merge", "domain")
+ANNOTATED = ".records.jsonl.annotated.part"  # batches' records as they finish (removed by the next run if cut)
+APPLIED = ".records.jsonl.applied.part"  # ... with the review ledger applied, before sorting by key
 
-def _cache_key(context, parameters: dict) -> str:
-    return parameters["cache_key"]
+
+@lru_cache(maxsize=4)
+def _settings(config_path: str, modified: int) -> BuildConfig:
+    return load_build_config(config_path)
+
+
+def settings_of(config_path: str) -> BuildConfig:
+    """The configuration, parsed once per process and file version (tasks call this per batch)."""
+    return _settings(config_path, os.stat(config_path).st_mtime_ns)
 
 
 @lru_cache(maxsize=2)
-def _annotator(config_path: str) -> Annotator:
+def _annotator(config_path: str, modified: int) -> Annotator:
     """One Annotator (and so one set of loaded models) per worker process and configuration."""
     from pipeline.models.config import ModelSet, load_models_config
     from taxonomy.loader import load_taxonomy
 
-    config = load_build_config(config_path)
+    config = settings_of(config_path)
     captions = load_caption_file(config.captions) if config.captions else None
     return Annotator(load_taxonomy(config.taxonomy), ModelSet(load_models_config(config.models)), config.output,
                      config.annotate_config(), captions=captions, package_version=version("ovrsis"))  # fmt: skip
 
 
-@lru_cache(maxsize=2)
-def _gpu_slots(config_path: str) -> threading.BoundedSemaphore:
-    """Model stages running at once in this process (`gpu_concurrency`)."""
-    return threading.BoundedSemaphore(load_build_config(config_path).gpu_concurrency)
-
-
-def _ingest_raster(path: str, stem: str, config_path: str, cache_key: str) -> list[TileRecord]:
-    """The tile records of one raster (windows, georeferencing, quarantines); pixels are re-read later."""
-    config = load_build_config(config_path).annotate_config()
-    try:
-        with RasterSource(Path(path), config.bands, stem, config.max_pixels) as source:
-            return [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
-    except IngestError as error:  # unreadable, undecodable, refused by --max-pixels: the reason is recorded
-        return [quarantined_file(Path(path), str(error))]
-
-
 class Batch:
-    """A batch of tile states passed between tasks. A plain class on purpose: Prefect walks lists,
+    """A batch of tile states handed to a task. A plain class on purpose: Prefect walks lists,
     dataclasses and pydantic models in task parameters (looking for futures), which for deep tile
     records cost more than the stages themselves; it treats other objects as opaque."""
 
@@ -88,49 +89,62 @@ class Batch:
         self.states = states
 
 
-def _run_stage(stage: str, batch: Batch, config_path: str, cache_key: str) -> Batch:
-    annotator = _annotator(config_path)
-    states = copy.deepcopy(batch.states)  # never mutate a cached upstream result
-    if stage in GPU_STAGES:
-        with _gpu_slots(config_path):
-            run_stage(stage, states, annotator.stages[stage], annotator.pixels)
-    else:
-        run_stage(stage, states, annotator.stages[stage], annotator.pixels)
-    return Batch(states)
-
-
-def _write_outputs(batch: Batch, config_path: str) -> list[TileRecord]:
-    annotator = _annotator(config_path)
-    annotator.write(batch.states, annotator.pixels)
-    return [s.record for s in batch.states]
+def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tuple[list[str], dict[str, float]]:
+    """One batch through every stage (cached stages restored, the others run and stored), then its
+    masks written; returns the records as JSON lines and the seconds per stage run."""
+    config = settings_of(config_path)
+    annotator = _annotator(config_path, os.stat(config_path).st_mtime_ns)
+    states = batch.states
+    seconds = annotator.run_batch(states, annotator.pixels, StageCache(config.storage_dir), keys)
+    started = time.perf_counter()
+    annotator.write(states, annotator.pixels)
+    seconds["write"] += time.perf_counter() - started
+    return [state.record.model_dump_json() for state in states], dict(seconds)
 
 
 def _audit_pull(config_path: str) -> int:
     """Append every queue's completed reviews in Label Studio to the review ledger; returns how many
-    were new. Applying them is `_apply_reviews`, which every build runs, server or not."""
+    were new. Applying them is `_records`, which every build runs, server or not."""
     from audit.client import AuditClient
     from audit.session import default_title, pull_queues
     from audit.settings import server_settings
 
-    config = load_build_config(config_path)
+    config = settings_of(config_path)
     client = AuditClient(server_settings(config.audit.url))
     summaries = pull_queues(client, config.output, config.audit.project or default_title(config.output))
     return sum(s.new_reviews for s in summaries)
 
 
-def _apply_reviews(records: list[TileRecord], config_path: str) -> tuple[list[TileRecord], str | None]:
-    """The review ledger applied to this build's proposals: the reviewed masks and categories
-    replace the proposals of every reviewed tile. Returns the records and the audit round."""
-    from audit.apply import apply_reviews
+def _records(config_path: str, seconds: dict[str, float]) -> tuple[TileTable, RecordIndex, str | None, list[dict]]:
+    """The review ledger applied to the annotated records as they stream past (the reviewed masks
+    and categories replace the proposals of reviewed tiles), then records.jsonl and summary.json
+    written. Returns the selection candidates' table, the records' index, the audit round and the
+    quarantined tiles."""
+    from audit.apply import ApplySummary, iter_applied
     from taxonomy.loader import load_taxonomy
 
-    config = load_build_config(config_path)
-    summary = apply_reviews(config.output, records, load_taxonomy(config.taxonomy))
+    config = settings_of(config_path)
+    taxonomy = load_taxonomy(config.taxonomy)
+    out, selection = config.output, config.selection_config()
+    applied, rows, summary = ApplySummary(), TileRows(), AnnotateSummary()
+    summary.seconds.update(seconds)
+    with open(out / ANNOTATED, "rb") as source, open(out / APPLIED, "w", encoding="utf-8") as sink:
+        records = (TileRecord.model_validate_json(line) for line in source)
+        for record in iter_applied(out, records, taxonomy, applied):
+            summary.count(TileState(record))
+            if is_candidate(record, selection):
+                rows.add(record)
+            sink.write(record.model_dump_json() + "\n")
+    index = sort_records(out / APPLIED, out / "records.jsonl")
+    (out / APPLIED).unlink()
+    (out / ANNOTATED).unlink()
+    summary.write(out)
     logger = get_run_logger()
-    logger.info("reviews applied: %d tile(s) (%d stale), %d pending", summary.reviewed, summary.stale, summary.pending)
-    for problem in summary.problems:
+    logger.info("reviews applied: %d tile(s) (%d stale), %d pending", applied.reviewed, applied.stale, applied.pending)
+    for problem in applied.problems:
         logger.warning(problem)
-    return records, summary.audit_round
+    quarantined = [{"key": k, "stage": s, "reason": r} for k, s, r in summary.quarantined]
+    return rows.table(taxonomy.names), index, applied.audit_round, quarantined
 
 
 def _audit_push(config_path: str) -> int:
@@ -140,7 +154,7 @@ def _audit_push(config_path: str) -> int:
     from audit.settings import server_settings
     from taxonomy.loader import load_taxonomy
 
-    config = load_build_config(config_path)
+    config = settings_of(config_path)
     client = AuditClient(server_settings(config.audit.url))
     plan = QueuePlan(sample=config.audit.push_sample, seed=config.audit.seed, uncertain=config.audit.uncertain)
     pushed = push_queues(client, config.output, load_taxonomy(config.taxonomy),
@@ -148,98 +162,85 @@ def _audit_push(config_path: str) -> int:
     return sum(summary.created for _, summary in pushed)
 
 
-def _select(records: list[TileRecord], config_path: str) -> list[str]:
-    config = load_build_config(config_path)
-    from taxonomy.loader import load_taxonomy
-
-    settings = config.selection_config()
-    table = TileTable.from_records(candidate_records(records, settings), load_taxonomy(config.taxonomy).names)
-    selection = select(table, settings)
+def _select(table: TileTable, config_path: str) -> list[str]:
+    config = settings_of(config_path)
+    selection = select(table, config.selection_config())
     write_report(config.output / "report", table, selection)
     return table.keys[selection.selected].tolist()
 
 
-def _write_shards(records: list[TileRecord], selected: list[str], config_path: str, quarantined: int,
+def _write_shards(index: RecordIndex, selected: list[str], config_path: str, quarantined: int,
                   audit_round: str | None = None) -> dict:  # fmt: skip
     import numpy as np
     from PIL import Image
 
     from taxonomy.loader import load_taxonomy
 
-    config = load_build_config(config_path)
+    config = settings_of(config_path)
     taxonomy = load_taxonomy(config.taxonomy)
     pixels = RasterPixels(config.annotate_config().bands)
-    keep = set(selected)
 
     def load(record: TileRecord):
         return pixels(record)[0], np.asarray(Image.open(config.output / record.semantic_mask))
 
     return write_shards(
-        config.output, [r for r in records if r.key in keep], load, taxonomy.names, taxonomy.version,
+        config.output, index.subset(selected), load, taxonomy.names, taxonomy.version,
         config.shard_config(), build_config=config.fingerprint(), quarantined=quarantined,
         audit_round=audit_round or 0,
     )  # fmt: skip
 
 
 # Tasks wrap plain module-level functions, so that Dask and Ray workers can pickle them by reference.
-ingest_raster = task(_ingest_raster, name="ingest", retries=2, retry_delay_seconds=1, persist_result=True, cache_key_fn=_cache_key)
-stage_task = task(_run_stage, persist_result=True, cache_key_fn=_cache_key)
-write_outputs = task(_write_outputs, name="write-outputs", retries=2, retry_delay_seconds=1)
-select_task = task(_select, name="select", retries=1)
-shards_task = task(_write_shards, name="shards", retries=1)
-audit_pull_task = task(_audit_pull, name="audit-pull", retries=2, retry_delay_seconds=5)
-apply_reviews_task = task(_apply_reviews, name="apply-reviews")
-audit_push_task = task(_audit_push, name="audit-push", retries=2, retry_delay_seconds=5)
+# No task persists its result or computes a cache key from its inputs: the stage cache is ours.
+annotate_task = task(_annotate_batch, name="annotate-batch", retries=1, retry_delay_seconds=1, tags=["gpu"],
+                     persist_result=False, cache_policy=NO_CACHE)  # fmt: skip
+records_task = task(_records, name="records", persist_result=False, cache_policy=NO_CACHE)
+select_task = task(_select, name="select", retries=1, persist_result=False, cache_policy=NO_CACHE)
+shards_task = task(_write_shards, name="shards", retries=1, persist_result=False, cache_policy=NO_CACHE)
+audit_pull_task = task(_audit_pull, name="audit-pull", retries=2, retry_delay_seconds=5, persist_result=False,
+                       cache_policy=NO_CACHE)  # fmt: skip
+audit_push_task = task(_audit_push, name="audit-push", retries=2, retry_delay_seconds=5, persist_result=False,
+                       cache_policy=NO_CACHE)  # fmt: skip
 
 
 @flow(name="build-stages")
 def build_stages(config_path: str) -> dict:
-    """The DAG itself; runs under the task runner the configuration names."""
+    """The build itself; runs under the task runner the configuration names."""
     logger = get_run_logger()
     started = time.perf_counter()
-    config = load_build_config(config_path)
-    storage = _result_storage(config)
+    config = settings_of(config_path)
     remove_stale_outputs(config.output)  # temporaries a killed run left behind
     rasters, unsupported = find_rasters_of(config)
-    stems = source_stems(rasters)
-    ingest = ingest_raster.with_options(result_storage=storage)
-    ingested = [
-        ingest.submit(str(path), stems[path], config_path, cache_key=_digest("ingest", _file_digest(path), stems[path],
-                                                                             config.tiling.model_dump(mode="json")))
-        for path in rasters
-    ]  # fmt: skip
-    records = [*unsupported, *(r for future in ingested for r in future.result())]
-    live = [TileState(r) for r in records if not r.quarantine]
-    batches = list(batched(live, config.batch_size))
-    logger.info("%d rasters, %d tiles (%d quarantined at ingest), %d batches; ingest %.1f s", len(rasters), len(records),
-                len(records) - len(live), len(batches), time.perf_counter() - started)  # fmt: skip
+    total = planned_tiles(rasters, config.annotate_config().tiling, config.tiling.max_pixels) + len(unsupported)
+    plan = _Plan(config)
+    seconds: dict[str, float] = {}
+    done = 0
+    with open(config.output / ANNOTATED, "w", encoding="utf-8") as sink:
+        for record in unsupported:
+            sink.write(record.model_dump_json() + "\n")
 
-    fingerprints = stage_fingerprints(config)
-    written = []
-    for batch in batches:
-        key = _digest("batch", [(s.record.key, s.record.source.sha256) for s in batch], config.tiling.model_dump(mode="json"))
-        upstream = Batch(batch)
-        for stage in STAGES:
-            key = _digest(stage, key, fingerprints[stage], _captions_of(config, batch) if stage == "caption" else None)
-            runner = stage_task.with_options(name=stage, result_storage=storage, tags=["gpu"] if stage in GPU_STAGES else [])
-            upstream = runner.submit(stage, upstream, config_path, cache_key=key)
-        written.append(write_outputs.submit(upstream, config_path))
-    annotated: list[TileRecord] = []
-    for done, future in enumerate(written, start=1):
-        annotated.extend(future.result())
-        progress.report(done, len(batches))
-    logger.info("annotated %d tiles in %.1f s", len(annotated), time.perf_counter() - started)
+        def submit(states: list[TileState]):
+            return annotate_task.submit(Batch(states), config_path, plan.keys(states))
+
+        live = plan.tiles(rasters, sink)
+        for lines, batch_seconds in in_order(batched(live, config.batch_size), submit, config.runner.workers + 1):
+            sink.writelines(line + "\n" for line in lines)
+            for stage, value in batch_seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + value
+            done += len(lines)
+            progress.report(done, max(total, done))
+    logger.info("annotated %d tiles in %.1f s", plan.tiles_seen, time.perf_counter() - started)
     if config.audit.pull:  # only fills the ledger; the ledger is applied below in every build
         logger.info("%d new review(s) pulled into the ledger", audit_pull_task.submit(config_path).result())
-    annotated, audit_round = apply_reviews_task.submit(annotated, config_path).result()
-    all_records = sorted([*(r for r in records if r.quarantine), *annotated], key=lambda r: r.key)
-    _write_records(config, all_records)
-    selected = select_task.submit(annotated, config_path).result()
-    quarantined = [r for r in all_records if r.quarantine]
-    manifest = shards_task.submit(annotated, selected, config_path, len(quarantined), audit_round).result()
+    table, index, audit_round, quarantined = records_task.submit(config_path, seconds).result()
+    # quote(): Prefect would otherwise walk these (arrays, an index of every record) looking for futures
+    selected = select_task.submit(quote(table), config_path).result()
+    manifest = shards_task.submit(quote(index), quote(selected), config_path, len(quarantined), audit_round).result()
+    write_used_keys(config.storage_dir, plan.used_keys, plan.tiles_seen)
     if config.audit.push_sample or config.audit.uncertain:
         manifest["audit_tasks_created"] = audit_push_task.submit(config_path).result()
-    manifest["quarantined"] = [{"key": r.key, "stage": r.quarantine.stage, "reason": r.quarantine.reason} for r in quarantined]
+    manifest["quarantined"] = quarantined
+    _publish_artifacts(config, manifest)
     logger.info("shards: %s; total %.1f s", {s: v["samples"] for s, v in manifest["splits"].items()}, time.perf_counter() - started)
     return manifest
 
@@ -254,6 +255,93 @@ def build(config: str) -> dict:
         return build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
 
 
+class _Plan:
+    """What every batch of one build shares: the stage fingerprints, the supplied captions, the
+    stage cache; and the keys the build used (for `ovrsis cache prune`)."""
+
+    def __init__(self, config: BuildConfig) -> None:
+        from pipeline.models.config import load_models_config
+        from taxonomy.loader import load_taxonomy
+
+        self.config = config
+        self.tiling = config.tiling.model_dump(mode="json")
+        self.captions = load_caption_file(config.captions) if config.captions else {}
+        self.fingerprints = stage_fingerprints(
+            load_models_config(config.models).model_dump(mode="json"), load_taxonomy(config.taxonomy).version,
+            config.matching.model_dump(), config.merge.model_dump(), version("ovrsis"), SCHEMA_VERSION,
+        )  # fmt: skip
+        self.cache = StageCache(config.storage_dir)
+        self.used_keys: list[str] = []
+        self.tiles_seen = 0
+
+    def keys(self, states: list[TileState]) -> dict[str, str]:
+        first = batch_key([(s.record.key, s.record.source.sha256) for s in states], self.tiling)
+        captions = [given_captions(s.record.key, s.record.source.path, self.captions) or None for s in states]
+        keys = chained_keys(first, self.fingerprints, captions if self.config.captions else [])
+        self.used_keys.extend(keys.values())
+        return keys
+
+    def tiles(self, rasters: list[Path], quarantine_sink) -> Iterator[TileState]:
+        """Live tiles of every raster, in order; quarantined ones go straight to the sink. Rasters
+        are ingested (or their cached records read) two ahead on a thread, as the batches move."""
+        stems = source_stems(rasters)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest") as pool:
+            ingested = in_order(rasters, lambda path: pool.submit(self._raster_records, path, stems[path]), 2)
+            for records in ingested:
+                for record in records:
+                    self.tiles_seen += 1
+                    if record.quarantine:
+                        quarantine_sink.write(record.model_dump_json() + "\n")
+                    else:
+                        yield TileState(record)
+
+    def _raster_records(self, path: Path, stem: str) -> list[TileRecord]:
+        key = digest("ingest", _file_digest(path), stem, self.tiling)
+        self.used_keys.append(key)
+        cached = self.cache.raster_records(key)
+        if cached is not None:
+            return cached
+        config = self.config.annotate_config()
+        try:
+            with RasterSource(path, config.bands, stem, config.max_pixels) as source:
+                records = [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
+        except IngestError as error:  # unreadable, undecodable, refused by --max-pixels: the reason is recorded
+            return [quarantined_file(path, str(error))]
+        self.cache.store_raster_records(key, records)
+        return records
+
+
+def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
+    """The balance report, the quarantine table, the audit statistics and the shard summary on the
+    flow run's Artifacts tab, where Prefect users look."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    report = config.output / "report" / "balance.md"
+    if report.is_file():
+        create_markdown_artifact(report.read_text(encoding="utf-8"), key="balance-report", description="Category and domain balance before and after selection")
+    create_table_artifact([{"split": name, "samples": info["samples"], "shards": len(info["shards"]),
+                            "bytes": sum(s["bytes"] for s in info["shards"])} for name, info in manifest["splits"].items()],
+                          key="shards", description=f"WebDataset shards in {config.output / 'shards'}")  # fmt: skip
+    create_table_artifact(manifest["quarantined"] or [{"key": "", "stage": "", "reason": "no tile quarantined"}],
+                          key="quarantine", description="Tiles and files set aside, with the reason")  # fmt: skip
+    audit = _audit_statistics(config)
+    if audit:
+        create_markdown_artifact(audit, key="audit-statistics", description="Human audit (Table II) per review queue")
+    create_link_artifact(config.output.resolve().as_uri() + "/manifest.json", link_text="manifest.json", key="manifest")
+
+
+def _audit_statistics(config: BuildConfig) -> str | None:
+    """Table II per queue (report/audit_stats.md, rewritten), where the ledger holds reviews; else None."""
+    from audit.ledger import read_ledger
+    from audit.stats import write_report as write_audit_report
+    from taxonomy.loader import load_taxonomy
+
+    if not read_ledger(config.output):
+        return None
+    write_audit_report(config.output, config.output / "report", load_taxonomy(config.taxonomy))
+    return (config.output / "report" / "audit_stats.md").read_text(encoding="utf-8")
+
+
 def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:
     rasters, unsupported = [], []
     for path in config.inputs:
@@ -263,88 +351,14 @@ def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:
     return sorted(set(rasters)), unsupported
 
 
-def stage_fingerprints(config: BuildConfig) -> dict[str, object]:
-    """What each stage's output depends on, besides its input."""
-    import spacy
-
-    from pipeline.models.config import load_models_config
-    from pipeline.phrases import SPACY_MODEL
-    from taxonomy.loader import load_taxonomy
-
-    models = load_models_config(config.models).model_dump(mode="json")
-    taxonomy = load_taxonomy(config.taxonomy).version
-    code = {"package": version("ovrsis"), "schema": SCHEMA_VERSION}
-    return {
-        "caption": [code, models["captioner"]],
-        "parse": [code, SPACY_MODEL, spacy.__version__],
-        "match": [code, taxonomy, config.matching.model_dump(), _lexicon_digest()],
-        "detect": [code, models["detector"]],
-        "segment": [code, models["segmenter"]],
-        "merge": [code, taxonomy, config.merge.model_dump()],
-        "domain": [code, _domains_digest()],
-    }
-
-
-def _captions_of(config: BuildConfig, batch: list[TileState]) -> list:
-    if not config.captions:
-        return []
-    given = _given_captions(str(config.captions))
-    found = []
-    for state in batch:
-        path = Path(state.record.source.path)
-        found.append(next((given[k] for k in (state.record.key, path.stem, path.name) if k in given), None))
-    return found
-
-
-@lru_cache(maxsize=4)
-def _given_captions(path: str) -> dict[str, list[str]]:
-    return load_caption_file(Path(path))
-
-
-def _write_records(config: BuildConfig, records: list[TileRecord]) -> None:
-    write_records(config.output / "records.jsonl", records)
-    summary = AnnotateSummary()
-    for record in records:
-        summary.count(TileState(record))
-    with atomic_writer(config.output / "summary.json") as handle:
-        json.dump(summary.as_dict(), handle, indent=2)
-
-
-def _result_storage(config: BuildConfig):
-    """A LocalFileSystem block for this storage folder, saved (Prefect requires it) and passed as the
-    instance: naming it by slug would make every task load the block from the API (~45 ms a task)."""
-    from prefect.filesystems import LocalFileSystem
-
-    folder = config.storage_dir.resolve()
-    block = LocalFileSystem(basepath=str(folder))
-    block.save("ovrsis-results-" + hashlib.sha256(str(folder).encode()).hexdigest()[:12], overwrite=True)
-    return block
-
-
 @lru_cache(maxsize=256)
 def _file_digest(path: Path) -> str:
     from pipeline.ingest import file_sha256
 
     try:
         return file_sha256(path)
-    except OSError as error:  # unreadable: the ingest task quarantines it with the reason
+    except OSError as error:  # unreadable: the ingest quarantines it with the reason
         return f"unreadable: {error.strerror}"
-
-
-def _lexicon_digest() -> str:
-    from taxonomy.loader import load_lexicon
-
-    return _digest(load_lexicon())
-
-
-def _domains_digest() -> str:
-    from taxonomy.loader import load_taxonomy
-
-    return load_taxonomy("domains").version
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 __all__ = ["FLOW_NAME", "BuildConfigError", "build"]

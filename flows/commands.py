@@ -32,9 +32,9 @@ def build(
     except BuildConfigError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
-    with Progress(TextColumn("[bold]build[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+    with Progress(TextColumn("[bold]build[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
                   TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
-        task = progress.add_task("batches", total=None)
+        task = progress.add_task("tiles", total=None)
         build_progress.listen(lambda done, total: progress.update(task, completed=done, total=total))
         manifest = build_module.build(str(config.resolve()))
     splits = ", ".join(f"{name} {info['samples']} samples in {len(info['shards'])} shards" for name, info in manifest["splits"].items())
@@ -108,8 +108,8 @@ def evaluate_build(
     out: Path = typer.Option(None, help="Report folder (default: RECORDS/report)."),
 ) -> None:
     """Score the build's auto-annotations (before and after audit) against a labelled dataset."""
-    from piseg.build_quality import evaluate_build as score
-    from piseg.build_quality import names_taxonomy, write_build_quality
+    from pipeline.build_quality import evaluate_build as score
+    from pipeline.build_quality import names_taxonomy, write_build_quality
     from pipeline.categories import spacy_lemmatize
     from taxonomy.loader import TaxonomyError, load_taxonomy
 

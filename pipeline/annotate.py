@@ -3,8 +3,11 @@
     ingest/tile -> caption -> parse -> match -> detect -> segment -> merge -> domain -> write
 
 A batch is a list of `TileState`: the tile's record plus what the stages found, and no pixels, so
-a state can be pickled and cached between stages (the Prefect flow caches each stage this way).
-Pixels come from a `PixelSource`: in memory when tiles were just read, or re-read by window.
+a state can be cached between stages (`pipeline/stage_cache.py`; the Prefect flow does). Pixels
+come from a `PixelSource`: in memory when tiles were just read, or re-read by window.
+`Annotator.run_batch` walks the stage registry (`pipeline/stages.py`); `ovrsis annotate` and the
+build flow both run every batch through it, a few batches in flight (`pipeline.batching.in_order`)
+so that one batch's CPU stages overlap another's model stages.
 
 Every stage takes the batch's live tiles. A stage that fails for the batch is retried tile by tile,
 so one bad tile (a model error, out-of-memory, an empty answer) is quarantined with the stage and
@@ -15,17 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 from PIL import Image
 
-from pipeline.batching import batched
+from pipeline.batching import batched, in_order
 from pipeline.categories import CaptionCategorizer, parse_images
 from pipeline.categorize_file import CategorizeSummary, iter_items
 from pipeline.domains import DomainClassifier
@@ -41,18 +48,20 @@ from pipeline.ingest import (
     quarantined_file,
     source_stems,
 )
-from pipeline.jsonl import check_encoding, write_json_line
+from pipeline.jsonl import atomic_writer, check_encoding, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from pipeline.models.detector import Detection, PromptPhrase
 from pipeline.models.protocols import Models
 from pipeline.outputs import mask_digest, output_lock, overlay, remove_stale_parts, write_mask_geotiff, write_png
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
+from pipeline.stages import STAGES, given_captions
 from pipeline.stitch import stitch_to_geotiff
 from taxonomy.loader import Taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
-MODEL_STAGES = ("caption", "parse", "match", "detect", "segment", "merge", "domain")
+if TYPE_CHECKING:
+    from pipeline.stage_cache import StageCache
 
 
 @dataclass
@@ -68,6 +77,8 @@ class AnnotateConfig:
     match_threshold: float = DEFAULT_THRESHOLD
     match_margin: float = DEFAULT_MARGIN
     max_pixels: int = MAX_PIXELS  # rasters whose header claims more are quarantined unread
+    model_slots: int = 1  # model stages running at once in this process (the build's gpu_concurrency)
+    batches_in_flight: int = 3  # one being read, one in the model stages, one merged and written
 
 
 @dataclass
@@ -97,14 +108,21 @@ class PixelSource(Protocol):
 
 
 class RasterPixels:
-    """Re-reads tiles by window; open rasters are kept (a few) so a batch reads each file once."""
+    """Re-reads tiles by window; open rasters are kept (a few per thread) so a batch reads each file
+    once. Per thread, because a GDAL dataset handle must not be read from two threads at once and
+    a build runs batches on several."""
 
     def __init__(self, bands: BandRule, max_pixels: int = MAX_PIXELS) -> None:
-        self._open = lru_cache(maxsize=8)(lambda path, stem: RasterSource(Path(path), bands, stem, max_pixels))
+        self._bands, self._max_pixels = bands, max_pixels
+        self._local = threading.local()
 
     def __call__(self, record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self._local, "open"):
+            self._local.open = lru_cache(maxsize=8)(
+                lambda path, stem: RasterSource(Path(path), self._bands, stem, self._max_pixels)
+            )
         stem = record.key.rsplit("__r", 1)[0]
-        return self._open(record.source.path, stem).read(record.source.window)
+        return self._local.open(record.source.path, stem).read(record.source.window)
 
 
 @dataclass
@@ -128,6 +146,12 @@ class AnnotateSummary:
             "domains": dict(self.domains.most_common()),
             "stitched": self.stitched,
         }
+
+    def write(self, out_dir: Path) -> Path:
+        """summary.json, atomically (the same file for `ovrsis annotate` and a build)."""
+        with atomic_writer(out_dir / "summary.json") as handle:
+            json.dump(self.as_dict(), handle, indent=2)
+        return out_dir / "summary.json"
 
     def count(self, state: TileState) -> None:
         self.tiles += 1
@@ -155,6 +179,7 @@ class Annotator:
         self.pixels = RasterPixels(config.bands, config.max_pixels)  # for stages run on records alone (the Prefect flow)
         self.package_version = package_version
         self.summary = AnnotateSummary()
+        self._model_slot = threading.BoundedSemaphore(config.model_slots)
         self.stages: dict[str, Callable[[list[TileState], PixelSource], None]] = {
             "caption": self.caption, "parse": self.parse, "match": self.match, "detect": self.detect,
             "segment": self.segment, "merge": self.merge, "domain": self.domain,
@@ -190,22 +215,45 @@ class Annotator:
                         semantic_mask=record.semantic_mask, quarantine=record.quarantine))  # fmt: skip
                 write_json_line(handle, record.model_dump(mode="json"))
 
-            for batch in batched(self.tiles(inputs), self.config.batch_size):
+            def annotate_batch(batch: list[Tile | TileRecord]) -> tuple[list[TileState], Counter]:
                 pixels = {t.record.key: (t.image, t.valid) for t in batch if isinstance(t, Tile)}
                 states = [TileState(t.record if isinstance(t, Tile) else t) for t in batch]
-                for stage, step in self.stages.items():
-                    started = time.perf_counter()
-                    run_stage(stage, states, step, lambda r: pixels[r.key])
-                    self.summary.seconds[stage] += time.perf_counter() - started
+                seconds = self.run_batch(states, lambda r: pixels[r.key])
                 started = time.perf_counter()
                 self.write(states, lambda r: pixels[r.key])
-                self.summary.seconds["write"] += time.perf_counter() - started
-                for state in states:
-                    emit(state)
-                    if on_tile:
-                        on_tile()
-                handle.flush()
+                seconds["write"] += time.perf_counter() - started
+                return states, seconds
+
+            window = self.config.batches_in_flight
+            with ThreadPoolExecutor(max_workers=window, thread_name_prefix="annotate") as pool:
+                batches = batched(self.tiles(inputs), self.config.batch_size)  # read here, as the window moves
+                for states, seconds in in_order(batches, lambda batch: pool.submit(annotate_batch, batch), window):
+                    self.summary.seconds.update(seconds)
+                    for state in states:
+                        emit(state)
+                        if on_tile:
+                            on_tile()
+                    handle.flush()
         return stitchable
+
+    def run_batch(self, states: list[TileState], pixels: PixelSource, cache: StageCache | None = None,
+                  keys: Mapping[str, str] | None = None) -> Counter:  # fmt: skip
+        """Every stage of the registry over one batch, in order; returns seconds per stage run.
+
+        With a cache, a stage whose output is cached under `keys[stage]` is restored instead of run,
+        and a stage that ran is stored. Model stages hold this process's model slot, so batches in
+        flight on other threads run their CPU stages meanwhile."""
+        seconds: Counter = Counter()
+        for stage in STAGES:
+            if cache is not None and cache.restore(stage, keys[stage.name], states):
+                continue
+            with self._model_slot if stage.model else nullcontext():
+                started = time.perf_counter()
+                run_stage(stage.name, states, self.stages[stage.name], pixels)
+                seconds[stage.name] += time.perf_counter() - started
+            if cache is not None:
+                cache.store(stage, keys[stage.name], states)
+        return seconds
 
     def tiles(self, inputs: Path) -> Iterator[Tile | TileRecord]:
         """Tiles of every raster, with quarantined records for files and tiles that cannot be used."""
@@ -338,12 +386,7 @@ class Annotator:
     # --- helpers --------------------------------------------------------------------------------
 
     def _given(self, record: TileRecord) -> list[str]:
-        """Captions supplied for this tile: by tile key, else by source file stem or name."""
-        path = Path(record.source.path)
-        for key in (record.key, path.stem, path.name):
-            if key in self.given_captions:
-                return self.given_captions[key]
-        return []
+        return given_captions(record.key, record.source.path, self.given_captions)
 
     def _prompts(self, categories) -> list[PromptPhrase]:
         """Category name (its prompt form), the caption's own phrase, and a few synonyms."""

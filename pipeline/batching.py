@@ -1,10 +1,23 @@
-"""Fixed-size batches from any iterable (itertools.batched arrives only in Python 3.12)."""
+"""Batches: fixed-size batches from any iterable, and a bounded window of batches in flight.
+
+`itertools.batched` arrives only in Python 3.12. `in_order` is how both `ovrsis annotate` and the
+build flow overlap batches (one batch's CPU stages beside another's model stages) without holding
+more than `window` of them: unbounded futures would hold every batch's pixels and results at once.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from collections import deque
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Pending(Protocol[R]):
+    """A submitted unit of work: a concurrent.futures.Future or a Prefect future."""
+
+    def result(self) -> R: ...
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -18,3 +31,19 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def in_order(items: Iterable[T], submit: Callable[[T], Pending[R]], window: int) -> Iterator[R]:
+    """Submit items as earlier ones finish, at most `window` in flight; yield results in input order.
+
+    `items` is consumed lazily, so a generator of batches is read (and its tiles ingested) only as
+    far ahead as the window. The first failure is raised when its turn comes."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    flying: deque[Pending[R]] = deque()
+    for item in items:
+        flying.append(submit(item))
+        if len(flying) >= window:
+            yield flying.popleft().result()
+    while flying:
+        yield flying.popleft().result()

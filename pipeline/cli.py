@@ -208,7 +208,7 @@ def annotate(
     from importlib.metadata import version
 
     from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-    from pipeline.ingest import BandRule, TilingConfig, find_rasters
+    from pipeline.ingest import BandRule, TilingConfig, find_rasters, planned_tiles
     from pipeline.merge import MergeConfig
     from pipeline.models.config import ModelSet, load_models_config
 
@@ -235,12 +235,12 @@ def annotate(
             TextColumn("[bold]annotate[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
             TimeElapsedColumn(), console=console, transient=True,
         ) as progress:  # fmt: skip
-            task = progress.add_task("tiles", total=(_planned_tiles(rasters, config) + len(skipped)) or None)
+            task = progress.add_task("tiles", total=(planned_tiles(rasters, config.tiling, config.max_pixels) + len(skipped)) or None)
             summary = annotator.run(input_path, on_tile=lambda: progress.advance(task))
     except KeyboardInterrupt:
         console.print(f"interrupted: the {annotator.summary.tiles} tiles finished are in {out / 'records.jsonl'}", highlight=False)
         raise typer.Exit(130) from None
-    _write_annotate_summary(out, summary)
+    summary.write(out)
     _print_annotate_summary(out, summary)
     if models == "tiny":
         console.print("[dim]tiny random-weight models: the masks show the plumbing, not a real segmentation[/dim]")
@@ -270,36 +270,6 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
     if value not in allowed:
         raise ValueError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     return value
-
-
-def _planned_tiles(rasters: list[Path], config) -> int:
-    """Tiles the run will visit, from raster headers only (for the progress bar); a file that cannot
-    be opened, or whose header is over --max-pixels, counts as the one record it will get."""
-    import warnings
-
-    import rasterio
-
-    from pipeline.ingest import plan_windows
-
-    total = 0
-    for path in rasters:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with rasterio.open(path) as dataset:
-                    width, height = dataset.width, dataset.height
-        except Exception:  # noqa: BLE001 - unreadable files are quarantined by the run itself
-            width = height = 0
-        refused = width * height > config.max_pixels
-        total += 1 if refused else max(1, len(plan_windows(width, height, config.tiling.tile_size, config.tiling.overlap)))
-    return total
-
-
-def _write_annotate_summary(out: Path, summary) -> None:
-    from pipeline.jsonl import atomic_writer
-
-    with atomic_writer(out / "summary.json") as handle:
-        json.dump(summary.as_dict(), handle, indent=2)
 
 
 def _print_annotate_summary(out: Path, summary) -> None:

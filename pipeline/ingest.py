@@ -163,6 +163,23 @@ def plan_windows(width: int, height: int, tile_size: int, overlap: int) -> list[
     ]
 
 
+def planned_tiles(rasters: list[Path], tiling: TilingConfig, max_pixels: int = MAX_PIXELS) -> int:
+    """Tiles a run will visit, from raster headers only (for progress bars); a file that cannot be
+    opened, or whose header is over `max_pixels`, counts as the one record it will get."""
+    total = 0
+    for path in rasters:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(path) as dataset:
+                    width, height = dataset.width, dataset.height
+        except Exception:  # noqa: BLE001 - unreadable files are quarantined by the run itself
+            width = height = 0
+        refused = width * height > max_pixels
+        total += 1 if refused else max(1, len(plan_windows(width, height, tiling.tile_size, tiling.overlap)))
+    return total
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -112,7 +112,12 @@ def select_tiles(records: Sequence[TileRecord], config: SelectionConfig = Select
 
 def candidate_records(records: Sequence[TileRecord], config: SelectionConfig) -> list[TileRecord]:
     """The tiles selection may choose from."""
-    return [r for r in records if not r.quarantine and (kept_categories(r) or not config.drop_unlabeled)]
+    return [r for r in records if is_candidate(r, config)]
+
+
+def is_candidate(record: TileRecord, config: SelectionConfig) -> bool:
+    """Not quarantined, and labelled unless unlabeled tiles are asked for."""
+    return not record.quarantine and (bool(kept_categories(record)) or not config.drop_unlabeled)
 
 
 def _fill_quota(table: TileTable, available: np.ndarray, quota: int) -> np.ndarray:

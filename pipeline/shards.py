@@ -23,6 +23,7 @@ import io
 import json
 import tarfile
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -62,7 +63,7 @@ class Sample:
     record: dict
 
 
-def split_keys(records: Sequence[TileRecord], val_fraction: float, seed: int) -> dict[str, list[str]]:
+def split_keys(records: Iterable[TileRecord], val_fraction: float, seed: int) -> dict[str, list[str]]:
     """Deterministic train/val split, stratified by domain: within each domain the keys with the
     smallest sha256(seed:key) go to val, so adding tiles never reshuffles existing ones much."""
     by_domain: dict[str, list[str]] = defaultdict(list)
@@ -84,7 +85,7 @@ def shuffled_keys(keys: Sequence[str], seed: int) -> list[str]:
 
 def write_shards(
     out_dir: Path,
-    records: Sequence[TileRecord],
+    records: Sequence[TileRecord] | Mapping[str, TileRecord],
     load_sample: Callable[[TileRecord], tuple[np.ndarray, np.ndarray]],
     taxonomy_names: Sequence[str],
     taxonomy_version: str,
@@ -93,15 +94,20 @@ def write_shards(
     quarantined: int = 0,
     audit_round: int | str = 0,
 ) -> dict:
-    """Write every split's shards and the manifest; returns the manifest."""
-    by_key = {r.key: r for r in records}
-    if len(by_key) != len(records):
-        raise ShardError("duplicate tile keys among the records to shard")
+    """Write every split's shards and the manifest; returns the manifest. `records` may be a mapping
+    by key that reads each record when asked (pipeline.record_store.RecordIndex), so a build never
+    holds the records it shards."""
+    if isinstance(records, Mapping):
+        by_key = records
+    else:
+        by_key = {r.key: r for r in records}
+        if len(by_key) != len(records):
+            raise ShardError("duplicate tile keys among the records to shard")
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     for stale in shard_dir.glob("*.tar"):
         stale.unlink()
-    splits = split_keys(records, config.val_fraction, config.seed)
+    splits = split_keys(by_key.values(), config.val_fraction, config.seed)
     manifest_splits = {}
     pixels: Counter = Counter()
     images: Counter = Counter()
@@ -114,7 +120,7 @@ def write_shards(
             path = shard_dir / f"{split}-{index:06d}.tar"
             with atomic_path(path) as temporary:
                 with wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis", group="ovrsis", mode=0o444) as tar:
-                    for key, encoded, mask in chunk:
+                    for key, encoded, mask, domain in chunk:
                         tar.write(encoded)
                         formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
                         values, counts = np.unique(mask, return_counts=True)
@@ -122,8 +128,7 @@ def write_shards(
                             if value != IGNORE:
                                 pixels[taxonomy_names[value]] += count
                                 images[taxonomy_names[value]] += 1
-                        record = by_key[key]
-                        domains[record.domain.name if record.domain else "unknown"] += 1
+                        domains[domain] += 1
             shards.append({"name": path.name, "samples": len(chunk), "bytes": path.stat().st_size, "sha256": file_sha256(path)})
         manifest_splits[split] = {"samples": len(keys), "shards": shards}
     manifest = {
@@ -142,19 +147,20 @@ def write_shards(
     return manifest
 
 
-def _chunks(keys, by_key, load_sample, config: ShardConfig, n_classes: int) -> Iterator[list[tuple[str, dict, np.ndarray]]]:
+def _chunks(keys, by_key, load_sample, config: ShardConfig, n_classes: int) -> Iterator[list[tuple[str, dict, np.ndarray, str]]]:
     chunk, size = [], 0
     for key in keys:
-        image, mask = load_sample(by_key[key])
+        record = by_key[key]
+        image, mask = load_sample(record)
         bad = np.setdiff1d(np.unique(mask), [*range(n_classes), IGNORE])
         if bad.size:
             raise ShardError(f"{key}: mask values {bad.tolist()} outside the taxonomy's {n_classes} classes")
-        encoded = _encode(key, image, mask, by_key[key], config)
+        encoded = _encode(key, image, mask, record, config)
         sample_bytes = sum(len(v) for k, v in encoded.items() if k != "__key__")
         if chunk and (len(chunk) >= config.max_samples or size + sample_bytes > config.max_bytes):
             yield chunk
             chunk, size = [], 0
-        chunk.append((key, encoded, mask))
+        chunk.append((key, encoded, mask, record.domain.name if record.domain else "unknown"))
         size += sample_bytes
     if chunk:
         yield chunk

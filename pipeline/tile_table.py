@@ -11,7 +11,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
+from array import array
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -51,25 +52,13 @@ class TileTable:
         return cls(keys, tuple(categories), tuple(domains), matrix, np.asarray(domain, dtype=np.int64)[order])
 
     @classmethod
-    def from_records(cls, records: Sequence[TileRecord], categories: Sequence[str] | None = None) -> "TileTable":
+    def from_records(cls, records: Iterable[TileRecord], categories: Sequence[str] | None = None) -> "TileTable":
         """Pixels per kept category from the merged instances; categories absent from `categories` are
         appended in name order (a reviewer may paint a class the build's list lacks)."""
-        names = list(categories or [])
-        seen = set(names)
-        names += sorted({c for r in records for c in kept_categories(r)} - seen)
-        column = {name: j for j, name in enumerate(names)}
-        domain_names = sorted({_domain_of(r) for r in records})
-        domain_index = {name: d for d, name in enumerate(domain_names)}
-        rows, cols, values = [], [], []
-        for i, record in enumerate(records):
-            for instance in record.instances:
-                if not instance.dropped and instance.area > 0:
-                    rows.append(i)
-                    cols.append(column[instance.category])
-                    values.append(instance.area)
-        matrix = sparse.coo_matrix((np.asarray(values, np.int64), (rows, cols)), shape=(len(records), len(names)))
-        return cls.build([r.key for r in records], names, domain_names, matrix.tocsr(),
-                         np.array([domain_index[_domain_of(r)] for r in records], np.int64))  # fmt: skip
+        rows = TileRows()
+        for record in records:
+            rows.add(record)
+        return rows.table(categories)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -102,3 +91,36 @@ class TileTable:
 
 def _domain_of(record: TileRecord) -> str:
     return record.domain.name if record.domain else UNKNOWN_DOMAIN
+
+
+class TileRows:
+    """A TileTable gathered one record at a time, keeping a few numbers per tile and no record: a
+    build streams its records past it, so selecting among 100,000 tiles never holds their records."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._domains: list[str] = []
+        self._rows, self._values = array("q"), array("q")
+        self._columns: list[str] = []
+
+    def add(self, record: TileRecord) -> None:
+        row = len(self.keys)
+        self.keys.append(record.key)
+        self._domains.append(_domain_of(record))
+        for instance in record.instances:
+            if not instance.dropped and instance.area > 0:
+                self._rows.append(row)
+                self._values.append(instance.area)
+                self._columns.append(instance.category)
+
+    def table(self, categories: Sequence[str] | None = None) -> TileTable:
+        names = list(categories or [])
+        names += sorted(set(self._columns) - set(names))
+        column = {name: j for j, name in enumerate(names)}
+        domain_names = sorted(set(self._domains))
+        domain_index = {name: d for d, name in enumerate(domain_names)}
+        cols = np.fromiter((column[c] for c in self._columns), np.int64, len(self._columns))
+        matrix = sparse.coo_matrix((np.frombuffer(self._values, np.int64), (np.frombuffer(self._rows, np.int64), cols)),
+                                   shape=(len(self.keys), len(names)))  # fmt: skip
+        domains = np.fromiter((domain_index[d] for d in self._domains), np.int64, len(self._domains))
+        return TileTable.build(self.keys, names, domain_names, matrix.tocsr(), domains)
