@@ -23,7 +23,7 @@ import numpy as np
 import webdataset as wds
 
 from piseg.config import TrainConfig
-from piseg.data import TrainingStream
+from piseg.training.batches import TrainingStream
 from pipeline.records import SourceInfo, TileRecord, Window
 from pipeline.shards import ShardConfig, ShardReader, write_shards
 

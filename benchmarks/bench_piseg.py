@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from piseg.config import preset  # noqa: E402
-from piseg.bench import timed_inference  # noqa: E402
-from piseg.info import variant  # noqa: E402
-from piseg.model import build_model  # noqa: E402
-from piseg.train import parameter_groups, segmentation_loss, train  # noqa: E402
+from piseg.evaluation.counts import variant  # noqa: E402
+from piseg.evaluation.efficiency import timed_inference  # noqa: E402
+from piseg.modeling.model import build_model  # noqa: E402
+from piseg.training.train import parameter_groups, segmentation_loss, train  # noqa: E402
 from tests.piseg_helpers import tiny_config, write_synthetic_shards  # noqa: E402
 
 

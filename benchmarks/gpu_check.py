@@ -5,7 +5,7 @@ download) on whatever CUDA card is present, against the paper's Table XII (4 NVI
      in the released precision (fp32 with TF32 matmuls) and with bf16 autocast (`train.amp`), with the peak
      memory and the loss over the timed steps (random data: the curve says only that both precisions train);
   2. evaluation at 600x800 (sliding window, 35 classes): FPS and peak memory of Pi-Seg and the CAT-Seg
-     baseline, parameters and GFLOPs, through `piseg.bench.measure` (what `piseg bench` prints).
+     baseline, parameters and GFLOPs, through `piseg.evaluation.efficiency.measure` (what `piseg bench` prints).
 
 Each part is skipped with a note once the time budget is spent, so the script always finishes and prints.
 Usage: python benchmarks/gpu_check.py [--backbone vit-b] [--steps 30] [--budget-s 480] [--out gpu_check.json]
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from piseg.bench import device_name, measure
 from piseg.config import preset
-from piseg.model import build_model
-from piseg.paper import efficiency_row
-from piseg.train import TrainForward, cosine_schedule, parameter_groups, precision, segmentation_loss
+from piseg.evaluation.efficiency import device_name, measure
+from piseg.evaluation.paper import efficiency_row
+from piseg.modeling.model import build_model
+from piseg.training.train import TrainForward, cosine_schedule, parameter_groups, precision, segmentation_loss
 
 CLASSES = 35
 

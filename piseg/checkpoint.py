@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from piseg.clip_backbone import saved_clip, tokenizer_files
 from piseg.config import PiSegConfig, config_from_dict
-from piseg.model import PiSeg
+from piseg.modeling.clip_backbone import saved_clip, tokenizer_files
+from piseg.modeling.model import PiSeg
 
 FORMAT = "piseg-checkpoint-1"
 ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from piseg.evaluation.paper import MODELS
 from piseg.faults import SkippedLog
-from piseg.paper import MODELS
-from piseg.prompts import PROMPT_TEMPLATE, class_prompts
+from piseg.modeling.prompts import PROMPT_TEMPLATE, class_prompts
 from taxonomy.loader import TaxonomyError, load_taxonomy
 
 if TYPE_CHECKING:  # torch is imported by the commands that need it, so `piseg --help` starts fast
@@ -105,7 +105,7 @@ def info(
     import dataclasses
 
     from piseg.config import ConfigError, preset
-    from piseg.info import FLOP_RULE, PAPER_EVAL_GFLOPS, eval_flops, meta_model, parameter_table, train_flops, variant
+    from piseg.evaluation.counts import FLOP_RULE, PAPER_EVAL_GFLOPS, eval_flops, meta_model, parameter_table, train_flops, variant
 
     try:
         config = preset(backbone)
@@ -144,8 +144,8 @@ def train(
 
     from piseg.checkpoint import CheckpointError
     from piseg.config import ConfigError, load_config
-    from piseg.train import TrainingError
-    from piseg.train import train as run_training
+    from piseg.training.train import TrainingError
+    from piseg.training.train import train as run_training
     from pipeline.shards import ShardError
 
     try:
@@ -187,7 +187,7 @@ def predict(
 ) -> None:
     """Segment images into any class names with the sliding-window scheme of the evaluation."""
     from piseg.checkpoint import CheckpointError
-    from piseg.predict import PREDICT_FAULTS, Predictor, parse_class_names
+    from piseg.inference.predict import PREDICT_FAULTS, Predictor, parse_class_names
 
     if tile_size < 16 or not 0 <= overlap < tile_size:
         fail(f"--tile-size must be at least 16 and --overlap in [0, tile size), got {tile_size} and {overlap}")
@@ -231,8 +231,8 @@ def convert_released(
 ) -> None:
     """Convert released detectron2 weights into a Pi-Seg checkpoint (no detectron2 needed)."""
     from piseg.config import ConfigError, load_config
-    from piseg.released import ReleasedCheckpointError
-    from piseg.released import convert_released as convert
+    from piseg.released.convert import ReleasedCheckpointError
+    from piseg.released.convert import convert_released as convert
 
     try:
         vocabulary = load_taxonomy(taxonomy)
@@ -258,9 +258,9 @@ def bench(
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
 ) -> None:
     """Efficiency table (Table XII) at 600x800: parameters, GFLOPs, peak memory, FPS, on this device."""
-    from piseg.bench import device_name, measure
     from piseg.config import ConfigError, preset
-    from piseg.paper import BACKBONES, SOURCE, efficiency_row
+    from piseg.evaluation.efficiency import device_name, measure
+    from piseg.evaluation.paper import BACKBONES, SOURCE, efficiency_row
 
     try:
         config = preset(backbone)
@@ -311,13 +311,13 @@ def evaluate(
     import dataclasses
 
     from piseg.checkpoint import CheckpointError, load_model
-    from piseg.clip_backbone import load_clip
     from piseg.config import INFERENCE_MODES, ConfigError, preset
-    from piseg.datasets import DatasetError, load_benchmark, load_definitions
-    from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
-    from piseg.paper import paper_comparison
-    from piseg.report import ABSENT_RULES, build_report
-    from piseg.zero_shot import ZeroShotClip
+    from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
+    from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
+    from piseg.evaluation.paper import paper_comparison
+    from piseg.evaluation.report import ABSENT_RULES, build_report
+    from piseg.modeling.clip_backbone import load_clip
+    from piseg.modeling.zero_shot import ZeroShotClip
     from pipeline.categories import spacy_lemmatize
 
     if (checkpoint is None) == (not zero_shot):
@@ -385,10 +385,10 @@ def reproduce(
     """Tables III, IV, V, XI and XIII from the released weights: convert, evaluate, compare; resumable."""
     from piseg.checkpoint import CheckpointError
     from piseg.config import ConfigError, preset
-    from piseg.datasets import DatasetError, load_benchmark, load_definitions
-    from piseg.released import ReleasedCheckpointError
-    from piseg.reproduce import PlanError, plan_runs
-    from piseg.reproduce import reproduce as run_all
+    from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
+    from piseg.evaluation.reproduce import PlanError, plan_runs
+    from piseg.evaluation.reproduce import reproduce as run_all
+    from piseg.released.convert import ReleasedCheckpointError
 
     chosen = torch_device(device)
     try:

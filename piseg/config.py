@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from piseg.prompts import PROMPT_TEMPLATE
+from piseg.modeling.prompts import PROMPT_TEMPLATE
 
 NOISE_FAMILIES = ("gaussian", "laplace", "uniform", "student-t")
 INFERENCE_MODES = ("sliding", "whole")
@@ -107,7 +107,7 @@ class TrainConfig:
 class EvalConfig:
     """Inference as released. "sliding" (OVRSISBench V2, validation, predict): resize, four crops + one
     global view, averaged. "whole": the image padded and resized to one crop (the V1 scripts' no-slide
-    evaluation). `piseg/inference.py` says each step."""
+    evaluation). `piseg/inference/scheme.py` says each step."""
 
     resize: int = 640
     crop: int = 384

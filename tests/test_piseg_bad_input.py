@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from piseg.checkpoint import FORMAT, rng_state, set_rng_state
 from piseg.cli import app
-from piseg.datasets import default_definitions
-from piseg.predict import Predictor
-from piseg.train import train
+from piseg.evaluation.benchmarks import default_definitions
+from piseg.inference.predict import Predictor
+from piseg.training.train import train
 from pipeline.shards import file_sha256
 from tests.bad_inputs import GOOD, make_raster_corpus, write_exif_rotated_jpeg
 from tests.piseg_helpers import tiny_config, write_config, write_synthetic_shards
@@ -124,9 +124,10 @@ def test_a_hostile_checkpoint_runs_nothing_in_predict_eval_and_resume(shards, tm
 
 
 def test_no_piseg_module_unpickles_code_unless_convert_released_is_told_to():
-    settings = {(path.name, value) for path in PISEG.glob("*.py") for value in re.findall(r"weights_only=([\w ]+)", path.read_text())}
+    settings = {(path.relative_to(PISEG).as_posix(), value) for path in PISEG.rglob("*.py")
+                for value in re.findall(r"weights_only=([\w ]+)", path.read_text())}  # fmt: skip
     assert {value for _, value in settings} == {"True", "not trust_pickle"}
-    assert {name for name, value in settings if value != "True"} == {"released.py"}
+    assert {name for name, value in settings if value != "True"} == {"released/convert.py"}
 
 
 # --- predict ----------------------------------------------------------------------------------------

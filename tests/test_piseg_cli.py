@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from piseg.cli import app
-from piseg.predict import Predictor, parse_class_names
+from piseg.inference.predict import Predictor, parse_class_names
 from tests.piseg_helpers import COLOURS, tiny_config, write_config, write_synthetic_shards
 
 runner = CliRunner()

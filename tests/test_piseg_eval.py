@@ -16,10 +16,10 @@ from torchmetrics.classification import MulticlassJaccardIndex, MulticlassRecall
 from typer.testing import CliRunner
 
 from piseg.cli import app
-from piseg.datasets import DatasetError, dataset_spec, default_definitions, load_benchmark, load_definitions
-from piseg.metrics import ConfusionMatrix
-from piseg.predict import Predictor
-from piseg.train import train
+from piseg.evaluation.benchmarks import DatasetError, dataset_spec, default_definitions, load_benchmark, load_definitions
+from piseg.evaluation.metrics import ConfusionMatrix
+from piseg.inference.predict import Predictor
+from piseg.training.train import train
 from tests.piseg_helpers import tiny_config, write_synthetic_shards
 
 runner = CliRunner()
@@ -322,7 +322,7 @@ def test_whole_image_inference_is_one_resized_view_and_its_own_run(checkpoint, d
     import torch.nn.functional as F
 
     from piseg.checkpoint import load_model
-    from piseg.inference import predict_mask, shortest_edge_resize
+    from piseg.inference.scheme import predict_mask, shortest_edge_resize
 
     model, config, _ = load_model(checkpoint)
     image = torch.from_numpy(np.random.default_rng(5).integers(0, 255, (3, 50, 70))).float()
@@ -353,7 +353,7 @@ def test_whole_image_inference_is_one_resized_view_and_its_own_run(checkpoint, d
 def test_shortest_edge_resize_matches_detectron2_pil_resize():
     """The released evaluation first resizes the shortest edge to 640 (longest <= 2560) with PIL's bilinear
     filter (detectron2's ResizeShortestEdge + ResizeTransform); ours must give the same pixels."""
-    from piseg.inference import shortest_edge_resize
+    from piseg.inference.scheme import shortest_edge_resize
 
     rng = np.random.default_rng(2)
     texture = rng.integers(0, 255, (1500, 1300, 3), dtype=np.uint8)  # fine detail: where antialiasing matters

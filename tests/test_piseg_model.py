@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from piseg.aggregator import ClassAggregation, SwinBlock
 from piseg.config import ConfigError, load_config, preset
-from piseg.info import meta_model, parameter_table, variant
-from piseg.model import build_model, cost_volume
-from piseg.spm import ImageSPM, TextSPM, unit_noise
-from piseg.train import parameter_groups, segmentation_loss
+from piseg.evaluation.counts import meta_model, parameter_table, variant
+from piseg.modeling.aggregator import ClassAggregation, SwinBlock
+from piseg.modeling.model import build_model, cost_volume
+from piseg.modeling.spm import ImageSPM, TextSPM, unit_noise
+from piseg.training.train import parameter_groups, segmentation_loss
 
 NAMES = ["building", "road", "vehicle, car"]
 
@@ -155,7 +155,7 @@ def test_pretrained_clip_loads_from_a_local_folder_and_checkpoints_need_no_folde
     import shutil
 
     from piseg.checkpoint import load_model, save_checkpoint
-    from piseg.clip_backbone import byte_level_tokenizer, clip_config
+    from piseg.modeling.clip_backbone import byte_level_tokenizer, clip_config
     from transformers import CLIPModel
 
     config = preset("tiny")

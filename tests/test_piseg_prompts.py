@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from piseg.prompts import class_prompts
+from piseg.modeling.prompts import class_prompts
 from taxonomy import load_taxonomy
 
 

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from piseg.cli import app
 from piseg.config import EvalConfig
-from piseg.datasets import load_definitions
-from piseg.evaluate import DatasetResult
-from piseg.paper import paper_comparison
-from piseg.report import build_report
+from piseg.evaluation.benchmarks import load_definitions
+from piseg.evaluation.evaluate import DatasetResult
+from piseg.evaluation.paper import paper_comparison
+from piseg.evaluation.report import build_report
 
 
 def matrix(classes: int, cells: dict[tuple[int, int], int]) -> list[list[int]]:
@@ -96,17 +96,17 @@ def test_no_paper_columns_without_a_matching_table(tmp_path):
 
 
 def test_bench_prints_table_xii_beside_the_measured_rows(monkeypatch):
-    import piseg.bench
-    from piseg.bench import EfficiencyRow
+    from piseg.evaluation.efficiency import EfficiencyRow
+    import piseg.evaluation.efficiency
 
-    monkeypatch.setattr(piseg.bench, "measure", lambda *args: [EfficiencyRow("Pi-Seg", 155_600_000, 700.0, 600.0, 2.0, 1.5)])
+    monkeypatch.setattr(piseg.evaluation.efficiency, "measure", lambda *args: [EfficiencyRow("Pi-Seg", 155_600_000, 700.0, 600.0, 2.0, 1.5)])
     output = CliRunner().invoke(app, ["bench", "--backbone", "vit-b", "--device", "cpu"]).output
     assert "device: CPU" in output and "Pi-Seg, paper" in output and "CAT-Seg, paper" in output
     assert "66.89" in output and "14.13" in output and "Table XII of arXiv 2604.15652 (ViT-B), device: NVIDIA H100" in output
 
 
 def test_a_stated_split_naming_unknown_classes_is_refused_before_evaluation():
-    from piseg.datasets import DatasetError, dataset_spec
+    from piseg.evaluation.benchmarks import DatasetError, dataset_spec
 
     definitions = load_definitions()
     definitions["datasets"]["uavid"] = {**definitions["datasets"]["uavid"], "paper_split": {"seen": ["building"], "unseen": ["boat"]}}
@@ -116,7 +116,7 @@ def test_a_stated_split_naming_unknown_classes_is_refused_before_evaluation():
 
 
 def test_reproduce_plans_runs_from_the_weight_paths_or_a_plan(tmp_path):
-    from piseg.reproduce import PlanError, plan_runs
+    from piseg.evaluation.reproduce import PlanError, plan_runs
 
     for path in ("V1/vitb_384_iSAID/model_final.pth", "V2/Pi-Seg ViT-L.pth"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)

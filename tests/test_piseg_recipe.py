@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from piseg.data import color_aug_ssd, hsv8_to_rgb, rgb_to_hsv8
+from piseg.training.batches import color_aug_ssd, hsv8_to_rgb, rgb_to_hsv8
 
 
 def test_hsv_conversions_match_opencv():
@@ -38,8 +38,8 @@ def test_color_aug_ssd_statistics_over_many_draws():
 
 def test_training_forward_is_fp32_by_default_and_bf16_with_amp():
     from piseg.config import TrainConfig, preset
-    from piseg.model import build_model
-    from piseg.train import precision
+    from piseg.modeling.model import build_model
+    from piseg.training.train import precision
 
     model = build_model(preset("tiny").model).train()
     seen: list[torch.dtype] = []
@@ -70,7 +70,7 @@ def test_sample_order_is_close_to_a_full_permutation(tmp_path):
     import tarfile
 
     from piseg.config import TrainConfig
-    from piseg.data import TrainingStream
+    from piseg.training.batches import TrainingStream
     from pipeline.shards import ShardReader
 
     shards = clustered_shards(tmp_path / "build")
@@ -97,7 +97,7 @@ def test_figure_10_before_uses_the_perturbed_text():
     """The released "before" cost volume pairs the clean image features with the perturbed text: with only the
     Text-SPM on, nothing changes the image, so delta is zero; with both on, before = cos(V, T_hat) exactly."""
     from piseg.config import SPMConfig, preset
-    from piseg.model import build_model, cost_volume
+    from piseg.modeling.model import build_model, cost_volume
 
     config = preset("tiny").model
     torch.manual_seed(0)
@@ -129,9 +129,9 @@ def test_sliding_window_global_view_and_whole_image_padding_as_released():
     to a multiple of 32 with CLIP's mean colour, squashed to one crop, stretched back padding included."""
     import torch.nn.functional as F
 
-    from piseg.clip_backbone import CLIP_MEAN
     from piseg.config import EvalConfig
-    from piseg.inference import crop_offsets, shortest_edge_resize, sliding_window_probabilities, whole_image_probabilities
+    from piseg.inference.scheme import crop_offsets, shortest_edge_resize, sliding_window_probabilities, whole_image_probabilities
+    from piseg.modeling.clip_backbone import CLIP_MEAN
 
     settings = EvalConfig(resize=96, crop=64, stride=32)
     rng = torch.Generator().manual_seed(0)

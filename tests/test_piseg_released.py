@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from piseg.checkpoint import load_model
 from piseg.cli import app
-from piseg.clip_backbone import CLIP_MEAN, CLIP_STD, byte_level_tokenizer
 from piseg.config import preset
-from piseg.model import build_model
-from piseg.released import (CLIP_PREFIX, ReleasedCheckpointError, convert_released, convert_state_dict, infer_architecture,
+from piseg.modeling.clip_backbone import CLIP_MEAN, CLIP_STD, byte_level_tokenizer
+from piseg.modeling.model import build_model
+from piseg.released.convert import (CLIP_PREFIX, ReleasedCheckpointError, convert_released, convert_state_dict, infer_architecture,
                             read_released)
 
 NAMES = ["background", "building", "road"]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from piseg.checkpoint import CheckpointError, read_checkpoint
-from piseg.data import TrainingStream, training_batches
-from piseg.train import TrainingError, train
+from piseg.training.batches import TrainingStream, training_batches
+from piseg.training.train import TrainingError, train
 from pipeline.shards import ShardError, ShardReader
 from tests.piseg_helpers import SYNTHETIC_NAMES, tiny_config, write_config, write_road_shards, write_synthetic_shards
 
@@ -144,8 +144,8 @@ def test_perturbation_statistics_follow_the_released_definition():
     labelled pixels (written here as the released code's loops), pooled over the batch."""
     import torch.nn.functional as F
 
-    from piseg.model import PiSegOutput
-    from piseg.train import perturbation_statistics
+    from piseg.modeling.model import PiSegOutput
+    from piseg.training.train import perturbation_statistics
 
     generator = torch.Generator().manual_seed(0)
     clean = torch.randn(2, 1, 4, 3, 3, generator=generator)

@@ -10,7 +10,7 @@ import torch
 
 from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
-from piseg.inference import predict_mask
+from piseg.inference.scheme import predict_mask
 from pipeline.ingest import RasterSource, plan_windows
 from pipeline.outputs import IGNORE, overlay, write_mask_geotiff, write_png
 from pipeline.records import Window

@@ -10,6 +10,7 @@ Unlabelled build pixels count as misses.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,6 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
-from piseg.metrics import ConfusionMatrix
-from piseg.report import percent
 from pipeline.records import TileRecord, read_records
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import Category, Taxonomy
@@ -52,6 +51,39 @@ class CategoryCounts:
         mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
         return {"precision": self.hits / self.proposed if self.proposed else None, "recall": self.hits / self.true if self.true else None,
                 "per_tile_precision": mean(self.precisions), "per_tile_recall": mean(self.recalls)}  # fmt: skip
+
+
+class MaskCounts:
+    """Pixel counts of the build's masks against the ground truth (rows = ground truth, columns = build);
+    pixels labelled IGNORE are not counted."""
+
+    def __init__(self, classes: int) -> None:
+        self.classes = classes
+        self.matrix = torch.zeros(classes, classes, dtype=torch.int64)
+
+    def add(self, prediction: np.ndarray, target: np.ndarray) -> None:
+        target, prediction = torch.from_numpy(target).flatten().long(), torch.from_numpy(prediction).flatten().long()
+        keep = target != IGNORE
+        counts = torch.bincount(target[keep] * self.classes + prediction[keep], minlength=self.classes**2)
+        self.matrix += counts.view(self.classes, self.classes)
+
+    def summary(self, names: list[str]) -> dict:
+        """mIoU over the classes present in the ground truth, pixel accuracy, and the IoU of each named class
+        (None when it is absent from the ground truth)."""
+        matrix = self.matrix.double()
+        hits = matrix.diag()
+        truth, built = matrix.sum(dim=1), matrix.sum(dim=0)
+        union = truth + built - hits
+        present = truth > 0
+        iou = torch.where(union > 0, hits / union.clamp(min=1), torch.zeros_like(hits))
+        total = matrix.sum()
+        return {"miou": float(iou[present].mean()) if present.any() else float("nan"),
+                "pixel_accuracy": float(hits.sum() / total) if total > 0 else float("nan"),
+                "iou": {name: float(iou[i]) if present[i] else None for i, name in enumerate(names)}}  # fmt: skip
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
 def proposed_before_audit(record: TileRecord) -> set[str]:
@@ -102,7 +134,7 @@ def evaluate_build(out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy
     build_lookup = np.full(256, other, dtype=np.uint8)
     for name in shared:
         build_lookup[build_names.index(name)] = shared.index(name)
-    stages = {"before_audit": (ConfusionMatrix(other + 1), CategoryCounts()), "after_audit": (ConfusionMatrix(other + 1), CategoryCounts())}
+    stages = {"before_audit": (MaskCounts(other + 1), CategoryCounts()), "after_audit": (MaskCounts(other + 1), CategoryCounts())}
     records = read_records(out / "records.jsonl")
     tiles, without_truth, audited = 0, [], 0
     for record in records:
@@ -126,15 +158,13 @@ def evaluate_build(out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy
         ):  # fmt: skip
             matrix, categories = stages[stage]
             prediction = build_lookup[read_mask(mask_path)]
-            matrix.update(torch.from_numpy(prediction), torch.from_numpy(np.where(valid, target, IGNORE)))
+            matrix.add(prediction, np.where(valid, target, IGNORE))
             categories.add(proposed & set(shared), present)
     result = {"records": str(out / "records.jsonl"), "ground_truth": str(truth_root), "truth_taxonomy": truth.name,
               "mapping": mapping, "shared_classes": shared, "tiles": tiles, "audited_tiles": audited,
               "tiles_without_ground_truth": without_truth, "min_fraction": min_fraction}  # fmt: skip
     for stage, (matrix, categories) in stages.items():
-        scores = matrix.scores()
-        result[stage] = {"categories": categories.summary(), "miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
-                         "iou": dict(zip(shared, scores.iou[:other]))}  # fmt: skip
+        result[stage] = {"categories": categories.summary(), **matrix.summary(shared)}
     return result
 
 

@@ -22,11 +22,11 @@ import yaml
 
 from piseg.checkpoint import load_model
 from piseg.config import PiSegConfig
-from piseg.datasets import load_benchmark
-from piseg.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
-from piseg.paper import MODELS, paper_comparison
-from piseg.released import convert_released
-from piseg.report import build_report, percent, signed
+from piseg.evaluation.benchmarks import load_benchmark
+from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
+from piseg.evaluation.paper import MODELS, paper_comparison
+from piseg.evaluation.report import build_report, percent, signed
+from piseg.released.convert import convert_released
 from pipeline.categories import spacy_lemmatize
 from taxonomy.loader import load_taxonomy
 

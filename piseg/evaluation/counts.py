@@ -9,8 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from piseg.config import EvalConfig, ModelConfig
-from piseg.inference import sliding_window_probabilities
-from piseg.model import PiSeg, build_model, parameter_counts
+from piseg.inference.scheme import sliding_window_probabilities
+from piseg.modeling.model import PiSeg, build_model, parameter_counts
 
 # Paper Table XII (r = 1 in every released config): total parameters.
 PAPER_PARAMETERS = {("vit-b", True): 155.60e6, ("vit-b", False): 154.29e6, ("vit-l", True): 436.68e6, ("vit-l", False): 433.73e6}

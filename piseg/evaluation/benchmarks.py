@@ -1,5 +1,5 @@
 """Evaluation datasets from local copies: where the files are, how mask values become class ids, and which
-datasets form a benchmark, all read from a YAML definition (`piseg/data/benchmarks.yaml` by default)."""
+datasets form a benchmark, all read from a YAML definition (`piseg/evaluation/benchmarks.yaml` by default)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from piseg.predict import read_image
+from piseg.inference.predict import read_image
 from pipeline.ingest import IngestError
 from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
 
@@ -133,7 +133,7 @@ class Benchmark:
 
 
 def default_definitions() -> Path:
-    return Path(str(resources.files("piseg") / "data" / "benchmarks.yaml"))
+    return Path(str(resources.files("piseg.evaluation") / "benchmarks.yaml"))
 
 
 def load_definitions(path: Path | None = None) -> dict:

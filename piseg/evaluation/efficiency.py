@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from piseg.config import PiSegConfig
-from piseg.inference import sliding_window_probabilities
-from piseg.info import eval_flops, meta_model, train_flops, variant
-from piseg.model import build_model, parameter_counts
+from piseg.evaluation.counts import eval_flops, meta_model, train_flops, variant
+from piseg.inference.scheme import sliding_window_probabilities
+from piseg.modeling.model import build_model, parameter_counts
 
 
 @dataclass

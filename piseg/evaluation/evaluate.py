@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from piseg.config import EvalConfig
-from piseg.datasets import Benchmark, DatasetError, DatasetSpec, resolution_group
-from piseg.inference import predict_mask
-from piseg.metrics import ConfusionMatrix
+from piseg.evaluation.benchmarks import Benchmark, DatasetError, DatasetSpec, resolution_group
+from piseg.evaluation.metrics import ConfusionMatrix
+from piseg.inference.scheme import predict_mask
 from pipeline.outputs import palette, write_png
 
 PANEL_SEPARATOR = 4

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from piseg.aggregator import Aggregator
-from piseg.clip_backbone import ClipBackbone, load_clip
 from piseg.config import ModelConfig
-from piseg.prompts import name_prompts
-from piseg.spm import ImageSPM, TextSPM
+from piseg.modeling.aggregator import Aggregator
+from piseg.modeling.clip_backbone import ClipBackbone, load_clip
+from piseg.modeling.prompts import name_prompts
+from piseg.modeling.spm import ImageSPM, TextSPM
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The paper's published numbers (`piseg/data/paper_results.yaml`, transcribed from arXiv 2604.15652) and the
+"""The paper's published numbers (`piseg/evaluation/paper_results.yaml`, transcribed from arXiv 2604.15652) and the
 lookups that put them beside ours: per benchmark (Tables III, IV, V), UAVid's seen/unseen split (Table XI),
 the resolution groups (Table XIII) and the efficiency row (Table XII). Values are returned as fractions,
 like our scores; a dataset or backbone the paper does not report gives None, never a guess."""
@@ -19,7 +19,7 @@ SOURCE = "arXiv 2604.15652"
 
 @cache
 def paper_results() -> dict[str, Any]:
-    return yaml.safe_load(Path(str(resources.files("piseg") / "data" / "paper_results.yaml")).read_text())
+    return yaml.safe_load(Path(str(resources.files("piseg.evaluation") / "paper_results.yaml")).read_text())
 
 
 def _fractions(entry: dict | None, iou: str = "mIoU", acc: str = "mACC") -> dict[str, float] | None:

@@ -20,9 +20,9 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 
 from piseg.checkpoint import error_summary, save_checkpoint
-from piseg.clip_backbone import ClipBackbone, byte_level_tokenizer, clip_config
 from piseg.config import ClipArchitecture, PiSegConfig, preset, validate
-from piseg.model import PiSeg
+from piseg.modeling.clip_backbone import ClipBackbone, byte_level_tokenizer, clip_config
+from piseg.modeling.model import PiSeg
 
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 HEAD_PREFIX = "sem_seg_head.predictor."

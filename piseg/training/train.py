@@ -27,11 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 from piseg.checkpoint import (CheckpointError, configuration_differences, read_checkpoint, restore_weights, rng_state,
                               save_checkpoint, set_rng_state)  # fmt: skip
 from piseg.config import PiSegConfig, TrainConfig
-from piseg.data import Batch, TrainingStream, training_batches
+from piseg.evaluation.metrics import ConfusionMatrix
 from piseg.faults import SKIPPED_FILE, SkippedLog
-from piseg.inference import predict_mask
-from piseg.metrics import ConfusionMatrix
-from piseg.model import PiSeg, PiSegOutput, build_model
+from piseg.inference.scheme import predict_mask
+from piseg.modeling.model import PiSeg, PiSegOutput, build_model
+from piseg.training.batches import Batch, TrainingStream, training_batches
 from pipeline.shards import IGNORE, ShardError, ShardReader
 from taxonomy.loader import load_taxonomy
 

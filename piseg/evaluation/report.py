@@ -12,9 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from piseg.config import EvalConfig
-from piseg.evaluate import DatasetResult
-from piseg.metrics import ConfusionMatrix
-from piseg.paper import MODELS
+from piseg.evaluation.evaluate import DatasetResult
+from piseg.evaluation.metrics import ConfusionMatrix
+from piseg.evaluation.paper import MODELS
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import load_taxonomy
 from taxonomy.matcher import Lemmatize
@@ -51,7 +51,7 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
                  lemmatize: Lemmatize, out: Path, definitions: dict, settings: EvalConfig,
                  paper: dict | None = None) -> dict:  # fmt: skip
     """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content. `paper`
-    (`piseg.paper.paper_comparison`) puts the paper's numbers beside ours."""
+    (`piseg.evaluation.paper.paper_comparison`) puts the paper's numbers beside ours."""
     protocol = (definitions.get("benchmarks") or {}).get(benchmark) or {}
     datasets = {}
     for result in results:
@@ -108,7 +108,7 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
 
 
 def stated_split(classes: dict[str, dict], split: dict[str, list[str]]) -> dict:
-    """A seen/unseen split as a paper states it (Table XI; checked by `piseg.datasets.dataset_spec`): mIoU/mACC
+    """A seen/unseen split as a paper states it (Table XI; checked by `piseg.evaluation.benchmarks.dataset_spec`): mIoU/mACC
     over its seen, unseen and all listed classes; classes it does not list (UAVid's background) are in none."""
     groups = {"overall": split["seen"] + split["unseen"], "seen": split["seen"], "unseen": split["unseen"]}
     return {name: {"miou": mean([classes[c]["iou"] for c in members]), "macc": mean([classes[c]["acc"] for c in members])}

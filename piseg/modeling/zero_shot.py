@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piseg.clip_backbone import ClipBackbone
-from piseg.model import PiSegOutput, cost_volume
-from piseg.prompts import name_prompts
+from piseg.modeling.clip_backbone import ClipBackbone
+from piseg.modeling.model import PiSegOutput, cost_volume
+from piseg.modeling.prompts import name_prompts
 
 
 class ZeroShotClip(nn.Module):

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from piseg.clip_backbone import CLIP_MEAN
 from piseg.config import EvalConfig
-from piseg.model import PiSeg
+from piseg.modeling.clip_backbone import CLIP_MEAN
+from piseg.modeling.model import PiSeg
 
 
 TEST_MAX_SIZE = 2560  # MAX_SIZE_TEST of the released configs

@@ -1,0 +1,1 @@
+"""The authors' released weights: converting their detectron2 checkpoints into Pi-Seg checkpoints (`convert`)."""
