@@ -1,4 +1,4 @@
-"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...` and `ovrsis evaluate-build`: running the flow and checking its output."""
+"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...`, `ovrsis cache ...` and `ovrsis evaluate-build`: running the flow and checking its output."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True, soft_wrap=True)  # long paths and messages stay on one line
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
+cache_app = typer.Typer(help="The stage cache of a build: its size, and pruning what the last build did not use.", no_args_is_help=True)
 
 
 def build(
@@ -139,3 +140,63 @@ def evaluate_build(
     summary.print(f"{result['tiles']} tiles scored, {len(result['tiles_without_ground_truth'])} without ground truth -> {path}")
     if result["tiles"] == 0:
         raise typer.Exit(1)
+
+
+CACHE_FOLDER = typer.Argument(..., help="The build's storage folder (default OUTPUT/.cache), or a build configuration YAML.")
+
+
+def _storage_folder(path: Path) -> Path:
+    if path.suffix in (".yaml", ".yml"):
+        from flows.config import BuildConfigError, load_build_config
+
+        try:
+            return load_build_config(path).storage_dir
+        except BuildConfigError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from error
+    if not path.is_dir():
+        console.print(f"[red]error:[/red] {path}: no such folder")
+        raise typer.Exit(2)
+    return path
+
+
+@cache_app.command("stats")
+def cache_stats(folder: Path = CACHE_FOLDER) -> None:
+    """Files and bytes per stage, per tile of the last completed build, and what `prune` would free."""
+    from rich.table import Table
+
+    from pipeline.stage_cache import cache_stats as gather
+
+    folder = _storage_folder(folder)
+    stats = gather(folder)
+    tiles = stats.last_build_tiles
+    table = Table("stage", "files", "MiB", "KiB per tile" if tiles else "", title=f"stage cache {folder}", title_justify="left")
+    for stage in sorted(stats.bytes, key=lambda s: -stats.bytes[s]):
+        per_tile = f"{stats.bytes[stage] / tiles / 1024:.1f}" if tiles else ""
+        table.add_row(stage, str(stats.files[stage]), f"{stats.bytes[stage] / 2**20:.1f}", per_tile)
+    per_tile = f"{stats.total_bytes / tiles / 1024:.1f}" if tiles else ""
+    table.add_row("[bold]total[/bold]", str(sum(stats.files.values())), f"{stats.total_bytes / 2**20:.1f}", per_tile)
+    Console(soft_wrap=True).print(table)
+    if tiles is None:
+        console.print("no completed build recorded its keys here yet: `prune` would remove nothing")
+    else:
+        console.print(f"last completed build: {tiles} tiles; not used by it: {stats.unused_files} files, "
+                      f"{stats.unused_bytes / 2**20:.1f} MiB (`ovrsis cache prune` removes them)")  # fmt: skip
+
+
+@cache_app.command("prune")
+def cache_prune(
+    folder: Path = CACHE_FOLDER,
+    everything: bool = typer.Option(False, "--all", help="Empty the cache (the next build recomputes every stage)."),
+) -> None:
+    """Delete the cache files the last completed build did not use (older configurations, removed
+    imagery); with --all, every file. A half-finished build's files are kept unless --all."""
+    from pipeline.stage_cache import prune_cache
+
+    folder = _storage_folder(folder)
+    try:
+        removed, freed = prune_cache(folder, everything)
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    console.print(f"removed {removed} files, {freed / 2**20:.1f} MiB from {folder}")

@@ -5,7 +5,7 @@
     taxonomy: ovrsis95k                # bundled name or YAML path
     models: default                    # default | tiny | models YAML (see pipeline/models/config.py)
     output: out/                       # shards, manifest, masks, records, reports
-    storage: out/.cache                # persisted task results (resume and caching) [default: OUTPUT/.cache]
+    storage: out/.cache                # the stage cache (resume and selective reruns) [default: OUTPUT/.cache]
     tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0, max_pixels: 2500000000}
                                        # max_pixels: a raster whose header claims more is quarantined unread
     matching: {threshold: 0.72, margin: 0.06}
@@ -17,7 +17,9 @@
     shards: {max_samples: 1000, max_bytes: 1073741824, lossless: true, val_fraction: 0.1, seed: 0}
                                        # lossless: whole JPEG/PNG sources keep their bytes, other tiles
                                        # lossless WebP; false: JPEG q95 (a second lossy generation)
-    batch_size: 32                     # tiles per task (each task costs ~25 ms of orchestration)
+    batch_size: 32                     # tiles per task (one task run per batch: ~30 ms of orchestration)
+    overlays: false                    # quick-look overlay PNGs (off: a full-size PNG a tile would cost
+                                       # about as much disk as the masks; `ovrsis annotate` writes them)
     runner: {kind: threads, workers: 2, address: null}   # threads | processes | dask | ray
     audit: {pull: false, push_sample: 0, uncertain: 0, seed: 0, project: null, url: null}
     gpu_concurrency: 1                 # model stages running at once in one process
@@ -118,6 +120,7 @@ class BuildConfig(_Section):
     selection: Selection = Selection()
     shards: Shards = Shards()
     batch_size: int = Field(32, ge=1)
+    overlays: bool = False
     runner: Runner = Runner()
     audit: Audit = Audit()
     gpu_concurrency: int = Field(1, ge=1)
@@ -143,6 +146,8 @@ class BuildConfig(_Section):
             match_threshold=self.matching.threshold,
             match_margin=self.matching.margin,
             max_pixels=t.max_pixels,
+            write_overlay=self.overlays,
+            model_slots=self.gpu_concurrency,
         )
 
     def selection_config(self) -> SelectionConfig:
@@ -153,7 +158,7 @@ class BuildConfig(_Section):
 
     def fingerprint(self) -> dict:
         """What the shards depend on (recorded in the manifest): no output or cache paths."""
-        return self.model_dump(mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size", "audit"})
+        return self.model_dump(mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size", "audit", "overlays"})
 
 
 def load_build_config(path: str | Path) -> BuildConfig:

@@ -1,5 +1,5 @@
 """The README's sequence against a real Prefect server: start it, serve the deployment, run it with
-the Prefect CLI, check the shards, stop both processes by PID."""
+the Prefect CLI, check the shards and the artifacts on the flow run, stop both processes by PID."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def post(url: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
 def test_served_deployment_builds_shards(tmp_path, tiny_models_yaml):
     imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256)
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out")
@@ -75,10 +81,19 @@ def test_served_deployment_builds_shards(tmp_path, tiny_models_yaml):
         assert verify_shards(tmp_path / "out") == []
         manifest = ShardReader(tmp_path / "out").manifest
         assert sum(s["samples"] for s in manifest["splits"].values()) == 8
-        with urllib.request.urlopen(urllib.request.Request(f"{api}/flow_runs/filter", data=b"{}", method="POST",
-                                                           headers={"Content-Type": "application/json"})) as response:  # fmt: skip
-            runs = json.loads(response.read())
+        runs = post(f"{api}/flow_runs/filter", {})
         assert any(r["state_type"] == "COMPLETED" for r in runs)
+        artifacts = {a["key"]: a for a in post(f"{api}/artifacts/filter", {}) if a["key"]}
+        assert {"balance-report", "shards", "quarantine", "manifest"} <= set(artifacts), sorted(artifacts)
+        run_ids = {r["id"] for r in runs}
+        assert all(artifacts[key]["flow_run_id"] in run_ids for key in ("balance-report", "shards", "quarantine"))
+        assert (tmp_path / "out" / "report" / "balance.md").read_text() == artifacts["balance-report"]["data"]
+        shards = json.loads(artifacts["shards"]["data"]) if isinstance(artifacts["shards"]["data"], str) else artifacts["shards"]["data"]
+        assert sum(row["samples"] for row in shards) == 8 and {row["split"] for row in shards} == {"train", "val"}
+        quarantine = artifacts["quarantine"]["data"]
+        quarantine = json.loads(quarantine) if isinstance(quarantine, str) else quarantine
+        assert [row["key"].split("__")[0] for row in quarantine] == ["broken"], quarantine
+        assert artifacts["manifest"]["type"] == "link" and (tmp_path / "out" / "manifest.json").as_uri() in artifacts["manifest"]["data"]
     finally:
         if serving is not None:
             stop(serving)
