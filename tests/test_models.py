@@ -48,7 +48,9 @@ def test_detector_ties_each_box_to_a_prompt_category(tiny_models, images):
 
 def test_detector_thresholds_per_category(tiny_models_yaml, images):
     folder = load_models_config(tiny_models_yaml).detector.model
-    strict = GroundingDinoDetector(folder, DetectorConfig(box_threshold=0.0, text_threshold=0.0, category_thresholds={"vehicle": 1.0}))
+    strict = GroundingDinoDetector(
+        folder, DetectorConfig(box_threshold=0.0, text_threshold=0.0, category_thresholds={"vehicle": 1.0})
+    )
     found = strict.detect(images[:1], [[PromptPhrase("tennis court", "tennis court"), PromptPhrase("car", "vehicle")]])[0]
     assert found and all(d.category == "tennis court" for d in found)
 
@@ -65,7 +67,10 @@ def test_class_aware_nms_and_cross_class_rule(tiny_models):
     assert [d.score for d in detector._suppress(same)] == [0.9]
     apart = [Detection([0, 0, 10, 10], 0.9, "ship", "ship"), Detection([20, 20, 30, 30], 0.8, "ship", "ship")]
     assert len(detector._suppress(apart)) == 2
-    claimed_twice = [Detection([0, 0, 10, 10], 0.7, "storage tank", "tank"), Detection([0, 0, 10, 10], 0.9, "building", "building")]
+    claimed_twice = [
+        Detection([0, 0, 10, 10], 0.7, "storage tank", "tank"),
+        Detection([0, 0, 10, 10], 0.9, "building", "building"),
+    ]
     assert [d.category for d in detector._suppress(claimed_twice)] == ["building"]
     overlapping_other_class = [Detection([0, 0, 10, 10], 0.9, "vehicle", "car"), Detection([0, 0, 20, 20], 0.8, "road", "road")]
     assert len(detector._suppress(overlapping_other_class)) == 2  # IoU 0.25: different objects

@@ -36,7 +36,9 @@ def imagery(tmp_path_factory):
     rng = np.random.default_rng(0)
     for name in ("given", "uncaptioned"):
         Image.fromarray(rng.integers(0, 255, (160, 192, 3), dtype=np.uint8)).save(folder / "in" / f"{name}.png")
-    (folder / "captions.jsonl").write_text(json.dumps({"id": "given", "caption": "a tennis court and storage tanks beside a road with cars"}) + "\n")
+    (folder / "captions.jsonl").write_text(
+        json.dumps({"id": "given", "caption": "a tennis court and storage tanks beside a road with cars"}) + "\n"
+    )
     return folder
 
 
@@ -81,4 +83,6 @@ def test_a_backend_pointed_at_another_architecture_is_refused(twins):
     wrong = {**twins["detector"]["grounding-dino"], "backend": "mm-grounding-dino"}
     with pytest.raises(ValueError, match="is a 'grounding-dino' model, not 'mm-grounding-dino'"):
         load_backend("detector", parse_spec("detector", wrong))
-    assert isinstance(load_backend("detector", parse_spec("detector", twins["detector"]["mm-grounding-dino"])), GroundingDinoDetector)
+    assert isinstance(
+        load_backend("detector", parse_spec("detector", twins["detector"]["mm-grounding-dino"])), GroundingDinoDetector
+    )

@@ -48,7 +48,9 @@ class TransformersCaptioner:
 
     @classmethod
     def from_spec(cls, spec: ImageTextToTextSpec) -> "TransformersCaptioner":
-        return cls(spec.model, prompt=spec.prompt, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams, revision=spec.revision)
+        return cls(
+            spec.model, prompt=spec.prompt, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams, revision=spec.revision
+        )
 
     @torch.inference_mode()
     def caption(self, images: Sequence[np.ndarray]) -> list[str]:

@@ -29,8 +29,11 @@ def _known(preset: str) -> str:
 @app.command()
 def fetch(
     preset: str = typer.Argument(..., help=f"{PRESET_NAMES}"),
-    to: Path | None = typer.Option(None, "--to", help="A Hugging Face cache folder [the default cache]; "
-                                   "build offline later with HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1."),
+    to: Path | None = typer.Option(
+        None,
+        "--to",
+        help="A Hugging Face cache folder [the default cache]; " "build offline later with HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1.",
+    ),
 ) -> None:
     """Download a preset's weights into the Hugging Face cache (or --to DIR), once.
 

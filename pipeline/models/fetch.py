@@ -55,7 +55,9 @@ def missing(preset: str, cache_dir: Path | None = None) -> list[tuple[HubWeights
     absent = []
     for weights in preset_weights(preset):
         try:
-            folder = Path(snapshot_download(weights.repo_id, revision=weights.revision, cache_dir=cache_dir, local_files_only=True))
+            folder = Path(
+                snapshot_download(weights.repo_id, revision=weights.revision, cache_dir=cache_dir, local_files_only=True)
+            )
         except (LocalEntryNotFoundError, OSError):
             absent.append((weights, "not in the cache"))
             continue

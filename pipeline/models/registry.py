@@ -74,5 +74,7 @@ def parse_spec(stage: Stage, value: dict) -> BackendSpec:
 def load_backend(stage: Stage, spec: BackendSpec):
     model = backend_of(stage, spec.backend).load(spec)
     if not isinstance(model, PROTOCOLS[stage]):
-        raise TypeError(f"{stage} backend {spec.backend!r} built a {type(model).__name__}, which is not a {PROTOCOLS[stage].__name__}")
+        raise TypeError(
+            f"{stage} backend {spec.backend!r} built a {type(model).__name__}, which is not a {PROTOCOLS[stage].__name__}"
+        )
     return model

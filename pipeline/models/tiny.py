@@ -29,7 +29,7 @@ _WORDS = sorted(
         "image satellite aerial view some many there".split()
     )
 )
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", ".", ",", *_WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", ".", ",", *_WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz"]  # fmt: skip
 TINY_DETECTOR = {"box_threshold": 0.0, "text_threshold": 0.0, "max_boxes": 5}  # random scores: keep boxes
 TINY_SAM_ARCH = {
     "encoder_embed_dim": 64, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1],
@@ -74,7 +74,11 @@ def florence2(folder: Path) -> dict:
                                          do_center_crop=False, image_seq_length=5)  # fmt: skip
     vision = {"depths": [1, 1, 1, 1], "embed_dim": [8, 8, 16, 16], "num_heads": [1, 1, 1, 1], "num_groups": [1, 1, 1, 1],
               "window_size": 2, "projection_dim": 16, "max_position_embeddings": 8, "max_temporal_embeddings": 4}  # fmt: skip
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     text = {"vocab_size": len(tokenizer), "d_model": 16, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
             "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "max_position_embeddings": 256,
             "decoder_start_token_id": tokenizer.eos_token_id, "forced_eos_token_id": tokenizer.eos_token_id, **special}  # fmt: skip
@@ -94,7 +98,9 @@ def _bart_tokenizer():
     trainer.train_from_iterator([" ".join(_WORDS), *prompts], vocab_size=400, min_frequency=1,
                                 special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)  # fmt: skip
     model = json.loads(trainer._tokenizer.to_str())["model"]
-    return BartTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], extra_special_tokens={"image_token": "<image>"})
+    return BartTokenizer(
+        vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], extra_special_tokens={"image_token": "<image>"}
+    )
 
 
 def blip(folder: Path) -> dict:
