@@ -4,6 +4,7 @@ YAML naming it; the registry's names, configuration classes and Protocol checks.
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.models.detector import GroundingDinoDetector
-from pipeline.models.registry import BACKENDS, STAGES, load_backend, parse_spec
+from pipeline.models.registry import BACKENDS, STAGES, Backend, load_backend, parse_spec, register
+from pipeline.models.spec import BackendSpec
 
 # Each backend appears at least once; the first row is what `--models tiny` runs.
 COMBINATIONS = [
@@ -86,3 +88,16 @@ def test_a_backend_pointed_at_another_architecture_is_refused(twins):
     assert isinstance(
         load_backend("detector", parse_spec("detector", twins["detector"]["mm-grounding-dino"])), GroundingDinoDetector
     )
+
+
+class NotASegmenterSpec(BackendSpec):
+    backend: Literal["not-a-segmenter"] = "not-a-segmenter"
+
+
+def test_a_backend_that_breaks_its_stage_protocol_is_refused_at_load():
+    register(Backend("segmenter", "not-a-segmenter", NotASegmenterSpec, lambda spec: object(), lambda folder: {}))
+    try:
+        with pytest.raises(TypeError, match="built a object, which is not a Segmenter"):
+            load_backend("segmenter", parse_spec("segmenter", {"backend": "not-a-segmenter"}))
+    finally:
+        del BACKENDS["segmenter"]["not-a-segmenter"]
