@@ -231,14 +231,16 @@ def build_stages(config_path: str) -> dict:
             progress.report(done, max(total, done))
     logger.info("annotated %d tiles in %.1f s", plan.tiles_seen, time.perf_counter() - started)
     if config.audit.pull:  # only fills the ledger; the ledger is applied below in every build
-        logger.info("%d new review(s) pulled into the ledger", audit_pull_task.submit(config_path).result())
-    table, index, audit_round, quarantined = records_task.submit(config_path, seconds).result()
-    # quote(): Prefect would otherwise walk these (arrays, an index of every record) looking for futures
-    selected = select_task.submit(quote(table), config_path).result()
-    manifest = shards_task.submit(quote(index), quote(selected), config_path, len(quarantined), audit_round).result()
+        logger.info("%d new review(s) pulled into the ledger", audit_pull_task(config_path))
+    # The steps after annotation are called, not submitted: they run in this process, whatever the
+    # runner (they need the output folder, not a model), and still show as task runs. quote(): Prefect
+    # would otherwise walk these (arrays, an index of every record) looking for futures.
+    table, index, audit_round, quarantined = records_task(config_path, seconds)
+    selected = select_task(quote(table), config_path)
+    manifest = shards_task(quote(index), quote(selected), config_path, len(quarantined), audit_round)
     write_used_keys(config.storage_dir, plan.used_keys, plan.tiles_seen)
     if config.audit.push_sample or config.audit.uncertain:
-        manifest["audit_tasks_created"] = audit_push_task.submit(config_path).result()
+        manifest["audit_tasks_created"] = audit_push_task(config_path)
     manifest["quarantined"] = quarantined
     _publish_artifacts(config, manifest)
     logger.info("shards: %s; total %.1f s", {s: v["samples"] for s, v in manifest["splits"].items()}, time.perf_counter() - started)

@@ -1,11 +1,14 @@
-"""The Prefect flow end to end: caching across runs, resume after SIGKILL, selective reruns, Dask."""
+"""The Prefect flow end to end: caching across runs, resume after SIGKILL, selective reruns, a real Dask cluster."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,8 +19,8 @@ from pipeline.shards import ShardReader, verify_shards
 pytestmark = pytest.mark.slow
 
 
-def run_build(config, home, timeout=600):
-    result = subprocess.run(ovrsis("build", "--config", str(config)), env=prefect_env(home), capture_output=True,
+def run_build(config, home, timeout=600, env=None):
+    result = subprocess.run(ovrsis("build", "--config", str(config)), env=env or prefect_env(home), capture_output=True,
                             text=True, timeout=timeout)  # fmt: skip
     # exit 1: finished, but the broken.tif that make_imagery puts among the good rasters was quarantined
     assert result.returncode == 1, result.stderr[-3000:]
@@ -83,20 +86,55 @@ def test_resume_after_sigkill_gives_identical_shards_and_cache_rules(tmp_path, i
     assert len(after) - len(completed) == 2 * (48 // 4)
 
 
-def test_dask_runner_with_two_local_workers(tmp_path, imagery, tiny_models_yaml):
-    config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out",
-                          runner={"kind": "dask", "workers": 2})  # fmt: skip
-    run_build(config, tmp_path / "prefect")
-    assert verify_shards(tmp_path / "out") == []
+def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path, imagery, tiny_models_yaml):
+    """A `dask scheduler` and two `dask worker` processes (stopped by PID), the build sent to them
+    through `runner.address`; the shards must equal the thread runner's, byte for byte. Every
+    process runs torch on one thread, so the same tile gives the same floats wherever it runs."""
+    env = prefect_env(tmp_path / "prefect") | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    port = free_port()
+    scheduler_log = tmp_path / "scheduler.log"
+    dask = str(Path(sys.executable).parent / "dask")
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                  env=env, stdout=open(scheduler_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)]  # fmt: skip
+    try:
+        for index in range(2):
+            processes.append(subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard",
+                                               "--name", f"worker-{index}"], env=env | {"PREFECT_LOGGING_LEVEL": "INFO"}, stdout=open(tmp_path / f"worker{index}.log", "w"),
+                                              stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        wait_for_workers(scheduler_log, 2, processes)
+        config = write_config(tmp_path / "dask.yaml", imagery, tiny_models_yaml, tmp_path / "dask",
+                              runner={"kind": "dask", "address": f"tcp://127.0.0.1:{port}"})  # fmt: skip
+        run_build(config, tmp_path / "prefect", env=env)
+        for index in range(2):  # both workers annotated batches (Prefect logs each task run it finishes)
+            assert "annotate-batch" in (tmp_path / f"worker{index}.log").read_text(), f"worker-{index} ran no batch"
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=30)
+    assert all(process.returncode is not None for process in processes)
     reference = write_config(tmp_path / "threads.yaml", imagery, tiny_models_yaml, tmp_path / "threads")
-    run_build(reference, tmp_path / "prefect")
-    # Worker processes run torch with other thread counts, so model scores may differ in the last
-    # bits; the tiles, their split and what the captions yield must not.
-    dask, threads = ShardReader(tmp_path / "out"), ShardReader(tmp_path / "threads")
-    for split in ("train", "val"):
-        a = {s.key: s.record["categories"] for s in dask.samples(split)}
-        b = {s.key: s.record["categories"] for s in threads.samples(split)}
-        assert a == b and len(a) == dask.manifest["splits"][split]["samples"]
+    run_build(reference, tmp_path / "prefect", env=env)
+    assert verify_shards(tmp_path / "dask") == []
+    assert shard_bytes(tmp_path / "dask") == shard_bytes(tmp_path / "threads")
+    assert (tmp_path / "dask" / "records.jsonl").read_bytes() == (tmp_path / "threads" / "records.jsonl").read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_workers(scheduler_log: Path, count: int, processes: list, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in processes), f"a Dask process exited:\n{scheduler_log.read_text()[-2000:]}"
+        if scheduler_log.read_text().count("Register worker") >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{count} Dask workers did not register within {timeout} s:\n{scheduler_log.read_text()[-2000:]}")
 
 
 def test_invalid_configuration_fails_before_models(tmp_path):
