@@ -37,6 +37,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null)) \
 		|| echo "note: docker-compose not installed; its validation tests will be skipped"; }
+	@# Headless Chromium + its driver (Debian's) for the Label Studio browser test; nothing is downloaded at test time.
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)) \
+		|| echo "note: chromium/chromium-driver not installed; the browser test will be skipped"; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

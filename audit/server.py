@@ -54,7 +54,9 @@ def start_server(data_dir: Path, document_root: Path, token: str, username: str,
         LABEL_STUDIO_PASSWORD=password, LABEL_STUDIO_USER_TOKEN=token, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
         LATEST_VERSION_CHECK="false", LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root.resolve()), COLLECT_ANALYTICS="false",
-        ML_BLOCK_LOCAL_IP="false",  # the ML backend (`ovrsis audit backend`) runs on loopback beside it
+        # the ML backend (`ovrsis audit backend`) and its /webhook run on loopback beside it: Label Studio
+        # refuses local addresses for both unless told (the server itself listens on loopback only)
+        ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false",
     )  # fmt: skip
     command = [str(label_studio_binary(venv)), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
