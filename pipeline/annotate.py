@@ -102,6 +102,21 @@ class TileState:
         return np.asarray(Image.open(io.BytesIO(self.mask_png)))
 
 
+class SerialLoads:
+    """The models of a ModelSet, loaded one at a time: transformers patches torch process-wide while
+    it builds a model (meta-device initialisation), so two loads on two threads (one batch's
+    detector beside another's MiniLM) corrupt each other. A first run of a CPU stage, which loads
+    spaCy or MiniLM, holds the same lock (`loading`)."""
+
+    def __init__(self, models) -> None:
+        self._models = models
+        self.loading = threading.RLock()
+
+    def __getattr__(self, name: str):
+        with self.loading:
+            return getattr(self._models, name)
+
+
 class PixelSource(Protocol):
     def __call__(self, record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
         """The tile's 8-bit RGB image and its valid-pixel mask."""
@@ -170,7 +185,7 @@ class Annotator:
     def __init__(self, taxonomy: Taxonomy, models: Models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
                  captions: dict[str, list[str]] | None = None, package_version: str = "") -> None:  # fmt: skip
         self.taxonomy = taxonomy
-        self.models = models
+        self.models = SerialLoads(models)
         self.out_dir = out_dir
         self.config = config
         self.given_captions = captions or {}
@@ -180,6 +195,7 @@ class Annotator:
         self.package_version = package_version
         self.summary = AnnotateSummary()
         self._model_slot = threading.BoundedSemaphore(config.model_slots)
+        self._warm: set[str] = set()  # stages that ran once in this process (their lazy loads are done)
         self.stages: dict[str, Callable[[list[TileState], PixelSource], None]] = {
             "caption": self.caption, "parse": self.parse, "match": self.match, "detect": self.detect,
             "segment": self.segment, "merge": self.merge, "domain": self.domain,
@@ -247,10 +263,12 @@ class Annotator:
         for stage in STAGES:
             if cache is not None and cache.restore(stage, keys[stage.name], states):
                 continue
-            with self._model_slot if stage.model else nullcontext():
+            first_run = not stage.model and stage.name not in self._warm  # spaCy, MiniLM load on first use
+            with self.models.loading if first_run else nullcontext(), self._model_slot if stage.model else nullcontext():
                 started = time.perf_counter()
                 run_stage(stage.name, states, self.stages[stage.name], pixels)
                 seconds[stage.name] += time.perf_counter() - started
+            self._warm.add(stage.name)
             if cache is not None:
                 cache.store(stage, keys[stage.name], states)
         return seconds

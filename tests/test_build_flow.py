@@ -1,12 +1,15 @@
-"""The Prefect flow end to end: caching across runs, resume after SIGKILL, selective reruns, a real Dask cluster."""
+"""The Prefect flow end to end: caching across runs, resume after SIGKILL, selective reruns, real Dask and Ray clusters."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,11 +89,28 @@ def test_resume_after_sigkill_gives_identical_shards_and_cache_rules(tmp_path, i
     assert len(after) - len(completed) == 2 * (48 // 4)
 
 
-def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path, imagery, tiny_models_yaml):
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the same floats in every process
+
+
+@pytest.fixture(scope="module")
+def small_imagery(tmp_path_factory):
+    """Three rasters of four tiles and the broken file: three batches of 4 for two workers."""
+    return make_imagery(tmp_path_factory.mktemp("small") / "rasters", count=3, size=256)
+
+
+@pytest.fixture(scope="module")
+def threads_build(tmp_path_factory, small_imagery, tiny_models_yaml):
+    """The thread runner's build, every process on one torch thread: what the clusters must match."""
+    folder = tmp_path_factory.mktemp("threads")
+    config = write_config(folder / "threads.yaml", small_imagery, tiny_models_yaml, folder / "out")
+    run_build(config, folder / "prefect", env=prefect_env(folder / "prefect") | ONE_THREAD)
+    return folder / "out"
+
+
+def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path, small_imagery, tiny_models_yaml, threads_build):
     """A `dask scheduler` and two `dask worker` processes (stopped by PID), the build sent to them
-    through `runner.address`; the shards must equal the thread runner's, byte for byte. Every
-    process runs torch on one thread, so the same tile gives the same floats wherever it runs."""
-    env = prefect_env(tmp_path / "prefect") | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    through `runner.address`; the shards must equal the thread runner's, byte for byte."""
+    env = prefect_env(tmp_path / "prefect") | ONE_THREAD
     port = free_port()
     scheduler_log = tmp_path / "scheduler.log"
     dask = str(Path(sys.executable).parent / "dask")
@@ -99,26 +119,67 @@ def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path
     try:
         for index in range(2):
             processes.append(subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard",
-                                               "--name", f"worker-{index}"], env=env | {"PREFECT_LOGGING_LEVEL": "INFO"}, stdout=open(tmp_path / f"worker{index}.log", "w"),
-                                              stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
-        wait_for_workers(scheduler_log, 2, processes)
-        config = write_config(tmp_path / "dask.yaml", imagery, tiny_models_yaml, tmp_path / "dask",
+                                               "--name", f"worker-{index}"], env=env | {"PREFECT_LOGGING_LEVEL": "INFO"},
+                                              stdout=open(tmp_path / f"worker{index}.log", "w"), stderr=subprocess.STDOUT,
+                                              start_new_session=True))  # fmt: skip
+        wait_for_log(scheduler_log, "Register worker", 2, processes)
+        config = write_config(tmp_path / "dask.yaml", small_imagery, tiny_models_yaml, tmp_path / "dask",
                               runner={"kind": "dask", "address": f"tcp://127.0.0.1:{port}"})  # fmt: skip
         run_build(config, tmp_path / "prefect", env=env)
-        for index in range(2):  # both workers annotated batches (Prefect logs each task run it finishes)
-            assert "annotate-batch" in (tmp_path / f"worker{index}.log").read_text(), f"worker-{index} ran no batch"
+        # every batch ran on the cluster's workers (Prefect logs each task run it finishes): 12 tiles, batches of 4
+        logs = "".join((tmp_path / f"worker{index}.log").read_text() for index in range(2))
+        assert len(re.findall(r"Task run 'annotate-batch-\w+' - Finished in state Completed", logs)) == 3, logs[-2000:]
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
+        stop_all(processes)
+    assert_same_build(tmp_path / "dask", threads_build)
+
+
+def test_real_ray_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path, small_imagery, tiny_models_yaml, threads_build):
+    """`ray start --head` (two CPUs, stopped by PID), the build sent to it through prefect-ray."""
+    pytest.importorskip("prefect_ray", reason="prefect-ray is the `ray` extra: pip install 'ovrsis[ray]'")
+    env = prefect_env(tmp_path / "prefect") | ONE_THREAD
+    port = free_port()
+    log = tmp_path / "ray.log"
+    ray = str(Path(sys.executable).parent / "ray")
+    sessions = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    head = subprocess.Popen([ray, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
+                             "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block", "--temp-dir", sessions],
+                            env=env | {"PREFECT_LOGGING_LEVEL": "INFO"}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        wait_for_log(log, "will now block forever", 1, [head])
+        config = write_config(tmp_path / "ray.yaml", small_imagery, tiny_models_yaml, tmp_path / "out",
+                              runner={"kind": "ray", "address": f"127.0.0.1:{port}"})  # fmt: skip
+        result = run_build(config, tmp_path / "prefect", env=env)
+        assert "(annotate-batch pid=" in result.stderr  # batches ran in Ray's worker processes
+    finally:
+        stop_all([head])
+        shutil.rmtree(sessions, ignore_errors=True)
+    assert_same_build(tmp_path / "out", threads_build)
+
+
+def assert_same_build(built, reference) -> None:
+    assert verify_shards(built) == []
+    assert shard_bytes(built) == shard_bytes(reference)
+    assert (built / "records.jsonl").read_bytes() == (reference / "records.jsonl").read_bytes()
+
+
+def stop_all(processes: list) -> None:
+    """SIGTERM to each process group (a Ray head's daemons too), SIGKILL to what is left after 30 s."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
             process.wait(timeout=30)
-    assert all(process.returncode is not None for process in processes)
-    reference = write_config(tmp_path / "threads.yaml", imagery, tiny_models_yaml, tmp_path / "threads")
-    run_build(reference, tmp_path / "prefect", env=env)
-    assert verify_shards(tmp_path / "dask") == []
-    assert shard_bytes(tmp_path / "dask") == shard_bytes(tmp_path / "threads")
-    assert (tmp_path / "dask" / "records.jsonl").read_bytes() == (tmp_path / "threads" / "records.jsonl").read_bytes()
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # daemons that outlived their parent
+        except ProcessLookupError:
+            pass
 
 
 def free_port() -> int:
@@ -127,14 +188,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_workers(scheduler_log: Path, count: int, processes: list, timeout: float = 120) -> None:
+def wait_for_log(log: Path, text: str, count: int, processes: list, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert all(p.poll() is None for p in processes), f"a Dask process exited:\n{scheduler_log.read_text()[-2000:]}"
-        if scheduler_log.read_text().count("Register worker") >= count:
+        assert all(p.poll() is None for p in processes), f"a cluster process exited:\n{log.read_text()[-2000:]}"
+        if log.read_text().count(text) >= count:
             return
         time.sleep(0.5)
-    raise AssertionError(f"{count} Dask workers did not register within {timeout} s:\n{scheduler_log.read_text()[-2000:]}")
+    raise AssertionError(f"{text!r} not seen {count} times within {timeout} s:\n{log.read_text()[-2000:]}")
 
 
 def test_invalid_configuration_fails_before_models(tmp_path):
