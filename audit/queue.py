@@ -45,10 +45,11 @@ class PushSummary:
     task_ids: list[int] = field(default_factory=list)
 
 
-def label_config(taxonomy: Taxonomy) -> str:
+def label_config(taxonomy: Taxonomy, smart: bool = False) -> str:
     """Tile, discard choices over the task's own proposals, conflict note, brush labels for every
-    category, and smart keypoint / rectangle tools over the same labels for the SAM backend
-    (`smartOnly`: shown only while Auto-Annotation is on; a pull reads brush regions only)."""
+    category; with `smart`, keypoint and rectangle tools over the same labels for the SAM backend
+    (`smartOnly`: shown only while Auto-Annotation is on; a pull reads brush regions only). Only a
+    project with the backend connected gets them: without it they would be dead buttons."""
     colours = palette(len(taxonomy))
     labels = "\n".join(
         f'      <Label value={quoteattr(c.name)} background="#{"".join(f"{v:02x}" for v in colours[c.index])}"/>'
@@ -65,20 +66,24 @@ def label_config(taxonomy: Taxonomy) -> str:
   <BrushLabels name="mask" toName="image">
 {labels}
   </BrushLabels>
-  <Header value="Smart tools (with `ovrsis audit backend` connected, Auto-Annotation on): click (Alt-click: background) or drag a box with a label; SAM returns its brush mask."/>
-  <KeyPointLabels name="click" toName="image" smart="true" smartOnly="true">
-{labels}
-  </KeyPointLabels>
-  <RectangleLabels name="box" toName="image" smart="true" smartOnly="true">
-{labels}
-  </RectangleLabels>
-  <Header value="A corrected region: how was it corrected? (select the region, then choose)"/>
+{_smart_tools(labels) if smart else ""}  <Header value="A corrected region: how was it corrected? (select the region, then choose)"/>
   <Choices name="correction" toName="image" perRegion="true" choice="single" showInline="true">
     <Choice value="boundary" hint="outline repainted"/>
     <Choice value="merge" hint="merged into another category"/>
     <Choice value="filtering" hint="instance or region removed"/>
   </Choices>
 </View>"""
+
+
+def _smart_tools(labels: str) -> str:
+    return f"""  <Header value="Smart tools (Auto-Annotation on): click (Alt-click: background) or drag a box with a label; SAM returns its brush mask."/>
+  <KeyPointLabels name="click" toName="image" smart="true" smartOnly="true">
+{labels}
+  </KeyPointLabels>
+  <RectangleLabels name="box" toName="image" smart="true" smartOnly="true">
+{labels}
+  </RectangleLabels>
+"""
 
 
 def stratified_sample(records: Sequence[TileRecord], n: int, seed: int, strata: str | None = "domain") -> list[TileRecord]:
@@ -178,13 +183,14 @@ def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir:
 
 
 def connect_backend(client: AuditClient, project_id: int, url: str, taxonomy: Taxonomy) -> int:
-    """Connect the ML backend at `url` to the project (interactive, so its smart tools work), once;
-    a project created before the smart tools existed gets the current labelling config. Returns the
+    """Connect the ML backend at `url` to the project (interactive, so its smart tools work), once,
+    and give the project's labelling config the smart tools (labels unchanged). Returns the
     ML backend's id. Label Studio checks /health and /setup when connecting: a backend that is down
     is reported here, after the tasks were pushed (they do not need it)."""
     project = client.call("reading the project", lambda: client.sdk.projects.get(id=project_id))
-    if "smart=" not in (project.label_config or ""):
-        client.call("updating the labelling config", lambda: client.sdk.projects.update(id=project_id, label_config=label_config(taxonomy)))
+    if 'smart="true"' not in (project.label_config or ""):
+        client.call("adding the smart tools to the labelling config",
+                    lambda: client.sdk.projects.update(id=project_id, label_config=label_config(taxonomy, smart=True)))  # fmt: skip
     url = url.rstrip("/")
     for backend in client.call("listing ML backends", lambda: client.sdk.ml.list(project=project_id)):
         if (backend.url or "").rstrip("/") == url:

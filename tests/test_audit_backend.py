@@ -61,7 +61,7 @@ def test_protocol_smart_clicks_and_boxes_embed_each_image_once(build_output, tin
                             load_taxonomy("ovrsis95k"))  # fmt: skip
     http = TestClient(create_app(backend))
     assert http.get("/health").json()["status"] == "UP"
-    setup = http.post("/setup", json={"project": "1.1", "schema": label_config(load_taxonomy("ovrsis95k")),
+    setup = http.post("/setup", json={"project": "1.1", "schema": label_config(load_taxonomy("ovrsis95k"), smart=True),
                                       "hostname": "http://127.0.0.1:8089", "access_token": "x" * 40})  # fmt: skip
     assert setup.json() == {"model_version": MODEL_VERSION}
     key, other = sorted(r.key for r in load_records(build_output))[:2]
