@@ -163,10 +163,8 @@ class ReviewBackend:
     @property
     def piseg(self):
         if self._piseg is None:
-            try:
-                from piseg.inference.predict import Predictor
-            except ImportError:  # the layout before piseg's packages were split
-                from piseg.predict import Predictor
+            from piseg.inference.predict import Predictor  # the one audit -> piseg edge, imported on use
+
             self._piseg = Predictor(self.config.piseg)
         return self._piseg
 

@@ -78,11 +78,13 @@ def backend(
     SAM masks for the smart tools' clicks and boxes (image embedding cached on disk per tile), and
     pre-annotations for tasks without them. Connect it with `ovrsis audit push --backend URL`."""
     from audit.backend import BackendConfig, ReviewBackend, serve
+    from audit.interactive import interactive_segmenter
 
     records = records or root
     try:
         taxonomy = _taxonomy(records) if (records / "records.jsonl").is_file() else _default_taxonomy()
         config = BackendConfig(root=root, records=records, models=models, piseg=piseg, warm=warm)
+        interactive_segmenter(models)
         review = ReviewBackend(config, taxonomy)
     except (AuditError, OSError, ValueError) as error:
         _fail(error)

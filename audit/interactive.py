@@ -139,11 +139,23 @@ def load_interactive(models: str | Path) -> InteractiveSam:
     """The SAM of a models configuration (`tiny`, `default` or a YAML), split for interactive use."""
     from pipeline.models.config import ModelSet, load_models_config
 
-    spec = load_models_config(models).segmenter
+    spec = interactive_segmenter(models)
     segmenter = ModelSet(load_models_config(models)).segmenter
     if spec.backend == "segment-anything":
         return SegmentAnythingInteractive(segmenter.model, model_key("segment-anything", spec.checkpoint, spec.arch))
     return TransformersInteractive(segmenter.model, segmenter.processor, model_key("transformers", spec.model, spec.revision))
+
+
+def interactive_segmenter(models: str | Path):
+    """The segmenter spec of a models configuration, refused unless it is a SAM the tool can split
+    into encoder and decoder (checked when the backend starts, not at a reviewer's first click)."""
+    from pipeline.models.config import load_models_config
+
+    spec = load_models_config(models).segmenter
+    if spec.backend not in ("segment-anything", "sam"):
+        raise ValueError(f"{models}: the interactive tool runs SAM (segmenter backend 'sam' or 'segment-anything'), "
+                         f"not {spec.backend!r}; name a models configuration with a SAM segmenter (--models)")  # fmt: skip
+    return spec
 
 
 def model_key(backend: str, weights: str | None, variant: object = None) -> str:

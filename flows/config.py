@@ -3,7 +3,7 @@
     inputs: [imagery/]                 # rasters or folders
     captions: captions.jsonl           # optional: existing captions (tiles it lacks are captioned)
     taxonomy: ovrsis95k                # bundled name or YAML path
-    models: default                    # default | tiny | models YAML (see pipeline/models/config.py)
+    models: default                    # default | fast | best | tiny | models YAML (pipeline/models/config.py)
     output: out/                       # shards, manifest, masks, records, reports
     storage: out/.cache                # the stage cache (resume and selective reruns) [default: OUTPUT/.cache]
     tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0, max_pixels: 2500000000}
@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.annotate import AnnotateConfig
 from pipeline.ingest import MAX_PIXELS, BandRule, TilingConfig
 from pipeline.merge import MergeConfig
+from pipeline.models.presets import PRESETS
 from pipeline.selection import DEFAULT_TARGET_TILES, SelectionConfig
 from pipeline.shards import ShardConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
@@ -186,7 +187,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
     }
     if config.taxonomy.endswith((".yaml", ".yml")):
         updates["taxonomy"] = str(_resolve(base, Path(config.taxonomy)))
-    if config.models not in ("default", "tiny"):
+    if config.models not in (*PRESETS, "tiny"):
         updates["models"] = str(_resolve(base, Path(config.models)))
     return config.model_copy(update=updates)
 

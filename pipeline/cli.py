@@ -189,7 +189,7 @@ def annotate(
     taxonomy: str = typer.Option("ovrsis95k", "--taxonomy", "-t", help="Bundled taxonomy name or YAML path."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     captions: Path | None = typer.Option(None, help="Captions JSON Lines to use instead of the captioner."),
-    models: str = typer.Option("default", help="default | tiny | path to a models YAML."),
+    models: str = typer.Option("default", help="default | fast | best (presets) | tiny | path to a models YAML."),
     tile_size: int = typer.Option(1024, help="Tile side in pixels."),
     overlap: int = typer.Option(0, help="Overlap between neighbouring tiles in pixels."),
     bands: str | None = typer.Option(None, help="1-based bands used as R,G,B, e.g. '4,3,2' [auto]."),

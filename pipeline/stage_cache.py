@@ -9,7 +9,7 @@ rename), so a killed build leaves whole files or none; an unreadable file is a m
 
 Ingest results (a raster's tile records) live beside them in `stages/ingest/`. A completed build
 writes the keys it used to `STORAGE/last-build.keys`; `ovrsis cache prune` deletes every other file
-(docs/architecture.md, "The stage cache").
+(docs/architecture.md, "Stages and cache keys").
 """
 
 from __future__ import annotations

@@ -138,10 +138,8 @@ def tiny_piseg_checkpoint(folder: Path) -> Path:
     from piseg.checkpoint import save_checkpoint
     from piseg_helpers import tiny_config
 
-    try:
-        from piseg.modeling.model import build_model
-    except ImportError:  # the layout before piseg's packages were split
-        from piseg.model import build_model
+    from piseg.modeling.model import build_model
+
     config = tiny_config()
     path = folder / "piseg.pt"
     save_checkpoint(path, build_model(config.model), config, ["building", "road"], "v")

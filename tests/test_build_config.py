@@ -43,3 +43,9 @@ def test_checks_fail_before_any_model_loads(tmp_path):
         check_before_models(load_build_config(write(tmp_path, tiling={"tile_size": 64, "overlap": 64})))
     with pytest.raises(BuildConfigError, match="configuration file not found"):
         load_build_config(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("preset", ["default", "fast", "best", "tiny"])
+def test_model_presets_are_names_not_paths(tmp_path, preset):
+    (tmp_path / "build.yaml").write_text(yaml.safe_dump({"inputs": ["in"], "output": "out", "models": preset}))
+    assert load_build_config(tmp_path / "build.yaml").models == preset

@@ -32,11 +32,12 @@ def test_distribution_installs_the_packages_and_both_commands():
 
 
 def test_dependency_direction():
-    """taxonomy <- pipeline <- flows; pipeline <- audit; only flows imports prefect, only audit the LS SDK."""
+    """taxonomy <- pipeline <- flows; pipeline <- audit; only flows imports prefect, only audit the LS SDK.
+    audit imports piseg only in its ML backend, on use (Pi-Seg pre-annotations), never at module level."""
     forbidden = {
         "taxonomy": ("pipeline", "flows", "audit", "piseg", "prefect", "label_studio_sdk", "spacy"),
         "pipeline": ("flows", "audit", "piseg", "prefect", "label_studio_sdk"),
-        "audit": ("flows", "piseg", "prefect"),
+        "audit": ("flows", "prefect"),
         "piseg": ("flows", "audit", "prefect", "label_studio_sdk"),
         "flows": ("label_studio_sdk",),
     }
@@ -45,3 +46,8 @@ def test_dependency_direction():
             text = source.read_text()
             for name in banned:
                 assert not re.search(rf"^\s*(from|import) {name}\b", text, flags=re.M), f"{source} imports {name}"
+    for source in (REPO / "audit").rglob("*.py"):
+        text = source.read_text()
+        assert not re.search(r"^(from|import) piseg\b", text, flags=re.M), f"{source} imports piseg at module level"
+        if re.search(r"^\s+(from|import) piseg\b", text, flags=re.M):
+            assert source.name == "backend.py", f"{source}: only the ML backend may use piseg"
