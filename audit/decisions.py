@@ -37,9 +37,8 @@ import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
 from pipeline.records import AuditDecision
-from taxonomy.loader import Category, Taxonomy
+from taxonomy.loader import IGNORE_INDEX as IGNORE, Category, Taxonomy
 
-IGNORE = 255
 CORRECTION_KINDS = ("boundary", "merge", "filtering")
 
 

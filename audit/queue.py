@@ -28,7 +28,8 @@ from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
 from pipeline.annotate import RasterPixels
 from pipeline.ingest import BandRule, IngestError
-from pipeline.outputs import atomic_path, palette
+from pipeline.outputs import palette
+from pipeline.files import atomic_path
 from pipeline.records import TileRecord
 from taxonomy.loader import Taxonomy
 

@@ -19,7 +19,8 @@ from PIL import Image, UnidentifiedImageError
 
 from audit.decisions import review_annotation
 from audit.ledger import Review
-from pipeline.outputs import atomic_path, write_png
+from pipeline.outputs import write_png
+from pipeline.files import atomic_path
 from pipeline.records import AuditDecision
 from taxonomy.loader import Taxonomy
 

@@ -18,7 +18,7 @@ from audit.queue import PushSummary, load_live_records, prepare_tiles, push, str
 from audit.records import load_records, write_records
 from audit.settings import AuditError
 from audit.status import stale_keys
-from pipeline.outputs import OutputBusy, output_lock
+from pipeline.files import OutputBusy, output_lock
 from taxonomy.loader import Taxonomy
 
 

@@ -39,7 +39,7 @@ from audit.decisions import CORRECTION_KINDS, ReviewShapeError
 from audit.ledger import Review, latest_reviews, read_ledger
 from audit.records import load_records, proposal_mask, shown_mask
 from audit.review_cache import reviewed
-from pipeline.outputs import atomic_path
+from pipeline.files import atomic_path
 from pipeline.records import TileRecord
 from taxonomy.loader import Taxonomy
 

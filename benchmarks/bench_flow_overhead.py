@@ -1,9 +1,10 @@
 """Orchestration overhead: the same tiles through the Prefect flow and through the plain stage functions.
 
 Generates rasters (default 20 x 1280x1280 px, 128 px tiles = 2,000 tiles), builds tiny models, then
-times (a) `Annotator.run` (the stage functions in one process, batches of 8) and (b) the
-build-ovrsis95k flow in Prefect's ephemeral mode with the thread runner (same batches, cold cache),
-which also writes shards. Reports tiles/s of each and the flow/plain ratio.
+times the same work both ways: (a) `Annotator.run` (the stage functions in one process) followed by
+selection, the balance report and the shards, as plain function calls; (b) the build-ovrsis95k
+flow in Prefect's ephemeral mode with the thread runner (same batches, cold cache), which does the
+same. Reports tiles/s of each, the flow/plain ratio and the orchestration cost per tile.
 Usage: python benchmarks/bench_flow_overhead.py [--rasters 20] [--workers 1]
 """
 
@@ -47,13 +48,14 @@ def main() -> None:
                               captions=load_caption_file(work / "data" / "captions.jsonl"))  # fmt: skip
         started = time.perf_counter()  # model loads count both ways: the flow loads its models inside too
         annotator.run(imagery)
+        select_and_shard(work / "plain")
         plain = time.perf_counter() - started
 
         config = work / "build.yaml"
         config.write_text(yaml.safe_dump({
             "inputs": [str(imagery)], "captions": str(work / "data" / "captions.jsonl"), "models": str(models),
             "output": str(work / "flow"), "tiling": {"tile_size": 128}, "batch_size": args.batch_size,
-            "runner": {"kind": "threads", "workers": args.workers},
+            "runner": {"kind": "threads", "workers": args.workers}, "overlays": True,
         }))  # fmt: skip
         code = ("import time, json; from flows.build import build; t = time.perf_counter(); "
                 f"build({str(config)!r}); print(json.dumps({{'seconds': time.perf_counter() - t}}))")  # fmt: skip
@@ -65,9 +67,37 @@ def main() -> None:
         flow = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
     print(f"tiles                      {n_tiles} (128 px, tiny models, batches of {args.batch_size}, {os.cpu_count()} cores)")
     print(f"plain stage functions      {plain:7.1f} s  {n_tiles / plain:6.1f} tiles/s")
-    print(f"Prefect flow (in-flow)     {flow:7.1f} s  {n_tiles / flow:6.1f} tiles/s  (includes shards and the balance report)")
+    print(f"Prefect flow (in-flow)     {flow:7.1f} s  {n_tiles / flow:6.1f} tiles/s  (both: shards and the balance report)")
     print(f"Prefect flow (with start)  {total:7.1f} s  (ephemeral server start-up included)")
     print(f"flow / plain               {flow / plain:7.2f}")
+    print(f"orchestration per tile     {(flow - plain) / n_tiles * 1000:7.2f} ms")
+
+
+def select_and_shard(out: Path) -> None:
+    """What the flow does after annotating, as plain calls: selection, the balance report, shards."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.annotate import RasterPixels
+    from pipeline.balance_report import write_report
+    from pipeline.ingest import BandRule
+    from pipeline.record_store import sort_records
+    from pipeline.selection import SelectionConfig, is_candidate, select
+    from pipeline.shards import write_shards
+    from pipeline.tile_table import TileRows
+
+    taxonomy, selection = load_taxonomy("ovrsis95k"), SelectionConfig()
+    index = sort_records(out / "records.jsonl", out / "sorted.jsonl")
+    rows = TileRows()
+    for record in index.values():
+        if is_candidate(record, selection):
+            rows.add(record)
+    table = rows.table(taxonomy.names)
+    chosen = select(table, selection)
+    write_report(out / "report", table, chosen)
+    pixels = RasterPixels(BandRule())
+    write_shards(out, index.subset(table.keys[chosen.selected].tolist()),
+                 lambda r: (pixels(r)[0], np.asarray(Image.open(out / r.semantic_mask))), taxonomy.names, taxonomy.version)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pipeline.annotate import (AnnotateSummary, Annotator, RasterPixels, TileSta
 from pipeline.balance_report import write_report
 from pipeline.batching import batched, in_order
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_stems
-from pipeline.outputs import output_lock
+from pipeline.files import output_lock
 from pipeline.record_store import RecordIndex, sort_records
 from pipeline.records import SCHEMA_VERSION, TileRecord
 from pipeline.selection import is_candidate, select
@@ -308,7 +308,7 @@ class _Plan:
             with RasterSource(path, config.bands, stem, config.max_pixels) as source:
                 records = [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
         except IngestError as error:  # unreadable, undecodable, refused by --max-pixels: the reason is recorded
-            return [quarantined_file(path, str(error))]
+            return [quarantined_file(path, str(error), stem)]
         self.cache.store_raster_records(key, records)
         return records
 
@@ -355,7 +355,7 @@ def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:
 
 @lru_cache(maxsize=256)
 def _file_digest(path: Path) -> str:
-    from pipeline.ingest import file_sha256
+    from pipeline.files import file_sha256
 
     try:
         return file_sha256(path)

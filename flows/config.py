@@ -33,18 +33,20 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.annotate import AnnotateConfig
 from pipeline.ingest import MAX_PIXELS, BandRule, TilingConfig
 from pipeline.merge import MergeConfig
 from pipeline.models.presets import PRESETS
 from pipeline.selection import DEFAULT_TARGET_TILES, SelectionConfig
 from pipeline.shards import ShardConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from pipeline.annotate import AnnotateConfig
 
 MIN_FREE_BYTES = 100 * 2**20
 
@@ -138,6 +140,8 @@ class BuildConfig(_Section):
         return self.storage or self.output / ".cache"
 
     def annotate_config(self) -> AnnotateConfig:
+        from pipeline.annotate import AnnotateConfig  # the stages (and torch) only when a build runs
+
         t = self.tiling
         return AnnotateConfig(
             tiling=TilingConfig(t.tile_size, t.overlap, t.min_valid_fraction),

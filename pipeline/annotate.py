@@ -52,7 +52,8 @@ from pipeline.jsonl import atomic_writer, check_encoding, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from pipeline.models.detector import Detection, PromptPhrase
 from pipeline.models.protocols import Models
-from pipeline.outputs import mask_digest, output_lock, overlay, remove_stale_parts, write_mask_geotiff, write_png
+from pipeline.outputs import mask_digest, overlay, write_mask_geotiff, write_png
+from pipeline.files import output_lock, remove_stale_parts
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
 from pipeline.stages import STAGES, given_captions
@@ -287,7 +288,7 @@ class Annotator:
                         yield item
                         started = time.perf_counter()
             except IngestError as error:  # unreadable, undecodable, refused, or unreadable once opened
-                yield quarantined_file(path, str(error))
+                yield quarantined_file(path, str(error), stems[path])
 
     # --- stages ---------------------------------------------------------------------------------
 

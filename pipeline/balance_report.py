@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.outputs import atomic_path
+from pipeline.files import atomic_path
 from pipeline.selection import Selection
 from pipeline.tile_table import TileTable
 

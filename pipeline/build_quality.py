@@ -26,8 +26,8 @@ from pipeline.records import TileRecord, read_records
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import Category, Taxonomy
 from taxonomy.matcher import Lemmatize
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
-IGNORE = 255
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 

@@ -23,7 +23,6 @@ Every failure to open, decode or read becomes an IngestError whose message is th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import Counter
@@ -42,6 +41,7 @@ from rasterio.io import DatasetReader, MemoryFile
 from rasterio.windows import Window as RioWindow
 from rasterio.windows import transform as window_transform
 
+from pipeline.files import file_sha256
 from pipeline.records import Quarantine, SourceInfo, TileRecord, Window, tile_key
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt")
@@ -178,14 +178,6 @@ def planned_tiles(rasters: list[Path], tiling: TilingConfig, max_pixels: int = M
         refused = width * height > max_pixels
         total += 1 if refused else max(1, len(plan_windows(width, height, tiling.tile_size, tiling.overlap)))
     return total
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class RasterSource:
@@ -384,13 +376,15 @@ class RasterSource:
         )
 
 
-def quarantined_file(path: Path, reason: str) -> TileRecord:
-    """A record standing for a whole file that could not be tiled (hashed when it can be read)."""
+def quarantined_file(path: Path, reason: str, stem: str | None = None) -> TileRecord:
+    """A record standing for a whole file that could not be tiled (hashed when it can be read). A
+    raster's record takes the stem its tiles would have had (`source_stems`), so a.jpg and a.png that
+    both fail keep distinct keys."""
     source = SourceInfo(
         path=str(path), sha256=_sha256_or_empty(path), window=Window(row_off=0, col_off=0, height=0, width=0),
         band_mapping=[], stretch="none", dtype="unknown", raster_width=0, raster_height=0,
     )  # fmt: skip
-    return TileRecord(key=tile_key(path.stem, 0, 0), source=source, quarantine=Quarantine(stage="ingest", reason=reason))
+    return TileRecord(key=tile_key(stem or path.stem, 0, 0), source=source, quarantine=Quarantine(stage="ingest", reason=reason))
 
 
 def _sha256_or_empty(path: Path) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
-from pipeline.outputs import atomic_path
+from pipeline.files import atomic_path
 
 
 UTF8_BOM = b"\xef\xbb\xbf"

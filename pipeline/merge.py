@@ -25,9 +25,7 @@ from pycocotools import mask as coco_mask
 from scipy.ndimage import binary_fill_holes
 
 from pipeline.records import Conflict, Instance
-from taxonomy.loader import Taxonomy
-
-IGNORE = 255
+from taxonomy.loader import IGNORE_INDEX as IGNORE, Taxonomy
 
 
 @dataclass(frozen=True)

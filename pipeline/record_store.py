@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pipeline.outputs import atomic_path
+from pipeline.files import atomic_path
 from pipeline.records import TileRecord
 
 

@@ -29,15 +29,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
-from pipeline.ingest import file_sha256
-from pipeline.outputs import atomic_path
+from pipeline.files import file_sha256
+from pipeline.files import atomic_path
 from pipeline.records import TileRecord
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 MANIFEST_SCHEMA_VERSION = 1
-IGNORE = 255
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # a sample holds exactly one image part
 
 
@@ -97,6 +96,8 @@ def write_shards(
     """Write every split's shards and the manifest; returns the manifest. `records` may be a mapping
     by key that reads each record when asked (pipeline.record_store.RecordIndex), so a build never
     holds the records it shards."""
+    import webdataset as wds  # imports torch: only where shards are written or read
+
     if isinstance(records, Mapping):
         by_key = records
     else:
@@ -316,6 +317,8 @@ class ShardReader:
 
     def samples(self, split: str = "train") -> Iterator[Sample]:
         """Samples in shard order, decoded to arrays."""
+        import webdataset as wds  # imports torch: only where shards are written or read
+
         paths = self.shard_paths(split)
         if not paths:
             return
@@ -346,6 +349,8 @@ def decode_sample(raw: dict) -> Sample:
 def export_official(out_dir: Path, destination: Path, splits: Iterable[str] = ("train", "val")) -> int:
     """The folder layout the authors' Pi-Seg / CAT-Seg code reads: {split}/img/*.jpg, {split}/mask/*.png.
     JPEG images are copied byte for byte; PNG and WebP images are encoded to JPEG at quality 95."""
+    import webdataset as wds  # imports torch: only where shards are written or read
+
     reader = ShardReader(out_dir)
     count = 0
     for split in splits:

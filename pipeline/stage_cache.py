@@ -26,7 +26,7 @@ from typing import Iterable, Sequence, get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from pipeline.annotate import TileState
-from pipeline.outputs import atomic_path
+from pipeline.files import atomic_path
 from pipeline.records import TileRecord
 from pipeline.stages import Stage
 

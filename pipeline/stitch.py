@@ -24,10 +24,10 @@ from affine import Affine
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window as RioWindow
 
-from pipeline.outputs import COG_OPTIONS, atomic_path
+from pipeline.outputs import COG_OPTIONS
+from pipeline.files import atomic_path
 from pipeline.records import Window
-
-IGNORE = 255
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 
 def tile_cores(windows: Sequence[Window]) -> list[Window]:

@@ -314,7 +314,7 @@ def test_the_proposal_is_found_by_its_digest_after_an_annotate_rerun(tmp_path):
 def test_apply_waits_for_a_running_build_and_keeps_unshown_categories(tmp_path):
     from audit.session import apply_ledger
     from pipeline.categories import ProposedCategory
-    from pipeline.outputs import output_lock
+    from pipeline.files import output_lock
 
     proposal = four_stripes()
     make_build(tmp_path, {"a": proposal})

@@ -32,7 +32,8 @@ from bad_inputs import (
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import IngestError, RasterSource, TilingConfig, bounded_reads, find_rasters
 from pipeline.jsonl import atomic_writer
-from pipeline.outputs import process_umask, write_png
+from pipeline.outputs import write_png
+from pipeline.files import process_umask
 from pipeline.records import TileRecord, Window
 from pipeline.selection import kept_categories
 from taxonomy import load_taxonomy

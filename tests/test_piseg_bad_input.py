@@ -25,7 +25,7 @@ from piseg.cli import app
 from piseg.evaluation.benchmarks import default_definitions
 from piseg.inference.predict import Predictor
 from piseg.training.train import train
-from pipeline.shards import file_sha256
+from pipeline.files import file_sha256
 from tests.bad_inputs import GOOD, make_raster_corpus, write_exif_rotated_jpeg
 from tests.piseg_helpers import tiny_config, write_config, write_synthetic_shards
 

@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.export.output_folder import ExportError
-from pipeline.outputs import IGNORE, atomic_path
+from pipeline.files import atomic_path
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.shards import IMAGE_EXTENSIONS, ShardError, ShardReader, decode_image, image_part
 
 

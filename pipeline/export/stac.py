@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.export.cog import is_cog
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
-from pipeline.outputs import IGNORE
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.records import TileRecord
 
 

@@ -36,7 +36,8 @@ from affine import Affine
 from PIL import Image
 
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
-from pipeline.outputs import IGNORE, atomic_path
+from pipeline.files import atomic_path
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.records import TileRecord, Window
 from pipeline.stitch import tile_cores
 

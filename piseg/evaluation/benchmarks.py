@@ -15,9 +15,8 @@ from PIL import Image
 
 from piseg.inference.predict import read_image
 from pipeline.ingest import IngestError
-from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
+from taxonomy.loader import IGNORE_INDEX as IGNORE, Taxonomy, TaxonomyError, load_taxonomy
 
-IGNORE = 255
 LOW_RESOLUTION_PIXELS = 800 * 800  # Table XIII: native size below 800x800 is "low resolution"
 
 

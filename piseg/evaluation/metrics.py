@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE = 255
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 
 @dataclass

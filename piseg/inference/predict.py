@@ -12,7 +12,8 @@ from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
 from piseg.inference.scheme import predict_mask
 from pipeline.ingest import RasterSource, plan_windows
-from pipeline.outputs import IGNORE, overlay, write_mask_geotiff, write_png
+from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.records import Window
 from pipeline.stitch import stitch_to_geotiff
 

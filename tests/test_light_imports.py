@@ -1,0 +1,33 @@
+"""Light modules stay light: reading records, ledgers, shards, configurations and the taxonomy
+imports no model, GIS or server library (each module imported alone, in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "rasterio", "prefect", "label_studio_sdk", "sentence_transformers", "spacy")
+LIGHT = {
+    "taxonomy": HEAVY,
+    "pipeline.records": HEAVY,
+    "pipeline.files": HEAVY,
+    "pipeline.stages": HEAVY,
+    "pipeline.record_store": HEAVY,
+    "pipeline.tile_table": HEAVY,
+    "audit.ledger": HEAVY,
+    # webdataset imports torch when it is installed; the shard reader needs no GIS or server library
+    "pipeline.shards": ("transformers", "rasterio", "prefect", "label_studio_sdk", "sentence_transformers", "spacy"),
+    # the build configuration parser: no model or server library (tiling rules still come from ingest)
+    "flows.config": ("torch", "transformers", "prefect", "label_studio_sdk", "sentence_transformers", "spacy"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT))
+def test_module_imports_no_heavy_library(module):
+    code = f"import sys, json; import {module}; print(json.dumps(sorted(m for m in {LIGHT[module]!r} if m in sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], f"import {module} loads heavy libraries"
