@@ -36,6 +36,7 @@ from pipeline.batching import batched, in_order
 from pipeline.categories import CaptionCategorizer, parse_images
 from pipeline.categorize_file import CategorizeSummary, iter_items
 from pipeline.domains import DomainClassifier
+from pipeline.files import atomic_path, output_lock, remove_stale_parts
 from pipeline.ingest import (
     MAX_PIXELS,
     BandRule,
@@ -53,7 +54,6 @@ from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, me
 from pipeline.models.detector import Detection, PromptPhrase
 from pipeline.models.protocols import Models
 from pipeline.outputs import mask_digest, overlay, write_mask_geotiff, write_png
-from pipeline.files import output_lock, remove_stale_parts
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
 from pipeline.stages import STAGES, given_captions
@@ -367,16 +367,23 @@ class Annotator:
             state.record.provenance = self._provenance(state)
 
     def write(self, states: list[TileState], pixels: PixelSource) -> None:
-        """Masks, GeoTIFF masks and overlays of the live tiles (not cached: cheap and on disk)."""
+        """Masks, GeoTIFF masks and overlays of the live tiles (not cached: cheap and on disk). The
+        merge's PNG bytes are written as they are; a mask file that already holds them (a rebuild
+        with nothing changed) is left alone, and so is its GeoTIFF."""
         for state in states:
             if not state.live:
                 continue
             key, source = state.record.key, state.record.source
+            path = self.out_dir / state.record.semantic_mask
+            unchanged = _holds(path, state.mask_png)
+            if not unchanged:
+                with atomic_path(path) as temporary:
+                    temporary.write_bytes(state.mask_png)
             semantic = state.semantic_mask()
-            write_png(self.out_dir / state.record.semantic_mask, semantic)
             state.record.proposal_digest = mask_digest(semantic)
-            if self.config.write_geotiff and source.transform:
-                write_mask_geotiff(self.out_dir / "masks" / f"{key}.tif", semantic, source.crs, source.transform)
+            geotiff = self.out_dir / "masks" / f"{key}.tif"
+            if self.config.write_geotiff and source.transform and not (unchanged and geotiff.is_file()):
+                write_mask_geotiff(geotiff, semantic, source.crs, source.transform)
             if self.config.write_overlay:
                 quick_look = overlay(pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices)
                 write_png(self.out_dir / "overlays" / f"{key}.png", quick_look)
@@ -465,6 +472,14 @@ def load_caption_file(path: Path) -> dict[str, list[str]]:
         first = summary.errors[0]
         raise ValueError(f"{path}: {len(summary.errors)} bad line(s); line {first.line}: {first.message}")
     return captions
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at `path` holds exactly `data` (the size is compared first)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 class _TileFailure(RuntimeError):
