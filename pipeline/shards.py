@@ -24,6 +24,7 @@ import json
 import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -116,22 +117,17 @@ def write_shards(
     formats: set[str] = set()
     for split, keys in splits.items():
         keys = shuffled_keys(keys, config.seed)
-        shards = []
-        for index, chunk in enumerate(_chunks(keys, by_key, load_sample, config, len(taxonomy_names))):
-            path = shard_dir / f"{split}-{index:06d}.tar"
-            with atomic_path(path) as temporary:
-                with wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis", group="ovrsis", mode=0o444) as tar:
-                    for key, encoded, mask, domain in chunk:
-                        tar.write(encoded)
-                        formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
-                        values, counts = np.unique(mask, return_counts=True)
-                        for value, count in zip(values.tolist(), counts.tolist()):
-                            if value != IGNORE:
-                                pixels[taxonomy_names[value]] += count
-                                images[taxonomy_names[value]] += 1
-                        domains[domain] += 1
-            shards.append({"name": path.name, "samples": len(chunk), "bytes": path.stat().st_size, "sha256": file_sha256(path)})
-        manifest_splits[split] = {"samples": len(keys), "shards": shards}
+        with _ShardStream(shard_dir, split, config, wds) as stream:
+            for key, encoded, mask, domain in _samples(keys, by_key, load_sample, config, len(taxonomy_names)):
+                stream.add(encoded)
+                formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
+                values, counts = np.unique(mask, return_counts=True)
+                for value, count in zip(values.tolist(), counts.tolist()):
+                    if value != IGNORE:
+                        pixels[taxonomy_names[value]] += count
+                        images[taxonomy_names[value]] += 1
+                domains[domain] += 1
+        manifest_splits[split] = {"samples": len(keys), "shards": stream.shards}
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "taxonomy": {"names": list(taxonomy_names), "version": taxonomy_version},
@@ -148,23 +144,63 @@ def write_shards(
     return manifest
 
 
-def _chunks(keys, by_key, load_sample, config: ShardConfig, n_classes: int) -> Iterator[list[tuple[str, dict, np.ndarray, str]]]:
-    chunk, size = [], 0
+def _samples(keys, by_key, load_sample, config: ShardConfig, n_classes: int) -> Iterator[tuple[str, dict, np.ndarray, str]]:
+    """Each key's sample, encoded, with its mask and domain; one sample in memory at a time."""
     for key in keys:
         record = by_key[key]
         image, mask = load_sample(record)
         bad = np.setdiff1d(np.unique(mask), [*range(n_classes), IGNORE])
         if bad.size:
             raise ShardError(f"{key}: mask values {bad.tolist()} outside the taxonomy's {n_classes} classes")
-        encoded = _encode(key, image, mask, record, config)
-        sample_bytes = sum(len(v) for k, v in encoded.items() if k != "__key__")
-        if chunk and (len(chunk) >= config.max_samples or size + sample_bytes > config.max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((key, encoded, mask, record.domain.name if record.domain else "unknown"))
-        size += sample_bytes
-    if chunk:
-        yield chunk
+        yield key, _encode(key, image, mask, record, config), mask, record.domain.name if record.domain else "unknown"
+
+
+class _ShardStream:
+    """Samples written into `{split}-{index:06d}.tar` as they come, a new shard once the current one
+    holds `max_samples` or the next sample would take it past `max_bytes` of payload: a shard is never
+    held in memory (a 1 GiB shard of 1024 px tiles would be). Each shard is renamed into place when
+    it is closed; a failure leaves no partial shard."""
+
+    def __init__(self, shard_dir: Path, split: str, config: ShardConfig, wds) -> None:
+        self.shard_dir, self.split, self.config, self.wds = shard_dir, split, config, wds
+        self.shards: list[dict] = []
+        self._stack: ExitStack | None = None
+        self._path: Path | None = None
+        self._samples = self._bytes = 0
+
+    def add(self, encoded: dict) -> None:
+        size = sum(len(v) for k, v in encoded.items() if k != "__key__")
+        if self._samples and (self._samples >= self.config.max_samples or self._bytes + size > self.config.max_bytes):
+            self._close()
+        if self._stack is None:
+            self._open()
+        self._tar.write(encoded)
+        self._samples += 1
+        self._bytes += size
+
+    def _open(self) -> None:
+        self._path = self.shard_dir / f"{self.split}-{len(self.shards):06d}.tar"
+        self._stack = ExitStack()
+        temporary = self._stack.enter_context(atomic_path(self._path))
+        self._tar = self._stack.enter_context(self.wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis",
+                                                                 group="ovrsis", mode=0o444))  # fmt: skip
+
+    def _close(self) -> None:
+        self._stack.close()  # closes the tar, then renames it into place
+        self.shards.append({"name": self._path.name, "samples": self._samples, "bytes": self._path.stat().st_size,
+                            "sha256": file_sha256(self._path)})  # fmt: skip
+        self._stack, self._samples, self._bytes = None, 0, 0
+
+    def __enter__(self) -> "_ShardStream":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if self._stack is None:
+            return
+        if error is None:
+            self._close()
+        else:
+            self._stack.__exit__(kind, error, trace)  # the temporary is deleted
 
 
 def _encode(key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, config: ShardConfig) -> dict:
