@@ -1,0 +1,129 @@
+"""A build at OVRSIS95K scale: wall time, tiles/s, peak memory, cache and output size per tile.
+
+Generates one 1280x1280 GeoTIFF and hard-links it under as many names as the tile count needs
+(100 tiles of 128 px each: 1,000 names for 100,000 tiles, one file on disk; every name is its own
+source with its own tile keys), builds tiny models, then runs `ovrsis build` for each size in a
+subprocess with the thread runner, polling the build process tree's resident memory. Reports per
+size: wall time, tiles/s, peak RSS of the build process (and of its whole tree, the ephemeral
+Prefect server included), stage cache bytes per tile, outputs beside the shards against the
+shards, and the Prefect database size. A second run of the smallest size with nothing changed
+shows the cost of a build that does no model work.
+
+Usage: python benchmarks/bench_scale.py [--tiles 2000 20000 100000] [--tile-size 128] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+import yaml
+from affine import Affine
+
+from pipeline.models.tiny import make_tiny_models
+
+CAPTION = "many buildings and trees along a road with cars near a river"
+
+
+def make_sources(folder: Path, rasters: int, size: int = 1280) -> Path:
+    """One generated GeoTIFF, hard-linked under `rasters` names (one file's worth of disk)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = folder / "scene00000.tif"
+    rng = np.random.default_rng(7)
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}  # fmt: skip
+    with rasterio.open(first, "w", **profile) as out:
+        out.write(rng.integers(1, 255, (3, size, size), dtype=np.uint8))
+    for index in range(1, rasters):
+        os.link(first, folder / f"scene{index:05d}.tif")
+    captions = folder.parent / "captions.jsonl"
+    captions.write_text("".join(f'{{"id": "scene{i:05d}", "caption": "{CAPTION}"}}\n' for i in range(rasters)))
+    return folder
+
+
+def folder_bytes(path: Path, exclude: tuple[Path, ...] = ()) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if Path(root, d) not in exclude]
+        total += sum(Path(root, f).stat().st_size for f in files)
+    return total
+
+
+def run_build(config: Path, home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "--config", str(config)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    peak = {"process": 0, "tree": 0}
+
+    def poll() -> None:
+        build = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                own = build.memory_info().rss
+                tree = own + sum(child.memory_info().rss for child in build.children(recursive=True))
+            except psutil.Error:
+                break
+            peak["process"], peak["tree"] = max(peak["process"], own), max(peak["tree"], tree)
+            time.sleep(0.25)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    _, stderr = process.communicate()
+    watcher.join()
+    if process.returncode not in (0, 1):
+        sys.exit(f"build failed ({process.returncode}):\n{stderr[-3000:]}")
+    return {"seconds": time.perf_counter() - started, **peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiles", type=int, nargs="+", default=[2000, 20000, 100000])
+    parser.add_argument("--tile-size", type=int, default=128, help="tile side; sources are 10x10 tiles")
+    parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    models = make_tiny_models(work / "tiny")
+    rows = []
+    for count in args.tiles:
+        rasters = -(-count // 100)
+        sources = make_sources(work / f"data{count}" / "rasters", rasters, size=10 * args.tile_size)
+        output = work / f"out{count}"
+        config = work / f"build{count}.yaml"
+        config.write_text(yaml.safe_dump({
+            "inputs": [str(sources)], "captions": str(sources.parent / "captions.jsonl"), "models": str(models),
+            "output": str(output), "tiling": {"tile_size": args.tile_size}, "batch_size": 32,
+            "selection": {"target_tiles": "all"}, "shards": {"max_samples": 10000},
+        }))  # fmt: skip
+        home = work / f"prefect{count}"
+        first = run_build(config, home)
+        again = run_build(config, home) if count == min(args.tiles) else None
+        shards = folder_bytes(output / "shards")
+        cache = folder_bytes(output / ".cache")
+        beside = folder_bytes(output, exclude=(output / "shards", output / ".cache"))
+        database = sum(p.stat().st_size for p in home.glob("*.db*"))
+        tiles = rasters * 100
+        rows.append((tiles, first, again, shards, cache, beside, database))
+        print(f"{tiles:>7} tiles: {first['seconds']:7.1f} s  {tiles / first['seconds']:6.1f} tiles/s  "
+              f"peak RSS build {first['process'] / 2**30:5.2f} GiB (tree {first['tree'] / 2**30:5.2f} GiB)  "
+              f"cache {cache / tiles / 1024:6.1f} KiB/tile  outputs beside shards {beside / tiles / 1024:6.1f} KiB/tile "
+              f"({beside / shards:5.1%} of shards; cache {cache / shards:5.1%})  Prefect db {database / 2**20:6.1f} MiB"
+              + (f"  | rerun, nothing changed: {again['seconds']:.1f} s" if again else ""), flush=True)  # fmt: skip
+    base = rows[0][1]["process"]
+    for tiles, first, *_ in rows[1:]:
+        print(f"peak RSS at {tiles} tiles / at {rows[0][0]} tiles: {first['process'] / base:.3f}")
+    print(f"work folder: {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The dataset build's GPU check (issue 14, item 5), one command within 8 minutes.
+
+1. Each model stage at real size with random weights (built from the released configurations,
+   nothing downloaded): Florence-2-large captioning (96 new tokens), GroundingDINO-base detection,
+   SAM ViT-B and ViT-H box prompting (image embedding + 20 boxes), at batch 1, 8 and 16 tiles:
+   tiles/s and peak GPU memory. The sizes come from benchmarks/bench_annotate.py (REAL_SIZE).
+2. The whole build flow against the plain stage functions over generated imagery
+   (benchmarks/bench_flow_overhead.py, tiny models on this device): the orchestration share
+   of the flow's time.
+
+Each part is skipped with a note once the time budget is spent, so the script always prints.
+Usage: python benchmarks/gpu_check_build.py [--budget-s 480] [--batches 1 8 16] [--out gpu_check_build.json]
+(`--tiny` builds small configurations instead, so the script itself can be checked on a CPU.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_annotate import REAL_SIZE  # noqa: E402
+
+MODELS = ("florence-2-large", "grounding-dino-base", "sam-vit-b", "sam-vit-h")
+SAM_VIT_H = {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "global_attn_indexes": [7, 15, 23, 31]}
+
+
+def build(name: str, tiny: bool, device: str):
+    """(model, run(batch)) for one model stage, with the inputs a 1024 px tile gives its processor."""
+    import transformers as t
+
+    if name == "florence-2-large":
+        sizes = REAL_SIZE["florence-community/Florence-2-large"]
+        vision = {"depths": [1, 1, 9, 1], "window_size": 12, **sizes["vision"]}
+        text = {"vocab_size": 51290, "max_position_embeddings": 1024, **sizes["text"]}
+        if tiny:
+            vision = {"depths": [1, 1, 1, 1], "window_size": 12, "embed_dim": [16, 32, 64, 128], "num_heads": [1, 2, 4, 8],
+                      "num_groups": [1, 2, 4, 8], "projection_dim": 64}  # fmt: skip
+            text = {"vocab_size": 51290, "max_position_embeddings": 1024, "d_model": 64, "encoder_layers": 1,
+                    "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                    "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}  # fmt: skip
+        config = t.Florence2Config(vision_config=vision, text_config=text)
+        model = t.Florence2ForConditionalGeneration(config).to(device).eval()
+        size, tokens = (768, 577) if not tiny else (224, 50)
+
+        def run(batch: int) -> None:
+            ids = torch.cat([torch.full((batch, tokens), config.image_token_id), torch.randint(100, 50000, (batch, 14))], dim=1)
+            model.generate(input_ids=ids.to(device), pixel_values=torch.rand(batch, 3, size, size, device=device),
+                           max_new_tokens=96 if not tiny else 4, min_new_tokens=96 if not tiny else 4, num_beams=1)  # fmt: skip
+
+        return model, run
+    if name == "grounding-dino-base":
+        config = t.GroundingDinoConfig(backbone_config=REAL_SIZE["swin-b"]) if not tiny else t.GroundingDinoConfig(
+            backbone_config={"model_type": "swin", "embed_dim": 8, "depths": [1] * 4, "num_heads": [1] * 4,
+                             "out_features": ["stage2", "stage3", "stage4"], "out_indices": [2, 3, 4]},
+            d_model=32, encoder_layers=1, decoder_layers=2, num_queries=10, encoder_n_points=2, decoder_n_points=2,
+            text_config={"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 16})  # fmt: skip
+        model = t.GroundingDinoForObjectDetection(config).to(device).eval()
+        size = 800 if not tiny else 128
+
+        def run(batch: int) -> None:
+            model(pixel_values=torch.rand(batch, 3, size, size, device=device), input_ids=torch.randint(1000, 2000, (batch, 24), device=device))
+
+        return model, run
+    config = t.SamConfig(vision_config=SAM_VIT_H if name == "sam-vit-h" else {})
+    if tiny:  # the test suite's tiny SAM (pipeline/models/tiny.py)
+        config = t.SamConfig(
+            vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 256, "patch_size": 16,
+                           "output_channels": 32, "num_pos_feats": 16, "global_attn_indexes": [1], "window_size": 4, "mlp_dim": 64},
+            prompt_encoder_config={"hidden_size": 32, "image_size": 256, "patch_size": 16},
+            mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+        )  # fmt: skip
+    model = t.SamModel(config).to(device).eval()
+    size = 1024 if not tiny else 256
+
+    def run(batch: int) -> None:
+        boxes = torch.rand(batch, 20, 2, device=device).repeat(1, 1, 2) * (size * 0.5)
+        boxes[..., 2:] += size * 0.1
+        embeddings = model.get_image_embeddings(torch.rand(batch, 3, size, size, device=device))
+        model(image_embeddings=embeddings, input_boxes=boxes, multimask_output=False)
+
+    return model, run
+
+
+def time_stage(name: str, batches: list[int], tiny: bool, device: str, deadline: float) -> list[dict]:
+    model, run = build(name, tiny, device)
+    rows = []
+    with torch.inference_mode():
+        for batch in batches:
+            if time.monotonic() > deadline:
+                rows.append({"model": name, "batch": batch, "skipped": "time budget spent"})
+                continue
+            try:
+                run(batch)  # warm-up: kernels, allocator
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                started = time.perf_counter()
+                run(batch)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - started
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+                rows.append({"model": name, "batch": batch, "tiles_per_s": round(batch / seconds, 2), "peak_gib": peak and round(peak, 2)})
+            except torch.OutOfMemoryError:
+                rows.append({"model": name, "batch": batch, "skipped": "out of GPU memory"})
+                torch.cuda.empty_cache()
+            print(rows[-1], flush=True)
+    params = sum(p.numel() for p in model.parameters())
+    for row in rows:
+        row["params_m"] = round(params / 1e6, 1)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def flow_share(rasters: int, deadline: float) -> dict:
+    """bench_flow_overhead.py on this device: flow and plain seconds, orchestration share of the flow."""
+    remaining = deadline - time.monotonic()
+    if remaining < 60:
+        return {"skipped": "time budget spent"}
+    try:
+        result = subprocess.run([sys.executable, str(HERE / "bench_flow_overhead.py"), "--rasters", str(rasters)],
+                                capture_output=True, text=True, timeout=remaining)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"skipped": "time budget spent during the flow"}
+    figures = dict(re.findall(r"^(plain stage functions|Prefect flow \(in-flow\))\s+([\d.]+) s", result.stdout, flags=re.M))
+    if result.returncode or len(figures) < 2:
+        return {"failed": result.stderr[-1000:]}
+    plain, flow = float(figures["plain stage functions"]), float(figures["Prefect flow (in-flow)"])
+    return {"tiles": rasters * 100, "plain_s": plain, "flow_s": flow, "orchestration_share": round((flow - plain) / flow, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-s", type=float, default=480)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--rasters", type=int, default=20, help="rasters of 100 tiles for the flow part")
+    parser.add_argument("--tiny", action="store_true", help="small configurations (checks the script on a CPU)")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check_build.json"))
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    card = torch.cuda.get_device_name() if device == "cuda" else "CPU (no GPU: figures are not GPU figures)"
+    deadline = time.monotonic() + args.budget_s
+    report = {"device": card, "tiny": args.tiny, "stages": []}
+    for name in MODELS:
+        report["stages"] += time_stage(name, args.batches, args.tiny, device, deadline - 0.25 * args.budget_s)
+    report["flow"] = flow_share(args.rasters, deadline)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"device: {card}")
+    print("| model | params (M) | batch | tiles/s | peak GPU memory (GiB) |\n|---|---:|---:|---:|---:|")
+    for row in report["stages"]:
+        print(f"| {row['model']} | {row['params_m']} | {row['batch']} | {row.get('tiles_per_s', row.get('skipped'))} | {row.get('peak_gib') or '-'} |")
+    print(f"flow: {report['flow']}")
+
+
+if __name__ == "__main__":
+    main()
