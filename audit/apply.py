@@ -73,6 +73,10 @@ def iter_applied(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonom
             yield record
             continue
         candidates = reviews.get(record.key, [])
+        if not candidates and record.key not in queued and not kept_proposal_path(out_dir, record).exists():
+            record.review, record.audit = None, []  # never reviewed nor queued: the proposal stands, unread
+            yield record
+            continue
         try:
             proposal = _current_proposal(out_dir, record, keep=bool(candidates))
         except ProposalMissing as error:

@@ -1,6 +1,6 @@
 """The Prefect flow `build-ovrsis95k`: raw imagery to versioned WebDataset shards.
 
-    ingest/tile -> per batch: caption -> parse -> match -> detect -> segment -> merge -> domain -> write
+    plan windows -> per batch: read tiles -> caption -> parse -> match -> detect -> segment -> merge -> domain -> write
                 -> apply the review ledger -> records.jsonl -> select -> shards -> artifacts
 
 One Prefect task per batch of tiles (`batch_size`): it runs the stage registry (pipeline/stages.py)
@@ -94,10 +94,15 @@ def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tup
     masks written; returns the records as JSON lines and the seconds per stage run."""
     config = settings_of(config_path)
     annotator = _annotator(config_path, os.stat(config_path).st_mtime_ns)
-    states = batch.states
-    seconds = annotator.run_batch(states, annotator.pixels, StageCache(config.storage_dir), keys)
+    states, tiling = batch.states, annotator.config.tiling
     started = time.perf_counter()
-    annotator.write(states, annotator.pixels)
+    loaded = {s.record.key: annotator.pixels.load(s.record, tiling) for s in states}  # each tile read once, here
+    pixels = {key: (tile.image, tile.valid) for key, tile in loaded.items() if isinstance(tile, Tile)}
+    ingest = time.perf_counter() - started
+    seconds = annotator.run_batch(states, lambda record: pixels[record.key], StageCache(config.storage_dir), keys)
+    seconds["ingest"] += ingest
+    started = time.perf_counter()
+    annotator.write(states, lambda record: pixels[record.key])
     seconds["write"] += time.perf_counter() - started
     return [state.record.model_dump_json() for state in states], dict(seconds)
 
@@ -298,7 +303,9 @@ class _Plan:
                         yield TileState(record)
 
     def _raster_records(self, path: Path, stem: str) -> list[TileRecord]:
-        key = digest("ingest", _file_digest(path), stem, self.tiling)
+        """A raster's tile records from its header (windows, georeferencing); its pixels are read and
+        checked by the batch tasks, once."""
+        key = digest("windows", _file_digest(path), stem, self.tiling)
         self.used_keys.append(key)
         cached = self.cache.raster_records(key)
         if cached is not None:
@@ -306,7 +313,7 @@ class _Plan:
         config = self.config.annotate_config()
         try:
             with RasterSource(path, config.bands, stem, config.max_pixels) as source:
-                records = [item.record if isinstance(item, Tile) else item for item in source.tiles(config.tiling)]
+                records = source.window_records(config.tiling)
         except IngestError as error:  # unreadable, undecodable, refused by --max-pixels: the reason is recorded
             return [quarantined_file(path, str(error), stem)]
         self.cache.store_raster_records(key, records)

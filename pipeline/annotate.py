@@ -133,12 +133,22 @@ class RasterPixels:
         self._local = threading.local()
 
     def __call__(self, record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
+        return self._source(record).read(record.source.window)
+
+    def load(self, record: TileRecord, tiling: TilingConfig) -> Tile | TileRecord:
+        """The tile read and checked once (`RasterSource.load`), or its record quarantined at ingest."""
+        try:
+            return self._source(record).load(record, tiling)
+        except IngestError as error:  # the file changed or vanished since the build planned its windows
+            record.quarantine = Quarantine(stage="ingest", reason=str(error))
+            return record
+
+    def _source(self, record: TileRecord) -> RasterSource:
         if not hasattr(self._local, "open"):
             self._local.open = lru_cache(maxsize=8)(
                 lambda path, stem: RasterSource(Path(path), self._bands, stem, self._max_pixels)
             )
-        stem = record.key.rsplit("__r", 1)[0]
-        return self._local.open(record.source.path, stem).read(record.source.window)
+        return self._local.open(record.source.path, record.key.rsplit("__r", 1)[0])
 
 
 @dataclass

@@ -268,27 +268,34 @@ class RasterSource:
     def tiles(self, config: TilingConfig) -> Iterator[Tile | TileRecord]:
         """Each window as a Tile, or as a quarantined TileRecord saying why it cannot be used; IngestError
         for a raster too small to tile (reading a small image whole, as piseg does, is fine)."""
+        for record in self.window_records(config):
+            yield self.load(record, config)
+
+    def window_records(self, config: TilingConfig) -> list[TileRecord]:
+        """A record per window, from the header alone (no pixel is read): what a build plans batches
+        from; `load` reads and checks each tile where its batch runs."""
         if min(self.dataset.width, self.dataset.height) < MIN_SIDE:
             raise IngestError(f"raster is {self.dataset.width} x {self.dataset.height} pixels: too small to tile, "
                               f"at least {MIN_SIDE} on each side")  # fmt: skip
-        for window in plan_windows(self.dataset.width, self.dataset.height, config.tile_size, config.overlap):
-            record = TileRecord(key=tile_key(self.stem, window.row_off, window.col_off), source=self._source(window))
-            try:
-                image, valid = self.read(window)
-            except IngestError as error:
-                record.quarantine = Quarantine(stage="ingest", reason=str(error))
-                yield record
-                continue
-            valid_fraction = float(valid.mean()) if valid.size else 0.0
-            if not valid.any():
-                record.quarantine = Quarantine(stage="ingest", reason="all pixels are nodata")
-                yield record
-            elif valid_fraction < config.min_valid_fraction:
-                reason = f"only {valid_fraction:.1%} valid pixels (< {config.min_valid_fraction:.0%})"
-                record.quarantine = Quarantine(stage="ingest", reason=reason)
-                yield record
-            else:
-                yield Tile(image=image, valid=valid, record=record)
+        return [TileRecord(key=tile_key(self.stem, window.row_off, window.col_off), source=self._source(window))
+                for window in plan_windows(self.dataset.width, self.dataset.height, config.tile_size, config.overlap)]  # fmt: skip
+
+    def load(self, record: TileRecord, config: TilingConfig) -> Tile | TileRecord:
+        """The tile's pixels, or its record quarantined (stage ingest) saying why they cannot be used."""
+        try:
+            image, valid = self.read(record.source.window)
+        except IngestError as error:
+            record.quarantine = Quarantine(stage="ingest", reason=str(error))
+            return record
+        valid_fraction = float(valid.mean()) if valid.size else 0.0
+        if not valid.any():
+            record.quarantine = Quarantine(stage="ingest", reason="all pixels are nodata")
+            return record
+        if valid_fraction < config.min_valid_fraction:
+            reason = f"only {valid_fraction:.1%} valid pixels (< {config.min_valid_fraction:.0%})"
+            record.quarantine = Quarantine(stage="ingest", reason=reason)
+            return record
+        return Tile(image=image, valid=valid, record=record)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The window as 8-bit RGB and its valid-pixel mask; IngestError (GDAL's reason) if it cannot be read."""
