@@ -22,6 +22,8 @@ def build(
     """Run the build-ovrsis95k flow in this process (Prefect's ephemeral mode, or the server in
     PREFECT_API_URL if set). A rerun resumes from the persisted task results."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start by default, which a loaded 2-core machine can miss
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import build as build_module
