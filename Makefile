@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make demo   set up, then run the main job on the bundled samples
 #   make test   set up, then run every test
+#   make lint   ruff: the formatting and lint rules of pyproject.toml (CI runs it before the tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ DEMO_MODELS ?= tiny
 LS_VENV := .venv-ls
 LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23.2
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 setup: $(STAMP) $(LS_STAMP)
 
@@ -63,6 +64,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(LS_STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf out .pytest_cache

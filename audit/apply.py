@@ -60,8 +60,9 @@ def apply_reviews(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxono
     return summary
 
 
-def iter_applied(out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy,
-                 summary: ApplySummary) -> Iterator[TileRecord]:  # fmt: skip
+def iter_applied(
+    out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy, summary: ApplySummary
+) -> Iterator[TileRecord]:
     """`apply_reviews` one record at a time: each record is yielded once applied, so a build streams
     its records through here (the ledger is read once) instead of holding them all."""
     reviews = reviews_by_tile(read_ledger(out_dir))
@@ -124,8 +125,10 @@ def _current_proposal(out_dir: Path, record: TileRecord, keep: bool) -> np.ndarr
             found = (path, mask)  # (records of older versions name no digest: the kept copy, else the mask)
             break
     if found is None:
-        raise ProposalMissing(f"{record.key}: neither {current.name} nor {kept.name} holds the proposal "
-                              f"{record.proposal_digest} that records.jsonl names; rerun the build")  # fmt: skip
+        raise ProposalMissing(
+            f"{record.key}: neither {current.name} nor {kept.name} holds the proposal "
+            f"{record.proposal_digest} that records.jsonl names; rerun the build"
+        )
     path, proposal = found
     if keep and path == current:
         shutil.copyfile(current, kept)
@@ -136,8 +139,14 @@ def _current_proposal(out_dir: Path, record: TileRecord, keep: bool) -> np.ndarr
     return proposal
 
 
-def _apply_newest(out_dir: Path, record: TileRecord, candidates: list[Review], proposal: np.ndarray, taxonomy: Taxonomy,
-                  problems: list[str]) -> tuple[Review, np.ndarray] | None:  # fmt: skip
+def _apply_newest(
+    out_dir: Path,
+    record: TileRecord,
+    candidates: list[Review],
+    proposal: np.ndarray,
+    taxonomy: Taxonomy,
+    problems: list[str],
+) -> tuple[Review, np.ndarray] | None:
     """Apply the newest review that fits the tile; a review that does not (another tile size, a label the
     taxonomy lost) is reported and the next older one is tried."""
     for review in candidates:
@@ -148,13 +157,17 @@ def _apply_newest(out_dir: Path, record: TileRecord, candidates: list[Review], p
     return None
 
 
-def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+def _apply_one(
+    out_dir: Path, record: TileRecord, review: Review, proposal: np.ndarray, taxonomy: Taxonomy
+) -> np.ndarray:
     """Write the review's mask over KEY.png and its decisions into the record; returns the mask."""
     kept_shown = shown_mask(out_dir, review.proposal_digest)
     shown = proposal if kept_shown is None else kept_shown
     if shown.shape != proposal.shape:
-        raise ReviewShapeError(f"the reviewed tile was {shown.shape[1]}x{shown.shape[0]}, it is now "
-                               f"{proposal.shape[1]}x{proposal.shape[0]}: re-queue it")  # fmt: skip
+        raise ReviewShapeError(
+            f"the reviewed tile was {shown.shape[1]}x{shown.shape[0]}, it is now "
+            f"{proposal.shape[1]}x{proposal.shape[0]}: re-queue it"
+        )
     mask, decisions = reviewed(out_dir, review, shown, taxonomy, cache=kept_shown is not None)
     for decision in decisions:
         decision.reviewer, decision.time = review.reviewer, review.updated_at
@@ -162,10 +175,15 @@ def _apply_one(out_dir: Path, record: TileRecord, review: Review, proposal: np.n
     record.audit = decisions
     record.categories = _categories_after(record, decisions)
     record.review = ReviewRef(
-        queue=review.queue, project_id=review.project_id, task_id=review.task_id, annotation_id=review.annotation_id,
-        updated_at=review.updated_at, reviewer=review.reviewer, proposal_digest=review.proposal_digest,
+        queue=review.queue,
+        project_id=review.project_id,
+        task_id=review.task_id,
+        annotation_id=review.annotation_id,
+        updated_at=review.updated_at,
+        reviewer=review.reviewer,
+        proposal_digest=review.proposal_digest,
         stale=review.is_stale_for(proposal),
-    )  # fmt: skip
+    )
     return mask
 
 
@@ -180,7 +198,10 @@ class OverlayWriter:
         self.images = TileImages()
 
     def rewrite(self, record: TileRecord, mask: np.ndarray, problems: list[str]) -> None:
-        geotiff, quick_look = self.out_dir / "masks" / f"{record.key}.tif", self.out_dir / "overlays" / f"{record.key}.png"
+        geotiff, quick_look = (
+            self.out_dir / "masks" / f"{record.key}.tif",
+            self.out_dir / "overlays" / f"{record.key}.png",
+        )
         if geotiff.is_file() and record.source.transform:
             write_mask_geotiff(geotiff, mask, record.source.crs, record.source.transform)
         if quick_look.is_file():

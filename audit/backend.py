@@ -75,8 +75,11 @@ class ReviewBackend:
     @property
     def embeddings(self) -> EmbeddingCache:
         if self._embeddings is None:
-            folder = self.config.cache or (self.config.records / "audit" / "embeddings" if self.config.records
-                                           else self.config.root / ".ovrsis-embeddings")  # fmt: skip
+            folder = self.config.cache or (
+                self.config.records / "audit" / "embeddings"
+                if self.config.records
+                else self.config.root / ".ovrsis-embeddings"
+            )
             self._embeddings = EmbeddingCache(folder, self.sam.model_key)
         return self._embeddings
 
@@ -124,7 +127,11 @@ class ReviewBackend:
         with self._model_lock, torch_threads(self.config.decode_threads):
             mask, score = self.sam.decode(embedding, (height, width), prompt)
         region = brush_region(mask, label, f"sam-{uuid.uuid4().hex[:10]}")
-        return {"result": [dict(region, readonly=False)], "score": round(score, 4), "model_version": f"sam:{self.sam.model_key}"}
+        return {
+            "result": [dict(region, readonly=False)],
+            "score": round(score, 4),
+            "model_version": f"sam:{self.sam.model_key}",
+        }
 
     def preannotate(self, task: dict) -> dict:
         """The build's proposal for the task's tile, else Pi-Seg's prediction, else nothing."""
@@ -132,7 +139,10 @@ class ReviewBackend:
         if record is not None:
             from audit.records import proposal_mask
 
-            return {"result": brush_regions(proposal_mask(self.config.records, record), self.taxonomy), "model_version": MODEL_VERSION}
+            return {
+                "result": brush_regions(proposal_mask(self.config.records, record), self.taxonomy),
+                "model_version": MODEL_VERSION,
+            }
         if self.config.piseg is not None:
             names = [c.name for c in self.taxonomy.categories]
             image = self.image(task)
@@ -145,7 +155,8 @@ class ReviewBackend:
         return {"result": [], "model_version": MODEL_VERSION}
 
     def webhook(self, event: dict) -> dict:
-        """A submitted review means the reviewer moved on: nothing to train; the ledger is pulled by `ovrsis audit pull`."""
+        """A submitted review means the reviewer moved on: nothing to train; the ledger is pulled by
+        `ovrsis audit pull`."""
         log.info("webhook %s", event.get("action"))
         return {"status": "ok"}
 
@@ -193,7 +204,9 @@ class ReviewBackend:
         if self._warming is not None and self._warming.is_alive():
             return self._warming
         folder = (self.config.records or self.config.root) / "audit" / "images"
-        thread = self._warming = threading.Thread(target=self._warm, args=(sorted(folder.glob("*.jpg")),), daemon=True, name="warm-embeddings")
+        thread = self._warming = threading.Thread(
+            target=self._warm, args=(sorted(folder.glob("*.jpg")),), daemon=True, name="warm-embeddings"
+        )
         thread.start()
         return thread
 

@@ -23,14 +23,20 @@ def _fail(error: Exception) -> None:
 
 @app.command()
 def server(
-    root: Path | None = typer.Option(None, help="Folder served to the browser (the build output folder, or above it); needed to start."),
+    root: Path | None = typer.Option(
+        None, help="Folder served to the browser (the build output folder, or above it); needed to start."
+    ),
     port: int = typer.Option(8089, help="Port on 127.0.0.1."),
     data: Path = typer.Option(Path(".lsdata"), help="Label Studio's data folder (SQLite database, uploads)."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server (and ML backend) started from this data folder."),
     backend: bool = typer.Option(False, "--backend", help="Also start the ML backend (`ovrsis audit backend`)."),
     backend_port: int = typer.Option(9090, help="The ML backend's port on 127.0.0.1."),
-    records: Path | None = typer.Option(None, "--records", "-r", help="With --backend: the build output folder [--root]."),
-    models: str = typer.Option("default", help="With --backend: models configuration of the SAM (default | tiny | YAML)."),
+    records: Path | None = typer.Option(
+        None, "--records", "-r", help="With --backend: the build output folder [--root]."
+    ),
+    models: str = typer.Option(
+        "default", help="With --backend: models configuration of the SAM (default | tiny | YAML)."
+    ),
     piseg: Path | None = typer.Option(None, help="With --backend: Pi-Seg checkpoint for tiles without a proposal."),
 ) -> None:
     """Start a local Label Studio (from .venv-ls) and wait until it is healthy. The admin user and API
@@ -52,27 +58,47 @@ def server(
     env = read_dotenv() | {k: v for k, v in os.environ.items() if k.startswith("LABEL_STUDIO_")}
     try:
         if root is None:
-            raise AuditError("--root is needed to start the server: the folder it serves (the build output folder, or above it)")
+            raise AuditError(
+                "--root is needed to start the server: the folder it serves (the build output folder, or above it)"
+            )
         token, password = env.get("LABEL_STUDIO_USER_TOKEN"), env.get("LABEL_STUDIO_PASSWORD")
         if not token or not password:
-            raise AuditError("set LABEL_STUDIO_USER_TOKEN (40 hex chars) and LABEL_STUDIO_PASSWORD in the environment or .env")
+            raise AuditError(
+                "set LABEL_STUDIO_USER_TOKEN (40 hex chars) and LABEL_STUDIO_PASSWORD in the environment or .env"
+            )
         started = start_server(data, root, token, env.get("LABEL_STUDIO_USERNAME", "admin@example.com"), password, port)
-        console.print(f"Label Studio at {started.url} (pid {started.pid}, log {started.log}); stop with `ovrsis audit server --stop`")
+        console.print(
+            f"Label Studio at {started.url} (pid {started.pid}, log {started.log}); "
+            "stop with `ovrsis audit server --stop`"
+        )
         if backend:
             ml = start_backend(data, root, records or root, models, piseg, backend_port)
-            console.print(f"ML backend at {ml.url} (pid {ml.pid}, log {ml.log}); connect it: `ovrsis audit push ... --backend {ml.url}`")
+            console.print(
+                f"ML backend at {ml.url} (pid {ml.pid}, log {ml.log}); "
+                f"connect it: `ovrsis audit push ... --backend {ml.url}`"
+            )
     except AuditError as error:
         _fail(error)
 
 
 @app.command()
 def backend(
-    root: Path = typer.Option(..., help="Label Studio's served root (`ovrsis audit server --root`): task images are read from it."),
-    records: Path | None = typer.Option(None, "--records", "-r", help="Build output folder: proposals for pre-annotation, embedding cache [ROOT]."),
-    models: str = typer.Option("default", help="Models configuration whose SAM answers the smart tools (default | tiny | YAML)."),
-    piseg: Path | None = typer.Option(None, help="Pi-Seg checkpoint: pre-annotations for tasks whose tile has no proposal."),
+    root: Path = typer.Option(
+        ..., help="Label Studio's served root (`ovrsis audit server --root`): task images are read from it."
+    ),
+    records: Path | None = typer.Option(
+        None, "--records", "-r", help="Build output folder: proposals for pre-annotation, embedding cache [ROOT]."
+    ),
+    models: str = typer.Option(
+        "default", help="Models configuration whose SAM answers the smart tools (default | tiny | YAML)."
+    ),
+    piseg: Path | None = typer.Option(
+        None, help="Pi-Seg checkpoint: pre-annotations for tasks whose tile has no proposal."
+    ),
     port: int = typer.Option(9090, help="Port on 127.0.0.1."),
-    warm: bool = typer.Option(False, "--warm", help="Embed every pushed tile in the background, before the first click."),
+    warm: bool = typer.Option(
+        False, "--warm", help="Embed every pushed tile in the background, before the first click."
+    ),
 ) -> None:
     """Serve Label Studio's ML-backend protocol (/health, /setup, /predict, /webhook) in the foreground:
     SAM masks for the smart tools' clicks and boxes (image embedding cached on disk per tile), and
@@ -90,7 +116,10 @@ def backend(
         _fail(error)
     if warm:
         review.warm_in_background()
-    console.print(f"ML backend on http://127.0.0.1:{port} (SAM from models {models!r}; embeddings in {records / 'audit' / 'embeddings'})")
+    console.print(
+        f"ML backend on http://127.0.0.1:{port} (SAM from models {models!r}; "
+        f"embeddings in {records / 'audit' / 'embeddings'})"
+    )
     serve(review, port=port)
 
 
@@ -101,11 +130,15 @@ def push(
     seed: int = typer.Option(0, help="Sampling seed (the same seed gives the same sample)."),
     strata: str = typer.Option("domain", help="Stratify the sample by: domain | none."),
     uncertain: int = typer.Option(0, min=0, help="Also queue this many least-certain tiles in TITLE (uncertain)."),
-    stale: bool = typer.Option(False, "--stale", help="Also re-queue the tiles whose review is stale in TITLE (stale)."),
+    stale: bool = typer.Option(
+        False, "--stale", help="Also re-queue the tiles whose review is stale in TITLE (stale)."
+    ),
     project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
     root: Path | None = typer.Option(None, help="The server's served root [the records folder]."),
     url: str | None = typer.Option(None, help="Label Studio URL [LABEL_STUDIO_URL or http://127.0.0.1:8089]."),
-    backend: str | None = typer.Option(None, "--backend", help="ML backend URL (`ovrsis audit backend`) to connect to every pushed queue."),
+    backend: str | None = typer.Option(
+        None, "--backend", help="ML backend URL (`ovrsis audit backend`) to connect to every pushed queue."
+    ),
 ) -> None:
     """Push a domain-stratified, seeded sample of tiles (and the uncertain / stale queues) for review.
     Every check runs before anything is created; pushing again creates no duplicates."""
@@ -121,8 +154,10 @@ def push(
         taxonomy = _taxonomy(records)
         pushed = push_queues(client, records, taxonomy, project or default_title(records), root or records, plan)
         for title, summary in pushed:
-            console.print(f"{title!r} (project {summary.project_id}): {summary.created} task(s) created, "
-                          f"{summary.already_there} already there")  # fmt: skip
+            console.print(
+                f"{title!r} (project {summary.project_id}): {summary.created} task(s) created, "
+                f"{summary.already_there} already there"
+            )
             if backend:
                 ml_id = connect_backend(client, summary.project_id, backend, taxonomy)
                 console.print(f"  ML backend {backend} connected (id {ml_id}, interactive)")
@@ -148,15 +183,23 @@ def pull(
         client = AuditClient(server_settings(url))
         client.check()
         for summary in pull_queues(client, records, project or default_title(records)):
-            console.print(f"{summary.project!r}: {summary.reviewed} of {summary.tasks} tasks reviewed; "
-                          f"{summary.new_reviews} new review(s) in the ledger")  # fmt: skip
+            console.print(
+                f"{summary.project!r}: {summary.reviewed} of {summary.tasks} tasks reviewed; "
+                f"{summary.new_reviews} new review(s) in the ledger"
+            )
             if summary.unknown_keys:
-                console.print(f"[yellow]warning:[/yellow] {len(summary.unknown_keys)} task(s) name tiles not in the records")
+                console.print(
+                    f"[yellow]warning:[/yellow] {len(summary.unknown_keys)} task(s) name tiles not in the records"
+                )
         applied = apply_ledger(records, _taxonomy(records))
         if applied is None:
-            console.print(f"{records} is being rebuilt: the reviews are in the ledger, and the running build applies them")
+            console.print(
+                f"{records} is being rebuilt: the reviews are in the ledger, and the running build applies them"
+            )
             return
-        console.print(f"applied: {applied.reviewed} reviewed tile(s) ({applied.stale} stale), {applied.pending} pending")
+        console.print(
+            f"applied: {applied.reviewed} reviewed tile(s) ({applied.stale} stale), {applied.pending} pending"
+        )
         for problem in applied.problems:
             console.print(f"[yellow]warning:[/yellow] {problem}")
     except AuditError as error:
@@ -178,8 +221,15 @@ def status(records: Path = RECORDS) -> None:
     for column in ("queue", "tasks", "reviewed", "pending", "stale", "reviewers", "last pull"):
         table.add_column(column)
     for s in statuses:
-        table.add_row(s.queue, str(s.tasks), str(s.reviewed), str(s.pending), str(s.stale),
-                      ", ".join(sorted(s.reviewers)) or "-", s.last_pull or "never")  # fmt: skip
+        table.add_row(
+            s.queue,
+            str(s.tasks),
+            str(s.reviewed),
+            str(s.pending),
+            str(s.stale),
+            ", ".join(sorted(s.reviewers)) or "-",
+            s.last_pull or "never",
+        )
     Console(soft_wrap=True).print(table if statuses else "no queue pushed yet (`ovrsis audit push`)")
 
 
@@ -195,8 +245,10 @@ def stats(records: Path = RECORDS, report: Path = typer.Option(..., help="Folder
     sample = payload["queues"].get(SAMPLE_QUEUE)
     if sample:
         table = sample["table"]
-        console.print(f"{table['audited images']} audited images in the random sample; category accepted "
-                      f"{table['category accepted']['rate']}, discarded {table['category discarded']['rate']}")  # fmt: skip
+        console.print(
+            f"{table['audited images']} audited images in the random sample; category accepted "
+            f"{table['category accepted']['rate']}, discarded {table['category discarded']['rate']}"
+        )
     console.print(f"report in {report / 'audit_stats.md'}")
 
 

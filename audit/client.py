@@ -7,7 +7,8 @@ exponential backoff; a 401/403 becomes a clear "wrong token" error that never sh
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 from label_studio_sdk import LabelStudio
@@ -20,7 +21,9 @@ RETRIES = 6
 
 
 class AuditClient:
-    def __init__(self, settings: ServerSettings, timeout: float = 120.0, retries: int = RETRIES, backoff: float = 0.5) -> None:
+    def __init__(
+        self, settings: ServerSettings, timeout: float = 120.0, retries: int = RETRIES, backoff: float = 0.5
+    ) -> None:
         self.settings = settings
         self.retries = retries
         self.backoff = backoff
@@ -38,8 +41,10 @@ class AuditClient:
                         f"while {what} (HTTP {error.status_code}): check LABEL_STUDIO_USER_TOKEN"
                     ) from None
                 if error.status_code is None or error.status_code < 500 or attempt == self.retries - 1:
-                    raise AuditError(f"Label Studio answered HTTP {error.status_code} while {what}: "
-                                     f"{_short(self.settings.redact(str(error.body)))}") from None  # fmt: skip
+                    raise AuditError(
+                        f"Label Studio answered HTTP {error.status_code} while {what}: "
+                        f"{_short(self.settings.redact(str(error.body)))}"
+                    ) from None
             except (httpx.TransportError, httpx.TimeoutException) as error:
                 if attempt == self.retries - 1:
                     raise AuditError(

@@ -37,7 +37,8 @@ import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
 from pipeline.records import AuditDecision
-from taxonomy.loader import IGNORE_INDEX as IGNORE, Category, Taxonomy
+from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.loader import Category, Taxonomy
 
 CORRECTION_KINDS = ("boundary", "merge", "filtering")
 
@@ -51,7 +52,9 @@ def proposed_categories(proposal: np.ndarray, taxonomy: Taxonomy) -> list[Catego
     return [c for c in taxonomy.categories if c.index in present]
 
 
-def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy) -> tuple[np.ndarray, list[AuditDecision]]:
+def review_annotation(
+    shown: np.ndarray, result: list[dict], taxonomy: Taxonomy
+) -> tuple[np.ndarray, list[AuditDecision]]:
     """The reviewed semantic mask and the decisions of one annotation's result list."""
     regions, discarded, kinds = _read_result(result, shown.shape, taxonomy)
     present = proposed_categories(shown, taxonomy)
@@ -67,15 +70,22 @@ def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy)
             if region is not None:
                 kept[category.name] = (*region, shown == category.index)
             continue
-        if category.name in discarded or region is None or not taxonomy.categories[taxonomy.index_of(region[0])].propose:
+        if (
+            category.name in discarded
+            or region is None
+            or not taxonomy.categories[taxonomy.index_of(region[0])].propose
+        ):
             decisions.append(AuditDecision(target=f"category:{category.name}", state="discarded"))
             if region is not None and category.name not in discarded:  # relabelled to the background: painted so
                 kept[category.name] = (*region, shown == category.index)
             continue
         label, pixels = region
         state = "accepted" if label == category.name else "corrected"
-        decisions.append(AuditDecision(target=f"category:{category.name}", state=state,
-                                       corrected_to=None if label == category.name else label))  # fmt: skip
+        decisions.append(
+            AuditDecision(
+                target=f"category:{category.name}", state=state, corrected_to=None if label == category.name else label
+            )
+        )
         kept[category.name] = (label, pixels, shown == category.index)
     added = _join_extras(extras, kept, decisions, taxonomy)
     for name, (label, pixels, was_shown) in kept.items():
@@ -90,7 +100,9 @@ def review_annotation(shown: np.ndarray, result: list[dict], taxonomy: Taxonomy)
     return mask, decisions
 
 
-def _mask_decision(name: str, reviewed: np.ndarray, shown: np.ndarray, merged: bool, chosen: str | None) -> AuditDecision:
+def _mask_decision(
+    name: str, reviewed: np.ndarray, shown: np.ndarray, merged: bool, chosen: str | None
+) -> AuditDecision:
     iou = _iou(shown, reviewed)
     if not merged and np.array_equal(reviewed, shown):
         return AuditDecision(target=f"mask:{name}", state="accepted", mask_iou=iou)
@@ -114,8 +126,9 @@ def _extra_regions(regions: dict, proposal_ids: set[str]) -> dict[str, np.ndarra
     return extras
 
 
-def _join_extras(extras: dict[str, np.ndarray], kept: dict, decisions: list[AuditDecision],
-                 taxonomy: Taxonomy) -> list[tuple[int, np.ndarray]]:  # fmt: skip
+def _join_extras(
+    extras: dict[str, np.ndarray], kept: dict, decisions: list[AuditDecision], taxonomy: Taxonomy
+) -> list[tuple[int, np.ndarray]]:
     """New regions: joined to the kept category with the same final label (a correction of its mask),
     else painted; an added category (a miss of the build) unless it is the background class."""
     by_label = {label: name for name, (label, _, _) in sorted(kept.items(), reverse=True)}
@@ -127,8 +140,16 @@ def _join_extras(extras: dict[str, np.ndarray], kept: dict, decisions: list[Audi
             continue
         painted.append((taxonomy.index_of(label), pixels))
         if taxonomy.categories[taxonomy.index_of(label)].propose:
-            decisions.append(AuditDecision(target=f"category:{label}", state="corrected", corrected_to=label, kind="added",
-                                           kind_source="reviewer", mask_iou=0.0))  # fmt: skip
+            decisions.append(
+                AuditDecision(
+                    target=f"category:{label}",
+                    state="corrected",
+                    corrected_to=label,
+                    kind="added",
+                    kind_source="reviewer",
+                    mask_iou=0.0,
+                )
+            )
     return painted
 
 
@@ -150,8 +171,10 @@ def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy)
                 label = value["brushlabels"][0]
                 taxonomy.index_of(label)
                 if item.get("original_height", height) != height or item.get("original_width", width) != width:
-                    raise ReviewShapeError(f"region {item['id']} is {item['original_width']}x{item['original_height']}, "
-                                           f"the tile {width}x{height}")  # fmt: skip
+                    raise ReviewShapeError(
+                        f"region {item['id']} is {item['original_width']}x{item['original_height']}, "
+                        f"the tile {width}x{height}"
+                    )
                 pixels = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] > 127
                 if item["id"] in regions:  # the same region in several parts: union
                     pixels |= regions[item["id"]][1]
@@ -159,7 +182,9 @@ def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy)
         except ReviewShapeError:
             raise
         except (KeyError, IndexError, ValueError, TypeError) as error:
-            raise ReviewShapeError(f"result item {item.get('id')!r} in an unexpected shape ({type(error).__name__}: {error})") from None
+            raise ReviewShapeError(
+                f"result item {item.get('id')!r} in an unexpected shape ({type(error).__name__}: {error})"
+            ) from None
     return regions, discarded, kinds
 
 

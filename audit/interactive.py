@@ -10,10 +10,11 @@ Both of the build's SAM backends are supported, loaded from the same models conf
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -82,14 +83,22 @@ class SegmentAnythingInteractive:
         points = boxes = None
         if prompt.points:
             coords = self.transform.apply_coords(np.asarray(prompt.points, np.float32), size)
-            points = (torch.as_tensor(coords[None], device=self.device), torch.as_tensor([prompt.labels], device=self.device))
+            points = (
+                torch.as_tensor(coords[None], device=self.device),
+                torch.as_tensor([prompt.labels], device=self.device),
+            )
         if prompt.box is not None:
-            boxes = torch.as_tensor(self.transform.apply_boxes(np.asarray([prompt.box], np.float32), size), device=self.device)
+            boxes = torch.as_tensor(
+                self.transform.apply_boxes(np.asarray([prompt.box], np.float32), size), device=self.device
+            )
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, iou = self.model.mask_decoder(
-            image_embeddings=torch.as_tensor(embedding, device=self.device), image_pe=self.dense_pe,
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=_multimask(prompt),
-        )  # fmt: skip
+            image_embeddings=torch.as_tensor(embedding, device=self.device),
+            image_pe=self.dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=_multimask(prompt),
+        )
         best = int(iou[0].argmax())
         input_size = self.transform.get_preprocess_shape(size[0], size[1], self.transform.target_length)
         mask = self.model.postprocess_masks(low_res[:, best : best + 1], input_size, size) > self.model.mask_threshold
@@ -122,16 +131,26 @@ class TransformersInteractive:
         scale = np.asarray([new_w / width, new_h / height], np.float32)
         inputs: dict[str, torch.Tensor] = {}
         if prompt.points:
-            inputs["input_points"] = torch.as_tensor(np.asarray(prompt.points, np.float32) * scale)[None, None].to(self.device)
+            inputs["input_points"] = torch.as_tensor(np.asarray(prompt.points, np.float32) * scale)[None, None].to(
+                self.device
+            )
             inputs["input_labels"] = torch.as_tensor([[prompt.labels]], dtype=torch.long, device=self.device)
         if prompt.box is not None:
-            inputs["input_boxes"] = torch.as_tensor(np.asarray(prompt.box, np.float32).reshape(2, 2) * scale).reshape(1, 1, 4).to(self.device)
-        outputs = self.model(image_embeddings=torch.as_tensor(embedding, device=self.device), multimask_output=_multimask(prompt), **inputs)
+            inputs["input_boxes"] = (
+                torch.as_tensor(np.asarray(prompt.box, np.float32).reshape(2, 2) * scale)
+                .reshape(1, 1, 4)
+                .to(self.device)
+            )
+        outputs = self.model(
+            image_embeddings=torch.as_tensor(embedding, device=self.device),
+            multimask_output=_multimask(prompt),
+            **inputs,
+        )
         scores = outputs.iou_scores[0, 0]
         best = int(scores.argmax())
         masks = self.processor.image_processor.post_process_masks(
             outputs.pred_masks[:, :, best : best + 1].cpu(), [list(size)], [[new_h, new_w]]
-        )[0]  # fmt: skip
+        )[0]
         return masks[0, 0].numpy().astype(bool), float(scores[best])
 
 
@@ -143,7 +162,9 @@ def load_interactive(models: str | Path) -> InteractiveSam:
     segmenter = ModelSet(load_models_config(models)).segmenter
     if spec.backend == "segment-anything":
         return SegmentAnythingInteractive(segmenter.model, model_key("segment-anything", spec.checkpoint, spec.arch))
-    return TransformersInteractive(segmenter.model, segmenter.processor, model_key("transformers", spec.model, spec.revision))
+    return TransformersInteractive(
+        segmenter.model, segmenter.processor, model_key("transformers", spec.model, spec.revision)
+    )
 
 
 def interactive_segmenter(models: str | Path):
@@ -153,8 +174,10 @@ def interactive_segmenter(models: str | Path):
 
     spec = load_models_config(models).segmenter
     if spec.backend not in ("segment-anything", "sam"):
-        raise ValueError(f"{models}: the interactive tool runs SAM (segmenter backend 'sam' or 'segment-anything'), "
-                         f"not {spec.backend!r}; name a models configuration with a SAM segmenter (--models)")  # fmt: skip
+        raise ValueError(
+            f"{models}: the interactive tool runs SAM (segmenter backend 'sam' or 'segment-anything'), "
+            f"not {spec.backend!r}; name a models configuration with a SAM segmenter (--models)"
+        )
     return spec
 
 
@@ -163,6 +186,10 @@ def model_key(backend: str, weights: str | None, variant: object = None) -> str:
     identity = [backend, str(weights), repr(variant)]
     path = Path(weights) if weights else None
     if path is not None and path.exists():
-        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))
+        )
         identity += [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return hashlib.sha256("|".join(identity).encode()).hexdigest()[:16]

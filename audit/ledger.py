@@ -28,9 +28,8 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
 from typing import TypeVar
 
 import numpy as np
@@ -173,7 +172,7 @@ def reviews_by_tile(reviews: Iterable[Review]) -> dict[str, list[Review]]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class _locked_append:
@@ -200,7 +199,9 @@ class _locked_append:
 
 def _damaged(path: Path, line: int, error: Exception) -> AuditError:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return AuditError(f"{path}:{line}: damaged line ({reason}); every other line is intact: repair or delete that line, then rerun")
+    return AuditError(
+        f"{path}:{line}: damaged line ({reason}); every other line is intact: repair or delete that line, then rerun"
+    )
 
 
 def _cut_torn_tail(handle) -> None:
@@ -227,5 +228,5 @@ def _parse_time(text: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return datetime.min.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

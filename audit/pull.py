@@ -13,9 +13,9 @@ Each pull also appends one line per project to `audit/pulls.jsonl` (tasks, revie
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from audit.client import AuditClient
 from audit.ledger import PULLS, QUEUED, LedgerWriter, Review, append_row, now, read_lines
@@ -53,8 +53,9 @@ def queue_projects(client: AuditClient, title: str) -> dict[str, tuple[int, str]
     return dict(sorted(found.items(), key=lambda item: (item[0] != "sample", item[0])))
 
 
-def pull_project(client: AuditClient, project_id: int, title: str, queue: str, out_dir: Path,
-                 records: dict[str, TileRecord]) -> PullSummary:  # fmt: skip
+def pull_project(
+    client: AuditClient, project_id: int, title: str, queue: str, out_dir: Path, records: dict[str, TileRecord]
+) -> PullSummary:
     """Append the project's completed reviews to the ledger, one page at a time. Every completed
     review is kept, also of tiles this build does not hold (quarantined now, or from another
     tiling): a review is never dropped because of the current records."""
@@ -73,23 +74,46 @@ def pull_project(client: AuditClient, project_id: int, title: str, queue: str, o
                 summary.unknown_keys.append(str(key))
             if key and (key, task_queue) not in queued:  # a task pushed by a push that was cut short, or by hand
                 queued.add((key, task_queue))
-                append_row(out_dir / QUEUED, {"key": key, "queue": task_queue, "project_id": project_id,
-                                              "proposal_digest": data.get("proposal_digest"), "pushed_at": None})  # fmt: skip
-            found = [_review(task, a, key, task_queue, title, project_id, emails, out_dir, records.get(key))
-                     for a in task["annotations"] if _completed(a)]  # fmt: skip
+                append_row(
+                    out_dir / QUEUED,
+                    {
+                        "key": key,
+                        "queue": task_queue,
+                        "project_id": project_id,
+                        "proposal_digest": data.get("proposal_digest"),
+                        "pushed_at": None,
+                    },
+                )
+            found = [
+                _review(task, a, key, task_queue, title, project_id, emails, out_dir, records.get(key))
+                for a in task["annotations"]
+                if _completed(a)
+            ]
             summary.reviewed += bool(found)
             reviews.extend(found)
         summary.new_reviews += writer.append(reviews)
-    append_row(out_dir / PULLS, {"project": title, "project_id": project_id, "queue": queue, "tasks": summary.tasks,
-                                 "reviewed": summary.reviewed, "new_reviews": summary.new_reviews, "pulled_at": now()})  # fmt: skip
+    append_row(
+        out_dir / PULLS,
+        {
+            "project": title,
+            "project_id": project_id,
+            "queue": queue,
+            "tasks": summary.tasks,
+            "reviewed": summary.reviewed,
+            "new_reviews": summary.new_reviews,
+            "pulled_at": now(),
+        },
+    )
     return summary
 
 
 def _pages(client: AuditClient, project_id: int) -> Iterator[list[dict]]:
     page = 1
     while True:
-        current = client.call(f"reading tasks (page {page})", lambda: client.sdk.tasks.list(
-            project=project_id, page=page, page_size=PAGE_SIZE, fields="all"))  # fmt: skip
+        current = client.call(
+            f"reading tasks (page {page})",
+            lambda page=page: client.sdk.tasks.list(project=project_id, page=page, page_size=PAGE_SIZE, fields="all"),
+        )
         items = current.items or []
         yield [{"id": t.id, "data": t.data, "annotations": t.annotations or []} for t in items]
         total = getattr(current.response, "total", None)
@@ -102,18 +126,34 @@ def _completed(annotation: dict) -> bool:
     return not annotation.get("was_cancelled") and annotation.get("result") is not None
 
 
-def _review(task: dict, annotation: dict, key: str, queue: str, title: str, project_id: int, emails: dict,
-            out_dir: Path, record: TileRecord | None) -> Review:  # fmt: skip
+def _review(
+    task: dict,
+    annotation: dict,
+    key: str,
+    queue: str,
+    title: str,
+    project_id: int,
+    emails: dict,
+    out_dir: Path,
+    record: TileRecord | None,
+) -> Review:
     digest = (task["data"] or {}).get("proposal_digest")
     if digest is None and record is not None:  # pushed before digests were kept: the proposal on disk was shown
         digest = remember_shown(out_dir, proposal_mask(out_dir, record))
     try:
         return Review(
-            key=key, queue=queue, project_id=project_id, project=title,
-            task_id=task["id"], annotation_id=annotation["id"],
+            key=key,
+            queue=queue,
+            project_id=project_id,
+            project=title,
+            task_id=task["id"],
+            annotation_id=annotation["id"],
             updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
-            reviewer=_who(annotation, emails), result=annotation.get("result") or [], proposal_digest=digest, pulled_at=now(),
-        )  # fmt: skip
+            reviewer=_who(annotation, emails),
+            result=annotation.get("result") or [],
+            proposal_digest=digest,
+            pulled_at=now(),
+        )
     except (KeyError, ValueError) as error:
         raise AuditError(f"task {task.get('id')} ({key}): annotation in an unexpected shape ({error})") from None
 

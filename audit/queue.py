@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -27,9 +27,9 @@ from audit.ledger import QUEUED, append_row, now
 from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
 from pipeline.annotate import RasterPixels
+from pipeline.files import atomic_path
 from pipeline.ingest import BandRule, IngestError
 from pipeline.outputs import palette
-from pipeline.files import atomic_path
 from pipeline.records import TileRecord
 from taxonomy.loader import Taxonomy
 
@@ -56,6 +56,7 @@ def label_config(taxonomy: Taxonomy, smart: bool = False) -> str:
         f'      <Label value={quoteattr(c.name)} background="#{"".join(f"{v:02x}" for v in colours[c.index])}"/>'
         for c in taxonomy.categories
     )
+    smart_tools = _smart_tools(labels) if smart else ""
     return f"""<View>
   <Header value="Tile $key — domain $domain — queue $queue"/>
   <Image name="image" value="$image" zoom="true" zoomControl="true"/>
@@ -67,7 +68,7 @@ def label_config(taxonomy: Taxonomy, smart: bool = False) -> str:
   <BrushLabels name="mask" toName="image">
 {labels}
   </BrushLabels>
-{_smart_tools(labels) if smart else ""}  <Header value="A corrected region: how was it corrected? (select the region, then choose)"/>
+{smart_tools}  <Header value="A corrected region: how was it corrected? (select the region, then choose)"/>
   <Choices name="correction" toName="image" perRegion="true" choice="single" showInline="true">
     <Choice value="boundary" hint="outline repainted"/>
     <Choice value="merge" hint="merged into another category"/>
@@ -76,8 +77,14 @@ def label_config(taxonomy: Taxonomy, smart: bool = False) -> str:
 </View>"""
 
 
+_SMART_TOOLS_HEADER = (
+    "Smart tools (Auto-Annotation on): click (Alt-click: background) or drag a box with a label; "
+    "SAM returns its brush mask."
+)
+
+
 def _smart_tools(labels: str) -> str:
-    return f"""  <Header value="Smart tools (Auto-Annotation on): click (Alt-click: background) or drag a box with a label; SAM returns its brush mask."/>
+    return f"""  <Header value="{_SMART_TOOLS_HEADER}"/>
   <KeyPointLabels name="click" toName="image" smart="true" smartOnly="true">
 {labels}
   </KeyPointLabels>
@@ -87,7 +94,9 @@ def _smart_tools(labels: str) -> str:
 """
 
 
-def stratified_sample(records: Sequence[TileRecord], n: int, seed: int, strata: str | None = "domain") -> list[TileRecord]:
+def stratified_sample(
+    records: Sequence[TileRecord], n: int, seed: int, strata: str | None = "domain"
+) -> list[TileRecord]:
     """`n` tiles, allocated to strata in proportion to their size (largest remainder), drawn with
     `random.Random(seed)` from each stratum's keys in sorted order: the same inputs and seed give
     the same sample on any machine."""
@@ -119,9 +128,17 @@ def uncertain_sample(records: Sequence[TileRecord], n: int) -> list[TileRecord]:
     return sorted(sorted(records, key=certainty)[:n], key=lambda r: r.key)
 
 
-def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequence[TileRecord], title: str,
-         served_root: Path, queue: str = "sample", shown: dict[str, str] | None = None,
-         chunk: int = IMPORT_CHUNK) -> PushSummary:  # fmt: skip
+def push(
+    client: AuditClient,
+    out_dir: Path,
+    taxonomy: Taxonomy,
+    records: Sequence[TileRecord],
+    title: str,
+    served_root: Path,
+    queue: str = "sample",
+    shown: dict[str, str] | None = None,
+    chunk: int = IMPORT_CHUNK,
+) -> PushSummary:
     """Create (or reuse) the project `title` and import the records not already in it.
 
     All-or-nothing: every check (the served root, each record's proposal) runs before anything is
@@ -138,12 +155,22 @@ def push(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, records: Sequen
         payload = [task_payload(r, out_dir, served_root, taxonomy, queue, shown[r.key]) for r in part]
         response = client.call(
             "importing tasks",
-            lambda: client.sdk.projects.import_tasks(id=project_id, request=payload, return_task_ids=True),
+            lambda payload=payload: client.sdk.projects.import_tasks(
+                id=project_id, request=payload, return_task_ids=True
+            ),
         )
         task_ids.extend(response.task_ids or [])
         for record in part:
-            append_row(out_dir / QUEUED, {"key": record.key, "queue": queue, "project_id": project_id,
-                                          "proposal_digest": shown[record.key], "pushed_at": now()})  # fmt: skip
+            append_row(
+                out_dir / QUEUED,
+                {
+                    "key": record.key,
+                    "queue": queue,
+                    "project_id": project_id,
+                    "proposal_digest": shown[record.key],
+                    "pushed_at": now(),
+                },
+            )
     return PushSummary(project_id, len(records), len(new), len(records) - len(new), task_ids)
 
 
@@ -172,14 +199,23 @@ def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir:
     (connected now if an earlier, interrupted push created the project without it)."""
     project_id = find_project(client, title)
     if project_id is None:
-        project_id = client.call("creating the project", lambda: client.sdk.projects.create(
-            title=title, label_config=label_config(taxonomy),
-            description=f"ovrsis audit of {out_dir} ({taxonomy.name} {taxonomy.version})")).id  # fmt: skip
+        project_id = client.call(
+            "creating the project",
+            lambda: client.sdk.projects.create(
+                title=title,
+                label_config=label_config(taxonomy),
+                description=f"ovrsis audit of {out_dir} ({taxonomy.name} {taxonomy.version})",
+            ),
+        ).id
     storages = client.call("listing storages", lambda: client.sdk.import_storage.local.list(project=project_id))
     if not any(Path(s.path or "").resolve() == images for s in storages):
         images.mkdir(parents=True, exist_ok=True)
-        client.call("connecting local-files storage", lambda: client.sdk.import_storage.local.create(
-            project=project_id, path=str(images), title="tiles", use_blob_urls=False))  # fmt: skip
+        client.call(
+            "connecting local-files storage",
+            lambda: client.sdk.import_storage.local.create(
+                project=project_id, path=str(images), title="tiles", use_blob_urls=False
+            ),
+        )
     return project_id
 
 
@@ -190,22 +226,31 @@ def connect_backend(client: AuditClient, project_id: int, url: str, taxonomy: Ta
     is reported here, after the tasks were pushed (they do not need it)."""
     project = client.call("reading the project", lambda: client.sdk.projects.get(id=project_id))
     if 'smart="true"' not in (project.label_config or ""):
-        client.call("adding the smart tools to the labelling config",
-                    lambda: client.sdk.projects.update(id=project_id, label_config=label_config(taxonomy, smart=True)))  # fmt: skip
+        client.call(
+            "adding the smart tools to the labelling config",
+            lambda: client.sdk.projects.update(id=project_id, label_config=label_config(taxonomy, smart=True)),
+        )
     url = url.rstrip("/")
     for backend in client.call("listing ML backends", lambda: client.sdk.ml.list(project=project_id)):
         if (backend.url or "").rstrip("/") == url:
             if not backend.is_interactive:
-                client.call("making the ML backend interactive", lambda: client.sdk.ml.update(id=backend.id, is_interactive=True))
+                client.call(
+                    "making the ML backend interactive",
+                    lambda backend=backend: client.sdk.ml.update(id=backend.id, is_interactive=True),
+                )
             return backend.id
-    created = client.call("connecting the ML backend", lambda: client.sdk.ml.create(
-        project=project_id, url=url, title="ovrsis SAM + proposals", is_interactive=True))  # fmt: skip
+    created = client.call(
+        "connecting the ML backend",
+        lambda: client.sdk.ml.create(project=project_id, url=url, title="ovrsis SAM + proposals", is_interactive=True),
+    )
     return created.id
 
 
 def existing_tasks(client: AuditClient, project_id: int) -> set[tuple]:
     """The identities of the project's tasks (see `_identity`)."""
-    tasks = client.call("listing tasks", lambda: list(client.sdk.tasks.list(project=project_id, page_size=1000, fields="all")))
+    tasks = client.call(
+        "listing tasks", lambda: list(client.sdk.tasks.list(project=project_id, page_size=1000, fields="all"))
+    )
     return {_identity(t.data.get("key"), t.data.get("proposal_digest"), t.data.get("queue")) for t in tasks if t.data}
 
 
@@ -226,14 +271,18 @@ class TileImages:
         return self._sources.setdefault(rule, RasterPixels(rule))(record)[0]
 
 
-def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str, digest: str) -> dict:
+def task_payload(
+    record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str, digest: str
+) -> dict:
     """One task: the tile's image (written by `prepare_tiles`) and one brush region per class in its proposal."""
     image_path = (out_dir / "audit" / "images" / f"{record.key}.jpg").resolve()
     mask = proposal_mask(out_dir, record)
     proposed = [c for c in proposed_categories(mask, taxonomy) if c.propose]
     regions = brush_regions(mask, taxonomy)
     scores = [i.detector_score * (i.mask_score or 0.0) for i in record.instances if not i.dropped]
-    conflicts = "; ".join(f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts)
+    conflicts = "; ".join(
+        f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts
+    )
     return {
         "data": {
             "image": "/data/local-files/?d=" + _served_path(image_path, served_root),
@@ -245,8 +294,13 @@ def task_payload(record: TileRecord, out_dir: Path, served_root: Path, taxonomy:
             "proposed_options": [{"value": c.name} for c in proposed],
             "conflicts_note": f"⚠ overlaps resolved by the merge: {conflicts}" if conflicts else "no overlap conflicts",
         },
-        "predictions": [{"model_version": MODEL_VERSION, "score": round(float(np.mean(scores)), 4) if scores else 0.0,
-                         "result": regions}],  # fmt: skip
+        "predictions": [
+            {
+                "model_version": MODEL_VERSION,
+                "score": round(float(np.mean(scores)), 4) if scores else 0.0,
+                "result": regions,
+            }
+        ],
     }
 
 
@@ -259,10 +313,15 @@ def brush_regions(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict]:
 def brush_region(pixels: np.ndarray, label: str, region_id: str) -> dict:
     """A Label Studio brush region (label_studio_sdk's RLE) over the (H, W) bool `pixels`."""
     return {
-        "id": region_id, "from_name": "mask", "to_name": "image", "type": "brushlabels",
-        "original_width": int(pixels.shape[1]), "original_height": int(pixels.shape[0]), "image_rotation": 0,
+        "id": region_id,
+        "from_name": "mask",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": int(pixels.shape[1]),
+        "original_height": int(pixels.shape[0]),
+        "image_rotation": 0,
         "value": {"format": "rle", "rle": mask2rle((pixels * 255).astype(np.uint8)), "brushlabels": [label]},
-    }  # fmt: skip
+    }
 
 
 def _served_path(path: Path, served_root: Path) -> str:
@@ -270,8 +329,10 @@ def _served_path(path: Path, served_root: Path) -> str:
     try:
         return str(path.resolve().relative_to(served_root.resolve()))
     except ValueError:
-        raise AuditError(f"{path} is outside the served root {served_root}: Label Studio would not serve it "
-                         "(start the server with --root at or above the build output folder)") from None  # fmt: skip
+        raise AuditError(
+            f"{path} is outside the served root {served_root}: Label Studio would not serve it "
+            "(start the server with --root at or above the build output folder)"
+        ) from None
 
 
 def _stratum(record: TileRecord, strata: str | None) -> str:

@@ -19,22 +19,25 @@ from PIL import Image, UnidentifiedImageError
 
 from audit.decisions import review_annotation
 from audit.ledger import Review
-from pipeline.outputs import write_png
 from pipeline.files import atomic_path
+from pipeline.outputs import write_png
 from pipeline.records import AuditDecision
 from taxonomy.loader import Taxonomy
 
 RULES_VERSION = 1
 
 
-def reviewed(out_dir: Path, review: Review, shown: np.ndarray, taxonomy: Taxonomy,
-             cache: bool = True) -> tuple[np.ndarray, list[AuditDecision]]:  # fmt: skip
+def reviewed(
+    out_dir: Path, review: Review, shown: np.ndarray, taxonomy: Taxonomy, cache: bool = True
+) -> tuple[np.ndarray, list[AuditDecision]]:
     """`review_annotation(shown, review.result)`, from the cache when it holds it. `cache=False` where
     `shown` is a stand-in (the shown proposal was not kept), so a guess is never cached as a fact."""
     if not cache:
         return review_annotation(shown, review.result, taxonomy)
     result = hashlib.sha256(json.dumps(review.result, sort_keys=True).encode()).hexdigest()
-    key = json.dumps([RULES_VERSION, taxonomy.version, list(review.identity), result, review.proposal_digest, shown.shape])
+    key = json.dumps(
+        [RULES_VERSION, taxonomy.version, list(review.identity), result, review.proposal_digest, shown.shape]
+    )
     base = out_dir / "audit" / "reviewed" / hashlib.sha256(key.encode()).hexdigest()[:32]
     mask_file, decisions_file = base.with_suffix(".png"), base.with_suffix(".json")
     try:

@@ -39,8 +39,16 @@ def label_studio_binary(venv: Path = DEFAULT_LS_VENV) -> Path:
     return binary
 
 
-def start_server(data_dir: Path, document_root: Path, token: str, username: str, password: str, port: int = 8089,
-                 venv: Path = DEFAULT_LS_VENV, timeout: float = 180.0) -> LocalServer:  # fmt: skip
+def start_server(
+    data_dir: Path,
+    document_root: Path,
+    token: str,
+    username: str,
+    password: str,
+    port: int = 8089,
+    venv: Path = DEFAULT_LS_VENV,
+    timeout: float = 180.0,
+) -> LocalServer:
     """Start Label Studio on 127.0.0.1:`port` and wait until it answers /health."""
     if len(token) != 40 or any(c not in "0123456789abcdef" for c in token.lower()):
         raise AuditError("LABEL_STUDIO_USER_TOKEN must be 40 hexadecimal characters")
@@ -50,16 +58,32 @@ def start_server(data_dir: Path, document_root: Path, token: str, username: str,
     for bare in ("USERNAME", "PASSWORD", "PORT", "HOST"):  # Label Studio reads these unprefixed too
         env.pop(bare, None)
     env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir.resolve()), LABEL_STUDIO_USERNAME=username,
-        LABEL_STUDIO_PASSWORD=password, LABEL_STUDIO_USER_TOKEN=token, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        LATEST_VERSION_CHECK="false", LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root.resolve()), COLLECT_ANALYTICS="false",
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir.resolve()),
+        LABEL_STUDIO_USERNAME=username,
+        LABEL_STUDIO_PASSWORD=password,
+        LABEL_STUDIO_USER_TOKEN=token,
+        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+        LATEST_VERSION_CHECK="false",
+        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root.resolve()),
+        COLLECT_ANALYTICS="false",
         # the ML backend (`ovrsis audit backend`) and its /webhook run on loopback beside it: Label Studio
         # refuses local addresses for both unless told (the server itself listens on loopback only)
-        ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false",
-    )  # fmt: skip
-    command = [str(label_studio_binary(venv)), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+        ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false",
+    )
+    command = [
+        str(label_studio_binary(venv)),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     (data_dir / "label-studio.pid").write_text(str(process.pid))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -73,17 +97,41 @@ def start_server(data_dir: Path, document_root: Path, token: str, username: str,
     raise AuditError(f"Label Studio did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
 
 
-def start_backend(data_dir: Path, root: Path, records: Path | None, models: str, piseg: Path | None = None,
-                  port: int = 9090, warm: bool = False, timeout: float = 120.0) -> LocalServer:  # fmt: skip
+def start_backend(
+    data_dir: Path,
+    root: Path,
+    records: Path | None,
+    models: str,
+    piseg: Path | None = None,
+    port: int = 9090,
+    warm: bool = False,
+    timeout: float = 120.0,
+) -> LocalServer:
     """Start `ovrsis audit backend` detached on 127.0.0.1:`port` (PID in DATA/ml-backend.pid) and wait for /health."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "ml-backend.log"
-    command = [sys.executable, "-m", "audit.cli", "backend", "--root", str(root.resolve()), "--models", models, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "backend",
+        "--root",
+        str(root.resolve()),
+        "--models",
+        models,
+        "--port",
+        str(port),
+    ]
     command += ["--records", str(records.resolve())] if records else []
     command += ["--piseg", str(piseg.resolve())] if piseg else []
     command += ["--warm"] if warm else []
-    process = subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
-                               cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     (data_dir / "ml-backend.pid").write_text(str(process.pid))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

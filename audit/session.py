@@ -35,8 +35,9 @@ def default_title(out_dir: Path) -> str:
     return f"ovrsis audit: {out_dir.resolve().name}"
 
 
-def push_queues(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: str, served_root: Path,
-                plan: QueuePlan) -> list[tuple[str, PushSummary]]:  # fmt: skip
+def push_queues(
+    client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: str, served_root: Path, plan: QueuePlan
+) -> list[tuple[str, PushSummary]]:
     """Push the random sample (and the uncertain and stale queues the plan asks for)."""
     live = load_live_records(out_dir)
     if not live:
@@ -51,8 +52,14 @@ def push_queues(client: AuditClient, out_dir: Path, taxonomy: Taxonomy, title: s
         queues.append(("stale", [r for r in live if r.key in stale]))
     # every queue's checks before anything is created on the server
     shown = prepare_tiles(out_dir, list({r.key: r for _, chosen in queues for r in chosen}.values()), served_root)
-    return [(queue_title(title, queue), push(client, out_dir, taxonomy, chosen, queue_title(title, queue), served_root, queue, shown))
-            for queue, chosen in queues if chosen]  # fmt: skip
+    return [
+        (
+            queue_title(title, queue),
+            push(client, out_dir, taxonomy, chosen, queue_title(title, queue), served_root, queue, shown),
+        )
+        for queue, chosen in queues
+        if chosen
+    ]
 
 
 def pull_queues(client: AuditClient, out_dir: Path, title: str) -> list[PullSummary]:
@@ -63,8 +70,10 @@ def pull_queues(client: AuditClient, out_dir: Path, title: str) -> list[PullSumm
     projects = queue_projects(client, title)
     if not projects:
         raise AuditError(f"no Label Studio project titled {title!r} (push first)")
-    return [pull_project(client, project_id, project_title, queue, out_dir, records)
-            for queue, (project_id, project_title) in projects.items()]  # fmt: skip
+    return [
+        pull_project(client, project_id, project_title, queue, out_dir, records)
+        for queue, (project_id, project_title) in projects.items()
+    ]
 
 
 def apply_ledger(out_dir: Path, taxonomy: Taxonomy) -> ApplySummary | None:

@@ -38,9 +38,14 @@ class ServerSettings:
 
 # user:password@host, the password may itself hold '@' or '/': up to the last '@' before the host
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)\S+(?=@[^@\s/]+(?:[/\s'\"]|$))", re.IGNORECASE)
-_SECRET_FIELDS = r"authorization|x-api-key|api[ _-]?key|[a-z_]*token|access|refresh|password|passwd|secret|sessionid|csrftoken|cookie"
-_AUTH_VALUE = re.compile(rf"(?P<head>\b(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*['\"]?(?:token\s+|bearer\s+|basic\s+)?)[^\s'\",;}}]+",
-                         re.IGNORECASE)  # fmt: skip
+_SECRET_FIELDS = (
+    r"authorization|x-api-key|api[ _-]?key|[a-z_]*token|access|refresh|password|passwd|secret|sessionid|"
+    r"csrftoken|cookie"
+)
+_AUTH_VALUE = re.compile(
+    rf"(?P<head>\b(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*['\"]?(?:token\s+|bearer\s+|basic\s+)?)[^\s'\",;}}]+",
+    re.IGNORECASE,
+)
 _SCHEME_VALUE = re.compile(r"(?P<head>\b(?:token|bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 
 
@@ -76,5 +81,7 @@ def server_settings(url: str | None = None, env_file: Path = Path(".env")) -> Se
 
     token = get("LABEL_STUDIO_API_KEY") or get("LABEL_STUDIO_USER_TOKEN")
     if not token:
-        raise AuditError("no Label Studio token: set LABEL_STUDIO_USER_TOKEN (or LABEL_STUDIO_API_KEY) in the environment or .env")
+        raise AuditError(
+            "no Label Studio token: set LABEL_STUDIO_USER_TOKEN (or LABEL_STUDIO_API_KEY) in the environment or .env"
+        )
     return ServerSettings(url=(url or get("LABEL_STUDIO_URL") or DEFAULT_URL).rstrip("/"), token=token)

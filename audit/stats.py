@@ -62,7 +62,12 @@ class Rate:
 
     def as_dict(self) -> dict:
         low, high = self.interval
-        return {"count": self.successes, "of": self.total, "rate": _round(self.value), "ci95": [_round(low), _round(high)]}
+        return {
+            "count": self.successes,
+            "of": self.total,
+            "rate": _round(self.value),
+            "ci95": [_round(low), _round(high)],
+        }
 
     def text(self) -> str:
         if not self.total:
@@ -83,9 +88,13 @@ def wilson(successes: int, total: int, z: float = Z) -> tuple[float, float]:
 
 
 PAPER_TABLE_II = {  # arXiv 2604.15652, Table II (20,000 random images across five scene domains), in %
-    "category accepted": 97.25, "category corrected": 2.22, "category discarded": 0.53,
-    "false-positive ratio": 0.53, "mask accepted": 91.66, "mask corrected": 8.34,
-}  # fmt: skip
+    "category accepted": 97.25,
+    "category corrected": 2.22,
+    "category discarded": 0.53,
+    "false-positive ratio": 0.53,
+    "mask accepted": 91.66,
+    "mask corrected": 8.34,
+}
 SAMPLE_QUEUE = "sample"
 
 
@@ -101,18 +110,25 @@ def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
     if sample:
         estimate = {
             name: {"expected": _round(rate.value * proposed), "ci95": [_round(b * proposed) for b in rate.interval]}
-            for name, rate in (("discarded categories", sample["table"]["category discarded"]),
-                               ("corrected categories", sample["table"]["category corrected"]))
-        }  # fmt: skip
+            for name, rate in (
+                ("discarded categories", sample["table"]["category discarded"]),
+                ("corrected categories", sample["table"]["category corrected"]),
+            )
+        }
     return {
         "queues": tables,
         "paper": PAPER_TABLE_II,
-        "dataset": {"tiles": sum(1 for r in records.values() if not r.quarantine), "proposed categories": proposed,
-                    "estimate": estimate},  # fmt: skip
+        "dataset": {
+            "tiles": sum(1 for r in records.values() if not r.quarantine),
+            "proposed categories": proposed,
+            "estimate": estimate,
+        },
     }
 
 
-def _queue_statistics(out_dir: Path, latest: dict[str, Review], records: dict[str, TileRecord], taxonomy: Taxonomy) -> dict:
+def _queue_statistics(
+    out_dir: Path, latest: dict[str, Review], records: dict[str, TileRecord], taxonomy: Taxonomy
+) -> dict:
     categories: Counter = Counter()
     masks: Counter = Counter()
     kinds: Counter = Counter()
@@ -205,7 +221,12 @@ def write_report(out_dir: Path, folder: Path, taxonomy: Taxonomy) -> dict:
 
 
 def _markdown(stats: dict) -> str:
-    lines = ["# Audit statistics", "", "Rates with 95% Wilson intervals and [count/total]; the paper's Table II beside ours.", ""]
+    lines = [
+        "# Audit statistics",
+        "",
+        "Rates with 95% Wilson intervals and [count/total]; the paper's Table II beside ours.",
+        "",
+    ]
     if not stats["queues"]:
         lines += ["No reviews in the ledger yet (`ovrsis audit pull`).", ""]
     for queue, queue_stats in stats["queues"].items():
@@ -216,18 +237,39 @@ def _markdown(stats: dict) -> str:
             paper = f"{PAPER_TABLE_II[row]:.2f}%" if row in PAPER_TABLE_II and queue == SAMPLE_QUEUE else ""
             lines.append(f"| {row} | {ours} | {paper} |")
         sources = queue_stats["correction kind source"]
-        lines += ["", f"Correction kinds: {sources['reviewer']} chosen by the reviewer, {sources['inferred']} inferred.", ""]
+        lines += [
+            "",
+            f"Correction kinds: {sources['reviewer']} chosen by the reviewer, {sources['inferred']} inferred.",
+            "",
+        ]
         for heading, rows in (("category", queue_stats["per_category"]), ("domain", queue_stats["per_domain"])):
-            lines += [f"### Per {heading} ({queue})", "", f"| {heading} | accepted | corrected | discarded |", "|---|---|---|---|"]
-            lines += [f"| {name} | {r['accepted'].text()} | {r['corrected'].text()} | {r['discarded'].text()} |" for name, r in rows.items()]
+            lines += [
+                f"### Per {heading} ({queue})",
+                "",
+                f"| {heading} | accepted | corrected | discarded |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {name} | {r['accepted'].text()} | {r['corrected'].text()} | {r['discarded'].text()} |"
+                for name, r in rows.items()
+            ]
             lines.append("")
         ious = queue_stats["mask_iou"]
         if ious:
-            lines += [f"Shown vs reviewed mask IoU ({len(ious)} masks): median {ious[len(ious) // 2]:.3f}, "
-                      f"min {ious[0]:.3f}, max {ious[-1]:.3f}", "", f"![IoU](iou-{queue}.png) ![rates](rates-{queue}.png)", ""]  # fmt: skip
+            lines += [
+                f"Shown vs reviewed mask IoU ({len(ious)} masks): median {ious[len(ious) // 2]:.3f}, "
+                f"min {ious[0]:.3f}, max {ious[-1]:.3f}",
+                "",
+                f"![IoU](iou-{queue}.png) ![rates](rates-{queue}.png)",
+                "",
+            ]
     dataset = stats["dataset"]
-    lines += ["## Estimate for the whole dataset (from the random sample)", "",
-              f"{dataset['tiles']} tiles, {dataset['proposed categories']} proposed categories.", ""]  # fmt: skip
+    lines += [
+        "## Estimate for the whole dataset (from the random sample)",
+        "",
+        f"{dataset['tiles']} tiles, {dataset['proposed categories']} proposed categories.",
+        "",
+    ]
     for name, estimate in dataset["estimate"].items():
         lines.append(f"- {name}: about {estimate['expected']} (95%: {estimate['ci95'][0]}–{estimate['ci95'][1]})")
     lines += ["", "## Definitions", "", __doc__.split("Definitions (also written into the report):")[1].strip(), ""]
@@ -254,7 +296,10 @@ def _charts(stats: dict, folder: Path, queue: str) -> None:
     figure, axis = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 4), dpi=100)
     bottom = [0.0] * len(names)
     for state, colour in (("accepted", "#228833"), ("corrected", "#ccbb44"), ("discarded", "#ee6677")):
-        values = [stats["per_category"].get(n, {}).get(state, Rate(0, 0)).value if n in stats["per_category"] else 0 for n in names]
+        values = [
+            stats["per_category"].get(n, {}).get(state, Rate(0, 0)).value if n in stats["per_category"] else 0
+            for n in names
+        ]
         values = [0.0 if math.isnan(v) else v for v in values]
         axis.bar(names, values, bottom=bottom, color=colour, label=state)
         bottom = [b + v for b, v in zip(bottom, values)]

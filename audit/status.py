@@ -40,7 +40,9 @@ def audit_status(out_dir: Path) -> list[QueueStatus]:
         status.pending = len(queued[queue] - set(latest))
         status.reviewers = {r.reviewer for r in latest.values() if r.reviewer}
         status.projects = {r.project for r in latest.values()}
-        status.stale = sum(1 for key, review in latest.items() if key in records and is_stale(out_dir, records[key], review))
+        status.stale = sum(
+            1 for key, review in latest.items() if key in records and is_stale(out_dir, records[key], review)
+        )
     for row in read_lines(out_dir / PULLS):
         status = statuses.setdefault(row["queue"], QueueStatus(row["queue"]))
         status.last_pull = max(status.last_pull or "", row["pulled_at"])

@@ -39,8 +39,13 @@ def run_tiny(tile_size: int) -> None:
         for relative in INPUTS:
             source = require(SHARED_REAL / relative)
             stems = [p.stem for p in (source.glob("*.tif") if source.is_dir() else [source])]
-            annotator = Annotator(taxonomy, models, Path(work) / "out" / relative.replace("/", "_"),
-                                  AnnotateConfig(tiling=TilingConfig(tile_size)), captions={s: [CAPTION] for s in stems})  # fmt: skip
+            annotator = Annotator(
+                taxonomy,
+                models,
+                Path(work) / "out" / relative.replace("/", "_"),
+                AnnotateConfig(tiling=TilingConfig(tile_size)),
+                captions={s: [CAPTION] for s in stems},
+            )
             if not tiles:  # warm-up: model loads are start-up, not per-tile cost
                 annotator.process([])
                 annotator.categorizer.categorize([[CAPTION]])
@@ -71,13 +76,19 @@ def run_real_size(tiles: int) -> None:
                     measured[key] = pool.apply(_measure_stage, (stage, spec["backend"], spec["model"], tiles))
                 print(stage, spec["model"], measured[key], flush=True)  # progress: the table comes at the end
             m = measured[key]
-            rows.append(f"| {preset} | {stage} | {spec['model'].split('/')[-1]} | {m['params'] / 1e6:,.0f} M | "
-                        f"{m['peak_rss'] / 2**30:.2f} GB | {m['tiles_per_s']:.3f} ({1 / m['tiles_per_s']:.1f} s/tile) | {m['cpu_s']:.1f} |")  # fmt: skip
+            rows.append(
+                f"| {preset} | {stage} | {spec['model'].split('/')[-1]} | {m['params'] / 1e6:,.0f} M | "
+                f"{m['peak_rss'] / 2**30:.2f} GB | {m['tiles_per_s']:.3f} "
+                f"({1 / m['tiles_per_s']:.1f} s/tile) | {m['cpu_s']:.1f} |"
+            )
     import torch
 
     device = "GPU" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"real-size models (random weights), 1024 px tiles, {device}, {tiles} timed tile(s) after one warm-up")
-    print("| preset | stage | model | parameters | peak memory (RSS) | tiles/s | CPU s/tile |\n|---|---|---|---:|---:|---:|---:|")
+    print(
+        "| preset | stage | model | parameters | peak memory (RSS) | tiles/s | CPU s/tile |"
+        "\n|---|---|---|---:|---:|---:|---:|"
+    )
     print("\n".join(rows))
     merge_write = _merge_and_write_seconds(tiles)
     print(f"merge (20 instances) + write mask + overlay: {merge_write:.2f} s/tile")
@@ -85,23 +96,66 @@ def run_real_size(tiles: int) -> None:
 
 REAL_SIZE = {  # the released architectures' sizes (their config.json), built here with random weights
     "florence-community/Florence-2-large": {
-        "vision": {"embed_dim": [256, 512, 1024, 2048], "num_heads": [8, 16, 32, 64], "num_groups": [8, 16, 32, 64], "projection_dim": 1024},
-        "text": {"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16,
-                 "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096},
+        "vision": {
+            "embed_dim": [256, 512, 1024, 2048],
+            "num_heads": [8, 16, 32, 64],
+            "num_groups": [8, 16, 32, 64],
+            "projection_dim": 1024,
+        },
+        "text": {
+            "d_model": 1024,
+            "encoder_layers": 12,
+            "decoder_layers": 12,
+            "encoder_attention_heads": 16,
+            "decoder_attention_heads": 16,
+            "encoder_ffn_dim": 4096,
+            "decoder_ffn_dim": 4096,
+        },
     },
     "florence-community/Florence-2-base": {
-        "vision": {"embed_dim": [128, 256, 512, 1024], "num_heads": [4, 8, 16, 32], "num_groups": [4, 8, 16, 32], "projection_dim": 768},
-        "text": {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
-                 "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072},
+        "vision": {
+            "embed_dim": [128, 256, 512, 1024],
+            "num_heads": [4, 8, 16, 32],
+            "num_groups": [4, 8, 16, 32],
+            "projection_dim": 768,
+        },
+        "text": {
+            "d_model": 768,
+            "encoder_layers": 6,
+            "decoder_layers": 6,
+            "encoder_attention_heads": 12,
+            "decoder_attention_heads": 12,
+            "encoder_ffn_dim": 3072,
+            "decoder_ffn_dim": 3072,
+        },
     },
-    "swin-b": {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12,
-               "image_size": 384, "out_features": ["stage2", "stage3", "stage4"], "out_indices": [2, 3, 4]},
-    "facebook/sam2.1-hiera-small": {"hidden_size": 96, "blocks_per_stage": [1, 2, 11, 2], "global_attention_blocks": [7, 10, 13],
-                                    "embed_dim_per_stage": [96, 192, 384, 768], "num_attention_heads_per_stage": [1, 2, 4, 8]},
-    "facebook/sam2.1-hiera-large": {"hidden_size": 144, "num_attention_heads": 2, "blocks_per_stage": [2, 6, 36, 4],
-                                    "global_attention_blocks": [23, 33, 43], "window_size_per_stage": [8, 4, 16, 8],
-                                    "embed_dim_per_stage": [144, 288, 576, 1152], "num_attention_heads_per_stage": [2, 4, 8, 16]},
-}  # fmt: skip
+    "swin-b": {
+        "model_type": "swin",
+        "embed_dim": 128,
+        "depths": [2, 2, 18, 2],
+        "num_heads": [4, 8, 16, 32],
+        "window_size": 12,
+        "image_size": 384,
+        "out_features": ["stage2", "stage3", "stage4"],
+        "out_indices": [2, 3, 4],
+    },
+    "facebook/sam2.1-hiera-small": {
+        "hidden_size": 96,
+        "blocks_per_stage": [1, 2, 11, 2],
+        "global_attention_blocks": [7, 10, 13],
+        "embed_dim_per_stage": [96, 192, 384, 768],
+        "num_attention_heads_per_stage": [1, 2, 4, 8],
+    },
+    "facebook/sam2.1-hiera-large": {
+        "hidden_size": 144,
+        "num_attention_heads": 2,
+        "blocks_per_stage": [2, 6, 36, 4],
+        "global_attention_blocks": [23, 33, 43],
+        "window_size_per_stage": [8, 4, 16, 8],
+        "embed_dim_per_stage": [144, 288, 576, 1152],
+        "num_attention_heads_per_stage": [2, 4, 8, 16],
+    },
+}
 
 
 def _measure_stage(stage: str, backend: str, model_id: str, tiles: int) -> dict:
@@ -120,8 +174,17 @@ def _measure_stage(stage: str, backend: str, model_id: str, tiles: int) -> dict:
     for _ in range(tiles):
         run()
     seconds, cpu_seconds = (time.perf_counter() - started) / tiles, (time.process_time() - cpu_started) / tiles
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"params": sum(p.numel() for p in model.parameters()), "peak_rss": peak, "tiles_per_s": 1 / seconds, "cpu_s": cpu_seconds}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "peak_rss": peak,
+        "tiles_per_s": 1 / seconds,
+        "cpu_s": cpu_seconds,
+    }
 
 
 def _real_size_model(stage: str, backend: str, model_id: str, device: str):
@@ -132,14 +195,20 @@ def _real_size_model(stage: str, backend: str, model_id: str, device: str):
 
     if stage == "captioner":
         sizes = REAL_SIZE[model_id]
-        config = t.Florence2Config(vision_config={"depths": [1, 1, 9, 1], "window_size": 12, **sizes["vision"]},
-                                   text_config={"vocab_size": 51290, "max_position_embeddings": 1024, **sizes["text"]})  # fmt: skip
+        config = t.Florence2Config(
+            vision_config={"depths": [1, 1, 9, 1], "window_size": 12, **sizes["vision"]},
+            text_config={"vocab_size": 51290, "max_position_embeddings": 1024, **sizes["text"]},
+        )
         model = t.Florence2ForConditionalGeneration(config).to(device).eval()
         image_tokens = torch.full((1, 577), config.image_token_id)  # 24 x 24 DaViT tokens + 1 at 768 px
         ids = torch.cat([image_tokens, torch.randint(100, 50000, (1, 14))], dim=1).to(device)
         pixels = torch.rand(1, 3, 768, 768, device=device)
         # min_new_tokens: random weights may stop at once; a real detailed caption runs to ~96 tokens
-        return model, _no_grad(lambda: model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=96, min_new_tokens=96, num_beams=1))
+        return model, _no_grad(
+            lambda: model.generate(
+                input_ids=ids, pixel_values=pixels, max_new_tokens=96, min_new_tokens=96, num_beams=1
+            )
+        )
     if stage == "detector":
         swin = REAL_SIZE["swin-b"] if ("base" in model_id) else None
         config_class = t.MMGroundingDinoConfig if backend == "mm-grounding-dino" else t.GroundingDinoConfig
@@ -152,11 +221,21 @@ def _real_size_model(stage: str, backend: str, model_id: str, device: str):
     pixels = torch.rand(1, 3, 1024, 1024, device=device)
     if backend == "sam":
         model = t.SamModel(t.SamConfig()).to(device).eval()  # SamConfig() is ViT-B
-        return model, _no_grad(lambda: model(image_embeddings=model.get_image_embeddings(pixels), input_boxes=boxes, multimask_output=False))
+        return model, _no_grad(
+            lambda: model(
+                image_embeddings=model.get_image_embeddings(pixels), input_boxes=boxes, multimask_output=False
+            )
+        )
     hiera = {"model_type": "sam2_hiera_det_model", **REAL_SIZE[model_id]}
     channels = list(reversed(hiera["embed_dim_per_stage"]))
-    model = t.Sam2Model(t.Sam2Config(vision_config={"backbone_config": hiera, "backbone_channel_list": channels})).to(device).eval()
-    return model, _no_grad(lambda: model(image_embeddings=model.get_image_embeddings(pixels), input_boxes=boxes, multimask_output=False))
+    model = (
+        t.Sam2Model(t.Sam2Config(vision_config={"backbone_config": hiera, "backbone_channel_list": channels}))
+        .to(device)
+        .eval()
+    )
+    return model, _no_grad(
+        lambda: model(image_embeddings=model.get_image_embeddings(pixels), input_boxes=boxes, multimask_output=False)
+    )
 
 
 def _no_grad(call):

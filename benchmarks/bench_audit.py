@@ -11,11 +11,11 @@ Usage: python benchmarks/bench_audit.py [--tasks 5000]
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 import resource
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,8 @@ from PIL import Image
 
 from audit.client import AuditClient
 from audit.queue import push
-from audit.session import apply_ledger, pull_queues
 from audit.server import start_server, stop_server
+from audit.session import apply_ledger, pull_queues
 from audit.settings import ServerSettings
 from pipeline.jsonl import atomic_writer, write_json_line
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
@@ -37,8 +37,17 @@ TOKEN = "0123456789abcdef0123456789abcdef01234567"
 
 def synthetic_build(folder: Path, n: int, taxonomy) -> None:
     raster = folder / "tile.tif"
-    with rasterio.open(raster, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=Affine(0.5, 0, 400000, 0, -0.5, 5000000)) as out:  # fmt: skip
+    with rasterio.open(
+        raster,
+        "w",
+        driver="GTiff",
+        width=256,
+        height=256,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(0.5, 0, 400000, 0, -0.5, 5000000),
+    ) as out:
         out.write(np.random.default_rng(0).integers(0, 255, (3, 256, 256), dtype=np.uint8))
     mask = np.full((256, 256), 255, np.uint8)
     mask[:, :100] = taxonomy.index_of("road")
@@ -49,10 +58,23 @@ def synthetic_build(folder: Path, n: int, taxonomy) -> None:
         for i in range(n):
             key = f"tile__r0_c{i}"
             Image.fromarray(mask).save(folder / "masks" / f"{key}.png")
-            source = SourceInfo(path=str(raster), sha256="", window=Window(row_off=0, col_off=0, height=256, width=256),
-                                band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=256, raster_height=256)  # fmt: skip
-            record = TileRecord(key=key, source=source, domain=Domain(name=("town", "forest")[i % 2], score=1.0),
-                                semantic_mask=f"masks/{key}.png", provenance={"taxonomy": {"name": "ovrsis95k"}})  # fmt: skip
+            source = SourceInfo(
+                path=str(raster),
+                sha256="",
+                window=Window(row_off=0, col_off=0, height=256, width=256),
+                band_mapping=[1, 2, 3],
+                stretch="none",
+                dtype="uint8",
+                raster_width=256,
+                raster_height=256,
+            )
+            record = TileRecord(
+                key=key,
+                source=source,
+                domain=Domain(name=("town", "forest")[i % 2], score=1.0),
+                semantic_mask=f"masks/{key}.png",
+                provenance={"taxonomy": {"name": "ovrsis95k"}},
+            )
             write_json_line(handle, record.model_dump(mode="json"))
 
 
@@ -76,7 +98,9 @@ def main() -> None:
         server = start_server(Path(work) / "lsdata", out, TOKEN, "admin@example.com", "bench-password", port)
         try:
             client = AuditClient(ServerSettings(server.url, TOKEN))
-            records = [TileRecord.model_validate_json(line) for line in (out / "records.jsonl").read_text().splitlines()]
+            records = [
+                TileRecord.model_validate_json(line) for line in (out / "records.jsonl").read_text().splitlines()
+            ]
             started = time.perf_counter()
             pushed = push(client, out, taxonomy, records, "bench", out)
             push_seconds = time.perf_counter() - started
@@ -84,7 +108,12 @@ def main() -> None:
             (prediction,) = client.sdk.predictions.list(task=pushed.task_ids[0])
             started = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:  # reviewers' submissions: one POST per task
-                list(pool.map(lambda task_id: client.sdk.annotations.create(id=task_id, result=prediction.result), pushed.task_ids))
+                list(
+                    pool.map(
+                        lambda task_id: client.sdk.annotations.create(id=task_id, result=prediction.result),
+                        pushed.task_ids,
+                    )
+                )
             annotate_seconds = time.perf_counter() - started
             rss["after reviews"] = _rss_mib()
             started = time.perf_counter()
@@ -103,12 +132,29 @@ def main() -> None:
             stop_server(server.pid)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"tasks          {args.tasks} (256x256 tiles, 3 brush regions each), Label Studio 1.23.2 on SQLite, 2 cores")
-    print(f"push           {push_seconds:7.1f} s  {args.tasks / push_seconds:7.1f} tasks/s  (JPEG tiles + RLE + import)")
-    print(f"accept all     {annotate_seconds:7.1f} s  {args.tasks / annotate_seconds:7.1f} tasks/s  (one annotation POST per task, 4 at a time)")
-    print(f"pull           {pull_seconds:7.1f} s  {args.tasks / pull_seconds:7.1f} tasks/s  (into the ledger: {pulled.new_reviews} reviews, {ledger_mib:.1f} MiB)")
-    print(f"apply ledger   {apply_seconds:7.1f} s  {args.tasks / apply_seconds:7.1f} tiles/s  (no server; every build does this), {applied.reviewed} reviewed")
-    print(f"apply again    {reapply_seconds:7.1f} s  {args.tasks / reapply_seconds:7.1f} tiles/s  (decoded reviews cached)")
-    print(f"peak memory    {peak:7.0f} MiB (client process, max RSS); " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    print(
+        f"push           {push_seconds:7.1f} s  {args.tasks / push_seconds:7.1f} tasks/s  (JPEG tiles + RLE + import)"
+    )
+    print(
+        f"accept all     {annotate_seconds:7.1f} s  {args.tasks / annotate_seconds:7.1f} tasks/s  "
+        "(one annotation POST per task, 4 at a time)"
+    )
+    print(
+        f"pull           {pull_seconds:7.1f} s  {args.tasks / pull_seconds:7.1f} tasks/s  "
+        f"(into the ledger: {pulled.new_reviews} reviews, {ledger_mib:.1f} MiB)"
+    )
+    print(
+        f"apply ledger   {apply_seconds:7.1f} s  {args.tasks / apply_seconds:7.1f} tiles/s  "
+        f"(no server; every build does this), {applied.reviewed} reviewed"
+    )
+    print(
+        f"apply again    {reapply_seconds:7.1f} s  {args.tasks / reapply_seconds:7.1f} tiles/s  "
+        "(decoded reviews cached)"
+    )
+    print(
+        f"peak memory    {peak:7.0f} MiB (client process, max RSS); "
+        + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+    )
 
 
 if __name__ == "__main__":

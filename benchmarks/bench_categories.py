@@ -39,7 +39,7 @@ def main() -> None:
         categorizer = CaptionCategorizer(taxonomy, threshold=0.72, margin=0.06, use_relations=False)
     else:
         categorizer = CaptionCategorizer(taxonomy)
-    categorizer.matcher  # loads spaCy and the sentence-transformer, embeds the taxonomy
+    _ = categorizer.matcher  # loads spaCy and the sentence-transformer, embeds the taxonomy
     categorizer.categorize([["a warm-up caption with a river and a bridge"]])
     startup = time.perf_counter() - started
 

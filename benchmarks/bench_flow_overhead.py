@@ -44,34 +44,57 @@ def main() -> None:
         models = make_tiny_models(work / "tiny")
         n_tiles = args.rasters * 100
 
-        annotator = Annotator(load_taxonomy("ovrsis95k"), ModelSet(load_models_config(models)), work / "plain",
-                              AnnotateConfig(tiling=TilingConfig(128), batch_size=args.batch_size, stitch=False),
-                              captions=load_caption_file(work / "data" / "captions.jsonl"))  # fmt: skip
+        annotator = Annotator(
+            load_taxonomy("ovrsis95k"),
+            ModelSet(load_models_config(models)),
+            work / "plain",
+            AnnotateConfig(tiling=TilingConfig(128), batch_size=args.batch_size, stitch=False),
+            captions=load_caption_file(work / "data" / "captions.jsonl"),
+        )
         started = time.perf_counter()  # model loads count both ways: the flow loads its models inside too
         annotator.run(imagery)
         select_and_shard(work / "plain")
         plain = time.perf_counter() - started
 
         config = work / "build.yaml"
-        config.write_text(yaml.safe_dump({
-            "inputs": [str(imagery)], "captions": str(work / "data" / "captions.jsonl"), "models": str(models),
-            "output": str(work / "flow"), "tiling": {"tile_size": 128}, "batch_size": args.batch_size,
-            "runner": {"kind": "threads", "workers": args.workers}, "overlays": True,
-        }))  # fmt: skip
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "inputs": [str(imagery)],
+                    "captions": str(work / "data" / "captions.jsonl"),
+                    "models": str(models),
+                    "output": str(work / "flow"),
+                    "tiling": {"tile_size": 128},
+                    "batch_size": args.batch_size,
+                    "runner": {"kind": "threads", "workers": args.workers},
+                    "overlays": True,
+                }
+            )
+        )
         # a no-op flow first starts Prefect's temporary server, as a running server would be: what is
         # timed is the build, not the server's start (reported on its own line)
-        code = ("import time, json; from prefect import flow; from flows.build import build; "
-                "flow(lambda: None, name='warm-up')(); t = time.perf_counter(); "
-                f"build({str(config)!r}); print(json.dumps({{'seconds': time.perf_counter() - t}}))")  # fmt: skip
+        code = (
+            "import time, json; from prefect import flow; from flows.build import build; "
+            "flow(lambda: None, name='warm-up')(); t = time.perf_counter(); "
+            f"build({str(config)!r}); print(json.dumps({{'seconds': time.perf_counter() - t}}))"
+        )
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", code], env=prefect_env(work / "prefect"), capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=prefect_env(work / "prefect"), capture_output=True, text=True
+        )
         total = time.perf_counter() - started
         if result.returncode:
             sys.exit(result.stderr[-3000:])
         flow = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
-    print(f"tiles                      {n_tiles} (128 px, tiny models, batches of {args.batch_size}, {os.cpu_count()} cores)")
+    print(
+        f"tiles                      {n_tiles} (128 px, tiny models, batches of {args.batch_size}, "
+        f"{os.cpu_count()} cores)"
+    )
     print(f"plain stage functions      {plain:7.1f} s  {n_tiles / plain:6.1f} tiles/s")
-    print(f"Prefect flow (in-flow)     {flow:7.1f} s  {n_tiles / flow:6.1f} tiles/s  (both: shards and the balance report)")
+    print(
+        f"Prefect flow (in-flow)     {flow:7.1f} s  {n_tiles / flow:6.1f} tiles/s  "
+        "(both: shards and the balance report)"
+    )
     print(f"Prefect flow (with start)  {total:7.1f} s  (Python, imports and the temporary server's start-up included)")
     print(f"flow / plain               {flow / plain:7.2f}")
     print(f"orchestration per tile     {(flow - plain) / n_tiles * 1000:7.2f} ms")
@@ -100,8 +123,13 @@ def select_and_shard(out: Path) -> None:
     chosen = select(table, selection)
     write_report(out / "report", table, chosen)
     pixels = RasterPixels(BandRule())
-    write_shards(out, index.subset(table.keys[chosen.selected].tolist()),
-                 lambda r: (pixels(r)[0], np.asarray(Image.open(out / r.semantic_mask))), taxonomy.names, taxonomy.version)  # fmt: skip
+    write_shards(
+        out,
+        index.subset(table.keys[chosen.selected].tolist()),
+        lambda r: (pixels(r)[0], np.asarray(Image.open(out / r.semantic_mask))),
+        taxonomy.names,
+        taxonomy.version,
+    )
 
 
 if __name__ == "__main__":

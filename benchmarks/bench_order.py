@@ -22,18 +22,29 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from piseg.config import TrainConfig
-from piseg.training.batches import TrainingStream
 from pipeline.records import SourceInfo, TileRecord, Window
 from pipeline.shards import ShardConfig, ShardReader, write_shards
+from piseg.config import TrainConfig
+from piseg.training.batches import TrainingStream
 
 BATCH = 8
 
 
 def tile_record(key: str) -> TileRecord:
     window = Window(row_off=0, col_off=0, height=8, width=8)
-    return TileRecord(key=key, source=SourceInfo(path=f"{key}.tif", sha256="0" * 64, window=window, band_mapping=[1, 2, 3],
-                                                 stretch="none", dtype="uint8", raster_width=8, raster_height=8))  # fmt: skip
+    return TileRecord(
+        key=key,
+        source=SourceInfo(
+            path=f"{key}.tif",
+            sha256="0" * 64,
+            window=window,
+            band_mapping=[1, 2, 3],
+            stretch="none",
+            dtype="uint8",
+            raster_width=8,
+            raster_height=8,
+        ),
+    )
 
 
 def per_batch(keys: list[str], categories: dict[str, set[int]]) -> tuple[float, float]:
@@ -63,16 +74,27 @@ def main() -> None:
     for raster in range(args.rasters):
         shared = rng.choice(35, size=3, replace=False)
         for tile in range(args.tiles):
-            categories[f"raster{raster:04d}__r{tile}_c0"] = {int(c) for c in shared if rng.random() < 0.8} or {int(shared[0])}
+            categories[f"raster{raster:04d}__r{tile}_c0"] = {int(c) for c in shared if rng.random() < 0.8} or {
+                int(shared[0])
+            }
     keys = list(categories)
     sample = (np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8), dtype=np.uint8))
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        write_shards(out, [tile_record(k) for k in keys], lambda record: sample, ["c"], "sha256:bench",
-                     ShardConfig(max_samples=args.shard_size, val_fraction=0))  # fmt: skip
+        write_shards(
+            out,
+            [tile_record(k) for k in keys],
+            lambda record: sample,
+            ["c"],
+            "sha256:bench",
+            ShardConfig(max_samples=args.shard_size, val_fraction=0),
+        )
         reader = ShardReader(out)
         rows = [("(a) key-sorted shards, buffer 1000", sorted_order(keys, args.shard_size, 1000))]
-        for label, buffer in (("(b) seeded-order shards, buffer 1000", 1000), ("(c) seeded-order shards, data-sized buffer", None)):
+        for label, buffer in (
+            ("(b) seeded-order shards, buffer 1000", 1000),
+            ("(c) seeded-order shards, data-sized buffer", None),
+        ):
             stream = TrainingStream(reader, TrainConfig(taxonomy=None, shuffle_buffer=buffer, batch_size=BATCH))
             start = time.perf_counter()
             order = [raw["__key__"] for raw in stream.epoch_samples(0, [])]

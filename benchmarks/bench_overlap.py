@@ -63,8 +63,15 @@ class SlowModels:
 def make_rasters(folder: Path, count: int, size: int = 1024) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-               "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000),
+    }
     for index in range(count):
         with rasterio.open(folder / f"scene{index}.tif", "w", **profile) as out:
             out.write(rng.integers(1, 255, (3, size, size), dtype=np.uint8))
@@ -85,8 +92,13 @@ def main() -> None:
         taxonomy = load_taxonomy("ovrsis95k")
         results = {}
         for in_flight in (1, 3, 1, 3):  # twice each, alternating: the first pass also loads spaCy and MiniLM
-            config = AnnotateConfig(tiling=TilingConfig(128), batch_size=args.batch_size, stitch=False,
-                                    write_overlay=False, batches_in_flight=in_flight)  # fmt: skip
+            config = AnnotateConfig(
+                tiling=TilingConfig(128),
+                batch_size=args.batch_size,
+                stitch=False,
+                write_overlay=False,
+                batches_in_flight=in_flight,
+            )
             annotator = Annotator(taxonomy, models, work / f"out{in_flight}", config, captions=captions)
             started = time.perf_counter()
             summary = annotator.run(imagery)
@@ -94,11 +106,21 @@ def main() -> None:
             model = sum(v for k, v in summary.seconds.items() if k in MODEL_STAGES)
             cpu = sum(v for k, v in summary.seconds.items() if k not in MODEL_STAGES)
             results[in_flight] = (wall, model, cpu, summary.tiles)
-    print(f"{results[1][3]} tiles of 128 px, tiny models + {args.model_ms:.0f} ms a tile per model stage (sleep), batches of {args.batch_size}")
-    print(f"{'batches in flight':<18} {'wall s':>7} {'model s':>8} {'CPU s':>7} {'sum s':>7} {'max s':>7} {'wall/max':>9}")
+    print(
+        f"{results[1][3]} tiles of 128 px, tiny models + {args.model_ms:.0f} ms a tile per model stage (sleep), "
+        f"batches of {args.batch_size}"
+    )
+    print(
+        f"{'batches in flight':<18} {'wall s':>7} {'model s':>8} {'CPU s':>7} {'sum s':>7} {'max s':>7} {'wall/max':>9}"
+    )
     for in_flight, (wall, model, cpu, _) in sorted(results.items()):
-        print(f"{in_flight:<18} {wall:7.1f} {model:8.1f} {cpu:7.1f} {model + cpu:7.1f} {max(model, cpu):7.1f} {wall / max(model, cpu):9.2f}")
-    print("(CPU s counts ingest, the CPU stages and writing; model s the three model stages; second pass of each shown)")
+        print(
+            f"{in_flight:<18} {wall:7.1f} {model:8.1f} {cpu:7.1f} "
+            f"{model + cpu:7.1f} {max(model, cpu):7.1f} {wall / max(model, cpu):9.2f}"
+        )
+    print(
+        "(CPU s counts ingest, the CPU stages and writing; model s the three model stages; second pass of each shown)"
+    )
 
 
 if __name__ == "__main__":

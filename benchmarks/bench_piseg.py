@@ -32,10 +32,14 @@ from tests.piseg_helpers import tiny_config, write_synthetic_shards  # noqa: E40
 def tiny_training(iters: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         shards = write_synthetic_shards(Path(folder) / "build", count=40, size=96)
-        config = tiny_config(iters=iters, batch_size=4, crop=64, resize_short=64, checkpoint_every=10_000, val_every=10_000)
+        config = tiny_config(
+            iters=iters, batch_size=4, crop=64, resize_short=64, checkpoint_every=10_000, val_every=10_000
+        )
         config.model = dataclasses.replace(config.model, clip_resolution=64, window_size=4)
         seen = []
-        train(shards, config, Path(folder) / "run", progress=lambda step, total, values: seen.append(values["it_per_s"]))
+        train(
+            shards, config, Path(folder) / "run", progress=lambda step, total, values: seen.append(values["it_per_s"])
+        )
         return seen[-1]
 
 
@@ -58,8 +62,10 @@ def full_size(classes: int, repeats: int, device: torch.device) -> None:
     """Both models built first and timed alternately, so drift in the machine's speed hits both alike."""
     config = preset("vit-b")
     images = torch.rand(1, 3, 384, 384, device=device) * 255
-    models = {name: build_model(variant(config.model, perturbation)).to(device).train()
-              for name, perturbation in (("Pi-Seg", True), ("CAT-Seg baseline", False))}  # fmt: skip
+    models = {
+        name: build_model(variant(config.model, perturbation)).to(device).train()
+        for name, perturbation in (("Pi-Seg", True), ("CAT-Seg baseline", False))
+    }
     text = torch.randn(classes, 1, models["Pi-Seg"].backbone.embed_dim, device=device)
     samples: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
@@ -70,8 +76,14 @@ def full_size(classes: int, repeats: int, device: torch.device) -> None:
                 samples[name].append(elapsed(lambda model=model: model(images, text), device))
     results = {name: statistics.median(times) for name, times in samples.items()}
     for name, seconds in results.items():
-        print(f"{name}: ViT-B forward at 384x384, {classes} classes, training mode, batch 1: {seconds * 1000:.0f} ms ({device})")
-    print(f"ratio Pi-Seg / baseline: {results['Pi-Seg'] / results['CAT-Seg baseline']:.3f} (medians of {repeats} alternating runs)")
+        print(
+            f"{name}: ViT-B forward at 384x384, {classes} classes, "
+            f"training mode, batch 1: {seconds * 1000:.0f} ms ({device})"
+        )
+    print(
+        f"ratio Pi-Seg / baseline: {results['Pi-Seg'] / results['CAT-Seg baseline']:.3f} "
+        f"(medians of {repeats} alternating runs)"
+    )
     if device.type == "cuda":  # one model on the GPU at a time, so each peak memory is that model's alone
         for model in models.values():
             model.cpu()
@@ -104,7 +116,10 @@ def gpu_figures(model, config, classes: int, repeats: int, device: torch.device,
         text = model.encode_classes(names)
     image = torch.rand(3, 600, 800, device=device) * 255
     seconds, peak = timed_inference(model, image, text, config, device, repeats * 5)
-    print(f"{name}: eval 600x800 sliding window: {1 / seconds:.2f} FPS, peak memory {peak:.2f} GB ({torch.cuda.get_device_name()})")
+    print(
+        f"{name}: eval 600x800 sliding window: {1 / seconds:.2f} FPS, "
+        f"peak memory {peak:.2f} GB ({torch.cuda.get_device_name()})"
+    )
 
 
 def main() -> None:
@@ -117,7 +132,10 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
-    print(f"tiny model training (batch 4, crop 64, 3 classes, CPU data pipeline): {tiny_training(args.tiny_iters):.1f} it/s")
+    print(
+        "tiny model training (batch 4, crop 64, 3 classes, CPU data pipeline): "
+        f"{tiny_training(args.tiny_iters):.1f} it/s"
+    )
     if not args.skip_full:
         full_size(args.classes, args.repeats, device)
 

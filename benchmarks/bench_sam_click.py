@@ -57,9 +57,18 @@ class TimedDecode:
 
 def smart_regions(step: int, rng: np.random.Generator) -> list[dict]:
     """Alternately one click, two clicks (one on the background), one box: as a reviewer works."""
-    point = lambda positive: {"type": "keypointlabels", "is_positive": positive,  # noqa: E731
-                              "value": {"x": float(rng.uniform(5, 95)), "y": float(rng.uniform(5, 95)), "keypointlabels": ["building"]}}
-    box = {"type": "rectanglelabels", "value": {"x": 20.0, "y": 25.0, "width": 40.0, "height": 30.0, "rectanglelabels": ["building"]}}
+
+    def point(positive: bool) -> dict:
+        return {
+            "type": "keypointlabels",
+            "is_positive": positive,
+            "value": {"x": float(rng.uniform(5, 95)), "y": float(rng.uniform(5, 95)), "keypointlabels": ["building"]},
+        }
+
+    box = {
+        "type": "rectanglelabels",
+        "value": {"x": 20.0, "y": 25.0, "width": 40.0, "height": 30.0, "rectanglelabels": ["building"]},
+    }
     return [[point(True)], [point(True), point(False)], [box]][step % 3]
 
 
@@ -86,20 +95,28 @@ def run(backend_name: str, size: int, clicks: int, folder: Path) -> None:
     assert backend.embeddings.computed == 1 and restarted.embeddings.computed == 0
     decoder = sorted(sam.times[1 : clicks + 1])
     later.sort()
-    print(f"{backend_name} ViT-B (random weights, built in {built:.1f} s), {size}x{size} tile, "
-          f"{torch.get_num_threads()} torch threads:")
+    print(
+        f"{backend_name} ViT-B (random weights, built in {built:.1f} s), {size}x{size} tile, "
+        f"{torch.get_num_threads()} torch threads:"
+    )
     print(f"  first click (image encoder + decoder): {first:8.0f} ms")
-    print(f"  later clicks, n={clicks}: median {statistics.median(later):6.0f} ms, "
-          f"p90 {later[int(0.9 * (len(later) - 1))]:6.0f} ms, max {later[-1]:6.0f} ms")
-    print(f"    of which the mask decoder: median {statistics.median(decoder):6.0f} ms "
-          "(the rest is mostly label_studio_sdk's pure-Python brush RLE: random weights give speckled masks, "
-          "far more runs than a real SAM mask)")
+    print(
+        f"  later clicks, n={clicks}: median {statistics.median(later):6.0f} ms, "
+        f"p90 {later[int(0.9 * (len(later) - 1))]:6.0f} ms, max {later[-1]:6.0f} ms"
+    )
+    print(
+        f"    of which the mask decoder: median {statistics.median(decoder):6.0f} ms "
+        "(the rest is mostly label_studio_sdk's pure-Python brush RLE: random weights give speckled masks, "
+        "far more runs than a real SAM mask)"
+    )
     disc = np.hypot(*np.mgrid[:size, :size] - size / 2) < size / 4  # a real SAM mask is a few smooth blobs
     start = time.perf_counter()
     mask2rle((disc * 255).astype(np.uint8))
     smooth = (time.perf_counter() - start) * 1000
-    print(f"    brush RLE of a smooth {size}x{size} mask instead: {smooth:.0f} ms "
-          f"(decoder + that RLE: {statistics.median(decoder) + smooth:.0f} ms)")
+    print(
+        f"    brush RLE of a smooth {size}x{size} mask instead: {smooth:.0f} ms "
+        f"(decoder + that RLE: {statistics.median(decoder) + smooth:.0f} ms)"
+    )
     print(f"  first click after a restart (embedding read from disk): {after_restart:6.0f} ms")
 
 

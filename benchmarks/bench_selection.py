@@ -32,13 +32,15 @@ from pipeline.tile_table import TileTable  # noqa: E402
 CATEGORIES = 35
 DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")
 DOMAIN_SHARE = np.array([0.45, 0.2, 0.15, 0.12, 0.08])
-COMMON_RATE = np.array([  # P(category | domain) for the three common categories
-    [0.92, 0.88, 0.60],  # town
-    [0.85, 0.80, 0.35],
-    [0.15, 0.30, 0.97],
-    [0.45, 0.50, 0.55],
-    [0.10, 0.25, 0.20],
-])  # fmt: skip
+COMMON_RATE = np.array(
+    [  # P(category | domain) for the three common categories
+        [0.92, 0.88, 0.60],  # town
+        [0.85, 0.80, 0.35],
+        [0.15, 0.30, 0.97],
+        [0.45, 0.50, 0.55],
+        [0.10, 0.25, 0.20],
+    ]
+)
 TAIL_PER_TILE = 1.2  # expected number of long-tail categories per tile
 TILE_PIXELS = 512 * 512
 
@@ -51,7 +53,7 @@ def simulate(tiles: int, seed: int = 0) -> TileTable:
     home = rng.integers(0, len(DOMAINS), size=CATEGORIES - 3)
     rows, cols, values = [], [], []
     for start in range(0, tiles, 200_000):  # in chunks: the dense draw is tiles x 35
-        d = domain[start:start + 200_000]
+        d = domain[start : start + 200_000]
         affinity = np.where(home[None, :] == d[:, None], 3.0, 1.0) / 1.4
         rate = np.concatenate([COMMON_RATE[d], np.minimum(tail[None, :] * affinity, 0.95)], axis=1)
         present = rng.random(rate.shape, dtype=np.float32) < rate
@@ -61,7 +63,9 @@ def simulate(tiles: int, seed: int = 0) -> TileTable:
         rows.append(r + start)
         cols.append(c)
         values.append(area[r, c].astype(np.int64))
-    matrix = sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(tiles, CATEGORIES))
+    matrix = sparse.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(tiles, CATEGORIES)
+    )
     keys = [f"scene{i // 64:06d}__r{(i % 64) // 8 * 512}_c{i % 8 * 512}" for i in range(tiles)]
     return TileTable.build(keys, [f"c{j:02d}" for j in range(CATEGORIES)], DOMAINS, matrix, domain)
 
@@ -71,10 +75,10 @@ def caps_selection(table: TileTable, cap: int) -> np.ndarray:
     held = np.zeros(len(table.categories), np.int64)
     available = table.category_tiles()
     indptr, indices = table.incidence.indptr, table.incidence.indices
-    rarity = np.array([available[indices[indptr[i]:indptr[i + 1]]].min(initial=0) for i in range(len(table))])
+    rarity = np.array([available[indices[indptr[i] : indptr[i + 1]]].min(initial=0) for i in range(len(table))])
     selected = np.zeros(len(table), bool)
     for i in np.lexsort((table.keys, rarity)):
-        categories = indices[indptr[i]:indptr[i + 1]]
+        categories = indices[indptr[i] : indptr[i + 1]]
         if (held[categories] < cap).all():
             selected[i] = True
             held[categories] += 1
@@ -122,8 +126,10 @@ def main() -> None:
     available = table.category_tiles()
     quota = water_fill_quota(available, args.target)
     print(f"{args.tiles:,} simulated tiles, target N = {args.target:,}, quota q = {quota} (water-filling)")
-    print(f"tiles per category, all: max {available.max():,}, min {available.min():,}; "
-          f"per domain: {dict(zip(DOMAINS, table.domain_tiles().tolist()))}")
+    print(
+        f"tiles per category, all: max {available.max():,}, min {available.min():,}; "
+        f"per domain: {dict(zip(DOMAINS, table.domain_tiles().tolist()))}"
+    )
     before = measures(table, np.ones(len(table), bool), quota)
     print(f"all tiles: entropy {before['entropy']:.3f}, max/min {before['max/min']:.0f}")
 
@@ -140,12 +146,18 @@ def main() -> None:
     results["balanced (new)"] = (balanced, time.perf_counter() - started, "")
 
     print()
-    print("| method | tiles | normalised entropy | categories below min(available, q) | max/min | smallest category | domain min/max | time |")
+    print(
+        "| method | tiles | normalised entropy | categories below min(available, q) "
+        "| max/min | smallest category | domain min/max | time |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, (selected, seconds, note) in results.items():
         m = measures(table, selected, quota)
-        print(f"| {name} | {m['tiles']:,} | {m['entropy']:.3f} | {m['below quota']} | {m['max/min']:.1f} | "
-              f"{m['smallest category']:,} | {m['domain min/max']:.2f} | {seconds:.1f} s{' (' + note + ')' if note else ''} |")
+        print(
+            f"| {name} | {m['tiles']:,} | {m['entropy']:.3f} | {m['below quota']} | {m['max/min']:.1f} | "
+            f"{m['smallest category']:,} | {m['domain min/max']:.2f} | "
+            f"{seconds:.1f} s{' (' + note + ')' if note else ''} |"
+        )
 
     if args.million:
         started = time.perf_counter()
@@ -155,8 +167,10 @@ def main() -> None:
         chosen = select(big, SelectionConfig(target_tiles=200_000))
         seconds = time.perf_counter() - started
         m = measures(big, chosen.selected, chosen.quota)
-        print(f"\n1,000,000 tiles -> 200,000: selection {seconds:.1f} s (table built in {built:.1f} s); "
-              f"entropy {m['entropy']:.3f}, {m['below quota']} categories below min(available, {chosen.quota})")
+        print(
+            f"\n1,000,000 tiles -> 200,000: selection {seconds:.1f} s (table built in {built:.1f} s); "
+            f"entropy {m['entropy']:.3f}, {m['below quota']} categories below min(available, {chosen.quota})"
+        )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _shared import SHARED_REAL, require
 from PIL import Image
 
-from _shared import SHARED_REAL, require
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
 from pipeline.shards import ShardConfig, _encode, decode_image, encode_image, write_shards
 from taxonomy import load_taxonomy
@@ -42,8 +42,16 @@ def main() -> None:
     masks = [np.repeat(np.arange(35, dtype=np.uint8), 512 * 512 // 35 + 1)[: 512 * 512].reshape(512, 512)]
     records = []
     for i in range(args.samples):
-        source = SourceInfo(path="x.tif", sha256="0" * 64, window=Window(row_off=0, col_off=0, height=512, width=512),
-                            band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=512, raster_height=512)  # fmt: skip
+        source = SourceInfo(
+            path="x.tif",
+            sha256="0" * 64,
+            window=Window(row_off=0, col_off=0, height=512, width=512),
+            band_mapping=[1, 2, 3],
+            stretch="none",
+            dtype="uint8",
+            raster_width=512,
+            raster_height=512,
+        )
         records.append(TileRecord(key=f"tile_{i:06d}", source=source, domain=Domain(name="town", score=1.0)))
 
     def sample(record):
@@ -53,7 +61,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         started = time.perf_counter()
-        write_shards(work / "out", records, sample, taxonomy.names, taxonomy.version, ShardConfig(max_samples=500, lossless=False))
+        write_shards(
+            work / "out",
+            records,
+            sample,
+            taxonomy.names,
+            taxonomy.version,
+            ShardConfig(max_samples=500, lossless=False),
+        )
         shard_seconds = time.perf_counter() - started
         shard_bytes = sum(p.stat().st_size for p in (work / "out" / "shards").glob("*.tar"))
 
@@ -74,8 +89,14 @@ def main() -> None:
         tar_seconds = time.perf_counter() - started
     mb = shard_bytes / 1e6
     print(f"samples            {args.samples} (512x512 JPEG q95 + mask PNG + record JSON), {mb:.0f} MB of shards")
-    print(f"write_shards       {shard_seconds:6.2f} s  {mb / shard_seconds:7.1f} MB/s  (encoding + tar + sha256 + statistics)")
-    print(f"  of which encode  {encode_seconds:6.2f} s; tar + sha256 + statistics alone: {mb / (shard_seconds - encode_seconds):7.1f} MB/s")
+    print(
+        f"write_shards       {shard_seconds:6.2f} s  {mb / shard_seconds:7.1f} MB/s  "
+        "(encoding + tar + sha256 + statistics)"
+    )
+    print(
+        f"  of which encode  {encode_seconds:6.2f} s; "
+        f"tar + sha256 + statistics alone: {mb / (shard_seconds - encode_seconds):7.1f} MB/s"
+    )
     print(f"plain tar cf       {tar_seconds:6.2f} s  {mb / tar_seconds:7.1f} MB/s  (pre-encoded files)")
 
 
@@ -89,8 +110,11 @@ def real_tiles(size: int = 512) -> list[np.ndarray]:
                 continue
             pixels = raster.read([1, 2, 3]).transpose(1, 2, 0)
         step = min(size, *pixels.shape[:2])
-        tiles += [np.ascontiguousarray(pixels[r : r + step, c : c + step])
-                  for r in range(0, pixels.shape[0] - step + 1, step) for c in range(0, pixels.shape[1] - step + 1, step)]  # fmt: skip
+        tiles += [
+            np.ascontiguousarray(pixels[r : r + step, c : c + step])
+            for r in range(0, pixels.shape[0] - step + 1, step)
+            for c in range(0, pixels.shape[1] - step + 1, step)
+        ]
     return tiles
 
 
@@ -99,8 +123,11 @@ def compare_encodings() -> None:
     megapixels = sum(t.shape[0] * t.shape[1] for t in tiles) / 1e6
     print(f"{len(tiles)} real tiles (NAIP, NEON, UC Merced; up to 512x512), {megapixels:.1f} MP")
     print(f"{'encoding':<24} {'bytes/pixel':>11} {'encode MP/s':>11} {'decode MP/s':>11}  exact")
-    for label, config in (("JPEG q95 (old default)", ShardConfig(lossless=False)), ("PNG level 6", None),
-                          ("lossless WebP (default)", ShardConfig())):  # fmt: skip
+    for label, config in (
+        ("JPEG q95 (old default)", ShardConfig(lossless=False)),
+        ("PNG level 6", None),
+        ("lossless WebP (default)", ShardConfig()),
+    ):
         started = time.perf_counter()
         if config is None:
             encoded = []
@@ -116,7 +143,10 @@ def compare_encodings() -> None:
         decode_seconds = time.perf_counter() - started
         exact = all(np.array_equal(a, b) for a, b in zip(tiles, decoded))
         size = sum(map(len, encoded)) / (megapixels * 1e6)
-        print(f"{label:<24} {size:>11.3f} {megapixels / encode_seconds:>11.1f} {megapixels / decode_seconds:>11.1f}  {'yes' if exact else 'no'}")
+        print(
+            f"{label:<24} {size:>11.3f} {megapixels / encode_seconds:>11.1f} "
+            f"{megapixels / decode_seconds:>11.1f}  {'yes' if exact else 'no'}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,14 +29,26 @@ def rss_mib() -> float:
 
 
 def write_large(path: Path, size: int) -> None:
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint16", "crs": "EPSG:32633",
-               "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000), "tiled": True, "blockxsize": 512,
-               "blockysize": 512, "compress": "deflate"}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+    }
     x = np.arange(size, dtype=np.uint32)
     with rasterio.open(path, "w", **profile) as out:
         for row in range(0, size, 1000):
             rows = np.arange(row, min(row + 1000, size), dtype=np.uint32)[:, None]
-            out.write(((x[None, :] * 7 + rows * 13) % 4000).astype(np.uint16)[None], window=Window(0, row, size, len(rows)))
+            out.write(
+                ((x[None, :] * 7 + rows * 13) % 4000).astype(np.uint16)[None], window=Window(0, row, size, len(rows))
+            )
 
 
 def main() -> None:
@@ -48,8 +60,10 @@ def main() -> None:
         path = Path(work) / "large.tif"
         started = time.perf_counter()
         write_large(path, args.size)
-        print(f"raster {args.size}x{args.size} uint16 ({args.size**2 * 2 / 2**20:.0f} MiB of pixels), "
-              f"{path.stat().st_size / 2**20:.0f} MiB on disk, written in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        print(
+            f"raster {args.size}x{args.size} uint16 ({args.size**2 * 2 / 2**20:.0f} MiB of pixels), "
+            f"{path.stat().st_size / 2**20:.0f} MiB on disk, written in {time.perf_counter() - started:.1f} s"
+        )
         baseline = rss_mib()
         peak = [baseline]
         done = threading.Event()
@@ -72,9 +86,14 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         done.set()
         sampler.join()
-        print(f"tiles              {tiles} of {args.tile_size} px in {elapsed:.1f} s ({tiles / elapsed:.1f} tiles/s, "
-              f"{args.size**2 * 2 / 2**20 / elapsed:.0f} MiB/s of source pixels)")  # fmt: skip
-        print(f"resident memory    before {baseline:.0f} MiB, after first tile {after_first:.0f} MiB, peak {peak[0]:.0f} MiB")
+        print(
+            f"tiles              {tiles} of {args.tile_size} px in {elapsed:.1f} s ({tiles / elapsed:.1f} tiles/s, "
+            f"{args.size**2 * 2 / 2**20 / elapsed:.0f} MiB/s of source pixels)"
+        )
+        print(
+            f"resident memory    before {baseline:.0f} MiB, after first tile {after_first:.0f} MiB, "
+            f"peak {peak[0]:.0f} MiB"
+        )
         print(f"growth over run    {peak[0] - after_first:.0f} MiB (GDAL block cache capped at 128 MiB)")
 
 

@@ -37,8 +37,10 @@ def main() -> None:
     for label, value in (("fitted", threshold), ("in use", DEFAULT_THRESHOLD), ("old", 0.72)):
         accepted, right, total = accepted_counts(pairs, value, args.margin)
         precision = right / accepted if accepted else 1.0
-        print(f"{label:<7} threshold {value:.4f}: accepted {accepted}, precision {precision:.3f}, "
-              f"recall {right / total:.3f} of {total}")  # fmt: skip
+        print(
+            f"{label:<7} threshold {value:.4f}: accepted {accepted}, precision {precision:.3f}, "
+            f"recall {right / total:.3f} of {total}"
+        )
     wrong = sorted((p for p in pairs if not p.correct and p.gap >= args.margin), key=lambda p: -p.score)
     print("wrong pairs nearest the threshold (vocabulary, phrase -> proposed, right, score, gap):")
     for p in wrong[:15]:

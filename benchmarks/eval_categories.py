@@ -93,9 +93,7 @@ def score(categorizer, captions, labels, show_errors=False) -> Score:
 
 
 def row(label: str, s: Score) -> str:
-    return (
-        f"{label:<34} {s.precision:>6.3f} {s.recall:>6.3f} {s.f1:>6.3f} {s.tp:>5} {s.fp:>4} {s.fn:>4}  {s.methods()}"
-    )
+    return f"{label:<34} {s.precision:>6.3f} {s.recall:>6.3f} {s.f1:>6.3f} {s.tp:>5} {s.fp:>4} {s.fn:>4}  {s.methods()}"
 
 
 HEADER = (
@@ -120,8 +118,10 @@ def main() -> None:
     captions_by_id = {row["id"]: row["captions"] for row in map(json.loads, open(require(RSICD_CAPTIONS)))}
 
     dev = [json.loads(line) for line in open(DEV_LABELS)]
-    print(f"dev set: {len(dev)} captions, labels per vocabulary: "
-          + ", ".join(f"{v} {sum(len(e['labels'][v]) for e in dev)}" for v in DEV_VOCABULARIES))  # fmt: skip
+    print(
+        f"dev set: {len(dev)} captions, labels per vocabulary: "
+        + ", ".join(f"{v} {sum(len(e['labels'][v]) for e in dev)}" for v in DEV_VOCABULARIES)
+    )
     print(HEADER)
     totals: dict[tuple[str, str], Score] = {}
     accepted = yaml.safe_load(DEV_SYNONYMS.read_text())

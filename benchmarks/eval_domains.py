@@ -65,7 +65,9 @@ def load_scene_map() -> dict[str, str]:
     return yaml.safe_load(SCENE_MAP.read_text())["domains"]
 
 
-def labelled_images(captions_path: Path, parity: int, per_class: int | None = None, captions_per_image: int = 5) -> list[Image]:
+def labelled_images(
+    captions_path: Path, parity: int, per_class: int | None = None, captions_per_image: int = 5
+) -> list[Image]:
     """Images of mapped classes whose number has the given parity (0 even, 1 odd), in id order;
     `per_class` keeps the first K of each class (by number)."""
     scene_map = load_scene_map()
@@ -94,13 +96,17 @@ def confusion_table(result: Result) -> str:
     for expected in DOMAINS:
         row = [result.confusion[(expected, called)] for called in columns]
         total = sum(row)
-        lines.append(f"| {expected} | " + " | ".join(map(str, row)) + f" | {row[DOMAINS.index(expected)] / max(total, 1):.3f} |")
+        lines.append(
+            f"| {expected} | " + " | ".join(map(str, row)) + f" | {row[DOMAINS.index(expected)] / max(total, 1):.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--captions-per-image", type=int, default=5, help="RSICD has 5; 1 imitates a single generated caption")
+    parser.add_argument(
+        "--captions-per-image", type=int, default=5, help="RSICD has 5; 1 imitates a single generated caption"
+    )
     parser.add_argument("--per-class", type=int, default=None, help="at most K images per class and half")
     parser.add_argument("--show-errors", type=int, default=0, metavar="N", help="print N errors of each half")
     args = parser.parse_args()
@@ -112,7 +118,10 @@ def main() -> None:
         images = labelled_images(captions_path, parity, args.per_class, args.captions_per_image)
         started = time.perf_counter()
         result = evaluate(images, classifier, categorizer)
-        print(f"\n## {name}: {result.images} images, {args.captions_per_image} caption(s) each, {time.perf_counter() - started:.0f} s")
+        print(
+            f"\n## {name}: {result.images} images, {args.captions_per_image} caption(s) each, "
+            f"{time.perf_counter() - started:.0f} s"
+        )
         print(f"accuracy {result.accuracy:.3f}, unknown {result.unknown_share:.1%}\n")
         print(confusion_table(result))
         per_scene = Counter(image.scene for image, _ in result.errors)

@@ -41,7 +41,10 @@ def training_speed(backbone: str, amp: bool, device: torch.device, steps: int, w
     forward = TrainForward(model)
     optimizer = torch.optim.AdamW(parameter_groups(model, config))
     scheduler = cosine_schedule(optimizer, config.train.iters)
-    tokens = {k: v.to(device) for k, v in model.backbone.tokenize(model.prompts([f"class {i}" for i in range(CLASSES)])).items()}
+    tokens = {
+        k: v.to(device)
+        for k, v in model.backbone.tokenize(model.prompts([f"class {i}" for i in range(CLASSES)])).items()
+    }
     trainable = [p for p in model.parameters() if p.requires_grad]
     crop = config.train.crop
     images = torch.rand(batch, 3, crop, crop, device=device) * 255
@@ -67,8 +70,15 @@ def training_speed(backbone: str, amp: bool, device: torch.device, steps: int, w
     synchronize(device)
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
-    return {"precision": "bf16 autocast" if amp else "fp32 + TF32", "it_per_s": steps / seconds, "peak_memory_gb": peak,
-            "loss_first": losses[0], "loss_last": losses[-1], "steps": steps, "batch": batch}  # fmt: skip
+    return {
+        "precision": "bf16 autocast" if amp else "fp32 + TF32",
+        "it_per_s": steps / seconds,
+        "peak_memory_gb": peak,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "steps": steps,
+        "batch": batch,
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -91,7 +101,13 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")  # TF32, as the released training and `piseg train` on CUDA
     torch.backends.cudnn.allow_tf32 = True
     began = time.perf_counter()
-    result: dict = {"device": device_name(device), "backbone": args.backbone, "training": [], "evaluation": [], "skipped": []}
+    result: dict = {
+        "device": device_name(device),
+        "backbone": args.backbone,
+        "training": [],
+        "evaluation": [],
+        "skipped": [],
+    }
     print(f"device: {result['device']}; backbone {args.backbone}; budget {args.budget_s:.0f} s")
     for amp in (False, True):
         if time.perf_counter() - began > args.budget_s * 0.6:
@@ -99,8 +115,11 @@ def main() -> None:
             continue
         row = training_speed(args.backbone, amp, device, args.steps, args.warmup, args.batch)
         result["training"].append(row)
-        print(f"train {row['precision']:<14} {row['it_per_s']:6.2f} it/s at batch {row['batch']}, peak {row['peak_memory_gb']:.2f} GB, "
-              f"loss {row['loss_first']:.4f} -> {row['loss_last']:.4f} over {row['steps']} steps")  # fmt: skip
+        print(
+            f"train {row['precision']:<14} {row['it_per_s']:6.2f} it/s at batch {row['batch']}, "
+            f"peak {row['peak_memory_gb']:.2f} GB, "
+            f"loss {row['loss_first']:.4f} -> {row['loss_last']:.4f} over {row['steps']} steps"
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if time.perf_counter() - began > args.budget_s * 0.8:
@@ -109,13 +128,22 @@ def main() -> None:
         for row in measure(preset(args.backbone), device, CLASSES, args.repeats):
             result["evaluation"].append(dataclasses.asdict(row))
     paper = efficiency_row(args.backbone) or {}
-    print(f"\n{'600x800, ' + str(CLASSES) + ' classes':<28} {'params':>9} {'GFLOPs train':>12} {'GFLOPs eval':>11} {'peak GB':>8} {'FPS':>7}")
+    print(
+        f"\n{'600x800, ' + str(CLASSES) + ' classes':<28} {'params':>9} "
+        f"{'GFLOPs train':>12} {'GFLOPs eval':>11} {'peak GB':>8} {'FPS':>7}"
+    )
     for row in result["evaluation"]:
-        print(f"{row['model'] + ' (here)':<28} {row['parameters'] / 1e6:>8.2f}M {row['train_gflops']:>12.2f} {row['eval_gflops']:>11.2f} "
-              f"{row['peak_memory_gb']:>8.2f} {row['fps']:>7.2f}")  # fmt: skip
+        print(
+            f"{row['model'] + ' (here)':<28} {row['parameters'] / 1e6:>8.2f}M "
+            f"{row['train_gflops']:>12.2f} {row['eval_gflops']:>11.2f} "
+            f"{row['peak_memory_gb']:>8.2f} {row['fps']:>7.2f}"
+        )
     for model, row in paper.items():
-        print(f"{model + ' (paper, H100)':<28} {row['params_M']:>8.2f}M {row['GFLOPs_train']:>12.2f} {row['GFLOPs_eval']:>11.2f} "
-              f"{row['peak_mem_GB']:>8.2f} {row['FPS']:>7.2f}")  # fmt: skip
+        print(
+            f"{model + ' (paper, H100)':<28} {row['params_M']:>8.2f}M "
+            f"{row['GFLOPs_train']:>12.2f} {row['GFLOPs_eval']:>11.2f} "
+            f"{row['peak_mem_GB']:>8.2f} {row['FPS']:>7.2f}"
+        )
     print("GFLOPs here: torch.utils.flop_counter (2 per multiply-add); the paper's fvcore counts multiply-adds.")
     for note in result["skipped"]:
         print(f"skipped: {note}")

@@ -30,7 +30,12 @@ sys.path.insert(0, str(HERE))
 from bench_annotate import REAL_SIZE  # noqa: E402
 
 MODELS = ("florence-2-large", "grounding-dino-base", "sam-vit-b", "sam-vit-h")
-SAM_VIT_H = {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16, "global_attn_indexes": [7, 15, 23, 31]}
+SAM_VIT_H = {
+    "hidden_size": 1280,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "global_attn_indexes": [7, 15, 23, 31],
+}
 
 
 def build(name: str, tiny: bool, device: str):
@@ -42,42 +47,97 @@ def build(name: str, tiny: bool, device: str):
         vision = {"depths": [1, 1, 9, 1], "window_size": 12, **sizes["vision"]}
         text = {"vocab_size": 51290, "max_position_embeddings": 1024, **sizes["text"]}
         if tiny:
-            vision = {"depths": [1, 1, 1, 1], "window_size": 12, "embed_dim": [16, 32, 64, 128], "num_heads": [1, 2, 4, 8],
-                      "num_groups": [1, 2, 4, 8], "projection_dim": 64}  # fmt: skip
-            text = {"vocab_size": 51290, "max_position_embeddings": 1024, "d_model": 64, "encoder_layers": 1,
-                    "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
-                    "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}  # fmt: skip
+            vision = {
+                "depths": [1, 1, 1, 1],
+                "window_size": 12,
+                "embed_dim": [16, 32, 64, 128],
+                "num_heads": [1, 2, 4, 8],
+                "num_groups": [1, 2, 4, 8],
+                "projection_dim": 64,
+            }
+            text = {
+                "vocab_size": 51290,
+                "max_position_embeddings": 1024,
+                "d_model": 64,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "decoder_attention_heads": 2,
+                "encoder_ffn_dim": 128,
+                "decoder_ffn_dim": 128,
+            }
         config = t.Florence2Config(vision_config=vision, text_config=text)
         model = t.Florence2ForConditionalGeneration(config).to(device).eval()
         size, tokens = (768, 577) if not tiny else (224, 50)
 
         def run(batch: int) -> None:
-            ids = torch.cat([torch.full((batch, tokens), config.image_token_id), torch.randint(100, 50000, (batch, 14))], dim=1)
-            model.generate(input_ids=ids.to(device), pixel_values=torch.rand(batch, 3, size, size, device=device),
-                           max_new_tokens=96 if not tiny else 4, min_new_tokens=96 if not tiny else 4, num_beams=1)  # fmt: skip
+            ids = torch.cat(
+                [torch.full((batch, tokens), config.image_token_id), torch.randint(100, 50000, (batch, 14))], dim=1
+            )
+            model.generate(
+                input_ids=ids.to(device),
+                pixel_values=torch.rand(batch, 3, size, size, device=device),
+                max_new_tokens=96 if not tiny else 4,
+                min_new_tokens=96 if not tiny else 4,
+                num_beams=1,
+            )
 
         return model, run
     if name == "grounding-dino-base":
-        config = t.GroundingDinoConfig(backbone_config=REAL_SIZE["swin-b"]) if not tiny else t.GroundingDinoConfig(
-            backbone_config={"model_type": "swin", "embed_dim": 8, "depths": [1] * 4, "num_heads": [1] * 4,
-                             "out_features": ["stage2", "stage3", "stage4"], "out_indices": [2, 3, 4]},
-            d_model=32, encoder_layers=1, decoder_layers=2, num_queries=10, encoder_n_points=2, decoder_n_points=2,
-            text_config={"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 16})  # fmt: skip
+        config = (
+            t.GroundingDinoConfig(backbone_config=REAL_SIZE["swin-b"])
+            if not tiny
+            else t.GroundingDinoConfig(
+                backbone_config={
+                    "model_type": "swin",
+                    "embed_dim": 8,
+                    "depths": [1] * 4,
+                    "num_heads": [1] * 4,
+                    "out_features": ["stage2", "stage3", "stage4"],
+                    "out_indices": [2, 3, 4],
+                },
+                d_model=32,
+                encoder_layers=1,
+                decoder_layers=2,
+                num_queries=10,
+                encoder_n_points=2,
+                decoder_n_points=2,
+                text_config={
+                    "hidden_size": 8,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 1,
+                    "intermediate_size": 16,
+                },
+            )
+        )
         model = t.GroundingDinoForObjectDetection(config).to(device).eval()
         size = 800 if not tiny else 128
 
         def run(batch: int) -> None:
-            model(pixel_values=torch.rand(batch, 3, size, size, device=device), input_ids=torch.randint(1000, 2000, (batch, 24), device=device))
+            model(
+                pixel_values=torch.rand(batch, 3, size, size, device=device),
+                input_ids=torch.randint(1000, 2000, (batch, 24), device=device),
+            )
 
         return model, run
     config = t.SamConfig(vision_config=SAM_VIT_H if name == "sam-vit-h" else {})
     if tiny:  # the test suite's tiny SAM (pipeline/models/tiny.py)
         config = t.SamConfig(
-            vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 256, "patch_size": 16,
-                           "output_channels": 32, "num_pos_feats": 16, "global_attn_indexes": [1], "window_size": 4, "mlp_dim": 64},
+            vision_config={
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 256,
+                "patch_size": 16,
+                "output_channels": 32,
+                "num_pos_feats": 16,
+                "global_attn_indexes": [1],
+                "window_size": 4,
+                "mlp_dim": 64,
+            },
             prompt_encoder_config={"hidden_size": 32, "image_size": 256, "patch_size": 16},
             mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
-        )  # fmt: skip
+        )
     model = t.SamModel(config).to(device).eval()
     size = 1024 if not tiny else 256
 
@@ -109,7 +169,14 @@ def time_stage(name: str, batches: list[int], tiny: bool, device: str, deadline:
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - started
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-                rows.append({"model": name, "batch": batch, "tiles_per_s": round(batch / seconds, 2), "peak_gib": peak and round(peak, 2)})
+                rows.append(
+                    {
+                        "model": name,
+                        "batch": batch,
+                        "tiles_per_s": round(batch / seconds, 2),
+                        "peak_gib": peak and round(peak, 2),
+                    }
+                )
             except torch.OutOfMemoryError:
                 rows.append({"model": name, "batch": batch, "skipped": "out of GPU memory"})
                 torch.cuda.empty_cache()
@@ -129,15 +196,26 @@ def flow_share(rasters: int, deadline: float) -> dict:
     if remaining < 60:
         return {"skipped": "time budget spent"}
     try:
-        result = subprocess.run([sys.executable, str(HERE / "bench_flow_overhead.py"), "--rasters", str(rasters)],
-                                capture_output=True, text=True, timeout=remaining)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, str(HERE / "bench_flow_overhead.py"), "--rasters", str(rasters)],
+            capture_output=True,
+            text=True,
+            timeout=remaining,
+        )
     except subprocess.TimeoutExpired:
         return {"skipped": "time budget spent during the flow"}
-    figures = dict(re.findall(r"^(plain stage functions|Prefect flow \(in-flow\))\s+([\d.]+) s", result.stdout, flags=re.M))
+    figures = dict(
+        re.findall(r"^(plain stage functions|Prefect flow \(in-flow\))\s+([\d.]+) s", result.stdout, flags=re.M)
+    )
     if result.returncode or len(figures) < 2:
         return {"failed": result.stderr[-1000:]}
     plain, flow = float(figures["plain stage functions"]), float(figures["Prefect flow (in-flow)"])
-    return {"tiles": rasters * 100, "plain_s": plain, "flow_s": flow, "orchestration_share": round((flow - plain) / flow, 3)}
+    return {
+        "tiles": rasters * 100,
+        "plain_s": plain,
+        "flow_s": flow,
+        "orchestration_share": round((flow - plain) / flow, 3),
+    }
 
 
 def main() -> None:
@@ -159,7 +237,10 @@ def main() -> None:
     print(f"device: {card}")
     print("| model | params (M) | batch | tiles/s | peak GPU memory (GiB) |\n|---|---:|---:|---:|---:|")
     for row in report["stages"]:
-        print(f"| {row['model']} | {row['params_m']} | {row['batch']} | {row.get('tiles_per_s', row.get('skipped'))} | {row.get('peak_gib') or '-'} |")
+        print(
+            f"| {row['model']} | {row['params_m']} | {row['batch']} | "
+            f"{row.get('tiles_per_s', row.get('skipped'))} | {row.get('peak_gib') or '-'} |"
+        )
     print(f"flow: {report['flow']}")
 
 

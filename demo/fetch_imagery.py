@@ -28,11 +28,26 @@ def main(destination: Path) -> None:
         return
     with tempfile.TemporaryDirectory() as download:
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check", "-d", download, WHEEL],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+                download,
+                WHEEL,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
-            sys.exit(f"could not download {WHEEL} from PyPI:\n{result.stderr}\nName a folder of your own: make demo DEMO_IMAGERY=/path")
+            sys.exit(
+                f"could not download {WHEEL} from PyPI:\n{result.stderr}"
+                "\nName a folder of your own: make demo DEMO_IMAGERY=/path"
+            )
         (wheel,) = Path(download).glob("deepforest-*.whl")
         with zipfile.ZipFile(wheel) as archive:
             for member in MEMBERS:

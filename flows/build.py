@@ -37,12 +37,18 @@ from prefect.utilities.annotations import quote
 from flows import progress
 from flows.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
 from flows.runners import make_task_runner
-from pipeline.annotate import (AnnotateSummary, Annotator, RasterPixels, TileState, load_caption_file,
-                               remove_stale_outputs)  # fmt: skip
+from pipeline.annotate import (
+    AnnotateSummary,
+    Annotator,
+    RasterPixels,
+    TileState,
+    load_caption_file,
+    remove_stale_outputs,
+)
 from pipeline.balance_report import write_report
 from pipeline.batching import batched, in_order
-from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_stems
 from pipeline.files import output_lock
+from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_stems
 from pipeline.record_store import RecordIndex, sort_records
 from pipeline.records import SCHEMA_VERSION, TileRecord
 from pipeline.selection import is_candidate, select
@@ -74,8 +80,14 @@ def _annotator(config_path: str, modified: int) -> Annotator:
 
     config = settings_of(config_path)
     captions = load_caption_file(config.captions) if config.captions else None
-    return Annotator(load_taxonomy(config.taxonomy), ModelSet(load_models_config(config.models)), config.output,
-                     config.annotate_config(), captions=captions, package_version=version("ovrsis"))  # fmt: skip
+    return Annotator(
+        load_taxonomy(config.taxonomy),
+        ModelSet(load_models_config(config.models)),
+        config.output,
+        config.annotate_config(),
+        captions=captions,
+        package_version=version("ovrsis"),
+    )
 
 
 class Batch:
@@ -162,8 +174,14 @@ def _audit_push(config_path: str) -> int:
     config = settings_of(config_path)
     client = AuditClient(server_settings(config.audit.url))
     plan = QueuePlan(sample=config.audit.push_sample, seed=config.audit.seed, uncertain=config.audit.uncertain)
-    pushed = push_queues(client, config.output, load_taxonomy(config.taxonomy),
-                         config.audit.project or default_title(config.output), config.output, plan)  # fmt: skip
+    pushed = push_queues(
+        client,
+        config.output,
+        load_taxonomy(config.taxonomy),
+        config.audit.project or default_title(config.output),
+        config.output,
+        plan,
+    )
     return sum(summary.created for _, summary in pushed)
 
 
@@ -174,8 +192,9 @@ def _select(table: TileTable, config_path: str) -> list[str]:
     return table.keys[selection.selected].tolist()
 
 
-def _write_shards(index: RecordIndex, selected: list[str], config_path: str, quarantined: int,
-                  audit_round: str | None = None) -> dict:  # fmt: skip
+def _write_shards(
+    index: RecordIndex, selected: list[str], config_path: str, quarantined: int, audit_round: str | None = None
+) -> dict:
     import numpy as np
     from PIL import Image
 
@@ -189,23 +208,38 @@ def _write_shards(index: RecordIndex, selected: list[str], config_path: str, qua
         return pixels(record)[0], np.asarray(Image.open(config.output / record.semantic_mask))
 
     return write_shards(
-        config.output, index.subset(selected), load, taxonomy.names, taxonomy.version,
-        config.shard_config(), build_config=config.fingerprint(), quarantined=quarantined,
+        config.output,
+        index.subset(selected),
+        load,
+        taxonomy.names,
+        taxonomy.version,
+        config.shard_config(),
+        build_config=config.fingerprint(),
+        quarantined=quarantined,
         audit_round=audit_round or 0,
-    )  # fmt: skip
+    )
 
 
 # Tasks wrap plain module-level functions, so that Dask and Ray workers can pickle them by reference.
 # No task persists its result or computes a cache key from its inputs: the stage cache is ours.
-annotate_task = task(_annotate_batch, name="annotate-batch", retries=1, retry_delay_seconds=1, tags=["gpu"],
-                     persist_result=False, cache_policy=NO_CACHE)  # fmt: skip
+annotate_task = task(
+    _annotate_batch,
+    name="annotate-batch",
+    retries=1,
+    retry_delay_seconds=1,
+    tags=["gpu"],
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
 records_task = task(_records, name="records", persist_result=False, cache_policy=NO_CACHE)
 select_task = task(_select, name="select", retries=1, persist_result=False, cache_policy=NO_CACHE)
 shards_task = task(_write_shards, name="shards", retries=1, persist_result=False, cache_policy=NO_CACHE)
-audit_pull_task = task(_audit_pull, name="audit-pull", retries=2, retry_delay_seconds=5, persist_result=False,
-                       cache_policy=NO_CACHE)  # fmt: skip
-audit_push_task = task(_audit_push, name="audit-push", retries=2, retry_delay_seconds=5, persist_result=False,
-                       cache_policy=NO_CACHE)  # fmt: skip
+audit_pull_task = task(
+    _audit_pull, name="audit-pull", retries=2, retry_delay_seconds=5, persist_result=False, cache_policy=NO_CACHE
+)
+audit_push_task = task(
+    _audit_push, name="audit-push", retries=2, retry_delay_seconds=5, persist_result=False, cache_policy=NO_CACHE
+)
 
 
 @flow(name="build-stages")
@@ -248,7 +282,11 @@ def build_stages(config_path: str) -> dict:
         manifest["audit_tasks_created"] = audit_push_task(config_path)
     manifest["quarantined"] = quarantined
     _publish_artifacts(config, manifest)
-    logger.info("shards: %s; total %.1f s", {s: v["samples"] for s, v in manifest["splits"].items()}, time.perf_counter() - started)
+    logger.info(
+        "shards: %s; total %.1f s",
+        {s: v["samples"] for s, v in manifest["splits"].items()},
+        time.perf_counter() - started,
+    )
     return manifest
 
 
@@ -274,9 +312,13 @@ class _Plan:
         self.tiling = config.tiling.model_dump(mode="json")
         self.captions = load_caption_file(config.captions) if config.captions else {}
         self.fingerprints = stage_fingerprints(
-            load_models_config(config.models).model_dump(mode="json"), load_taxonomy(config.taxonomy).version,
-            config.matching.model_dump(), config.merge.model_dump(), version("ovrsis"), SCHEMA_VERSION,
-        )  # fmt: skip
+            load_models_config(config.models).model_dump(mode="json"),
+            load_taxonomy(config.taxonomy).version,
+            config.matching.model_dump(),
+            config.merge.model_dump(),
+            version("ovrsis"),
+            SCHEMA_VERSION,
+        )
         self.cache = StageCache(config.storage_dir)
         self.used_keys: list[str] = []
         self.tiles_seen = 0
@@ -327,12 +369,29 @@ def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
 
     report = config.output / "report" / "balance.md"
     if report.is_file():
-        create_markdown_artifact(report.read_text(encoding="utf-8"), key="balance-report", description="Category and domain balance before and after selection")
-    create_table_artifact([{"split": name, "samples": info["samples"], "shards": len(info["shards"]),
-                            "bytes": sum(s["bytes"] for s in info["shards"])} for name, info in manifest["splits"].items()],
-                          key="shards", description=f"WebDataset shards in {config.output / 'shards'}")  # fmt: skip
-    create_table_artifact(manifest["quarantined"] or [{"key": "", "stage": "", "reason": "no tile quarantined"}],
-                          key="quarantine", description="Tiles and files set aside, with the reason")  # fmt: skip
+        create_markdown_artifact(
+            report.read_text(encoding="utf-8"),
+            key="balance-report",
+            description="Category and domain balance before and after selection",
+        )
+    create_table_artifact(
+        [
+            {
+                "split": name,
+                "samples": info["samples"],
+                "shards": len(info["shards"]),
+                "bytes": sum(s["bytes"] for s in info["shards"]),
+            }
+            for name, info in manifest["splits"].items()
+        ],
+        key="shards",
+        description=f"WebDataset shards in {config.output / 'shards'}",
+    )
+    create_table_artifact(
+        manifest["quarantined"] or [{"key": "", "stage": "", "reason": "no tile quarantined"}],
+        key="quarantine",
+        description="Tiles and files set aside, with the reason",
+    )
     audit = _audit_statistics(config)
     if audit:
         create_markdown_artifact(audit, key="audit-statistics", description="Human audit (Table II) per review queue")

@@ -1,4 +1,5 @@
-"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...`, `ovrsis cache ...` and `ovrsis evaluate-build`: running the flow and checking its output."""
+"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...`, `ovrsis cache ...` and `ovrsis evaluate-build`: running the
+flow and checking its output."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True, soft_wrap=True)  # long paths and messages stay on one line
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
-cache_app = typer.Typer(help="The stage cache of a build: its size, and pruning what the last build did not use.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="The stage cache of a build: its size, and pruning what the last build did not use.", no_args_is_help=True
+)
 
 
 def build(
@@ -35,17 +38,28 @@ def build(
     except BuildConfigError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
-    with Progress(TextColumn("[bold]build[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]build[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("tiles", total=None)
         build_progress.listen(lambda done, total: progress.update(task, completed=done, total=total))
         manifest = build_module.build(str(config.resolve()))
-    splits = ", ".join(f"{name} {info['samples']} samples in {len(info['shards'])} shards" for name, info in manifest["splits"].items())
+    splits = ", ".join(
+        f"{name} {info['samples']} samples in {len(info['shards'])} shards" for name, info in manifest["splits"].items()
+    )
     output = load_build_config(config).output
     console.print(f"[bold]shards:[/bold] {splits} -> {output / 'shards'}")
     console.print(f"manifest: {output / 'manifest.json'}; balance report: {output / 'report' / 'balance.md'}")
     if manifest["quarantined"]:
-        console.print(f"{len(manifest['quarantined'])} quarantined tile(s); reasons in {output / 'summary.json'}", highlight=False)
+        console.print(
+            f"{len(manifest['quarantined'])} quarantined tile(s); reasons in {output / 'summary.json'}", highlight=False
+        )
         raise typer.Exit(1)  # finished, good tiles sharded, some inputs skipped: the 0/1/2 rule of the README
 
 
@@ -53,8 +67,10 @@ def serve(name: str = typer.Option("local", help="Deployment name.")) -> None:
     """Serve the flow as deployment build-ovrsis95k/NAME against the Prefect API in PREFECT_API_URL;
     then `prefect deployment run build-ovrsis95k/local --param config=PATH` starts a build."""
     if not os.environ.get("PREFECT_API_URL"):
-        console.print("[red]error:[/red] PREFECT_API_URL is not set: start `prefect server start` and export "
-                      "PREFECT_API_URL=http://127.0.0.1:4200/api (see README)")  # fmt: skip
+        console.print(
+            "[red]error:[/red] PREFECT_API_URL is not set: start `prefect server start` and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (see README)"
+        )
         raise typer.Exit(2)
     from flows.build import build as build_flow
 
@@ -103,11 +119,18 @@ def export(
 
 def evaluate_build(
     records: Path = typer.Option(..., help="A build's output folder (records.jsonl, masks/, manifest.json)."),
-    ground_truth: Path = typer.Option(..., help="Folder of labelled masks named after the source rasters: STEM.png|tif."),
+    ground_truth: Path = typer.Option(
+        ..., help="Folder of labelled masks named after the source rasters: STEM.png|tif."
+    ),
     taxonomy: str = typer.Option(..., help="The ground truth's vocabulary (bundled name or YAML path)."),
-    build_taxonomy: str = typer.Option("ovrsis95k", help="The build's vocabulary (its synonyms help map the ground truth); "
-                                       "a manifest.json naming other classes wins."),
-    min_fraction: float = typer.Option(0.001, help="Share of a tile's labelled pixels a class needs to count as present."),
+    build_taxonomy: str = typer.Option(
+        "ovrsis95k",
+        help="The build's vocabulary (its synonyms help map the ground truth); "
+        "a manifest.json naming other classes wins.",
+    ),
+    min_fraction: float = typer.Option(
+        0.001, help="Share of a tile's labelled pixels a class needs to count as present."
+    ),
     out: Path = typer.Option(None, help="Report folder (default: RECORDS/report)."),
 ) -> None:
     """Score the build's auto-annotations (before and after audit) against a labelled dataset."""
@@ -127,7 +150,10 @@ def evaluate_build(
         console.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from error
     if not (records / "records.jsonl").is_file():
-        console.print(f"[red]error:[/red] {records / 'records.jsonl'}: no records (is {records} a build output folder?)", highlight=False)
+        console.print(
+            f"[red]error:[/red] {records / 'records.jsonl'}: no records (is {records} a build output folder?)",
+            highlight=False,
+        )
         raise typer.Exit(2)
     if not ground_truth.is_dir():
         console.print(f"[red]error:[/red] {ground_truth}: no such folder", highlight=False)
@@ -138,13 +164,20 @@ def evaluate_build(
     for stage in ("before_audit", "after_audit"):
         c = result[stage]["categories"]
         fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        summary.print(f"{stage.replace('_', ' ')}: categories P {fmt(c['precision'])} R {fmt(c['recall'])}, mask mIoU {fmt(result[stage]['miou'])}")
-    summary.print(f"{result['tiles']} tiles scored, {len(result['tiles_without_ground_truth'])} without ground truth -> {path}")
+        summary.print(
+            f"{stage.replace('_', ' ')}: categories P {fmt(c['precision'])} R {fmt(c['recall'])}, "
+            f"mask mIoU {fmt(result[stage]['miou'])}"
+        )
+    summary.print(
+        f"{result['tiles']} tiles scored, {len(result['tiles_without_ground_truth'])} without ground truth -> {path}"
+    )
     if result["tiles"] == 0:
         raise typer.Exit(1)
 
 
-CACHE_FOLDER = typer.Argument(..., help="The build's storage folder (default OUTPUT/.cache), or a build configuration YAML.")
+CACHE_FOLDER = typer.Argument(
+    ..., help="The build's storage folder (default OUTPUT/.cache), or a build configuration YAML."
+)
 
 
 def _storage_folder(path: Path) -> Path:
@@ -172,7 +205,9 @@ def cache_stats(folder: Path = CACHE_FOLDER) -> None:
     folder = _storage_folder(folder)
     stats = gather(folder)
     tiles = stats.last_build_tiles
-    table = Table("stage", "files", "MiB", "KiB per tile" if tiles else "", title=f"stage cache {folder}", title_justify="left")
+    table = Table(
+        "stage", "files", "MiB", "KiB per tile" if tiles else "", title=f"stage cache {folder}", title_justify="left"
+    )
     for stage in sorted(stats.bytes, key=lambda s: -stats.bytes[s]):
         per_tile = f"{stats.bytes[stage] / tiles / 1024:.1f}" if tiles else ""
         table.add_row(stage, str(stats.files[stage]), f"{stats.bytes[stage] / 2**20:.1f}", per_tile)
@@ -182,8 +217,10 @@ def cache_stats(folder: Path = CACHE_FOLDER) -> None:
     if tiles is None:
         console.print("no completed build recorded its keys here yet: `prune` would remove nothing")
     else:
-        console.print(f"last completed build: {tiles} tiles; not used by it: {stats.unused_files} files, "
-                      f"{stats.unused_bytes / 2**20:.1f} MiB (`ovrsis cache prune` removes them)")  # fmt: skip
+        console.print(
+            f"last completed build: {tiles} tiles; not used by it: {stats.unused_files} files, "
+            f"{stats.unused_bytes / 2**20:.1f} MiB (`ovrsis cache prune` removes them)"
+        )
 
 
 @cache_app.command("prune")

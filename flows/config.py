@@ -80,7 +80,9 @@ class Merge(_Section):
 
 
 class Selection(_Section):
-    target_tiles: Annotated[int, Field(ge=1)] | Literal["all"] = DEFAULT_TARGET_TILES  # "all": keep everything, unbalanced
+    target_tiles: Annotated[int, Field(ge=1)] | Literal["all"] = (
+        DEFAULT_TARGET_TILES  # "all": keep everything, unbalanced
+    )
     quota_per_category: int | None = Field(None, ge=1)  # lowers the per-category floor the target gives
     drop_unlabeled: bool = True
 
@@ -163,7 +165,9 @@ class BuildConfig(_Section):
 
     def fingerprint(self) -> dict:
         """What the shards depend on (recorded in the manifest): no output or cache paths."""
-        return self.model_dump(mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size", "audit", "overlays"})
+        return self.model_dump(
+            mode="json", exclude={"output", "storage", "runner", "gpu_concurrency", "batch_size", "audit", "overlays"}
+        )
 
 
 def load_build_config(path: str | Path) -> BuildConfig:
@@ -215,7 +219,9 @@ def check_before_models(config: BuildConfig) -> None:
             raise BuildConfigError(f"{folder} is not writable")
         free = shutil.disk_usage(folder).free
         if free < MIN_FREE_BYTES:
-            raise BuildConfigError(f"{folder}: only {free / 2**20:.0f} MiB free (need at least {MIN_FREE_BYTES / 2**20:.0f} MiB)")
+            raise BuildConfigError(
+                f"{folder}: only {free / 2**20:.0f} MiB free (need at least {MIN_FREE_BYTES / 2**20:.0f} MiB)"
+            )
     try:
         load_taxonomy(config.taxonomy)
         load_models_config(config.models)

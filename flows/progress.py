@@ -6,7 +6,7 @@ task functions that Dask and Ray workers receive.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _listeners: list[Callable[[int, int], None]] = []
 

@@ -22,12 +22,13 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
@@ -193,24 +194,38 @@ class AnnotateSummary:
 class Annotator:
     """The stages, with models from a ModelSet (loaded on first use)."""
 
-    def __init__(self, taxonomy: Taxonomy, models: Models, out_dir: Path, config: AnnotateConfig = AnnotateConfig(),
-                 captions: dict[str, list[str]] | None = None, package_version: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        models: Models,
+        out_dir: Path,
+        config: AnnotateConfig | None = None,
+        captions: dict[str, list[str]] | None = None,
+        package_version: str = "",
+    ) -> None:
         self.taxonomy = taxonomy
         self.models = SerialLoads(models)
         self.out_dir = out_dir
+        config = config if config is not None else AnnotateConfig()
         self.config = config
         self.given_captions = captions or {}
         self.categorizer = CaptionCategorizer(taxonomy, config.match_threshold, config.match_margin)
         self.domains = DomainClassifier()
-        self.pixels = RasterPixels(config.bands, config.max_pixels)  # for stages run on records alone (the Prefect flow)
+        # for stages run on records alone (the Prefect flow)
+        self.pixels = RasterPixels(config.bands, config.max_pixels)
         self.package_version = package_version
         self.summary = AnnotateSummary()
         self._model_slot = threading.BoundedSemaphore(config.model_slots)
         self._warm: set[str] = set()  # stages that ran once in this process (their lazy loads are done)
         self.stages: dict[str, Callable[[list[TileState], PixelSource], None]] = {
-            "caption": self.caption, "parse": self.parse, "match": self.match, "detect": self.detect,
-            "segment": self.segment, "merge": self.merge, "domain": self.domain,
-        }  # fmt: skip
+            "caption": self.caption,
+            "parse": self.parse,
+            "match": self.match,
+            "detect": self.detect,
+            "segment": self.segment,
+            "merge": self.merge,
+            "domain": self.domain,
+        }
 
     # --- whole runs -----------------------------------------------------------------------------
 
@@ -238,8 +253,14 @@ class Annotator:
                 self.summary.count(state)
                 record = state.record
                 if self.config.stitch and record.source.transform:  # only what stitching needs, not the instances
-                    stitchable[record.source.path].append(TileRecord(key=record.key, source=record.source,
-                        semantic_mask=record.semantic_mask, quarantine=record.quarantine))  # fmt: skip
+                    stitchable[record.source.path].append(
+                        TileRecord(
+                            key=record.key,
+                            source=record.source,
+                            semantic_mask=record.semantic_mask,
+                            quarantine=record.quarantine,
+                        )
+                    )
                 write_json_line(handle, record.model_dump(mode="json"))
 
             def annotate_batch(batch: list[Tile | TileRecord]) -> tuple[list[TileState], Counter]:
@@ -263,8 +284,13 @@ class Annotator:
                     handle.flush()
         return stitchable
 
-    def run_batch(self, states: list[TileState], pixels: PixelSource, cache: StageCache | None = None,
-                  keys: Mapping[str, str] | None = None) -> Counter:  # fmt: skip
+    def run_batch(
+        self,
+        states: list[TileState],
+        pixels: PixelSource,
+        cache: StageCache | None = None,
+        keys: Mapping[str, str] | None = None,
+    ) -> Counter:
         """Every stage of the registry over one batch, in order; returns seconds per stage run.
 
         With a cache, a stage whose output is cached under `keys[stage]` is restored instead of run,
@@ -275,7 +301,10 @@ class Annotator:
             if cache is not None and cache.restore(stage, keys[stage.name], states):
                 continue
             first_run = not stage.model and stage.name not in self._warm  # spaCy, MiniLM load on first use
-            with self.models.loading if first_run else nullcontext(), self._model_slot if stage.model else nullcontext():
+            with (
+                self.models.loading if first_run else nullcontext(),
+                self._model_slot if stage.model else nullcontext(),
+            ):
                 started = time.perf_counter()
                 run_stage(stage.name, states, self.stages[stage.name], pixels)
                 seconds[stage.name] += time.perf_counter() - started
@@ -315,7 +344,9 @@ class Annotator:
         if not uncaptioned:
             return
         texts = self.models.captioner.caption([pixels(s.record)[0] for s in uncaptioned])
-        _expect(len(texts) == len(uncaptioned), f"captioner returned {len(texts)} captions for {len(uncaptioned)} tiles")
+        _expect(
+            len(texts) == len(uncaptioned), f"captioner returned {len(texts)} captions for {len(uncaptioned)} tiles"
+        )
         for state, text in zip(uncaptioned, texts):
             _expect(bool(text and text.strip()), "captioner returned an empty caption")
             state.captions = [text.strip()]
@@ -351,8 +382,10 @@ class Annotator:
         results = self.models.segmenter.segment([pixels(s.record)[0] for s in boxed], boxes)
         _expect(len(results) == len(boxed), "segmenter returned no result for some tiles")
         for state, result in zip(boxed, results):
-            _expect(len(result.masks) == len(state.detections),
-                    f"segmenter returned {len(result.masks)} masks for {len(state.detections)} boxes")  # fmt: skip
+            _expect(
+                len(result.masks) == len(state.detections),
+                f"segmenter returned {len(result.masks)} masks for {len(state.detections)} boxes",
+            )
             state.masks = [(encode_rle(mask), float(score)) for mask, score in zip(result.masks, result.scores)]
             state.used_models.append("segmenter")
 
@@ -371,7 +404,9 @@ class Annotator:
             state.record.semantic_mask = f"masks/{state.record.key}.png"
 
     def domain(self, states: list[TileState], pixels: PixelSource) -> None:
-        found = self.domains.classify([s.captions for s in states], [[c.name for c in s.record.categories] for s in states])
+        found = self.domains.classify(
+            [s.captions for s in states], [[c.name for c in s.record.categories] for s in states]
+        )
         for state, domain in zip(states, found):
             state.record.domain = domain
             state.record.provenance = self._provenance(state)
@@ -395,7 +430,9 @@ class Annotator:
             if self.config.write_geotiff and source.transform and not (unchanged and geotiff.is_file()):
                 write_mask_geotiff(geotiff, semantic, source.crs, source.transform)
             if self.config.write_overlay:
-                quick_look = overlay(pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices)
+                quick_look = overlay(
+                    pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices
+                )
                 write_png(self.out_dir / "overlays" / f"{key}.png", quick_look)
 
     def stitch(self, records_by_source: dict[str, list[TileRecord]]) -> None:
@@ -410,12 +447,19 @@ class Annotator:
             full = Affine(*first.transform) @ Affine.translation(-first.window.col_off, -first.window.row_off)
             out = self.out_dir / "stitched" / f"{records[0].key.rsplit('__r', 1)[0]}.tif"
 
-            def load(index: int) -> np.ndarray | None:
+            def load(index: int, records: list[TileRecord] = records) -> np.ndarray | None:
                 record = records[index]
                 return None if record.quarantine else np.asarray(Image.open(self.out_dir / record.semantic_mask))
 
-            stitch_to_geotiff([r.source.window for r in records], load, out, first.raster_width,
-                              first.raster_height, first.crs, list(full)[:6])  # fmt: skip
+            stitch_to_geotiff(
+                [r.source.window for r in records],
+                load,
+                out,
+                first.raster_width,
+                first.raster_height,
+                first.crs,
+                list(full)[:6],
+            )
             self.summary.stitched.append(str(out))
         self.summary.seconds["write"] += time.perf_counter() - started
 

@@ -29,7 +29,7 @@ class Balance:
     domain_tiles: np.ndarray
 
     @classmethod
-    def of(cls, table: TileTable, rows: np.ndarray) -> "Balance":
+    def of(cls, table: TileTable, rows: np.ndarray) -> Balance:
         return cls(int(rows.sum()), table.category_tiles(rows), table.category_pixels(rows), table.domain_tiles(rows))
 
     def entropy(self, present: np.ndarray) -> float:
@@ -55,36 +55,65 @@ def write_report(folder: Path, table: TileTable, selection: Selection) -> Path:
     names = np.array(table.categories, dtype=object)
     rule = f"target reached with a quota of {quota} tiles per category" if quota is not None else "every candidate kept"
     lines = [
-        "# Balance of the build", "",
-        f"{before.tiles} candidate tiles, {after.tiles} selected ({rule}).", "",
-        "| | candidates | selected |", "|---|---:|---:|",
+        "# Balance of the build",
+        "",
+        f"{before.tiles} candidate tiles, {after.tiles} selected ({rule}).",
+        "",
+        "| | candidates | selected |",
+        "|---|---:|---:|",
         f"| tiles | {before.tiles} | {after.tiles} |",
         f"| normalised entropy of tiles per category | {before.entropy(present):.3f} | {after.entropy(present):.3f} |",
         f"| max/min tiles per category | {before.max_min(present):.1f} | {after.max_min(present):.1f} |",
-    ]  # fmt: skip
+    ]
     if quota is not None:
         lines += [
             f"| categories under the quota ({quota}) | {_listed(names[present & (before.category_tiles < quota)])} "
             f"| {_listed(names[present & (after.category_tiles < quota)])} |",
             f"| categories below min(available, quota) | - | {_listed(names[after.category_tiles < goal])} |",
         ]
-    lines += ["", "## Categories", "",
-              "| category | tiles (candidates) | tiles (selected) | pixels (candidates) | pixels (selected) | pixel share (selected) |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "## Categories",
+        "",
+        "| category | tiles (candidates) | tiles (selected) "
+        "| pixels (candidates) | pixels (selected) | pixel share (selected) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     share = after.category_pixels / max(int(after.category_pixels.sum()), 1)
     for j in np.flatnonzero(present):
-        lines.append(f"| {names[j]} | {before.category_tiles[j]} | {after.category_tiles[j]} | {before.category_pixels[j]} "
-                     f"| {after.category_pixels[j]} | {share[j]:.2%} |")  # fmt: skip
+        lines.append(
+            f"| {names[j]} | {before.category_tiles[j]} | {after.category_tiles[j]} | {before.category_pixels[j]} "
+            f"| {after.category_pixels[j]} | {share[j]:.2%} |"
+        )
     lines += ["", "## Domains", "", "| domain | tiles (candidates) | tiles (selected) |", "|---|---:|---:|"]
     for d, domain in enumerate(table.domains):
         lines.append(f"| {domain} | {before.domain_tiles[d]} | {after.domain_tiles[d]} |")
-    lines += ["", "![tiles per category](categories.png)", "", "![pixel share per category](pixels.png)", "",
-              "![tiles per domain](domains.png)", ""]  # fmt: skip
+    lines += [
+        "",
+        "![tiles per category](categories.png)",
+        "",
+        "![pixel share per category](pixels.png)",
+        "",
+        "![tiles per domain](domains.png)",
+        "",
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     labels = list(names[present])
-    _chart(folder / "categories.png", labels, before.category_tiles[present], after.category_tiles[present],
-           "tiles per category (log scale)", log=True)  # fmt: skip
-    _chart(folder / "pixels.png", labels, _shares(before.category_pixels)[present], share[present], "pixel share per category")
+    _chart(
+        folder / "categories.png",
+        labels,
+        before.category_tiles[present],
+        after.category_tiles[present],
+        "tiles per category (log scale)",
+        log=True,
+    )
+    _chart(
+        folder / "pixels.png",
+        labels,
+        _shares(before.category_pixels)[present],
+        share[present],
+        "pixel share per category",
+    )
     _chart(folder / "domains.png", list(table.domains), before.domain_tiles, after.domain_tiles, "tiles per domain")
     report = folder / "balance.md"
     with atomic_path(report) as temporary:

@@ -8,7 +8,8 @@ more than `window` of them: unbounded futures would hold every batch's pixels an
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -24,9 +24,9 @@ from rasterio.windows import Window as RioWindow
 
 from pipeline.records import TileRecord, read_records
 from taxonomy.crosswalk import crosswalk
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 from taxonomy.loader import Category, Taxonomy
 from taxonomy.matcher import Lemmatize
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -49,8 +49,12 @@ class CategoryCounts:
 
     def summary(self) -> dict[str, float | None]:
         mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
-        return {"precision": self.hits / self.proposed if self.proposed else None, "recall": self.hits / self.true if self.true else None,
-                "per_tile_precision": mean(self.precisions), "per_tile_recall": mean(self.recalls)}  # fmt: skip
+        return {
+            "precision": self.hits / self.proposed if self.proposed else None,
+            "recall": self.hits / self.true if self.true else None,
+            "per_tile_precision": mean(self.precisions),
+            "per_tile_recall": mean(self.recalls),
+        }
 
 
 class MaskCounts:
@@ -77,9 +81,11 @@ class MaskCounts:
         present = truth > 0
         iou = torch.where(union > 0, hits / union.clamp(min=1), torch.zeros_like(hits))
         total = matrix.sum()
-        return {"miou": float(iou[present].mean()) if present.any() else float("nan"),
-                "pixel_accuracy": float(hits.sum() / total) if total > 0 else float("nan"),
-                "iou": {name: float(iou[i]) if present[i] else None for i, name in enumerate(names)}}  # fmt: skip
+        return {
+            "miou": float(iou[present].mean()) if present.any() else float("nan"),
+            "pixel_accuracy": float(hits.sum() / total) if total > 0 else float("nan"),
+            "iou": {name: float(iou[i]) if present[i] else None for i, name in enumerate(names)},
+        }
 
 
 def percent(value: float | None) -> str:
@@ -94,7 +100,9 @@ def proposed_before_audit(record: TileRecord) -> set[str]:
         kind, _, name = decision.target.partition(":")
         if kind != "category":
             continue
-        if decision.state == "discarded" or (decision.state == "corrected" and decision.corrected_to not in (None, name)):
+        if decision.state == "discarded" or (
+            decision.state == "corrected" and decision.corrected_to not in (None, name)
+        ):
             names.add(name)
         if decision.state == "corrected" and decision.corrected_to not in (None, name):
             names.discard(decision.corrected_to)
@@ -119,8 +127,9 @@ def read_mask(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def evaluate_build(out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy, lemmatize: Lemmatize,
-                   min_fraction: float = 0.001) -> dict:  # fmt: skip
+def evaluate_build(
+    out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy, lemmatize: Lemmatize, min_fraction: float = 0.001
+) -> dict:
     """Scores of the build in OUT (records.jsonl + masks/) against masks under `truth_root`. A class is
     "in" a tile's ground truth when it covers at least `min_fraction` of the tile's labelled pixels."""
     build_names = build.names
@@ -134,7 +143,10 @@ def evaluate_build(out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy
     build_lookup = np.full(256, other, dtype=np.uint8)
     for name in shared:
         build_lookup[build_names.index(name)] = shared.index(name)
-    stages = {"before_audit": (MaskCounts(other + 1), CategoryCounts()), "after_audit": (MaskCounts(other + 1), CategoryCounts())}
+    stages = {
+        "before_audit": (MaskCounts(other + 1), CategoryCounts()),
+        "after_audit": (MaskCounts(other + 1), CategoryCounts()),
+    }
     records = read_records(out / "records.jsonl")
     tiles, without_truth, audited = 0, [], 0
     for record in records:
@@ -155,14 +167,22 @@ def evaluate_build(out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy
         for stage, mask_path, proposed in (
             ("before_audit", proposal if proposal.is_file() else final_mask, proposed_before_audit(record)),
             ("after_audit", final_mask, {c.name for c in record.categories}),
-        ):  # fmt: skip
+        ):
             matrix, categories = stages[stage]
             prediction = build_lookup[read_mask(mask_path)]
             matrix.add(prediction, np.where(valid, target, IGNORE))
             categories.add(proposed & set(shared), present)
-    result = {"records": str(out / "records.jsonl"), "ground_truth": str(truth_root), "truth_taxonomy": truth.name,
-              "mapping": mapping, "shared_classes": shared, "tiles": tiles, "audited_tiles": audited,
-              "tiles_without_ground_truth": without_truth, "min_fraction": min_fraction}  # fmt: skip
+    result = {
+        "records": str(out / "records.jsonl"),
+        "ground_truth": str(truth_root),
+        "truth_taxonomy": truth.name,
+        "mapping": mapping,
+        "shared_classes": shared,
+        "tiles": tiles,
+        "audited_tiles": audited,
+        "tiles_without_ground_truth": without_truth,
+        "min_fraction": min_fraction,
+    }
     for stage, (matrix, categories) in stages.items():
         result[stage] = {"categories": categories.summary(), **matrix.summary(shared)}
     return result
@@ -170,24 +190,39 @@ def evaluate_build(out: Path, truth_root: Path, truth: Taxonomy, build: Taxonomy
 
 def names_taxonomy(names: list[str]) -> Taxonomy:
     """A vocabulary of bare names (no synonyms), for builds whose manifest names no bundled taxonomy."""
-    return Taxonomy(name="build", categories=tuple(Category(index=i, name=n) for i, n in enumerate(names)), source="the build's manifest")
+    return Taxonomy(
+        name="build",
+        categories=tuple(Category(index=i, name=n) for i, n in enumerate(names)),
+        source="the build's manifest",
+    )
 
 
 def write_build_quality(result: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "build_quality.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Build quality against {result['ground_truth']} ({result['truth_taxonomy']})", "",
-             f"{result['tiles']} tiles scored ({result['audited_tiles']} audited); "
-             f"{len(result['tiles_without_ground_truth'])} without ground truth. Shared classes: {', '.join(result['shared_classes'])}.",
-             "Mask mIoU over the shared classes present in the ground truth; unlabelled build pixels count as misses. "
-             "Category precision/recall judge only proposals among the shared classes.", "",
-             "| | category precision | category recall | per-tile precision | per-tile recall | mask mIoU | pixel accuracy |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Build quality against {result['ground_truth']} ({result['truth_taxonomy']})",
+        "",
+        f"{result['tiles']} tiles scored ({result['audited_tiles']} audited); "
+        f"{len(result['tiles_without_ground_truth'])} without ground truth. "
+        f"Shared classes: {', '.join(result['shared_classes'])}.",
+        "Mask mIoU over the shared classes present in the ground truth; unlabelled build pixels count as misses. "
+        "Category precision/recall judge only proposals among the shared classes.",
+        "",
+        "| | category precision | category recall "
+        "| per-tile precision | per-tile recall | mask mIoU | pixel accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for stage in ("before_audit", "after_audit"):
         c, s = result[stage]["categories"], result[stage]
-        lines.append(f"| {stage.replace('_', ' ')} | {percent(c['precision'])} | {percent(c['recall'])} | {percent(c['per_tile_precision'])} | "
-                     f"{percent(c['per_tile_recall'])} | {percent(s['miou'])} | {percent(s['pixel_accuracy'])} |")  # fmt: skip
-    lines += ["", "| ground-truth class | build class |", "|---|---|"] + [f"| {k} | {v or '(not in the build taxonomy)'} |" for k, v in result["mapping"].items()]
+        lines.append(
+            f"| {stage.replace('_', ' ')} | {percent(c['precision'])} | {percent(c['recall'])} | "
+            f"{percent(c['per_tile_precision'])} | "
+            f"{percent(c['per_tile_recall'])} | {percent(s['miou'])} | {percent(s['pixel_accuracy'])} |"
+        )
+    lines += ["", "| ground-truth class | build class |", "|---|---|"] + [
+        f"| {k} | {v or '(not in the build taxonomy)'} |" for k, v in result["mapping"].items()
+    ]
     path = folder / "build_quality.md"
     path.write_text("\n".join(lines) + "\n")
     return path

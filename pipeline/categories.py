@@ -7,9 +7,9 @@ parked along the road" in another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 from pydantic import BaseModel, Field
 

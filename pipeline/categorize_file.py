@@ -10,9 +10,10 @@ matcher fails on is retried line by line, so only the line at fault is reported.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pipeline.batching import batched
 from pipeline.categories import CaptionCategorizer
@@ -90,7 +91,9 @@ def iter_items(path: Path, summary: CategorizeSummary) -> Iterator[CaptionItem]:
             summary.errors.append(LineError(line, str(error), _short(value)))
             continue
         if item.id in seen:
-            summary.errors.append(LineError(line, f"duplicate id {item.id!r} (first on line {seen[item.id]})", _short(value)))
+            summary.errors.append(
+                LineError(line, f"duplicate id {item.id!r} (first on line {seen[item.id]})", _short(value))
+            )
             continue
         seen[item.id] = line
         yield item
@@ -143,8 +146,11 @@ def _categorize_one(categorizer: CaptionCategorizer, item: CaptionItem, summary:
     try:
         return [(item, categorizer.categorize([item.captions])[0])]
     except Exception as error:  # noqa: BLE001 - any parser or matcher failure costs this line only
-        summary.errors.append(LineError(item.line, f"id {item.id!r}: {type(error).__name__}: {_first_line(error)}",
-                                        repr(item.captions)[:200]))  # fmt: skip
+        summary.errors.append(
+            LineError(
+                item.line, f"id {item.id!r}: {type(error).__name__}: {_first_line(error)}", repr(item.captions)[:200]
+            )
+        )
         return []
 
 

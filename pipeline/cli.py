@@ -55,13 +55,17 @@ def categories(
     errors: Path | None = typer.Option(None, help="Where bad lines are reported [default: OUT.errors.jsonl]."),
     threshold: float = typer.Option(DEFAULT_THRESHOLD, help="Minimum cosine similarity for an embedding match."),
     margin: float = typer.Option(DEFAULT_MARGIN, help="Required lead of the best category over the runner-up."),
-    no_embedding: bool = typer.Option(False, "--no-embedding", help="Exact, synonym, lexicon and relation matches only."),
+    no_embedding: bool = typer.Option(
+        False, "--no-embedding", help="Exact, synonym, lexicon and relation matches only."
+    ),
     batch_size: int = typer.Option(1024, min=1, help="Images per batch (one spaCy pipe, one embedding call)."),
     preview: int = typer.Option(0, min=0, help="Also print the first N results, one line per image."),
     suggest: Path | None = typer.Option(
-        None, "--suggest", help="Also write the most frequent unmatched phrases, grouped under their nearest "
+        None,
+        "--suggest",
+        help="Also write the most frequent unmatched phrases, grouped under their nearest "
         "categories with scores, as a YAML synonyms snippet to review and paste into the taxonomy.",
-    ),  # fmt: skip
+    ),
 ) -> None:
     from pipeline.categories import CaptionCategorizer
     from pipeline.categorize_file import categorize_file
@@ -82,11 +86,16 @@ def categories(
     )
     total_lines = sum(1 for _ in open(captions, "rb"))
     with Progress(
-        TextColumn("[bold]categories[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as progress:  # fmt: skip
+        TextColumn("[bold]categories[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("lines"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("lines", total=total_lines)
-        categorizer.matcher  # load the models before the bar starts counting
+        _ = categorizer.matcher  # load the models before the bar starts counting
         summary = categorize_file(
             categorizer, captions, out, errors_path, batch_size, on_batch=lambda n: progress.advance(task, n)
         )
@@ -99,7 +108,9 @@ def categories(
         count = write_suggestions(suggester.matcher, summary.unmatched, summary.images, suggest)
         console.print(f"{count} synonym suggestions -> {suggest}", highlight=False)
     if summary.images == 0:
-        console.print(f"[red]error:[/red] no line of {captions} could be used; reasons in {errors_path}", highlight=False)
+        console.print(
+            f"[red]error:[/red] no line of {captions} could be used; reasons in {errors_path}", highlight=False
+        )
         raise typer.Exit(2)
     if summary.errors or summary.warnings:
         raise typer.Exit(1)
@@ -131,8 +142,7 @@ def _print_preview(out: Path, count: int) -> None:
 
 def _print_summary(name: str, version: str, out: Path, errors_path: Path, summary) -> None:
     console.print(
-        f"[bold]{summary.images}[/bold] images, {summary.captions} captions -> {out}  "
-        f"(taxonomy {name} {version})"
+        f"[bold]{summary.images}[/bold] images, {summary.captions} captions -> {out}  (taxonomy {name} {version})"
     )
     if summary.images:
         table = Table("category", "images", title="proposed categories", title_justify="left")
@@ -149,7 +159,8 @@ def _print_summary(name: str, version: str, out: Path, errors_path: Path, summar
         console.print(f"... and {len(summary.errors) - 10} more")
     if summary.errors or summary.warnings:
         console.print(
-            f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped; reasons in {errors_path}",
+            f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped; "
+            f"reasons in {errors_path}",
             highlight=False,
         )
     sys.stderr.flush()
@@ -197,13 +208,19 @@ def annotate(
     batch_size: int = typer.Option(8, min=1, help="Tiles per model batch."),
     min_area: int = typer.Option(16, min=0, help="Instances smaller than this (pixels) are dropped."),
     fill_holes: bool = typer.Option(False, help="Fill holes inside each instance mask."),
-    background: str = typer.Option("auto", help="Unclaimed pixels: auto (the taxonomy's background class if it has one, "
-                                   "else 255), class (the background class, required) or ignore (255)."),
+    background: str = typer.Option(
+        "auto",
+        help="Unclaimed pixels: auto (the taxonomy's background class if it has one, "
+        "else 255), class (the background class, required) or ignore (255).",
+    ),
     geotiff: bool = typer.Option(True, help="Also write GeoTIFF masks for georeferenced tiles."),
     overlays: bool = typer.Option(True, help="Write quick-look overlay PNGs."),
     stitch: bool = typer.Option(True, help="Write full-size stitched masks."),
-    max_pixels: float = typer.Option(MAX_PIXELS, min=1, help="Quarantine rasters whose header claims more pixels "
-                                     "(width x height); 1e10 and the like are accepted."),
+    max_pixels: float = typer.Option(
+        MAX_PIXELS,
+        min=1,
+        help="Quarantine rasters whose header claims more pixels (width x height); 1e10 and the like are accepted.",
+    ),
 ) -> None:
     from importlib.metadata import version
 
@@ -216,10 +233,16 @@ def annotate(
         vocabulary = load_taxonomy(taxonomy)
         config = AnnotateConfig(
             tiling=TilingConfig(tile_size, overlap),
-            bands=BandRule(bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")),
+            bands=BandRule(
+                bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")
+            ),
             merge=MergeConfig(min_area, fill_holes, _choice(background, ("auto", "class", "ignore"), "--background")),
-            batch_size=batch_size, write_geotiff=geotiff, write_overlay=overlays, stitch=stitch, max_pixels=int(max_pixels),
-        )  # fmt: skip
+            batch_size=batch_size,
+            write_geotiff=geotiff,
+            write_overlay=overlays,
+            stitch=stitch,
+            max_pixels=int(max_pixels),
+        )
         model_set = ModelSet(load_models_config(models))
         given = load_caption_file(captions) if captions else None
         rasters, skipped = find_rasters(input_path)
@@ -232,25 +255,39 @@ def annotate(
     annotator = Annotator(vocabulary, model_set, out, config, captions=given, package_version=version("ovrsis"))
     try:
         with Progress(
-            TextColumn("[bold]annotate[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-            TimeElapsedColumn(), console=console, transient=True,
-        ) as progress:  # fmt: skip
-            task = progress.add_task("tiles", total=(planned_tiles(rasters, config.tiling, config.max_pixels) + len(skipped)) or None)
+            TextColumn("[bold]annotate[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tiles"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(
+                "tiles", total=(planned_tiles(rasters, config.tiling, config.max_pixels) + len(skipped)) or None
+            )
             summary = annotator.run(input_path, on_tile=lambda: progress.advance(task))
     except KeyboardInterrupt:
-        console.print(f"interrupted: the {annotator.summary.tiles} tiles finished are in {out / 'records.jsonl'}", highlight=False)
+        console.print(
+            f"interrupted: the {annotator.summary.tiles} tiles finished are in {out / 'records.jsonl'}", highlight=False
+        )
         raise typer.Exit(130) from None
     summary.write(out)
     _print_annotate_summary(out, summary)
     if models == "tiny":
         console.print("[dim]tiny random-weight models: the masks show the plumbing, not a real segmentation[/dim]")
     if summary.annotated == 0:
-        console.print(f"[red]error:[/red] none of the {summary.tiles} tiles could be annotated; reasons in {out / 'summary.json'}",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"[red]error:[/red] none of the {summary.tiles} tiles could be annotated; "
+            f"reasons in {out / 'summary.json'}",
+            highlight=False,
+        )
         raise typer.Exit(2)
     if summary.quarantined:
-        console.print(f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined; reasons in {out / 'summary.json'}",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined; reasons in {out / 'summary.json'}",
+            highlight=False,
+        )
         raise typer.Exit(1)
 
 

@@ -17,9 +17,9 @@ Measured on 23 RSICD scene classes: benchmarks/eval_domains.py.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 from pipeline.categories import CaptionCategorizer
 from pipeline.records import Domain
@@ -50,7 +50,9 @@ class DomainClassifier:
         weights = {}
         for category in self._vocabulary.categories:
             indicators = category.extra.get("indicators", [])
-            weights[category.name] = dict(indicators) if isinstance(indicators, dict) else dict.fromkeys(indicators, 1.0)
+            weights[category.name] = (
+                dict(indicators) if isinstance(indicators, dict) else dict.fromkeys(indicators, 1.0)
+            )
         return weights
 
     def classify(self, captions: Sequence[Sequence[str]], categories: Sequence[Sequence[str]]) -> list[Domain]:

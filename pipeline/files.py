@@ -12,10 +12,10 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Iterator
 
 LOCK_NAME = ".writing.lock"
 

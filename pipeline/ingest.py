@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -184,8 +185,9 @@ class RasterSource:
     """One open raster with its band mapping and stretch fixed; yields tiles by windowed reads.
     Raises IngestError, with the reason, for any file that cannot be opened, decoded or read."""
 
-    def __init__(self, path: Path, rule: BandRule = BandRule(), source_stem: str | None = None,
-                 max_pixels: int = MAX_PIXELS) -> None:  # fmt: skip
+    def __init__(
+        self, path: Path, rule: BandRule = BandRule(), source_stem: str | None = None, max_pixels: int = MAX_PIXELS
+    ) -> None:
         self.path = path
         self.rule = rule
         self.stem = source_stem or path.stem
@@ -202,7 +204,7 @@ class RasterSource:
             self.close()
             raise
 
-    def __enter__(self) -> "RasterSource":
+    def __enter__(self) -> RasterSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -275,10 +277,14 @@ class RasterSource:
         """A record per window, from the header alone (no pixel is read): what a build plans batches
         from; `load` reads and checks each tile where its batch runs."""
         if min(self.dataset.width, self.dataset.height) < MIN_SIDE:
-            raise IngestError(f"raster is {self.dataset.width} x {self.dataset.height} pixels: too small to tile, "
-                              f"at least {MIN_SIDE} on each side")  # fmt: skip
-        return [TileRecord(key=tile_key(self.stem, window.row_off, window.col_off), source=self._source(window))
-                for window in plan_windows(self.dataset.width, self.dataset.height, config.tile_size, config.overlap)]  # fmt: skip
+            raise IngestError(
+                f"raster is {self.dataset.width} x {self.dataset.height} pixels: too small to tile, "
+                f"at least {MIN_SIDE} on each side"
+            )
+        return [
+            TileRecord(key=tile_key(self.stem, window.row_off, window.col_off), source=self._source(window))
+            for window in plan_windows(self.dataset.width, self.dataset.height, config.tile_size, config.overlap)
+        ]
 
     def load(self, record: TileRecord, config: TilingConfig) -> Tile | TileRecord:
         """The tile's pixels, or its record quarantined (stage ingest) saying why they cannot be used."""
@@ -359,7 +365,9 @@ class RasterSource:
 
     def _to_uint8(self, band: np.ndarray, position: int) -> np.ndarray:
         if self.ranges is None:
-            return band.astype(np.uint8, copy=False) if band.dtype == np.uint8 else np.clip(band, 0, 255).astype(np.uint8)
+            return (
+                band.astype(np.uint8, copy=False) if band.dtype == np.uint8 else np.clip(band, 0, 255).astype(np.uint8)
+            )
         low, high = self.ranges[position]
         scaled = (band.astype(np.float32) - low) * (255.0 / (high - low))
         return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).astype(np.uint8)
@@ -375,7 +383,9 @@ class RasterSource:
             crs=dataset.crs.to_wkt() if dataset.crs else None,
             transform=list(window_transform(rio_window, dataset.transform))[:6] if self.georeferenced else None,
             band_mapping=list(self.bands),
-            stretch="none" if mode == "none" else f"percentile {self.rule.low_percentile:g}-{self.rule.high_percentile:g} per band",
+            stretch="none"
+            if mode == "none"
+            else f"percentile {self.rule.low_percentile:g}-{self.rule.high_percentile:g} per band",
             nodata=dataset.nodata,
             dtype=dataset.dtypes[0],
             raster_width=dataset.width,
@@ -388,10 +398,18 @@ def quarantined_file(path: Path, reason: str, stem: str | None = None) -> TileRe
     raster's record takes the stem its tiles would have had (`source_stems`), so a.jpg and a.png that
     both fail keep distinct keys."""
     source = SourceInfo(
-        path=str(path), sha256=_sha256_or_empty(path), window=Window(row_off=0, col_off=0, height=0, width=0),
-        band_mapping=[], stretch="none", dtype="unknown", raster_width=0, raster_height=0,
-    )  # fmt: skip
-    return TileRecord(key=tile_key(stem or path.stem, 0, 0), source=source, quarantine=Quarantine(stage="ingest", reason=reason))
+        path=str(path),
+        sha256=_sha256_or_empty(path),
+        window=Window(row_off=0, col_off=0, height=0, width=0),
+        band_mapping=[],
+        stretch="none",
+        dtype="unknown",
+        raster_width=0,
+        raster_height=0,
+    )
+    return TileRecord(
+        key=tile_key(stem or path.stem, 0, 0), source=source, quarantine=Quarantine(stage="ingest", reason=reason)
+    )
 
 
 def _sha256_or_empty(path: Path) -> str:
@@ -418,10 +436,15 @@ def _decode_with_pil(path: Path, dataset: DatasetReader) -> MemoryFile:
     pixels = pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
     bands = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     profile = {
-        "driver": "GTiff", "count": bands.shape[0], "height": bands.shape[1], "width": bands.shape[2],
-        "dtype": bands.dtype.name, "crs": dataset.crs, "nodata": dataset.nodata,
+        "driver": "GTiff",
+        "count": bands.shape[0],
+        "height": bands.shape[1],
+        "width": bands.shape[2],
+        "dtype": bands.dtype.name,
+        "crs": dataset.crs,
+        "nodata": dataset.nodata,
         "transform": dataset.transform if georeferenced else Affine.identity(),
-    }  # fmt: skip
+    }
     memory = MemoryFile()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -2,20 +2,21 @@
 
 Reading never stops at a bad line: each line yields either its object or an error naming the line,
 so one malformed record costs that record only. A UTF-8 byte-order mark (Windows editors write one)
-is ignored; a UTF-16 file is refused as a whole by `check_encoding`, since every line would fail. Writing goes to a temporary name that is renamed
-when complete, so a crash never leaves a half-written output that looks finished.
+is ignored; a UTF-16 file is refused as a whole by `check_encoding`, since every line would fail. Writing goes
+to a temporary name that is renamed when complete, so a crash never leaves a half-written output that looks
+finished.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from pipeline.files import atomic_path
-
 
 UTF8_BOM = b"\xef\xbb\xbf"
 

@@ -17,15 +17,17 @@ every unclaimed pixel 255. Nodata pixels are always 255: 255 means "no data", ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pycocotools import mask as coco_mask
 from scipy.ndimage import binary_fill_holes
 
 from pipeline.records import Conflict, Instance
-from taxonomy.loader import IGNORE_INDEX as IGNORE, Taxonomy
+from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.loader import Taxonomy
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,14 @@ def merge_instances(
         mask = mask & valid
         area = int(mask.sum())
         record = Instance(
-            category=item.category, box=[float(v) for v in item.box], detector_score=float(item.detector_score),
-            phrase=item.phrase, mask=encode_rle(mask), mask_score=float(item.mask_score), area=area,
-        )  # fmt: skip
+            category=item.category,
+            box=[float(v) for v in item.box],
+            detector_score=float(item.detector_score),
+            phrase=item.phrase,
+            mask=encode_rle(mask),
+            mask_score=float(item.mask_score),
+            area=area,
+        )
         if area < config.min_area:
             record.dropped = f"area {area} < min_area {config.min_area}"
             mask = None
@@ -81,9 +88,13 @@ def merge_instances(
 
     order = sorted(
         (i for i, m in enumerate(masks) if m is not None),
-        key=lambda i: (-records[i].detector_score * records[i].mask_score, records[i].area,
-                       taxonomy.index_of(records[i].category), i),
-    )  # fmt: skip
+        key=lambda i: (
+            -records[i].detector_score * records[i].mask_score,
+            records[i].area,
+            taxonomy.index_of(records[i].category),
+            i,
+        ),
+    )
     owner = np.full((height, width), -1, dtype=np.int32)
     conflicts: list[Conflict] = []
     for i in order:
@@ -112,7 +123,9 @@ def _conflict(records: list[Instance], winner: int, loser: int, pixels: int) -> 
         rule = "taxonomy order"
     else:
         rule = "detection order"
-    return Conflict(winner=winner, loser=loser, winner_category=a.category, loser_category=b.category, pixels=pixels, rule=rule)
+    return Conflict(
+        winner=winner, loser=loser, winner_category=a.category, loser_category=b.category, pixels=pixels, rule=rule
+    )
 
 
 def _fill_value(taxonomy: Taxonomy, config: MergeConfig) -> int:

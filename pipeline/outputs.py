@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -42,9 +42,16 @@ def write_mask_geotiff(path: Path, mask: np.ndarray, crs: str | None, transform:
 
     height, width = mask.shape
     profile = {
-        "driver": "COG", "width": width, "height": height, "count": 1, "dtype": "uint8",
-        "nodata": IGNORE, "crs": crs, "transform": Affine(*transform[:6]), **COG_OPTIONS,
-    }  # fmt: skip
+        "driver": "COG",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": IGNORE,
+        "crs": crs,
+        "transform": Affine(*transform[:6]),
+        **COG_OPTIONS,
+    }
     with atomic_path(path) as temporary:
         with rasterio.open(temporary, "w", **profile) as out:
             out.write(mask, 1)
@@ -58,7 +65,9 @@ def palette(n_classes: int) -> np.ndarray:
     return colours
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, n_classes: int, alpha: float = 0.5, untinted: Sequence[int] = ()) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, n_classes: int, alpha: float = 0.5, untinted: Sequence[int] = ()
+) -> np.ndarray:
     """Quick-look: the tile with each labelled pixel tinted by its class colour; `untinted` classes (the
     taxonomy's background class) are left as they are, so the objects stand out."""
     colours = palette(n_classes)

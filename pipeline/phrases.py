@@ -9,8 +9,8 @@ negated, which numbers count which nouns, and which words form one multi-word na
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 from pydantic import BaseModel
 
@@ -35,10 +35,26 @@ VAGUE_QUANTITIES = frozenset(
     "thousands much a_few a_lot".split()
 )
 NUMBER_WORDS = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "a couple": 2, "a pair": 2, "a dozen": 12,
-    "single": 1, "a single": 1, "double": 2, "twin": 2,
-}  # fmt: skip
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "a couple": 2,
+    "a pair": 2,
+    "a dozen": 12,
+    "single": 1,
+    "a single": 1,
+    "double": 2,
+    "twin": 2,
+}
 ENGLISH_FUNCTION_WORDS = frozenset(
     "a an the this that these those there here it its their they them some many much several few both each "
     "every all any no not nor none one two three four five is are was were be been being has have had do does "

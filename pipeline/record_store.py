@@ -23,7 +23,7 @@ class RecordIndex(Mapping[str, TileRecord]):
         self.path = Path(path)
         self.offsets = offsets
 
-    def subset(self, keys: list[str]) -> "RecordIndex":
+    def subset(self, keys: list[str]) -> RecordIndex:
         return RecordIndex(self.path, {key: self.offsets[key] for key in keys})
 
     def __getitem__(self, key: str) -> TileRecord:

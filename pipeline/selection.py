@@ -35,8 +35,9 @@ pays when there is a surplus. 1,000,000 candidates take ~7 s on 2 cores (benchma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -46,8 +47,16 @@ from pipeline.tile_table import TileTable, kept_categories
 DEFAULT_TARGET_TILES = 95_000  # the size of the paper's OVRSIS95K
 FILL_ROUNDS = 64  # phase 2 re-scores the remaining tiles this many times at most
 
-__all__ = ["DEFAULT_TARGET_TILES", "Selection", "SelectionConfig", "candidate_records", "kept_categories", "select",
-           "select_tiles", "water_fill_quota"]
+__all__ = [
+    "DEFAULT_TARGET_TILES",
+    "Selection",
+    "SelectionConfig",
+    "candidate_records",
+    "kept_categories",
+    "select",
+    "select_tiles",
+    "water_fill_quota",
+]
 
 
 @dataclass(frozen=True)
@@ -101,8 +110,9 @@ def select(table: TileTable, config: SelectionConfig = SelectionConfig()) -> Sel
     return Selection(selected, quota)
 
 
-def select_tiles(records: Sequence[TileRecord], config: SelectionConfig = SelectionConfig(),
-                 categories: Sequence[str] | None = None) -> list[TileRecord]:  # fmt: skip
+def select_tiles(
+    records: Sequence[TileRecord], config: SelectionConfig = SelectionConfig(), categories: Sequence[str] | None = None
+) -> list[TileRecord]:
     """The selected records, in key order; quarantined tiles (and unlabeled ones unless asked) never count."""
     candidates = candidate_records(records, config)
     table = TileTable.from_records(candidates, categories)
@@ -150,8 +160,9 @@ def _fill_quota(table: TileTable, available: np.ndarray, quota: int) -> np.ndarr
     return selected
 
 
-def _round_robin(score: np.ndarray, domain: np.ndarray, held_domain: np.ndarray, share: np.ndarray,
-                 spread: np.ndarray) -> np.ndarray:  # fmt: skip
+def _round_robin(
+    score: np.ndarray, domain: np.ndarray, held_domain: np.ndarray, share: np.ndarray, spread: np.ndarray
+) -> np.ndarray:
     """Candidate order: higher score first; within a score, domains take turns (the domain with
     the fewest tiles so far first), each domain's candidates by pixel share, then spread."""
     order = np.lexsort((spread, -share, domain, -score))

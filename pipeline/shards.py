@@ -23,17 +23,15 @@ import io
 import json
 import tarfile
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from pipeline.files import file_sha256
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, file_sha256
 from pipeline.records import TileRecord
 from taxonomy.loader import IGNORE_INDEX as IGNORE
 
@@ -118,7 +116,7 @@ def write_shards(
     for split, keys in splits.items():
         keys = shuffled_keys(keys, config.seed)
         with _ShardStream(shard_dir, split, config, wds) as stream:
-            for key, encoded, mask, domain in _samples(keys, by_key, load_sample, config, len(taxonomy_names)):
+            for _key, encoded, mask, domain in _samples(keys, by_key, load_sample, config, len(taxonomy_names)):
                 stream.add(encoded)
                 formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
                 values, counts = np.unique(mask, return_counts=True)
@@ -144,7 +142,9 @@ def write_shards(
     return manifest
 
 
-def _samples(keys, by_key, load_sample, config: ShardConfig, n_classes: int) -> Iterator[tuple[str, dict, np.ndarray, str]]:
+def _samples(
+    keys, by_key, load_sample, config: ShardConfig, n_classes: int
+) -> Iterator[tuple[str, dict, np.ndarray, str]]:
     """Each key's sample, encoded, with its mask and domain; one sample in memory at a time."""
     for key in keys:
         record = by_key[key]
@@ -182,16 +182,23 @@ class _ShardStream:
         self._path = self.shard_dir / f"{self.split}-{len(self.shards):06d}.tar"
         self._stack = ExitStack()
         temporary = self._stack.enter_context(atomic_path(self._path))
-        self._tar = self._stack.enter_context(self.wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis",
-                                                                 group="ovrsis", mode=0o444))  # fmt: skip
+        self._tar = self._stack.enter_context(
+            self.wds.TarWriter(str(temporary), encoder=False, mtime=0, user="ovrsis", group="ovrsis", mode=0o444)
+        )
 
     def _close(self) -> None:
         self._stack.close()  # closes the tar, then renames it into place
-        self.shards.append({"name": self._path.name, "samples": self._samples, "bytes": self._path.stat().st_size,
-                            "sha256": file_sha256(self._path)})  # fmt: skip
+        self.shards.append(
+            {
+                "name": self._path.name,
+                "samples": self._samples,
+                "bytes": self._path.stat().st_size,
+                "sha256": file_sha256(self._path),
+            }
+        )
         self._stack, self._samples, self._bytes = None, 0, 0
 
-    def __enter__(self) -> "_ShardStream":
+    def __enter__(self) -> _ShardStream:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
@@ -234,7 +241,12 @@ def source_image_bytes(image: np.ndarray, record: TileRecord) -> tuple[str, byte
     """The source file's own bytes when the tile is that whole JPEG/PNG image and they decode (as the
     readers decode them) to exactly the tile's pixels; None otherwise."""
     source, window = record.source, record.source.window
-    whole = (window.row_off, window.col_off, window.height, window.width) == (0, 0, source.raster_height, source.raster_width)
+    whole = (window.row_off, window.col_off, window.height, window.width) == (
+        0,
+        0,
+        source.raster_height,
+        source.raster_width,
+    )
     path = Path(source.path)
     if not whole or image.shape[:2] != (window.height, window.width) or not path.is_file():
         return None
@@ -269,7 +281,9 @@ def read_manifest(out_dir: Path) -> dict:
     except json.JSONDecodeError as error:
         raise ShardError(f"{path}: invalid JSON ({error})") from error
     if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ShardError(f"{path}: schema version {manifest.get('schema_version')}, this reader knows {MANIFEST_SCHEMA_VERSION}")
+        raise ShardError(
+            f"{path}: schema version {manifest.get('schema_version')}, this reader knows {MANIFEST_SCHEMA_VERSION}"
+        )
     return manifest
 
 
@@ -308,8 +322,13 @@ class ShardReader:
     `on_corrupt`: "error" raises on a missing shard or a checksum mismatch; "skip" leaves such shards
     out (listed in `corrupt`, with the reason) so a long training run is not lost to one bad file."""
 
-    def __init__(self, out_dir: Path, expected_names: Sequence[str] | None = None, verify_checksums: bool = True,
-                 on_corrupt: str = "error") -> None:  # fmt: skip
+    def __init__(
+        self,
+        out_dir: Path,
+        expected_names: Sequence[str] | None = None,
+        verify_checksums: bool = True,
+        on_corrupt: str = "error",
+    ) -> None:
         self.out_dir = out_dir
         self.manifest = read_manifest(out_dir)
         self.corrupt: dict[str, str] = {}
@@ -325,7 +344,13 @@ class ShardReader:
             for info in self.manifest["splits"].values():
                 for shard in info["shards"]:
                     path = out_dir / "shards" / shard["name"]
-                    problem = "missing" if not path.is_file() else "sha256 differs from the manifest" if file_sha256(path) != shard["sha256"] else None  # fmt: skip
+                    problem = (
+                        "missing"
+                        if not path.is_file()
+                        else "sha256 differs from the manifest"
+                        if file_sha256(path) != shard["sha256"]
+                        else None
+                    )
                     if problem and on_corrupt != "skip":
                         raise ShardError(f"{path}: {problem}")
                     if problem:
@@ -367,7 +392,10 @@ def image_part(raw: dict) -> str:
     """The extension of a raw sample's image part."""
     found = [extension for extension in IMAGE_EXTENSIONS if extension in raw]
     if len(found) != 1:
-        raise ShardError(f"sample {raw['__key__']}: {'no' if not found else 'more than one'} image part ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ShardError(
+            f"sample {raw['__key__']}: {'no' if not found else 'more than one'} "
+            f"image part ({', '.join(IMAGE_EXTENSIONS)})"
+        )
     return found[0]
 
 

@@ -18,10 +18,11 @@ import json
 import os
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence, get_type_hints
+from typing import get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -39,7 +40,7 @@ class _Delta(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _delta_model(stage: Stage) -> type[_Delta]:
     """A model holding exactly the fields `stage` sets, typed from TileState and TileRecord."""
     state_types = get_type_hints(TileState)
@@ -93,7 +94,10 @@ class StageCache:
 
     def store(self, stage: Stage, key: str, states: Sequence[TileState]) -> None:
         model = _delta_model(stage)
-        payload = [model(**{name: _read(state, name) for name in model.model_fields}).model_dump(mode="json") for state in states]
+        payload = [
+            model(**{name: _read(state, name) for name in model.model_fields}).model_dump(mode="json")
+            for state in states
+        ]
         self._save(stage.name, key, payload)
 
     def raster_records(self, key: str) -> list[TileRecord] | None:
@@ -183,8 +187,10 @@ def prune_cache(folder: Path, everything: bool = False) -> tuple[int, int]:
     `everything` is asked: a resumable half-build's files are what resuming needs."""
     used, _ = _used_keys(folder)
     if used is None and not everything:
-        raise FileNotFoundError(f"{Path(folder) / USED_KEYS}: no completed build recorded its keys here; "
-                                "nothing pruned (use --all to empty the cache)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{Path(folder) / USED_KEYS}: no completed build recorded its keys here; "
+            "nothing pruned (use --all to empty the cache)"
+        )
     removed = freed = 0
     for _, key, path in cache_files(folder):
         if everything or key not in used:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,14 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def stage_fingerprints(models: Mapping[str, object], taxonomy_version: str, matching: object, merge: object,
-                       package_version: str, schema_version: int) -> dict[str, object]:  # fmt: skip
+def stage_fingerprints(
+    models: Mapping[str, object],
+    taxonomy_version: str,
+    matching: object,
+    merge: object,
+    package_version: str,
+    schema_version: int,
+) -> dict[str, object]:
     """What each stage's output depends on besides its input: code version, the model specs of its
     model, spaCy's model, the taxonomy and lexicon, the thresholds of its configuration section."""
     import spacy

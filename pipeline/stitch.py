@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -24,8 +24,8 @@ from affine import Affine
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window as RioWindow
 
-from pipeline.outputs import COG_OPTIONS
 from pipeline.files import atomic_path
+from pipeline.outputs import COG_OPTIONS
 from pipeline.records import Window
 from taxonomy.loader import IGNORE_INDEX as IGNORE
 
@@ -69,10 +69,19 @@ def stitch_to_geotiff(
 ) -> Path:
     """Write the stitched mask as a COG; `load_mask(i)` returns tile i's mask, or None for a missing tile."""
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8", "nodata": IGNORE,
-        "crs": crs, "transform": Affine(*transform[:6]) if transform else Affine.identity(),
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
-    }  # fmt: skip
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": IGNORE,
+        "crs": crs,
+        "transform": Affine(*transform[:6]) if transform else Affine.identity(),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, staging = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
     os.close(descriptor)  # named like the other temporaries, so remove_stale_parts clears it after a crash

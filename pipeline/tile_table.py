@@ -9,10 +9,10 @@ tile, rows sorted by key so that everything computed from it is independent of t
 from __future__ import annotations
 
 import zlib
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from array import array
-from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -38,8 +38,14 @@ class TileTable:
     domain: np.ndarray  # (tiles,) int index into `domains`
 
     @classmethod
-    def build(cls, keys: Sequence[str], categories: Sequence[str], domains: Sequence[str],
-              pixels: sparse.spmatrix, domain: np.ndarray) -> "TileTable":  # fmt: skip
+    def build(
+        cls,
+        keys: Sequence[str],
+        categories: Sequence[str],
+        domains: Sequence[str],
+        pixels: sparse.spmatrix,
+        domain: np.ndarray,
+    ) -> TileTable:
         """Rows reordered by key; duplicate keys are refused (a key names one tile)."""
         keys = np.asarray(keys, dtype=str)
         order = np.argsort(keys, kind="stable")
@@ -52,7 +58,7 @@ class TileTable:
         return cls(keys, tuple(categories), tuple(domains), matrix, np.asarray(domain, dtype=np.int64)[order])
 
     @classmethod
-    def from_records(cls, records: Iterable[TileRecord], categories: Sequence[str] | None = None) -> "TileTable":
+    def from_records(cls, records: Iterable[TileRecord], categories: Sequence[str] | None = None) -> TileTable:
         """Pixels per kept category from the merged instances; categories absent from `categories` are
         appended in name order (a reviewer may paint a class the build's list lacks)."""
         rows = TileRows()
@@ -66,8 +72,10 @@ class TileTable:
     @cached_property
     def incidence(self) -> sparse.csr_matrix:
         """1 where a tile holds a category (float, ready for matrix-vector products)."""
-        return sparse.csr_matrix((np.ones_like(self.pixels.data, dtype=np.float64), self.pixels.indices,
-                                  self.pixels.indptr), shape=self.pixels.shape)  # fmt: skip
+        return sparse.csr_matrix(
+            (np.ones_like(self.pixels.data, dtype=np.float64), self.pixels.indices, self.pixels.indptr),
+            shape=self.pixels.shape,
+        )
 
     @cached_property
     def spread(self) -> np.ndarray:
@@ -120,7 +128,9 @@ class TileRows:
         domain_names = sorted(set(self._domains))
         domain_index = {name: d for d, name in enumerate(domain_names)}
         cols = np.fromiter((column[c] for c in self._columns), np.int64, len(self._columns))
-        matrix = sparse.coo_matrix((np.frombuffer(self._values, np.int64), (np.frombuffer(self._rows, np.int64), cols)),
-                                   shape=(len(self.keys), len(names)))  # fmt: skip
+        matrix = sparse.coo_matrix(
+            (np.frombuffer(self._values, np.int64), (np.frombuffer(self._rows, np.int64), cols)),
+            shape=(len(self.keys), len(names)),
+        )
         domains = np.fromiter((domain_index[d] for d in self._domains), np.int64, len(self._domains))
         return TileTable.build(self.keys, names, domain_names, matrix.tocsr(), domains)

@@ -24,15 +24,29 @@ ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 # What torch's weights-only unpickler says of a global (a function, a class) it will not import.
 CODE_IN_PICKLE = re.compile(r"GLOBAL \S+ was not an allowed global|whose module \S+ is blocked|\S+ must be \S+ to load")
 # Settings that may change when a run is resumed; any other difference means another configuration.
-RESUMABLE_CHANGES = {"iters", "val_every", "val_max_samples", "checkpoint_every", "log_every", "workers", "on_corrupt_shard"}
+RESUMABLE_CHANGES = {
+    "iters",
+    "val_every",
+    "val_max_samples",
+    "checkpoint_every",
+    "log_every",
+    "workers",
+    "on_corrupt_shard",
+}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked."""
 
 
-def save_checkpoint(path: Path, model: PiSeg, config: PiSegConfig, class_names: list[str], taxonomy_version: str,
-                    training_state: dict[str, Any] | None = None) -> None:  # fmt: skip
+def save_checkpoint(
+    path: Path,
+    model: PiSeg,
+    config: PiSegConfig,
+    class_names: list[str],
+    taxonomy_version: str,
+    training_state: dict[str, Any] | None = None,
+) -> None:
     payload = {
         "format": FORMAT,
         "config": config.to_dict(),
@@ -57,9 +71,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint") from error
     except Exception as error:  # torch raises many types for a damaged or foreign file
         if CODE_IN_PICKLE.search(str(error)):
-            raise CheckpointError(f"{path}: refused: it holds Python objects that could run code when loaded, not only "
-                                  f"tensors and plain data ({error_summary(error)})") from error  # fmt: skip
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error_summary(error)})") from error
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects that could run code when loaded, not only "
+                f"tensors and plain data ({error_summary(error)})"
+            ) from error
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {error_summary(error)})"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Pi-Seg checkpoint (expected format {FORMAT})")
     return payload
@@ -85,7 +103,9 @@ def restore_weights(model: PiSeg, payload: dict[str, Any], path: Path) -> None:
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: its weights do not fit this model's configuration ({str(error)[:300]})") from error
+        raise CheckpointError(
+            f"{path}: its weights do not fit this model's configuration ({str(error)[:300]})"
+        ) from error
 
 
 def configuration_differences(saved: dict[str, Any], current: PiSegConfig) -> list[str]:
@@ -122,7 +142,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    numpy = {**state["numpy"], "state": {**state["numpy"]["state"], "key": state["numpy"]["state"]["key"].numpy().astype(np.uint32)}}
+    numpy = {
+        **state["numpy"],
+        "state": {**state["numpy"]["state"], "key": state["numpy"]["state"]["key"].numpy().astype(np.uint32)},
+    }
     np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

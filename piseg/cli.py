@@ -32,7 +32,9 @@ def fail(message: str, code: int = 2) -> None:
 def report_skipped(skipped: SkippedLog, what: str) -> None:
     """Exit 1 when anything was left out, the last line saying how many and where the reasons are."""
     if skipped.count:
-        err.print(f"[yellow]skipped {skipped.count} {what}[/yellow]; reasons in {skipped.path}", markup=True, highlight=False)
+        err.print(
+            f"[yellow]skipped {skipped.count} {what}[/yellow]; reasons in {skipped.path}", markup=True, highlight=False
+        )
         raise typer.Exit(1)
 
 
@@ -50,8 +52,11 @@ def beside_paper(ours: dict, paper: dict | None) -> str:
     """'   paper Pi-Seg 47.54 (Δ -1.20), CAT-Seg 49.19 (Δ -2.85)' for a line of `piseg eval`'s summary."""
     if not paper or "miou" not in ours:
         return ""
-    parts = [f"{model} {100 * paper[model]['miou']:.2f} (Δ {100 * (ours['miou'] - paper[model]['miou']):+.2f})"
-             for model in MODELS if paper.get(model)]  # fmt: skip
+    parts = [
+        f"{model} {100 * paper[model]['miou']:.2f} (Δ {100 * (ours['miou'] - paper[model]['miou']):+.2f})"
+        for model in MODELS
+        if paper.get(model)
+    ]
     return "   paper mIoU: " + ", ".join(parts) if parts else ""
 
 
@@ -105,14 +110,30 @@ def info(
     import dataclasses
 
     from piseg.config import ConfigError, preset
-    from piseg.evaluation.counts import FLOP_RULE, PAPER_EVAL_GFLOPS, eval_flops, meta_model, parameter_table, train_flops, variant
+    from piseg.evaluation.counts import (
+        FLOP_RULE,
+        PAPER_EVAL_GFLOPS,
+        eval_flops,
+        meta_model,
+        parameter_table,
+        train_flops,
+        variant,
+    )
 
     try:
         config = preset(backbone)
     except ConfigError as error:
         fail(str(error))
     config.model = dataclasses.replace(config.model, spm=dataclasses.replace(config.model.spm, reduction=reduction))
-    table = Table("model", "total", "trainable", "paper total", "difference", title=f"{backbone}, r = {reduction}", title_justify="left")
+    table = Table(
+        "model",
+        "total",
+        "trainable",
+        "paper total",
+        "difference",
+        title=f"{backbone}, r = {reduction}",
+        title_justify="left",
+    )
     for row in parameter_table(config.model):
         difference = f"{(row.total - row.paper_total) / row.paper_total:+.3%}" if row.paper_total else "-"
         paper = f"{row.paper_total / 1e6:.2f}M" if row.paper_total else "-"
@@ -122,10 +143,14 @@ def info(
         model = meta_model(variant(config.model, True))
         evaluation = eval_flops(model, config.eval, classes=classes) / 1e9
         training = train_flops(model, config.train.crop, classes=classes) / 1e9
-        paper = f"paper (Table XII, fvcore, eval): {PAPER_EVAL_GFLOPS[backbone]}\n" if backbone in PAPER_EVAL_GFLOPS else ""
+        paper = (
+            f"paper (Table XII, fvcore, eval): {PAPER_EVAL_GFLOPS[backbone]}\n" if backbone in PAPER_EVAL_GFLOPS else ""
+        )
         Console(soft_wrap=True).print(
-            f"GFLOPs with {classes} class(es): eval (600x800, sliding window) {evaluation:.2f} = {evaluation / 2:.2f} GMACs; "
-            f"train (one {config.train.crop} crop, text encoder and SPMs on) {training:.2f} = {training / 2:.2f} GMACs\n"
+            f"GFLOPs with {classes} class(es): eval (600x800, sliding window) "
+            f"{evaluation:.2f} = {evaluation / 2:.2f} GMACs; "
+            f"train (one {config.train.crop} crop, text encoder and SPMs on) "
+            f"{training:.2f} = {training / 2:.2f} GMACs\n"
             f"{paper}rule: {FLOP_RULE}"
         )
 
@@ -142,19 +167,25 @@ def train(
     """Train Pi-Seg on the build's shards (multi-GPU: `torchrun --nproc_per_node N -m piseg.cli train ...`)."""
     import os
 
+    from pipeline.shards import ShardError
     from piseg.checkpoint import CheckpointError
     from piseg.config import ConfigError, load_config
     from piseg.training.train import TrainingError
     from piseg.training.train import train as run_training
-    from pipeline.shards import ShardError
 
     try:
         config = load_config(config_file, backbone, {"train": {"iters": iters}} if iters else None)
     except ConfigError as error:
         fail(str(error))
     main_process = os.environ.get("RANK", "0") == "0"
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-               TextColumn("{task.fields[speed]:.2f} it/s"), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[speed]:.2f} it/s"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, disable=not main_process) as bar:
         task = bar.add_task("train", total=config.train.iters, loss=float("nan"), speed=0.0)
 
@@ -178,12 +209,17 @@ def predict(
     classes: str = typer.Option(..., help="Class names: 'building, road, water' (use ';' to keep commas in a name)."),
     out: Path = typer.Option(Path("predictions"), help="Folder for STEM.png, STEM.overlay.png (and STEM.mask.tif)."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
-    tile_size: int = typer.Option(2048, help="Rasters larger than this are predicted in windows and stitched (STEM.mask.tif)."),
+    tile_size: int = typer.Option(
+        2048, help="Rasters larger than this are predicted in windows and stitched (STEM.mask.tif)."
+    ),
     overlap: int = typer.Option(128, help="Overlap of those windows, in pixels."),
-    keep_going: bool = typer.Option(True, "--keep-going/--fail-fast",
-                                    help="An image that cannot be read or predicted is skipped, the others are "
-                                         "predicted, and the run exits 1 naming OUT/skipped.jsonl (default); "
-                                         "--fail-fast stops at the first such image (exit 2)."),  # fmt: skip
+    keep_going: bool = typer.Option(
+        True,
+        "--keep-going/--fail-fast",
+        help="An image that cannot be read or predicted is skipped, the others are "
+        "predicted, and the run exits 1 naming OUT/skipped.jsonl (default); "
+        "--fail-fast stops at the first such image (exit 2).",
+    ),
 ) -> None:
     """Segment images into any class names with the sliding-window scheme of the evaluation."""
     from piseg.checkpoint import CheckpointError
@@ -223,10 +259,17 @@ def convert_released(
     weights: Path = typer.Argument(..., help="The authors' released model_final.pth (Pi-Seg or CAT-Seg, detectron2)."),
     out: Path = typer.Option(..., help="Where to write the Pi-Seg checkpoint."),
     taxonomy: str = typer.Option("ovrsis95k", help="The vocabulary the weights were trained on (V1: dlrsd or isaid)."),
-    backbone: str = typer.Option(None, help="Preset for the settings the weights do not carry (default: the one the weights show)."),
-    config: Path = typer.Option(None, help="YAML configuration instead of a preset (evaluation scheme, noise families)."),
-    tokenizer: str = typer.Option("auto", help="CLIP tokenizer: hub id or local folder (default: the preset's CLIP id); "
-                                               "'none' = the byte-level one of random-weight models."),  # fmt: skip
+    backbone: str = typer.Option(
+        None, help="Preset for the settings the weights do not carry (default: the one the weights show)."
+    ),
+    config: Path = typer.Option(
+        None, help="YAML configuration instead of a preset (evaluation scheme, noise families)."
+    ),
+    tokenizer: str = typer.Option(
+        "auto",
+        help="CLIP tokenizer: hub id or local folder (default: the preset's CLIP id); "
+        "'none' = the byte-level one of random-weight models.",
+    ),
     trust_pickle: bool = typer.Option(False, help="Unpickle everything in the file (only for a file you trust)."),
 ) -> None:
     """Convert released detectron2 weights into a Pi-Seg checkpoint (no detectron2 needed)."""
@@ -237,8 +280,15 @@ def convert_released(
     try:
         vocabulary = load_taxonomy(taxonomy)
         base = load_config(config, backbone) if (config or backbone) else None
-        summary = convert(weights, out, vocabulary.names, vocabulary.version, base, None if tokenizer == "none" else tokenizer,
-                          trust_pickle)
+        summary = convert(
+            weights,
+            out,
+            vocabulary.names,
+            vocabulary.version,
+            base,
+            None if tokenizer == "none" else tokenizer,
+            trust_pickle,
+        )
     except (TaxonomyError, ConfigError, ReleasedCheckpointError, OSError) as error:  # OSError: OUT cannot be written
         fail(str(error))
     spms = [name for name, on in (("Text-SPM", summary["text_spm"]), ("Image-SPM", summary["image_spm"])) if on]
@@ -269,26 +319,52 @@ def bench(
     chosen = torch_device(device)
     rows = measure(config, chosen, classes, repeats)
     memory = "peak GPU memory (GB)" if chosen.type == "cuda" else "peak process RSS (GB)"
-    table = Table(Column("model", no_wrap=True), "params", "GFLOPs train", "GFLOPs eval", memory, "FPS",
-                  title=f"{backbone}, {classes} classes, 600x800, device: {device_name(chosen)}", title_justify="left")  # fmt: skip
+    table = Table(
+        Column("model", no_wrap=True),
+        "params",
+        "GFLOPs train",
+        "GFLOPs eval",
+        memory,
+        "FPS",
+        title=f"{backbone}, {classes} classes, 600x800, device: {device_name(chosen)}",
+        title_justify="left",
+    )
     for row in rows:
-        table.add_row(row.model, f"{row.parameters / 1e6:.2f}M", f"{row.train_gflops:.2f}", f"{row.eval_gflops:.2f}",
-                      f"{row.peak_memory_gb:.2f}", f"{row.fps:.2f}")  # fmt: skip
+        table.add_row(
+            row.model,
+            f"{row.parameters / 1e6:.2f}M",
+            f"{row.train_gflops:.2f}",
+            f"{row.eval_gflops:.2f}",
+            f"{row.peak_memory_gb:.2f}",
+            f"{row.fps:.2f}",
+        )
     paper = efficiency_row(backbone)
     for model, row in (paper or {}).items():
-        table.add_row(f"{model}, paper", f"{row['params_M']:.2f}M", f"{row['GFLOPs_train']:.2f}", f"{row['GFLOPs_eval']:.2f}",
-                      f"{row['peak_mem_GB']:.2f}", f"{row['FPS']:.2f}")  # fmt: skip
+        table.add_row(
+            f"{model}, paper",
+            f"{row['params_M']:.2f}M",
+            f"{row['GFLOPs_train']:.2f}",
+            f"{row['GFLOPs_eval']:.2f}",
+            f"{row['peak_mem_GB']:.2f}",
+            f"{row['FPS']:.2f}",
+        )
     Console(soft_wrap=True).print(table)
     if paper:
-        Console(soft_wrap=True).print(f"Paper rows: Table XII of {SOURCE} ({BACKBONES[backbone]}), device: NVIDIA H100 "
-                                      "(the paper trains on 4), peak GPU memory.")  # fmt: skip
-    Console(soft_wrap=True).print("GFLOPs: torch.utils.flop_counter (2 per multiply-add); the paper's counter (fvcore) "
-                                  "reports multiply-adds. Train = one crop with the text encoder and SPMs; eval = sliding window.")
+        Console(soft_wrap=True).print(
+            f"Paper rows: Table XII of {SOURCE} ({BACKBONES[backbone]}), device: NVIDIA H100 "
+            "(the paper trains on 4), peak GPU memory."
+        )
+    Console(soft_wrap=True).print(
+        "GFLOPs: torch.utils.flop_counter (2 per multiply-add); the paper's counter (fvcore) "
+        "reports multiply-adds. Train = one crop with the text encoder and SPMs; eval = sliding window."
+    )
 
 
 @app.command(name="eval")
 def evaluate(
-    benchmark: str = typer.Option(..., help="ovrsisbench-v2, ovrsisbench-v1-dlrsd, ovrsisbench-v1-isaid, building, road, flood, or one dataset."),
+    benchmark: str = typer.Option(
+        ..., help="ovrsisbench-v2, ovrsisbench-v1-dlrsd, ovrsisbench-v1-isaid, building, road, flood, or one dataset."
+    ),
     data_root: Path = typer.Option(..., help="Folder holding the downloaded test sets."),
     out: Path = typer.Option(..., help="Report folder: report.md, report.json, overlap.png, panels/, datasets/."),
     checkpoint: Path = typer.Option(None, help="A checkpoint from `piseg train`."),
@@ -298,18 +374,25 @@ def evaluate(
     datasets: str = typer.Option(None, help="Only these datasets of the benchmark (comma-separated)."),
     benchmarks: Path = typer.Option(None, help="Benchmark definitions YAML (default: the bundled one)."),
     absent: str = typer.Option("exclude", help="Classes absent from the ground truth: exclude (default) or include."),
-    inference: str = typer.Option(None, help="sliding (default; V2) or whole (one view per image, the V1 scripts' no-slide)."),
+    inference: str = typer.Option(
+        None, help="sliding (default; V2) or whole (one view per image, the V1 scripts' no-slide)."
+    ),
     max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
     panels: int = typer.Option(3, help="Qualitative panels per dataset."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
-    compare_paper: bool = typer.Option(True, help="Print the paper's Pi-Seg and CAT-Seg numbers beside ours, with the delta, "
-                                                  "when the paper reports this benchmark for the backbone."),
-    paper_backbone: str = typer.Option(None, help="Compare with the paper's numbers for this backbone (vit-b, vit-l; "
-                                                  "default: the model's)."),
+    compare_paper: bool = typer.Option(
+        True,
+        help="Print the paper's Pi-Seg and CAT-Seg numbers beside ours, with the delta, "
+        "when the paper reports this benchmark for the backbone.",
+    ),
+    paper_backbone: str = typer.Option(
+        None, help="Compare with the paper's numbers for this backbone (vit-b, vit-l; default: the model's)."
+    ),
 ) -> None:
     """Evaluate a checkpoint (or zero-shot CLIP) on a benchmark, the paper's way; resumable per dataset."""
     import dataclasses
 
+    from pipeline.categories import spacy_lemmatize
     from piseg.checkpoint import CheckpointError, load_model
     from piseg.config import INFERENCE_MODES, ConfigError, preset
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
@@ -318,7 +401,6 @@ def evaluate(
     from piseg.evaluation.report import ABSENT_RULES, build_report
     from piseg.modeling.clip_backbone import load_clip
     from piseg.modeling.zero_shot import ZeroShotClip
-    from pipeline.categories import spacy_lemmatize
 
     if (checkpoint is None) == (not zero_shot):
         fail("give either --checkpoint C or --zero-shot")
@@ -329,12 +411,17 @@ def evaluate(
     chosen = torch_device(device)
     try:
         definitions = load_definitions(benchmarks)
-        selected = load_benchmark(benchmark, definitions, [d.strip() for d in datasets.split(",")] if datasets else None)
+        selected = load_benchmark(
+            benchmark, definitions, [d.strip() for d in datasets.split(",")] if datasets else None
+        )
         if zero_shot:
             config = preset(backbone)
             model_config = dataclasses.replace(config.model, clip=clip or config.model.clip)
             model = ZeroShotClip(load_clip(model_config), model_config.prompt_template).to(chosen).eval()
-            model_name, identity = f"zero-shot CLIP ({model_config.clip or backbone + ', random weights'})", f"zero-shot:{model_config.clip}:{backbone}"
+            model_name, identity = (
+                f"zero-shot CLIP ({model_config.clip or backbone + ', random weights'})",
+                f"zero-shot:{model_config.clip}:{backbone}",
+            )
         else:
             model, config, _ = load_model(checkpoint, chosen)
             model_name, identity = f"Pi-Seg checkpoint {checkpoint.name}", checkpoint_identity(checkpoint)
@@ -346,10 +433,24 @@ def evaluate(
     with dataset_progress() as progress:
         results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
     paper = paper_comparison(selected.name, paper_backbone or config.model.backbone) if compare_paper else None
-    report = build_report(results, selected.name, selected.train_taxonomy, model_name, absent, spacy_lemmatize, out, definitions,
-                          settings, paper)  # fmt: skip
+    report = build_report(
+        results,
+        selected.name,
+        selected.train_taxonomy,
+        model_name,
+        absent,
+        spacy_lemmatize,
+        out,
+        definitions,
+        settings,
+        paper,
+    )
     for name, entry in report["datasets"].items():
-        status = f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}" if entry["status"] == "done" else f"[yellow]{entry['status']}[/yellow]"
+        status = (
+            f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}"
+            if entry["status"] == "done"
+            else f"[yellow]{entry['status']}[/yellow]"
+        )
         Console(soft_wrap=True).print(f"{name}: {status}{beside_paper(entry, entry.get('paper'))}")
     if report["m_miou"] is not None:
         label = f"m-mIoU w/o {report['means_exclude']}" if report["means_exclude"] else "m-mIoU"
@@ -357,28 +458,51 @@ def evaluate(
         counted = sum(report["datasets"].get(n, {}).get("status") == "done" for n in averaged)
         label += f" ({counted} of {len(averaged)} datasets)" if counted < len(averaged) else ""
         ours = {"miou": report["m_miou"]}
-        Console(soft_wrap=True).print(f"{label} {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}"
-                                      f"{beside_paper(ours, paper['benchmark']['mean'] if paper else None)}  -> {out / 'report.md'}")  # fmt: skip
+        Console(soft_wrap=True).print(
+            f"{label} {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}"
+            f"{beside_paper(ours, paper['benchmark']['mean'] if paper else None)}  -> {out / 'report.md'}"
+        )
     if compare_paper and paper is None:
-        Console(soft_wrap=True).print(f"(the paper reports no {selected.name} numbers for {paper_backbone or config.model.backbone})")
+        Console(soft_wrap=True).print(
+            f"(the paper reports no {selected.name} numbers for {paper_backbone or config.model.backbone})"
+        )
     if not report["complete"]:
         left_out = [name for name, entry in report["datasets"].items() if entry["status"] != "done"]
-        err.print(f"[yellow]{len(left_out)} of {len(report['datasets'])} datasets not evaluated[/yellow] ({', '.join(left_out)}); "
-                  f"the files and reasons are in {out / 'report.md'}", markup=True, highlight=False)  # fmt: skip
+        err.print(
+            f"[yellow]{len(left_out)} of {len(report['datasets'])} datasets not evaluated[/yellow] "
+            f"({', '.join(left_out)}); "
+            f"the files and reasons are in {out / 'report.md'}",
+            markup=True,
+            highlight=False,
+        )
         raise typer.Exit(1)
 
 
 @app.command()
 def reproduce(
-    weights: Path = typer.Option(..., help="Folder holding the authors' released weights (*.pth, e.g. the V1 and V2 downloads)."),
+    weights: Path = typer.Option(
+        ..., help="Folder holding the authors' released weights (*.pth, e.g. the V1 and V2 downloads)."
+    ),
     data_root: Path = typer.Option(..., help="Folder holding the downloaded test sets (as for `piseg eval`)."),
-    out: Path = typer.Option(..., help="Output: report.md (every comparison), checkpoints/, one folder per run and benchmark."),
-    plan: Path = typer.Option(None, help="YAML {weights path: {taxonomy, benchmarks}} instead of reading the training set from the paths."),
+    out: Path = typer.Option(
+        ..., help="Output: report.md (every comparison), checkpoints/, one folder per run and benchmark."
+    ),
+    plan: Path = typer.Option(
+        None, help="YAML {weights path: {taxonomy, benchmarks}} instead of reading the training set from the paths."
+    ),
     benchmarks: Path = typer.Option(None, help="Benchmark definitions YAML (default: the bundled one)."),
-    backbone: str = typer.Option(None, help="Preset for settings the weights do not carry (default: the one the weights show)."),
-    tokenizer: str = typer.Option("auto", help="CLIP tokenizer: hub id or folder (default: the preset's); 'none' = byte-level."),
-    trust_pickle: bool = typer.Option(False, help="Unpickle everything in the weight files (only for files you trust)."),
-    paper_backbone: str = typer.Option(None, help="Compare with the paper's numbers for this backbone (default: the weights')."),
+    backbone: str = typer.Option(
+        None, help="Preset for settings the weights do not carry (default: the one the weights show)."
+    ),
+    tokenizer: str = typer.Option(
+        "auto", help="CLIP tokenizer: hub id or folder (default: the preset's); 'none' = byte-level."
+    ),
+    trust_pickle: bool = typer.Option(
+        False, help="Unpickle everything in the weight files (only for files you trust)."
+    ),
+    paper_backbone: str = typer.Option(
+        None, help="Compare with the paper's numbers for this backbone (default: the weights')."
+    ),
     max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
 ) -> None:
@@ -406,14 +530,29 @@ def reproduce(
         err.print(f"{run.name}: {run.weights} ({run.taxonomy}) -> {', '.join(run.benchmarks)}", highlight=False)
     with dataset_progress() as progress:
         try:
-            summary = run_all(runs, data_root, out, definitions, base, None if tokenizer == "none" else tokenizer, trust_pickle,
-                              paper_backbone, chosen, max_images, progress)  # fmt: skip
+            summary = run_all(
+                runs,
+                data_root,
+                out,
+                definitions,
+                base,
+                None if tokenizer == "none" else tokenizer,
+                trust_pickle,
+                paper_backbone,
+                chosen,
+                max_images,
+                progress,
+            )
         except (ReleasedCheckpointError, CheckpointError, DatasetError, OSError) as error:
             fail(str(error))
     Console(soft_wrap=True).print(f"wrote {out / 'report.md'}")
     if not summary["complete"]:
-        err.print(f"[yellow]some datasets were not evaluated[/yellow]; the files and reasons are in each benchmark's report "
-                  f"(linked from {out / 'report.md'})", markup=True, highlight=False)  # fmt: skip
+        err.print(
+            f"[yellow]some datasets were not evaluated[/yellow]; the files and reasons are in each benchmark's report "
+            f"(linked from {out / 'report.md'})",
+            markup=True,
+            highlight=False,
+        )
         raise typer.Exit(1)
 
 

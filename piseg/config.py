@@ -68,7 +68,9 @@ class ModelConfig:
     heads: int = 4
     window_size: int = 12
     class_pool_train: int = 2  # class aggregation works on 2x2-pooled features in training, 1x1 at test
-    pad_len: int = 256  # class attention pads to this many classes (with more, all attend; the released code keeps the top 256)
+    pad_len: int = (
+        256  # class attention pads to this many classes (with more, all attend; the released code keeps the top 256)
+    )
     decoder_dims: tuple[int, int] = (64, 32)
     decoder_guidance_dims: tuple[int, int] = (256, 128)
     decoder_guidance_proj_dims: tuple[int, int] = (32, 16)
@@ -97,7 +99,9 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     log_every: int = 20
     seed: int = 0
-    shuffle_buffer: int | None = None  # samples; None: sized to the data (all training samples, within shuffle_memory_gb)
+    shuffle_buffer: int | None = (
+        None  # samples; None: sized to the data (all training samples, within shuffle_memory_gb)
+    )
     shuffle_memory_gb: float = 2.0  # per loader worker: the most shard bytes a data-sized buffer holds
     workers: int = 2
     on_corrupt_shard: str = "error"  # or "skip": leave the shard out, warn and count it
@@ -129,14 +133,18 @@ class PiSegConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "vit-b": {
         "model": {
-            "backbone": "vit-b", "clip": "openai/clip-vit-base-patch16", "clip_resolution": 384,
+            "backbone": "vit-b",
+            "clip": "openai/clip-vit-base-patch16",
+            "clip_resolution": 384,
             "guidance_layers": (3, 7),
             "architecture": ClipArchitecture(512, 12, 8, 2048, 768, 12, 12, 3072, 16, 224, 512),
         },
     },
     "vit-l": {
         "model": {
-            "backbone": "vit-l", "clip": "openai/clip-vit-large-patch14-336", "clip_resolution": 336,
+            "backbone": "vit-l",
+            "clip": "openai/clip-vit-large-patch14-336",
+            "clip_resolution": 336,
             "guidance_layers": (7, 15),
             "architecture": ClipArchitecture(768, 12, 12, 3072, 1024, 24, 16, 4096, 14, 336, 768),
         },
@@ -144,13 +152,33 @@ PRESETS: dict[str, dict[str, Any]] = {
     # For tests and demos: a few-layer CLIP with random weights; same modules, tiny widths.
     "tiny": {
         "model": {
-            "backbone": "tiny", "clip": None, "clip_resolution": 64, "guidance_layers": (0, 1),
+            "backbone": "tiny",
+            "clip": None,
+            "clip_resolution": 64,
+            "guidance_layers": (0, 1),
             "architecture": ClipArchitecture(32, 2, 2, 64, 32, 3, 2, 64, 8, 32, 32, vocab_size=515, max_text_length=32),
-            "hidden_dim": 32, "heads": 2, "window_size": 4, "pad_len": 64, "decoder_dims": (32, 16),
-            "decoder_guidance_dims": (32, 16), "decoder_guidance_proj_dims": (8, 4),
+            "hidden_dim": 32,
+            "heads": 2,
+            "window_size": 4,
+            "pad_len": 64,
+            "decoder_dims": (32, 16),
+            "decoder_guidance_dims": (32, 16),
+            "decoder_guidance_proj_dims": (8, 4),
         },
-        "train": {"taxonomy": None, "iters": 200, "batch_size": 4, "lr": 1e-3, "crop": 64, "resize_short": 64, "max_long": 256,
-                  "val_every": 100, "checkpoint_every": 100, "log_every": 10, "shuffle_buffer": 64, "workers": 0},
+        "train": {
+            "taxonomy": None,
+            "iters": 200,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "crop": 64,
+            "resize_short": 64,
+            "max_long": 256,
+            "val_every": 100,
+            "checkpoint_every": 100,
+            "log_every": 10,
+            "shuffle_buffer": 64,
+            "workers": 0,
+        },
         "eval": {"resize": 96, "crop": 64, "stride": 32},
     },
 }
@@ -162,7 +190,9 @@ def preset(backbone: str) -> PiSegConfig:
     return _apply(PiSegConfig(), PRESETS[backbone], "preset " + backbone)
 
 
-def load_config(path: Path | None = None, backbone: str | None = None, overrides: dict[str, Any] | None = None) -> PiSegConfig:
+def load_config(
+    path: Path | None = None, backbone: str | None = None, overrides: dict[str, Any] | None = None
+) -> PiSegConfig:
     """The backbone preset (file's `model.backbone`, else `backbone`, else vit-b), then the file, then overrides."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -216,9 +246,15 @@ def validate(config: PiSegConfig) -> None:
         raise ConfigError(f"backbone {model.backbone!r} has no CLIP architecture")
     grid, remainder = divmod(model.clip_resolution, model.architecture.patch_size)
     if remainder or grid % model.window_size:
-        raise ConfigError(f"clip_resolution {model.clip_resolution} must give a token grid divisible by window_size {model.window_size}")
+        raise ConfigError(
+            f"clip_resolution {model.clip_resolution} "
+            f"must give a token grid divisible by window_size {model.window_size}"
+        )
     if max(model.guidance_layers) >= model.architecture.vision_layers - 1:
-        raise ConfigError(f"guidance_layers {model.guidance_layers} must come before the last of {model.architecture.vision_layers} blocks")
+        raise ConfigError(
+            f"guidance_layers {model.guidance_layers} "
+            f"must come before the last of {model.architecture.vision_layers} blocks"
+        )
     if train.ignore_mode not in ("negative", "exclude"):
         raise ConfigError(f"ignore_mode must be 'negative' or 'exclude', got {train.ignore_mode!r}")
     if train.on_corrupt_shard not in ("error", "skip"):

@@ -11,8 +11,8 @@ wrote down. The threshold is the lowest score at which the accepted pairs are st
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -20,8 +20,17 @@ from taxonomy.loader import Taxonomy, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, CategoryMatcher
 
 CALIBRATION_VOCABULARIES = (
-    "isaid", "loveda", "potsdam", "flair", "openearthmap", "vaihingen", "uavid", "udd5", "vdd", "ovrsis95k",
-)  # fmt: skip
+    "isaid",
+    "loveda",
+    "potsdam",
+    "flair",
+    "openearthmap",
+    "vaihingen",
+    "uavid",
+    "udd5",
+    "vdd",
+    "ovrsis95k",
+)
 TARGET_PRECISION = 0.95
 
 

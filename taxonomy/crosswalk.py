@@ -20,8 +20,13 @@ def name_parts(name: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,/]", name) if part.strip()]
 
 
-def crosswalk(source: Taxonomy, target: Taxonomy, lemmatize: Lemmatize, embedder: TextEmbedder | None = None,
-              use_lexicon: bool = False) -> dict[str, str | None]:  # fmt: skip
+def crosswalk(
+    source: Taxonomy,
+    target: Taxonomy,
+    lemmatize: Lemmatize,
+    embedder: TextEmbedder | None = None,
+    use_lexicon: bool = False,
+) -> dict[str, str | None]:
     """For each source class, the target class it is covered by (None: no counterpart). A name's parts
     are tried in order; a multi-word part also tries its head ("large vehicle" -> "vehicle")."""
     matcher = CategoryMatcher(target, lemmatize, embedder, use_lexicon=use_lexicon)

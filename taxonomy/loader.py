@@ -100,7 +100,9 @@ class _LinedDict(dict):
 def _construct_lined_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LinedDict:
     mapping = _LinedDict(loader.construct_mapping(node, deep=True))
     mapping.line = node.start_mark.line + 1
-    mapping.key_lines = {key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+    mapping.key_lines = {
+        key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)
+    }
     return mapping
 
 
@@ -171,8 +173,13 @@ def content_hash(taxonomy: Taxonomy) -> str:
         "name": taxonomy.name,
         "ignore_index": taxonomy.ignore_index,
         "categories": [
-            {"name": c.name, "synonyms": list(c.synonyms), "description": c.description, "propose": c.propose,
-             "extra": c.extra}
+            {
+                "name": c.name,
+                "synonyms": list(c.synonyms),
+                "description": c.description,
+                "propose": c.propose,
+                "extra": c.extra,
+            }
             for c in taxonomy.categories
         ],
     }

@@ -10,8 +10,8 @@ reviewer can check each step rather than trust a tuned number.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from taxonomy.loader import DATA_DIR, TaxonomyError, _read_yaml, normalize_term
 

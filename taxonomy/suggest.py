@@ -74,7 +74,7 @@ def suggestions_yaml(taxonomy_name: str, suggestions: list[Suggestion], images: 
     if not grouped:
         lines[-1] = "categories: []"
     if missing:
-        lines.append("# known kinds the taxonomy has no category for (\"meadow\" without a grass class): add a")
+        lines.append('# known kinds the taxonomy has no category for ("meadow" without a grass class): add a')
         lines.append("# category for them rather than a synonym of a different thing:")
         lines += [f"#   {s.phrase}  # {s.images} images; {_evidence(s)}" for s in missing]
     if far:
@@ -89,7 +89,7 @@ def _evidence(s: Suggestion) -> str:
 
 def _quote(text: str) -> str:
     """Plain YAML scalar where safe; double-quoted when the text holds YAML syntax."""
-    plain = text and not any(ch in text for ch in ':#,[]{}&*!|>\'"%@`') and not text[0] in "-?"
+    plain = text and not any(ch in text for ch in ":#,[]{}&*!|>'\"%@`") and text[0] not in "-?"
     return text if plain else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

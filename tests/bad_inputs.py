@@ -50,8 +50,15 @@ def _write_raster_corpus(folder: Path) -> dict[str, str]:
     def geotiff(name: str, data: np.ndarray, outcome: str = GOOD, **profile) -> Path:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        settings = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2],
-                    "dtype": data.dtype.name, **GEO, **profile}  # fmt: skip
+        settings = {
+            "driver": "GTiff",
+            "count": data.shape[0],
+            "height": data.shape[1],
+            "width": data.shape[2],
+            "dtype": data.dtype.name,
+            **GEO,
+            **profile,
+        }
         with rasterio.open(path, "w", **settings) as out:
             out.write(data)
         expected[name] = outcome
@@ -76,8 +83,15 @@ def _write_raster_corpus(folder: Path) -> dict[str, str]:
     half_nodata = rgb()
     half_nodata[:, :, :40] = 0
     geotiff("good_half_nodata.tif", half_nodata, nodata=0)
-    geotiff("good_tiled_deflate_bigtiff.tif", rgb(), tiled=True, blockxsize=16, blockysize=16, compress="deflate",
-            BIGTIFF="YES")  # fmt: skip
+    geotiff(
+        "good_tiled_deflate_bigtiff.tif",
+        rgb(),
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+        compress="deflate",
+        BIGTIFF="YES",
+    )
     geotiff("GOOD_UPPER_CASE.TIF", rgb())
     geotiff("good name with spaces.v2.tif", rgb())
     geotiff("nested/deeper/good_nested.tif", rgb())
@@ -89,8 +103,9 @@ def _write_raster_corpus(folder: Path) -> dict[str, str]:
     expected["good_plain.jpg"] = GOOD
     write_exif_rotated_jpeg(folder / "good_exif_rotated.jpg")
     expected["good_exif_rotated.jpg"] = GOOD
-    with rasterio.open(folder / "good_tiff_named.png", "w", driver="GTiff", count=3, height=32, width=32,
-                       dtype="uint8") as out:  # fmt: skip
+    with rasterio.open(
+        folder / "good_tiff_named.png", "w", driver="GTiff", count=3, height=32, width=32, dtype="uint8"
+    ) as out:
         out.write(rgb(32, 32))
     expected["good_tiff_named.png"] = GOOD
 
@@ -141,9 +156,20 @@ def write_exif_rotated_jpeg(path: Path, height: int = 40, width: int = 80) -> np
 def write_absurd_header(path: Path, side: int = 100_000) -> Path:
     """A sparse GeoTIFF (~100 kB) whose header claims side x side pixels: one block written, the
     rest absent, as a corrupt or malicious header would claim."""
-    profile = {"driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8", **GEO,
-               "tiled": True, "blockxsize": 1024, "blockysize": 1024, "compress": "deflate",
-               "SPARSE_OK": True, "BIGTIFF": "YES"}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": side,
+        "height": side,
+        "count": 3,
+        "dtype": "uint8",
+        **GEO,
+        "tiled": True,
+        "blockxsize": 1024,
+        "blockysize": 1024,
+        "compress": "deflate",
+        "SPARSE_OK": True,
+        "BIGTIFF": "YES",
+    }
     with rasterio.open(path, "w", **profile) as out:
         out.write(np.full((3, 16, 16), 9, np.uint8), window=rasterio.windows.Window(0, 0, 16, 16))
     return path

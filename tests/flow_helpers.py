@@ -19,8 +19,15 @@ def make_imagery(folder: Path, count: int = 3, size: int = 512) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     for index in range(count):
-        profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-                   "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000 + 1000 * index, 0, -0.5, 5000000)}  # fmt: skip
+        profile = {
+            "driver": "GTiff",
+            "width": size,
+            "height": size,
+            "count": 3,
+            "dtype": "uint8",
+            "crs": "EPSG:32633",
+            "transform": Affine(0.5, 0, 400000 + 1000 * index, 0, -0.5, 5000000),
+        }
         with rasterio.open(folder / f"scene{index}.tif", "w", **profile) as out:
             out.write(rng.integers(1, 255, (3, size, size), dtype=np.uint8))
     (folder / "broken.tif").write_bytes(b"not a raster" * 20)  # must be quarantined, never sharded
@@ -30,9 +37,16 @@ def make_imagery(folder: Path, count: int = 3, size: int = 512) -> Path:
 
 
 def write_config(path: Path, imagery: Path, models: Path, output: Path, **settings) -> Path:
-    config = {"inputs": [str(imagery)], "captions": str(imagery.parent / "captions.jsonl"), "models": str(models),
-              "output": str(output), "tiling": {"tile_size": 128}, "batch_size": 4,
-              "shards": {"max_samples": 16, "val_fraction": 0.25}, **settings}  # fmt: skip
+    config = {
+        "inputs": [str(imagery)],
+        "captions": str(imagery.parent / "captions.jsonl"),
+        "models": str(models),
+        "output": str(output),
+        "tiling": {"tile_size": 128},
+        "batch_size": 4,
+        "shards": {"max_samples": 16, "val_fraction": 0.25},
+        **settings,
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 

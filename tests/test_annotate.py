@@ -24,8 +24,16 @@ def write_scene(folder: Path, name: str = "scene", size=(300, 500), value=None) 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     data = rng.integers(0, 255, (3, *size), dtype=np.uint8) if value is None else np.full((3, *size), value, np.uint8)
-    profile = {"driver": "GTiff", "width": size[1], "height": size[0], "count": 3, "dtype": "uint8", "nodata": 0,
-               "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": size[1],
+        "height": size[0],
+        "count": 3,
+        "dtype": "uint8",
+        "nodata": 0,
+        "crs": "EPSG:32633",
+        "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000),
+    }
     path = folder / f"{name}.tif"
     with rasterio.open(path, "w", **profile) as out:
         out.write(data)
@@ -109,7 +117,9 @@ def test_faults_quarantine_one_tile_and_the_run_goes_on(tmp_path, tiny_models):
     assert reasons["image__r0_c0"] == ("ingest", "unsupported format .bmp")
     records = {r.key: r for r in read_records(tmp_path / "out")}
     assert summary.annotated == 4 and all(records[f"good__r0_c{c}"].semantic_mask for c in (0, 244))
-    assert records["flat__r0_c0"].semantic_mask is None and not (tmp_path / "out" / "masks" / "flat__r0_c0.png").exists()
+    assert (
+        records["flat__r0_c0"].semantic_mask is None and not (tmp_path / "out" / "masks" / "flat__r0_c0.png").exists()
+    )
 
     models.captioner = EmptyCaptioner()
     models.detector = tiny_models.detector
@@ -131,14 +141,35 @@ def test_domains_from_captions_and_categories():
 
 def test_cli_on_real_naip_with_tiny_models(shared_real, tmp_path, tiny_models_yaml):
     captions = tmp_path / "captions.jsonl"
-    captions.write_text("".join(json.dumps({"id": p.stem, "caption": "farmland with a river, trees and a road"}) + "\n"
-                                for p in (shared_real / "naip").glob("*.tif")))  # fmt: skip
+    captions.write_text(
+        "".join(
+            json.dumps({"id": p.stem, "caption": "farmland with a river, trees and a road"}) + "\n"
+            for p in (shared_real / "naip").glob("*.tif")
+        )
+    )
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "annotate", str(shared_real / "naip"), "--taxonomy", "ovrsis95k",
-         "--out", str(out), "--models", str(tiny_models_yaml), "--captions", str(captions), "--tile-size", "512"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "annotate",
+            str(shared_real / "naip"),
+            "--taxonomy",
+            "ovrsis95k",
+            "--out",
+            str(out),
+            "--models",
+            str(tiny_models_yaml),
+            "--captions",
+            str(captions),
+            "--tile-size",
+            "512",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["annotated"] == 8 and summary["quarantined"] == []
@@ -150,6 +181,22 @@ def test_cli_on_real_naip_with_tiny_models(shared_real, tmp_path, tiny_models_ya
 
 
 def test_cli_rejects_bad_options_before_loading_models(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "annotate", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
-                             "--models", "default", "--bands", "x"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "annotate",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "o"),
+            "--models",
+            "default",
+            "--bands",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "--bands must be comma-separated" in result.stderr

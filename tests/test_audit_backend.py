@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from flow_helpers import make_imagery
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
@@ -18,7 +19,6 @@ from audit.embeddings import EmbeddingCache
 from audit.queue import MODEL_VERSION, label_config
 from audit.queue import load_live_records as load_records
 from audit.records import proposal_mask
-from flow_helpers import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from taxonomy import load_taxonomy
@@ -30,15 +30,24 @@ def build_output(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("backend")
     imagery = make_imagery(root / "data", count=1, size=256)
     captions = root / "captions.jsonl"
-    captions.write_text(json.dumps({"id": "scene0", "caption": "a residential area with buildings, a road and cars"}) + "\n")
+    captions.write_text(
+        json.dumps({"id": "scene0", "caption": "a residential area with buildings, a road and cars"}) + "\n"
+    )
     out = root / "out"
-    Annotator(load_taxonomy("ovrsis95k"), tiny_models, out, AnnotateConfig(tiling=TilingConfig(128)),
-              captions=load_caption_file(captions)).run(imagery)  # fmt: skip
+    Annotator(
+        load_taxonomy("ovrsis95k"),
+        tiny_models,
+        out,
+        AnnotateConfig(tiling=TilingConfig(128)),
+        captions=load_caption_file(captions),
+    ).run(imagery)
     images = out / "audit" / "images"
     images.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for record in load_records(out):
-        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(images / f"{record.key}.jpg", quality=95)
+        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(
+            images / f"{record.key}.jpg", quality=95
+        )
     return out
 
 
@@ -47,8 +56,13 @@ def task(key: str, task_id: int = 1) -> dict:
 
 
 def click(x: float, y: float, label: str = "building", positive: bool = True) -> dict:
-    return {"type": "keypointlabels", "is_positive": positive, "original_width": 128, "original_height": 128,
-            "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]}}  # fmt: skip
+    return {
+        "type": "keypointlabels",
+        "is_positive": positive,
+        "original_width": 128,
+        "original_height": 128,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
+    }
 
 
 def brush_pixels(region: dict) -> np.ndarray:
@@ -57,20 +71,43 @@ def brush_pixels(region: dict) -> np.ndarray:
 
 
 def test_protocol_smart_clicks_and_boxes_embed_each_image_once(build_output, tiny_models_yaml):
-    backend = ReviewBackend(BackendConfig(root=build_output, records=build_output, models=str(tiny_models_yaml)),
-                            load_taxonomy("ovrsis95k"))  # fmt: skip
+    backend = ReviewBackend(
+        BackendConfig(root=build_output, records=build_output, models=str(tiny_models_yaml)), load_taxonomy("ovrsis95k")
+    )
     http = TestClient(create_app(backend))
     assert http.get("/health").json()["status"] == "UP"
-    setup = http.post("/setup", json={"project": "1.1", "schema": label_config(load_taxonomy("ovrsis95k"), smart=True),
-                                      "hostname": "http://127.0.0.1:8089", "access_token": "x" * 40})  # fmt: skip
+    setup = http.post(
+        "/setup",
+        json={
+            "project": "1.1",
+            "schema": label_config(load_taxonomy("ovrsis95k"), smart=True),
+            "hostname": "http://127.0.0.1:8089",
+            "access_token": "x" * 40,
+        },
+    )
     assert setup.json() == {"model_version": MODEL_VERSION}
     key, other = sorted(r.key for r in load_records(build_output))[:2]
-    prompts = [[click(30, 40)], [click(30, 40), click(70, 70, positive=False)],
-               [{"type": "rectanglelabels", "value": {"x": 10, "y": 10, "width": 50, "height": 40, "rectanglelabels": ["road"]}}]]  # fmt: skip
+    prompts = [
+        [click(30, 40)],
+        [click(30, 40), click(70, 70, positive=False)],
+        [
+            {
+                "type": "rectanglelabels",
+                "value": {"x": 10, "y": 10, "width": 50, "height": 40, "rectanglelabels": ["road"]},
+            }
+        ],
+    ]
     answers = []
     for prompt in prompts:
-        response = http.post("/predict", json={"tasks": [task(key)], "project": "1.1", "label_config": "",
-                                               "params": {"context": {"result": prompt}}})  # fmt: skip
+        response = http.post(
+            "/predict",
+            json={
+                "tasks": [task(key)],
+                "project": "1.1",
+                "label_config": "",
+                "params": {"context": {"result": prompt}},
+            },
+        )
         assert response.status_code == 200, response.text
         (prediction,) = response.json()["results"]
         (region,) = prediction["result"]
@@ -92,20 +129,28 @@ def test_protocol_smart_clicks_and_boxes_embed_each_image_once(build_output, tin
     restarted.predict({"tasks": [task(other)], "params": {"context": {"result": [click(30, 40)]}}})
     assert restarted.embeddings.computed == 1
 
-    unknown_label = http.post("/predict", json={"tasks": [task(key)], "params": {"context": {"result": [click(5, 5, "unicorn")]}}})
+    unknown_label = http.post(
+        "/predict", json={"tasks": [task(key)], "params": {"context": {"result": [click(5, 5, "unicorn")]}}}
+    )
     assert unknown_label.status_code == 400 and "unicorn" in unknown_label.json()["error"]
     assert http.post("/webhook", json={"action": "ANNOTATION_CREATED"}).json() == {"status": "ok"}
 
 
 def test_preannotations_from_the_proposals_else_piseg(build_output, tiny_models_yaml, tmp_path):
     taxonomy = load_taxonomy("ovrsis95k")
-    backend = ReviewBackend(BackendConfig(root=build_output, records=build_output, models=str(tiny_models_yaml),
-                                          piseg=tiny_piseg_checkpoint(tmp_path)), taxonomy)  # fmt: skip
+    backend = ReviewBackend(
+        BackendConfig(
+            root=build_output, records=build_output, models=str(tiny_models_yaml), piseg=tiny_piseg_checkpoint(tmp_path)
+        ),
+        taxonomy,
+    )
     http = TestClient(create_app(backend))
     record = sorted(load_records(build_output), key=lambda r: r.key)[0]
     stranger = build_output / "audit" / "images" / "stranger.jpg"
     Image.fromarray(np.full((96, 64, 3), 90, np.uint8)).save(stranger)
-    response = http.post("/predict", json={"tasks": [task(record.key, 1), task("stranger", 2)], "params": {"context": None}})
+    response = http.post(
+        "/predict", json={"tasks": [task(record.key, 1), task("stranger", 2)], "params": {"context": None}}
+    )
     proposal, piseg = response.json()["results"]
     expected = proposal_mask(build_output, record)
     assert proposal["model_version"] == MODEL_VERSION and proposal["result"]
@@ -116,7 +161,9 @@ def test_preannotations_from_the_proposals_else_piseg(build_output, tiny_models_
     covered = sum(brush_pixels(region).sum() for region in piseg["result"])
     assert covered == 96 * 64 and {r["original_height"] for r in piseg["result"]} == {96}
     without = ReviewBackend(BackendConfig(root=build_output, records=build_output), taxonomy)
-    assert without.predict({"tasks": [task("stranger")]}) == {"results": [{"result": [], "model_version": MODEL_VERSION}]}
+    assert without.predict({"tasks": [task("stranger")]}) == {
+        "results": [{"result": [], "model_version": MODEL_VERSION}]
+    }
 
 
 def test_embedding_cache_keys_by_content_and_model(tmp_path):
@@ -135,9 +182,9 @@ def test_embedding_cache_keys_by_content_and_model(tmp_path):
 
 def tiny_piseg_checkpoint(folder: Path) -> Path:
     """A random-weight tiny Pi-Seg checkpoint, saved as training saves it."""
-    from piseg.checkpoint import save_checkpoint
     from piseg_helpers import tiny_config
 
+    from piseg.checkpoint import save_checkpoint
     from piseg.modeling.model import build_model
 
     config = tiny_config()

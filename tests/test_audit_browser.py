@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flow_helpers import make_imagery
 from typer.testing import CliRunner
 
 from audit.cli import app as audit_app
@@ -27,7 +28,6 @@ from audit.client import AuditClient, find_project
 from audit.queue import connect_backend
 from audit.server import start_backend, start_server, stop_server
 from audit.settings import ServerSettings
-from flow_helpers import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from taxonomy import load_taxonomy
@@ -51,10 +51,17 @@ def build_output(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("browser")
     imagery = make_imagery(root / "data", count=1, size=256)
     captions = root / "captions.jsonl"
-    captions.write_text(json.dumps({"id": "scene0", "caption": "a residential area with buildings, a road and cars"}) + "\n")
+    captions.write_text(
+        json.dumps({"id": "scene0", "caption": "a residential area with buildings, a road and cars"}) + "\n"
+    )
     out = root / "out"
-    Annotator(load_taxonomy("ovrsis95k"), tiny_models, out, AnnotateConfig(tiling=TilingConfig(128)),
-              captions=load_caption_file(captions)).run(imagery)  # fmt: skip
+    Annotator(
+        load_taxonomy("ovrsis95k"),
+        tiny_models,
+        out,
+        AnnotateConfig(tiling=TilingConfig(128)),
+        captions=load_caption_file(captions),
+    ).run(imagery)
     return out
 
 
@@ -65,14 +72,27 @@ def servers(tmp_path_factory, build_output, tiny_models_yaml):
         pytest.fail(".venv-ls is missing: `make test` creates the Label Studio venv")
     data = tmp_path_factory.mktemp("lsdata-browser")
     with ThreadPoolExecutor(2) as pool:  # both start at once: each mostly waits on its own imports
-        starting = [pool.submit(start_server, data, build_output, TOKEN, "admin@example.com", PASSWORD, port=free_port()),
-                    pool.submit(start_backend, data, build_output, build_output, str(tiny_models_yaml), port=free_port())]  # fmt: skip
+        starting = [
+            pool.submit(start_server, data, build_output, TOKEN, "admin@example.com", PASSWORD, port=free_port()),
+            pool.submit(start_backend, data, build_output, build_output, str(tiny_models_yaml), port=free_port()),
+        ]
         wait(starting)
     started = [f.result() for f in starting if f.exception() is None]
     try:
         label_studio, backend = (f.result() for f in starting)  # raises what a failed start raised
-        push = ["push", "--records", str(build_output), "--sample", "2", "--project", TITLE, "--url", label_studio.url,
-                "--backend", backend.url]  # fmt: skip
+        push = [
+            "push",
+            "--records",
+            str(build_output),
+            "--sample",
+            "2",
+            "--project",
+            TITLE,
+            "--url",
+            label_studio.url,
+            "--backend",
+            backend.url,
+        ]
         result = CliRunner().invoke(audit_app, push, env={"LABEL_STUDIO_USER_TOKEN": TOKEN})
         assert result.exit_code == 0, result.output
         yield label_studio, backend
@@ -96,13 +116,28 @@ def test_label_studio_asks_the_backend_for_smart_tool_masks(servers, project):
     assert ml.url.rstrip("/") == backend.url and ml.is_interactive and len(tasks) == 2
     assert connect_backend(client, project_id, backend.url + "/", load_taxonomy("ovrsis95k")) == ml.id  # once only
     assert 'smart="true"' in client.sdk.projects.get(id=project_id).label_config
-    click = {"type": "keypointlabels", "from_name": "click", "to_name": "image", "is_positive": True, "original_width": 128,
-             "original_height": 128, "value": {"x": 40.0, "y": 40.0, "width": 0.6, "keypointlabels": ["building"]}}  # fmt: skip
-    answer = httpx.post(f"{label_studio.url}/api/ml/{ml.id}/interactive-annotating", timeout=120,
-                        headers={"Authorization": f"Token {TOKEN}"}, json={"task": tasks[0].id, "context": {"result": [click]}})  # fmt: skip
+    click = {
+        "type": "keypointlabels",
+        "from_name": "click",
+        "to_name": "image",
+        "is_positive": True,
+        "original_width": 128,
+        "original_height": 128,
+        "value": {"x": 40.0, "y": 40.0, "width": 0.6, "keypointlabels": ["building"]},
+    }
+    answer = httpx.post(
+        f"{label_studio.url}/api/ml/{ml.id}/interactive-annotating",
+        timeout=120,
+        headers={"Authorization": f"Token {TOKEN}"},
+        json={"task": tasks[0].id, "context": {"result": [click]}},
+    )
     assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
     (region,) = answer.json()["data"]["result"]
-    assert (region["type"], region["from_name"], region["value"]["brushlabels"]) == ("brushlabels", "mask", ["building"])
+    assert (region["type"], region["from_name"], region["value"]["brushlabels"]) == (
+        "brushlabels",
+        "mask",
+        ["building"],
+    )
     assert (region["original_width"], region["original_height"]) == (128, 128) and region["value"]["format"] == "rle"
 
 
@@ -112,8 +147,10 @@ def browser_paths() -> tuple[str, str]:
     binary = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
     driver = shutil.which("chromedriver")
     if not binary or not driver:
-        pytest.skip("no headless browser: `apt-get install chromium chromium-driver` (make setup does it as root) "
-                    f"(chromium: {binary or 'missing'}, chromedriver: {driver or 'missing'})")  # fmt: skip
+        pytest.skip(
+            "no headless browser: `apt-get install chromium chromium-driver` (make setup does it as root) "
+            f"(chromium: {binary or 'missing'}, chromedriver: {driver or 'missing'})"
+        )
     return binary, driver
 
 
@@ -125,7 +162,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1600,1300"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,1300",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(120)
@@ -164,9 +207,14 @@ def test_browser_review_with_the_smart_keypoint_tool(servers, project, browser):
     browser.get(f"{label_studio.url}/projects/{project_id}/data?task={tasks[0].id}")
 
     image = tasks[0].data["image"]  # the tile, served by local-files storage, decoded by the browser
-    width = wait_for(lambda: browser.execute_script(
-        "const i = Array.from(document.images).find(i => i.src.endsWith(arguments[0]) && i.naturalWidth > 0);"
-        "return i ? i.naturalWidth : 0;", image.split("?d=")[1]), "the tile image")  # fmt: skip
+    width = wait_for(
+        lambda: browser.execute_script(
+            "const i = Array.from(document.images).find(i => i.src.endsWith(arguments[0]) && i.naturalWidth > 0);"
+            "return i ? i.naturalWidth : 0;",
+            image.split("?d=")[1],
+        ),
+        "the tile image",
+    )
     assert width == 128
 
     def region_labels() -> list[str]:
@@ -189,12 +237,17 @@ def test_browser_review_with_the_smart_keypoint_tool(servers, project, browser):
     time.sleep(0.5)
     ActionChains(browser).move_to_element_with_offset(canvas, -120, -120).click().perform()
 
-    accept = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "[data-testid=bottombar-accept-suggestions-button]"),
-                      "SAM's suggestion from the backend", timeout=120)  # fmt: skip
+    accept = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "[data-testid=bottombar-accept-suggestions-button]"),
+        "SAM's suggestion from the backend",
+        timeout=120,
+    )
     browser.save_screenshot(str(ARTIFACTS / "02-smart-click-suggestion.png"))
     accept[0].click()
     # accepted, SAM's brush region takes the keypoint's place in the region list
-    after = wait_for(lambda: (labels := region_labels()) and len(labels) == len(before) + 1 and labels, "the accepted region")
+    after = wait_for(
+        lambda: (labels := region_labels()) and len(labels) == len(before) + 1 and labels, "the accepted region"
+    )
     assert after.count("building") == before.count("building") + 1
     time.sleep(0.5)
     browser.save_screenshot(str(ARTIFACTS / "03-sam-region-accepted.png"))

@@ -28,9 +28,15 @@ ROAD, BUILDING, TREE, WATER, GRASS = (TAXONOMY.index_of(n) for n in ("road", "bu
 
 def brush(region_id: str, label: str, pixels: np.ndarray) -> dict:
     height, width = pixels.shape
-    return {"id": region_id, "from_name": "mask", "to_name": "image", "type": "brushlabels",
-            "original_width": width, "original_height": height,
-            "value": {"format": "rle", "rle": mask2rle((pixels * 255).astype(np.uint8)), "brushlabels": [label]}}  # fmt: skip
+    return {
+        "id": region_id,
+        "from_name": "mask",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "value": {"format": "rle", "rle": mask2rle((pixels * 255).astype(np.uint8)), "brushlabels": [label]},
+    }
 
 
 def discard(*names: str) -> dict:
@@ -38,7 +44,13 @@ def discard(*names: str) -> dict:
 
 
 def correction(region_id: str, kind: str) -> dict:
-    return {"id": region_id, "from_name": "correction", "to_name": "image", "type": "choices", "value": {"choices": [kind]}}
+    return {
+        "id": region_id,
+        "from_name": "correction",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": [kind]},
+    }
 
 
 def four_stripes() -> np.ndarray:
@@ -89,13 +101,22 @@ def test_decisions_and_correction_kinds():
 
     merged = [*unchanged(proposal, ROAD, BUILDING, WATER), brush(f"r{TREE}", "building", proposal == TREE)]
     _, decisions = review_annotation(proposal, merged, TAXONOMY)
-    assert (decision(decisions, "mask:tree").kind, decision(decisions, "category:tree").corrected_to) == ("merge", "building")
+    assert (decision(decisions, "mask:tree").kind, decision(decisions, "category:tree").corrected_to) == (
+        "merge",
+        "building",
+    )
     assert decision(decisions, "mask:building").state == "accepted"
 
-    chosen = [*unchanged(proposal, ROAD, TREE, WATER), brush(f"r{BUILDING}", "building", half_building),
-              correction(f"r{BUILDING}", "boundary")]  # fmt: skip
+    chosen = [
+        *unchanged(proposal, ROAD, TREE, WATER),
+        brush(f"r{BUILDING}", "building", half_building),
+        correction(f"r{BUILDING}", "boundary"),
+    ]
     _, decisions = review_annotation(proposal, chosen, TAXONOMY)
-    assert (decision(decisions, "mask:building").kind, decision(decisions, "mask:building").kind_source) == ("boundary", "reviewer")
+    assert (decision(decisions, "mask:building").kind, decision(decisions, "mask:building").kind_source) == (
+        "boundary",
+        "reviewer",
+    )
 
     extra = np.zeros_like(proposal, bool)
     extra[0, 8] = True  # a second stroke of an already proposed label joins that category's mask
@@ -115,22 +136,54 @@ def make_build(out: Path, proposals: dict[str, np.ndarray], domains: dict[str, s
     records = []
     for key, proposal in proposals.items():
         height, width = proposal.shape
-        source = SourceInfo(path="x.tif", sha256="0", window=Window(row_off=0, col_off=0, height=height, width=width),
-                            band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=width, raster_height=height)  # fmt: skip
+        source = SourceInfo(
+            path="x.tif",
+            sha256="0",
+            window=Window(row_off=0, col_off=0, height=height, width=width),
+            band_mapping=[1, 2, 3],
+            stretch="none",
+            dtype="uint8",
+            raster_width=width,
+            raster_height=height,
+        )
         (out / "masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(proposal).save(out / "masks" / f"{key}.png")
-        records.append(TileRecord(key=key, source=source, semantic_mask=f"masks/{key}.png", proposal_digest=mask_digest(proposal),
-                                  domain=Domain(name=(domains or {}).get(key, "town"), score=1.0)))  # fmt: skip
+        records.append(
+            TileRecord(
+                key=key,
+                source=source,
+                semantic_mask=f"masks/{key}.png",
+                proposal_digest=mask_digest(proposal),
+                domain=Domain(name=(domains or {}).get(key, "town"), score=1.0),
+            )
+        )
     write_records(out / "records.jsonl", records)
 
 
-def review(out: Path, key: str, result: list[dict], queue: str = "sample", annotation: int = 1, when: str = "2026-11-01T10:00:00Z",
-           proposal: np.ndarray | None = None) -> Review:  # fmt: skip
+def review(
+    out: Path,
+    key: str,
+    result: list[dict],
+    queue: str = "sample",
+    annotation: int = 1,
+    when: str = "2026-11-01T10:00:00Z",
+    proposal: np.ndarray | None = None,
+) -> Review:
     if proposal is None:
         proposal = np.asarray(Image.open(out / "masks" / f"{key}.png"))
-    return Review(key=key, queue=queue, project_id=1 if queue == "sample" else 2, project=f"p {queue}", task_id=zlib.crc32(key.encode()),
-                  annotation_id=annotation, updated_at=when, reviewer="ann@example.com", result=result,
-                  proposal_digest=remember_shown(out, proposal), pulled_at="2026-11-02T00:00:00+00:00")  # fmt: skip
+    return Review(
+        key=key,
+        queue=queue,
+        project_id=1 if queue == "sample" else 2,
+        project=f"p {queue}",
+        task_id=zlib.crc32(key.encode()),
+        annotation_id=annotation,
+        updated_at=when,
+        reviewer="ann@example.com",
+        result=result,
+        proposal_digest=remember_shown(out, proposal),
+        pulled_at="2026-11-02T00:00:00+00:00",
+    )
 
 
 def test_table_ii_exact_on_known_reviews(tmp_path):
@@ -150,7 +203,11 @@ def test_table_ii_exact_on_known_reviews(tmp_path):
     results["t3"] = [*unchanged(proposal, BUILDING, TREE, WATER), brush(f"r{ROAD}", "road", grown)]
     results["t4"] = [*unchanged(proposal, ROAD, TREE, WATER), brush(f"r{BUILDING}", "building", half_building)]
     reviews = [review(tmp_path, k, r) for k, r in results.items()]
-    reviews.append(review(tmp_path, "t10", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water", "tree")], queue="uncertain"))
+    reviews.append(
+        review(
+            tmp_path, "t10", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water", "tree")], queue="uncertain"
+        )
+    )
     assert append_reviews(tmp_path, reviews) == 11
 
     stats = audit_statistics(tmp_path, TAXONOMY)
@@ -164,7 +221,11 @@ def test_table_ii_exact_on_known_reviews(tmp_path):
     assert [table[f"mask correction: {k}"].successes for k in ("boundary", "merge", "filtering")] == [1, 1, 1]
     assert stats["queues"]["sample"]["correction kind source"] == {"reviewer": 0, "inferred": 3}
     uncertain = stats["queues"]["uncertain"]["table"]
-    assert (uncertain["audited images"], uncertain["category discarded"].successes, uncertain["category discarded"].total) == (1, 2, 4)
+    assert (
+        uncertain["audited images"],
+        uncertain["category discarded"].successes,
+        uncertain["category discarded"].total,
+    ) == (1, 2, 4)
     assert stats["queues"]["sample"]["per_domain"]["forest"]["discarded"].successes == 1
 
     payload = write_report(tmp_path, tmp_path / "report", TAXONOMY)
@@ -198,9 +259,17 @@ def test_ledger_is_append_only_idempotent_and_survives_a_torn_line(tmp_path):
 def test_latest_review_wins_across_queues(tmp_path):
     proposal = four_stripes()
     make_build(tmp_path, {"a": proposal})
-    older = review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")], when="2026-11-01T10:00:00Z")
-    newer = review(tmp_path, "a", unchanged(proposal, ROAD, BUILDING, TREE, WATER), queue="uncertain", annotation=7,
-                   when="2026-11-01T12:00:00+02:00")  # fmt: skip (10:00Z: same instant, higher annotation id wins)
+    older = review(
+        tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")], when="2026-11-01T10:00:00Z"
+    )
+    newer = review(
+        tmp_path,
+        "a",
+        unchanged(proposal, ROAD, BUILDING, TREE, WATER),
+        queue="uncertain",
+        annotation=7,
+        when="2026-11-01T12:00:00+02:00",
+    )  # 10:00Z: same instant, higher annotation id wins
     append_reviews(tmp_path, [newer, older])
     assert latest_reviews(read_ledger(tmp_path))["a"].queue == "uncertain"
     assert latest_reviews(read_ledger(tmp_path), "sample")["a"].annotation_id == 1
@@ -252,8 +321,12 @@ def test_background_class_is_painted_but_not_judged():
 
     corner = np.zeros_like(proposal, bool)
     corner[9, 9] = True
-    to_background = [*unchanged(proposal, ROAD, BUILDING, background.index), brush(f"r{TREE}", background.name, proposal == TREE),
-                     *unchanged(proposal, WATER), brush("new", background.name, corner)]  # fmt: skip
+    to_background = [
+        *unchanged(proposal, ROAD, BUILDING, background.index),
+        brush(f"r{TREE}", background.name, proposal == TREE),
+        *unchanged(proposal, WATER),
+        brush("new", background.name, corner),
+    ]
     mask, decisions = review_annotation(proposal, to_background, TAXONOMY)
     assert decision(decisions, "category:tree").state == "discarded"  # relabelled to the background: a false positive
     assert not any(d.kind == "added" for d in decisions) and not any(d.target == "mask:tree" for d in decisions)
@@ -319,7 +392,9 @@ def test_apply_waits_for_a_running_build_and_keeps_unshown_categories(tmp_path):
     proposal = four_stripes()
     make_build(tmp_path, {"a": proposal})
     records = load_records(tmp_path)
-    records[0].categories = [ProposedCategory(name=n, score=0.9, phrase=n, method="exact") for n in ("road", "water", "ship")]
+    records[0].categories = [
+        ProposedCategory(name=n, score=0.9, phrase=n, method="exact") for n in ("road", "water", "ship")
+    ]
     write_records(tmp_path / "records.jsonl", records)
     append_reviews(tmp_path, [review(tmp_path, "a", [*unchanged(proposal, ROAD, BUILDING, TREE), discard("water")])])
     with output_lock(tmp_path):  # a build is rewriting the folder: the pull leaves the masks to it
@@ -351,5 +426,7 @@ def test_reviewed_masks_reach_the_geotiff_and_a_push_checks_everything_before_th
         assert not (written.read(1) == WATER).any() and written.crs.to_epsg() == 32633
 
     nowhere = AuditClient(ServerSettings("http://127.0.0.1:9", "0" * 40), retries=1, backoff=0)
-    with pytest.raises(AuditError, match="tile a: cannot prepare its task"):  # x.tif is missing: refused before any call
+    with pytest.raises(
+        AuditError, match="tile a: cannot prepare its task"
+    ):  # x.tif is missing: refused before any call
         push(nowhere, tmp_path, TAXONOMY, records, "never created", tmp_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flow_helpers import make_imagery
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
@@ -27,7 +28,6 @@ from audit.server import start_server, stop_server
 from audit.session import QueuePlan, apply_ledger, pull_queues, push_queues
 from audit.settings import AuditError, ServerSettings
 from audit.stats import write_report
-from flow_helpers import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from pipeline.outputs import mask_digest
@@ -50,11 +50,20 @@ def build_output(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("audit")
     imagery = make_imagery(root / "data" / "rasters", count=2, size=256)
     captions = root / "data" / "captions.jsonl"
-    captions.write_text(json.dumps({"id": "scene0", "caption": "a residential area with buildings, a road and cars"}) + "\n"
-                        + json.dumps({"id": "scene1", "caption": "a dense forest with trees, grass and a river"}) + "\n")  # fmt: skip
+    captions.write_text(
+        json.dumps({"id": "scene0", "caption": "a residential area with buildings, a road and cars"})
+        + "\n"
+        + json.dumps({"id": "scene1", "caption": "a dense forest with trees, grass and a river"})
+        + "\n"
+    )
     out = root / "out"
-    Annotator(load_taxonomy("ovrsis95k"), tiny_models, out, AnnotateConfig(tiling=TilingConfig(128)),
-              captions=load_caption_file(captions)).run(imagery)  # fmt: skip
+    Annotator(
+        load_taxonomy("ovrsis95k"),
+        tiny_models,
+        out,
+        AnnotateConfig(tiling=TilingConfig(128)),
+        captions=load_caption_file(captions),
+    ).run(imagery)
     return out
 
 
@@ -111,7 +120,10 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     proposed_pixels = decode_rle(first_region["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 127
     half = proposed_pixels.copy()
     half[: height // 2] = False
-    reviews[repaint] = [dict(first_region, value=dict(first_region["value"], rle=mask2rle((half * 255).astype(np.uint8)))), *rest]
+    reviews[repaint] = [
+        dict(first_region, value=dict(first_region["value"], rle=mask2rle((half * 255).astype(np.uint8)))),
+        *rest,
+    ]
     dropped = regions[discard][0]["value"]["brushlabels"][0]
     reviews[discard] = regions[discard] + [discard_choice(dropped)]
     moved = regions[relabel][0]
@@ -123,7 +135,9 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     # a tile reviewed in both queues: the later review (uncertain, accepting all) wins over the earlier discard
     twice, skipped = both[0], both[1]
     twice_regions = prediction_regions(client, uncertain[twice]["id"])
-    client.sdk.annotations.create(id=sample[twice]["id"], result=[*twice_regions, discard_choice(twice_regions[0]["value"]["brushlabels"][0])])
+    client.sdk.annotations.create(
+        id=sample[twice]["id"], result=[*twice_regions, discard_choice(twice_regions[0]["value"]["brushlabels"][0])]
+    )
     time.sleep(1.1)
     client.sdk.annotations.create(id=uncertain[twice]["id"], result=twice_regions)
     # a tile reviewed in the sample and skipped in the uncertain queue stays reviewed
@@ -138,7 +152,9 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     assert (applied.reviewed, applied.stale) == (6, 0)
     after = {r.key: r for r in load_records(build_output)}
     assert all(d.state == "accepted" for d in after[accept].audit) and after[accept].review.queue == "sample"
-    mask_decision = next(d for d in after[repaint].audit if d.target == f"mask:{first_region['value']['brushlabels'][0]}")
+    mask_decision = next(
+        d for d in after[repaint].audit if d.target == f"mask:{first_region['value']['brushlabels'][0]}"
+    )
     assert (mask_decision.state, mask_decision.kind) == ("corrected", "filtering")
     assert mask_decision.mask_iou == pytest.approx(half.sum() / proposed_pixels.sum(), abs=1e-6)
     assert (build_output / "masks" / f"{repaint}.proposed.png").is_file()
@@ -158,7 +174,9 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     records_before = (build_output / "records.jsonl").read_bytes()
     masks_before = {p.name: p.read_bytes() for p in (build_output / "masks").glob("*.png")}
     ledger_before = ledger_path(build_output).read_bytes()
-    assert {s.new_reviews for s in pull_queues(client, build_output, "audit test")} == {0}  # pulling twice appends nothing
+    assert {s.new_reviews for s in pull_queues(client, build_output, "audit test")} == {
+        0
+    }  # pulling twice appends nothing
     apply_ledger(build_output, taxonomy)
     assert ledger_path(build_output).read_bytes() == ledger_before
     assert (build_output / "records.jsonl").read_bytes() == records_before
@@ -180,15 +198,18 @@ def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_
     write_records(build_output, rebuilt)
     assert apply_ledger(build_output, taxonomy).stale == 1
     stale_plan = QueuePlan(sample=0, stale=True)
-    (title, requeued), = push_queues(client, build_output, taxonomy, "audit test", build_output, stale_plan)
+    ((title, requeued),) = push_queues(client, build_output, taxonomy, "audit test", build_output, stale_plan)
     assert (title, requeued.created) == ("audit test (stale)", 1)
     assert tasks_by_key(client, title)[repaint]["data"]["queue"] == "stale"
     assert push_queues(client, build_output, taxonomy, "audit test", build_output, stale_plan)[0][1].created == 0
 
     stats = write_report(build_output, tmp_path / "report", taxonomy)
     table = stats["queues"]["sample"]["table"]
-    proposals = sum(taxonomy.categories[taxonomy.index_of(r["value"]["brushlabels"][0])].propose  # (the background is no proposal)
-                    for k in (accept, repaint, discard, relabel, skipped, twice) for r in regions[k])  # fmt: skip
+    proposals = sum(
+        taxonomy.categories[taxonomy.index_of(r["value"]["brushlabels"][0])].propose  # (the background is no proposal)
+        for k in (accept, repaint, discard, relabel, skipped, twice)
+        for r in regions[k]
+    )
     assert table["audited images"] == 6 and table["category accepted"]["of"] == proposals
     assert table["category discarded"]["count"] == 2 and table["category corrected"]["count"] == 1
     assert table["false-positive ratio"]["count"] == 2 and table["false-positive ratio"]["of"] == proposals
@@ -205,7 +226,9 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
     """A pull killed as soon as it starts writing the ledger; the rerun completes it, nothing twice."""
     copy, uninterrupted = tmp_path / "copy", tmp_path / "uninterrupted"
     for folder in (copy, uninterrupted):
-        shutil.copytree(build_output, folder, ignore=shutil.ignore_patterns("ledger.jsonl", "pulls.jsonl", "*.proposed.png"))
+        shutil.copytree(
+            build_output, folder, ignore=shutil.ignore_patterns("ledger.jsonl", "pulls.jsonl", "*.proposed.png")
+        )
     pull_queues(AuditClient(ServerSettings(server.url, TOKEN)), uninterrupted, "audit test")
     reference = {r.identity for r in read_ledger(uninterrupted)}
     assert reference
@@ -214,7 +237,17 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
     pull_queues(AuditClient(ServerSettings(server.url, TOKEN)), bare, "audit test")
     assert {r.identity for r in read_ledger(bare)} == reference
     env = dict(os.environ, LABEL_STUDIO_USER_TOKEN=TOKEN)
-    command = [str(REPO / ".venv" / "bin" / "ovrsis"), "audit", "pull", "--records", str(copy), "--project", "audit test", "--url", server.url]
+    command = [
+        str(REPO / ".venv" / "bin" / "ovrsis"),
+        "audit",
+        "pull",
+        "--records",
+        str(copy),
+        "--project",
+        "audit test",
+        "--url",
+        server.url,
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not ledger_path(copy).exists() and process.poll() is None and time.monotonic() < deadline:
@@ -254,21 +287,30 @@ def test_wrong_token_unreachable_server_and_refused_then_correct_push(server, bu
         assert response.status == 200 and response.read()[:2] == b"\xff\xd8"  # the tile's JPEG loads
 
 
-def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(server, build_output, tmp_path, tiny_models_yaml):
+def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
+    server, build_output, tmp_path, tiny_models_yaml
+):
     """Build + push two queues; review both; `ovrsis audit pull`; stop the server; rebuild with the
     cache wiped and a threshold changed (no audit.pull): the shards carry the reviewed masks and
     categories. Then restart the server on the same database: a pull finds nothing new."""
     import yaml
-
     from flow_helpers import ovrsis, prefect_env, write_config
+
     from pipeline.shards import ShardReader
 
     imagery = make_imagery(tmp_path / "data" / "rasters", count=1, size=256)
     output = build_output / "flow-build"  # under the folder the server serves
-    config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, output,
-                          audit={"push_sample": 2, "uncertain": 1, "seed": 0, "project": "flow audit", "url": server.url})  # fmt: skip
+    config = write_config(
+        tmp_path / "build.yaml",
+        imagery,
+        tiny_models_yaml,
+        output,
+        audit={"push_sample": 2, "uncertain": 1, "seed": 0, "project": "flow audit", "url": server.url},
+    )
     env = prefect_env(tmp_path / "prefect") | {"LABEL_STUDIO_USER_TOKEN": TOKEN}
-    first = subprocess.run(ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
+    )
     assert first.returncode in (0, 1), first.stderr[-3000:]  # 1: finished, some tiles quarantined
     client = AuditClient(ServerSettings(server.url, TOKEN))
     taxonomy = load_taxonomy("ovrsis95k")
@@ -277,9 +319,16 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(s
         task = sorted(tasks_by_key(client, title).values(), key=lambda t: t["data"]["key"])[0]
         regions = prediction_regions(client, task["id"])
         dropped[task["data"]["key"]] = regions[0]["value"]["brushlabels"][0]
-        client.sdk.annotations.create(id=task["id"], result=[*regions, discard_choice(regions[0]["value"]["brushlabels"][0])])
-    pulled = subprocess.run(ovrsis("audit", "pull", "--records", str(output), "--project", "flow audit", "--url", server.url),
-                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        client.sdk.annotations.create(
+            id=task["id"], result=[*regions, discard_choice(regions[0]["value"]["brushlabels"][0])]
+        )
+    pulled = subprocess.run(
+        ovrsis("audit", "pull", "--records", str(output), "--project", "flow audit", "--url", server.url),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pulled.returncode == 0, pulled.stderr[-3000:]
 
     stop_server(server.pid)
@@ -288,7 +337,9 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(s
     settings["merge"] = {**settings.get("merge", {}), "min_area": 33}
     config.write_text(yaml.safe_dump(settings))
     shutil.rmtree(output / ".cache", ignore_errors=True)
-    second = subprocess.run(ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode in (0, 1), second.stderr[-3000:]
     reader = ShardReader(output)
     assert reader.manifest["audit_round"].startswith(f"reviews:{len(dropped)}:")
@@ -307,13 +358,27 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(s
     restarted = start_server(server.data, build_output, TOKEN, "admin@example.com", "audit-test-pw", port=server.port)
     server.pid = restarted.pid
     ledger_before = ledger_path(output).read_bytes()
-    again = subprocess.run(ovrsis("audit", "pull", "--records", str(output), "--project", "flow audit", "--url", server.url),
-                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        ovrsis("audit", "pull", "--records", str(output), "--project", "flow audit", "--url", server.url),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "0 new review(s)" in again.stderr, again.stderr[-3000:]
     assert ledger_path(output).read_bytes() == ledger_before
-    status = subprocess.run(ovrsis("audit", "status", "--records", str(output)), capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, COLUMNS="200"))  # fmt: skip
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in status.stdout.splitlines() if line.count("│") > 5}
+    status = subprocess.run(
+        ovrsis("audit", "status", "--records", str(output)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in status.stdout.splitlines()
+        if line.count("│") > 5
+    }
     assert status.returncode == 0, status.stderr
     assert rows["sample"][:4] == ["2", "1", "1", "0"] and rows["uncertain"][:4] == ["1", "1", "0", "0"], status.stdout
     assert rows["uncertain"][4] == "admin@example.com" and rows["sample"][5] != "never", status.stdout

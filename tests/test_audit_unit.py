@@ -20,11 +20,24 @@ def test_brush_rle_round_trip(shape):
 
 
 def record(key, domain, score=0.9, conflicts=0):
-    source = SourceInfo(path="x", sha256="", window=Window(row_off=0, col_off=0, height=8, width=8),
-                        band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=8, raster_height=8)  # fmt: skip
-    return TileRecord(key=key, source=source, domain=Domain(name=domain, score=1),
-                      instances=[Instance(category="road", box=[0, 0, 1, 1], detector_score=score, mask_score=1.0, area=4)],
-                      conflicts=[Conflict(winner=0, loser=0, winner_category="a", loser_category="b", pixels=1, rule="x")] * conflicts)  # fmt: skip
+    source = SourceInfo(
+        path="x",
+        sha256="",
+        window=Window(row_off=0, col_off=0, height=8, width=8),
+        band_mapping=[1, 2, 3],
+        stretch="none",
+        dtype="uint8",
+        raster_width=8,
+        raster_height=8,
+    )
+    return TileRecord(
+        key=key,
+        source=source,
+        domain=Domain(name=domain, score=1),
+        instances=[Instance(category="road", box=[0, 0, 1, 1], detector_score=score, mask_score=1.0, area=4)],
+        conflicts=[Conflict(winner=0, loser=0, winner_category="a", loser_category="b", pixels=1, rule="x")]
+        * conflicts,
+    )
 
 
 def test_stratified_sample_is_proportional_and_reproducible():
@@ -49,7 +62,9 @@ def test_label_config_names_every_category():
 
 def test_wilson_interval():
     low, high = wilson(97, 100)
-    assert (low, high) == pytest.approx((0.9155, 0.9897), abs=1e-4)  # statsmodels' proportion_confint(97, 100, method="wilson")
+    assert (low, high) == pytest.approx(
+        (0.9155, 0.9897), abs=1e-4
+    )  # statsmodels' proportion_confint(97, 100, method="wilson")
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
 
 

@@ -21,8 +21,16 @@ def build(tmp_path, models, merge: MergeConfig):
     """A 256 x 384 scene whose left 40 columns are nodata, annotated, sharded and exported."""
     data = np.random.default_rng(3).integers(1, 255, (3, 256, 384), dtype=np.uint8)
     data[:, :, :40] = 0
-    profile = {"driver": "GTiff", "width": 384, "height": 256, "count": 3, "dtype": "uint8", "nodata": 0,
-               "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 384,
+        "height": 256,
+        "count": 3,
+        "dtype": "uint8",
+        "nodata": 0,
+        "crs": "EPSG:32633",
+        "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000),
+    }
     (tmp_path / "in").mkdir()
     with rasterio.open(tmp_path / "in" / "scene.tif", "w", **profile) as out:
         out.write(data)
@@ -33,8 +41,14 @@ def build(tmp_path, models, merge: MergeConfig):
     records = [r for r in read_records(out / "records.jsonl") if not r.quarantine]
     pixels = RasterPixels(config.bands)
     masks = {r.key: np.asarray(Image.open(out / r.semantic_mask)) for r in records}
-    manifest = write_shards(out, records, lambda r: (pixels(r)[0], masks[r.key]), taxonomy.names, taxonomy.version,
-                            ShardConfig(max_samples=4, val_fraction=0.25))  # fmt: skip
+    manifest = write_shards(
+        out,
+        records,
+        lambda r: (pixels(r)[0], masks[r.key]),
+        taxonomy.names,
+        taxonomy.version,
+        ShardConfig(max_samples=4, val_fraction=0.25),
+    )
     assert verify_shards(out) == []
     assert export_official(out, tmp_path / "official") == len(records) == 6
     exported = {p.stem: np.asarray(Image.open(p)) for p in sorted((tmp_path / "official").glob("*/mask/*.png"))}

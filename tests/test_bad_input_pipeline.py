@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
-
 from bad_inputs import (
     GOOD,
     LONG_CAPTION,
@@ -29,11 +27,13 @@ from bad_inputs import (
     write_absurd_header,
     write_exif_rotated_jpeg,
 )
+from PIL import Image
+
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.files import process_umask
 from pipeline.ingest import IngestError, RasterSource, TilingConfig, bounded_reads, find_rasters
 from pipeline.jsonl import atomic_writer
 from pipeline.outputs import write_png
-from pipeline.files import process_umask
 from pipeline.records import TileRecord, Window
 from pipeline.selection import kept_categories
 from taxonomy import load_taxonomy
@@ -84,9 +84,19 @@ def test_annotate_on_the_corpus_quarantines_each_bad_file_and_finishes_the_good(
     (out / "overlays").mkdir(parents=True)
     stale = out / "overlays" / ".good_rgb__r0_c0.png.x1y2z3.part"  # what an interrupted run leaves
     stale.write_bytes(b"half a png")
-    result = run("annotate", str(folder), "--out", str(out), "--models", str(tiny_models_yaml),
-                 "--captions", str(captions_for(folder)), "--tile-size", "64",
-                 preexec_fn=lambda: os.umask(0o027))  # fmt: skip
+    result = run(
+        "annotate",
+        str(folder),
+        "--out",
+        str(out),
+        "--models",
+        str(tiny_models_yaml),
+        "--captions",
+        str(captions_for(folder)),
+        "--tile-size",
+        "64",
+        preexec_fn=lambda: os.umask(0o027),
+    )
     assert_no_traceback(result)
     assert result.returncode == 1, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -116,9 +126,12 @@ def test_categories_on_the_caption_corpus(tmp_path):
 
     def categories(name: str):
         out = tmp_path / name
-        result = runner.invoke(app, ["categories", "-t", "ovrsis95k", "-c", str(folder / name), "-o", str(out),
-                                     "--no-embedding"])  # fmt: skip
-        assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None))), result.output
+        result = runner.invoke(
+            app, ["categories", "-t", "ovrsis95k", "-c", str(folder / name), "-o", str(out), "--no-embedding"]
+        )
+        assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None))), (
+            result.output
+        )
         return result, out
 
     result, out = categories("mixed.jsonl")
@@ -134,7 +147,9 @@ def test_categories_on_the_caption_corpus(tmp_path):
         if file != "mixed.jsonl" or outcome == GOOD:
             continue
         why = outcome.removeprefix("bad: ")
-        assert any(why in error for error in errors.get(int(line), [])), f"line {line}: {why!r} not in {errors.get(int(line))}"
+        assert any(why in error for error in errors.get(int(line), [])), (
+            f"line {line}: {why!r} not in {errors.get(int(line))}"
+        )
     assert "characters long" in " ".join(errors[15]), "a 1,000,000-character caption is reported, not spaCy's E088"
 
     for name in ("utf8_bom.jsonl", "crlf.jsonl", "no_final_newline.jsonl"):
@@ -154,12 +169,23 @@ def test_build_flow_on_the_corpus(tmp_path, tiny_models_yaml):
     folder = tmp_path / "corpus"
     expected = make_raster_corpus(folder)
     output = tmp_path / "build"
-    config = {"inputs": [str(folder)], "captions": str(captions_for(folder)), "models": str(tiny_models_yaml),
-              "output": str(output), "tiling": {"tile_size": 64}, "batch_size": 16,
-              "shards": {"max_samples": 64, "val_fraction": 0.25}}  # fmt: skip
+    config = {
+        "inputs": [str(folder)],
+        "captions": str(captions_for(folder)),
+        "models": str(tiny_models_yaml),
+        "output": str(output),
+        "tiling": {"tile_size": 64},
+        "batch_size": 16,
+        "shards": {"max_samples": 64, "val_fraction": 0.25},
+    }
     (tmp_path / "build.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(ovrsis("build", "--config", str(tmp_path / "build.yaml")), env=prefect_env(tmp_path / "p"),
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        ovrsis("build", "--config", str(tmp_path / "build.yaml")),
+        env=prefect_env(tmp_path / "p"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert_no_traceback(result)
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].endswith(f"reasons in {output / 'summary.json'}")
@@ -179,9 +205,12 @@ def test_build_flow_on_the_corpus(tmp_path, tiny_models_yaml):
     [
         ("name: x\nignore_index: 200\ncategories: [car, road]\n", "t.yaml:2: ignore_index is 200"),
         ("name: x\ncategories:\n  - name: car\n    synonym: [auto]\n", "t.yaml:4: unknown key 'synonym'"),
-        ("name: big\ncategories:\n" + "".join(f"  - c{i}\n" for i in range(300)), "has 300 categories; masks are uint8"),
+        (
+            "name: big\ncategories:\n" + "".join(f"  - c{i}\n" for i in range(300)),
+            "has 300 categories; masks are uint8",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_taxonomy_refuses_annotate_before_any_work(tmp_path, taxonomy, message):
     from typer.testing import CliRunner
 
@@ -189,7 +218,9 @@ def test_bad_taxonomy_refuses_annotate_before_any_work(tmp_path, taxonomy, messa
 
     (tmp_path / "t.yaml").write_text(taxonomy)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["annotate", str(tmp_path), "-t", str(tmp_path / "t.yaml"), "-o", str(out), "--models", "tiny"])
+    result = CliRunner().invoke(
+        app, ["annotate", str(tmp_path), "-t", str(tmp_path / "t.yaml"), "-o", str(out), "--models", "tiny"]
+    )
     assert result.exit_code == 2 and result.output.startswith("error:") and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
@@ -203,21 +234,36 @@ def test_annotate_with_nothing_readable_exits_2_and_keeps_the_reasons(tmp_path, 
     (tmp_path / "in" / "zero.tif").write_bytes(b"")
     (tmp_path / "in" / "link.png").symlink_to(tmp_path / "gone.png")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["annotate", str(tmp_path / "in"), "-o", str(out), "--models", str(tiny_models_yaml)])
+    result = CliRunner().invoke(
+        app, ["annotate", str(tmp_path / "in"), "-o", str(out), "--models", str(tiny_models_yaml)]
+    )
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
-    assert result.output.strip().splitlines()[-1] == f"error: none of the 2 tiles could be annotated; reasons in {out / 'summary.json'}"
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"error: none of the 2 tiles could be annotated; reasons in {out / 'summary.json'}"
+    )
     reasons = {q["key"]: q["reason"] for q in json.loads((out / "summary.json").read_text())["quarantined"]}
     assert reasons["zero__r0_c0"] == "zero-byte file" and reasons["link__r0_c0"].startswith("broken symbolic link")
     (tmp_path / "empty").mkdir()
-    empty = CliRunner().invoke(app, ["annotate", str(tmp_path / "empty"), "-o", str(tmp_path / "o2"), "--models", str(tiny_models_yaml)])
+    empty = CliRunner().invoke(
+        app, ["annotate", str(tmp_path / "empty"), "-o", str(tmp_path / "o2"), "--models", str(tiny_models_yaml)]
+    )
     assert empty.exit_code == 2 and empty.output == f"error: {tmp_path / 'empty'}: no files in the input folder\n"
     assert not (tmp_path / "o2").exists()
 
 
 def test_annotate_refuses_an_overlong_given_caption_naming_the_line(tmp_path):
     captions = tmp_path / "captions.jsonl"
-    captions.write_text(json.dumps({"id": "a", "caption": CAPTION}) + "\n" + json.dumps({"id": "b", "caption": LONG_CAPTION}) + "\n")
-    with pytest.raises(ValueError, match=r"1 bad line\(s\); line 2: id 'b': no usable caption \(caption is 1,049,999 characters long; at most 10,000\)"):
+    captions.write_text(
+        json.dumps({"id": "a", "caption": CAPTION}) + "\n" + json.dumps({"id": "b", "caption": LONG_CAPTION}) + "\n"
+    )
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"1 bad line\(s\); line 2: id 'b': no usable caption "
+            r"\(caption is 1,049,999 characters long; at most 10,000\)"
+        ),
+    ):
         load_caption_file(captions)
 
 
@@ -258,7 +304,9 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_absurd_header_is_refused_before_reading(tmp_path):
     write_absurd_header(tmp_path / "huge.tif")
-    with pytest.raises(IngestError, match=r"100000 x 100000 = 10,000,000,000 pixels, over the limit of 2,500,000,000 \(--max-pixels\)"):
+    with pytest.raises(
+        IngestError, match=r"100000 x 100000 = 10,000,000,000 pixels, over the limit of 2,500,000,000 \(--max-pixels\)"
+    ):
         RasterSource(tmp_path / "huge.tif")
     with RasterSource(tmp_path / "huge.tif", max_pixels=10**10) as source:  # allowed when asked for
         assert source.dataset.width == 100_000
@@ -309,7 +357,9 @@ def test_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path, tiny_model
     monkeypatch.setattr(pipeline.ingest, "open", guarded_open, raising=False)
     config = AnnotateConfig(tiling=TilingConfig(64), batch_size=4)
     captions = {"good_rgb": [CAPTION]}
-    summary = Annotator(load_taxonomy("ovrsis95k"), tiny_models, tmp_path / "out", config, captions=captions).run(folder)
+    summary = Annotator(load_taxonomy("ovrsis95k"), tiny_models, tmp_path / "out", config, captions=captions).run(
+        folder
+    )
     assert summary.quarantined == [("bad_unreadable__r0_c0", "ingest", "cannot be opened: Permission denied")]
     assert summary.annotated == 2
 
@@ -332,8 +382,16 @@ class StopAfter:
 def test_an_interrupted_annotate_keeps_the_records_it_finished(tmp_path, tiny_models):
     folder = tmp_path / "in"
     make_raster_corpus(folder)
-    models = type("Models", (), {"captioner": StopAfter(3), "detector": tiny_models.detector,
-                                 "segmenter": tiny_models.segmenter, "provenance": tiny_models.provenance})()  # fmt: skip
+    models = type(
+        "Models",
+        (),
+        {
+            "captioner": StopAfter(3),
+            "detector": tiny_models.detector,
+            "segmenter": tiny_models.segmenter,
+            "provenance": tiny_models.provenance,
+        },
+    )()
     config = AnnotateConfig(tiling=TilingConfig(64), batch_size=4, write_overlay=False)
     annotator = Annotator(load_taxonomy("ovrsis95k"), models, tmp_path / "out", config)
     with pytest.raises(KeyboardInterrupt):

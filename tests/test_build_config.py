@@ -20,9 +20,14 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"tiling": {"tile_size": "big"}}, "tiling.tile_size"), ({"runner": {"kind": "spark"}}, "runner.kind"),
-     ({"shards": {"val_fraction": 1.5}}, "shards.val_fraction"), ({"colour": 1}, "colour"), ({"inputs": []}, "inputs")],
-)  # fmt: skip
+    [
+        ({"tiling": {"tile_size": "big"}}, "tiling.tile_size"),
+        ({"runner": {"kind": "spark"}}, "runner.kind"),
+        ({"shards": {"val_fraction": 1.5}}, "shards.val_fraction"),
+        ({"colour": 1}, "colour"),
+        ({"inputs": []}, "inputs"),
+    ],
+)
 def test_invalid_settings_name_the_field(tmp_path, settings, message):
     with pytest.raises(BuildConfigError, match=message):
         load_build_config(write(tmp_path, **settings))

@@ -1,4 +1,5 @@
-"""The Prefect flow end to end: caching across runs, resume after SIGKILL, selective reruns, real Dask and Ray clusters."""
+"""The Prefect flow end to end: caching across runs, resume after SIGKILL, selective reruns, real Dask and Ray
+clusters."""
 
 from __future__ import annotations
 
@@ -15,16 +16,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from flow_helpers import make_imagery, ovrsis, prefect_env, shard_bytes, write_config
+
 from pipeline.shards import ShardReader, verify_shards
 
 pytestmark = pytest.mark.slow
 
 
 def run_build(config, home, timeout=600, env=None):
-    result = subprocess.run(ovrsis("build", "--config", str(config)), env=env or prefect_env(home), capture_output=True,
-                            text=True, timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        ovrsis("build", "--config", str(config)),
+        env=env or prefect_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     # exit 1: finished, but the broken.tif that make_imagery puts among the good rasters was quarantined
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1 quarantined tile(s); reasons in" in result.stderr.strip().splitlines()[-1]
@@ -55,8 +61,13 @@ def test_resume_after_sigkill_gives_identical_shards_and_cache_rules(tmp_path, i
     # SIGKILL the whole build (and its ephemeral Prefect server) in the middle of the model stages
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out")
     storage = tmp_path / "out" / ".cache"
-    process = subprocess.Popen(ovrsis("build", "--config", str(config)), env=prefect_env(tmp_path / "prefect2"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        ovrsis("build", "--config", str(config)),
+        env=prefect_env(tmp_path / "prefect2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(stage_files(storage)) < 25:
         assert process.poll() is None, "the build finished before it could be interrupted"
@@ -107,24 +118,52 @@ def threads_build(tmp_path_factory, small_imagery, tiny_models_yaml):
     return folder / "out"
 
 
-def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path, small_imagery, tiny_models_yaml, threads_build):
+def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(
+    tmp_path, small_imagery, tiny_models_yaml, threads_build
+):
     """A `dask scheduler` and two `dask worker` processes (stopped by PID), the build sent to them
     through `runner.address`; the shards must equal the thread runner's, byte for byte."""
     env = prefect_env(tmp_path / "prefect") | ONE_THREAD
     port = free_port()
     scheduler_log = tmp_path / "scheduler.log"
     dask = str(Path(sys.executable).parent / "dask")
-    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                  env=env, stdout=open(scheduler_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=env,
+            stdout=open(scheduler_log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ]
     try:
         for index in range(2):
-            processes.append(subprocess.Popen([dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-dashboard",
-                                               "--name", f"worker-{index}"], env=env | {"PREFECT_LOGGING_LEVEL": "INFO"},
-                                              stdout=open(tmp_path / f"worker{index}.log", "w"), stderr=subprocess.STDOUT,
-                                              start_new_session=True))  # fmt: skip
+            processes.append(
+                subprocess.Popen(
+                    [
+                        dask,
+                        "worker",
+                        f"tcp://127.0.0.1:{port}",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        f"worker-{index}",
+                    ],
+                    env=env | {"PREFECT_LOGGING_LEVEL": "INFO"},
+                    stdout=open(tmp_path / f"worker{index}.log", "w"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         wait_for_log(scheduler_log, "Register worker", 2, processes)
-        config = write_config(tmp_path / "dask.yaml", small_imagery, tiny_models_yaml, tmp_path / "dask",
-                              runner={"kind": "dask", "address": f"tcp://127.0.0.1:{port}"})  # fmt: skip
+        config = write_config(
+            tmp_path / "dask.yaml",
+            small_imagery,
+            tiny_models_yaml,
+            tmp_path / "dask",
+            runner={"kind": "dask", "address": f"tcp://127.0.0.1:{port}"},
+        )
         run_build(config, tmp_path / "prefect", env=env)
         # every batch ran on the cluster's workers (Prefect logs each task run it finishes): 12 tiles, batches of 4
         logs = "".join((tmp_path / f"worker{index}.log").read_text() for index in range(2))
@@ -134,7 +173,9 @@ def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path
     assert_same_build(tmp_path / "dask", threads_build)
 
 
-def test_real_ray_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path, small_imagery, tiny_models_yaml, threads_build):
+def test_real_ray_cluster_gives_the_local_runners_shards_byte_for_byte(
+    tmp_path, small_imagery, tiny_models_yaml, threads_build
+):
     """`ray start --head` (two CPUs, stopped by PID), the build sent to it through prefect-ray."""
     pytest.importorskip("prefect_ray", reason="prefect-ray is the `ray` extra: pip install 'ovrsis[ray]'")
     env = prefect_env(tmp_path / "prefect") | ONE_THREAD
@@ -142,14 +183,37 @@ def test_real_ray_cluster_gives_the_local_runners_shards_byte_for_byte(tmp_path,
     log = tmp_path / "ray.log"
     ray = str(Path(sys.executable).parent / "ray")
     sessions = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    head = subprocess.Popen([ray, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
-                             "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block", "--temp-dir", sessions],
-                            env=env | {"PREFECT_LOGGING_LEVEL": "INFO"}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--disable-usage-stats",
+            "--block",
+            "--temp-dir",
+            sessions,
+        ],
+        env=env | {"PREFECT_LOGGING_LEVEL": "INFO"},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_log(log, "will now block forever", 1, [head])
-        config = write_config(tmp_path / "ray.yaml", small_imagery, tiny_models_yaml, tmp_path / "out",
-                              runner={"kind": "ray", "address": f"127.0.0.1:{port}"})  # fmt: skip
+        config = write_config(
+            tmp_path / "ray.yaml",
+            small_imagery,
+            tiny_models_yaml,
+            tmp_path / "out",
+            runner={"kind": "ray", "address": f"127.0.0.1:{port}"},
+        )
         result = run_build(config, tmp_path / "prefect", env=env)
         assert "(annotate-batch pid=" in result.stderr  # batches ran in Ray's worker processes
     finally:
@@ -201,6 +265,11 @@ def wait_for_log(log: Path, text: str, count: int, processes: list, timeout: flo
 def test_invalid_configuration_fails_before_models(tmp_path):
     config = tmp_path / "build.yaml"
     config.write_text(yaml.safe_dump({"inputs": [str(tmp_path / "missing")], "output": str(tmp_path / "out")}))
-    result = subprocess.run(ovrsis("build", "--config", str(config)), env=prefect_env(tmp_path / "p"), capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        ovrsis("build", "--config", str(config)),
+        env=prefect_env(tmp_path / "p"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "does not exist" in result.stderr

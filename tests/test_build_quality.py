@@ -37,8 +37,10 @@ def build(tmp_path):
     (out / "manifest.json").write_text(json.dumps({"taxonomy": {"names": BUILD_NAMES, "version": "v"}}))
     left = tile("scene__r0_c0", "scene", 0, [category("building"), category("road")], 0, out)
     right = tile("scene__r0_c8", "scene", 8, [category("tree", "audit")], 2, out)  # reviewed: building -> tree
-    right.audit = [AuditDecision(target="category:building", state="discarded"),
-                   AuditDecision(target="category:tree", state="corrected", corrected_to="tree")]  # fmt: skip
+    right.audit = [
+        AuditDecision(target="category:building", state="discarded"),
+        AuditDecision(target="category:tree", state="corrected", corrected_to="tree"),
+    ]
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(out / "masks" / "scene__r0_c8.proposed.png")
     unlabelled = tile("other__r0_c0", "other", 0, [category("tree")], 2, out)
     broken = tile("scene__r8_c0", "scene", 0, [], None, out)
@@ -55,12 +57,18 @@ def build(tmp_path):
 
 def test_scores_before_and_after_audit(build):
     out, truth = build
-    result = CliRunner().invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "potsdam"])
+    result = CliRunner().invoke(
+        app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "potsdam"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report" / "build_quality.json").read_text())
     # the lexicon's relations take potsdam's "car" to the build's broader "vehicle" (no vehicle pixels here)
     assert report["shared_classes"] == ["building", "tree", "vehicle"] and report["mapping"]["low vegetation"] is None
-    assert report["tiles"] == 2 and report["audited_tiles"] == 1 and report["tiles_without_ground_truth"] == ["other__r0_c0"]
+    assert (
+        report["tiles"] == 2
+        and report["audited_tiles"] == 1
+        and report["tiles_without_ground_truth"] == ["other__r0_c0"]
+    )
     before, after = report["before_audit"], report["after_audit"]
     assert before["categories"]["precision"] == 0.5 and before["categories"]["recall"] == 0.5  # road is not judged
     assert after["categories"]["precision"] == 1.0 and after["categories"]["recall"] == 1.0
@@ -72,10 +80,19 @@ def test_scores_before_and_after_audit(build):
 def test_clear_errors(build, tmp_path):
     out, truth = build
     runner = CliRunner()
-    result = runner.invoke(app, ["evaluate-build", "--records", str(tmp_path), "--ground-truth", str(truth), "--taxonomy", "potsdam"])
+    result = runner.invoke(
+        app, ["evaluate-build", "--records", str(tmp_path), "--ground-truth", str(truth), "--taxonomy", "potsdam"]
+    )
     assert result.exit_code == 2 and "records.jsonl: no records" in result.output
-    result = runner.invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "nowhere"])
+    result = runner.invoke(
+        app, ["evaluate-build", "--records", str(out), "--ground-truth", str(truth), "--taxonomy", "nowhere"]
+    )
     assert result.exit_code == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert runner.invoke(app, ["evaluate-build", "--records", str(out), "--ground-truth", str(empty), "--taxonomy", "potsdam"]).exit_code == 1
+    assert (
+        runner.invoke(
+            app, ["evaluate-build", "--records", str(out), "--ground-truth", str(empty), "--taxonomy", "potsdam"]
+        ).exit_code
+        == 1
+    )

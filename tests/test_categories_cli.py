@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 OVRSIS = [sys.executable, "-m", "flows.cli"]
 
 
@@ -67,8 +66,9 @@ def test_nothing_processable_exits_nonzero_and_writes_nothing_half(tmp_path):
     captions = write_lines(tmp_path / "in.jsonl", ["garbage", {"id": "x"}])
     result = run("categories", "-t", "ovrsis95k", "-c", str(captions), "-o", str(tmp_path / "out.jsonl"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (f"error: no line of {captions} could be used; "
-                                                      f"reasons in {tmp_path / 'out.errors.jsonl'}")  # fmt: skip
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: no line of {captions} could be used; reasons in {tmp_path / 'out.errors.jsonl'}"
+    )
     assert (tmp_path / "out.jsonl").read_text() == ""
     assert not list(tmp_path.glob("*.part"))
 
@@ -102,10 +102,13 @@ def test_suggest_writes_a_synonyms_snippet_and_relation_matches_are_counted(tmp_
 
     captions = write_lines(
         tmp_path / "in.jsonl",
-        [{"id": str(i), "caption": text} for i, text in enumerate(
-            ["a runway beside a shoreline", "planes on a runway near the shoreline", "a viaduct and a shoreline"]
-        )],
-    )  # fmt: skip
+        [
+            {"id": str(i), "caption": text}
+            for i, text in enumerate(
+                ["a runway beside a shoreline", "planes on a runway near the shoreline", "a viaduct and a shoreline"]
+            )
+        ],
+    )
     out, snippet = tmp_path / "out.jsonl", tmp_path / "suggest.yaml"
     result = run("categories", "-t", "loveda", "-c", str(captions), "-o", str(out), "--suggest", str(snippet))
     assert result.returncode == 0, result.stderr

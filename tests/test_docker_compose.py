@@ -11,9 +11,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {
-    "POSTGRES_USER": "ovrsis", "POSTGRES_PASSWORD": "pw-test", "LABEL_STUDIO_USERNAME": "admin@example.com",
-    "LABEL_STUDIO_PASSWORD": "ls-test", "LABEL_STUDIO_USER_TOKEN": "0123456789abcdef0123456789abcdef01234567",
-}  # fmt: skip
+    "POSTGRES_USER": "ovrsis",
+    "POSTGRES_PASSWORD": "pw-test",
+    "LABEL_STUDIO_USERNAME": "admin@example.com",
+    "LABEL_STUDIO_PASSWORD": "ls-test",
+    "LABEL_STUDIO_USER_TOKEN": "0123456789abcdef0123456789abcdef01234567",
+}
 
 
 @pytest.fixture
@@ -27,8 +30,14 @@ def project(tmp_path):
 
 def config(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    return subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config"], cwd=folder, capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin:/usr/local/bin"})  # fmt: skip
+    return subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
 
 
 def test_compose_file_is_valid_with_secrets(project):
@@ -37,7 +46,8 @@ def test_compose_file_is_valid_with_secrets(project):
     services = yaml.safe_load(result.stdout)["services"]
     assert set(services) == {"postgres", "prefect-server", "build", "label-studio"}
     assert services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
-        "postgresql+asyncpg://ovrsis:pw-test@postgres:5432/prefect")  # fmt: skip
+        "postgresql+asyncpg://ovrsis:pw-test@postgres:5432/prefect"
+    )
     assert services["label-studio"]["environment"]["DJANGO_DB"] == "default"
     assert services["label-studio"]["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/out"
     assert services["build"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
@@ -50,6 +60,10 @@ def test_compose_refuses_to_run_without_a_secret(project, secret):
 
 
 def test_env_example_lists_every_secret_empty():
-    lines = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    lines = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     for secret in ("POSTGRES_PASSWORD", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"):
         assert lines[secret] == ""

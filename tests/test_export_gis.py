@@ -36,15 +36,19 @@ def annotated(tmp_path_factory, tiny_models) -> Path:
 
     root = tmp_path_factory.mktemp("export-gis")
     write_scene(root / "in", size=(300, 400))
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(root / "in" / "photo.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(
+        root / "in" / "photo.png"
+    )
     captions = {**CAPTIONS, "photo": CAPTIONS["scene"]}
     out = root / "out"
     config = AnnotateConfig(tiling=TilingConfig(256, 32), batch_size=5)
     Annotator(load_taxonomy("ovrsis95k"), tiny_models, out, config, captions=captions).run(root / "in")
     records = read_records(out / "records.jsonl")
     audited = next(r for r in records if r.key == "scene__r0_c0")
-    audited.audit = [AuditDecision(target="category:building", state="accepted", reviewer="ana"),
-                     AuditDecision(target="mask:building", state="corrected", kind="boundary", reviewer="ana")]  # fmt: skip
+    audited.audit = [
+        AuditDecision(target="category:building", state="accepted", reviewer="ana"),
+        AuditDecision(target="mask:building", state="corrected", kind="boundary", reviewer="ana"),
+    ]
     write_records(out / "records.jsonl", records)
     return out
 
@@ -79,7 +83,10 @@ def test_vectors_areas_match_mask_pixels_in_the_source_crs(annotated, tmp_path):
     assert result.exit_code == 1, result.output  # exported, one tile left out
     assert "skipped photo__r0_c0: not georeferenced" in result.output
     gpkg = tmp_path / "gpkg" / "vectors.gpkg"
-    assert [tuple(layer) for layer in pyogrio.list_layers(gpkg)] == [("regions", "MultiPolygon"), ("instances", "MultiPolygon")]
+    assert [tuple(layer) for layer in pyogrio.list_layers(gpkg)] == [
+        ("regions", "MultiPolygon"),
+        ("instances", "MultiPolygon"),
+    ]
     names = load_taxonomy("ovrsis95k").names
 
     meta, regions, fields = read_layer(gpkg, "regions")
@@ -97,13 +104,20 @@ def test_vectors_areas_match_mask_pixels_in_the_source_crs(annotated, tmp_path):
     assert bounds.left <= minx and maxx <= bounds.right and bounds.bottom <= miny and maxy <= bounds.top
     building = (fields["tile"] == "scene__r0_c0") & (fields["category"] == "building")
     if building.any():  # tiny random models: building may have lost every pixel to other classes
-        assert set(fields["audit_category"][building]) == {"accepted"} and set(fields["audit_mask"][building]) == {"corrected"}
+        assert set(fields["audit_category"][building]) == {"accepted"} and set(fields["audit_mask"][building]) == {
+            "corrected"
+        }
     assert set(fields["audit_category"][fields["tile"] != "scene__r0_c0"]) == {None}
 
     records = {r.key: r for r in read_records(annotated / "records.jsonl")}
     _, instances, fields = read_layer(gpkg, "instances")
-    kept = sorted((r.key, i.category, int(coco_mask.area(_rle(i.mask)))) for r in records.values()
-                  if r.source.crs for i in r.instances if not i.dropped and i.mask)  # fmt: skip
+    kept = sorted(
+        (r.key, i.category, int(coco_mask.area(_rle(i.mask))))
+        for r in records.values()
+        if r.source.crs
+        for i in r.instances
+        if not i.dropped and i.mask
+    )
     assert len(kept) > 0 and np.array_equal(shapely.area(instances) / PIXEL_AREA, fields["pixels"])
     assert sorted(zip(fields["tile"], fields["category"], fields["pixels"].tolist())) == kept
 
@@ -112,7 +126,9 @@ def test_vectors_areas_match_mask_pixels_in_the_source_crs(annotated, tmp_path):
     for layer, count in (("regions", len(regions)), ("instances", len(instances))):
         meta, geometries, _ = read_layer(tmp_path / "geojson" / f"{layer}.geojson")
         assert meta["crs"] == "EPSG:32633" and len(geometries) == count
-    assert shapely.area(read_layer(tmp_path / "geojson" / "regions.geojson")[1]).sum() == pytest.approx(shapely.area(regions).sum())
+    assert shapely.area(read_layer(tmp_path / "geojson" / "regions.geojson")[1]).sum() == pytest.approx(
+        shapely.area(regions).sum()
+    )
 
 
 def _rle(mask: dict) -> dict:
@@ -128,17 +144,21 @@ def test_vectors_bad_input_names_the_file(annotated, tmp_path):
     result = invoke("export", "vectors", str(broken))
     assert result.exit_code == 2 and f"{broken / 'masks' / 'scene__r0_c0.png'}: cannot read the mask" in result.output
     records = (annotated / "records.jsonl").read_text().splitlines()
-    (broken / "records.jsonl").write_text("\n".join(line for line in records if '"key":"photo__' in line.replace(" ", "")) + "\n")
+    (broken / "records.jsonl").write_text(
+        "\n".join(line for line in records if '"key":"photo__' in line.replace(" ", "")) + "\n"
+    )
     result = invoke("export", "vectors", str(broken))
     assert result.exit_code == 2 and "no georeferenced tile with a mask" in result.output
-    (broken / "records.jsonl").write_text(records[0] + "\n{\"key\": 1}\n")
+    (broken / "records.jsonl").write_text(records[0] + '\n{"key": 1}\n')
     result = invoke("export", "vectors", str(broken))
     assert result.exit_code == 2 and f"{broken / 'records.jsonl'}:2: not a tile record" in result.output
     assert invoke("export", "vectors", str(annotated), "--format", "shp").exit_code == 2
 
 
 def test_stac_collection_describes_tiles_and_mosaic_as_cogs(annotated, tmp_path):
-    result = invoke("export", "stac", str(annotated), "--dest", str(tmp_path / "stac"), "--datetime", "2024-06-01T10:30:00Z")
+    result = invoke(
+        "export", "stac", str(annotated), "--dest", str(tmp_path / "stac"), "--datetime", "2024-06-01T10:30:00Z"
+    )
     assert result.exit_code == 1 and "photo__r0_c0" in result.output, result.output
     collection = pystac.Collection.from_file(str(tmp_path / "stac" / "collection.json"))
     assert collection.extra_fields["ovrsis:class_names"] == load_taxonomy("ovrsis95k").names
@@ -157,5 +177,8 @@ def test_stac_collection_describes_tiles_and_mosaic_as_cogs(annotated, tmp_path)
             (lon,), (lat,) = warp_transform(tif.crs, "EPSG:4326", [x], [y])
         west, south, east, north = item.bbox
         assert west <= lon <= east and south <= lat <= north
-    assert Path(items["scene__r0_c0"].assets["mask_png"].get_absolute_href()) == (annotated / "masks" / "scene__r0_c0.png").resolve()
+    assert (
+        Path(items["scene__r0_c0"].assets["mask_png"].get_absolute_href())
+        == (annotated / "masks" / "scene__r0_c0.png").resolve()
+    )
     assert "scene__r0_c0" in items["scene.stitched"].properties["ovrsis:tiles"]

@@ -15,8 +15,16 @@ from pipeline.records import TileRecord
 
 def write_raster(path: Path, data: np.ndarray, nodata=None, crs="EPSG:32633", tiled=False) -> Path:
     count, height, width = data.shape
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype.name,
-               "crs": crs, "transform": Affine(2.0, 0, 500000, 0, -2.0, 4600000), "nodata": nodata}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": Affine(2.0, 0, 500000, 0, -2.0, 4600000),
+        "nodata": nodata,
+    }
     if tiled:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     with rasterio.open(path, "w", **profile) as out:
@@ -24,16 +32,24 @@ def write_raster(path: Path, data: np.ndarray, nodata=None, crs="EPSG:32633", ti
     return path
 
 
-def tiles_of(path, config=TilingConfig(256), rule=BandRule()):
+_TILING_256 = TilingConfig(256)
+_DEFAULT_BANDS = BandRule()
+
+
+def tiles_of(path, config=_TILING_256, rule=_DEFAULT_BANDS):
     with RasterSource(path, rule) as source:
         return list(source.tiles(config))
 
 
 @pytest.mark.parametrize(
     ("width", "height", "size", "overlap", "expected_cols"),
-    [(1000, 300, 256, 0, [0, 256, 512, 744]), (512, 512, 256, 0, [0, 256]), (100, 80, 256, 0, [0]),
-     (600, 256, 256, 56, [0, 200, 344])],
-)  # fmt: skip
+    [
+        (1000, 300, 256, 0, [0, 256, 512, 744]),
+        (512, 512, 256, 0, [0, 256]),
+        (100, 80, 256, 0, [0]),
+        (600, 256, 256, 56, [0, 200, 344]),
+    ],
+)
 def test_plan_windows(width, height, size, overlap, expected_cols):
     windows = plan_windows(width, height, size, overlap)
     assert sorted({w.col_off for w in windows}) == expected_cols
@@ -106,7 +122,10 @@ def test_all_nodata_tile_is_quarantined(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "content", "message"),
-    [("empty.tif", b"", "zero-byte file"), ("corrupt.tif", b"II*\x00 this is not a tiff" * 20, "cannot be read as a raster")],
+    [
+        ("empty.tif", b"", "zero-byte file"),
+        ("corrupt.tif", b"II*\x00 this is not a tiff" * 20, "cannot be read as a raster"),
+    ],
 )
 def test_broken_files_raise_clear_errors(tmp_path, name, content, message):
     path = tmp_path / name
@@ -136,8 +155,18 @@ def test_find_rasters_quarantines_unsupported_and_skips_sidecars(tmp_path):
 def test_large_raster_is_read_window_by_window(tmp_path):
     """A 6000x6000 uint16 raster (72 MB) tiled at 512: Python-side memory stays near one tile."""
     path = tmp_path / "large.tif"
-    profile = {"driver": "GTiff", "width": 6000, "height": 6000, "count": 1, "dtype": "uint16", "crs": "EPSG:32633",
-               "transform": Affine(1, 0, 500000, 0, -1, 4600000), "tiled": True, "blockxsize": 512, "blockysize": 512}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 6000,
+        "height": 6000,
+        "count": 1,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": Affine(1, 0, 500000, 0, -1, 4600000),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+    }
     with rasterio.open(path, "w", **profile) as out:
         for row in range(0, 6000, 500):
             out.write(np.full((1, 500, 6000), row, np.uint16), window=RioWindow(0, row, 6000, 500))

@@ -27,7 +27,10 @@ LIGHT = {
 
 @pytest.mark.parametrize("module", sorted(LIGHT))
 def test_module_imports_no_heavy_library(module):
-    code = f"import sys, json; import {module}; print(json.dumps(sorted(m for m in {LIGHT[module]!r} if m in sys.modules)))"
+    code = (
+        f"import sys, json; import {module}; "
+        f"print(json.dumps(sorted(m for m in {LIGHT[module]!r} if m in sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [], f"import {module} loads heavy libraries"

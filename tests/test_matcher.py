@@ -47,7 +47,9 @@ def test_lexicon_serves_names_only_taxonomies(lemmatize):
 
 def test_compound_backoff_reaches_names_but_never_embeddings(lemmatize, embedder):
     matcher = CategoryMatcher(names_only("court", "vegetation"), lemmatize, embedder, threshold=0.3, margin=0.0)
-    court, plant = matcher.match([query("tennis court", "court", compound_start=1), query("power plant", "plant", compound_start=1)])
+    court, plant = matcher.match(
+        [query("tennis court", "court", compound_start=1), query("power plant", "plant", compound_start=1)]
+    )
     assert (court.name, court.method) == ("court", "exact")
     assert plant is None or plant.phrase == "power plant"  # never "plant" alone
 
@@ -84,7 +86,9 @@ def test_invalid_thresholds_are_rejected(lemmatize):
 def test_categorizer_union_negation_and_background():
     taxonomy = load_taxonomy("ovrsis95k")
     categorizer = CaptionCategorizer(taxonomy)
-    (result,) = categorizer.categorize([["no cars on the bridge over the river", "two cars and trees in the background"]])
+    (result,) = categorizer.categorize(
+        [["no cars on the bridge over the river", "two cars and trees in the background"]]
+    )
     names = {c.name for c in result.categories}
     assert names == {"bridge", "water", "vehicle", "tree"}  # vehicle: stated by the second caption
     assert "unlabeled areas, background, clutter" not in names

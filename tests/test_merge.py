@@ -38,7 +38,12 @@ def test_confidence_wins_and_conflict_is_recorded(taxonomy):
     assert (semantic[5:10, 5:15] == taxonomy.index_of("vehicle")).all()
     assert semantic[0, 0] == taxonomy.index_of("road") and semantic[0, 15] == 34  # unclaimed: the background class
     (conflict,) = conflicts
-    assert (conflict.winner_category, conflict.loser_category, conflict.pixels, conflict.rule) == ("vehicle", "road", 25, "confidence")
+    assert (conflict.winner_category, conflict.loser_category, conflict.pixels, conflict.rule) == (
+        "vehicle",
+        "road",
+        25,
+        "confidence",
+    )
     assert records[0].area == 200 - 25 and records[1].area == 50
 
 
@@ -51,7 +56,9 @@ def test_ties_go_to_smaller_area_then_taxonomy_order(taxonomy):
     a = instance("tree", box_mask(valid.shape, 0, 5, 0, 5))
     b = instance("grass", box_mask(valid.shape, 0, 5, 0, 5))
     semantic, _, conflicts = merge_instances([b, a], taxonomy, valid)
-    assert semantic[0, 0] == taxonomy.index_of("tree") and conflicts[0].rule == "taxonomy order"  # tree (27) before grass (28)
+    assert (
+        semantic[0, 0] == taxonomy.index_of("tree") and conflicts[0].rule == "taxonomy order"
+    )  # tree (27) before grass (28)
 
 
 def test_min_area_holes_nodata_and_background(taxonomy):
@@ -60,13 +67,19 @@ def test_min_area_holes_nodata_and_background(taxonomy):
     ring = box_mask(valid.shape, 0, 20, 0, 20)
     ring[5:15, 5:15] = False
     speck = box_mask(valid.shape, 25, 27, 25, 27)
-    semantic, records, _ = merge_instances([instance("building", ring), instance("vehicle", box_mask(valid.shape, 22, 24, 0, 2))],
-                                           taxonomy, valid, MergeConfig(min_area=8, background="ignore"))  # fmt: skip
+    semantic, records, _ = merge_instances(
+        [instance("building", ring), instance("vehicle", box_mask(valid.shape, 22, 24, 0, 2))],
+        taxonomy,
+        valid,
+        MergeConfig(min_area=8, background="ignore"),
+    )
     assert semantic[10, 10] == 255 and records[1].dropped == "area 4 < min_area 8"
     filled, _, _ = merge_instances([instance("building", ring)], taxonomy, valid, MergeConfig(fill_holes=True))
     assert filled[10, 10] == taxonomy.index_of("building")
     for background in ("auto", "class"):  # auto is the default
-        with_class, _, _ = merge_instances([instance("building", speck)], taxonomy, valid, MergeConfig(min_area=0, background=background))
+        with_class, _, _ = merge_instances(
+            [instance("building", speck)], taxonomy, valid, MergeConfig(min_area=0, background=background)
+        )
         assert with_class[0, 0] == 34 and with_class[0, 29] == 255  # unclaimed -> background class; nodata -> 255
     isaid = load_taxonomy("isaid")  # no background class: auto leaves unclaimed pixels 255, class refuses
     assert (merge_instances([], isaid, valid)[0] == 255).all()

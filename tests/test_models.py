@@ -51,7 +51,9 @@ def test_detector_thresholds_per_category(tiny_models_yaml, images):
     strict = GroundingDinoDetector(
         folder, DetectorConfig(box_threshold=0.0, text_threshold=0.0, category_thresholds={"vehicle": 1.0})
     )
-    found = strict.detect(images[:1], [[PromptPhrase("tennis court", "tennis court"), PromptPhrase("car", "vehicle")]])[0]
+    found = strict.detect(images[:1], [[PromptPhrase("tennis court", "tennis court"), PromptPhrase("car", "vehicle")]])[
+        0
+    ]
     assert found and all(d.category == "tennis court" for d in found)
 
 
@@ -72,7 +74,10 @@ def test_class_aware_nms_and_cross_class_rule(tiny_models):
         Detection([0, 0, 10, 10], 0.9, "building", "building"),
     ]
     assert [d.category for d in detector._suppress(claimed_twice)] == ["building"]
-    overlapping_other_class = [Detection([0, 0, 10, 10], 0.9, "vehicle", "car"), Detection([0, 0, 20, 20], 0.8, "road", "road")]
+    overlapping_other_class = [
+        Detection([0, 0, 10, 10], 0.9, "vehicle", "car"),
+        Detection([0, 0, 20, 20], 0.8, "road", "road"),
+    ]
     assert len(detector._suppress(overlapping_other_class)) == 2  # IoU 0.25: different objects
 
 
@@ -83,7 +88,10 @@ def test_segmenters_one_image_embedding_per_tile(twins, images, backend):
         segmenter = SegmentAnythingSegmenter(spec.checkpoint)  # architecture from the .json beside it
     else:
         segmenter = load_backend("segmenter", spec)
-    boxes = [np.array([[10, 10, 100, 80], [0, 0, 300, 200], [50, 50, 60, 60]], np.float32), np.zeros((0, 4), np.float32)]
+    boxes = [
+        np.array([[10, 10, 100, 80], [0, 0, 300, 200], [50, 50, 60, 60]], np.float32),
+        np.zeros((0, 4), np.float32),
+    ]
     results = segmenter.segment(images, boxes)
     assert segmenter.image_encoder_calls == 2
     assert results[0].masks.shape == (3, 200, 300) and results[0].masks.dtype == bool

@@ -55,8 +55,21 @@ def test_annotate_end_to_end_with_each_backend(tmp_path, twins, imagery, combina
     models = tmp_path / "models.yaml"
     models.write_text(yaml.safe_dump({stage: twins[stage][name] for stage, name in combination.items()}))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["annotate", str(imagery / "in"), "--out", str(out), "--models", str(models),
-                                      "--captions", str(imagery / "captions.jsonl"), "--tile-size", "256"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "annotate",
+            str(imagery / "in"),
+            "--out",
+            str(out),
+            "--models",
+            str(models),
+            "--captions",
+            str(imagery / "captions.jsonl"),
+            "--tile-size",
+            "256",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = {r["key"].split("__")[0]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
     given, captioned = records["given"], records["uncaptioned"]

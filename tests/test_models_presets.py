@@ -23,10 +23,17 @@ from pipeline.models.presets import PRESETS
 
 PINNED = {
     "default": ["florence-community/Florence-2-large", "IDEA-Research/grounding-dino-base", "facebook/sam-vit-base"],
-    "fast": ["florence-community/Florence-2-base", "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
-             "facebook/sam2.1-hiera-small"],
-    "best": ["florence-community/Florence-2-large", "openmmlab-community/mm_grounding_dino_base_all", "facebook/sam2.1-hiera-large"],
-}  # fmt: skip
+    "fast": [
+        "florence-community/Florence-2-base",
+        "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+        "facebook/sam2.1-hiera-small",
+    ],
+    "best": [
+        "florence-community/Florence-2-large",
+        "openmmlab-community/mm_grounding_dino_base_all",
+        "facebook/sam2.1-hiera-large",
+    ],
+}
 
 
 @pytest.mark.parametrize("preset", PINNED)
@@ -53,14 +60,21 @@ OFFLINE_COMMANDS = """
 import json, sys
 from typer.testing import CliRunner
 from flows.cli import app
-print(json.dumps([(r.exit_code, r.stdout, r.stderr) for r in (CliRunner().invoke(app, a) for a in json.loads(sys.argv[1]))]))
+results = (CliRunner().invoke(app, a) for a in json.loads(sys.argv[1]))
+print(json.dumps([(r.exit_code, r.stdout, r.stderr) for r in results]))
 """
 
 
 def ovrsis_offline(commands: list[list[str]], cache: Path) -> list[tuple[int, str, str]]:
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", OFFLINE_COMMANDS, json.dumps(commands)], capture_output=True, text=True,
-                          env=env, timeout=300, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", OFFLINE_COMMANDS, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -77,11 +91,14 @@ def test_check_fetch_and_build_offline_from_a_local_cache(tmp_path, tiny_models_
     assert runner.invoke(app, ["models", "check", "nope"]).exit_code == 2
 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "tile.png")
-    fetched, offline, built = ovrsis_offline([
-        ["models", "fetch", "fast", "--to", str(cache)],
-        ["models", "fetch", "best", "--to", str(tmp_path / "empty")],
-        ["annotate", str(tmp_path / "tile.png"), "--out", str(tmp_path / "out"), "--models", "fast"],
-    ], cache)  # fmt: skip
+    fetched, offline, built = ovrsis_offline(
+        [
+            ["models", "fetch", "fast", "--to", str(cache)],
+            ["models", "fetch", "best", "--to", str(tmp_path / "empty")],
+            ["annotate", str(tmp_path / "tile.png"), "--out", str(tmp_path / "out"), "--models", "fast"],
+        ],
+        cache,
+    )
     assert fetched[0] == 0, fetched[2]
     assert "facebook/sam2.1-hiera-small@main -> " in fetched[1] and "fast: complete" in fetched[1]
     assert offline[0] == 1 and "openmmlab-community/mm_grounding_dino_base_all@main" in offline[2]

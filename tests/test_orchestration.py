@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from test_annotate import CAPTIONS, write_scene
 
 from pipeline.annotate import AnnotateConfig, Annotator, TileState
 from pipeline.batching import in_order
@@ -19,7 +20,6 @@ from pipeline.stage_cache import StageCache, cache_stats, prune_cache, write_use
 from pipeline.stages import MODEL_STAGES, STAGE_NAMES, STAGES, chained_keys, stage_fingerprints
 from pipeline.tile_table import TileRows, TileTable
 from taxonomy import load_taxonomy
-from test_annotate import CAPTIONS, write_scene
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,9 @@ def test_stats_and_prune_keep_what_the_last_build_used(tmp_path, batch):
 def test_fingerprints_name_what_each_stage_depends_on():
     models = {"captioner": {"model": "c"}, "detector": {"model": "d"}, "segmenter": {"model": "s"}}
     base = stage_fingerprints(models, "tax1", {"threshold": 0.7}, {"min_area": 16}, "1.0", 3)
-    other = stage_fingerprints(models | {"detector": {"model": "d2"}}, "tax1", {"threshold": 0.7}, {"min_area": 16}, "1.0", 3)
+    other = stage_fingerprints(
+        models | {"detector": {"model": "d2"}}, "tax1", {"threshold": 0.7}, {"min_area": 16}, "1.0", 3
+    )
     assert [s for s in STAGE_NAMES if base[s] != other[s]] == ["detect"]
     keys, changed = chained_keys("k", base, []), chained_keys("k", other, [])
     assert [s for s in STAGE_NAMES if keys[s] != changed[s]] == ["detect", "segment", "merge", "domain"]
@@ -178,4 +180,6 @@ def test_tile_rows_give_the_same_table_as_the_records(tmp_path, batch):
         rows.add(record)
     table, reference = rows.table(["building"]), TileTable.from_records(done, ["building"])
     assert table.keys.tolist() == reference.keys.tolist() and table.categories == reference.categories
-    assert np.array_equal(table.pixels.toarray(), reference.pixels.toarray()) and np.array_equal(table.domain, reference.domain)
+    assert np.array_equal(table.pixels.toarray(), reference.pixels.toarray()) and np.array_equal(
+        table.domain, reference.domain
+    )

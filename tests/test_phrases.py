@@ -59,7 +59,9 @@ def test_container_words_pass_their_quantity_and_are_generic():
     assert phrases("a piece of bareland")["piece"].generic
 
 
-@pytest.mark.parametrize("bad", ["", "   ", None, 42, "河流和桥梁", "12 34 !!", "ein Haus mit einem großen Garten und Bäumen"])
+@pytest.mark.parametrize(
+    "bad", ["", "   ", None, 42, "河流和桥梁", "12 34 !!", "ein Haus mit einem großen Garten und Bäumen"]
+)
 def test_unusable_captions_are_rejected_with_a_reason(bad):
     with pytest.raises(CaptionError):
         check_caption(bad)

@@ -20,12 +20,12 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
+from pipeline.files import file_sha256
 from piseg.checkpoint import FORMAT, rng_state, set_rng_state
 from piseg.cli import app
 from piseg.evaluation.benchmarks import default_definitions
 from piseg.inference.predict import Predictor
 from piseg.training.train import train
-from pipeline.files import file_sha256
 from tests.bad_inputs import GOOD, make_raster_corpus, write_exif_rotated_jpeg
 from tests.piseg_helpers import tiny_config, write_config, write_synthetic_shards
 
@@ -105,9 +105,28 @@ def test_a_hostile_checkpoint_runs_nothing_in_predict_eval_and_resume(shards, tm
     picture = tmp_path / "scene.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(picture)
     commands = {
-        "predict": ["predict", str(picture), "--checkpoint", str(evil), "--classes", "a, b", "--out", str(tmp_path / "p")],
-        "eval": ["eval", "--checkpoint", str(evil), "--benchmark", "isaid", "--data-root", str(tmp_path), "--out", str(tmp_path / "e")],
-    }  # fmt: skip
+        "predict": [
+            "predict",
+            str(picture),
+            "--checkpoint",
+            str(evil),
+            "--classes",
+            "a, b",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        "eval": [
+            "eval",
+            "--checkpoint",
+            str(evil),
+            "--benchmark",
+            "isaid",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    }
     for name, arguments in commands.items():
         result = runner.invoke(app, arguments)
         assert_clean_exit(result, 2)
@@ -116,7 +135,9 @@ def test_a_hostile_checkpoint_runs_nothing_in_predict_eval_and_resume(shards, tm
         assert not (tmp_path / name[0]).exists(), f"{name} wrote output"
     write_evil_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", marker)
     config = write_config(tmp_path / "tiny.yaml", tiny_config())
-    result = runner.invoke(app, ["train", "--shards", str(shards), "--config", str(config), "--out", str(tmp_path / "run"), "--resume"])
+    result = runner.invoke(
+        app, ["train", "--shards", str(shards), "--config", str(config), "--out", str(tmp_path / "run"), "--resume"]
+    )
     assert_clean_exit(result, 2)
     assert "last.pt: refused" in result.output and not marker.exists()
     torch.load(evil, weights_only=False)  # the payload is live: an unsafe load does run it
@@ -124,8 +145,11 @@ def test_a_hostile_checkpoint_runs_nothing_in_predict_eval_and_resume(shards, tm
 
 
 def test_no_piseg_module_unpickles_code_unless_convert_released_is_told_to():
-    settings = {(path.relative_to(PISEG).as_posix(), value) for path in PISEG.rglob("*.py")
-                for value in re.findall(r"weights_only=([\w ]+)", path.read_text())}  # fmt: skip
+    settings = {
+        (path.relative_to(PISEG).as_posix(), value)
+        for path in PISEG.rglob("*.py")
+        for value in re.findall(r"weights_only=([\w ]+)", path.read_text())
+    }
     assert {value for _, value in settings} == {"True", "not trust_pickle"}
     assert {name for name, value in settings if value != "True"} == {"released/convert.py"}
 
@@ -137,8 +161,19 @@ def test_predict_refuses_more_classes_than_a_mask_holds_before_any_work(run, tmp
     names = ", ".join(f"class {i}" for i in range(300))
     picture = tmp_path / "scene.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(picture)
-    result = runner.invoke(app, ["predict", str(picture), "--checkpoint", str(run / "checkpoints" / "final.pt"),
-                                 "--classes", names, "--out", str(tmp_path / "out")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(picture),
+            "--checkpoint",
+            str(run / "checkpoints" / "final.pt"),
+            "--classes",
+            names,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert_clean_exit(result, 2)
     assert "300 class names" in result.output and "at most 255" in result.output
     assert not (tmp_path / "out").exists()
@@ -151,10 +186,24 @@ def test_predict_goes_over_the_bad_input_corpus_and_exits_1(run, tmp_path):
     corpus = make_raster_corpus(tmp_path / "corpus")
     paths = [tmp_path / "corpus" / name for name in corpus]
     out = tmp_path / "out"
-    result = runner.invoke(app, ["predict", *map(str, paths), "--checkpoint", str(run / "checkpoints" / "final.pt"),
-                                 "--classes", "building, tree, water", "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            *map(str, paths),
+            "--checkpoint",
+            str(run / "checkpoints" / "final.pt"),
+            "--classes",
+            "building, tree, water",
+            "--out",
+            str(out),
+        ],
+    )
     assert_clean_exit(result, 1)
-    skipped = {Path(json.loads(line)["input"]).name: json.loads(line)["reason"] for line in (out / "skipped.jsonl").read_text().splitlines()}
+    skipped = {
+        Path(json.loads(line)["input"]).name: json.loads(line)["reason"]
+        for line in (out / "skipped.jsonl").read_text().splitlines()
+    }
     bad = {name for name, outcome in corpus.items() if outcome != GOOD}
     unreadable = {name for name in bad if not any(reason in corpus[name] for reason in TILE_CHECKS)}
     assert unreadable <= set(skipped) <= bad
@@ -175,14 +224,40 @@ def test_predict_exits_2_when_nothing_is_readable_and_fail_fast_stops_at_the_fir
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(good)
-    result = runner.invoke(app, ["predict", str(broken), str(cut), str(tmp_path / "nope.png"), "--checkpoint", checkpoint,
-                                 "--classes", "a, b", "--out", str(tmp_path / "all-bad")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(broken),
+            str(cut),
+            str(tmp_path / "nope.png"),
+            "--checkpoint",
+            checkpoint,
+            "--classes",
+            "a, b",
+            "--out",
+            str(tmp_path / "all-bad"),
+        ],
+    )
     assert_clean_exit(result, 2)
     assert "none of the 3 images" in last_line(result) and "skipped.jsonl" in last_line(result)
     reasons = (tmp_path / "all-bad" / "skipped.jsonl").read_text()
     assert "truncated" in reasons and "No such file" in reasons
-    result = runner.invoke(app, ["predict", str(broken), str(good), "--fail-fast", "--checkpoint", checkpoint,
-                                 "--classes", "a, b", "--out", str(tmp_path / "fast")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(broken),
+            str(good),
+            "--fail-fast",
+            "--checkpoint",
+            checkpoint,
+            "--classes",
+            "a, b",
+            "--out",
+            str(tmp_path / "fast"),
+        ],
+    )
     assert_clean_exit(result, 2)
     assert "broken.png" in result.output and "--fail-fast" in result.output
     assert not (tmp_path / "fast" / "good.png").exists()
@@ -220,8 +295,22 @@ def test_eval_reports_unreadable_files_and_evaluates_the_other_datasets(run, tmp
     definitions["benchmarks"]["pair"] = {"train_taxonomy": "ovrsis95k", "datasets": ["isaid", "dlrsd"]}
     (tmp_path / "benchmarks.yaml").write_text(yaml.safe_dump(definitions))
     out = tmp_path / "report"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--benchmark", "pair",
-                                 "--data-root", str(root), "--out", str(out), "--benchmarks", str(tmp_path / "benchmarks.yaml")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "checkpoints" / "final.pt"),
+            "--benchmark",
+            "pair",
+            "--data-root",
+            str(root),
+            "--out",
+            str(out),
+            "--benchmarks",
+            str(tmp_path / "benchmarks.yaml"),
+        ],
+    )
     assert_clean_exit(result, 1)
     report = json.loads((out / "report.json").read_text())
     entry = report["datasets"]["isaid"]
@@ -317,7 +406,9 @@ def test_train_stops_at_or_skips_bad_samples_and_unreadable_shard_data(tmp_path)
     assert "error:" in result.output and "on_corrupt_shard: skip" in result.output
     result = train_cli(build, tmp_path / "skip", on_corrupt_shard="skip", workers=2)
     assert_clean_exit(result, 1)
-    reasons = "\n".join(json.loads(line)["reason"] for line in (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines())
+    reasons = "\n".join(
+        json.loads(line)["reason"] for line in (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines()
+    )
     assert re.search(rf"sample {truncated}: cannot decode \(.*truncated", reasons), reasons
     assert re.search(rf"sample {misshapen}: mask \(10, 12\) and image \(48, 48\) differ in size", reasons), reasons
     assert "unreadable shard data" in reasons and "fewer training samples than the manifest" in reasons

@@ -18,7 +18,9 @@ def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     shards = write_synthetic_shards(folder / "build")
     config = write_config(folder / "tiny.yaml", tiny_config(iters=4))
-    result = runner.invoke(app, ["train", "--shards", str(shards), "--config", str(config), "--out", str(folder / "run")])
+    result = runner.invoke(
+        app, ["train", "--shards", str(shards), "--config", str(config), "--out", str(folder / "run")]
+    )
     assert result.exit_code == 0, result.output
     return folder / "run" / "checkpoints" / "final.pt"
 
@@ -34,38 +36,92 @@ def test_predict_writes_masks_overlays_and_georeferenced_masks(checkpoint, tmp_p
     picture = tmp_path / "scene.png"
     Image.fromarray(np.repeat(COLOURS[:2], 20, axis=0)[:, None].repeat(40, axis=1)).save(picture)
     raster = tmp_path / "field.tif"
-    profile = {"driver": "GTiff", "width": 40, "height": 30, "count": 4, "dtype": "uint16", "crs": "EPSG:32614",
-               "transform": rasterio.transform.from_origin(500000, 4000000, 5, 5)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 40,
+        "height": 30,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32614",
+        "transform": rasterio.transform.from_origin(500000, 4000000, 5, 5),
+    }
     with rasterio.open(raster, "w", **profile) as dst:
         dst.write(np.random.default_rng(0).integers(0, 4000, (4, 30, 40), dtype=np.uint16))
     out = tmp_path / "predictions"
-    result = runner.invoke(app, ["predict", str(picture), str(raster), "--checkpoint", str(checkpoint),
-                                 "--classes", "building; tree; water, lake", "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(picture),
+            str(raster),
+            "--checkpoint",
+            str(checkpoint),
+            "--classes",
+            "building; tree; water, lake",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     mask = np.asarray(Image.open(out / "scene.png"))
     assert mask.shape == (40, 40) and set(np.unique(mask)) <= {0, 1, 2}
     assert np.asarray(Image.open(out / "scene.overlay.png")).shape == (40, 40, 3)
     with rasterio.open(out / "field.mask.tif") as written:
         assert written.crs.to_epsg() == 32614 and written.transform.c == 500000 and written.shape == (30, 40)
-    missing = runner.invoke(app, ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(checkpoint), "--classes", "a",
-                                  "--out", str(tmp_path / "missing")])  # fmt: skip
+    missing = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "nope.png"),
+            "--checkpoint",
+            str(checkpoint),
+            "--classes",
+            "a",
+            "--out",
+            str(tmp_path / "missing"),
+        ],
+    )
     assert missing.exit_code == 2 and "nope.png" in missing.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = runner.invoke(app, ["predict", str(picture), "--checkpoint", str(bad), "--classes", "a, b", "--out", str(tmp_path / "bad")])
+    result = runner.invoke(
+        app, ["predict", str(picture), "--checkpoint", str(bad), "--classes", "a, b", "--out", str(tmp_path / "bad")]
+    )
     assert result.exit_code == 2 and "bad.pt: not a readable checkpoint" in result.output
 
 
 def test_large_rasters_are_predicted_in_windows_and_stitched(checkpoint, tmp_path):
     raster = tmp_path / "large.tif"
-    profile = {"driver": "GTiff", "width": 300, "height": 200, "count": 3, "dtype": "uint8", "crs": "EPSG:32617",
-               "transform": rasterio.transform.from_origin(400000, 3300000, 0.5, 0.5)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 300,
+        "height": 200,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32617",
+        "transform": rasterio.transform.from_origin(400000, 3300000, 0.5, 0.5),
+    }
     rng = np.random.default_rng(1)
     with rasterio.open(raster, "w", **profile) as dst:
         dst.write(COLOURS[rng.integers(0, 3, (200 // 20, 300 // 20))].repeat(20, 0).repeat(20, 1).transpose(2, 0, 1))
     out = tmp_path / "large-out"
-    result = runner.invoke(app, ["predict", str(raster), "--checkpoint", str(checkpoint), "--classes", "building, tree, water",
-                                 "--out", str(out), "--tile-size", "128", "--overlap", "16"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(raster),
+            "--checkpoint",
+            str(checkpoint),
+            "--classes",
+            "building, tree, water",
+            "--out",
+            str(out),
+            "--tile-size",
+            "128",
+            "--overlap",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert not (out / "large.png").exists()
     with rasterio.open(out / "large.mask.tif") as written:
@@ -75,7 +131,9 @@ def test_large_rasters_are_predicted_in_windows_and_stitched(checkpoint, tmp_pat
         first = source.read(window=rasterio.windows.Window(0, 0, 128, 128)).transpose(1, 2, 0)
     own = Predictor(checkpoint, device="cpu").predict(first, ["building", "tree", "water"])
     assert np.array_equal(mask[:100, :100], own[:100, :100])
-    bad = runner.invoke(app, ["predict", str(raster), "--checkpoint", str(checkpoint), "--classes", "a", "--overlap", "4096"])
+    bad = runner.invoke(
+        app, ["predict", str(raster), "--checkpoint", str(checkpoint), "--classes", "a", "--overlap", "4096"]
+    )
     assert bad.exit_code == 2 and "--overlap" in bad.output
 
 

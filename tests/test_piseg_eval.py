@@ -16,7 +16,13 @@ from torchmetrics.classification import MulticlassJaccardIndex, MulticlassRecall
 from typer.testing import CliRunner
 
 from piseg.cli import app
-from piseg.evaluation.benchmarks import DatasetError, dataset_spec, default_definitions, load_benchmark, load_definitions
+from piseg.evaluation.benchmarks import (
+    DatasetError,
+    dataset_spec,
+    default_definitions,
+    load_benchmark,
+    load_definitions,
+)
 from piseg.evaluation.metrics import ConfusionMatrix
 from piseg.inference.predict import Predictor
 from piseg.training.train import train
@@ -56,21 +62,39 @@ RELEASED_LAYOUTS = {
     "vdd": ("OVRSISBench_test/VDD/src/a.JPG", "OVRSISBench_test/VDD/gt/a.png"),
     "flair": ("OVRSISBench_test/FLAIR_test/image/a.png", "OVRSISBench_test/FLAIR_test/mask/a.png"),
     "openearthmap": ("OVRSISBench_test/OpenEarthMap/images/a.tif", "OVRSISBench_test/OpenEarthMap/labels/a.tif"),
-    "inria": ("OVRSISBenchV2_other3task/Building_Extraction/Inria/img_dir/split_test/a.png",
-              "OVRSISBenchV2_other3task/Building_Extraction/Inria/ann_dir/split_test/a.png"),
-    "whu-aerial": ("OVRSISBenchV2_other3task/Building_Extraction/WHU-BD/Images/a.png",
-                   "OVRSISBenchV2_other3task/Building_Extraction/WHU-BD/Masks_cvt/a.png"),
-    "whu-satellite-ii": ("OVRSISBenchV2_other3task/Building_Extraction/WHU-SAT/Images/a.tif",
-                         "OVRSISBenchV2_other3task/Building_Extraction/WHU-SAT/Masks_cvt/a.tif"),
-    "xbd-pre": ("OVRSISBenchV2_other3task/Building_Extraction/xBD/images_pre/a.png",
-                "OVRSISBenchV2_other3task/Building_Extraction/xBD/targets_cvt/a.png"),
-    **{name: (f"OVRSISBenchV2_other3task/Road_Extraction/{folder}/image_cvt/a.jpg",
-              f"OVRSISBenchV2_other3task/Road_Extraction/{folder}/label_cvt/a.png")
-       for name, folder in [("chn6-cug", "CHN6-CUG"), ("deepglobe-road", "DeepGlobe"),
-                            ("massachusetts-road", "Massachusetts"), ("spacenet-road", "SpaceNet")]},
-    "wbs-si": ("OVRSISBenchV2_other3task/Flood_Detection/WBS-SI_val/Images/a.jpg",
-               "OVRSISBenchV2_other3task/Flood_Detection/WBS-SI_val/Masks_cvt/a.jpg"),
-}  # fmt: skip
+    "inria": (
+        "OVRSISBenchV2_other3task/Building_Extraction/Inria/img_dir/split_test/a.png",
+        "OVRSISBenchV2_other3task/Building_Extraction/Inria/ann_dir/split_test/a.png",
+    ),
+    "whu-aerial": (
+        "OVRSISBenchV2_other3task/Building_Extraction/WHU-BD/Images/a.png",
+        "OVRSISBenchV2_other3task/Building_Extraction/WHU-BD/Masks_cvt/a.png",
+    ),
+    "whu-satellite-ii": (
+        "OVRSISBenchV2_other3task/Building_Extraction/WHU-SAT/Images/a.tif",
+        "OVRSISBenchV2_other3task/Building_Extraction/WHU-SAT/Masks_cvt/a.tif",
+    ),
+    "xbd-pre": (
+        "OVRSISBenchV2_other3task/Building_Extraction/xBD/images_pre/a.png",
+        "OVRSISBenchV2_other3task/Building_Extraction/xBD/targets_cvt/a.png",
+    ),
+    **{
+        name: (
+            f"OVRSISBenchV2_other3task/Road_Extraction/{folder}/image_cvt/a.jpg",
+            f"OVRSISBenchV2_other3task/Road_Extraction/{folder}/label_cvt/a.png",
+        )
+        for name, folder in [
+            ("chn6-cug", "CHN6-CUG"),
+            ("deepglobe-road", "DeepGlobe"),
+            ("massachusetts-road", "Massachusetts"),
+            ("spacenet-road", "SpaceNet"),
+        ]
+    },
+    "wbs-si": (
+        "OVRSISBenchV2_other3task/Flood_Detection/WBS-SI_val/Images/a.jpg",
+        "OVRSISBenchV2_other3task/Flood_Detection/WBS-SI_val/Masks_cvt/a.jpg",
+    ),
+}
 
 
 def write_loveda_native(root: Path) -> None:
@@ -79,8 +103,14 @@ def write_loveda_native(root: Path) -> None:
     for domain in ("Urban", "Rural"):
         for index in range(2):
             stem = f"{domain[0]}{index}"
-            save(root / "LoveDA" / "Val" / domain / "images_png" / f"{stem}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-            save(root / "LoveDA" / "Val" / domain / "masks_png" / f"{stem}.png", rng.integers(0, 8, (32, 32), dtype=np.uint8))
+            save(
+                root / "LoveDA" / "Val" / domain / "images_png" / f"{stem}.png",
+                rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+            )
+            save(
+                root / "LoveDA" / "Val" / domain / "masks_png" / f"{stem}.png",
+                rng.integers(0, 8, (32, 32), dtype=np.uint8),
+            )
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +175,28 @@ def test_lossy_jpeg_masks_are_thresholded_on_either_scale(tmp_path, scale):
 def test_palette_masks_missing_files_and_bad_values(tmp_path):
     colours = {"255,255,255": 0, "0,0,255": 1}
     path = tmp_path / "defs.yaml"
-    path.write_text(yaml.safe_dump({"datasets": {
-        "colour": {"taxonomy": "building", "images": "c/img/*.png", "masks": "c/mask/{stem}.png", "labels": {"palette": colours}},
-        "plain": {"taxonomy": "building", "images": "p/img/*.png", "masks": "p/mask/{stem}.png"},
-        "both": {"taxonomy": "building", "images": "p/*.png", "masks": "x", "labels": {"map": {0: 0}, "threshold": 3}},
-        "vague": {"taxonomy": "flood", "images": "p/*.png", "masks": "x", "labels": {"threshold": "half"}},
-    }}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "colour": {
+                        "taxonomy": "building",
+                        "images": "c/img/*.png",
+                        "masks": "c/mask/{stem}.png",
+                        "labels": {"palette": colours},
+                    },
+                    "plain": {"taxonomy": "building", "images": "p/img/*.png", "masks": "p/mask/{stem}.png"},
+                    "both": {
+                        "taxonomy": "building",
+                        "images": "p/*.png",
+                        "masks": "x",
+                        "labels": {"map": {0: 0}, "threshold": 3},
+                    },
+                    "vague": {"taxonomy": "flood", "images": "p/*.png", "masks": "x", "labels": {"threshold": "half"}},
+                }
+            }
+        )
+    )
     definitions = load_definitions(path)
     rgb = np.zeros((8, 8, 3), dtype=np.uint8)
     rgb[:4] = 255
@@ -167,7 +213,9 @@ def test_palette_masks_missing_files_and_bad_values(tmp_path):
     save(tmp_path / "p" / "img" / "b.png", rgb)
     save(tmp_path / "p" / "mask" / "a.png", np.full((8, 8), 7, dtype=np.uint8))
     samples, problems = plain.samples(tmp_path)
-    assert len(samples) == 1 and problems == [f"{tmp_path / 'p' / 'img' / 'b.png'}: no mask at {tmp_path / 'p' / 'mask' / 'b.png'}"]
+    assert len(samples) == 1 and problems == [
+        f"{tmp_path / 'p' / 'img' / 'b.png'}: no mask at {tmp_path / 'p' / 'mask' / 'b.png'}"
+    ]
     with pytest.raises(DatasetError, match=r"a.png: mask values \[7\] outside 0-1"):
         plain.read(samples[0])
     with pytest.raises(DatasetError, match="one of map / threshold / palette"):
@@ -181,22 +229,43 @@ def test_palette_masks_missing_files_and_bad_values(tmp_path):
 def test_adapters_on_real_spacenet_masks(shared_real, tmp_path):
     spacenet = shared_real / "spacenet"
     with rasterio.open(spacenet / "sample_geotiff.tif") as image:
-        shapes = [feature["geometry"] for feature in json.loads((spacenet / "geotiff_labels.geojson").read_text())["features"]]
-        buildings = rasterio.features.rasterize(shapes, out_shape=image.shape, transform=image.transform, fill=0, default_value=1)
+        shapes = [
+            feature["geometry"] for feature in json.loads((spacenet / "geotiff_labels.geojson").read_text())["features"]
+        ]
+        buildings = rasterio.features.rasterize(
+            shapes, out_shape=image.shape, transform=image.transform, fill=0, default_value=1
+        )
     save(tmp_path / "buildings" / "sample_geotiff.png", buildings.astype(np.uint8))
     path = tmp_path / "real.yaml"
-    path.write_text(yaml.safe_dump({"datasets": {
-        "spacenet-road": {"taxonomy": "road", "images": "spacenet/road_mask_input.tif",
-                          "masks": "spacenet/sample_road_raster_mask.tif", "labels": {"map": {0: 0, 255: 1}}},
-        "spacenet-buildings": {"taxonomy": "building", "images": "spacenet/sample_geotiff.tif",
-                               "masks": str(tmp_path / "buildings" / "{stem}.png")},
-    }}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "spacenet-road": {
+                        "taxonomy": "road",
+                        "images": "spacenet/road_mask_input.tif",
+                        "masks": "spacenet/sample_road_raster_mask.tif",
+                        "labels": {"map": {0: 0, 255: 1}},
+                    },
+                    "spacenet-buildings": {
+                        "taxonomy": "building",
+                        "images": "spacenet/sample_geotiff.tif",
+                        "masks": str(tmp_path / "buildings" / "{stem}.png"),
+                    },
+                }
+            }
+        )
+    )
     definitions = load_definitions(path)
     road = dataset_spec(definitions, "spacenet-road")
     image, mask = road.read(road.samples(shared_real)[0][0])
     with rasterio.open(spacenet / "sample_road_raster_mask.tif") as truth:
         stored = truth.read(1)
-    assert image.shape == (1300, 1300, 3) and image.dtype == np.uint8 and np.array_equal(mask, (stored > 0).astype(np.uint8))
+    assert (
+        image.shape == (1300, 1300, 3)
+        and image.dtype == np.uint8
+        and np.array_equal(mask, (stored > 0).astype(np.uint8))
+    )
     building = dataset_spec(definitions, "spacenet-buildings")
     image, mask = building.read(building.samples(shared_real)[0][0])
     assert image.shape == (900, 900, 3) and 0.01 < mask.mean() < 0.5
@@ -252,8 +321,21 @@ def test_piseg_eval_writes_the_full_report_and_resumes(checkpoint, definitions, 
     write_isaid(root)
     write_loveda_native(root)
     out = tmp_path / "report"
-    arguments = ["eval", "--checkpoint", str(checkpoint), "--benchmark", "two-layouts", "--data-root", str(root),
-                 "--out", str(out), "--benchmarks", str(definitions), "--panels", "2"]  # fmt: skip
+    arguments = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--benchmark",
+        "two-layouts",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--benchmarks",
+        str(definitions),
+        "--panels",
+        "2",
+    ]
     result = runner.invoke(app, arguments)
     assert result.exit_code == 0, result.output
     for name in ("report.md", "report.json", "overlap.png", "datasets/isaid.json", "datasets/loveda-native.json"):
@@ -289,8 +371,22 @@ def test_missing_files_are_reported_not_half_evaluated(checkpoint, definitions, 
     write_loveda_native(root)
     os.remove(root / ISAID / "D2masks" / "P0001.png")
     out = tmp_path / "report"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--benchmark", "two-layouts", "--data-root", str(root),
-                                 "--out", str(out), "--benchmarks", str(definitions)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--benchmark",
+            "two-layouts",
+            "--data-root",
+            str(root),
+            "--out",
+            str(out),
+            "--benchmarks",
+            str(definitions),
+        ],
+    )
     assert result.exit_code == 1 and "missing files" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["complete"] is False and "miou" not in report["datasets"]["isaid"]
@@ -302,12 +398,29 @@ def test_zero_shot_clip_runs_through_the_same_evaluation(definitions, tmp_path):
     root = tmp_path / "data"
     write_loveda_native(root)
     out = tmp_path / "zero"
-    result = runner.invoke(app, ["eval", "--zero-shot", "--backbone", "tiny", "--benchmark", "loveda-native",
-                                 "--data-root", str(root), "--out", str(out), "--benchmarks", str(definitions)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--zero-shot",
+            "--backbone",
+            "tiny",
+            "--benchmark",
+            "loveda-native",
+            "--data-root",
+            str(root),
+            "--out",
+            str(out),
+            "--benchmarks",
+            str(definitions),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"].startswith("zero-shot CLIP") and 0 <= report["m_miou"] <= 1
-    assert runner.invoke(app, ["eval", "--benchmark", "flood", "--data-root", str(root), "--out", str(out)]).exit_code == 2
+    assert (
+        runner.invoke(app, ["eval", "--benchmark", "flood", "--data-root", str(root), "--out", str(out)]).exit_code == 2
+    )
 
 
 def test_bench_prints_the_efficiency_table():
@@ -329,15 +442,33 @@ def test_whole_image_inference_is_one_resized_view_and_its_own_run(checkpoint, d
     text = model.encode_classes(["water", "road", "tree"])
     whole = dataclasses.replace(config.eval, mode="whole", whole_pad=0)  # the released padding: test_piseg_recipe.py
     with torch.no_grad():
-        view = F.interpolate(shortest_edge_resize(image[None], whole.resize), size=(whole.crop, whole.crop), mode="bilinear", align_corners=False)
-        expected = F.interpolate(model(view, text).logits.sigmoid(), size=(50, 70), mode="bilinear", align_corners=False)[0].argmax(0)
+        view = F.interpolate(
+            shortest_edge_resize(image[None], whole.resize),
+            size=(whole.crop, whole.crop),
+            mode="bilinear",
+            align_corners=False,
+        )
+        expected = F.interpolate(
+            model(view, text).logits.sigmoid(), size=(50, 70), mode="bilinear", align_corners=False
+        )[0].argmax(0)
     assert torch.equal(predict_mask(model, image, text, whole), expected)
 
     root = tmp_path / "data"
     write_loveda_native(root)
     out = tmp_path / "report"
-    arguments = ["eval", "--checkpoint", str(checkpoint), "--benchmark", "loveda-native", "--data-root", str(root),
-                 "--out", str(out), "--benchmarks", str(definitions)]  # fmt: skip
+    arguments = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--benchmark",
+        "loveda-native",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--benchmarks",
+        str(definitions),
+    ]
     assert runner.invoke(app, arguments).exit_code == 0
     sliding = json.loads((out / "report.json").read_text())
     finished = (out / "datasets" / "loveda-native.json").stat().st_mtime_ns
@@ -373,15 +504,34 @@ def test_eval_prints_the_papers_numbers_beside_ours(checkpoint, definitions, tmp
     none of its own); --no-compare-paper leaves the columns out."""
     root = tmp_path / "data"
     write_isaid(root, sizes=((40, 48),))
-    arguments = ["eval", "--checkpoint", str(checkpoint), "--benchmark", "ovrsisbench-v2", "--datasets", "isaid", "--data-root",
-                 str(root), "--benchmarks", str(definitions), "--panels", "0"]  # fmt: skip
+    arguments = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--benchmark",
+        "ovrsisbench-v2",
+        "--datasets",
+        "isaid",
+        "--data-root",
+        str(root),
+        "--benchmarks",
+        str(definitions),
+        "--panels",
+        "0",
+    ]
     result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "a"), "--paper-backbone", "vit-b"])
     assert result.exit_code == 0, result.output
-    assert "paper mIoU: Pi-Seg 47.54 (Δ " in result.output and "CAT-Seg 49.19" in result.output and "Pi-Seg 39.48" in result.output
+    assert (
+        "paper mIoU: Pi-Seg 47.54 (Δ " in result.output
+        and "CAT-Seg 49.19" in result.output
+        and "Pi-Seg 39.48" in result.output
+    )
     assert "Table IV of arXiv 2604.15652, ViT-B" in (tmp_path / "a" / "report.md").read_text()
     result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "b")])
     assert result.exit_code == 0 and "paper reports no ovrsisbench-v2 numbers for tiny" in result.output
-    result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "c"), "--paper-backbone", "vit-b", "--no-compare-paper"])
+    result = runner.invoke(
+        app, [*arguments, "--out", str(tmp_path / "c"), "--paper-backbone", "vit-b", "--no-compare-paper"]
+    )
     assert result.exit_code == 0 and "paper mIoU" not in result.output and "paper reports" not in result.output
 
 
@@ -403,6 +553,10 @@ def test_eval_images_are_read_upright_and_palette_images_expanded(tmp_path):
     spec.images = ["OVRSISBench_test/DLRSD/imgs/*"]
     samples = {s.name: s for s in spec.samples(tmp_path)[0]}
     image, mask = spec.read(samples["rotated"])
-    assert image.shape == upright.shape and np.abs(image.astype(int) - upright).mean() < 3 and mask.shape == upright.shape[:2]
+    assert (
+        image.shape == upright.shape
+        and np.abs(image.astype(int) - upright).mean() < 3
+        and mask.shape == upright.shape[:2]
+    )
     image, _ = spec.read(samples["palette"])
     assert image.shape == (4, 6, 3) and image[0, 0].tolist() == [255, 0, 0] and image[0, 1].tolist() == [0, 255, 0]

@@ -22,10 +22,13 @@ def tiny():
     return build_model(preset("tiny").model)
 
 
-@pytest.mark.parametrize("backbone, pi_seg, baseline, channels", [
-    ("vit-b", 155_603_682, 154_289_378, 512),
-    ("vit-l", 436_681_442, 433_726_946, 768),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "backbone, pi_seg, baseline, channels",
+    [
+        ("vit-b", 155_603_682, 154_289_378, 512),
+        ("vit-l", 436_681_442, 433_726_946, 768),
+    ],
+)
 def test_parameter_counts_match_the_paper(backbone, pi_seg, baseline, channels):
     rows = parameter_table(preset(backbone).model)
     assert [r.total for r in rows] == [pi_seg, baseline]
@@ -83,7 +86,9 @@ def test_spms_perturb_in_training_only(tiny):
     assert first.clean_cost is not None and not torch.allclose(first.cost, first.clean_cost)
     tiny.eval()
     evaluated = tiny(images, text, torch.Generator().manual_seed(1))
-    assert evaluated.clean_cost is None and torch.equal(evaluated.cost, cost_volume(tiny.backbone.encode_image(images)[0], text))
+    assert evaluated.clean_cost is None and torch.equal(
+        evaluated.cost, cost_volume(tiny.backbone.encode_image(images)[0], text)
+    )
     # eval output = the CAT-Seg baseline with the same weights
     baseline_config = variant(tiny.config, False)
     baseline = build_model(dataclasses.replace(baseline_config, clip=None)).eval()
@@ -92,10 +97,17 @@ def test_spms_perturb_in_training_only(tiny):
     assert torch.equal(baseline(images, text).logits, evaluated.logits)
 
 
-@pytest.mark.parametrize("family, df, kurtosis", [
-    ("gaussian", 5, 3.0), ("uniform", 5, 1.8), ("laplace", 5, 6.0), ("student-t", 5, None), ("student-t", 10, 4.0),
-    ("student-t", 3, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "family, df, kurtosis",
+    [
+        ("gaussian", 5, 3.0),
+        ("uniform", 5, 1.8),
+        ("laplace", 5, 6.0),
+        ("student-t", 5, None),
+        ("student-t", 10, 4.0),
+        ("student-t", 3, None),
+    ],
+)
 def test_noise_families_have_unit_variance(family, df, kurtosis):
     z = unit_noise((1_000_000,), family, df, torch.Generator().manual_seed(0)).double()
     assert abs(z.mean()) < 0.01
@@ -126,7 +138,9 @@ def test_only_query_and_value_projections_of_clip_train(tiny):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(parameter_groups(model, preset("tiny")))
     masks = torch.randint(0, 3, (2, 64, 64))
-    loss = segmentation_loss(model(torch.rand(2, 3, 64, 64) * 255, model.encode_classes(NAMES)).logits, masks, "negative")
+    loss = segmentation_loss(
+        model(torch.rand(2, 3, 64, 64) * 255, model.encode_classes(NAMES)).logits, masks, "negative"
+    )
     loss.backward()
     optimizer.step()
     for name, parameter in model.named_parameters():
@@ -154,9 +168,10 @@ def test_pretrained_clip_loads_from_a_local_folder_and_checkpoints_need_no_folde
     self-contained checkpoint that loads after the folder is gone."""
     import shutil
 
+    from transformers import CLIPModel
+
     from piseg.checkpoint import load_model, save_checkpoint
     from piseg.modeling.clip_backbone import byte_level_tokenizer, clip_config
-    from transformers import CLIPModel
 
     config = preset("tiny")
     folder = tmp_path / "clip"
@@ -166,8 +181,10 @@ def test_pretrained_clip_loads_from_a_local_folder_and_checkpoints_need_no_folde
     byte_level_tokenizer().save_pretrained(folder)
     config.model = dataclasses.replace(config.model, clip=str(folder))
     model = build_model(config.model)
-    assert torch.equal(model.backbone.clip.vision_model.encoder.layers[0].self_attn.q_proj.weight,
-                       saved.vision_model.encoder.layers[0].self_attn.q_proj.weight)  # fmt: skip
+    assert torch.equal(
+        model.backbone.clip.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+        saved.vision_model.encoder.layers[0].self_attn.q_proj.weight,
+    )
     path = tmp_path / "model.pt"
     save_checkpoint(path, model, config, NAMES, "v")
     shutil.rmtree(folder)

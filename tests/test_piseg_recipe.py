@@ -59,7 +59,14 @@ def clustered_shards(out, rasters: int = 12, tiles: int = 8):
 
     records = [tile_record(f"raster{r:02d}__r{t}_c0", 8) for r in range(rasters) for t in range(tiles)]
     sample = (np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8), dtype=np.uint8))
-    write_shards(out, records, lambda record: sample, ["building"], "sha256:order", ShardConfig(max_samples=tiles, val_fraction=0))
+    write_shards(
+        out,
+        records,
+        lambda record: sample,
+        ["building"],
+        "sha256:order",
+        ShardConfig(max_samples=tiles, val_fraction=0),
+    )
     return out
 
 
@@ -69,9 +76,9 @@ def test_sample_order_is_close_to_a_full_permutation(tmp_path):
     batches about as a permutation does, where key-sorted shards gave one raster per batch."""
     import tarfile
 
+    from pipeline.shards import ShardReader
     from piseg.config import TrainConfig
     from piseg.training.batches import TrainingStream
-    from pipeline.shards import ShardReader
 
     shards = clustered_shards(tmp_path / "build")
     with tarfile.open(shards / "shards" / "train-000000.tar") as tar:
@@ -130,7 +137,12 @@ def test_sliding_window_global_view_and_whole_image_padding_as_released():
     import torch.nn.functional as F
 
     from piseg.config import EvalConfig
-    from piseg.inference.scheme import crop_offsets, shortest_edge_resize, sliding_window_probabilities, whole_image_probabilities
+    from piseg.inference.scheme import (
+        crop_offsets,
+        shortest_edge_resize,
+        sliding_window_probabilities,
+        whole_image_probabilities,
+    )
     from piseg.modeling.clip_backbone import CLIP_MEAN
 
     settings = EvalConfig(resize=96, crop=64, stride=32)
@@ -147,7 +159,9 @@ def test_sliding_window_global_view_and_whole_image_padding_as_released():
     local, count = torch.zeros(2, 96, 96), torch.zeros(1, 96, 96)
     for top in offsets:
         for left in offsets:
-            local[:, top : top + 64, left : left + 64] += resize(model(square[..., top : top + 64, left : left + 64], text).logits, (64, 64)).sigmoid()[0]
+            local[:, top : top + 64, left : left + 64] += resize(
+                model(square[..., top : top + 64, left : left + 64], text).logits, (64, 64)
+            ).sigmoid()[0]
             count[:, top : top + 64, left : left + 64] += 1
     overall = resize(resize(model(resize(shortest, (64, 64)), text).logits, (64, 64)).sigmoid(), (96, 96))[0]
     expected = resize(((local / count + overall) / 2)[None], (50, 130))[0]
@@ -159,4 +173,6 @@ def test_sliding_window_global_view_and_whole_image_padding_as_released():
     expected = resize(model(resize(padded, (64, 64)), text).logits.sigmoid(), (50, 130))[0]
     assert torch.allclose(whole_image_probabilities(model, image, text, settings), expected, atol=1e-5)
     unpadded = resize(model(resize(shortest, (64, 64)), text).logits.sigmoid(), (50, 130))[0]
-    assert torch.allclose(whole_image_probabilities(model, image, text, dataclasses.replace(settings, whole_pad=0)), unpadded, atol=1e-5)
+    assert torch.allclose(
+        whole_image_probabilities(model, image, text, dataclasses.replace(settings, whole_pad=0)), unpadded, atol=1e-5
+    )

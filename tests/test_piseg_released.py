@@ -20,8 +20,14 @@ from piseg.cli import app
 from piseg.config import preset
 from piseg.modeling.clip_backbone import CLIP_MEAN, CLIP_STD, byte_level_tokenizer
 from piseg.modeling.model import build_model
-from piseg.released.convert import (CLIP_PREFIX, ReleasedCheckpointError, convert_released, convert_state_dict, infer_architecture,
-                            read_released)
+from piseg.released.convert import (
+    CLIP_PREFIX,
+    ReleasedCheckpointError,
+    convert_released,
+    convert_state_dict,
+    infer_architecture,
+    read_released,
+)
 
 NAMES = ["background", "building", "road"]
 runner = CliRunner()
@@ -34,16 +40,34 @@ RELEASED_HEAD = {
     "sem_seg_head.predictor.transformer.conv1.weight": "aggregator.embed.weight",
     "sem_seg_head.predictor.transformer.guidance_projection.0.weight": "aggregator.appearance_projection.0.weight",
     "sem_seg_head.predictor.transformer.text_guidance_projection.0.bias": "aggregator.text_projection.0.bias",
-    "sem_seg_head.predictor.transformer.decoder_guidance_projection.1.0.weight": "aggregator.decoder_guidance_projection.1.0.weight",
-    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_1.attn.q.weight": "aggregator.layers.{i}.spatial.block_1.attn.q.weight",
-    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_2.attn.proj.bias": "aggregator.layers.{i}.spatial.block_2.attn.proj.bias",
-    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_2.mlp.fc1.weight": "aggregator.layers.{i}.spatial.block_2.mlp.0.weight",
-    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_1.mlp.fc2.bias": "aggregator.layers.{i}.spatial.block_1.mlp.2.bias",
-    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.guidance_norm.weight": "aggregator.layers.{i}.spatial.guidance_norm.weight",
-    "sem_seg_head.predictor.transformer.layers.{i}.class_agg.attention.k.weight": "aggregator.layers.{i}.classes.k.weight",
-    "sem_seg_head.predictor.transformer.layers.{i}.class_agg.MLP.2.weight": "aggregator.layers.{i}.classes.mlp.2.weight",
+    "sem_seg_head.predictor.transformer.decoder_guidance_projection.1.0.weight": (
+        "aggregator.decoder_guidance_projection.1.0.weight"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_1.attn.q.weight": (
+        "aggregator.layers.{i}.spatial.block_1.attn.q.weight"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_2.attn.proj.bias": (
+        "aggregator.layers.{i}.spatial.block_2.attn.proj.bias"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_2.mlp.fc1.weight": (
+        "aggregator.layers.{i}.spatial.block_2.mlp.0.weight"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.block_1.mlp.fc2.bias": (
+        "aggregator.layers.{i}.spatial.block_1.mlp.2.bias"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.sptial_agg.guidance_norm.weight": (
+        "aggregator.layers.{i}.spatial.guidance_norm.weight"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.class_agg.attention.k.weight": (
+        "aggregator.layers.{i}.classes.k.weight"
+    ),
+    "sem_seg_head.predictor.transformer.layers.{i}.class_agg.MLP.2.weight": (
+        "aggregator.layers.{i}.classes.mlp.2.weight"
+    ),
     "sem_seg_head.predictor.transformer.layers.{i}.class_agg.norm2.bias": "aggregator.layers.{i}.classes.norm2.bias",
-    "sem_seg_head.predictor.transformer.layers.{i}.class_agg.padding_guidance": "aggregator.layers.{i}.classes.padding_guidance",
+    "sem_seg_head.predictor.transformer.layers.{i}.class_agg.padding_guidance": (
+        "aggregator.layers.{i}.classes.padding_guidance"
+    ),
     "sem_seg_head.predictor.transformer.decoder1.up.weight": "aggregator.decoder1.up.weight",
     "sem_seg_head.predictor.transformer.decoder2.conv.double_conv.4.weight": "aggregator.decoder2.conv.layers.4.weight",
     "sem_seg_head.predictor.transformer.head.weight": "aggregator.head.weight",
@@ -57,10 +81,21 @@ RELEASED_HEAD = {
 def tiny_open_clip() -> CLIP:
     """OpenAI-layout CLIP with the tiny preset's depths, 64-wide towers (OpenAI's rule: width // 64 heads)."""
     torch.manual_seed(0)
-    model = CLIP(embed_dim=32, quick_gelu=True,
-                 vision_cfg=CLIPVisionCfg(layers=3, width=64, head_width=64, patch_size=8, image_size=32, mlp_ratio=2.0),
-                 text_cfg=CLIPTextCfg(context_length=32, vocab_size=515, width=64, heads=1, layers=2, mlp_ratio=2.0,
-                                      pool_type="eos", eos_id=byte_level_tokenizer().eos_token_id))  # fmt: skip
+    model = CLIP(
+        embed_dim=32,
+        quick_gelu=True,
+        vision_cfg=CLIPVisionCfg(layers=3, width=64, head_width=64, patch_size=8, image_size=32, mlp_ratio=2.0),
+        text_cfg=CLIPTextCfg(
+            context_length=32,
+            vocab_size=515,
+            width=64,
+            heads=1,
+            layers=2,
+            mlp_ratio=2.0,
+            pool_type="eos",
+            eos_id=byte_level_tokenizer().eos_token_id,
+        ),
+    )
     with torch.no_grad():
         for parameter in model.parameters():  # no zero biases or unit norms: every tensor must matter
             parameter.add_(torch.randn_like(parameter) * 0.05)
@@ -98,7 +133,9 @@ def released(tmp_path_factory):
             continue
         released_name = inverse.get(our_name) or _released_name(our_name)
         value = torch.randn(tensor.shape) * 0.1
-        state[released_name] = value.view(1, 1, 1, -1) if released_name.endswith(("text_vpn.mu", "text_vpn.var")) else value
+        state[released_name] = (
+            value.view(1, 1, 1, -1) if released_name.endswith(("text_vpn.mu", "text_vpn.var")) else value
+        )
     state["sem_seg_head.predictor.transformer.layers.0.sptial_agg.block_2.attn_mask"] = torch.zeros(4, 4, 4)
     path = folder / "model_final.pth"
     torch.save({"model": state, "iteration": 40000}, path)
@@ -115,23 +152,39 @@ def _expanded_table(layers: int) -> dict[str, str]:
 
 def _released_name(our_name: str) -> str:
     """The released name of a head tensor the table does not list (same module, released spelling)."""
-    replacements = [("guidance_up", "upsample"), ("aggregator.embed", "transformer.conv1"),
-                    ("aggregator.appearance_projection", "transformer.guidance_projection"),
-                    ("aggregator.text_projection", "transformer.text_guidance_projection"), ("aggregator.", "transformer."),
-                    (".spatial.", ".sptial_agg."), (".mlp.0.", ".mlp.fc1."), (".mlp.2.", ".mlp.fc2."),
-                    (".classes.mlp.fc1.", ".class_agg.MLP.0."), (".classes.mlp.fc2.", ".class_agg.MLP.2."),
-                    (".classes.q.", ".class_agg.attention.q."), (".classes.k.", ".class_agg.attention.k."),
-                    (".classes.v.", ".class_agg.attention.v."), (".classes.", ".class_agg."), ("conv.layers.", "conv.double_conv."),
-                    ("image_spm.q.", "image_vpn.cross_attn.fc_q."), ("image_spm.k.", "image_vpn.cross_attn.fc_k."),
-                    ("image_spm.v.", "image_vpn.cross_attn.fc_v."), ("image_spm.mu.", "image_vpn.fc_mean."),
-                    ("image_spm.sigma.", "image_vpn.fc_variance."), ("text_spm.mu", "text_vpn.mu"), ("text_spm.sigma", "text_vpn.var")]  # fmt: skip
+    replacements = [
+        ("guidance_up", "upsample"),
+        ("aggregator.embed", "transformer.conv1"),
+        ("aggregator.appearance_projection", "transformer.guidance_projection"),
+        ("aggregator.text_projection", "transformer.text_guidance_projection"),
+        ("aggregator.", "transformer."),
+        (".spatial.", ".sptial_agg."),
+        (".mlp.0.", ".mlp.fc1."),
+        (".mlp.2.", ".mlp.fc2."),
+        (".classes.mlp.fc1.", ".class_agg.MLP.0."),
+        (".classes.mlp.fc2.", ".class_agg.MLP.2."),
+        (".classes.q.", ".class_agg.attention.q."),
+        (".classes.k.", ".class_agg.attention.k."),
+        (".classes.v.", ".class_agg.attention.v."),
+        (".classes.", ".class_agg."),
+        ("conv.layers.", "conv.double_conv."),
+        ("image_spm.q.", "image_vpn.cross_attn.fc_q."),
+        ("image_spm.k.", "image_vpn.cross_attn.fc_k."),
+        ("image_spm.v.", "image_vpn.cross_attn.fc_v."),
+        ("image_spm.mu.", "image_vpn.fc_mean."),
+        ("image_spm.sigma.", "image_vpn.fc_variance."),
+        ("text_spm.mu", "text_vpn.mu"),
+        ("text_spm.sigma", "text_vpn.var"),
+    ]
     name = our_name
     for old, new in replacements:
         name = name.replace(old, new)
     return name if name.startswith("upsample") else "sem_seg_head.predictor." + name
 
 
-def reference_dense(model: CLIP, pixels: torch.Tensor, blocks: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def reference_dense(
+    model: CLIP, pixels: torch.Tensor, blocks: tuple[int, int]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The released dense path, written against open_clip's modules: the last block's value path through
     out_proj, plus the block input's CLS token, plus the MLP; then ln_post and proj. Guidance = block outputs."""
     visual = model.visual
@@ -146,7 +199,7 @@ def reference_dense(model: CLIP, pixels: torch.Tensor, blocks: tuple[int, int]) 
             guidance.append(x[:, 1:])
     last = resblocks[-1]
     width = x.shape[-1]
-    v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
+    v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :])
     v = last.attn.out_proj(v) + x[:, :1]
     v = v + last.mlp(last.ln_2(v))
     return visual.ln_post(v[:, 1:]) @ visual.proj, guidance
@@ -169,8 +222,12 @@ def test_released_weights_give_open_clip_outputs_and_the_head_tensors(released, 
     images = torch.rand(2, 3, 32, 32) * 255
     pixels = (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        torch.testing.assert_close(model.backbone.clip.get_image_features(pixel_values=pixels).pooler_output,
-                                   reference.encode_image(pixels), atol=1e-5, rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            model.backbone.clip.get_image_features(pixel_values=pixels).pooler_output,
+            reference.encode_image(pixels),
+            atol=1e-5,
+            rtol=1e-4,
+        )
         dense, guidance = model.backbone.encode_image(images)
         expected_dense, expected_guidance = reference_dense(reference, pixels, config.model.guidance_layers)
     torch.testing.assert_close(dense.flatten(2).transpose(1, 2), expected_dense, atol=1e-5, rtol=1e-4)
@@ -235,12 +292,16 @@ def test_foreign_or_partial_checkpoints_fail_with_the_names(released, tmp_path):
 def test_cli_converts_then_predicts(released, tmp_path):
     path, _, _ = released
     out = tmp_path / "converted.pt"
-    result = runner.invoke(app, ["convert-released", str(path), "--out", str(out), "--backbone", "tiny", "--taxonomy", "ovrsis95k"])
+    result = runner.invoke(
+        app, ["convert-released", str(path), "--out", str(out), "--backbone", "tiny", "--taxonomy", "ovrsis95k"]
+    )
     assert result.exit_code == 0, result.output
     assert "Text-SPM + Image-SPM" in result.output and "35 classes of ovrsis95k" in result.output
     image = tmp_path / "scene.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image)
-    result = runner.invoke(app, ["predict", str(image), "--checkpoint", str(out), "--classes", "road; tree", "--out", str(tmp_path / "p")])
+    result = runner.invoke(
+        app, ["predict", str(image), "--checkpoint", str(out), "--classes", "road; tree", "--out", str(tmp_path / "p")]
+    )
     assert result.exit_code == 0, result.output
     assert np.array(Image.open(tmp_path / "p" / "scene.png")).shape == (40, 50)
     result = runner.invoke(app, ["convert-released", str(path), "--out", str(tmp_path / "x.pt")])
@@ -249,11 +310,18 @@ def test_cli_converts_then_predicts(released, tmp_path):
 
 def test_weights_of_one_backbone_refuse_another_backbones_configuration(tmp_path):
     """ViT-L/14@336 shapes (expanded views: a few bytes on disk) converted with the ViT-B preset."""
-    shapes = {"visual.conv1.weight": (1024, 3, 14, 14), "visual.positional_embedding": (577, 1024),
-              "visual.proj": (1024, 768), "visual.transformer.resblocks.0.mlp.c_fc.weight": (4096, 1024),
-              "visual.transformer.resblocks.23.ln_1.weight": (1024,), "transformer.resblocks.0.mlp.c_fc.weight": (3072, 768),
-              "transformer.resblocks.11.ln_1.weight": (768,), "ln_final.weight": (768,),
-              "token_embedding.weight": (49408, 768), "positional_embedding": (77, 768)}  # fmt: skip
+    shapes = {
+        "visual.conv1.weight": (1024, 3, 14, 14),
+        "visual.positional_embedding": (577, 1024),
+        "visual.proj": (1024, 768),
+        "visual.transformer.resblocks.0.mlp.c_fc.weight": (4096, 1024),
+        "visual.transformer.resblocks.23.ln_1.weight": (1024,),
+        "transformer.resblocks.0.mlp.c_fc.weight": (3072, 768),
+        "transformer.resblocks.11.ln_1.weight": (768,),
+        "ln_final.weight": (768,),
+        "token_embedding.weight": (49408, 768),
+        "positional_embedding": (77, 768),
+    }
     state = {CLIP_PREFIX + name: torch.zeros(1).expand(*shape) for name, shape in shapes.items()}
     assert infer_architecture(state) == preset("vit-l").model.architecture
     torch.save({"model": state}, tmp_path / "vitl.pth")
@@ -278,11 +346,30 @@ def test_reproduce_converts_evaluates_and_compares_every_run_resumably(released,
         for index in range(2):
             (root / name / "imgs").mkdir(parents=True, exist_ok=True)
             (root / name / "D2masks").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / name / "imgs" / f"P{index}.{extension}")
-            Image.fromarray(rng.choice(classes, size=(40, 48)).astype(np.uint8)).save(root / name / "D2masks" / f"P{index}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                root / name / "imgs" / f"P{index}.{extension}"
+            )
+            Image.fromarray(rng.choice(classes, size=(40, 48)).astype(np.uint8)).save(
+                root / name / "D2masks" / f"P{index}.png"
+            )
     out = tmp_path / "reproduce"
-    arguments = ["reproduce", "--weights", str(weights), "--data-root", str(tmp_path / "data"), "--out", str(out), "--backbone", "tiny",
-                 "--tokenizer", "none", "--paper-backbone", "vit-b", "--device", "cpu"]  # fmt: skip
+    arguments = [
+        "reproduce",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--backbone",
+        "tiny",
+        "--tokenizer",
+        "none",
+        "--paper-backbone",
+        "vit-b",
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, arguments)
     assert result.exit_code == 1, result.output  # most test sets are absent here
     summary = json.loads((out / "report.json").read_text())
@@ -292,12 +379,22 @@ def test_reproduce_converts_evaluates_and_compares_every_run_resumably(released,
     dlrsd = v1["benchmarks"]["ovrsisbench-v1-dlrsd"]
     assert dlrsd["means_exclude"] == "dlrsd" and dlrsd["m_miou"] == pytest.approx(dlrsd["datasets"]["isaid"])
     text = (out / "report.md").read_text()
-    assert "| V1-vitb_384_DLRSD | ovrsisbench-v1-dlrsd (III, w/o dlrsd) | 2 of 8 |" in text and "| 37.28 | 29.58 |" in text
+    assert (
+        "| V1-vitb_384_DLRSD | ovrsisbench-v1-dlrsd (III, w/o dlrsd) | 2 of 8 |" in text and "| 37.28 | 29.58 |" in text
+    )
     assert "| V2-vitb_384_OVRSIS95K | ovrsisbench-v2 (IV) | 2 of 10 |" in text and "| 39.48 | 37.88 |" in text
     assert "Table XIII" in text and (out / "V2-vitb_384_OVRSIS95K" / "ovrsisbench-v2" / "report.md").is_file()
-    before = {p: p.stat().st_mtime_ns for p in [*out.glob("checkpoints/*.pt"), *out.glob("*/*/datasets/isaid.json"),
-                                                 *out.glob("*/*/datasets/dlrsd.json")]}  # fmt: skip
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *out.glob("checkpoints/*.pt"),
+            *out.glob("*/*/datasets/isaid.json"),
+            *out.glob("*/*/datasets/dlrsd.json"),
+        ]
+    }
     assert len(before) == 2 + 4  # the missing test sets are looked for again
     assert runner.invoke(app, arguments).exit_code == 1
     assert before == {p: p.stat().st_mtime_ns for p in before}
-    assert runner.invoke(app, [*arguments[:2], str(tmp_path / "data"), *arguments[3:]]).exit_code == 2  # no weights there
+    assert (
+        runner.invoke(app, [*arguments[:2], str(tmp_path / "data"), *arguments[3:]]).exit_code == 2
+    )  # no weights there

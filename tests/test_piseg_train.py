@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.shards import ShardError, ShardReader
 from piseg.checkpoint import CheckpointError, read_checkpoint
 from piseg.training.batches import TrainingStream, training_batches
 from piseg.training.train import TrainingError, train
-from pipeline.shards import ShardError, ShardReader
 from tests.piseg_helpers import SYNTHETIC_NAMES, tiny_config, write_config, write_road_shards, write_synthetic_shards
 
 
@@ -115,8 +115,24 @@ def free_port() -> int:
 
 def test_ddp_with_two_cpu_processes(shards, tmp_path):
     config = write_config(tmp_path / "tiny.yaml", tiny_config(iters=3, batch_size=4))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "piseg.cli", "train", "--shards", str(shards), "--config", str(config), "--out", str(tmp_path / "ddp")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "piseg.cli",
+        "train",
+        "--shards",
+        str(shards),
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,8 +143,17 @@ def test_ddp_with_two_cpu_processes(shards, tmp_path):
 
 def test_tiny_model_overfits_real_road_tiles(shared_real, tmp_path):
     shards = write_road_shards(tmp_path / "roads", shared_real / "spacenet")
-    config = tiny_config(iters=80, batch_size=4, lr=2e-3, crop=64, resize_short=64, log_every=1, val_every=80,
-                         color_jitter=False, checkpoint_every=1000)  # fmt: skip
+    config = tiny_config(
+        iters=80,
+        batch_size=4,
+        lr=2e-3,
+        crop=64,
+        resize_short=64,
+        log_every=1,
+        val_every=80,
+        color_jitter=False,
+        checkpoint_every=1000,
+    )
     config.model = dataclasses.replace(config.model, clip_resolution=64, window_size=4)
     config.eval = dataclasses.replace(config.eval, resize=96, crop=64, stride=32)
     train(shards, config, tmp_path / "run")
@@ -163,7 +188,9 @@ def test_perturbation_statistics_follow_the_released_definition():
             outside.append(delta[b, c][(masks[b] != c) & valid])
     gt_in, non_gt = torch.cat(inside).mean().item(), torch.cat(outside).mean().item()
     stats = perturbation_statistics(output, masks)
-    assert stats["gt_in_mean"] == pytest.approx(gt_in, abs=1e-6) and stats["non_gt_mean"] == pytest.approx(non_gt, abs=1e-6)
+    assert stats["gt_in_mean"] == pytest.approx(gt_in, abs=1e-6) and stats["non_gt_mean"] == pytest.approx(
+        non_gt, abs=1e-6
+    )
     assert stats["gap"] == pytest.approx(gt_in - non_gt, abs=1e-6)
     assert stats["align_ratio"] == pytest.approx(gt_in / (abs(non_gt) + 1e-6), rel=1e-5)
     assert perturbation_statistics(output, torch.full_like(masks, 255)) == {}

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from flow_helpers import make_imagery, ovrsis, prefect_env, write_config
+
 from pipeline.shards import ShardReader, verify_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -53,7 +53,9 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def post(url: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request) as response:
         return json.loads(response.read())
 
@@ -66,16 +68,27 @@ def test_served_deployment_builds_shards(tmp_path, tiny_models_yaml):
     env = prefect_env(tmp_path / "prefect-home", api) | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=server_env,
-                              stdout=open(server_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env,
+        stdout=open(server_log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     serving = None
     try:
         wait_for(f"{api}/health", 90, server, server_log)
-        serving = subprocess.Popen(ovrsis("serve"), env=env, stdout=open(serve_log, "w"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        serving = subprocess.Popen(
+            ovrsis("serve"), env=env, stdout=open(serve_log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_for(f"{api}/deployments/name/build-ovrsis95k/local", 60, serving, serve_log)
-        run = subprocess.run([PREFECT, "deployment", "run", "build-ovrsis95k/local", "--param", f"config={config}", "--watch"],
-                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        run = subprocess.run(
+            [PREFECT, "deployment", "run", "build-ovrsis95k/local", "--param", f"config={config}", "--watch"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + serve_log.read_text()[-3000:]
         assert "Completed" in run.stdout
         assert verify_shards(tmp_path / "out") == []
@@ -88,12 +101,18 @@ def test_served_deployment_builds_shards(tmp_path, tiny_models_yaml):
         run_ids = {r["id"] for r in runs}
         assert all(artifacts[key]["flow_run_id"] in run_ids for key in ("balance-report", "shards", "quarantine"))
         assert (tmp_path / "out" / "report" / "balance.md").read_text() == artifacts["balance-report"]["data"]
-        shards = json.loads(artifacts["shards"]["data"]) if isinstance(artifacts["shards"]["data"], str) else artifacts["shards"]["data"]
+        shards = (
+            json.loads(artifacts["shards"]["data"])
+            if isinstance(artifacts["shards"]["data"], str)
+            else artifacts["shards"]["data"]
+        )
         assert sum(row["samples"] for row in shards) == 8 and {row["split"] for row in shards} == {"train", "val"}
         quarantine = artifacts["quarantine"]["data"]
         quarantine = json.loads(quarantine) if isinstance(quarantine, str) else quarantine
         assert [row["key"].split("__")[0] for row in quarantine] == ["broken"], quarantine
-        assert (tmp_path / "out" / "manifest.json").as_uri() in artifacts["manifest"]["data"]  # a link, stored as markdown
+        assert (tmp_path / "out" / "manifest.json").as_uri() in artifacts["manifest"][
+            "data"
+        ]  # a link, stored as markdown
     finally:
         if serving is not None:
             stop(serving)

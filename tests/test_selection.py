@@ -11,11 +11,24 @@ DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")
 
 
 def tile(key, categories, domain="town", quarantined=False):
-    source = SourceInfo(path="x", sha256="", window=Window(row_off=0, col_off=0, height=8, width=8),
-                        band_mapping=[1, 1, 1], stretch="none", dtype="uint8", raster_width=8, raster_height=8)  # fmt: skip
+    source = SourceInfo(
+        path="x",
+        sha256="",
+        window=Window(row_off=0, col_off=0, height=8, width=8),
+        band_mapping=[1, 1, 1],
+        stretch="none",
+        dtype="uint8",
+        raster_width=8,
+        raster_height=8,
+    )
     instances = [Instance(category=c, box=[0, 0, 1, 1], detector_score=1.0, area=10) for c in categories]
-    return TileRecord(key=key, source=source, domain=Domain(name=domain, score=1), instances=instances,
-                      quarantine=Quarantine(stage="x", reason="y") if quarantined else None)  # fmt: skip
+    return TileRecord(
+        key=key,
+        source=source,
+        domain=Domain(name=domain, score=1),
+        instances=instances,
+        quarantine=Quarantine(stage="x", reason="y") if quarantined else None,
+    )
 
 
 def corpus(tiles=6000, categories=20, seed=0, order=None):
@@ -49,7 +62,9 @@ def test_target_respected_and_quota_floor_kept(table):
 
 def test_explicit_quota_lowers_the_floor_and_balances_better_than_random(table):
     result = select(table, SelectionConfig(target_tiles=1500, quota_per_category=40))
-    assert result.quota == 40 and (table.category_tiles(result.selected) >= np.minimum(table.category_tiles(), 40)).all()
+    assert (
+        result.quota == 40 and (table.category_tiles(result.selected) >= np.minimum(table.category_tiles(), 40)).all()
+    )
     rng = np.random.default_rng(0)
     randomly = np.zeros(len(table), bool)
     randomly[rng.choice(len(table), 1500, replace=False)] = True
@@ -73,7 +88,11 @@ def test_deterministic_whatever_the_input_order(table):
 def test_all_and_small_corpora_keep_everything_labelled():
     tiles = [tile("a", ["building"]), tile("b", []), tile("c", ["road"], quarantined=True), tile("d", ["ship"])]
     assert [t.key for t in select_tiles(tiles)] == ["a", "d"]  # fewer tiles than the default target
-    assert [t.key for t in select_tiles(tiles, SelectionConfig(target_tiles="all", drop_unlabeled=False))] == ["a", "b", "d"]
+    assert [t.key for t in select_tiles(tiles, SelectionConfig(target_tiles="all", drop_unlabeled=False))] == [
+        "a",
+        "b",
+        "d",
+    ]
     with pytest.raises(ValueError, match="target_tiles"):
         SelectionConfig(target_tiles=0)
 

@@ -8,14 +8,30 @@ import pytest
 from PIL import Image
 
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, ShardError, ShardReader, export_official, split_keys, verify_shards, write_shards
+from pipeline.shards import (
+    ShardConfig,
+    ShardError,
+    ShardReader,
+    export_official,
+    split_keys,
+    verify_shards,
+    write_shards,
+)
 
 NAMES = ["building", "road", "water"]
 
 
 def record(key: str, domain: str) -> TileRecord:
-    source = SourceInfo(path="x.tif", sha256="0" * 64, window=Window(row_off=0, col_off=0, height=16, width=16),
-                        band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=16, raster_height=16)  # fmt: skip
+    source = SourceInfo(
+        path="x.tif",
+        sha256="0" * 64,
+        window=Window(row_off=0, col_off=0, height=16, width=16),
+        band_mapping=[1, 2, 3],
+        stretch="none",
+        dtype="uint8",
+        raster_width=16,
+        raster_height=16,
+    )
     return TileRecord(key=key, source=source, domain=Domain(name=domain, score=1.0))
 
 
@@ -114,7 +130,15 @@ def test_export_official_layout(tmp_path, records):
     count = export_official(tmp_path / "out", tmp_path / "official")
     assert count == 30
     assert len(list((tmp_path / "official" / "train" / "img").glob("*.jpg"))) == 27
-    mask = np.asarray(Image.open(tmp_path / "official" / "val" / "mask" / f"{sorted(p.stem for p in (tmp_path / 'official' / 'val' / 'img').glob('*.jpg'))[0]}.png"))
+    mask = np.asarray(
+        Image.open(
+            tmp_path
+            / "official"
+            / "val"
+            / "mask"
+            / f"{sorted(p.stem for p in (tmp_path / 'official' / 'val' / 'img').glob('*.jpg'))[0]}.png"
+        )
+    )
     assert mask.dtype == np.uint8 and mask.shape == (16, 16)
     json.loads((tmp_path / "out" / "manifest.json").read_text())
     Image.open(io.BytesIO((tmp_path / "official" / "train" / "img" / "tile_001.jpg").read_bytes())).verify()
@@ -133,11 +157,21 @@ def test_image_bytes_keep_the_source_or_are_lossless(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     Image.fromarray(pixels).save(tmp_path / "rotated.jpg", quality=80, exif=exif)
 
-    def tile(name: str, path: Path, window: tuple[int, int, int, int], image: np.ndarray) -> tuple[TileRecord, np.ndarray]:
+    def tile(
+        name: str, path: Path, window: tuple[int, int, int, int], image: np.ndarray
+    ) -> tuple[TileRecord, np.ndarray]:
         row, col, height, width = window
         full = Image.open(path).size
-        source = SourceInfo(path=str(path), sha256="0" * 64, window=Window(row_off=row, col_off=col, height=height, width=width),
-                            band_mapping=[1, 2, 3], stretch="none", dtype="uint8", raster_width=full[0], raster_height=full[1])  # fmt: skip
+        source = SourceInfo(
+            path=str(path),
+            sha256="0" * 64,
+            window=Window(row_off=row, col_off=col, height=height, width=width),
+            band_mapping=[1, 2, 3],
+            stretch="none",
+            dtype="uint8",
+            raster_width=full[0],
+            raster_height=full[1],
+        )
         return TileRecord(key=name, source=source, domain=Domain(name="town", score=1.0)), image
 
     decoded = {name: np.asarray(Image.open(tmp_path / name).convert("RGB")) for name in ("whole.jpg", "whole.png")}
@@ -147,18 +181,33 @@ def test_image_bytes_keep_the_source_or_are_lossless(tmp_path):
         tile("png_0", tmp_path / "whole.png", (0, 0, 16, 24), decoded["whole.png"]),
         tile("rotated_0", tmp_path / "rotated.jpg", (0, 0, 24, 16), upright),
         tile("window_0", tmp_path / "whole.png", (0, 0, 8, 8), pixels[:8, :8]),
-    ]  # fmt: skip
+    ]
     masks = {r.key: np.zeros(image.shape[:2], dtype=np.uint8) for r, image in tiles}
     by_key = {r.key: image for r, image in tiles}
-    manifest = write_shards(tmp_path / "out", [r for r, _ in tiles], lambda r: (by_key[r.key], masks[r.key]), NAMES, "v", ShardConfig(val_fraction=0))
+    manifest = write_shards(
+        tmp_path / "out",
+        [r for r, _ in tiles],
+        lambda r: (by_key[r.key], masks[r.key]),
+        NAMES,
+        "v",
+        ShardConfig(val_fraction=0),
+    )
     assert manifest["image_format"] == "mixed"
     with tarfile.open(tmp_path / "out" / "shards" / "train-000000.tar") as tar:
-        stored = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if not m.name.endswith((".json", ".mask.png"))}
+        stored = {
+            m.name: tar.extractfile(m).read() for m in tar.getmembers() if not m.name.endswith((".json", ".mask.png"))
+        }
     assert stored["jpeg_0.jpg"] == (tmp_path / "whole.jpg").read_bytes()
     assert stored["png_0.png"] == (tmp_path / "whole.png").read_bytes()
     assert set(stored) == {"jpeg_0.jpg", "png_0.png", "rotated_0.webp", "window_0.webp"}
     for sample in ShardReader(tmp_path / "out").samples("train"):
         assert np.array_equal(sample.image, by_key[sample.key]), sample.key  # bit for bit, every kind
-    write_shards(tmp_path / "lossy", [r for r, _ in tiles if r.key == "window_0"], lambda r: (by_key[r.key], masks[r.key]), NAMES, "v",
-                 ShardConfig(val_fraction=0, lossless=False))  # fmt: skip
+    write_shards(
+        tmp_path / "lossy",
+        [r for r, _ in tiles if r.key == "window_0"],
+        lambda r: (by_key[r.key], masks[r.key]),
+        NAMES,
+        "v",
+        ShardConfig(val_fraction=0, lossless=False),
+    )
     assert ShardReader(tmp_path / "lossy").manifest["image_format"] == "jpg"

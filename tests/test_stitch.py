@@ -7,7 +7,10 @@ from pipeline.ingest import plan_windows
 from pipeline.stitch import stitch_to_geotiff, tile_cores
 
 
-@pytest.mark.parametrize(("width", "height", "size", "overlap"), [(1000, 700, 256, 0), (1000, 700, 256, 64), (300, 200, 256, 100), (256, 256, 256, 0)])
+@pytest.mark.parametrize(
+    ("width", "height", "size", "overlap"),
+    [(1000, 700, 256, 0), (1000, 700, 256, 64), (300, 200, 256, 100), (256, 256, 256, 0)],
+)
 def test_cores_partition_the_raster(width, height, size, overlap):
     windows = plan_windows(width, height, size, overlap)
     coverage = np.zeros((height, width), np.int32)
@@ -29,8 +32,9 @@ def test_stitched_geotiff_has_the_source_grid_and_nearest_centre_labels(tmp_path
     masks = [np.full((w.height, w.width), i, np.uint8) for i, w in enumerate(windows)]
     missing = 2  # a quarantined tile: its core must become 255
     transform = [0.5, 0, 733601.0, 0, -0.5, 3725139.0]
-    out = stitch_to_geotiff(windows, lambda i: None if i == missing else masks[i], tmp_path / "full.tif",
-                            600, 400, "EPSG:32616", transform)  # fmt: skip
+    out = stitch_to_geotiff(
+        windows, lambda i: None if i == missing else masks[i], tmp_path / "full.tif", 600, 400, "EPSG:32616", transform
+    )
     with rasterio.open(out) as dataset:
         assert (dataset.width, dataset.height) == (600, 400)
         assert dataset.crs.to_epsg() == 32616 and dataset.transform == Affine(*transform)

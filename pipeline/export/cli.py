@@ -7,14 +7,16 @@ Heavy libraries (pyogrio, pystac, datasets) are imported inside the commands.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)
-app = typer.Typer(help="Export an output folder as GIS vectors, a STAC collection or a Hugging Face dataset.", no_args_is_help=True)
+app = typer.Typer(
+    help="Export an output folder as GIS vectors, a STAC collection or a Hugging Face dataset.", no_args_is_help=True
+)
 
 OUT_HELP = "An `ovrsis annotate` or `ovrsis build` output folder (records.jsonl, masks/)."
 TAXONOMY_HELP = "Class names of the masks (bundled name or YAML); default: manifest.json, else the records' taxonomy."
@@ -23,7 +25,9 @@ TAXONOMY_HELP = "Class names of the masks (bundled name or YAML); default: manif
 @app.command("vectors")
 def vectors(
     out: Path = typer.Argument(..., help=OUT_HELP),
-    fmt: str = typer.Option("gpkg", "--format", help="gpkg (one file, layers regions and instances) or geojson (a file per layer)."),
+    fmt: str = typer.Option(
+        "gpkg", "--format", help="gpkg (one file, layers regions and instances) or geojson (a file per layer)."
+    ),
     dest: Path = typer.Option(None, help="Folder to write (default: OUT/vectors)."),
     taxonomy: str = typer.Option(None, help=TAXONOMY_HELP),
 ) -> None:
@@ -36,7 +40,10 @@ def vectors(
         summary = export_vectors(read_output_folder(out, taxonomy), dest or out / "vectors", fmt)
     except ExportError as error:
         _refuse(error)
-    console.print(f"{summary.regions} regions, {summary.instances} instances -> {', '.join(map(str, summary.files))}", highlight=False)
+    console.print(
+        f"{summary.regions} regions, {summary.instances} instances -> {', '.join(map(str, summary.files))}",
+        highlight=False,
+    )
     _skipped(summary.skipped)
 
 
@@ -45,11 +52,16 @@ def stac(
     out: Path = typer.Argument(..., help=OUT_HELP),
     dest: Path = typer.Option(None, help="Folder to write collection.json and the items into (default: OUT/stac)."),
     collection_id: str = typer.Option(None, "--id", help="Collection id (default: the folder's name)."),
-    when: str = typer.Option(None, "--datetime", help="Acquisition time of the imagery, ISO 8601 (default: the source's "
-                             "TIFFTAG_DATETIME, else when the mask was written)."),  # fmt: skip
+    when: str = typer.Option(
+        None,
+        "--datetime",
+        help="Acquisition time of the imagery, ISO 8601 (default: the source's "
+        "TIFFTAG_DATETIME, else when the mask was written).",
+    ),
     taxonomy: str = typer.Option(None, help=TAXONOMY_HELP),
 ) -> None:
-    """A STAC collection: an item per georeferenced tile and per stitched mosaic, masks as COG assets with their class names."""
+    """A STAC collection: an item per georeferenced tile and per stitched mosaic, masks as COG assets with their
+    class names."""
     from pipeline.export.output_folder import ExportError, read_output_folder
     from pipeline.export.stac import write_stac
 
@@ -77,7 +89,10 @@ def hf(
         counts = export_hf(out, target)
     except ExportError as error:
         _refuse(error)
-    console.print(f"{', '.join(f'{s} {n}' for s, n in counts.items())} samples -> {target} (load_dataset({str(target)!r}))", highlight=False)
+    console.print(
+        f"{', '.join(f'{s} {n}' for s, n in counts.items())} samples -> {target} (load_dataset({str(target)!r}))",
+        highlight=False,
+    )
 
 
 def _parse_datetime(text: str) -> datetime:
@@ -87,7 +102,7 @@ def _parse_datetime(text: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ExportError(f"--datetime {text!r}: not an ISO 8601 time (e.g. 2024-06-01T10:30:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _refuse(error: Exception) -> None:

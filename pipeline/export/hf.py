@@ -33,26 +33,36 @@ from PIL import Image
 
 from pipeline.export.output_folder import ExportError
 from pipeline.files import atomic_path
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.shards import IMAGE_EXTENSIONS, ShardError, ShardReader, decode_image, image_part
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 
 def hf_features(class_names: list[str], image_extension: str):
     """The `datasets.Features` of the exported samples (also usable as
     `load_dataset("webdataset", data_files=..., features=...)` on the exported tars)."""
-    from datasets import ClassLabel, Features, Image as HFImage, List, Value
+    from datasets import ClassLabel, Features, List, Value
+    from datasets import Image as HFImage
 
-    return Features({
-        image_extension: HFImage(),
-        "mask.png": HFImage(),
-        "json": {
-            "key": Value("string"), "classes": List(ClassLabel(names=list(class_names))), "categories": List(Value("string")),
-            "domain": Value("string"), "crs": Value("string"), "transform": List(Value("float64")),
-            "window": List(Value("int64")), "source": Value("string"), "reviewed": Value("bool"), "record": Value("string"),
-        },
-        "__key__": Value("string"),
-        "__url__": Value("string"),
-    })  # fmt: skip
+    return Features(
+        {
+            image_extension: HFImage(),
+            "mask.png": HFImage(),
+            "json": {
+                "key": Value("string"),
+                "classes": List(ClassLabel(names=list(class_names))),
+                "categories": List(Value("string")),
+                "domain": Value("string"),
+                "crs": Value("string"),
+                "transform": List(Value("float64")),
+                "window": List(Value("int64")),
+                "source": Value("string"),
+                "reviewed": Value("bool"),
+                "record": Value("string"),
+            },
+            "__key__": Value("string"),
+            "__url__": Value("string"),
+        }
+    )
 
 
 def export_hf(out_dir: Path, dest: Path) -> dict[str, int]:
@@ -135,20 +145,40 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_card(dest: Path, out_dir: Path, names: list[str], extension: str, counts: dict[str, int], mixed: bool) -> None:
+def _write_card(
+    dest: Path, out_dir: Path, names: list[str], extension: str, counts: dict[str, int], mixed: bool
+) -> None:
     import yaml
 
     features = hf_features(names, extension)
     metadata = {
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": split, "path": f"data/{split}-*.tar"} for split in counts if counts[split]]}],
-        "dataset_info": {"features": features._to_yaml_list(),
-                         "splits": [{"name": split, "num_bytes": sum(p.stat().st_size for p in (dest / "data").glob(f"{split}-*.tar")),
-                                     "num_examples": n} for split, n in counts.items() if n]},
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": f"data/{split}-*.tar"} for split in counts if counts[split]],
+            }
+        ],
+        "dataset_info": {
+            "features": features._to_yaml_list(),
+            "splits": [
+                {
+                    "name": split,
+                    "num_bytes": sum(p.stat().st_size for p in (dest / "data").glob(f"{split}-*.tar")),
+                    "num_examples": n,
+                }
+                for split, n in counts.items()
+                if n
+            ],
+        },
         "task_categories": ["image-segmentation"],
         "tags": ["remote-sensing", "open-vocabulary-segmentation", "webdataset", "ovrsis"],
-    }  # fmt: skip
+    }
     table = "\n".join(f"| {i} | {name} |" for i, name in enumerate(names))
+    bytes_note = (
+        "Images were re-encoded as PNG (lossless) because the build mixed image formats."
+        if mixed
+        else "Image and mask bytes are the build's own."
+    )
     body = f"""# {out_dir.resolve().name}
 
 Open-vocabulary remote-sensing segmentation tiles exported by `ovrsis export hf` from a build's
@@ -162,7 +192,7 @@ WebDataset shards ({", ".join(f"{split}: {n}" for split, n in counts.items())} s
 
 `mask.png`: uint8, value i = class i below, 255 = nodata / ignore. `json.classes`: the classes present
 in the mask; `json.record`: the whole tile record (docs/architecture.md of ovrsis).
-{"Images were re-encoded as PNG (lossless) because the build mixed image formats." if mixed else "Image and mask bytes are the build's own."}
+{bytes_note}
 
 | value | class |
 |---|---|

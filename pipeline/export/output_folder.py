@@ -68,14 +68,18 @@ def _class_names(path: Path, records: list[TileRecord], taxonomy: str | None) ->
     named = {(r.provenance.get("taxonomy") or {}).get("name") for r in records} - {None}
     versions = {(r.provenance.get("taxonomy") or {}).get("version") for r in records} - {None}
     if len(named) != 1:
-        raise ExportError(f"{path / 'records.jsonl'}: the records name {sorted(named) or 'no'} taxonomy; pass --taxonomy")
+        raise ExportError(
+            f"{path / 'records.jsonl'}: the records name {sorted(named) or 'no'} taxonomy; pass --taxonomy"
+        )
     try:
         loaded = load_taxonomy(named.pop())
     except TaxonomyError as error:
         raise ExportError(f"{path / 'records.jsonl'}: {error}; pass --taxonomy") from error
     if versions and versions != {loaded.version}:
-        raise ExportError(f"{path / 'records.jsonl'}: made with taxonomy {loaded.name} version {sorted(versions)}, "
-                          f"the installed one is {loaded.version}; pass --taxonomy with the one used")  # fmt: skip
+        raise ExportError(
+            f"{path / 'records.jsonl'}: made with taxonomy {loaded.name} version {sorted(versions)}, "
+            f"the installed one is {loaded.version}; pass --taxonomy with the one used"
+        )
     return loaded.names
 
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.export.cog import is_cog
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.records import TileRecord
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 
-def write_stac(folder: OutputFolder, dest: Path, collection_id: str | None = None, when: datetime | None = None) -> tuple[Path, list[tuple[str, str]]]:
+def write_stac(
+    folder: OutputFolder, dest: Path, collection_id: str | None = None, when: datetime | None = None
+) -> tuple[Path, list[tuple[str, str]]]:
     """Write `dest/collection.json` and its items; returns the collection's path and the tiles left out (key, why)."""
     import pystac
 
@@ -38,12 +40,14 @@ def write_stac(folder: OutputFolder, dest: Path, collection_id: str | None = Non
     collection = pystac.Collection(
         id=collection_id or folder.path.resolve().name,
         description=f"Open-vocabulary segmentation masks of {folder.path.resolve().name}: {len(tiles)} tiles, "
-                    f"{len(folder.class_names)} classes (mask value = class index, 255 = nodata).",
-        extent=pystac.Extent(pystac.SpatialExtent([_union([item.bbox for item in items])]),
-                             pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]])),
+        f"{len(folder.class_names)} classes (mask value = class index, 255 = nodata).",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([_union([item.bbox for item in items])]),
+            pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]]),
+        ),
         license="other",
         extra_fields={"ovrsis:class_names": list(folder.class_names)},
-    )  # fmt: skip
+    )
     collection.add_items(items)
     dest.mkdir(parents=True, exist_ok=True)
     collection.normalize_hrefs(str(dest.resolve()))
@@ -57,22 +61,39 @@ def _tile_item(folder: OutputFolder, record: TileRecord, classes: list, when: da
 
     window = record.source.window
     when, source_of_time = _datetime(folder, record, when)
-    item = _item(record.key, record.source.crs, record.source.transform, window.height, window.width, when, source_of_time)
+    item = _item(
+        record.key, record.source.crs, record.source.transform, window.height, window.width, when, source_of_time
+    )
     item.properties["ovrsis:domain"] = record.domain.name if record.domain else None
     item.properties["ovrsis:categories"] = [c.name for c in record.categories]
     item.properties["ovrsis:reviewed"] = record.review is not None
     tif = folder.path / "masks" / f"{record.key}.tif"
     if tif.is_file():
         _add_mask(item, "mask", tif, classes)
-    item.add_asset("mask_png", pystac.Asset(str((folder.path / record.semantic_mask).resolve()), media_type=pystac.MediaType.PNG,
-                                            roles=["labels"], title="mask as PNG (value = class index, 255 = nodata)"))  # fmt: skip
+    item.add_asset(
+        "mask_png",
+        pystac.Asset(
+            str((folder.path / record.semantic_mask).resolve()),
+            media_type=pystac.MediaType.PNG,
+            roles=["labels"],
+            title="mask as PNG (value = class index, 255 = nodata)",
+        ),
+    )
     overlay = folder.path / "overlays" / f"{record.key}.png"
     if overlay.is_file():
-        item.add_asset("overlay", pystac.Asset(str(overlay.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"]))
+        item.add_asset(
+            "overlay", pystac.Asset(str(overlay.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"])
+        )
     source = Path(record.source.path)
     if source.is_file():
-        item.add_asset("source", pystac.Asset(str(source.resolve()), roles=["data"], title=f"source raster (window {window.row_off}, "
-                                              f"{window.col_off}, {window.height} x {window.width})"))  # fmt: skip
+        item.add_asset(
+            "source",
+            pystac.Asset(
+                str(source.resolve()),
+                roles=["data"],
+                title=f"source raster (window {window.row_off}, {window.col_off}, {window.height} x {window.width})",
+            ),
+        )
     return item
 
 
@@ -94,8 +115,15 @@ def _mosaic_items(folder: OutputFolder, tiles: list[TileRecord], classes: list, 
         except rasterio.RasterioIOError as error:
             raise ExportError(f"{path}: cannot read the stitched mask ({error})") from None
         first = tile_items[by_stem[stem][0].key]
-        item = _item(f"{stem}.stitched", crs.to_wkt(), list(transform)[:6], height, width, first.datetime,
-                     first.properties["ovrsis:datetime_source"])  # fmt: skip
+        item = _item(
+            f"{stem}.stitched",
+            crs.to_wkt(),
+            list(transform)[:6],
+            height,
+            width,
+            first.datetime,
+            first.properties["ovrsis:datetime_source"],
+        )
         item.properties["ovrsis:tiles"] = sorted(r.key for r in by_stem[stem])
         _add_mask(item, "mask", path, classes)
         items.append(item)
@@ -114,11 +142,18 @@ def _item(item_id: str, crs: str, transform, height: int, width: int, when: date
     footprint = {"type": "Polygon", "coordinates": [[*corners, corners[0]]]}
     geometry = transform_geom(CRS.from_wkt(crs), "EPSG:4326", footprint)
     xs, ys = zip(*geometry["coordinates"][0])
-    item = pystac.Item(item_id, geometry, [min(xs), min(ys), max(xs), max(ys)], when, {"ovrsis:datetime_source": source_of_time})
+    item = pystac.Item(
+        item_id, geometry, [min(xs), min(ys), max(xs), max(ys)], when, {"ovrsis:datetime_source": source_of_time}
+    )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = CRS.from_wkt(crs).to_epsg()
-    projection.apply(code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else crs, shape=[height, width],
-                     transform=list(transform[:6]), bbox=_bounds(corners))  # fmt: skip
+    projection.apply(
+        code=f"EPSG:{epsg}" if epsg else None,
+        wkt2=None if epsg else crs,
+        shape=[height, width],
+        transform=list(transform[:6]),
+        bbox=_bounds(corners),
+    )
     return item
 
 
@@ -127,8 +162,12 @@ def _add_mask(item, key: str, path: Path, classes: list) -> None:
     from pystac.extensions.classification import ClassificationExtension
 
     cog = is_cog(path)
-    asset = pystac.Asset(str(path.resolve()), media_type=pystac.MediaType.COG if cog else pystac.MediaType.GEOTIFF,
-                         roles=["labels", "data"], title="mask (value = class index, 255 = nodata)" + ("" if cog else "; not cloud-optimized"))  # fmt: skip
+    asset = pystac.Asset(
+        str(path.resolve()),
+        media_type=pystac.MediaType.COG if cog else pystac.MediaType.GEOTIFF,
+        roles=["labels", "data"],
+        title="mask (value = class index, 255 = nodata)" + ("" if cog else "; not cloud-optimized"),
+    )
     item.add_asset(key, asset)
     ClassificationExtension.ext(asset, add_if_missing=True).apply(classes=classes)
 
@@ -137,8 +176,12 @@ def _classes(names: list[str]) -> list:
     """Classification-extension classes: `name` must be a slug, so the full name goes to `description`."""
     from pystac.extensions.classification import Classification
 
-    found = [Classification.create(value=i, name=re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or f"class_{i}",
-                                   description=name) for i, name in enumerate(names)]  # fmt: skip
+    found = [
+        Classification.create(
+            value=i, name=re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or f"class_{i}", description=name
+        )
+        for i, name in enumerate(names)
+    ]
     return found + [Classification.create(value=IGNORE, name="nodata", description="nodata / ignore", nodata=True)]
 
 
@@ -153,11 +196,13 @@ def _datetime(folder: OutputFolder, record: TileRecord, when: datetime | None) -
             with rasterio.open(source) as dataset:
                 tag = dataset.tags().get("TIFFTAG_DATETIME")
             if tag:
-                return datetime.strptime(tag.strip(), "%Y:%m:%d %H:%M:%S").replace(tzinfo=timezone.utc), "source TIFFTAG_DATETIME"
+                return datetime.strptime(tag.strip(), "%Y:%m:%d %H:%M:%S").replace(
+                    tzinfo=UTC
+                ), "source TIFFTAG_DATETIME"
         except (rasterio.RasterioIOError, ValueError):
             pass  # an unreadable source or odd tag: fall back to the mask's time
     written = (folder.path / record.semantic_mask).stat().st_mtime
-    return datetime.fromtimestamp(written, timezone.utc).replace(microsecond=0), "mask written"
+    return datetime.fromtimestamp(written, UTC).replace(microsecond=0), "mask written"
 
 
 def _bounds(corners) -> list[float]:

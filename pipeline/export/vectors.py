@@ -37,13 +37,24 @@ from PIL import Image
 
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
 from pipeline.files import atomic_path
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from pipeline.records import TileRecord, Window
 from pipeline.stitch import tile_cores
+from taxonomy.loader import IGNORE_INDEX as IGNORE
 
 FORMATS = {"gpkg": "GPKG", "geojson": "GeoJSON"}
-FIELDS = ["tile", "category", "class_id", "score", "mask_score", "pixels", "audit_category", "corrected_to",
-          "audit_mask", "reviewed", "stale"]  # fmt: skip
+FIELDS = [
+    "tile",
+    "category",
+    "class_id",
+    "score",
+    "mask_score",
+    "pixels",
+    "audit_category",
+    "corrected_to",
+    "audit_mask",
+    "reviewed",
+    "stale",
+]
 
 
 @dataclass
@@ -67,8 +78,10 @@ def export_vectors(folder: OutputFolder, dest: Path, fmt: str = "gpkg") -> Vecto
         else:
             summary.skipped.append((record.key, "not georeferenced (no transform and CRS): it has no place on a map"))
     if not tiles:
-        raise ExportError(f"{folder.path / 'records.jsonl'}: no georeferenced tile with a mask to export "
-                          f"({len(folder.records)} records, {len(summary.skipped)} without a CRS)")  # fmt: skip
+        raise ExportError(
+            f"{folder.path / 'records.jsonl'}: no georeferenced tile with a mask to export "
+            f"({len(folder.records)} records, {len(summary.skipped)} without a CRS)"
+        )
     cores = _cores(folder.records)
     by_crs: dict[str, list[TileRecord]] = defaultdict(list)
     for record in tiles:
@@ -100,9 +113,11 @@ def _cores(records: list[TileRecord]) -> dict[str, Window]:
     return cores
 
 
-def _features(folder: OutputFolder, records: list[TileRecord], cores: dict[str, Window]) -> tuple[list[dict], list[dict]]:
-    from pycocotools import mask as coco_mask
+def _features(
+    folder: OutputFolder, records: list[TileRecord], cores: dict[str, Window]
+) -> tuple[list[dict], list[dict]]:
     import shapely
+    from pycocotools import mask as coco_mask
     from rasterio.features import shapes
 
     def polygons(array: np.ndarray, transform: Affine) -> dict[int, shapely.Geometry]:
@@ -111,8 +126,10 @@ def _features(folder: OutputFolder, records: list[TileRecord], cores: dict[str, 
         found: dict[int, list] = defaultdict(list)
         for geometry, value in shapes(array, mask=array != IGNORE, connectivity=4, transform=transform):
             found[int(value)].append(geometry["coordinates"])
-        return {value: shapely.from_geojson(json.dumps({"type": "MultiPolygon", "coordinates": parts}))
-                for value, parts in found.items()}  # fmt: skip
+        return {
+            value: shapely.from_geojson(json.dumps({"type": "MultiPolygon", "coordinates": parts}))
+            for value, parts in found.items()
+        }
 
     regions, instances = [], []
     for record in records:
@@ -126,9 +143,14 @@ def _features(folder: OutputFolder, records: list[TileRecord], cores: dict[str, 
         core_transform = tile_transform @ Affine.translation(c0, r0)
         for value, geometry in sorted(polygons(clipped, core_transform).items()):
             if value >= len(folder.class_names):
-                raise ExportError(f"{folder.path / record.semantic_mask}: mask value {value} outside the {len(folder.class_names)} classes")
+                raise ExportError(
+                    f"{folder.path / record.semantic_mask}: mask value {value} "
+                    f"outside the {len(folder.class_names)} classes"
+                )
             name = folder.class_names[value]
-            regions.append(_feature(geometry, record, name, value, scores.get(name), None, int((clipped == value).sum()), audit))
+            regions.append(
+                _feature(geometry, record, name, value, scores.get(name), None, int((clipped == value).sum()), audit)
+            )
         for instance in record.instances:
             if instance.dropped or not instance.mask:
                 continue
@@ -138,8 +160,18 @@ def _features(folder: OutputFolder, records: list[TileRecord], cores: dict[str, 
             if not found:
                 continue
             class_id = folder.class_names.index(instance.category) if instance.category in folder.class_names else -1
-            instances.append(_feature(found[1], record, instance.category, class_id, instance.detector_score,
-                                      instance.mask_score, int(decoded.sum()), audit))  # fmt: skip
+            instances.append(
+                _feature(
+                    found[1],
+                    record,
+                    instance.category,
+                    class_id,
+                    instance.detector_score,
+                    instance.mask_score,
+                    int(decoded.sum()),
+                    audit,
+                )
+            )
     return regions, instances
 
 
@@ -147,13 +179,19 @@ def _feature(geometry, record: TileRecord, category: str, class_id: int, score, 
     decision = audit.get(f"category:{category}")
     mask_decision = audit.get(f"mask:{category}")
     return {
-        "geometry": geometry, "tile": record.key, "category": category, "class_id": class_id,
-        "score": np.nan if score is None else float(score), "mask_score": np.nan if mask_score is None else float(mask_score),
-        "pixels": pixels, "audit_category": decision.state if decision else None,
+        "geometry": geometry,
+        "tile": record.key,
+        "category": category,
+        "class_id": class_id,
+        "score": np.nan if score is None else float(score),
+        "mask_score": np.nan if mask_score is None else float(mask_score),
+        "pixels": pixels,
+        "audit_category": decision.state if decision else None,
         "corrected_to": decision.corrected_to if decision else None,
         "audit_mask": mask_decision.state if mask_decision else None,
-        "reviewed": record.review is not None, "stale": bool(record.review and record.review.stale),
-    }  # fmt: skip
+        "reviewed": record.review is not None,
+        "stale": bool(record.review and record.review.stale),
+    }
 
 
 def _audit(record: TileRecord) -> dict:
@@ -186,8 +224,15 @@ def _write_layer(path: Path, layer: str, features: list[dict], crs: str, driver:
 
     geometry = np.array([shapely.to_wkb(f["geometry"]) for f in features], dtype=object)
     field_data = [np.array([f[name] for f in features], dtype=_dtype(name)) for name in FIELDS]
-    write = dict(geometry=geometry, field_data=field_data, fields=FIELDS, layer=layer, driver=driver,
-                 geometry_type="MultiPolygon", crs=crs)  # fmt: skip
+    write = dict(
+        geometry=geometry,
+        field_data=field_data,
+        fields=FIELDS,
+        layer=layer,
+        driver=driver,
+        geometry_type="MultiPolygon",
+        crs=crs,
+    )
     if first:
         with atomic_path(path) as temporary, warnings.catch_warnings():
             warnings.filterwarnings("ignore", "The filename extension should be", RuntimeWarning)  # the .part name
@@ -198,5 +243,11 @@ def _write_layer(path: Path, layer: str, features: list[dict], crs: str, driver:
 
 
 def _dtype(name: str):
-    return {"class_id": np.int32, "pixels": np.int64, "score": np.float64, "mask_score": np.float64,
-            "reviewed": np.bool_, "stale": np.bool_}.get(name, object)  # fmt: skip
+    return {
+        "class_id": np.int32,
+        "pixels": np.int64,
+        "score": np.float64,
+        "mask_score": np.float64,
+        "reviewed": np.bool_,
+        "stale": np.bool_,
+    }.get(name, object)

@@ -8,7 +8,8 @@ repositories need `trust_remote_code` and their own modelling code, which this p
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,8 +33,15 @@ class ImageTextToTextSpec(BackendSpec):
 
 
 class TransformersCaptioner:
-    def __init__(self, model: str = DEFAULT_CAPTIONER, prompt: str | None = None, max_new_tokens: int = 96,
-                 num_beams: int = 1, revision: str | None = None, device: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str = DEFAULT_CAPTIONER,
+        prompt: str | None = None,
+        max_new_tokens: int = 96,
+        num_beams: int = 1,
+        revision: str | None = None,
+        device: str | None = None,
+    ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         quiet_transformers()
@@ -47,9 +55,13 @@ class TransformersCaptioner:
         self.num_beams = num_beams
 
     @classmethod
-    def from_spec(cls, spec: ImageTextToTextSpec) -> "TransformersCaptioner":
+    def from_spec(cls, spec: ImageTextToTextSpec) -> TransformersCaptioner:
         return cls(
-            spec.model, prompt=spec.prompt, max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams, revision=spec.revision
+            spec.model,
+            prompt=spec.prompt,
+            max_new_tokens=spec.max_new_tokens,
+            num_beams=spec.num_beams,
+            revision=spec.revision,
         )
 
     @torch.inference_mode()
@@ -60,7 +72,9 @@ class TransformersCaptioner:
         if self.prompt:
             kwargs["text"] = [self.prompt] * len(images)
         inputs = self.processor(**kwargs).to(self.device)
-        generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False)
+        generated = self.model.generate(
+            **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False
+        )
         texts = self.processor.batch_decode(generated, skip_special_tokens=True)
         return [_strip_prompt(text, self.prompt) for text in texts]
 

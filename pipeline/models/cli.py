@@ -11,7 +11,9 @@ from pipeline.models.presets import PRESETS
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, highlight=False)
-app = typer.Typer(help="Model presets: fetch their weights ahead, check which are complete locally.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model presets: fetch their weights ahead, check which are complete locally.", no_args_is_help=True
+)
 PRESET_NAMES = " | ".join(PRESETS)
 
 
@@ -32,7 +34,8 @@ def fetch(
     to: Path | None = typer.Option(
         None,
         "--to",
-        help="A Hugging Face cache folder [the default cache]; " "build offline later with HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1.",
+        help="A Hugging Face cache folder [the default cache]; "
+        "build offline later with HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1.",
     ),
 ) -> None:
     """Download a preset's weights into the Hugging Face cache (or --to DIR), once.
@@ -75,5 +78,7 @@ def check(
         incomplete += 1
         out.print(f"{name}: missing " + ", ".join(f"{w.repo_id}@{w.revision or 'main'} ({why})" for w, why in absent))
     if incomplete:
-        console.print(f"{incomplete} of {len(names)} presets incomplete; `ovrsis models fetch PRESET` gets one", highlight=False)
+        console.print(
+            f"{incomplete} of {len(names)} presets incomplete; `ovrsis models fetch PRESET` gets one", highlight=False
+        )
         raise typer.Exit(1)

@@ -9,7 +9,8 @@ rule for one object claimed by two categories (the higher score keeps it).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -53,23 +54,33 @@ class GroundingDinoDetector:
     """GroundingDINO or MM-Grounding-DINO (`architecture`, the config's `model_type`): both take
     "a . b ." prompts and give per-token logits and boxes, so one decoder serves both."""
 
-    def __init__(self, model: str, config: DetectorConfig = DetectorConfig(), revision: str | None = None,
-                 device: str | None = None, architecture: str = "grounding-dino") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        config: DetectorConfig | None = None,
+        revision: str | None = None,
+        device: str | None = None,
+        architecture: str = "grounding-dino",
+    ) -> None:
         from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
 
         quiet_transformers()
         found = AutoConfig.from_pretrained(model, revision=revision).model_type
         if found != architecture:
-            raise ValueError(f"{model} is a {found!r} model, not {architecture!r}: set the detector's backend to {found!r}")
+            raise ValueError(
+                f"{model} is a {found!r} model, not {architecture!r}: set the detector's backend to {found!r}"
+            )
         self.device = device or pick_device()
         self.processor = AutoProcessor.from_pretrained(model, revision=revision)
-        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(model, revision=revision).to(self.device).eval()
+        self.model = (
+            AutoModelForZeroShotObjectDetection.from_pretrained(model, revision=revision).to(self.device).eval()
+        )
         self.model_id = model
-        self.config = config
+        self.config = config if config is not None else DetectorConfig()
         self.max_text_len = int(self.model.config.max_text_len)
 
     @classmethod
-    def from_spec(cls, spec: GroundingDinoSpec | MMGroundingDinoSpec) -> "GroundingDinoDetector":
+    def from_spec(cls, spec: GroundingDinoSpec | MMGroundingDinoSpec) -> GroundingDinoDetector:
         return cls(spec.model, spec, revision=spec.revision, architecture=spec.backend)
 
     @torch.inference_mode()
@@ -80,8 +91,13 @@ class GroundingDinoDetector:
             if not active:
                 continue
             texts = [" . ".join(p.text for p in chunk[i]) + " ." for i in active]
-            inputs = self.processor(images=[images[i] for i in active], text=texts, return_tensors="pt",
-                                    padding="longest", return_offsets_mapping=True)  # fmt: skip
+            inputs = self.processor(
+                images=[images[i] for i in active],
+                text=texts,
+                return_tensors="pt",
+                padding="longest",
+                return_offsets_mapping=True,
+            )
             offsets = inputs.pop("offset_mapping")
             outputs = self.model(**inputs.to(self.device))
             probabilities = outputs.logits.sigmoid().float().cpu()  # (B, queries, text positions)
@@ -153,14 +169,18 @@ def _corners(center_boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
-def _phrase_token_spans(text: str, phrases: Sequence[PromptPhrase], offsets: torch.Tensor, n_positions: int) -> list[list[int]]:
+def _phrase_token_spans(
+    text: str, phrases: Sequence[PromptPhrase], offsets: torch.Tensor, n_positions: int
+) -> list[list[int]]:
     """Token positions of each phrase in the prompt, from the tokenizer's character offsets."""
     spans, cursor = [], 0
     for phrase in phrases:
         start = text.index(phrase.text, cursor)
         end = start + len(phrase.text)
         cursor = end
-        tokens = [t for t, (a, b) in enumerate(offsets.tolist()) if b > a and a >= start and b <= end and t < n_positions]
+        tokens = [
+            t for t, (a, b) in enumerate(offsets.tolist()) if b > a and a >= start and b <= end and t < n_positions
+        ]
         spans.append(tokens)
     if any(not s for s in spans):
         return []

@@ -40,7 +40,9 @@ def fetch(preset: str, cache_dir: Path | None = None) -> list[Fetched]:
     results = []
     for weights in preset_weights(preset):
         try:
-            folder = snapshot_download(weights.repo_id, revision=weights.revision, cache_dir=cache_dir, ignore_patterns=IGNORED)
+            folder = snapshot_download(
+                weights.repo_id, revision=weights.revision, cache_dir=cache_dir, ignore_patterns=IGNORED
+            )
             results.append(Fetched(weights, Path(folder).name))
         except Exception as error:  # noqa: BLE001  network, auth, offline, disk: each repo reported, the rest go on
             results.append(Fetched(weights, None, f"{type(error).__name__}: {error}"))
@@ -56,7 +58,9 @@ def missing(preset: str, cache_dir: Path | None = None) -> list[tuple[HubWeights
     for weights in preset_weights(preset):
         try:
             folder = Path(
-                snapshot_download(weights.repo_id, revision=weights.revision, cache_dir=cache_dir, local_files_only=True)
+                snapshot_download(
+                    weights.repo_id, revision=weights.revision, cache_dir=cache_dir, local_files_only=True
+                )
             )
         except (LocalEntryNotFoundError, OSError):
             absent.append((weights, "not in the cache"))

@@ -13,19 +13,38 @@ from __future__ import annotations
 
 PRESETS: dict[str, dict[str, dict]] = {
     "default": {
-        "captioner": {"backend": "image-text-to-text", "model": "florence-community/Florence-2-large", "revision": "main"},
+        "captioner": {
+            "backend": "image-text-to-text",
+            "model": "florence-community/Florence-2-large",
+            "revision": "main",
+        },
         "detector": {"backend": "grounding-dino", "model": "IDEA-Research/grounding-dino-base", "revision": "main"},
         "segmenter": {"backend": "sam", "model": "facebook/sam-vit-base", "revision": "main"},
     },
     "fast": {
-        "captioner": {"backend": "image-text-to-text", "model": "florence-community/Florence-2-base", "revision": "main"},
-        "detector": {"backend": "mm-grounding-dino", "model": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
-                     "revision": "main"},
+        "captioner": {
+            "backend": "image-text-to-text",
+            "model": "florence-community/Florence-2-base",
+            "revision": "main",
+        },
+        "detector": {
+            "backend": "mm-grounding-dino",
+            "model": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+            "revision": "main",
+        },
         "segmenter": {"backend": "sam2", "model": "facebook/sam2.1-hiera-small", "revision": "main"},
     },
     "best": {
-        "captioner": {"backend": "image-text-to-text", "model": "florence-community/Florence-2-large", "revision": "main"},
-        "detector": {"backend": "mm-grounding-dino", "model": "openmmlab-community/mm_grounding_dino_base_all", "revision": "main"},
+        "captioner": {
+            "backend": "image-text-to-text",
+            "model": "florence-community/Florence-2-large",
+            "revision": "main",
+        },
+        "detector": {
+            "backend": "mm-grounding-dino",
+            "model": "openmmlab-community/mm_grounding_dino_base_all",
+            "revision": "main",
+        },
         "segmenter": {"backend": "sam2", "model": "facebook/sam2.1-hiera-large", "revision": "main"},
     },
-}  # fmt: skip
+}

@@ -7,8 +7,9 @@ categories; one mask per box, one image embedding per tile).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class SegmentResult:
     scores: np.ndarray  # (N,) predicted mask IoU
 
     @staticmethod
-    def empty(height: int, width: int) -> "SegmentResult":
+    def empty(height: int, width: int) -> SegmentResult:
         return SegmentResult(np.zeros((0, height, width), bool), np.zeros(0, np.float32))
 
 

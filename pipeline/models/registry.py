@@ -8,9 +8,10 @@ model is checked against its stage's Protocol, so a backend that breaks the cont
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -25,7 +26,11 @@ from pipeline.models.spec import BackendSpec
 Stage = Literal["captioner", "detector", "segmenter"]
 STAGES: tuple[Stage, ...] = ("captioner", "detector", "segmenter")
 PROTOCOLS: dict[Stage, type] = {"captioner": Captioner, "detector": Detector, "segmenter": Segmenter}
-DEFAULT_BACKENDS: dict[Stage, str] = {"captioner": "image-text-to-text", "detector": "grounding-dino", "segmenter": "sam"}
+DEFAULT_BACKENDS: dict[Stage, str] = {
+    "captioner": "image-text-to-text",
+    "detector": "grounding-dino",
+    "segmenter": "sam",
+}
 ALIASES: dict[Stage, dict[str, str]] = {"segmenter": {"transformers": "sam"}}  # names older models YAMLs used
 
 
@@ -45,12 +50,22 @@ def register(backend: Backend) -> None:
     BACKENDS[backend.stage][backend.name] = backend
 
 
-register(Backend("captioner", "image-text-to-text", ImageTextToTextSpec, TransformersCaptioner.from_spec, tiny.florence2))
+register(
+    Backend("captioner", "image-text-to-text", ImageTextToTextSpec, TransformersCaptioner.from_spec, tiny.florence2)
+)
 register(Backend("detector", "grounding-dino", GroundingDinoSpec, GroundingDinoDetector.from_spec, tiny.grounding_dino))
-register(Backend("detector", "mm-grounding-dino", MMGroundingDinoSpec, GroundingDinoDetector.from_spec, tiny.mm_grounding_dino))
+register(
+    Backend(
+        "detector", "mm-grounding-dino", MMGroundingDinoSpec, GroundingDinoDetector.from_spec, tiny.mm_grounding_dino
+    )
+)
 register(Backend("segmenter", "sam", SamSpec, TransformersSamSegmenter.from_spec, tiny.sam))
 register(Backend("segmenter", "sam2", Sam2Spec, Sam2Segmenter.from_spec, tiny.sam2))
-register(Backend("segmenter", "segment-anything", SegmentAnythingSpec, SegmentAnythingSegmenter.from_spec, tiny.segment_anything))
+register(
+    Backend(
+        "segmenter", "segment-anything", SegmentAnythingSpec, SegmentAnythingSegmenter.from_spec, tiny.segment_anything
+    )
+)
 
 
 def backend_of(stage: Stage, name: str) -> Backend:
@@ -75,6 +90,7 @@ def load_backend(stage: Stage, spec: BackendSpec):
     model = backend_of(stage, spec.backend).load(spec)
     if not isinstance(model, PROTOCOLS[stage]):
         raise TypeError(
-            f"{stage} backend {spec.backend!r} built a {type(model).__name__}, which is not a {PROTOCOLS[stage].__name__}"
+            f"{stage} backend {spec.backend!r} built a {type(model).__name__}, "
+            f"which is not a {PROTOCOLS[stage].__name__}"
         )
     return model

@@ -7,7 +7,8 @@ prompt batch against its slice of every level.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class Sam2Segmenter:
         self.image_encoder_calls = 0
 
     @classmethod
-    def from_spec(cls, spec: Sam2Spec) -> "Sam2Segmenter":
+    def from_spec(cls, spec: Sam2Spec) -> Sam2Segmenter:
         return cls(spec.model, revision=spec.revision)
 
     @torch.inference_mode()
@@ -53,10 +54,18 @@ class Sam2Segmenter:
                 results.append(SegmentResult.empty(height, width))
                 continue
             # Boxes are rescaled from the tile's own size; the image is not processed again.
-            prompt = self.processor(input_boxes=[[list(map(float, b)) for b in tile_boxes]], original_sizes=[[height, width]],
-                                    return_tensors="pt")  # fmt: skip
-            outputs = self.model(image_embeddings=[level[index : index + 1] for level in levels],
-                                 input_boxes=prompt["input_boxes"].to(self.device), multimask_output=False)  # fmt: skip
+            prompt = self.processor(
+                input_boxes=[[list(map(float, b)) for b in tile_boxes]],
+                original_sizes=[[height, width]],
+                return_tensors="pt",
+            )
+            outputs = self.model(
+                image_embeddings=[level[index : index + 1] for level in levels],
+                input_boxes=prompt["input_boxes"].to(self.device),
+                multimask_output=False,
+            )
             masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), prompt["original_sizes"])[0]
-            results.append(SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy()))
+            results.append(
+                SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy())
+            )
         return results

@@ -7,24 +7,46 @@ all of that tile's boxes in one prompt batch. The image encoder runs once per ba
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
 from pipeline.models import quiet_transformers
 from pipeline.models.device import pick_device
-from pipeline.models.protocols import SegmentResult, Segmenter  # noqa: F401  (re-exported)
+from pipeline.models.protocols import Segmenter, SegmentResult  # noqa: F401  (re-exported)
 from pipeline.models.spec import BackendSpec
 
 SAM_PRESETS = {
-    "vit_b": {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12, "encoder_global_attn_indexes": [2, 5, 8, 11]},
-    "vit_l": {"encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16, "encoder_global_attn_indexes": [5, 11, 17, 23]},
-    "vit_h": {"encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16, "encoder_global_attn_indexes": [7, 15, 23, 31]},
-}  # fmt: skip
-SAM_DEFAULTS = {"image_size": 1024, "prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_heads": 8}
+    "vit_b": {
+        "encoder_embed_dim": 768,
+        "encoder_depth": 12,
+        "encoder_num_heads": 12,
+        "encoder_global_attn_indexes": [2, 5, 8, 11],
+    },
+    "vit_l": {
+        "encoder_embed_dim": 1024,
+        "encoder_depth": 24,
+        "encoder_num_heads": 16,
+        "encoder_global_attn_indexes": [5, 11, 17, 23],
+    },
+    "vit_h": {
+        "encoder_embed_dim": 1280,
+        "encoder_depth": 32,
+        "encoder_num_heads": 16,
+        "encoder_global_attn_indexes": [7, 15, 23, 31],
+    },
+}
+SAM_DEFAULTS = {
+    "image_size": 1024,
+    "prompt_embed_dim": 256,
+    "decoder_depth": 2,
+    "decoder_mlp_dim": 2048,
+    "decoder_heads": 8,
+}
 
 
 class SamSpec(BackendSpec):
@@ -51,24 +73,40 @@ def build_segment_anything(arch: dict):
     patch = 16
     return Sam(
         image_encoder=ImageEncoderViT(
-            depth=a["encoder_depth"], embed_dim=a["encoder_embed_dim"], img_size=a["image_size"], mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=a["encoder_num_heads"], patch_size=patch,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=a["encoder_global_attn_indexes"], window_size=14,
+            depth=a["encoder_depth"],
+            embed_dim=a["encoder_embed_dim"],
+            img_size=a["image_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=a["encoder_num_heads"],
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=a["encoder_global_attn_indexes"],
+            window_size=14,
             out_chans=a["prompt_embed_dim"],
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=a["prompt_embed_dim"], image_embedding_size=(a["image_size"] // patch,) * 2,
-            input_image_size=(a["image_size"],) * 2, mask_in_chans=16,
+            embed_dim=a["prompt_embed_dim"],
+            image_embedding_size=(a["image_size"] // patch,) * 2,
+            input_image_size=(a["image_size"],) * 2,
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=a["decoder_depth"], embedding_dim=a["prompt_embed_dim"],
-                                          mlp_dim=a["decoder_mlp_dim"], num_heads=a["decoder_heads"]),
-            transformer_dim=a["prompt_embed_dim"], iou_head_depth=3, iou_head_hidden_dim=256,
+            transformer=TwoWayTransformer(
+                depth=a["decoder_depth"],
+                embedding_dim=a["prompt_embed_dim"],
+                mlp_dim=a["decoder_mlp_dim"],
+                num_heads=a["decoder_heads"],
+            ),
+            transformer_dim=a["prompt_embed_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
-    )  # fmt: skip
+    )
 
 
 class SegmentAnythingSegmenter:
@@ -91,7 +129,7 @@ class SegmentAnythingSegmenter:
         self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
 
     @classmethod
-    def from_spec(cls, spec: SegmentAnythingSpec) -> "SegmentAnythingSegmenter":
+    def from_spec(cls, spec: SegmentAnythingSpec) -> SegmentAnythingSegmenter:
         return cls(spec.checkpoint, arch=spec.arch)
 
     @torch.inference_mode()
@@ -115,10 +153,15 @@ class SegmentAnythingSegmenter:
             )
             sparse, dense = self.model.prompt_encoder(points=None, boxes=box_tensor, masks=None)
             low_res, iou = self.model.mask_decoder(
-                image_embeddings=embeddings[index : index + 1], image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-            )  # fmt: skip
-            masks = self.model.postprocess_masks(low_res, input_sizes[index], (height, width)) > self.model.mask_threshold
+                image_embeddings=embeddings[index : index + 1],
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            masks = (
+                self.model.postprocess_masks(low_res, input_sizes[index], (height, width)) > self.model.mask_threshold
+            )
             results.append(SegmentResult(masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy()))
         return results
 
@@ -137,7 +180,7 @@ class TransformersSamSegmenter:
         self.image_encoder_calls = 0
 
     @classmethod
-    def from_spec(cls, spec: SamSpec) -> "TransformersSamSegmenter":
+    def from_spec(cls, spec: SamSpec) -> TransformersSamSegmenter:
         return cls(spec.model, revision=spec.revision)
 
     @torch.inference_mode()
@@ -153,7 +196,9 @@ class TransformersSamSegmenter:
             if len(tile_boxes) == 0:
                 results.append(SegmentResult.empty(height, width))
                 continue
-            prompt = self.processor(images=[image], input_boxes=[[list(map(float, b)) for b in tile_boxes]], return_tensors="pt")
+            prompt = self.processor(
+                images=[image], input_boxes=[[list(map(float, b)) for b in tile_boxes]], return_tensors="pt"
+            )
             outputs = self.model(
                 image_embeddings=embeddings[index : index + 1],
                 input_boxes=prompt["input_boxes"].to(self.device),
@@ -162,7 +207,9 @@ class TransformersSamSegmenter:
             masks = self.processor.image_processor.post_process_masks(
                 outputs.pred_masks.cpu(), prompt["original_sizes"], prompt["reshaped_input_sizes"]
             )[0]
-            results.append(SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy()))
+            results.append(
+                SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy())
+            )
         return results
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from piseg.inference.predict import read_image
 from pipeline.ingest import IngestError
-from taxonomy.loader import IGNORE_INDEX as IGNORE, Taxonomy, TaxonomyError, load_taxonomy
+from piseg.inference.predict import read_image
+from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
 
 LOW_RESOLUTION_PIXELS = 800 * 800  # Table XIII: native size below 800x800 is "low resolution"
 
@@ -30,7 +31,9 @@ class LabelRule:
 
     map: dict[int, int] | None = None
     default: int | None = None
-    threshold: int | str | None = None  # a value, or "auto": 128 for 0/255 masks, 1 for 0/1 masks (by the image's maximum)
+    threshold: int | str | None = (
+        None  # a value, or "auto": 128 for 0/255 masks, 1 for 0/1 masks (by the image's maximum)
+    )
     palette: dict[tuple[int, int, int], int] | None = None
 
     def apply(self, stored: np.ndarray, classes: int, where: Path) -> np.ndarray:
@@ -57,7 +60,10 @@ class LabelRule:
             unlisted = out < 0
             if unlisted.any():
                 if self.default is None:
-                    raise DatasetError(f"{where}: mask values {np.unique(stored[unlisted]).tolist()[:10]} are not in the dataset's label map")
+                    raise DatasetError(
+                        f"{where}: mask values {np.unique(stored[unlisted]).tolist()[:10]} "
+                        "are not in the dataset's label map"
+                    )
                 out[unlisted] = self.default
             return out.astype(np.uint8)
         bad = np.setdiff1d(np.unique(stored), [*range(classes), IGNORE])
@@ -163,10 +169,14 @@ def dataset_spec(definitions: dict, name: str) -> DatasetSpec:
     if split is not None:  # Table XI's split as the paper states it: checked here, before any evaluation
         named = [c for group in ("seen", "unseen") for c in (split.get(group) or [])] if isinstance(split, dict) else []
         if not named or set(split) != {"seen", "unseen"} or set(named) - set(taxonomy.names):
-            raise DatasetError(f"{where}: dataset {name!r}: paper_split takes seen and unseen lists of its classes "
-                               f"({', '.join(taxonomy.names)})")  # fmt: skip
+            raise DatasetError(
+                f"{where}: dataset {name!r}: paper_split takes seen and unseen lists of its classes "
+                f"({', '.join(taxonomy.names)})"
+            )
     images = entry["images"] if isinstance(entry["images"], list) else [entry["images"]]
-    return DatasetSpec(name, taxonomy, images, entry["masks"], label_rule(entry.get("labels") or {}, f"{where}: dataset {name!r}"))
+    return DatasetSpec(
+        name, taxonomy, images, entry["masks"], label_rule(entry.get("labels") or {}, f"{where}: dataset {name!r}")
+    )
 
 
 def label_rule(data: dict, where: str) -> LabelRule:
@@ -175,7 +185,9 @@ def label_rule(data: dict, where: str) -> LabelRule:
         raise DatasetError(f"{where}: labels take one of map / threshold / palette (got {', '.join(sorted(data))})")
     palette = None
     if "palette" in data:
-        palette = {tuple(int(v) for v in str(colour).split(",")): int(index) for colour, index in data["palette"].items()}
+        palette = {
+            tuple(int(v) for v in str(colour).split(",")): int(index) for colour, index in data["palette"].items()
+        }
     mapping = {int(k): int(v) for k, v in data["map"].items()} if "map" in data else None
     threshold = data.get("threshold")
     if threshold is not None and threshold != "auto" and not (isinstance(threshold, int) and threshold >= 1):
@@ -192,7 +204,9 @@ def load_benchmark(name: str, definitions: dict, only: list[str] | None = None) 
     elif name in definitions["datasets"]:
         names, train = [name], "ovrsis95k"
     else:
-        raise DatasetError(f"{definitions['_path']}: no benchmark or dataset {name!r} (benchmarks: {', '.join(sorted(benchmarks))})")
+        raise DatasetError(
+            f"{definitions['_path']}: no benchmark or dataset {name!r} (benchmarks: {', '.join(sorted(benchmarks))})"
+        )
     if only:
         unknown = set(only) - set(names)
         if unknown:
@@ -203,4 +217,3 @@ def load_benchmark(name: str, definitions: dict, only: list[str] | None = None) 
 
 def resolution_group(image: np.ndarray) -> str:
     return "low" if image.shape[0] * image.shape[1] < LOW_RESOLUTION_PIXELS else "high"
-

@@ -13,10 +13,17 @@ from piseg.inference.scheme import sliding_window_probabilities
 from piseg.modeling.model import PiSeg, build_model, parameter_counts
 
 # Paper Table XII (r = 1 in every released config): total parameters.
-PAPER_PARAMETERS = {("vit-b", True): 155.60e6, ("vit-b", False): 154.29e6, ("vit-l", True): 436.68e6, ("vit-l", False): 433.73e6}
+PAPER_PARAMETERS = {
+    ("vit-b", True): 155.60e6,
+    ("vit-b", False): 154.29e6,
+    ("vit-l", True): 436.68e6,
+    ("vit-l", False): 433.73e6,
+}
 PAPER_EVAL_GFLOPS = {"vit-b": 608.62}
-FLOP_RULE = ("torch.utils.flop_counter: one multiply-add = 2 FLOPs, counting matmul/conv/attention ops; "
-             "GMACs (fvcore / detectron2's rule, 1 per multiply-add) = GFLOPs / 2")  # fmt: skip
+FLOP_RULE = (
+    "torch.utils.flop_counter: one multiply-add = 2 FLOPs, counting matmul/conv/attention ops; "
+    "GMACs (fvcore / detectron2's rule, 1 per multiply-add) = GFLOPs / 2"
+)
 
 
 @dataclass

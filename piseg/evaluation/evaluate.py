@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.outputs import palette, write_png
 from piseg.config import EvalConfig
 from piseg.evaluation.benchmarks import Benchmark, DatasetError, DatasetSpec, resolution_group
 from piseg.evaluation.metrics import ConfusionMatrix
 from piseg.inference.scheme import predict_mask
-from pipeline.outputs import palette, write_png
 
 PANEL_SEPARATOR = 4
 
@@ -50,9 +50,17 @@ def checkpoint_identity(path: Path) -> str:
     return f"checkpoint:{digest.hexdigest()}"
 
 
-def evaluate_benchmark(model: nn.Module, benchmark: Benchmark, root: Path, out: Path, settings: EvalConfig, run: str,
-                       max_images: int | None = None, panels: int = 3,
-                       progress: Callable[[str, int, int], None] | None = None) -> list[DatasetResult]:  # fmt: skip
+def evaluate_benchmark(
+    model: nn.Module,
+    benchmark: Benchmark,
+    root: Path,
+    out: Path,
+    settings: EvalConfig,
+    run: str,
+    max_images: int | None = None,
+    panels: int = 3,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[DatasetResult]:
     """Results per dataset; datasets already evaluated by the same run under OUT/datasets are reused."""
     (out / "datasets").mkdir(parents=True, exist_ok=True)
     results = []
@@ -77,9 +85,17 @@ def saved_result(path: Path) -> DatasetResult | None:
 
 
 @torch.no_grad()
-def evaluate_dataset(model: nn.Module, spec: DatasetSpec, root: Path, out: Path, settings: EvalConfig, run: str,
-                     max_images: int | None, panels: int,
-                     progress: Callable[[str, int, int], None] | None) -> DatasetResult:  # fmt: skip
+def evaluate_dataset(
+    model: nn.Module,
+    spec: DatasetSpec,
+    root: Path,
+    out: Path,
+    settings: EvalConfig,
+    run: str,
+    max_images: int | None,
+    panels: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> DatasetResult:
     samples, problems = spec.samples(root)
     result = DatasetResult(spec.name, spec.class_names, "missing files", run, problems=problems)
     if problems:  # never half-evaluate a dataset silently
@@ -105,8 +121,17 @@ def evaluate_dataset(model: nn.Module, spec: DatasetSpec, root: Path, out: Path,
             groups.setdefault(group, ConfusionMatrix(classes, device=device)).update(prediction, target)
             counts[group] = counts.get(group, 0) + 1
             if index < panels:
-                result.panels.append(str(write_panel(out / "panels" / spec.name / f"{sample.name}.png", image, mask,
-                                                     prediction.cpu().numpy().astype(np.uint8), classes).relative_to(out)))  # fmt: skip
+                result.panels.append(
+                    str(
+                        write_panel(
+                            out / "panels" / spec.name / f"{sample.name}.png",
+                            image,
+                            mask,
+                            prediction.cpu().numpy().astype(np.uint8),
+                            classes,
+                        ).relative_to(out)
+                    )
+                )
         if progress is not None:
             progress(spec.name, index + 1, len(samples))
     if result.problems:
@@ -126,4 +151,3 @@ def write_panel(path: Path, image: np.ndarray, truth: np.ndarray, prediction: np
     panel = np.concatenate([image, gap, colours[truth], gap, colours[prediction]], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_png(path, panel)
-

@@ -33,7 +33,7 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(classes, classes, dtype=torch.int64, device=device)
 
     @classmethod
-    def from_counts(cls, counts: list[list[int]], ignore: int = IGNORE) -> "ConfusionMatrix":
+    def from_counts(cls, counts: list[list[int]], ignore: int = IGNORE) -> ConfusionMatrix:
         """A matrix saved with `.matrix.tolist()` (e.g. a finished dataset's result file)."""
         confusion = cls(len(counts), ignore)
         confusion.matrix = torch.tensor(counts, dtype=torch.int64)
@@ -45,8 +45,13 @@ class ConfusionMatrix:
         keep = target != self.ignore
         target, prediction = target[keep], prediction[keep]
         if target.numel() and (int(target.max()) >= self.classes or int(target.min()) < 0):
-            raise ValueError(f"ground-truth values {sorted(set(target.unique().tolist()) - set(range(self.classes)))} outside 0-{self.classes - 1} (and {self.ignore})")
-        self.matrix += torch.bincount(target * self.classes + prediction, minlength=self.classes**2).view(self.classes, self.classes)
+            raise ValueError(
+                f"ground-truth values {sorted(set(target.unique().tolist()) - set(range(self.classes)))} "
+                f"outside 0-{self.classes - 1} (and {self.ignore})"
+            )
+        self.matrix += torch.bincount(target * self.classes + prediction, minlength=self.classes**2).view(
+            self.classes, self.classes
+        )
 
     def scores(self, absent: str = "exclude") -> Scores:
         matrix = self.matrix.double()
@@ -69,6 +74,8 @@ class ConfusionMatrix:
         return Scores(
             iou=[float(v) if c else None for v, c in zip(iou.tolist(), counted.tolist())],
             acc=[float(v) if c else None for v, c in zip(acc.tolist(), present.tolist())],
-            miou=miou, macc=macc, pixel_accuracy=float(tp.sum() / total) if total > 0 else float("nan"),
+            miou=miou,
+            macc=macc,
+            pixel_accuracy=float(tp.sum() / total) if total > 0 else float("nan"),
             present=present.tolist(),
-        )  # fmt: skip
+        )

@@ -39,8 +39,11 @@ def benchmark_comparison(benchmark: str, backbone: str) -> dict[str, Any] | None
     if "setting" in where:
         table = table[where["setting"]]
     by_model = {model: table[model][column] for model in MODELS}
-    datasets = {ours: {model: _fractions(by_model[model].get(paper)) for model in MODELS}
-                for ours, paper in data["dataset_names"].items() if paper in by_model["Pi-Seg"]}  # fmt: skip
+    datasets = {
+        ours: {model: _fractions(by_model[model].get(paper)) for model in MODELS}
+        for ours, paper in data["dataset_names"].items()
+        if paper in by_model["Pi-Seg"]
+    }
     mean = None
     if "mean" in where:
         mean = {model: _fractions(by_model[model][where["mean"]], "m-mIoU", "m-mACC") for model in MODELS}
@@ -53,8 +56,13 @@ def uavid_split(backbone: str) -> dict[str, Any] | None:
     if backbone != "vit-b":
         return None
     table = paper_results()["tables"]["XI_uavid_seen_unseen"]
-    return {model: {name.lower(): _fractions(entry, "IoU", "ACC") if "IoU" in entry else _fractions(entry)
-                    for name, entry in table[model].items()} for model in MODELS}  # fmt: skip
+    return {
+        model: {
+            name.lower(): _fractions(entry, "IoU", "ACC") if "IoU" in entry else _fractions(entry)
+            for name, entry in table[model].items()
+        }
+        for model in MODELS
+    }
 
 
 def resolution_groups(backbone: str) -> dict[str, Any] | None:
@@ -63,7 +71,10 @@ def resolution_groups(backbone: str) -> dict[str, Any] | None:
     column = BACKBONES.get(backbone)
     if column is None or column not in table["Pi-Seg"]:
         return None
-    return {model: {group: _fractions(entry, "m-mIoU", "m-mACC") for group, entry in table[model][column].items()} for model in MODELS}
+    return {
+        model: {group: _fractions(entry, "m-mIoU", "m-mACC") for group, entry in table[model][column].items()}
+        for model in MODELS
+    }
 
 
 def efficiency_row(backbone: str) -> dict[str, dict[str, float]] | None:
@@ -75,6 +86,9 @@ def efficiency_row(backbone: str) -> dict[str, dict[str, float]] | None:
 
 def paper_comparison(benchmark: str, backbone: str) -> dict[str, Any] | None:
     """Everything the paper reports that a run of `benchmark` with `backbone` can be compared with."""
-    found = {"benchmark": benchmark_comparison(benchmark, backbone), "uavid": uavid_split(backbone),
-             "resolution": resolution_groups(backbone) if benchmark == "ovrsisbench-v2" else None}  # fmt: skip
+    found = {
+        "benchmark": benchmark_comparison(benchmark, backbone),
+        "uavid": uavid_split(backbone),
+        "resolution": resolution_groups(backbone) if benchmark == "ovrsisbench-v2" else None,
+    }
     return {"backbone": BACKBONES.get(backbone), "source": SOURCE, **found} if found["benchmark"] else None

@@ -47,9 +47,18 @@ def cached_crosswalk(source: str, target: str, lemmatize: Lemmatize) -> dict[str
     return dict(_CROSSWALKS[key])
 
 
-def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: str, model_name: str, absent: str,
-                 lemmatize: Lemmatize, out: Path, definitions: dict, settings: EvalConfig,
-                 paper: dict | None = None) -> dict:  # fmt: skip
+def build_report(
+    results: list[DatasetResult],
+    benchmark: str,
+    train_taxonomy: str,
+    model_name: str,
+    absent: str,
+    lemmatize: Lemmatize,
+    out: Path,
+    definitions: dict,
+    settings: EvalConfig,
+    paper: dict | None = None,
+) -> dict:
     """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content. `paper`
     (`piseg.evaluation.paper.paper_comparison`) puts the paper's numbers beside ours."""
     protocol = (definitions.get("benchmarks") or {}).get(benchmark) or {}
@@ -59,21 +68,35 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
         definition = definitions["datasets"][result.name]
         mapping = cached_crosswalk(definition["taxonomy"], train_taxonomy, lemmatize)
         covered = [name for name, target in mapping.items() if target is not None]
-        entry["overlap"] = {"raw": len(mapping), "covered": len(covered), "test_only": len(mapping) - len(covered),
-                            "coverage": len(covered) / len(mapping), "mapping": mapping}  # fmt: skip
+        entry["overlap"] = {
+            "raw": len(mapping),
+            "covered": len(covered),
+            "test_only": len(mapping) - len(covered),
+            "coverage": len(covered) / len(mapping),
+            "mapping": mapping,
+        }
         if result.status == "done":
             scores = ConfusionMatrix.from_counts(result.matrix).scores(absent)
             seen = [mapping[name] is not None for name in result.classes]
             entry.update(
-                miou=scores.miou, macc=scores.macc, pixel_accuracy=scores.pixel_accuracy,
-                classes={name: {"iou": iou, "acc": acc, "present": present, "seen": s}
-                         for name, iou, acc, present, s in zip(result.classes, scores.iou, scores.acc, scores.present, seen)},
+                miou=scores.miou,
+                macc=scores.macc,
+                pixel_accuracy=scores.pixel_accuracy,
+                classes={
+                    name: {"iou": iou, "acc": acc, "present": present, "seen": s}
+                    for name, iou, acc, present, s in zip(result.classes, scores.iou, scores.acc, scores.present, seen)
+                },
                 seen_miou=mean([i for i, s in zip(scores.iou, seen) if s and i is not None]),
                 unseen_miou=mean([i for i, s in zip(scores.iou, seen) if not s and i is not None]),
-                resolution={group: {"images": result.group_images[group], "miou": ConfusionMatrix.from_counts(matrix).scores(absent).miou}
-                            for group, matrix in sorted(result.groups.items())},
+                resolution={
+                    group: {
+                        "images": result.group_images[group],
+                        "miou": ConfusionMatrix.from_counts(matrix).scores(absent).miou,
+                    }
+                    for group, matrix in sorted(result.groups.items())
+                },
                 panels=result.panels,
-            )  # fmt: skip
+            )
             if "paper_split" in definition:
                 entry["paper_split"] = stated_split(entry["classes"], definition["paper_split"])
         if paper and paper["benchmark"]:
@@ -83,22 +106,31 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
     excluded = protocol.get("train_dataset")
     counted = [d for name, d in done.items() if name != excluded]
     report = {
-        "benchmark": benchmark, "model": model_name, "train_taxonomy": train_taxonomy,
-        "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]}, "inference": asdict(settings),
-        "m_miou": mean([d["miou"] for d in counted]), "m_macc": mean([d["macc"] for d in counted]),
-        "means_exclude": excluded, "complete": len(done) == len(datasets), "datasets": datasets,
+        "benchmark": benchmark,
+        "model": model_name,
+        "train_taxonomy": train_taxonomy,
+        "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]},
+        "inference": asdict(settings),
+        "m_miou": mean([d["miou"] for d in counted]),
+        "m_macc": mean([d["macc"] for d in counted]),
+        "means_exclude": excluded,
+        "complete": len(done) == len(datasets),
+        "datasets": datasets,
         "benchmark_datasets": protocol.get("datasets") or list(datasets),
-    }  # fmt: skip
+    }
     if excluded:  # Table III averages without the training set; the mean with it, for reference
         report["m_miou_with_training_set"] = mean([d["miou"] for d in done.values()])
         report["m_macc_with_training_set"] = mean([d["macc"] for d in done.values()])
     if "resolution_groups" in protocol:
         report["resolution_groups"] = {
-            group: {"datasets": names, "evaluated": [n for n in names if n in done],
-                    "m_miou": mean([done[n]["miou"] for n in names if n in done]),
-                    "m_macc": mean([done[n]["macc"] for n in names if n in done])}
+            group: {
+                "datasets": names,
+                "evaluated": [n for n in names if n in done],
+                "m_miou": mean([done[n]["miou"] for n in names if n in done]),
+                "m_macc": mean([done[n]["macc"] for n in names if n in done]),
+            }
             for group, names in protocol["resolution_groups"].items()
-        }  # fmt: skip
+        }
     report["paper"] = paper
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -108,19 +140,26 @@ def build_report(results: list[DatasetResult], benchmark: str, train_taxonomy: s
 
 
 def stated_split(classes: dict[str, dict], split: dict[str, list[str]]) -> dict:
-    """A seen/unseen split as a paper states it (Table XI; checked by `piseg.evaluation.benchmarks.dataset_spec`): mIoU/mACC
-    over its seen, unseen and all listed classes; classes it does not list (UAVid's background) are in none."""
+    """A seen/unseen split as a paper states it (Table XI; checked by `piseg.evaluation.benchmarks.dataset_spec`):
+    mIoU/mACC over its seen, unseen and all listed classes; classes it does not list (UAVid's background) are in
+    none."""
     groups = {"overall": split["seen"] + split["unseen"], "seen": split["seen"], "unseen": split["unseen"]}
-    return {name: {"miou": mean([classes[c]["iou"] for c in members]), "macc": mean([classes[c]["acc"] for c in members])}
-            for name, members in groups.items()} | {"classes": split}  # fmt: skip
+    return {
+        name: {"miou": mean([classes[c]["iou"] for c in members]), "macc": mean([classes[c]["acc"] for c in members])}
+        for name, members in groups.items()
+    } | {"classes": split}
 
 
 def inference_text(settings: dict) -> str:
     if settings["mode"] == "whole":
         pad = settings.get("whole_pad", 0)
-        return f"whole image, resized to one {settings['crop']}x{settings['crop']} view" + (f" after padding to a multiple of {pad}" if pad else "")
-    return (f"sliding window (resized to {settings['resize']}x{settings['resize']}, {settings['crop']} crops at stride "
-            f"{settings['stride']} and one global view, averaged)")  # fmt: skip
+        return f"whole image, resized to one {settings['crop']}x{settings['crop']} view" + (
+            f" after padding to a multiple of {pad}" if pad else ""
+        )
+    return (
+        f"sliding window (resized to {settings['resize']}x{settings['resize']}, {settings['crop']} crops at stride "
+        f"{settings['stride']} and one global view, averaged)"
+    )
 
 
 def signed(ours: float | None, theirs: float | None) -> str:
@@ -137,26 +176,45 @@ def paper_cells(ours: dict, paper: dict | None) -> list[str]:
     return cells + [signed(ours.get("miou"), (paper.get(model) or {}).get("miou")) for model in MODELS]
 
 
-PAPER_HEADER = " paper Pi-Seg mIoU | paper Pi-Seg mACC | paper CAT-Seg mIoU | paper CAT-Seg mACC | Δ mIoU vs Pi-Seg | Δ mIoU vs CAT-Seg |"
+PAPER_HEADER = (
+    " paper Pi-Seg mIoU | paper Pi-Seg mACC | paper CAT-Seg mIoU | paper CAT-Seg mACC |"
+    " Δ mIoU vs Pi-Seg | Δ mIoU vs CAT-Seg |"
+)
 
 
 def markdown(report: dict) -> str:
     datasets, paper = report["datasets"], report.get("paper")
     compared = paper["benchmark"] if paper else None
     lines = [f"# {report['benchmark']}: {report['model']}", ""]
-    lines += [f"Rule for absent classes: {report['absent_class_rule']['meaning']} (`--absent {report['absent_class_rule']['rule']}`).",
-              "mIoU / mACC average the classes that occur in each dataset's ground truth; m-mIoU / m-mACC average the "
-              f"evaluated datasets. Inference: {inference_text(report['inference'])}.", ""]  # fmt: skip
+    lines += [
+        f"Rule for absent classes: {report['absent_class_rule']['meaning']} "
+        f"(`--absent {report['absent_class_rule']['rule']}`).",
+        "mIoU / mACC average the classes that occur in each dataset's ground truth; m-mIoU / m-mACC average the "
+        f"evaluated datasets. Inference: {inference_text(report['inference'])}.",
+        "",
+    ]
     if report.get("means_exclude"):
-        lines += [f"As in the paper's Table III, the means leave out the training set ({report['means_exclude']}); with it: "
-                  f"m-mIoU {percent(report['m_miou_with_training_set'])}, m-mACC {percent(report['m_macc_with_training_set'])}.", ""]  # fmt: skip
+        lines += [
+            f"As in the paper's Table III, the means leave out the training set ({report['means_exclude']}); with it: "
+            f"m-mIoU {percent(report['m_miou_with_training_set'])}, "
+            f"m-mACC {percent(report['m_macc_with_training_set'])}.",
+            "",
+        ]
     if compared:
-        lines += [f"Paper columns: Table {compared['table']} of {compared['source']}, {compared['backbone']} (the paper's "
-                  "numbers as printed; Δ = ours − paper, in points).", ""]  # fmt: skip
+        lines += [
+            f"Paper columns: Table {compared['table']} of {compared['source']}, {compared['backbone']} (the paper's "
+            "numbers as printed; Δ = ours − paper, in points).",
+            "",
+        ]
     missing = {n: d for n, d in datasets.items() if d["status"] != "done"}
     if missing:
         lines += ["**Not evaluated** (the means leave them out):", ""]
-        lines += [f"- {n}: {d['status']}: " + "; ".join(d["problems"][:3]) + (f" (+{len(d['problems']) - 3} more)" if len(d["problems"]) > 3 else "") for n, d in missing.items()]
+        lines += [
+            f"- {n}: {d['status']}: "
+            + "; ".join(d["problems"][:3])
+            + (f" (+{len(d['problems']) - 3} more)" if len(d["problems"]) > 3 else "")
+            for n, d in missing.items()
+        ]
         lines.append("")
     header, rule = "| dataset | mIoU | mACC |", "|---|---|---|"
     if compared:
@@ -173,58 +231,99 @@ def markdown(report: dict) -> str:
     ours = {"miou": report["m_miou"], "macc": report["m_macc"]}
     row = [f"**{label}**", percent(report["m_miou"]), percent(report["m_macc"])]
     lines.append("| " + " | ".join(row + (paper_cells(ours, compared["mean"]) if compared else [])) + " |")
-    lines += ["", "## Seen / unseen classes (Table XI)", "",
-              "Automatic split: a class is seen when the crosswalk maps it to a class of the training taxonomy.", "",
-              "| dataset | seen classes | unseen classes | seen mIoU | unseen mIoU |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Seen / unseen classes (Table XI)",
+        "",
+        "Automatic split: a class is seen when the crosswalk maps it to a class of the training taxonomy.",
+        "",
+        "| dataset | seen classes | unseen classes | seen mIoU | unseen mIoU |",
+        "|---|---|---|---|---|",
+    ]
     for name, d in datasets.items():
         mapping = d["overlap"]["mapping"]
         seen = [c for c, t in mapping.items() if t is not None]
         unseen = [c for c, t in mapping.items() if t is None]
-        lines.append(f"| {name} | {len(seen)} | {len(unseen)}: {', '.join(unseen) or '-'} | {percent(d.get('seen_miou'))} | {percent(d.get('unseen_miou'))} |")
+        lines.append(
+            f"| {name} | {len(seen)} | {len(unseen)}: {', '.join(unseen) or '-'} | "
+            f"{percent(d.get('seen_miou'))} | {percent(d.get('unseen_miou'))} |"
+        )
     for name, d in datasets.items():
         if "paper_split" not in d:
             continue
         split = d["paper_split"]
         theirs = (paper or {}).get("uavid") if name == "uavid" else None
-        lines += ["", f"{name}, the split the paper states (seen: {', '.join(split['classes']['seen'])}; unseen: "
-                  f"{', '.join(split['classes']['unseen'])}; overall: those six):", "",
-                  "| group | mIoU | mACC |" + (PAPER_HEADER if theirs else ""), "|---|---|---|" + ("---|" * 6 if theirs else "")]  # fmt: skip
+        lines += [
+            "",
+            f"{name}, the split the paper states (seen: {', '.join(split['classes']['seen'])}; unseen: "
+            f"{', '.join(split['classes']['unseen'])}; overall: those six):",
+            "",
+            "| group | mIoU | mACC |" + (PAPER_HEADER if theirs else ""),
+            "|---|---|---|" + ("---|" * 6 if theirs else ""),
+        ]
         for group in ("overall", "seen", "unseen"):
             cells = [group, percent(split[group]["miou"]), percent(split[group]["macc"])]
             if theirs:
                 cells += paper_cells(split[group], {model: theirs[model][group] for model in theirs})
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"## Category overlap with {report['train_taxonomy']} (Figure 5)", "",
-              "| dataset | raw categories | covered | test-only | coverage |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"## Category overlap with {report['train_taxonomy']} (Figure 5)",
+        "",
+        "| dataset | raw categories | covered | test-only | coverage |",
+        "|---|---|---|---|---|",
+    ]
     for name, d in datasets.items():
         o = d["overlap"]
         lines.append(f"| {name} | {o['raw']} | {o['covered']} | {o['test_only']} | {100 * o['coverage']:.1f}% |")
-    lines += ["", "Covered = the class name (or one of its parts, or its head noun) matches a training class's name or "
-              "synonym; the mapping is in report.json. ![overlap](overlap.png)", ""]  # fmt: skip
+    lines += [
+        "",
+        "Covered = the class name (or one of its parts, or its head noun) matches a training class's name or "
+        "synonym; the mapping is in report.json. ![overlap](overlap.png)",
+        "",
+    ]
     if "resolution_groups" in report:
         theirs = (paper or {}).get("resolution")
-        lines += ["## Resolution groups (Table XIII: whole datasets by native size; m-mIoU = mean over the group's datasets)", "",
-                  "| group | datasets (evaluated) | m-mIoU | m-mACC |" + (PAPER_HEADER if theirs else ""),
-                  "|---|---|---|---|" + ("---|" * 6 if theirs else "")]  # fmt: skip
+        lines += [
+            "## Resolution groups (Table XIII: whole datasets by native size; m-mIoU = mean over the group's datasets)",
+            "",
+            "| group | datasets (evaluated) | m-mIoU | m-mACC |" + (PAPER_HEADER if theirs else ""),
+            "|---|---|---|---|" + ("---|" * 6 if theirs else ""),
+        ]
         for group, g in report["resolution_groups"].items():
-            cells = [group, f"{', '.join(g['evaluated'])} ({len(g['evaluated'])} of {len(g['datasets'])})", percent(g["m_miou"]), percent(g["m_macc"])]
+            cells = [
+                group,
+                f"{', '.join(g['evaluated'])} ({len(g['evaluated'])} of {len(g['datasets'])})",
+                percent(g["m_miou"]),
+                percent(g["m_macc"]),
+            ]
             if theirs:
                 cells += paper_cells({"miou": g["m_miou"]}, {model: theirs[model].get(group) for model in theirs})
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Resolution per image (extra: each image grouped by its own size; low = below 800x800)", "",
-              "| dataset | low: images | low mIoU | high: images | high mIoU |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Resolution per image (extra: each image grouped by its own size; low = below 800x800)",
+        "",
+        "| dataset | low: images | low mIoU | high: images | high mIoU |",
+        "|---|---|---|---|---|",
+    ]
     for name, d in datasets.items():
         groups = d.get("resolution", {})
         low, high = groups.get("low", {}), groups.get("high", {})
-        lines.append(f"| {name} | {low.get('images', 0)} | {percent(low.get('miou'))} | {high.get('images', 0)} | {percent(high.get('miou'))} |")
+        lines.append(
+            f"| {name} | {low.get('images', 0)} | {percent(low.get('miou'))} | "
+            f"{high.get('images', 0)} | {percent(high.get('miou'))} |"
+        )
     lines += ["", "## Per-class IoU / ACC", ""]
     for name, d in datasets.items():
         if d["status"] != "done":
             continue
         lines += [f"### {name}", "", "| class | IoU | ACC | in ground truth | seen |", "|---|---|---|---|---|"]
         for cls, c in d["classes"].items():
-            lines.append(f"| {cls} | {percent(c['iou'])} | {percent(c['acc'])} | {'yes' if c['present'] else 'no'} | {'yes' if c['seen'] else 'no'} |")
+            lines.append(
+                f"| {cls} | {percent(c['iou'])} | {percent(c['acc'])} | "
+                f"{'yes' if c['present'] else 'no'} | {'yes' if c['seen'] else 'no'} |"
+            )
         lines += [""] + [f"![{name}]({panel})" for panel in d.get("panels", [])] + [""]
     return "\n".join(lines) + "\n"
 

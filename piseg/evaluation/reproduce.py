@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from pipeline.categories import spacy_lemmatize
 from piseg.checkpoint import load_model
 from piseg.config import PiSegConfig
 from piseg.evaluation.benchmarks import load_benchmark
@@ -27,7 +28,6 @@ from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, r
 from piseg.evaluation.paper import MODELS, paper_comparison
 from piseg.evaluation.report import build_report, percent, signed
 from piseg.released.convert import convert_released
-from pipeline.categories import spacy_lemmatize
 from taxonomy.loader import load_taxonomy
 
 V1_TRAINING_SETS = {"dlrsd": "ovrsisbench-v1-dlrsd", "isaid": "ovrsisbench-v1-isaid"}
@@ -56,7 +56,9 @@ def plan_runs(weights: Path, plan: Path | None = None) -> list[Run]:
         if not isinstance(entries, dict):
             raise PlanError(f"{plan}: expected {{weights path: {{taxonomy, benchmarks}}}}")
         try:
-            runs = [Run(run_name(Path(p)), weights / p, e["taxonomy"], list(e["benchmarks"])) for p, e in entries.items()]
+            runs = [
+                Run(run_name(Path(p)), weights / p, e["taxonomy"], list(e["benchmarks"])) for p, e in entries.items()
+            ]
         except (KeyError, TypeError) as error:
             raise PlanError(f"{plan}: each entry needs taxonomy and benchmarks ({error!r})") from error
         missing = [str(r.weights) for r in runs if not r.weights.is_file()]
@@ -71,7 +73,14 @@ def plan_runs(weights: Path, plan: Path | None = None) -> list[Run]:
         relative = path.relative_to(weights)
         lowered = str(relative).lower()
         trained = next((name for name in V1_TRAINING_SETS if name in lowered), None)
-        runs.append(Run(run_name(relative), path, trained or "ovrsis95k", [V1_TRAINING_SETS[trained]] if trained else V2_BENCHMARKS))
+        runs.append(
+            Run(
+                run_name(relative),
+                path,
+                trained or "ovrsis95k",
+                [V1_TRAINING_SETS[trained]] if trained else V2_BENCHMARKS,
+            )
+        )
     return runs
 
 
@@ -81,9 +90,19 @@ def run_name(relative: Path) -> str:
     return "-".join(parts).replace(" ", "_")
 
 
-def reproduce(runs: list[Run], data_root: Path, out: Path, definitions: dict, base: PiSegConfig | None, tokenizer: str | None,
-              trust_pickle: bool, paper_backbone: str | None, device: torch.device, max_images: int | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> dict:  # fmt: skip
+def reproduce(
+    runs: list[Run],
+    data_root: Path,
+    out: Path,
+    definitions: dict,
+    base: PiSegConfig | None,
+    tokenizer: str | None,
+    trust_pickle: bool,
+    paper_backbone: str | None,
+    device: torch.device,
+    max_images: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
     """Convert, evaluate and compare every run; writes OUT/report.md and OUT/report.json and returns the latter."""
     summary = {"data_root": str(data_root), "runs": {}}
     for run in runs:
@@ -98,14 +117,36 @@ def reproduce(runs: list[Run], data_root: Path, out: Path, definitions: dict, ba
         for name in run.benchmarks:
             benchmark = load_benchmark(name, definitions)
             folder = out / run.name / name
-            results = evaluate_benchmark(model, benchmark, data_root, folder, config.eval, identity, max_images, 0, progress)
-            report = build_report(results, name, benchmark.train_taxonomy, f"{run.name} (released weights, converted)", "exclude",
-                                  spacy_lemmatize, folder, definitions, config.eval, paper_comparison(name, backbone))  # fmt: skip
-            reports[name] = {key: report[key] for key in ("m_miou", "m_macc", "means_exclude", "complete", "paper", "resolution_groups")
-                             if key in report} | {"report": str(folder.relative_to(out) / "report.md"),
-                                                  "datasets": {n: d.get("miou") for n, d in report["datasets"].items()},
-                                                  "uavid_split": report["datasets"].get("uavid", {}).get("paper_split")}  # fmt: skip
-        summary["runs"][run.name] = {"weights": str(run.weights), "taxonomy": run.taxonomy, "backbone": backbone, "benchmarks": reports}
+            results = evaluate_benchmark(
+                model, benchmark, data_root, folder, config.eval, identity, max_images, 0, progress
+            )
+            report = build_report(
+                results,
+                name,
+                benchmark.train_taxonomy,
+                f"{run.name} (released weights, converted)",
+                "exclude",
+                spacy_lemmatize,
+                folder,
+                definitions,
+                config.eval,
+                paper_comparison(name, backbone),
+            )
+            reports[name] = {
+                key: report[key]
+                for key in ("m_miou", "m_macc", "means_exclude", "complete", "paper", "resolution_groups")
+                if key in report
+            } | {
+                "report": str(folder.relative_to(out) / "report.md"),
+                "datasets": {n: d.get("miou") for n, d in report["datasets"].items()},
+                "uavid_split": report["datasets"].get("uavid", {}).get("paper_split"),
+            }
+        summary["runs"][run.name] = {
+            "weights": str(run.weights),
+            "taxonomy": run.taxonomy,
+            "backbone": backbone,
+            "benchmarks": reports,
+        }
         del model
     summary["complete"] = all(b["complete"] for r in summary["runs"].values() for b in r["benchmarks"].values())
     out.mkdir(parents=True, exist_ok=True)
@@ -115,21 +156,31 @@ def reproduce(runs: list[Run], data_root: Path, out: Path, definitions: dict, ba
 
 
 def markdown(summary: dict) -> str:
-    lines = ["# The paper's tables from the released weights", "",
-             "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
-             "Δ = ours − paper, in points). The full report of each benchmark (per dataset, per class) is linked.", "",
-             "| run | benchmark (table) | datasets | m-mIoU | m-mACC | paper Pi-Seg | paper CAT-Seg | Δ vs Pi-Seg | Δ vs CAT-Seg | report |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# The paper's tables from the released weights",
+        "",
+        "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
+        "Δ = ours − paper, in points). The full report of each benchmark (per dataset, per class) is linked.",
+        "",
+        "| run | benchmark (table) | datasets | m-mIoU | m-mACC "
+        "| paper Pi-Seg | paper CAT-Seg | Δ vs Pi-Seg | Δ vs CAT-Seg | report |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run_name, run in summary["runs"].items():
         for name, bench in run["benchmarks"].items():
             compared = (bench.get("paper") or {}).get("benchmark") or {}
             mean = compared.get("mean") or {}
             pi, cat = (mean.get(m) or {} for m in MODELS)
             evaluated = sum(v is not None for v in bench["datasets"].values())
-            label = f"{name} ({compared.get('table', '-')}" + (f", w/o {bench['means_exclude']})" if bench.get("means_exclude") else ")")
-            lines.append(f"| {run_name} | {label} | {evaluated} of {len(bench['datasets'])} | {percent(bench['m_miou'])} | "
-                         f"{percent(bench['m_macc'])} | {percent(pi.get('miou'))} | {percent(cat.get('miou'))} | "
-                         f"{signed(bench['m_miou'], pi.get('miou'))} | {signed(bench['m_miou'], cat.get('miou'))} | [report]({bench['report']}) |")  # fmt: skip
+            label = f"{name} ({compared.get('table', '-')}" + (
+                f", w/o {bench['means_exclude']})" if bench.get("means_exclude") else ")"
+            )
+            lines.append(
+                f"| {run_name} | {label} | {evaluated} of {len(bench['datasets'])} | {percent(bench['m_miou'])} | "
+                f"{percent(bench['m_macc'])} | {percent(pi.get('miou'))} | {percent(cat.get('miou'))} | "
+                f"{signed(bench['m_miou'], pi.get('miou'))} | {signed(bench['m_miou'], cat.get('miou'))} | "
+                f"[report]({bench['report']}) |"
+            )
     for run_name, run in summary["runs"].items():
         bench = run["benchmarks"].get("ovrsisbench-v2")
         if not bench:
@@ -137,20 +188,33 @@ def markdown(summary: dict) -> str:
         paper = bench.get("paper") or {}
         if bench.get("uavid_split"):
             theirs = paper.get("uavid") or {}
-            lines += ["", f"## Table XI: UAVid seen / unseen ({run_name}, the paper's split)", "",
-                      "| group | mIoU | mACC | paper Pi-Seg mIoU | paper CAT-Seg mIoU |", "|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"## Table XI: UAVid seen / unseen ({run_name}, the paper's split)",
+                "",
+                "| group | mIoU | mACC | paper Pi-Seg mIoU | paper CAT-Seg mIoU |",
+                "|---|---|---|---|---|",
+            ]
             for group in ("overall", "seen", "unseen"):
                 ours = bench["uavid_split"][group]
-                lines.append(f"| {group} | {percent(ours['miou'])} | {percent(ours['macc'])} | "
-                             f"{percent((theirs.get('Pi-Seg') or {}).get(group, {}).get('miou'))} | "
-                             f"{percent((theirs.get('CAT-Seg') or {}).get(group, {}).get('miou'))} |")  # fmt: skip
+                lines.append(
+                    f"| {group} | {percent(ours['miou'])} | {percent(ours['macc'])} | "
+                    f"{percent((theirs.get('Pi-Seg') or {}).get(group, {}).get('miou'))} | "
+                    f"{percent((theirs.get('CAT-Seg') or {}).get(group, {}).get('miou'))} |"
+                )
         if bench.get("resolution_groups"):
             theirs = paper.get("resolution") or {}
-            lines += ["", f"## Table XIII: resolution groups ({run_name}, whole datasets)", "",
-                      "| group | datasets evaluated | m-mIoU | paper Pi-Seg | paper CAT-Seg |", "|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"## Table XIII: resolution groups ({run_name}, whole datasets)",
+                "",
+                "| group | datasets evaluated | m-mIoU | paper Pi-Seg | paper CAT-Seg |",
+                "|---|---|---|---|---|",
+            ]
             for group, g in bench["resolution_groups"].items():
-                lines.append(f"| {group} | {len(g['evaluated'])} of {len(g['datasets'])} | {percent(g['m_miou'])} | "
-                             f"{percent(((theirs.get('Pi-Seg') or {}).get(group) or {}).get('miou'))} | "
-                             f"{percent(((theirs.get('CAT-Seg') or {}).get(group) or {}).get('miou'))} |")  # fmt: skip
+                lines.append(
+                    f"| {group} | {len(g['evaluated'])} of {len(g['datasets'])} | {percent(g['m_miou'])} | "
+                    f"{percent(((theirs.get('Pi-Seg') or {}).get(group) or {}).get('miou'))} | "
+                    f"{percent(((theirs.get('CAT-Seg') or {}).get(group) or {}).get('miou'))} |"
+                )
     return "\n".join(lines) + "\n"
-

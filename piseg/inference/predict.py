@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.ingest import RasterSource, plan_windows
+from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from pipeline.records import Window
+from pipeline.stitch import stitch_to_geotiff
 from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
 from piseg.inference.scheme import predict_mask
-from pipeline.ingest import RasterSource, plan_windows
-from pipeline.outputs import overlay, write_mask_geotiff, write_png
 from taxonomy.loader import IGNORE_INDEX as IGNORE
-from pipeline.records import Window
-from pipeline.stitch import stitch_to_geotiff
 
 MAX_CLASSES = IGNORE  # masks are uint8 with 255 = unlabelled, so class ids run 0-254
 # What one bad input raises: unreadable or truncated rasters (IngestError is a ValueError), files that
@@ -39,7 +39,9 @@ def parse_class_names(text: str) -> list[str]:
 def check_class_count(names: list[str]) -> None:
     """Refuse, before any work, more classes than a uint8 mask can hold next to the ignore value."""
     if len(names) > MAX_CLASSES:
-        raise ValueError(f"{len(names)} class names given; masks are 8-bit (255 = unlabelled), so at most {MAX_CLASSES}")
+        raise ValueError(
+            f"{len(names)} class names given; masks are 8-bit (255 = unlabelled), so at most {MAX_CLASSES}"
+        )
 
 
 def read_image(path: Path) -> tuple[np.ndarray, str | None, list[float] | None]:
@@ -77,8 +79,9 @@ class Predictor:
         mask = predict_mask(self.model, pixels, self.class_embeddings(class_names), self.settings)
         return mask.to(torch.uint8).cpu().numpy()
 
-    def predict_files(self, paths: list[Path], class_names: list[str], out: Path, tile_size: int = 2048,
-                      overlap: int = 128) -> list[Path]:  # fmt: skip
+    def predict_files(
+        self, paths: list[Path], class_names: list[str], out: Path, tile_size: int = 2048, overlap: int = 128
+    ) -> list[Path]:
         """Writes OUT/STEM.png (class ids), OUT/STEM.overlay.png and, for georeferenced inputs,
         OUT/STEM.mask.tif on the input's grid; returns the mask paths. Rasters larger than `tile_size`
         are predicted tile by tile and stitched into OUT/STEM.mask.tif only (memory: one tile)."""
@@ -88,7 +91,9 @@ class Predictor:
             with RasterSource(path) as source:
                 large = max(source.dataset.width, source.dataset.height) > tile_size
             if large:
-                written.append(self.predict_large_raster(path, class_names, out / f"{path.stem}.mask.tif", tile_size, overlap))
+                written.append(
+                    self.predict_large_raster(path, class_names, out / f"{path.stem}.mask.tif", tile_size, overlap)
+                )
                 continue
             image, crs, transform = read_image(path)
             mask = self.predict(image, class_names)
@@ -98,7 +103,9 @@ class Predictor:
             write_png(out / f"{path.stem}.overlay.png", overlay(image, mask, len(class_names)))
         return written
 
-    def predict_large_raster(self, path: Path, class_names: list[str], destination: Path, tile_size: int, overlap: int) -> Path:
+    def predict_large_raster(
+        self, path: Path, class_names: list[str], destination: Path, tile_size: int, overlap: int
+    ) -> Path:
         """Windows of `tile_size` (overlapping by `overlap`), each through the sliding-window scheme,
         stitched with the build's seam rule (each seam mid-overlap) into a tiled GeoTIFF."""
         with RasterSource(path) as source:
@@ -106,5 +113,12 @@ class Predictor:
             windows = plan_windows(dataset.width, dataset.height, tile_size, overlap)
             crs = dataset.crs.to_wkt() if source.georeferenced else None
             transform = list(dataset.transform)[:6] if source.georeferenced else None
-            return stitch_to_geotiff(windows, lambda index: self.predict(source.read(windows[index])[0], class_names),
-                                     destination, dataset.width, dataset.height, crs, transform)  # fmt: skip
+            return stitch_to_geotiff(
+                windows,
+                lambda index: self.predict(source.read(windows[index])[0], class_names),
+                destination,
+                dataset.width,
+                dataset.height,
+                crs,
+                transform,
+            )

@@ -22,7 +22,6 @@ from piseg.config import EvalConfig
 from piseg.modeling.clip_backbone import CLIP_MEAN
 from piseg.modeling.model import PiSeg
 
-
 TEST_MAX_SIZE = 2560  # MAX_SIZE_TEST of the released configs
 
 
@@ -60,7 +59,9 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+def sliding_window_probabilities(
+    model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig
+) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) at the image's own size."""
     height, width = image.shape[-2:]
     shortest = shortest_edge_resize(image[None].float(), settings.resize)
@@ -70,20 +71,26 @@ def sliding_window_probabilities(model: PiSeg, image: torch.Tensor, text: torch.
     crops = [resized[..., top : top + settings.crop, left : left + settings.crop] for top, left in windows]
     crops.append(F.interpolate(shortest, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False))
     logits = model(torch.cat(crops), text).logits
-    probabilities = F.interpolate(logits, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False).sigmoid()
+    probabilities = F.interpolate(
+        logits, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False
+    ).sigmoid()
     classes = probabilities.shape[1]
     local = probabilities.new_zeros(classes, settings.resize, settings.resize)
     count = probabilities.new_zeros(1, settings.resize, settings.resize)
     for (top, left), crop_probabilities in zip(windows, probabilities[:-1]):
         local[:, top : top + settings.crop, left : left + settings.crop] += crop_probabilities
         count[:, top : top + settings.crop, left : left + settings.crop] += 1
-    overall = F.interpolate(probabilities[-1:], size=(settings.resize, settings.resize), mode="bilinear", align_corners=False)[0]
+    overall = F.interpolate(
+        probabilities[-1:], size=(settings.resize, settings.resize), mode="bilinear", align_corners=False
+    )[0]
     combined = (local / count + overall) / 2
     return F.interpolate(combined[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
 @torch.no_grad()
-def whole_image_probabilities(model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig) -> torch.Tensor:
+def whole_image_probabilities(
+    model: PiSeg, image: torch.Tensor, text: torch.Tensor, settings: EvalConfig
+) -> torch.Tensor:
     """image (3, H, W) on 0-255 -> class probabilities (T, H, W) from one view of the whole image."""
     height, width = image.shape[-2:]
     view = shortest_edge_resize(image[None].float(), settings.resize)

@@ -150,7 +150,11 @@ class ClassAggregation(nn.Module):
         tokens = tokens + self._attend(self.norm1(tokens), guide)
         tokens = tokens + self.mlp(self.norm2(tokens))
         tokens = tokens[:, :classes]
-        out = tokens.view(batch, small, small, classes, dim).permute(0, 3, 4, 1, 2).reshape(batch * classes, dim, small, small)
+        out = (
+            tokens.view(batch, small, small, classes, dim)
+            .permute(0, 3, 4, 1, 2)
+            .reshape(batch * classes, dim, small, small)
+        )
         if pool > 1:
             out = F.interpolate(out, size=(side, side), mode="bilinear", align_corners=True)  # as released
         return x + out.view(batch, classes, dim, side, side).transpose(1, 2)
@@ -178,9 +182,13 @@ class DoubleConv(nn.Module):
         super().__init__()
         groups = max(out_channels // 16, 1)
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.GroupNorm(groups, out_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.GroupNorm(groups, out_channels), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, out_channels),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -203,24 +211,43 @@ class Up(nn.Module):
 class Aggregator(nn.Module):
     """Cost volume (B, P, T, g, g) + guidance -> logits (B, T, 4g, 4g)."""
 
-    def __init__(self, embed_dim: int, prompts: int, hidden: int, layers: int, heads: int, window: int, pad_len: int,
-                 decoder_dims: tuple[int, int], decoder_guidance_dims: tuple[int, int],
-                 decoder_guidance_proj_dims: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        embed_dim: int,
+        prompts: int,
+        hidden: int,
+        layers: int,
+        heads: int,
+        window: int,
+        pad_len: int,
+        decoder_dims: tuple[int, int],
+        decoder_guidance_dims: tuple[int, int],
+        decoder_guidance_proj_dims: tuple[int, int],
+    ) -> None:
         super().__init__()
         self.embed = nn.Conv2d(prompts, hidden, kernel_size=7, padding=3)
         self.appearance_projection = nn.Sequential(nn.Conv2d(embed_dim, hidden, 3, padding=1), nn.ReLU())
         self.text_projection = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU())
         self.decoder_guidance_projection = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU()) for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
+            nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU())
+            for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
         )
-        self.layers = nn.ModuleList(AggregationLayer(hidden, hidden, hidden, heads, window, pad_len) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            AggregationLayer(hidden, hidden, hidden, heads, window, pad_len) for _ in range(layers)
+        )
         self.decoder1 = Up(hidden, decoder_dims[0], decoder_guidance_proj_dims[0])
         self.decoder2 = Up(decoder_dims[0], decoder_dims[1], decoder_guidance_proj_dims[1])
         self.head = nn.Conv2d(decoder_dims[1], 1, 3, padding=1)
         self.pad_len = pad_len
 
-    def forward(self, cost: torch.Tensor, appearance: torch.Tensor, text: torch.Tensor,
-                decoder_guidance: list[torch.Tensor], pool: int) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        cost: torch.Tensor,
+        appearance: torch.Tensor,
+        text: torch.Tensor,
+        decoder_guidance: list[torch.Tensor],
+        pool: int,
+    ) -> torch.Tensor:
         """cost (B, P, T, g, g); appearance (B, C, g, g) un-perturbed CLIP features; text (T, P, C);
         decoder_guidance [(B, d0, 2g, 2g), (B, d1, 4g, 4g)]; pool = class-attention pooling size."""
         batch, prompts, classes, side, _ = cost.shape

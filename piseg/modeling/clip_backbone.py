@@ -23,14 +23,26 @@ BYTE_VOCAB_LIMIT = 1000  # vocabularies this small are the byte-level one below
 
 
 def clip_config(arch: ClipArchitecture) -> CLIPConfig:
-    text = {"hidden_size": arch.text_hidden, "num_hidden_layers": arch.text_layers, "num_attention_heads": arch.text_heads,
-            "intermediate_size": arch.text_intermediate, "vocab_size": arch.vocab_size,
-            "max_position_embeddings": arch.max_text_length, "hidden_act": "quick_gelu"}  # fmt: skip
+    text = {
+        "hidden_size": arch.text_hidden,
+        "num_hidden_layers": arch.text_layers,
+        "num_attention_heads": arch.text_heads,
+        "intermediate_size": arch.text_intermediate,
+        "vocab_size": arch.vocab_size,
+        "max_position_embeddings": arch.max_text_length,
+        "hidden_act": "quick_gelu",
+    }
     if arch.vocab_size < BYTE_VOCAB_LIMIT:  # the byte-level tokenizer's special tokens
         text.update(bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = {"hidden_size": arch.vision_hidden, "num_hidden_layers": arch.vision_layers,
-              "num_attention_heads": arch.vision_heads, "intermediate_size": arch.vision_intermediate,
-              "patch_size": arch.patch_size, "image_size": arch.pretrained_image_size, "hidden_act": "quick_gelu"}  # fmt: skip
+    vision = {
+        "hidden_size": arch.vision_hidden,
+        "num_hidden_layers": arch.vision_layers,
+        "num_attention_heads": arch.vision_heads,
+        "intermediate_size": arch.vision_intermediate,
+        "patch_size": arch.patch_size,
+        "image_size": arch.pretrained_image_size,
+        "hidden_act": "quick_gelu",
+    }
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=arch.projection_dim)
 
 
@@ -84,7 +96,9 @@ class ClipBackbone(nn.Module):
         """(B, 3, H, W) pixels on 0-255 -> dense features (B, C, g, g) and the guidance blocks' tokens
         as maps (B, width, g, g). Dense features: the last block's value path (docs/piseg.md)."""
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
-            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+            images = F.interpolate(
+                images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False
+            )
         pixels = (images - self.mean) / self.std
         vision = self.clip.vision_model
         tokens = vision.pre_layrnorm(vision.embeddings(pixels, interpolate_pos_encoding=True))
@@ -114,8 +128,10 @@ def load_clip(config: ModelConfig) -> ClipBackbone:
         clip = CLIPModel.from_pretrained(config.clip)
         tokenizer = CLIPTokenizer.from_pretrained(config.clip)
     except OSError as error:
-        raise OSError(f"cannot load CLIP from {config.clip!r} (a hub id needs the model cached or a connection; "
-                      f"a local folder needs config.json, weights and tokenizer files): {error}") from error
+        raise OSError(
+            f"cannot load CLIP from {config.clip!r} (a hub id needs the model cached or a connection; "
+            f"a local folder needs config.json, weights and tokenizer files): {error}"
+        ) from error
     return ClipBackbone(clip.float(), tokenizer, config)
 
 

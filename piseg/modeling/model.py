@@ -1,7 +1,7 @@
 """Pi-Seg: CLIP + CAT-Seg cost aggregation + semantic-aware perturbation (SPM) in training.
 
-    images ─ CLIP vision ─ dense V (B,C,g,g) ──[Image-SPM]── cost volume cos(V, T) (B,P,T,g,g) ─ Aggregator ─ logits
-    class prompts ─ CLIP text ─ T (T,P,C) ──────[Text-SPM]──┘          guidance: V, blocks, T ──┘
+images ─ CLIP vision ─ dense V (B,C,g,g) ──[Image-SPM]── cost volume cos(V, T) (B,P,T,g,g) ─ Aggregator ─ logits
+class prompts ─ CLIP text ─ T (T,P,C) ──────[Text-SPM]──┘          guidance: V, blocks, T ──┘
 """
 
 from __future__ import annotations
@@ -41,10 +41,17 @@ class PiSeg(nn.Module):
         self.guidance_up1 = nn.ConvTranspose2d(width, d0, kernel_size=2, stride=2)
         self.guidance_up2 = nn.ConvTranspose2d(width, d1, kernel_size=4, stride=4)
         self.aggregator = Aggregator(
-            channels, prompts=1, hidden=config.hidden_dim, layers=config.num_layers, heads=config.heads,
-            window=config.window_size, pad_len=config.pad_len, decoder_dims=config.decoder_dims,
-            decoder_guidance_dims=config.decoder_guidance_dims, decoder_guidance_proj_dims=config.decoder_guidance_proj_dims,
-        )  # fmt: skip
+            channels,
+            prompts=1,
+            hidden=config.hidden_dim,
+            layers=config.num_layers,
+            heads=config.heads,
+            window=config.window_size,
+            pad_len=config.pad_len,
+            decoder_dims=config.decoder_dims,
+            decoder_guidance_dims=config.decoder_guidance_dims,
+            decoder_guidance_proj_dims=config.decoder_guidance_proj_dims,
+        )
 
     @property
     def perturbs(self) -> bool:
@@ -61,7 +68,9 @@ class PiSeg(nn.Module):
         text = self.backbone.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
         return text.unsqueeze(1)
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None = None) -> PiSegOutput:
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None = None
+    ) -> PiSegOutput:
         """images (B, 3, S, S) on 0-255; text (T, P, C) from `encode_classes`."""
         dense, blocks = self.backbone.encode_image(images)
         guidance = [self.guidance_up1(blocks[0]), self.guidance_up2(blocks[1])]

@@ -11,8 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def unit_noise(shape: tuple[int, ...], family: str, df: float = 5.0, generator: torch.Generator | None = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+def unit_noise(
+    shape: tuple[int, ...],
+    family: str,
+    df: float = 5.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Zero-mean, unit-variance noise of one family. Drawn through `generator` (inverse CDF or ratios of
     standard draws) so that training is reproducible per step and per process."""
     if family == "gaussian":
@@ -60,7 +66,9 @@ class ImageSPM(nn.Module):
         self.sigma = nn.Linear(inner, channels)
         self.family, self.df = family, df
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """image (B, C, H, W), text (T, P, C) -> perturbed image features (B, C, H, W)."""
         batch, channels, height, width = image.shape
         pixels = image.detach().flatten(2).transpose(1, 2)  # (B, HW, C)

@@ -22,9 +22,13 @@ class ZeroShotClip(nn.Module):
     def encode_classes(self, class_names: list[str]) -> torch.Tensor:
         tokens = self.backbone.tokenize(name_prompts(class_names, self.prompt_template))
         device = self.backbone.mean.device
-        return self.backbone.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).unsqueeze(1)
+        return self.backbone.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).unsqueeze(
+            1
+        )
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None = None) -> PiSegOutput:
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None = None
+    ) -> PiSegOutput:
         """Logits = CLIP's logit scale x (cosine - its mean over classes): centring keeps the sigmoid of the
         sliding-window average from saturating (CLIP's cosines all sit near 0.2-0.3)."""
         dense, _ = self.backbone.encode_image(images)

@@ -27,8 +27,8 @@ import torchvision.transforms.v2.functional as TF
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from piseg.config import TrainConfig
 from pipeline.shards import IGNORE, ShardError, ShardReader, decode_sample
+from piseg.config import TrainConfig
 
 
 @dataclass
@@ -57,7 +57,10 @@ def decode_training_sample(raw: dict, classes: int) -> tuple[str, np.ndarray, np
         raise ShardError(f"{where}: cannot decode ({error})") from error
     bad = np.setdiff1d(np.unique(sample.mask), [*range(classes), IGNORE])
     if bad.size:
-        raise ShardError(f"{where}: mask values {bad.tolist()} outside the {classes} training classes (0-{classes - 1}, {IGNORE} = ignore)")
+        raise ShardError(
+            f"{where}: mask values {bad.tolist()} "
+            f"outside the {classes} training classes (0-{classes - 1}, {IGNORE} = ignore)"
+        )
     if sample.mask.shape != sample.image.shape[:2]:
         raise ShardError(f"{where}: mask {sample.mask.shape} and image {sample.image.shape[:2]} differ in size")
     return sample.key, sample.image, sample.mask
@@ -100,8 +103,14 @@ def hsv8_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, brightness: float = 32, contrast: tuple[float, float] = (0.5, 1.5),
-                  saturation: tuple[float, float] = (0.5, 1.5), hue: int = 18) -> np.ndarray:  # fmt: skip
+def color_aug_ssd(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float = 32,
+    contrast: tuple[float, float] = (0.5, 1.5),
+    saturation: tuple[float, float] = (0.5, 1.5),
+    hue: int = 18,
+) -> np.ndarray:
     """detectron2's ColorAugSSDTransform on a uint8 RGB image: each step with p = 0.5, brightness +U(-32, 32),
     then contrast xU(0.5, 1.5) either before or after saturation xU(0.5, 1.5) (in HSV) and hue +{-18..18}
     of 180, every step clipped and truncated to uint8 as the released pipeline does."""
@@ -133,7 +142,9 @@ def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, brightness: float
     return contrast_step(hue_step(saturation_step(image)))
 
 
-def augment(image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    image: np.ndarray, mask: np.ndarray, config: TrainConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The recipe's augmentation, in the released order: resize the short side (long side capped), random
     crop, ColorAugSSD (`color_jitter`), horizontal flip, pad to the crop (image 128, mask IGNORE)."""
     picture = torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()  # decoded arrays are read-only
@@ -168,7 +179,9 @@ def data_sized_buffer(reader: ShardReader, memory_gb: float) -> int:
 class TrainingStream(IterableDataset):
     """Endless batches for one process, starting at `start_batch` (its own batch count)."""
 
-    def __init__(self, reader: ShardReader, config: TrainConfig, rank: int = 0, world: int = 1, start_batch: int = 0) -> None:
+    def __init__(
+        self, reader: ShardReader, config: TrainConfig, rank: int = 0, world: int = 1, start_batch: int = 0
+    ) -> None:
         super().__init__()
         self.paths = reader.shard_paths("train")
         self.classes = len(reader.class_names)
@@ -179,8 +192,10 @@ class TrainingStream(IterableDataset):
         self.buffer = config.shuffle_buffer or data_sized_buffer(reader, config.shuffle_memory_gb)
         self.batches_per_epoch = reader.sample_count("train") // world // self.per_process
         if self.batches_per_epoch == 0:
-            raise ShardError(f"{reader.out_dir}: {reader.sample_count('train')} readable training samples, fewer than one "
-                             f"batch of {self.per_process} per process × {world} processes")  # fmt: skip
+            raise ShardError(
+                f"{reader.out_dir}: {reader.sample_count('train')} readable training samples, fewer than one "
+                f"batch of {self.per_process} per process × {world} processes"
+            )
 
     def epoch_samples(self, epoch: int, faults: list[str]) -> Iterator[dict]:
         """Raw (undecoded) samples of one epoch in this epoch's shuffled order; a shard that cannot be read
@@ -190,15 +205,16 @@ class TrainingStream(IterableDataset):
 
         def record(error: Exception) -> bool:
             where = error.args[-1] if len(error.args) > 1 else "a shard"  # webdataset appends the shard's URL
-            faults.append(f"{where}: unreadable shard data ({type(error).__name__}: {error.args[0] if error.args else error})")
+            faults.append(
+                f"{where}: unreadable shard data ({type(error).__name__}: {error.args[0] if error.args else error})"
+            )
             return True
 
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(paths),
             wds.tarfile_to_samples(handler=record),
-            wds.shuffle(self.buffer, initial=self.buffer,
-                        rng=random.Random(f"{self.config.seed}:samples:{epoch}")),
-        )  # fmt: skip
+            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(f"{self.config.seed}:samples:{epoch}")),
+        )
         return iter(pipeline)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -207,7 +223,11 @@ class TrainingStream(IterableDataset):
         batch_index = self.start_batch
         while True:
             epoch, first = divmod(batch_index, self.batches_per_epoch)
-            wanted = [b for b in range(first, self.batches_per_epoch) if (epoch * self.batches_per_epoch + b - self.start_batch) % workers == worker]
+            wanted = [
+                b
+                for b in range(first, self.batches_per_epoch)
+                if (epoch * self.batches_per_epoch + b - self.start_batch) % workers == worker
+            ]
             pending: dict[int, tuple[list, list[str]]] = {index: ([], []) for index in wanted}
             faults: list[str] = []  # shard-level, attached to the next batch out
             mine = -1  # index among this process's samples in the epoch
@@ -234,8 +254,10 @@ class TrainingStream(IterableDataset):
                     faults.clear()
             # batches the shards ran short of (a member lost): still yielded, in order, so batch b stays step b
             for index, (items, skipped) in sorted(pending.items()):
-                lost = (f"{self.per_process - len(items) - len(skipped)} sample(s) of batch {index} missing: the shards "
-                        f"hold fewer training samples than the manifest counts")  # fmt: skip
+                lost = (
+                    f"{self.per_process - len(items) - len(skipped)} sample(s) of batch {index} missing: the shards "
+                    f"hold fewer training samples than the manifest counts"
+                )
                 yield make_batch(items, skipped + faults + [lost], self.config.crop)
                 faults.clear()
             batch_index = (epoch + 1) * self.batches_per_epoch
@@ -243,7 +265,7 @@ class TrainingStream(IterableDataset):
 
 def training_batches(stream: TrainingStream, workers: int) -> Iterator[Batch]:
     """Batches in order through a DataLoader (workers decode in parallel; order is unchanged)."""
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
-                        collate_fn=lambda batch: batch)  # fmt: skip
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=workers, persistent_workers=False, collate_fn=lambda batch: batch
+    )
     return iter(loader)
-

@@ -24,15 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from piseg.checkpoint import (CheckpointError, configuration_differences, read_checkpoint, restore_weights, rng_state,
-                              save_checkpoint, set_rng_state)  # fmt: skip
+from pipeline.shards import IGNORE, ShardError, ShardReader
+from piseg.checkpoint import (
+    CheckpointError,
+    configuration_differences,
+    read_checkpoint,
+    restore_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from piseg.config import PiSegConfig, TrainConfig
 from piseg.evaluation.metrics import ConfusionMatrix
 from piseg.faults import SKIPPED_FILE, SkippedLog
 from piseg.inference.scheme import predict_mask
 from piseg.modeling.model import PiSeg, PiSegOutput, build_model
 from piseg.training.batches import Batch, TrainingStream, training_batches
-from pipeline.shards import IGNORE, ShardError, ShardReader
 from taxonomy.loader import load_taxonomy
 
 
@@ -75,8 +82,13 @@ class TrainForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                generator: torch.Generator | None) -> PiSegOutput:  # fmt: skip
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> PiSegOutput:
         text = self.model.backbone.encode_text(input_ids, attention_mask).unsqueeze(1)
         return self.model(images, text, generator)
 
@@ -84,7 +96,9 @@ class TrainForward(nn.Module):
 def parameter_groups(model: PiSeg, config: PiSegConfig) -> list[dict[str, Any]]:
     """CLIP q/v at lr x multiplier; the rest at lr; no weight decay on normalisation layers."""
     train = config.train
-    norm_parameters = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for p in m.parameters()}
+    norm_parameters = {
+        id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for p in m.parameters()
+    }
     clip, decayed, undecayed = [], [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -103,7 +117,9 @@ def parameter_groups(model: PiSeg, config: PiSegConfig) -> list[dict[str, Any]]:
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, iters: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, iters) / iters)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, iters) / iters))
+    )
 
 
 def precision(config: TrainConfig, device: torch.device) -> AbstractContextManager:
@@ -150,11 +166,18 @@ def perturbation_statistics(output: PiSegOutput, masks: torch.Tensor, world: int
     if sums[1] == 0:
         return {}
     gt_in, non_gt = float(sums[0] / sums[1]), float(sums[2] / sums[3].clamp(min=1))
-    return {"gt_in_mean": gt_in, "non_gt_mean": non_gt, "gap": gt_in - non_gt, "align_ratio": gt_in / (abs(non_gt) + 1e-6)}
+    return {
+        "gt_in_mean": gt_in,
+        "non_gt_mean": non_gt,
+        "gap": gt_in - non_gt,
+        "align_ratio": gt_in / (abs(non_gt) + 1e-6),
+    }
 
 
 @torch.no_grad()
-def validate(model: PiSeg, reader: ShardReader, config: PiSegConfig, class_names: list[str], device: torch.device) -> dict[str, float]:
+def validate(
+    model: PiSeg, reader: ShardReader, config: PiSegConfig, class_names: list[str], device: torch.device
+) -> dict[str, float]:
     """mIoU / mACC / pixel accuracy on the val split with the final evaluation's sliding-window scheme."""
     was_training = model.training
     model.eval()
@@ -171,7 +194,12 @@ def validate(model: PiSeg, reader: ShardReader, config: PiSegConfig, class_names
     if count == 0:
         return {}
     scores = matrix.scores()
-    return {"val_miou": scores.miou, "val_macc": scores.macc, "val_pixel_accuracy": scores.pixel_accuracy, "val_samples": count}
+    return {
+        "val_miou": scores.miou,
+        "val_macc": scores.macc,
+        "val_pixel_accuracy": scores.pixel_accuracy,
+        "val_samples": count,
+    }
 
 
 class RunLog:
@@ -207,8 +235,13 @@ class RunLog:
                 self.board.close()
 
 
-def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
-          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> Path:  # fmt: skip
+def train(
+    shards: Path,
+    config: PiSegConfig,
+    out: Path,
+    resume: bool = False,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> Path:
     """Train on `shards` and return the final checkpoint's path. `progress(step, total, values)` is
     called on the main process after every step (the CLI draws a bar with it). With
     `on_corrupt_shard: skip`, unreadable shards and samples are left out and listed in OUT/skipped.jsonl;
@@ -255,7 +288,9 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
         if empty_in_a_row >= stream.batches_per_epoch:
             raise ShardError(f"{shards}: no readable training sample in a whole epoch; reasons in {skipped.path}")
         if trained:
-            generator = torch.Generator(runtime.device).manual_seed(config.train.seed * 1_000_003 + step * runtime.world + runtime.rank)
+            generator = torch.Generator(runtime.device).manual_seed(
+                config.train.seed * 1_000_003 + step * runtime.world + runtime.rank
+            )
             images, masks = batch.images.to(runtime.device), batch.masks.to(runtime.device)
             with autocast:
                 output = forward(images, tokens["input_ids"], tokens["attention_mask"], generator)
@@ -265,7 +300,9 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
                 dist.all_reduce(mean_loss)
                 mean_loss /= runtime.world
             if not torch.isfinite(mean_loss):
-                raise TrainingError(f"loss is {float(mean_loss)} at step {step + 1}; this process's batch: {batch.keys}")
+                raise TrainingError(
+                    f"loss is {float(mean_loss)} at step {step + 1}; this process's batch: {batch.keys}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             gradient_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip)
@@ -273,14 +310,23 @@ def train(shards: Path, config: PiSegConfig, out: Path, resume: bool = False,
         scheduler.step()
         step += 1
         if trained:
-            values = {"loss": float(mean_loss), "lr": scheduler.get_last_lr()[1], "grad_norm": float(gradient_norm),
-                      "it_per_s": (step - started_step) / (time.perf_counter() - started)}  # fmt: skip
+            values = {
+                "loss": float(mean_loss),
+                "lr": scheduler.get_last_lr()[1],
+                "grad_norm": float(gradient_norm),
+                "it_per_s": (step - started_step) / (time.perf_counter() - started),
+            }
             if step % config.train.log_every == 0 or step == config.train.iters:
                 log.write(step, {**values, **perturbation_statistics(output, masks, runtime.world)})
         if runtime.main and (step % config.train.val_every == 0 or step == config.train.iters):
             log.write(step, validate(model, reader, config, class_names, runtime.device))
         if runtime.main and (step % config.train.checkpoint_every == 0 or step == config.train.iters):
-            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+            }
             save_checkpoint(last, model, config, class_names, taxonomy_version, state)
         if runtime.world > 1 and step % config.train.checkpoint_every == 0:
             dist.barrier()
@@ -313,8 +359,14 @@ def samples_everywhere(batch: Batch, runtime: Runtime) -> bool:
     return bool(count > 0)
 
 
-def resume_from(path: Path, model: PiSeg, optimizer: torch.optim.Optimizer, scheduler: Any, config: PiSegConfig,
-                class_names: list[str]) -> int:  # fmt: skip
+def resume_from(
+    path: Path,
+    model: PiSeg,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: PiSegConfig,
+    class_names: list[str],
+) -> int:
     """Restore a run from its last checkpoint; the configuration and classes must be the same."""
     payload = read_checkpoint(path)
     if payload.get("training") is None:
@@ -323,7 +375,9 @@ def resume_from(path: Path, model: PiSeg, optimizer: torch.optim.Optimizer, sche
     if differences:
         raise CheckpointError(f"{path}: written by another configuration: " + "; ".join(differences[:8]))
     if payload["class_names"] != class_names:
-        raise CheckpointError(f"{path}: trained on {len(payload['class_names'])} other classes than these shards' {len(class_names)}")
+        raise CheckpointError(
+            f"{path}: trained on {len(payload['class_names'])} other classes than these shards' {len(class_names)}"
+        )
     restore_weights(model, payload, path)
     state = payload["training"]
     optimizer.load_state_dict(state["optimizer"])
