@@ -3,13 +3,15 @@
 Generates one 1280x1280 GeoTIFF and hard-links it under as many names as the tile count needs
 (100 tiles of 128 px each: 1,000 names for 100,000 tiles, one file on disk; every name is its own
 source with its own tile keys), builds tiny models, then runs `ovrsis build` for each size in a
-subprocess with the thread runner, polling the build process tree's resident memory. Reports per
+subprocess (thread runner, or `--runner dask`: a local Dask cluster of worker processes), polling the
+resident memory of the build process, of its whole tree, and of its largest worker. Reports per
 size: wall time, tiles/s, peak RSS of the build process (and of its whole tree, the ephemeral
 Prefect server included), stage cache bytes per tile, outputs beside the shards against the
 shards, and the Prefect database size. A second run of the smallest size with nothing changed
 shows the cost of a build that does no model work.
 
 Usage: python benchmarks/bench_scale.py [--tiles 2000 20000 100000] [--tile-size 128] [--keep DIR]
+                                        [--runner threads|dask] [--workers 2]
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ def make_sources(folder: Path, rasters: int, size: int = 1280) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     first = folder / "scene00000.tif"
     rng = np.random.default_rng(7)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-               "crs": "EPSG:32633", "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000),
+    }
     with rasterio.open(first, "w", **profile) as out:
         out.write(rng.integers(1, 255, (3, size, size), dtype=np.uint8))
     for index in range(1, rasters):
@@ -58,23 +67,48 @@ def folder_bytes(path: Path, exclude: tuple[Path, ...] = ()) -> int:
     return total
 
 
+def _rss(process: psutil.Process) -> int:
+    try:
+        return process.memory_info().rss
+    except psutil.Error:  # it ended between listing and reading
+        return 0
+
+
+def _is_prefect_server(process: psutil.Process) -> bool:
+    try:
+        return "prefect.server" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def run_build(config: Path, home: Path) -> dict:
+    """Run one build; poll the resident memory of the build process, its whole tree, and its largest
+    child other than the Prefect server (a Dask or Ray worker; 0 with the thread runner)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "--config", str(config)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    peak = {"process": 0, "tree": 0}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "build", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak = {"process": 0, "tree": 0, "worker": 0}
 
     def poll() -> None:
         build = psutil.Process(process.pid)
         while process.poll() is None:
             try:
-                own = build.memory_info().rss
-                tree = own + sum(child.memory_info().rss for child in build.children(recursive=True))
+                children = build.children(recursive=True)
             except psutil.Error:
                 break
-            peak["process"], peak["tree"] = max(peak["process"], own), max(peak["tree"], tree)
+            own = _rss(build)
+            sizes = {child.pid: _rss(child) for child in children}
+            workers = [sizes[child.pid] for child in children if not _is_prefect_server(child)]
+            peak["process"] = max(peak["process"], own)
+            peak["tree"] = max(peak["tree"], own + sum(sizes.values()))
+            peak["worker"] = max(peak["worker"], *workers, 0)
             time.sleep(0.25)
 
     watcher = threading.Thread(target=poll, daemon=True)
@@ -91,6 +125,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[2000, 20000, 100000])
     parser.add_argument("--tile-size", type=int, default=128, help="tile side; sources are 10x10 tiles")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    parser.add_argument("--runner", choices=["threads", "dask"], default="threads", help="the build's task runner")
+    parser.add_argument("--workers", type=int, default=2, help="runner workers (Dask: worker processes)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     models = make_tiny_models(work / "tiny")
@@ -98,14 +134,24 @@ def main() -> None:
     for count in args.tiles:
         rasters = -(-count // 100)
         sources = make_sources(work / f"data{count}" / "rasters", rasters, size=10 * args.tile_size)
-        output = work / f"out{count}"
-        config = work / f"build{count}.yaml"
-        config.write_text(yaml.safe_dump({
-            "inputs": [str(sources)], "captions": str(sources.parent / "captions.jsonl"), "models": str(models),
-            "output": str(output), "tiling": {"tile_size": args.tile_size}, "batch_size": 32,
-            "selection": {"target_tiles": "all"}, "shards": {"max_samples": 10000},
-        }))  # fmt: skip
-        home = work / f"prefect{count}"
+        output = work / f"out{count}-{args.runner}"
+        config = work / f"build{count}-{args.runner}.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "inputs": [str(sources)],
+                    "captions": str(sources.parent / "captions.jsonl"),
+                    "models": str(models),
+                    "output": str(output),
+                    "tiling": {"tile_size": args.tile_size},
+                    "batch_size": 32,
+                    "selection": {"target_tiles": "all"},
+                    "shards": {"max_samples": 10000},
+                    "runner": {"kind": args.runner, "workers": args.workers},
+                }
+            )
+        )
+        home = work / f"prefect{count}-{args.runner}"
         first = run_build(config, home)
         again = run_build(config, home) if count == min(args.tiles) else None
         shards = folder_bytes(output / "shards")
@@ -114,14 +160,21 @@ def main() -> None:
         database = sum(p.stat().st_size for p in home.glob("*.db*"))
         tiles = rasters * 100
         rows.append((tiles, first, again, shards, cache, beside, database))
-        print(f"{tiles:>7} tiles: {first['seconds']:7.1f} s  {tiles / first['seconds']:6.1f} tiles/s  "
-              f"peak RSS build {first['process'] / 2**30:5.2f} GiB (tree {first['tree'] / 2**30:5.2f} GiB)  "
-              f"cache {cache / tiles / 1024:6.1f} KiB/tile  outputs beside shards {beside / tiles / 1024:6.1f} KiB/tile "
-              f"({beside / shards:5.1%} of shards; cache {cache / shards:5.1%})  Prefect db {database / 2**20:6.1f} MiB"
-              + (f"  | rerun, nothing changed: {again['seconds']:.1f} s" if again else ""), flush=True)  # fmt: skip
-    base = rows[0][1]["process"]
+        print(
+            f"{tiles:>7} tiles: {first['seconds']:7.1f} s  {tiles / first['seconds']:6.1f} tiles/s  "
+            f"peak RSS build {first['process'] / 2**30:5.2f} GiB (tree {first['tree'] / 2**30:5.2f} GiB)  "
+            f"cache {cache / tiles / 1024:6.1f} KiB/tile  outputs beside shards {beside / tiles / 1024:6.1f} KiB/tile "
+            f"({beside / shards:5.1%} of shards; cache {cache / shards:5.1%})  Prefect db {database / 2**20:6.1f} MiB"
+            + (f"  largest worker {first['worker'] / 2**30:5.2f} GiB" if args.runner != "threads" else "")
+            + (f"  | rerun, nothing changed: {again['seconds']:.1f} s" if again else ""),
+            flush=True,
+        )
+    base = rows[0][1]
     for tiles, first, *_ in rows[1:]:
-        print(f"peak RSS at {tiles} tiles / at {rows[0][0]} tiles: {first['process'] / base:.3f}")
+        ratio = f"peak RSS at {tiles} tiles / at {rows[0][0]} tiles: build {first['process'] / base['process']:.3f}"
+        if args.runner != "threads":
+            ratio += f", largest worker {first['worker'] / base['worker']:.3f}"
+        print(ratio)
     print(f"work folder: {work}")
 
 
