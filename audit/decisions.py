@@ -37,8 +37,8 @@ import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
 from pipeline.records import AuditDecision
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from taxonomy.loader import Category, Taxonomy
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 CORRECTION_KINDS = ("boundary", "merge", "filtering")
 

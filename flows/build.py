@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -142,7 +143,7 @@ def _records(config_path: str, seconds: dict[str, float]) -> tuple[TileTable, Re
 
     config = settings_of(config_path)
     taxonomy = load_taxonomy(config.taxonomy)
-    out, selection = config.output, config.selection_config()
+    out, selection = config.output, config.selection
     applied, rows, summary = ApplySummary(), TileRows(), AnnotateSummary()
     summary.seconds.update(seconds)
     with open(out / ANNOTATED, "rb") as source, open(out / APPLIED, "w", encoding="utf-8") as sink:
@@ -187,7 +188,7 @@ def _audit_push(config_path: str) -> int:
 
 def _select(table: TileTable, config_path: str) -> list[str]:
     config = settings_of(config_path)
-    selection = select(table, config.selection_config())
+    selection = select(table, config.selection)
     write_report(config.output / "report", table, selection)
     return table.keys[selection.selected].tolist()
 
@@ -213,7 +214,7 @@ def _write_shards(
         load,
         taxonomy.names,
         taxonomy.version,
-        config.shard_config(),
+        config.shards,
         build_config=config.fingerprint(),
         quarantined=quarantined,
         audit_round=audit_round or 0,
@@ -315,7 +316,7 @@ class _Plan:
             load_models_config(config.models).model_dump(mode="json"),
             load_taxonomy(config.taxonomy).version,
             config.matching.model_dump(),
-            config.merge.model_dump(),
+            asdict(config.merge),
             version("ovrsis"),
             SCHEMA_VERSION,
         )

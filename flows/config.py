@@ -8,15 +8,15 @@
     storage: out/.cache                # the stage cache (resume and selective reruns) [default: OUTPUT/.cache]
     tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0, max_pixels: 2500000000}
                                        # max_pixels: a raster whose header claims more is quarantined unread
-    matching: {threshold: 0.72, margin: 0.06}
+    matching: {threshold: 0.7937, margin: 0.06}
     merge: {min_area: 16, fill_holes: false, background: auto}   # auto: unclaimed pixels -> the taxonomy's background
                                        # class (propose: false) if it has one; ignore: 255
-    selection: {target_tiles: 95000, quota_per_category: null, drop_unlabeled: true}
-                                       # N tiles balanced over categories and domains (pipeline/selection.py);
+    selection: {target_tiles: 95000, quota_per_category: null, drop_unlabeled: true, domain_weight: 1.0,
+                pixel_weight: 0.25}    # N tiles balanced over categories and domains (pipeline/selection.py);
                                        # target_tiles: all keeps every labelled tile
-    shards: {max_samples: 1000, max_bytes: 1073741824, lossless: true, val_fraction: 0.1, seed: 0}
+    shards: {max_samples: 1000, max_bytes: 1073741824, lossless: true, jpeg_quality: 95, val_fraction: 0.1, seed: 0}
                                        # lossless: whole JPEG/PNG sources keep their bytes, other tiles
-                                       # lossless WebP; false: JPEG q95 (a second lossy generation)
+                                       # lossless WebP; false: JPEG at jpeg_quality (a second lossy generation)
     batch_size: 32                     # tiles per task (one task run per batch: ~30 ms of orchestration)
     overlays: false                    # quick-look overlay PNGs (off: a full-size PNG a tile would cost
                                        # about as much disk as the masks; `ovrsis annotate` writes them)
@@ -24,7 +24,10 @@
     audit: {pull: false, push_sample: 0, uncertain: 0, seed: 0, project: null, url: null}
     gpu_concurrency: 1                 # model stages running at once in one process
 
-Relative paths are resolved against the configuration file's folder. Everything is checked before
+`merge`, `selection` and `shards` are the pipeline's own configuration classes (MergeConfig,
+SelectionConfig, ShardConfig: one definition each, validated here by pydantic); `tiling` gathers
+TilingConfig, BandRule and the raster size limit, with their defaults. Relative paths are resolved
+against the configuration file's folder. Everything is checked before
 any model loads: inputs exist, the output folder is writable, the taxonomy and models config load.
 """
 
@@ -33,7 +36,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.ingest import MAX_PIXELS, BandRule, TilingConfig
 from pipeline.merge import MergeConfig
 from pipeline.models.presets import PRESETS
-from pipeline.selection import DEFAULT_TARGET_TILES, SelectionConfig
+from pipeline.selection import SelectionConfig
 from pipeline.shards import ShardConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
@@ -60,39 +63,19 @@ class _Section(BaseModel):
 
 
 class Tiling(_Section):
-    tile_size: int = 1024
-    overlap: int = 0
+    """TilingConfig and BandRule in one YAML section, with their defaults."""
+
+    tile_size: int = TilingConfig.tile_size
+    overlap: int = TilingConfig.overlap
     bands: list[int] | None = None
-    stretch: Literal["auto", "none", "percentile"] = "auto"
-    min_valid_fraction: float = 0.0
+    stretch: Literal["auto", "none", "percentile"] = BandRule.stretch
+    min_valid_fraction: float = TilingConfig.min_valid_fraction
     max_pixels: int = Field(MAX_PIXELS, gt=0)
 
 
 class Matching(_Section):
     threshold: float = DEFAULT_THRESHOLD
     margin: float = DEFAULT_MARGIN
-
-
-class Merge(_Section):
-    min_area: int = 16
-    fill_holes: bool = False
-    background: Literal["auto", "class", "ignore"] = "auto"
-
-
-class Selection(_Section):
-    target_tiles: Annotated[int, Field(ge=1)] | Literal["all"] = (
-        DEFAULT_TARGET_TILES  # "all": keep everything, unbalanced
-    )
-    quota_per_category: int | None = Field(None, ge=1)  # lowers the per-category floor the target gives
-    drop_unlabeled: bool = True
-
-
-class Shards(_Section):
-    max_samples: int = Field(1000, ge=1)
-    max_bytes: int = Field(1 << 30, ge=1 << 16)
-    lossless: bool = True
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    seed: int = 0
 
 
 class Audit(_Section):
@@ -121,9 +104,9 @@ class BuildConfig(_Section):
     storage: Path | None = None
     tiling: Tiling = Tiling()
     matching: Matching = Matching()
-    merge: Merge = Merge()
-    selection: Selection = Selection()
-    shards: Shards = Shards()
+    merge: MergeConfig = MergeConfig()
+    selection: SelectionConfig = SelectionConfig()
+    shards: ShardConfig = ShardConfig()
     batch_size: int = Field(32, ge=1)
     overlays: bool = False
     runner: Runner = Runner()
@@ -148,7 +131,7 @@ class BuildConfig(_Section):
         return AnnotateConfig(
             tiling=TilingConfig(t.tile_size, t.overlap, t.min_valid_fraction),
             bands=BandRule(bands=tuple(t.bands) if t.bands else None, stretch=t.stretch),
-            merge=MergeConfig(self.merge.min_area, self.merge.fill_holes, self.merge.background),
+            merge=self.merge,
             batch_size=self.batch_size,
             match_threshold=self.matching.threshold,
             match_margin=self.matching.margin,
@@ -156,12 +139,6 @@ class BuildConfig(_Section):
             write_overlay=self.overlays,
             model_slots=self.gpu_concurrency,
         )
-
-    def selection_config(self) -> SelectionConfig:
-        return SelectionConfig(**self.selection.model_dump())
-
-    def shard_config(self) -> ShardConfig:
-        return ShardConfig(**self.shards.model_dump())
 
     def fingerprint(self) -> dict:
         """What the shards depend on (recorded in the manifest): no output or cache paths."""

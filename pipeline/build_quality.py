@@ -24,8 +24,8 @@ from rasterio.windows import Window as RioWindow
 
 from pipeline.records import TileRecord, read_records
 from taxonomy.crosswalk import crosswalk
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from taxonomy.loader import Category, Taxonomy
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 from taxonomy.matcher import Lemmatize
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")

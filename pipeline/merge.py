@@ -26,12 +26,16 @@ from pycocotools import mask as coco_mask
 from scipy.ndimage import binary_fill_holes
 
 from pipeline.records import Conflict, Instance
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from taxonomy.loader import Taxonomy
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 @dataclass(frozen=True)
 class MergeConfig:
+    """How instance masks become one semantic mask; also the `merge:` section of the build YAML."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # the build YAML section (flows/config.py): a typo is an error
+
     min_area: int = 16
     fill_holes: bool = False
     background: Literal["auto", "class", "ignore"] = "auto"

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.files import atomic_path
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 def mask_digest(mask: np.ndarray) -> str:

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Ge
 
 from pipeline.records import TileRecord
 from pipeline.tile_table import TileTable, kept_categories
@@ -61,8 +62,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    target_tiles: int | Literal["all"] = DEFAULT_TARGET_TILES  # "all": keep every candidate
-    quota_per_category: int | None = None  # tiles per category to keep first; default from the target
+    """How tiles are chosen; also the `selection:` section of the build YAML."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # the build YAML section (flows/config.py): a typo is an error
+
+    target_tiles: Annotated[int, Ge(1)] | Literal["all"] = DEFAULT_TARGET_TILES  # "all": keep every candidate
+    quota_per_category: Annotated[int, Ge(1)] | None = None  # tiles per category kept first; default from the target
     drop_unlabeled: bool = True  # tiles whose mask has no labelled pixel never reach the shards
     domain_weight: float = 1.0  # weight of the domain-entropy gain against the category gain in phase 2
     pixel_weight: float = 0.25  # weight of the pixel-share entropy gain in phase 2

@@ -27,13 +27,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Ge, Interval
 from PIL import Image
 
 from pipeline.files import atomic_path, file_sha256
 from pipeline.records import TileRecord
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
+from taxonomy.masks import values_outside
 
 MANIFEST_SCHEMA_VERSION = 1
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # a sample holds exactly one image part
@@ -45,11 +48,16 @@ class ShardError(ValueError):
 
 @dataclass(frozen=True)
 class ShardConfig:
-    max_samples: int = 1000
-    max_bytes: int = 1 << 30
+    """How samples go into shards; also the `shards:` section of the build YAML, whose validation
+    (pydantic) reads the bounds annotated here."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # the build YAML section (flows/config.py): a typo is an error
+
+    max_samples: Annotated[int, Ge(1)] = 1000
+    max_bytes: Annotated[int, Ge(1 << 16)] = 1 << 30
     lossless: bool = True  # tiles that are not whole JPEG/PNG sources: lossless WebP; False: JPEG at jpeg_quality
-    jpeg_quality: int = 95
-    val_fraction: float = 0.1
+    jpeg_quality: Annotated[int, Interval(ge=1, le=100)] = 95
+    val_fraction: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.1
     seed: int = 0
 
 
@@ -149,9 +157,8 @@ def _samples(
     for key in keys:
         record = by_key[key]
         image, mask = load_sample(record)
-        bad = np.setdiff1d(np.unique(mask), [*range(n_classes), IGNORE])
-        if bad.size:
-            raise ShardError(f"{key}: mask values {bad.tolist()} outside the taxonomy's {n_classes} classes")
+        if bad := values_outside(mask, n_classes):
+            raise ShardError(f"{key}: mask values {bad} outside the taxonomy's {n_classes} classes")
         yield key, _encode(key, image, mask, record, config), mask, record.domain.name if record.domain else "unknown"
 
 
@@ -308,9 +315,8 @@ def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
                     keys.add(key)
                     if check_masks and extension == "mask.png":
                         mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())))
-                        bad = np.setdiff1d(np.unique(mask), [*range(n_classes), IGNORE])
-                        if bad.size:
-                            problems.append(f"{path}: sample {key} has mask values {bad.tolist()} outside the taxonomy")
+                        if bad := values_outside(mask, n_classes):
+                            problems.append(f"{path}: sample {key} has mask values {bad} outside the taxonomy")
             if len(keys) != shard["samples"]:
                 problems.append(f"{path}: {len(keys)} samples, manifest says {shard['samples']}")
     return problems

@@ -27,7 +27,7 @@ from rasterio.windows import Window as RioWindow
 from pipeline.files import atomic_path
 from pipeline.outputs import COG_OPTIONS
 from pipeline.records import Window
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 def tile_cores(windows: Sequence[Window]) -> list[Window]:

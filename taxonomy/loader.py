@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from taxonomy.masks import IGNORE_INDEX, MAX_CATEGORIES
+
 DATA_DIR = Path(__file__).parent / "data"
-IGNORE_INDEX = 255  # the mask value of unlabeled pixels, fixed: masks are uint8
-MAX_CATEGORIES = IGNORE_INDEX  # ids 0-254
 TOP_LEVEL_FIELDS = ("name", "description", "ignore_index", "categories")
 CATEGORY_FIELDS = ("name", "synonyms", "description", "propose")
 EXTRA_CATEGORY_FIELDS = ("indicators",)  # kept in Category.extra (scene domains: indicator categories)

@@ -24,6 +24,10 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ({"tiling": {"tile_size": "big"}}, "tiling.tile_size"),
         ({"runner": {"kind": "spark"}}, "runner.kind"),
         ({"shards": {"val_fraction": 1.5}}, "shards.val_fraction"),
+        ({"shards": {"jpeg_quality": 101}}, "shards.jpeg_quality"),
+        ({"shards": {"max_sample": 5}}, "shards.max_sample"),
+        ({"selection": {"target_tiles": 0}}, "selection.target_tiles"),
+        ({"merge": {"min_aera": 4}}, "merge.min_aera"),
         ({"colour": 1}, "colour"),
         ({"inputs": []}, "inputs"),
     ],
@@ -54,3 +58,17 @@ def test_checks_fail_before_any_model_loads(tmp_path):
 def test_model_presets_are_names_not_paths(tmp_path, preset):
     (tmp_path / "build.yaml").write_text(yaml.safe_dump({"inputs": ["in"], "output": "out", "models": preset}))
     assert load_build_config(tmp_path / "build.yaml").models == preset
+
+
+def test_sections_are_the_pipeline_configs_with_every_field(tmp_path):
+    """merge/selection/shards are the pipeline's own dataclasses: a field they gain is a YAML setting."""
+    from pipeline.merge import MergeConfig
+    from pipeline.selection import SelectionConfig
+    from pipeline.shards import ShardConfig
+
+    settings = {"shards": {"jpeg_quality": 80, "lossless": False}, "selection": {"pixel_weight": 0.5}}
+    config = load_build_config(write(tmp_path, merge={"fill_holes": True}, **settings))
+    assert config.shards == ShardConfig(jpeg_quality=80, lossless=False)
+    assert config.selection == SelectionConfig(pixel_weight=0.5)
+    assert config.annotate_config().merge == MergeConfig(fill_holes=True)
+    assert config.fingerprint()["shards"]["jpeg_quality"] == 80

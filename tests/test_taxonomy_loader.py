@@ -155,3 +155,13 @@ def test_lexicon_is_lowercase_lists():
     lexicon = load_lexicon()
     assert lexicon["boat"][0] == "ship"
     assert all(isinstance(v, list) and k == k.lower() for k, v in lexicon.items())
+
+
+def test_mask_values_outside_the_contract_are_named():
+    import numpy as np
+
+    from taxonomy.masks import IGNORE_INDEX, values_outside
+
+    mask = np.array([[0, 1, IGNORE_INDEX], [2, 7, 254]], dtype=np.uint8)
+    assert values_outside(mask, classes=3) == [7, 254]
+    assert values_outside(mask[:, :1], classes=3) == []

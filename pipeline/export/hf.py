@@ -34,7 +34,7 @@ from PIL import Image
 from pipeline.export.output_folder import ExportError
 from pipeline.files import atomic_path
 from pipeline.shards import IMAGE_EXTENSIONS, ShardError, ShardReader, decode_image, image_part
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 def hf_features(class_names: list[str], image_extension: str):

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.export.cog import is_cog
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
 from pipeline.records import TileRecord
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 def write_stac(

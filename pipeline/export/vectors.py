@@ -39,7 +39,7 @@ from pipeline.export.output_folder import ExportError, OutputFolder, georeferenc
 from pipeline.files import atomic_path
 from pipeline.records import TileRecord, Window
 from pipeline.stitch import tile_cores
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 FORMATS = {"gpkg": "GPKG", "geojson": "GeoJSON"}
 FIELDS = [

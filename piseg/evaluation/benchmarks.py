@@ -15,8 +15,9 @@ from PIL import Image
 
 from pipeline.ingest import IngestError
 from piseg.inference.predict import read_image
-from taxonomy.loader import IGNORE_INDEX as IGNORE
 from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
+from taxonomy.masks import IGNORE_INDEX as IGNORE
+from taxonomy.masks import values_outside
 
 LOW_RESOLUTION_PIXELS = 800 * 800  # Table XIII: native size below 800x800 is "low resolution"
 
@@ -66,9 +67,8 @@ class LabelRule:
                     )
                 out[unlisted] = self.default
             return out.astype(np.uint8)
-        bad = np.setdiff1d(np.unique(stored), [*range(classes), IGNORE])
-        if bad.size:
-            raise DatasetError(f"{where}: mask values {bad.tolist()[:10]} outside 0-{classes - 1} and {IGNORE}")
+        if bad := values_outside(stored, classes):
+            raise DatasetError(f"{where}: mask values {bad[:10]} outside 0-{classes - 1} and {IGNORE}")
         return stored.astype(np.uint8)
 
 

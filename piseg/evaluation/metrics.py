@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 @dataclass

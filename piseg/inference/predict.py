@@ -15,7 +15,7 @@ from pipeline.stitch import stitch_to_geotiff
 from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
 from piseg.inference.scheme import predict_mask
-from taxonomy.loader import IGNORE_INDEX as IGNORE
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 MAX_CLASSES = IGNORE  # masks are uint8 with 255 = unlabelled, so class ids run 0-254
 # What one bad input raises: unreadable or truncated rasters (IngestError is a ValueError), files that

@@ -27,8 +27,10 @@ import torchvision.transforms.v2.functional as TF
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.shards import IGNORE, ShardError, ShardReader, decode_sample
+from pipeline.shards import ShardError, ShardReader, decode_sample
 from piseg.config import TrainConfig
+from taxonomy.masks import IGNORE_INDEX as IGNORE
+from taxonomy.masks import values_outside
 
 
 @dataclass
@@ -55,11 +57,9 @@ def decode_training_sample(raw: dict, classes: int) -> tuple[str, np.ndarray, np
         raise ShardError(f"{raw.get('__url__', 'shard')}: {error}") from error
     except (OSError, ValueError) as error:  # truncated or foreign image bytes, a damaged JSON record
         raise ShardError(f"{where}: cannot decode ({error})") from error
-    bad = np.setdiff1d(np.unique(sample.mask), [*range(classes), IGNORE])
-    if bad.size:
+    if bad := values_outside(sample.mask, classes):
         raise ShardError(
-            f"{where}: mask values {bad.tolist()} "
-            f"outside the {classes} training classes (0-{classes - 1}, {IGNORE} = ignore)"
+            f"{where}: mask values {bad} outside the {classes} training classes (0-{classes - 1}, {IGNORE} = ignore)"
         )
     if sample.mask.shape != sample.image.shape[:2]:
         raise ShardError(f"{where}: mask {sample.mask.shape} and image {sample.image.shape[:2]} differ in size")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.shards import IGNORE, ShardError, ShardReader
+from pipeline.shards import ShardError, ShardReader
 from piseg.checkpoint import (
     CheckpointError,
     configuration_differences,
@@ -41,6 +41,7 @@ from piseg.inference.scheme import predict_mask
 from piseg.modeling.model import PiSeg, PiSegOutput, build_model
 from piseg.training.batches import Batch, TrainingStream, training_batches
 from taxonomy.loader import load_taxonomy
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 class TrainingError(RuntimeError):
