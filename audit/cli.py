@@ -9,16 +9,11 @@ import typer
 from rich.console import Console
 
 from audit.settings import AuditError
+from pipeline.terminal import console, fail
 
-console = Console(stderr=True, soft_wrap=True)  # long paths and messages stay on one line
 app = typer.Typer(help="Human audit in Label Studio: server, push, pull, stats.", no_args_is_help=True)
 
 RECORDS = typer.Option(..., "--records", "-r", help="Build (or `ovrsis annotate`) output folder with records.jsonl.")
-
-
-def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}")
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -48,7 +43,7 @@ def server(
     pid_file, backend_pid = data / "label-studio.pid", data / "ml-backend.pid"
     if stop:
         if not pid_file.is_file() and not backend_pid.is_file():
-            _fail(AuditError(f"no {pid_file}: nothing to stop"))
+            fail(f"no {pid_file}: nothing to stop")
         for what, pid in (("Label Studio", pid_file), ("the ML backend", backend_pid)):
             if pid.is_file():
                 stop_server(int(pid.read_text()))
@@ -78,7 +73,7 @@ def server(
                 f"connect it: `ovrsis audit push ... --backend {ml.url}`"
             )
     except AuditError as error:
-        _fail(error)
+        fail(error)
 
 
 @app.command()
@@ -113,7 +108,7 @@ def backend(
         interactive_segmenter(models)
         review = ReviewBackend(config, taxonomy)
     except (AuditError, OSError, ValueError) as error:
-        _fail(error)
+        fail(error)
     if warm:
         review.warm_in_background()
     console.print(
@@ -164,7 +159,7 @@ def push(
         if not pushed:
             console.print("nothing to queue")
     except AuditError as error:
-        _fail(error)
+        fail(error)
 
 
 @app.command()
@@ -203,7 +198,7 @@ def pull(
         for problem in applied.problems:
             console.print(f"[yellow]warning:[/yellow] {problem}")
     except AuditError as error:
-        _fail(error)
+        fail(error)
 
 
 @app.command()
@@ -216,7 +211,7 @@ def status(records: Path = RECORDS) -> None:
     try:
         statuses = audit_status(records)
     except AuditError as error:
-        _fail(error)
+        fail(error)
     table = Table(title=f"audit of {records}")
     for column in ("queue", "tasks", "reviewed", "pending", "stale", "reviewers", "last pull"):
         table.add_column(column)
@@ -241,7 +236,7 @@ def stats(records: Path = RECORDS, report: Path = typer.Option(..., help="Folder
     try:
         payload = write_report(records, report, _taxonomy(records))
     except AuditError as error:
-        _fail(error)
+        fail(error)
     sample = payload["queues"].get(SAMPLE_QUEUE)
     if sample:
         table = sample["table"]

@@ -28,13 +28,9 @@ def _root() -> None:
     """Build OVRSIS95K-style open-vocabulary remote-sensing segmentation datasets."""
 
 
-app.command("categories", help=pipeline_cli.CATEGORIES_HELP)(pipeline_cli.categories)
-app.command("annotate", help=pipeline_cli.ANNOTATE_HELP)(pipeline_cli.annotate)
-app.command("build")(commands.build)
-app.command("serve")(commands.serve)
-app.command("evaluate-build")(commands.evaluate_build)
-app.add_typer(commands.shards_app, name="shards")
-app.add_typer(commands.cache_app, name="cache")
+# each CLI module exports a Typer `app`; those without a name add their commands to the top level
+app.add_typer(pipeline_cli.app)  # categories, annotate
+app.add_typer(commands.app)  # build, serve, evaluate-build, shards, cache
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(export_cli.app, name="export")
 app.add_typer(models_cli.app, name="models")

@@ -1,5 +1,5 @@
 """`ovrsis build`, `ovrsis serve`, `ovrsis shards ...`, `ovrsis cache ...` and `ovrsis evaluate-build`: running the
-flow and checking its output."""
+flow and checking its output (flows.cli mounts `app` at the top level of `ovrsis`)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, soft_wrap=True)  # long paths and messages stay on one line
+from pipeline.terminal import EXIT_PARTIAL, console, fail, set_aside
+
+app = typer.Typer()
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
 cache_app = typer.Typer(
     help="The stage cache of a build: its size, and pruning what the last build did not use.", no_args_is_help=True
 )
+app.add_typer(shards_app, name="shards")
+app.add_typer(cache_app, name="cache")
 
 
+@app.command("build")
 def build(
     config: Path = typer.Option(..., "--config", "-c", help="Build configuration YAML (see flows/config.py)."),
     verbose: bool = typer.Option(False, help="Show Prefect's task-level logs."),
@@ -36,8 +41,7 @@ def build(
     try:
         check_before_models(load_build_config(config))
     except BuildConfigError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+        fail(error)
     with Progress(
         TextColumn("[bold]build[/bold]"),
         BarColumn(),
@@ -56,22 +60,19 @@ def build(
     output = load_build_config(config).output
     console.print(f"[bold]shards:[/bold] {splits} -> {output / 'shards'}")
     console.print(f"manifest: {output / 'manifest.json'}; balance report: {output / 'report' / 'balance.md'}")
-    if manifest["quarantined"]:
-        console.print(
-            f"{len(manifest['quarantined'])} quarantined tile(s); reasons in {output / 'summary.json'}", highlight=False
-        )
-        raise typer.Exit(1)  # finished, good tiles sharded, some inputs skipped: the 0/1/2 rule of the README
+    if manifest["quarantined"]:  # finished, good tiles sharded, some inputs skipped
+        set_aside(f"{len(manifest['quarantined'])} quarantined tile(s)", output / "summary.json")
 
 
+@app.command("serve")
 def serve(name: str = typer.Option("local", help="Deployment name.")) -> None:
     """Serve the flow as deployment build-ovrsis95k/NAME against the Prefect API in PREFECT_API_URL;
     then `prefect deployment run build-ovrsis95k/local --param config=PATH` starts a build."""
     if not os.environ.get("PREFECT_API_URL"):
-        console.print(
-            "[red]error:[/red] PREFECT_API_URL is not set: start `prefect server start` and export "
+        fail(
+            "PREFECT_API_URL is not set: start `prefect server start` and export "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (see README)"
         )
-        raise typer.Exit(2)
     from flows.build import build as build_flow
 
     build_flow.serve(name=name)
@@ -86,12 +87,11 @@ def verify(out: Path = typer.Argument(..., help="Build output folder (holds mani
         problems = verify_shards(out)
         manifest = read_manifest(out)
     except ShardError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+        fail(error)
     for problem in problems:
         console.print(f"[red]problem:[/red] {problem}")
     if problems:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
     total = sum(len(s["shards"]) for s in manifest["splits"].values())
     samples = sum(s["samples"] for s in manifest["splits"].values())
     console.print(f"ok: {total} shards, {samples} samples, taxonomy {manifest['taxonomy']['version']}")
@@ -107,16 +107,15 @@ def export(
     from pipeline.shards import ShardError, export_official
 
     if layout != "official":
-        console.print(f"[red]error:[/red] unknown layout {layout!r} (official)")
-        raise typer.Exit(2)
+        fail(f"unknown layout {layout!r} (official)")
     try:
         count = export_official(out, destination)
     except ShardError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+        fail(error)
     console.print(f"{count} samples written under {destination}")
 
 
+@app.command("evaluate-build")
 def evaluate_build(
     records: Path = typer.Option(..., help="A build's output folder (records.jsonl, masks/, manifest.json)."),
     ground_truth: Path = typer.Option(
@@ -147,17 +146,11 @@ def evaluate_build(
         if names != build.names:  # the shards say another vocabulary: compare by its names alone
             build = names_taxonomy(names)
     except TaxonomyError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
-        raise typer.Exit(2) from error
+        fail(error)
     if not (records / "records.jsonl").is_file():
-        console.print(
-            f"[red]error:[/red] {records / 'records.jsonl'}: no records (is {records} a build output folder?)",
-            highlight=False,
-        )
-        raise typer.Exit(2)
+        fail(f"{records / 'records.jsonl'}: no records (is {records} a build output folder?)")
     if not ground_truth.is_dir():
-        console.print(f"[red]error:[/red] {ground_truth}: no such folder", highlight=False)
-        raise typer.Exit(2)
+        fail(f"{ground_truth}: no such folder")
     result = score(records, ground_truth, truth, build, spacy_lemmatize, min_fraction)
     path = write_build_quality(result, out or records / "report")
     summary = Console(soft_wrap=True)
@@ -172,7 +165,7 @@ def evaluate_build(
         f"{result['tiles']} tiles scored, {len(result['tiles_without_ground_truth'])} without ground truth -> {path}"
     )
     if result["tiles"] == 0:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 CACHE_FOLDER = typer.Argument(
@@ -187,11 +180,9 @@ def _storage_folder(path: Path) -> Path:
         try:
             return load_build_config(path).storage_dir
         except BuildConfigError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(2) from error
+            fail(error)
     if not path.is_dir():
-        console.print(f"[red]error:[/red] {path}: no such folder")
-        raise typer.Exit(2)
+        fail(f"{path}: no such folder")
     return path
 
 
@@ -236,6 +227,5 @@ def cache_prune(
     try:
         removed, freed = prune_cache(folder, everything)
     except FileNotFoundError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+        fail(error)
     console.print(f"removed {removed} files, {freed / 2**20:.1f} MiB from {folder}")

@@ -1,4 +1,5 @@
-"""Command-line entry points of the pipeline stages (mounted under `ovrsis` by flows.cli)."""
+"""`ovrsis categories` and `ovrsis annotate`: the pipeline stages on the command line (flows.cli mounts `app` at
+the top level of `ovrsis`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.ingest import MAX_PIXELS
+from pipeline.ingest import MAX_PIXELS, TilingConfig
+from pipeline.terminal import EXIT_INTERRUPTED, console, fail, set_aside
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
-console = Console(stderr=True, soft_wrap=True)  # long paths and messages stay on one line
+app = typer.Typer()
 
 CATEGORIES_HELP = f"""Propose taxonomy categories for images from their captions.
 
@@ -48,6 +49,7 @@ Bundled taxonomies: {", ".join(bundled_taxonomies())}.
 """
 
 
+@app.command("categories", help=CATEGORIES_HELP)
 def categories(
     taxonomy: str = typer.Option(..., "--taxonomy", "-t", help="Bundled taxonomy name or path to a YAML file."),
     captions: Path = typer.Option(..., "--captions", "-c", help="Input JSON Lines (see above)."),
@@ -73,13 +75,11 @@ def categories(
     try:
         vocabulary = load_taxonomy(taxonomy)
     except TaxonomyError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+        fail(error)
     try:
         _check_captions_file(captions)
     except (ValueError, OSError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
-        raise typer.Exit(2) from error
+        fail(error)
     errors_path = errors or out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
     categorizer = CaptionCategorizer(
         vocabulary, threshold=threshold, margin=margin, embedder_model=None if no_embedding else "all-MiniLM-L6-v2"
@@ -100,20 +100,19 @@ def categories(
             categorizer, captions, out, errors_path, batch_size, on_batch=lambda n: progress.advance(task, n)
         )
     _print_preview(out, preview)
-    _print_summary(vocabulary.name, vocabulary.version, out, errors_path, summary)
+    _print_summary(vocabulary.name, vocabulary.version, out, summary)
     if suggest is not None and summary.images:
         from taxonomy.suggest import write_suggestions
 
         suggester = categorizer if not no_embedding else CaptionCategorizer(vocabulary)
         count = write_suggestions(suggester.matcher, summary.unmatched, summary.images, suggest)
         console.print(f"{count} synonym suggestions -> {suggest}", highlight=False)
+    skipped = f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped"
     if summary.images == 0:
-        console.print(
-            f"[red]error:[/red] no line of {captions} could be used; reasons in {errors_path}", highlight=False
-        )
-        raise typer.Exit(2)
+        console.print(f"{skipped}; reasons in {errors_path}", highlight=False)
+        fail(f"no line of {captions} could be used; reasons in {errors_path}")
     if summary.errors or summary.warnings:
-        raise typer.Exit(1)
+        set_aside(skipped, errors_path)  # after the suggestions line: the last line names the errors file
 
 
 def _check_captions_file(captions: Path) -> None:
@@ -140,7 +139,7 @@ def _print_preview(out: Path, count: int) -> None:
     console.print(table)
 
 
-def _print_summary(name: str, version: str, out: Path, errors_path: Path, summary) -> None:
+def _print_summary(name: str, version: str, out: Path, summary) -> None:
     console.print(
         f"[bold]{summary.images}[/bold] images, {summary.captions} captions -> {out}  (taxonomy {name} {version})"
     )
@@ -157,12 +156,6 @@ def _print_summary(name: str, version: str, out: Path, errors_path: Path, summar
         console.print(f"[yellow]line {problem.line}:[/yellow] {problem.message}")
     if len(summary.errors) > 10:
         console.print(f"... and {len(summary.errors) - 10} more")
-    if summary.errors or summary.warnings:
-        console.print(
-            f"{len(summary.errors)} line(s) skipped, {len(summary.warnings)} caption(s) dropped; "
-            f"reasons in {errors_path}",
-            highlight=False,
-        )
     sys.stderr.flush()
 
 
@@ -195,13 +188,14 @@ file stems or file names) instead of running the captioner; tiles it lacks are c
 """
 
 
+@app.command("annotate", help=ANNOTATE_HELP)
 def annotate(
     input_path: Path = typer.Argument(..., help="A raster file or a folder (searched recursively)."),
     taxonomy: str = typer.Option("ovrsis95k", "--taxonomy", "-t", help="Bundled taxonomy name or YAML path."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     captions: Path | None = typer.Option(None, help="Captions JSON Lines to use instead of the captioner."),
     models: str = typer.Option("default", help="default | fast | best (presets) | tiny | path to a models YAML."),
-    tile_size: int = typer.Option(1024, help="Tile side in pixels."),
+    tile_size: int = typer.Option(TilingConfig.tile_size, help="Tile side in pixels."),
     overlap: int = typer.Option(0, help="Overlap between neighbouring tiles in pixels."),
     bands: str | None = typer.Option(None, help="1-based bands used as R,G,B, e.g. '4,3,2' [auto]."),
     stretch: str = typer.Option("auto", help="auto | none | percentile (2-98 %% per band)."),
@@ -225,7 +219,7 @@ def annotate(
     from importlib.metadata import version
 
     from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-    from pipeline.ingest import BandRule, TilingConfig, find_rasters, planned_tiles
+    from pipeline.ingest import BandRule, find_rasters, planned_tiles
     from pipeline.merge import MergeConfig
     from pipeline.models.config import ModelSet, load_models_config
 
@@ -250,8 +244,7 @@ def annotate(
             raise ValueError(f"{input_path}: no files in the input folder")
         out.mkdir(parents=True, exist_ok=True)
     except (TaxonomyError, ValueError, OSError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
-        raise typer.Exit(2) from error
+        fail(error)
     annotator = Annotator(vocabulary, model_set, out, config, captions=given, package_version=version("ovrsis"))
     try:
         with Progress(
@@ -271,24 +264,15 @@ def annotate(
         console.print(
             f"interrupted: the {annotator.summary.tiles} tiles finished are in {out / 'records.jsonl'}", highlight=False
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     summary.write(out)
     _print_annotate_summary(out, summary)
     if models == "tiny":
         console.print("[dim]tiny random-weight models: the masks show the plumbing, not a real segmentation[/dim]")
     if summary.annotated == 0:
-        console.print(
-            f"[red]error:[/red] none of the {summary.tiles} tiles could be annotated; "
-            f"reasons in {out / 'summary.json'}",
-            highlight=False,
-        )
-        raise typer.Exit(2)
+        fail(f"none of the {summary.tiles} tiles could be annotated; reasons in {out / 'summary.json'}")
     if summary.quarantined:
-        console.print(
-            f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined; reasons in {out / 'summary.json'}",
-            highlight=False,
-        )
-        raise typer.Exit(1)
+        set_aside(f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined", out / "summary.json")
 
 
 def _parse_bands(text: str | None) -> tuple[int, ...] | None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from pipeline.terminal import EXIT_PARTIAL, console, fail, set_aside
 from piseg.evaluation.paper import MODELS
 from piseg.faults import SkippedLog
 from piseg.modeling.prompts import PROMPT_TEMPLATE, class_prompts
@@ -20,22 +21,11 @@ from taxonomy.loader import TaxonomyError, load_taxonomy
 if TYPE_CHECKING:  # torch is imported by the commands that need it, so `piseg --help` starts fast
     import torch
 
-err = Console(stderr=True, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Exit 2 (refused, or stopped by bad input): one `error:` line naming the file and the problem."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
-
 
 def report_skipped(skipped: SkippedLog, what: str) -> None:
     """Exit 1 when anything was left out, the last line saying how many and where the reasons are."""
     if skipped.count:
-        err.print(
-            f"[yellow]skipped {skipped.count} {what}[/yellow]; reasons in {skipped.path}", markup=True, highlight=False
-        )
-        raise typer.Exit(1)
+        set_aside(f"skipped {skipped.count} {what}", skipped.path)
 
 
 def torch_device(name: str | None) -> torch.device:
@@ -72,7 +62,7 @@ def _root() -> None:
 def dataset_progress() -> Iterator[Callable[[str, int, int], None]]:
     """One progress bar per dataset, made on its first report: `progress(name, done, total)`."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err) as bar:
+    with Progress(*columns, console=console) as bar:
         tasks: dict[str, int] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -92,7 +82,7 @@ def classes(
     try:
         vocabulary = load_taxonomy(taxonomy)
     except TaxonomyError as error:
-        fail(str(error))
+        fail(error)
     table = Table("id", "class", "prompt", title=f"{vocabulary.name} ({vocabulary.version})", title_justify="left")
     for category, prompt in zip(vocabulary.categories, class_prompts(vocabulary, template), strict=True):
         table.add_row(str(category.index), category.name, prompt)
@@ -123,7 +113,7 @@ def info(
     try:
         config = preset(backbone)
     except ConfigError as error:
-        fail(str(error))
+        fail(error)
     config.model = dataclasses.replace(config.model, spm=dataclasses.replace(config.model.spm, reduction=reduction))
     table = Table(
         "model",
@@ -176,7 +166,7 @@ def train(
     try:
         config = load_config(config_file, backbone, {"train": {"iters": iters}} if iters else None)
     except ConfigError as error:
-        fail(str(error))
+        fail(error)
     main_process = os.environ.get("RANK", "0") == "0"
     columns = (
         TextColumn("[bold]train"),
@@ -186,7 +176,7 @@ def train(
         TextColumn("{task.fields[speed]:.2f} it/s"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, disable=not main_process) as bar:
+    with Progress(*columns, console=console, disable=not main_process) as bar:
         task = bar.add_task("train", total=config.train.iters, loss=float("nan"), speed=0.0)
 
         def progress(step: int, total: int, values: dict) -> None:
@@ -196,7 +186,7 @@ def train(
             final = run_training(shards, config, out, resume=resume, progress=progress)
         except (ShardError, CheckpointError, TrainingError, ValueError) as error:
             bar.stop()  # the error is the last line, under the bar
-            fail(str(error))
+            fail(error)
     if main_process:
         Console().print(f"final checkpoint: {final}")
         report_skipped(SkippedLog(out, fresh=False), "unreadable shards/samples")
@@ -231,14 +221,14 @@ def predict(
         names = parse_class_names(classes)
         predictor = Predictor(checkpoint, str(torch_device(device)))
     except (CheckpointError, ValueError) as error:
-        fail(str(error))
+        fail(error)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         fail(f"{out}: cannot create the output folder ({error.strerror or error})")
     skipped = SkippedLog(out, fresh=True)
     columns = (TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err) as bar:
+    with Progress(*columns, console=console) as bar:
         for path in bar.track(images):
             try:
                 predictor.predict_files([path], names, out, tile_size, overlap)
@@ -247,7 +237,7 @@ def predict(
                     bar.stop()
                     fail(f"{path}: {error} (--fail-fast)")
                 skipped.add(f"{path}: {error}", str(path))
-                err.print(f"[yellow]skipped[/yellow] {path}: {error}", markup=True, highlight=False)
+                console.print(f"[yellow]skipped[/yellow] {path}: {error}", markup=True, highlight=False)
     if skipped.count == len(images):
         fail(f"none of the {len(images)} images could be predicted; reasons in {skipped.path}")
     Console().print(f"wrote {out}/ ({len(names)} classes: {', '.join(names)})")
@@ -290,7 +280,7 @@ def convert_released(
             trust_pickle,
         )
     except (TaxonomyError, ConfigError, ReleasedCheckpointError, OSError) as error:  # OSError: OUT cannot be written
-        fail(str(error))
+        fail(error)
     spms = [name for name, on in (("Text-SPM", summary["text_spm"]), ("Image-SPM", summary["image_spm"])) if on]
     reduction = f" (r = {summary['reduction']})" if summary["image_spm"] else ""
     Console(soft_wrap=True).print(
@@ -315,7 +305,7 @@ def bench(
     try:
         config = preset(backbone)
     except ConfigError as error:
-        fail(str(error))
+        fail(error)
     chosen = torch_device(device)
     rows = measure(config, chosen, classes, repeats)
     memory = "peak GPU memory (GB)" if chosen.type == "cuda" else "peak process RSS (GB)"
@@ -427,7 +417,7 @@ def evaluate(
             model_name, identity = f"Pi-Seg checkpoint {checkpoint.name}", checkpoint_identity(checkpoint)
         out.mkdir(parents=True, exist_ok=True)  # an unwritable OUT is refused before any work
     except (ConfigError, DatasetError, CheckpointError, OSError) as error:
-        fail(str(error))
+        fail(error)
     settings = dataclasses.replace(config.eval, mode=inference or config.eval.mode)
     run = run_identity(identity, settings, max_images)
     with dataset_progress() as progress:
@@ -468,14 +458,14 @@ def evaluate(
         )
     if not report["complete"]:
         left_out = [name for name, entry in report["datasets"].items() if entry["status"] != "done"]
-        err.print(
+        console.print(
             f"[yellow]{len(left_out)} of {len(report['datasets'])} datasets not evaluated[/yellow] "
             f"({', '.join(left_out)}); "
             f"the files and reasons are in {out / 'report.md'}",
             markup=True,
             highlight=False,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command()
@@ -525,9 +515,9 @@ def reproduce(
         base = preset(backbone) if backbone else None
         out.mkdir(parents=True, exist_ok=True)
     except (PlanError, DatasetError, ConfigError, TaxonomyError, OSError) as error:
-        fail(str(error))
+        fail(error)
     for run in runs:
-        err.print(f"{run.name}: {run.weights} ({run.taxonomy}) -> {', '.join(run.benchmarks)}", highlight=False)
+        console.print(f"{run.name}: {run.weights} ({run.taxonomy}) -> {', '.join(run.benchmarks)}", highlight=False)
     with dataset_progress() as progress:
         try:
             summary = run_all(
@@ -544,16 +534,16 @@ def reproduce(
                 progress,
             )
         except (ReleasedCheckpointError, CheckpointError, DatasetError, OSError) as error:
-            fail(str(error))
+            fail(error)
     Console(soft_wrap=True).print(f"wrote {out / 'report.md'}")
     if not summary["complete"]:
-        err.print(
+        console.print(
             f"[yellow]some datasets were not evaluated[/yellow]; the files and reasons are in each benchmark's report "
             f"(linked from {out / 'report.md'})",
             markup=True,
             highlight=False,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def main() -> None:

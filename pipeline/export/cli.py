@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True, soft_wrap=True)
+from pipeline.terminal import EXIT_PARTIAL, console, fail
+
 app = typer.Typer(
     help="Export an output folder as GIS vectors, a STAC collection or a Hugging Face dataset.", no_args_is_help=True
 )
@@ -39,7 +39,7 @@ def vectors(
     try:
         summary = export_vectors(read_output_folder(out, taxonomy), dest or out / "vectors", fmt)
     except ExportError as error:
-        _refuse(error)
+        fail(error)
     console.print(
         f"{summary.regions} regions, {summary.instances} instances -> {', '.join(map(str, summary.files))}",
         highlight=False,
@@ -69,7 +69,7 @@ def stac(
         moment = _parse_datetime(when) if when else None
         path, skipped = write_stac(read_output_folder(out, taxonomy), dest or out / "stac", collection_id, moment)
     except ExportError as error:
-        _refuse(error)
+        fail(error)
     console.print(f"STAC collection -> {path}", highlight=False)
     _skipped(skipped)
 
@@ -88,7 +88,7 @@ def hf(
     try:
         counts = export_hf(out, target)
     except ExportError as error:
-        _refuse(error)
+        fail(error)
     console.print(
         f"{', '.join(f'{s} {n}' for s, n in counts.items())} samples -> {target} (load_dataset({str(target)!r}))",
         highlight=False,
@@ -105,15 +105,10 @@ def _parse_datetime(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _refuse(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}", highlight=False)
-    raise typer.Exit(2)
-
-
 def _skipped(skipped: list[tuple[str, str]]) -> None:
     if not skipped:
         return
     for key, reason in skipped[:10]:
         console.print(f"skipped {key}: {reason}", highlight=False)
     console.print(f"{len(skipped)} tile(s) left out (the first 10 listed above)", highlight=False)
-    raise typer.Exit(1)
+    raise typer.Exit(EXIT_PARTIAL)

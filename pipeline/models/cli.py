@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 
 from pipeline.models.presets import PRESETS
+from pipeline.terminal import EXIT_PARTIAL, console, fail, print_error
 
-console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, highlight=False)
 app = typer.Typer(
     help="Model presets: fetch their weights ahead, check which are complete locally.", no_args_is_help=True
@@ -17,14 +17,9 @@ app = typer.Typer(
 PRESET_NAMES = " | ".join(PRESETS)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
-
-
 def _known(preset: str) -> str:
     if preset not in PRESETS:
-        _fail(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        fail(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     return preset
 
 
@@ -48,13 +43,13 @@ def fetch(
     for result in results:
         name = f"{result.weights.repo_id}@{result.weights.revision or 'main'}"
         if result.error:
-            console.print(f"[red]error:[/red] {name}: {result.error}", highlight=False)
+            print_error(f"{name}: {result.error}")
         else:
             out.print(f"{name} -> {result.commit}")
     failed = [r for r in results if r.error]
     if failed:
         console.print(f"{len(failed)} of {len(results)} repositories not fetched", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
     out.print(f"{preset}: complete in {to or 'the Hugging Face cache'}")
 
 
@@ -81,4 +76,4 @@ def check(
         console.print(
             f"{incomplete} of {len(names)} presets incomplete; `ovrsis models fetch PRESET` gets one", highlight=False
         )
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PARTIAL)
