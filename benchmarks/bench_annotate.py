@@ -12,20 +12,17 @@ Usage: python benchmarks/bench_annotate.py [--real-size [--tiles N]]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _shared import SHARED_REAL, require
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import SHARED_REAL, require  # noqa: E402
-
-from pipeline.annotate import AnnotateConfig, Annotator  # noqa: E402
-from pipeline.ingest import TilingConfig  # noqa: E402
-from pipeline.models.config import ModelSet, load_models_config  # noqa: E402
-from taxonomy import load_taxonomy  # noqa: E402
+from pipeline.annotate import AnnotateConfig, Annotator
+from pipeline.ingest import TilingConfig
+from pipeline.models.config import ModelSet, load_models_config
+from taxonomy import load_taxonomy
 
 INPUTS = ["spacenet/sample_geotiff.tif", "naip", "neon/OSBS_029.tif", "ucm_sample"]
 CAPTION = "many buildings and green trees along a road with cars, near a river and some farmland"

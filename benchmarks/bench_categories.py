@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import RSICD_CAPTIONS, require  # noqa: E402
+from _shared import RSICD_CAPTIONS, require
 
-from pipeline.categories import CaptionCategorizer  # noqa: E402
-from taxonomy import load_taxonomy  # noqa: E402
+from pipeline.categories import CaptionCategorizer
+from taxonomy import load_taxonomy
 
 
 def main() -> None:

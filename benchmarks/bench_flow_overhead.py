@@ -20,16 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from flow_helpers import make_imagery, prefect_env  # noqa: E402
-
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file  # noqa: E402
-from pipeline.ingest import TilingConfig  # noqa: E402
-from pipeline.models.config import ModelSet, load_models_config  # noqa: E402
-from pipeline.models.tiny import make_tiny_models  # noqa: E402
-from taxonomy import load_taxonomy  # noqa: E402
+from flows.sample_build import make_imagery, prefect_env, write_config
+from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.ingest import TilingConfig
+from pipeline.models.config import ModelSet, load_models_config
+from pipeline.models.tiny import make_tiny_models
+from taxonomy import load_taxonomy
 
 
 def main() -> None:
@@ -56,20 +52,15 @@ def main() -> None:
         select_and_shard(work / "plain")
         plain = time.perf_counter() - started
 
-        config = work / "build.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "inputs": [str(imagery)],
-                    "captions": str(work / "data" / "captions.jsonl"),
-                    "models": str(models),
-                    "output": str(work / "flow"),
-                    "tiling": {"tile_size": 128},
-                    "batch_size": args.batch_size,
-                    "runner": {"kind": "threads", "workers": args.workers},
-                    "overlays": True,
-                }
-            )
+        config = write_config(
+            work / "build.yaml",
+            imagery,
+            models,
+            work / "flow",
+            batch_size=args.batch_size,
+            shards={},  # the build's defaults
+            runner={"kind": "threads", "workers": args.workers},
+            overlays=True,
         )
         # a no-op flow first starts Prefect's temporary server, as a running server would be: what is
         # timed is the build, not the server's start (reported on its own line)

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from piseg.config import preset
+from piseg.evaluation.counts import variant
+from piseg.evaluation.efficiency import timed_inference
+from piseg.modeling.model import build_model
+from piseg.training.train import parameter_groups, segmentation_loss, train
 
-from piseg.config import preset  # noqa: E402
-from piseg.evaluation.counts import variant  # noqa: E402
-from piseg.evaluation.efficiency import timed_inference  # noqa: E402
-from piseg.modeling.model import build_model  # noqa: E402
-from piseg.training.train import parameter_groups, segmentation_loss, train  # noqa: E402
+# the repository root, for the synthetic shards the Pi-Seg tests train on: tests/piseg_helpers.py is no
+# part of the installed package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.piseg_helpers import tiny_config, write_synthetic_shards  # noqa: E402
 
 

@@ -25,38 +25,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
-import rasterio
-import yaml
-from affine import Affine
 
+from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
 from pipeline.models.tiny import make_tiny_models
-
-CAPTION = "many buildings and trees along a road with cars near a river"
-
-
-def make_sources(folder: Path, rasters: int, size: int = 1280) -> Path:
-    """One generated GeoTIFF, hard-linked under `rasters` names (one file's worth of disk)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    first = folder / "scene00000.tif"
-    rng = np.random.default_rng(7)
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": 3,
-        "dtype": "uint8",
-        "crs": "EPSG:32633",
-        "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000),
-    }
-    with rasterio.open(first, "w", **profile) as out:
-        out.write(rng.integers(1, 255, (3, size, size), dtype=np.uint8))
-    for index in range(1, rasters):
-        os.link(first, folder / f"scene{index:05d}.tif")
-    captions = folder.parent / "captions.jsonl"
-    captions.write_text("".join(f'{{"id": "scene{i:05d}", "caption": "{CAPTION}"}}\n' for i in range(rasters)))
-    return folder
 
 
 def folder_bytes(path: Path, exclude: tuple[Path, ...] = ()) -> int:
@@ -84,12 +56,10 @@ def _is_prefect_server(process: psutil.Process) -> bool:
 def run_build(config: Path, home: Path) -> dict:
     """Run one build; poll the resident memory of the build process, its whole tree, and its largest
     child other than the Prefect server (a Dask or Ray worker; 0 with the thread runner)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "build", "--config", str(config)],
-        env=env,
+        ovrsis("build", "--config", str(config)),
+        env=prefect_env(home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -133,23 +103,20 @@ def main() -> None:
     rows = []
     for count in args.tiles:
         rasters = -(-count // 100)
-        sources = make_sources(work / f"data{count}" / "rasters", rasters, size=10 * args.tile_size)
+        sources = make_imagery(
+            work / f"data{count}" / "rasters", rasters, size=10 * args.tile_size, linked=True, broken=False
+        )
         output = work / f"out{count}-{args.runner}"
-        config = work / f"build{count}-{args.runner}.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "inputs": [str(sources)],
-                    "captions": str(sources.parent / "captions.jsonl"),
-                    "models": str(models),
-                    "output": str(output),
-                    "tiling": {"tile_size": args.tile_size},
-                    "batch_size": 32,
-                    "selection": {"target_tiles": "all"},
-                    "shards": {"max_samples": 10000},
-                    "runner": {"kind": args.runner, "workers": args.workers},
-                }
-            )
+        config = write_config(
+            work / f"build{count}-{args.runner}.yaml",
+            sources,
+            models,
+            output,
+            tiling={"tile_size": args.tile_size},
+            batch_size=32,
+            selection={"target_tiles": "all"},
+            shards={"max_samples": 10000},
+            runner={"kind": args.runner, "workers": args.workers},
         )
         home = work / f"prefect{count}-{args.runner}"
         first = run_build(config, home)

@@ -17,17 +17,13 @@ new method alone on 1,000,000 tiles.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import sparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.selection import SelectionConfig, select, water_fill_quota  # noqa: E402
-from pipeline.tile_table import TileTable  # noqa: E402
+from pipeline.selection import SelectionConfig, select, water_fill_quota
+from pipeline.tile_table import TileTable
 
 CATEGORIES = 35
 DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")

@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from collections import Counter
 from pathlib import Path
 
 import yaml
+from _shared import RSICD_CAPTIONS, require
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import RSICD_CAPTIONS, require  # noqa: E402
-
-from pipeline.categories import CaptionCategorizer  # noqa: E402
-from taxonomy import load_taxonomy  # noqa: E402
-from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD, METHOD_RANK  # noqa: E402
+from pipeline.categories import CaptionCategorizer
+from pipeline.category_eval import Score, score
+from taxonomy import load_taxonomy
+from taxonomy.calibration import names_only
+from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
 DATA = Path(__file__).resolve().parent / "data"
 OVRSIS_LABELS = DATA / "rsicd_ovrsis95k_labels.jsonl"
@@ -47,49 +45,9 @@ def with_synonyms(taxonomy, synonyms: dict[str, list[str]]):
     return dataclasses.replace(taxonomy, categories=categories, name=taxonomy.name + "-with-synonyms")
 
 
-def names_only(taxonomy):
-    categories = tuple(dataclasses.replace(c, synonyms=(), description="") for c in taxonomy.categories)
-    return dataclasses.replace(taxonomy, categories=categories, name=taxonomy.name + "-names-only")
-
-
-@dataclasses.dataclass
-class Score:
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    by_method: Counter = dataclasses.field(default_factory=Counter)  # method -> proposals
-    right_by_method: Counter = dataclasses.field(default_factory=Counter)  # method -> correct proposals
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    def methods(self) -> str:
-        return " ".join(f"{m}={self.right_by_method[m]}/{self.by_method[m]}" for m in METHOD_RANK if self.by_method[m])
-
-
-def score(categorizer, captions, labels, show_errors=False) -> Score:
-    result = Score()
-    for caption, gold, found in zip(captions, labels, categorizer.categorize([[c] for c in captions])):
-        proposed = {c.name: c for c in found.categories}
-        result.tp += len(proposed.keys() & gold)
-        result.fp += len(proposed.keys() - gold)
-        result.fn += len(gold - proposed.keys())
-        for name, category in proposed.items():
-            result.by_method[category.method] += 1
-            result.right_by_method[category.method] += name in gold
-        if show_errors and proposed.keys() != gold:
-            print(f"    {caption!r}: +{sorted(proposed.keys() - gold)} -{sorted(gold - proposed.keys())}")
-    return result
+def show_errors(s: Score) -> None:
+    for caption, extra, missing in s.errors:
+        print(f"    {caption!r}: +{sorted(extra)} -{sorted(missing)}")
 
 
 def row(label: str, s: Score) -> str:
@@ -136,8 +94,9 @@ def main() -> None:
                 entries = [e for e in dev if e["split"] == split]
                 captions = [captions_by_id[e["id"]][e["caption_index"]] for e in entries]
                 gold = [set(e["labels"][vocabulary]) for e in entries]
-                show = args.show_errors == split and label == "relations"
-                s = score(categorizer, captions, gold, show)
+                s = score(categorizer, captions, gold)
+                if args.show_errors == split and label == "relations":
+                    show_errors(s)
                 print(row(f"{vocabulary} {split} {label}", s))
                 if label == "+synonyms":
                     continue  # the totals compare the two matchers on names only
@@ -156,7 +115,9 @@ def main() -> None:
     full = load_taxonomy("ovrsis95k")
     for taxonomy, kind in ((full, "synonyms"), (names_only(full), "names only")):
         for label, categorizer in categorizers(taxonomy, args):
-            s = score(categorizer, captions, labels, args.show_errors == "ovrsis95k" and label == "relations")
+            s = score(categorizer, captions, labels)
+            if args.show_errors == "ovrsis95k" and label == "relations":
+                show_errors(s)
             print(row(f"ovrsis95k {kind} {label}", s))
 
 

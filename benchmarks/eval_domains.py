@@ -15,21 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from _shared import RSICD_CAPTIONS, require
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _shared import RSICD_CAPTIONS, require  # noqa: E402
-
-from pipeline.categories import CaptionCategorizer  # noqa: E402
-from pipeline.domains import UNKNOWN, DomainClassifier  # noqa: E402
-from taxonomy import load_taxonomy  # noqa: E402
+from pipeline.categories import CaptionCategorizer
+from pipeline.domains import UNKNOWN, DomainClassifier
+from taxonomy import load_taxonomy
 
 SCENE_MAP = Path(__file__).resolve().parent / "data" / "rsicd_scene_domains.yaml"
 DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")

@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_annotate import REAL_SIZE
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_annotate import REAL_SIZE  # noqa: E402
 
 MODELS = ("florence-2-large", "grounding-dino-base", "sam-vit-b", "sam-vit-h")
 SAM_VIT_H = {

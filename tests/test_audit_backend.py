@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from flow_helpers import make_imagery
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
@@ -19,6 +18,7 @@ from audit.embeddings import EmbeddingCache
 from audit.queue import MODEL_VERSION, label_config
 from audit.queue import load_live_records as load_records
 from audit.records import proposal_mask
+from flows.sample_build import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from taxonomy import load_taxonomy

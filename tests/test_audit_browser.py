@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from flow_helpers import make_imagery
 from typer.testing import CliRunner
 
 from audit.cli import app as audit_app
@@ -28,6 +27,7 @@ from audit.client import AuditClient, find_project
 from audit.queue import connect_backend
 from audit.server import start_backend, start_server, stop_server
 from audit.settings import ServerSettings
+from flows.sample_build import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from taxonomy import load_taxonomy

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flow_helpers import make_imagery
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
@@ -28,6 +27,7 @@ from audit.server import start_server, stop_server
 from audit.session import QueuePlan, apply_ledger, pull_queues, push_queues
 from audit.settings import AuditError, ServerSettings
 from audit.stats import write_report
+from flows.sample_build import make_imagery
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from pipeline.outputs import mask_digest
@@ -294,8 +294,8 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
     cache wiped and a threshold changed (no audit.pull): the shards carry the reviewed masks and
     categories. Then restart the server on the same database: a pull finds nothing new."""
     import yaml
-    from flow_helpers import ovrsis, prefect_env, write_config
 
+    from flows.sample_build import ovrsis, prefect_env, write_config
     from pipeline.shards import ShardReader
 
     imagery = make_imagery(tmp_path / "data" / "rasters", count=1, size=256)

@@ -164,7 +164,7 @@ def test_categories_on_the_caption_corpus(tmp_path):
 
 @pytest.mark.slow
 def test_build_flow_on_the_corpus(tmp_path, tiny_models_yaml):
-    from flow_helpers import ovrsis, prefect_env
+    from flows.sample_build import ovrsis, prefect_env
 
     folder = tmp_path / "corpus"
     expected = make_raster_corpus(folder)

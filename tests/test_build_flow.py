@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flow_helpers import make_imagery, ovrsis, prefect_env, shard_bytes, write_config
 
+from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
 from pipeline.shards import ShardReader, verify_shards
 
 pytestmark = pytest.mark.slow
@@ -35,6 +35,13 @@ def run_build(config, home, timeout=600, env=None):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1 quarantined tile(s); reasons in" in result.stderr.strip().splitlines()[-1]
     return result
+
+
+def shard_bytes(output: Path) -> dict[str, bytes]:
+    """The shards' and the manifest's bytes, to compare two builds byte for byte."""
+    return {p.name: p.read_bytes() for p in sorted((output / "shards").glob("*.tar"))} | {
+        "manifest.json": (output / "manifest.json").read_bytes()
+    }
 
 
 def stage_files(storage):

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from flow_helpers import make_imagery, ovrsis, prefect_env, write_config
 
+from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
 from pipeline.shards import ShardReader, verify_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

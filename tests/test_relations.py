@@ -1,8 +1,6 @@
 """Relation walks, the embedding calibration, per-method counts and the --suggest snippet."""
 
-import sys
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -105,8 +103,7 @@ def test_suggestion_yaml_quotes_what_yaml_would_misread():
 
 
 def test_eval_counts_proposals_and_right_ones_per_method():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from eval_categories import score
+    from pipeline.category_eval import score
 
     def found(*pairs):
         return SimpleNamespace(categories=[SimpleNamespace(name=n, method=m) for n, m in pairs])
