@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.ingest import MAX_PIXELS, BandRule, TilingConfig
 from pipeline.merge import MergeConfig
 from pipeline.models.presets import PRESETS
 from pipeline.selection import SelectionConfig
 from pipeline.shards import ShardConfig
+from pipeline.tiling import MAX_PIXELS, BandRule, TilingConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.ingest import MAX_PIXELS, TilingConfig
 from pipeline.terminal import EXIT_INTERRUPTED, console, fail, set_aside
+from pipeline.tiling import MAX_PIXELS, TilingConfig
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 

@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import rasterio
@@ -44,39 +43,18 @@ from rasterio.windows import transform as window_transform
 
 from pipeline.files import file_sha256
 from pipeline.records import Quarantine, SourceInfo, TileRecord, Window, tile_key
+from pipeline.tiling import MAX_PIXELS, BandRule, TilingConfig
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt")
 SIDECAR_SUFFIXES = (".xml", ".aux", ".ovr", ".json", ".jsonl", ".geojson", ".txt", ".md", ".prj", ".tfw", ".wld")
 STATS_MAX_SIDE = 1024
 MIN_SIDE = 16  # the smallest raster tiled: the models' image processors fail on slivers (a 1 x 1 raster)
-MAX_PIXELS = 2_500_000_000  # default refusal threshold for a raster's header (width x height)
 GDAL_CACHE_MB = 256  # GDAL's block cache; its default, 5 % of RAM, grows by gigabytes over one large raster
 PIL_DRIVERS = ("PNG", "JPEG")  # decoded by PIL: truncation is an error, EXIF orientation applied
 
 
 class IngestError(ValueError):
     """A raster that cannot be tiled; the message says why."""
-
-
-@dataclass(frozen=True)
-class BandRule:
-    bands: tuple[int, ...] | None = None  # 1-based; None chooses automatically (see module docstring)
-    stretch: Literal["auto", "none", "percentile"] = "auto"
-    low_percentile: float = 2.0
-    high_percentile: float = 98.0
-
-
-@dataclass(frozen=True)
-class TilingConfig:
-    tile_size: int = 1024
-    overlap: int = 0
-    min_valid_fraction: float = 0.0  # tiles with a smaller share of valid pixels are quarantined
-
-    def __post_init__(self) -> None:
-        if self.tile_size < 16:
-            raise ValueError(f"tile_size must be at least 16 pixels, got {self.tile_size}")
-        if not 0 <= self.overlap < self.tile_size:
-            raise ValueError(f"overlap must be in [0, tile_size), got {self.overlap}")
 
 
 @dataclass

@@ -17,11 +17,12 @@ LIGHT = {
     "pipeline.stages": HEAVY,
     "pipeline.record_store": HEAVY,
     "pipeline.tile_table": HEAVY,
+    "pipeline.tiling": HEAVY,
     "audit.ledger": HEAVY,
     # webdataset imports torch when it is installed; the shard reader needs no GIS or server library
     "pipeline.shards": ("transformers", "rasterio", "prefect", "label_studio_sdk", "sentence_transformers", "spacy"),
-    # the build configuration parser: no model or server library (tiling rules still come from ingest)
-    "flows.config": ("torch", "transformers", "prefect", "label_studio_sdk", "sentence_transformers", "spacy"),
+    "flows.config": HEAVY,  # the build configuration parser
+    "flows.cli": HEAVY,  # `ovrsis --help` and every command's start: sub-commands import what they use
 }
 
 
