@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +22,8 @@ from piseg.config import preset
 from piseg.evaluation.counts import variant
 from piseg.evaluation.efficiency import timed_inference
 from piseg.modeling.model import build_model
+from piseg.training.synthetic import tiny_config, write_synthetic_shards
 from piseg.training.train import parameter_groups, segmentation_loss, train
-
-# the repository root, for the synthetic shards the Pi-Seg tests train on: tests/piseg_helpers.py is no
-# part of the installed package
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.piseg_helpers import tiny_config, write_synthetic_shards  # noqa: E402
 
 
 def tiny_training(iters: int) -> float:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipeline.categories import ProposedCategory
 from pipeline.records import AuditDecision, Quarantine, write_records
-from tests.piseg_helpers import tile_record
+from piseg.training.synthetic import tile_record
 
 BUILD_NAMES = ["building", "road", "tree", "vehicle"]
 

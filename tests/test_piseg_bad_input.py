@@ -25,9 +25,10 @@ from piseg.checkpoint import FORMAT, rng_state, set_rng_state
 from piseg.cli import app
 from piseg.evaluation.benchmarks import default_definitions
 from piseg.inference.predict import Predictor
+from piseg.training.synthetic import tiny_config, write_synthetic_shards
 from piseg.training.train import train
 from tests.bad_inputs import GOOD, make_raster_corpus, write_exif_rotated_jpeg
-from tests.piseg_helpers import tiny_config, write_config, write_synthetic_shards
+from tests.piseg_helpers import write_config
 
 runner = CliRunner()
 PISEG = Path(__file__).resolve().parent.parent / "piseg"

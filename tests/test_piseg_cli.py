@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from piseg.cli import app
 from piseg.inference.predict import Predictor, parse_class_names
-from tests.piseg_helpers import COLOURS, tiny_config, write_config, write_synthetic_shards
+from piseg.training.synthetic import COLOURS, tiny_config, write_synthetic_shards
+from tests.piseg_helpers import write_config
 
 runner = CliRunner()
 

@@ -25,8 +25,8 @@ from piseg.evaluation.benchmarks import (
 )
 from piseg.evaluation.metrics import ConfusionMatrix
 from piseg.inference.predict import Predictor
+from piseg.training.synthetic import tiny_config, write_synthetic_shards
 from piseg.training.train import train
-from tests.piseg_helpers import tiny_config, write_synthetic_shards
 
 runner = CliRunner()
 

@@ -55,7 +55,7 @@ def clustered_shards(out, rasters: int = 12, tiles: int = 8):
     """Tiles of one raster share a key prefix (as `ovrsis annotate` names them) and so sit side by side when
     sorted by key; the writer's seeded order must scatter them."""
     from pipeline.shards import ShardConfig, write_shards
-    from tests.piseg_helpers import tile_record
+    from piseg.training.synthetic import tile_record
 
     records = [tile_record(f"raster{r:02d}__r{t}_c0", 8) for r in range(rasters) for t in range(tiles)]
     sample = (np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8), dtype=np.uint8))

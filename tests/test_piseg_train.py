@@ -14,8 +14,9 @@ import torch
 from pipeline.shards import ShardError, ShardReader
 from piseg.checkpoint import CheckpointError, read_checkpoint
 from piseg.training.batches import TrainingStream, training_batches
+from piseg.training.synthetic import SYNTHETIC_NAMES, tiny_config, write_synthetic_shards
 from piseg.training.train import TrainingError, train
-from tests.piseg_helpers import SYNTHETIC_NAMES, tiny_config, write_config, write_road_shards, write_synthetic_shards
+from tests.piseg_helpers import write_config, write_road_shards
 
 
 @pytest.fixture(scope="module")
