@@ -182,10 +182,9 @@ def test_embedding_cache_keys_by_content_and_model(tmp_path):
 
 def tiny_piseg_checkpoint(folder: Path) -> Path:
     """A random-weight tiny Pi-Seg checkpoint, saved as training saves it."""
-    from piseg_helpers import tiny_config
-
     from piseg.checkpoint import save_checkpoint
     from piseg.modeling.model import build_model
+    from piseg.training.synthetic import tiny_config
 
     config = tiny_config()
     path = folder / "piseg.pt"
