@@ -9,9 +9,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.terminal import EXIT_PARTIAL, console, fail, set_aside
+from pipeline.terminal import EXIT_PARTIAL, console, counting_bar, fail, set_aside
 
 app = typer.Typer()
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
@@ -42,15 +41,7 @@ def build(
         check_before_models(load_build_config(config))
     except BuildConfigError as error:
         fail(error)
-    with Progress(
-        TextColumn("[bold]build[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tiles"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with counting_bar("build", "tiles") as progress:
         task = progress.add_task("tiles", total=None)
         build_progress.listen(lambda done, total: progress.update(task, completed=done, total=total))
         manifest = build_module.build(str(config.resolve()))

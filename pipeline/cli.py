@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.terminal import EXIT_INTERRUPTED, console, fail, set_aside
+from pipeline.terminal import EXIT_INTERRUPTED, console, counting_bar, fail, set_aside
 from pipeline.tiling import MAX_PIXELS, TilingConfig
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
@@ -85,15 +84,7 @@ def categories(
         vocabulary, threshold=threshold, margin=margin, embedder_model=None if no_embedding else "all-MiniLM-L6-v2"
     )
     total_lines = sum(1 for _ in open(captions, "rb"))
-    with Progress(
-        TextColumn("[bold]categories[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("lines"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with counting_bar("categories", "lines") as progress:
         task = progress.add_task("lines", total=total_lines)
         _ = categorizer.matcher  # load the models before the bar starts counting
         summary = categorize_file(
@@ -247,15 +238,7 @@ def annotate(
         fail(error)
     annotator = Annotator(vocabulary, model_set, out, config, captions=given, package_version=version("ovrsis"))
     try:
-        with Progress(
-            TextColumn("[bold]annotate[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tiles"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
+        with counting_bar("annotate", "tiles") as progress:
             task = progress.add_task(
                 "tiles", total=(planned_tiles(rasters, config.tiling, config.max_pixels) + len(skipped)) or None
             )

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 EXIT_OK = 0
@@ -47,3 +48,17 @@ def set_aside(what: str, reasons: Path | str) -> NoReturn:
     (WHAT, in yellow) and where the reasons are."""
     console.print(Text.assemble((what, "yellow"), f"; reasons in {reasons}"), highlight=False)
     raise typer.Exit(EXIT_PARTIAL)
+
+
+def counting_bar(label: str, unit: str) -> Progress:
+    """The progress bar of a long command: LABEL, bar, done/total UNIT, elapsed time; on stderr, so
+    the command's output stays clean, and gone once the command's summary replaces it."""
+    return Progress(
+        TextColumn(f"[bold]{label}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
