@@ -23,7 +23,6 @@ from typing import Literal
 
 import numpy as np
 from pycocotools import mask as coco_mask
-from scipy.ndimage import binary_fill_holes
 
 from pipeline.records import Conflict, Instance
 from taxonomy.loader import Taxonomy
@@ -72,7 +71,7 @@ def merge_instances(
     records: list[Instance] = []
     masks: list[np.ndarray | None] = []
     for item in instances:
-        mask = binary_fill_holes(item.mask) if config.fill_holes else item.mask.astype(bool)
+        mask = _filled(item.mask) if config.fill_holes else item.mask.astype(bool)
         mask = mask & valid
         area = int(mask.sum())
         record = Instance(
@@ -142,3 +141,11 @@ def _fill_value(taxonomy: Taxonomy, config: MergeConfig) -> int:
     if config.background == "auto":
         return IGNORE
     raise ValueError(f"background='class' needs a category with propose: false in taxonomy {taxonomy.name!r}")
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes filled; scipy is imported here, on use, because MergeConfig (this
+    module) is read by the build configuration parser, which should not pay ~0.4 s for scipy."""
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(mask)
