@@ -23,6 +23,7 @@ many run at once across workers.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +74,19 @@ def settings_of(config_path: str) -> BuildConfig:
     return _settings(config_path, os.stat(config_path).st_mtime_ns)
 
 
+_ANNOTATOR_LOCK = threading.Lock()
+
+
+def annotator_of(config_path: str) -> Annotator:
+    """The process's one Annotator for this configuration. Locked, because the thread runner starts
+    two batches at once: unlocked, both missed the cache and built an Annotator each, whose model
+    loads (each serialised only within its own Annotator) then overlapped, and a SAM built while
+    transformers had torch patched for meta-device loading came out empty ("Cannot copy out of meta
+    tensor"), quarantining a batch of good tiles."""
+    with _ANNOTATOR_LOCK:
+        return _annotator(config_path, os.stat(config_path).st_mtime_ns)
+
+
 @lru_cache(maxsize=2)
 def _annotator(config_path: str, modified: int) -> Annotator:
     """One Annotator (and so one set of loaded models) per worker process and configuration."""
@@ -106,7 +120,7 @@ def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tup
     """One batch through every stage (cached stages restored, the others run and stored), then its
     masks written; returns the records as JSON lines and the seconds per stage run."""
     config = settings_of(config_path)
-    annotator = _annotator(config_path, os.stat(config_path).st_mtime_ns)
+    annotator = annotator_of(config_path)
     states, tiling = batch.states, annotator.config.tiling
     started = time.perf_counter()
     loaded = {s.record.key: annotator.pixels.load(s.record, tiling) for s in states}  # each tile read once, here

@@ -183,3 +183,24 @@ def test_tile_rows_give_the_same_table_as_the_records(tmp_path, batch):
     assert np.array_equal(table.pixels.toarray(), reference.pixels.toarray()) and np.array_equal(
         table.domain, reference.domain
     )
+
+
+def test_batches_starting_at_once_share_one_annotator(tmp_path, tiny_models_yaml):
+    """The thread runner starts two batch tasks at once: they must get one Annotator (one set of
+    models behind one load lock). Two loaded models side by side, and a SAM built while transformers
+    had torch patched came out empty: a batch of good tiles quarantined ("meta tensor")."""
+    from flows.build import annotator_of
+    from flows.sample_build import make_imagery, write_config
+
+    imagery = make_imagery(tmp_path / "rasters", count=1, size=128, broken=False)
+    config = str(write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out"))
+    threads = 8
+    start = threading.Barrier(threads)
+
+    def first_call(_: int) -> Annotator:
+        start.wait()
+        return annotator_of(config)
+
+    with ThreadPoolExecutor(threads) as pool:
+        annotators = list(pool.map(first_call, range(threads)))
+    assert all(annotator is annotators[0] for annotator in annotators)
