@@ -120,23 +120,10 @@ def build(name: str, tiny: bool, device: str):
 
         return model, run
     config = t.SamConfig(vision_config=SAM_VIT_H if name == "sam-vit-h" else {})
-    if tiny:  # the test suite's tiny SAM (pipeline/models/tiny.py)
-        config = t.SamConfig(
-            vision_config={
-                "hidden_size": 32,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "image_size": 256,
-                "patch_size": 16,
-                "output_channels": 32,
-                "num_pos_feats": 16,
-                "global_attn_indexes": [1],
-                "window_size": 4,
-                "mlp_dim": 64,
-            },
-            prompt_encoder_config={"hidden_size": 32, "image_size": 256, "patch_size": 16},
-            mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
-        )
+    if tiny:  # the test suite's tiny SAM
+        from pipeline.models.tiny import sam_config
+
+        config = sam_config()
     model = t.SamModel(config).to(device).eval()
     size = 1024 if not tiny else 256
 

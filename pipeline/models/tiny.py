@@ -254,11 +254,12 @@ def mm_grounding_dino(folder: Path) -> dict:
     return {"backend": "mm-grounding-dino", "model": str(target), **TINY_DETECTOR}
 
 
-def sam(folder: Path) -> dict:
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+def sam_config():
+    """The tiny SAM's configuration (a `transformers.SamConfig`): ViT of 2 layers, 32 wide, on 256 px;
+    also what `benchmarks/gpu_check_build.py --tiny` times."""
+    from transformers import SamConfig
 
-    target = folder / "segmenter-sam-hf"
-    config = SamConfig(
+    return SamConfig(
         vision_config={
             "hidden_size": 32,
             "num_hidden_layers": 2,
@@ -274,6 +275,13 @@ def sam(folder: Path) -> dict:
         prompt_encoder_config={"hidden_size": 32, "image_size": 256, "patch_size": 16},
         mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
     )
+
+
+def sam(folder: Path) -> dict:
+    from transformers import SamImageProcessor, SamModel, SamProcessor
+
+    target = folder / "segmenter-sam-hf"
+    config = sam_config()
     SamModel(config).save_pretrained(target)
     SamProcessor(SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})).save_pretrained(
         target
