@@ -125,6 +125,7 @@ def threads_build(tmp_path_factory, small_imagery, tiny_models_yaml):
     return folder / "out"
 
 
+@pytest.mark.cluster
 def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(
     tmp_path, small_imagery, tiny_models_yaml, threads_build
 ):
@@ -180,6 +181,7 @@ def test_real_dask_cluster_gives_the_local_runners_shards_byte_for_byte(
     assert_same_build(tmp_path / "dask", threads_build)
 
 
+@pytest.mark.cluster
 def test_real_ray_cluster_gives_the_local_runners_shards_byte_for_byte(
     tmp_path, small_imagery, tiny_models_yaml, threads_build
 ):

@@ -18,9 +18,12 @@ def test_readme_commands_are_make_targets():
     assert named <= make_targets(), f"README names targets the Makefile lacks: {named - make_targets()}"
 
 
-def test_ci_runs_make_test():
+def test_ci_runs_make_test_and_the_cluster_tests_it_leaves_out():
     ci = (REPO / ".ci" / "run").read_text()
-    assert "make test" in ci and "set -e" in ci
+    steps = re.findall(r"^make ([a-z][\w-]*)\s*$", ci, flags=re.M)
+    assert "set -e" in ci and {"lint", "test", "test-clusters"} <= set(steps), steps
+    makefile = (REPO / "Makefile").read_text()
+    assert '-m "not cluster"' in makefile and "-m cluster" in makefile
 
 
 def test_distribution_installs_the_packages_and_both_commands():
