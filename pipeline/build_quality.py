@@ -22,6 +22,7 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
+from pipeline.gdal_env import unlisted
 from pipeline.records import TileRecord, read_records
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import Category, Taxonomy
@@ -118,7 +119,7 @@ def ground_truth_window(root: Path, record: TileRecord) -> np.ndarray | None:
             window = record.source.window
             with warnings.catch_warnings():  # plain PNG masks carry no georeference, which is fine here
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as source:
+                with unlisted(), rasterio.open(path) as source:
                     return source.read(1, window=RioWindow(window.col_off, window.row_off, window.width, window.height))
     return None
 

@@ -42,6 +42,7 @@ from rasterio.windows import Window as RioWindow
 from rasterio.windows import transform as window_transform
 
 from pipeline.files import file_sha256
+from pipeline.gdal_env import unlisted
 from pipeline.records import Quarantine, SourceInfo, TileRecord, Window, tile_key
 from pipeline.tiling import MAX_PIXELS, BandRule, TilingConfig
 
@@ -150,7 +151,7 @@ def planned_tiles(rasters: list[Path], tiling: TilingConfig, max_pixels: int = M
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with rasterio.open(path) as dataset:
+                with unlisted(), rasterio.open(path) as dataset:
                     width, height = dataset.width, dataset.height
         except Exception:  # noqa: BLE001 - unreadable files are quarantined by the run itself
             width = height = 0
@@ -213,7 +214,8 @@ class RasterSource:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                dataset = rasterio.open(self.path)
+                with unlisted():  # a folder of thousands of sources is not listed at every open
+                    dataset = rasterio.open(self.path)
         except RasterioIOError as error:
             raise IngestError(f"cannot be read as a raster ({self._gdal_reason(error)})") from error
         pixels = dataset.width * dataset.height

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.files import atomic_path
+from pipeline.gdal_env import unlisted
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
@@ -52,7 +53,7 @@ def write_mask_geotiff(path: Path, mask: np.ndarray, crs: str | None, transform:
         "transform": Affine(*transform[:6]),
         **COG_OPTIONS,
     }
-    with atomic_path(path) as temporary:
+    with unlisted(sidecars=False), atomic_path(path) as temporary:  # masks/ holds two files a tile
         with rasterio.open(temporary, "w", **profile) as out:
             out.write(mask, 1)
     return path

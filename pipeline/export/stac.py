@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.export.cog import is_cog
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
+from pipeline.gdal_env import unlisted
 from pipeline.records import TileRecord
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
@@ -110,7 +111,7 @@ def _mosaic_items(folder: OutputFolder, tiles: list[TileRecord], classes: list, 
         if stem not in by_stem:
             continue
         try:
-            with rasterio.open(path) as dataset:
+            with unlisted(), rasterio.open(path) as dataset:
                 crs, transform, height, width = dataset.crs, dataset.transform, dataset.height, dataset.width
         except rasterio.RasterioIOError as error:
             raise ExportError(f"{path}: cannot read the stitched mask ({error})") from None
@@ -193,7 +194,7 @@ def _datetime(folder: OutputFolder, record: TileRecord, when: datetime | None) -
         import rasterio
 
         try:
-            with rasterio.open(source) as dataset:
+            with unlisted(), rasterio.open(source) as dataset:
                 tag = dataset.tags().get("TIFFTAG_DATETIME")
             if tag:
                 return datetime.strptime(tag.strip(), "%Y:%m:%d %H:%M:%S").replace(
