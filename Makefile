@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make demo   set up, then run the main job on the bundled samples
-#   make test   set up, then run every test
+#   make test   set up, then run every test but the real-cluster builds (make test-clusters; CI runs both)
 #   make lint   ruff: the formatting and lint rules of pyproject.toml (CI runs it before the tests)
 SHELL := /bin/bash
 PYTHON ?= python3

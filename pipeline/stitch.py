@@ -25,6 +25,7 @@ from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window as RioWindow
 
 from pipeline.files import atomic_path
+from pipeline.gdal_env import unlisted
 from pipeline.outputs import COG_OPTIONS
 from pipeline.records import Window
 from taxonomy.masks import IGNORE_INDEX as IGNORE
@@ -86,7 +87,7 @@ def stitch_to_geotiff(
     descriptor, staging = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
     os.close(descriptor)  # named like the other temporaries, so remove_stale_parts clears it after a crash
     try:
-        with rasterio.open(staging, "w", **profile) as out:
+        with unlisted(sidecars=False), rasterio.open(staging, "w", **profile) as out:
             for index, (window, core) in enumerate(zip(windows, tile_cores(windows))):
                 if core.width <= 0 or core.height <= 0:
                     continue
@@ -99,7 +100,7 @@ def stitch_to_geotiff(
                     else mask[r : r + core.height, c : c + core.width]
                 )
                 out.write(block, 1, window=RioWindow(core.col_off, core.row_off, core.width, core.height))
-        with atomic_path(out_path) as temporary:
+        with unlisted(sidecars=False), atomic_path(out_path) as temporary:  # stitched/ holds one a source
             rio_copy(staging, temporary, driver="COG", **COG_OPTIONS)
     finally:
         Path(staging).unlink(missing_ok=True)
