@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.gdal_env import unlisted
+
 
 def cog_problems(path: Path) -> list[str]:
     """rio-cogeo's errors for `path` (empty: a valid COG). Warnings (e.g. no overviews on a tile
     smaller than one block) do not count: such a file is still read efficiently."""
     from rio_cogeo.cogeo import cog_validate
-
-    from pipeline.gdal_env import unlisted
 
     with unlisted():  # the STAC export validates every mask in masks/
         _, errors, _ = cog_validate(str(path), quiet=True)
