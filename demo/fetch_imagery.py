@@ -1,7 +1,8 @@
 """Fetch the demo imagery: real NEON aerial tiles shipped inside the `deepforest` 2.1.0 wheel (MIT).
 
-`pip download deepforest==2.1.0 --no-deps` gets the wheel from PyPI (no model or data hub), and
-the few image files the demo uses are read out of it. Nothing else from the wheel is kept.
+`pip download --require-hashes -r requirements/demo-imagery.lock` gets the wheel from PyPI (no model or
+data hub; the lock pins its hash like every other dependency), and the few image files the demo uses are
+read out of it. Nothing else from the wheel is kept.
 Usage: python demo/fetch_imagery.py DEST_FOLDER
 """
 
@@ -14,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 WHEEL = "deepforest==2.1.0"
+LOCK = Path(__file__).resolve().parents[1] / "requirements" / "demo-imagery.lock"
 MEMBERS = [
     "deepforest/data/OSBS_029.tif",  # GeoTIFF, EPSG:32617, 0.1 m
     "deepforest/data/SOAP_031.png",
@@ -35,10 +37,12 @@ def main(destination: Path) -> None:
                 "download",
                 "--quiet",
                 "--no-deps",
+                "--require-hashes",
                 "--disable-pip-version-check",
                 "-d",
                 download,
-                WHEEL,
+                "-r",
+                str(LOCK),
             ],
             capture_output=True,
             text=True,

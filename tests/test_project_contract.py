@@ -18,12 +18,24 @@ def test_readme_commands_are_make_targets():
     assert named <= make_targets(), f"README names targets the Makefile lacks: {named - make_targets()}"
 
 
-def test_ci_runs_make_test_and_the_cluster_tests_it_leaves_out():
+def test_ci_runs_make_test_and_what_it_leaves_out():
     ci = (REPO / ".ci" / "run").read_text()
     steps = re.findall(r"^make ([a-z][\w-]*)\s*$", ci, flags=re.M)
-    assert "set -e" in ci and {"lint", "test", "test-clusters"} <= set(steps), steps
+    assert "set -e" in ci and {"lint", "test", "test-clusters", "test-benchmarks"} <= set(steps), steps
     makefile = (REPO / "Makefile").read_text()
-    assert '-m "not cluster"' in makefile and "-m cluster" in makefile
+    assert '-m "not cluster and not bench_smoke"' in makefile
+    assert "-m cluster" in makefile and "-m bench_smoke" in makefile
+
+
+def test_setup_installs_exactly_the_locks():
+    """make setup installs the hash-pinned locks (nothing resolves at install time), and so does the image."""
+    makefile = (REPO / "Makefile").read_text()
+    for lock in ("requirements/main.lock", "requirements/label-studio.lock"):
+        assert lock in makefile
+    assert makefile.count("--require-hashes --no-deps -r") == 2 and "lockcheck.py" in makefile
+    assert "install -q --no-deps --no-build-isolation -e ." in makefile
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "--require-hashes --no-deps -r requirements/main.lock" in dockerfile
 
 
 def test_distribution_installs_the_packages_and_both_commands():
