@@ -3,14 +3,18 @@
 Label Studio lives in a venv of its own because installing it beside Prefect downgrades Prefect's
 dependencies (see the README). The recipe: SQLite data folder, admin user and API token from the
 environment, legacy tokens enabled on the first start, version check off, loopback only,
-local-files serving rooted at the dataset folder, ML backends on loopback allowed (Label Studio
-blocks local addresses by default, and `ovrsis audit backend` runs beside it).
+local-files serving rooted at the dataset folder. It is started no weaker than Label Studio's own
+defaults, and stricter where they are open (`HARDENING`): SSRF protection stays on with every
+reserved network banned except the one loopback address the ML backend listens on (`BACKEND_HOST`,
+not 127.0.0.1 where Label Studio and other local services listen), sign-up only by invitation,
+Sentry error reporting (with PII) off, and its data folder and database private to the user.
 
 The ML backend is started the same way: detached, its PID in the data folder, stopped by PID.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -23,6 +27,65 @@ from pathlib import Path
 from audit.settings import AuditError
 
 DEFAULT_LS_VENV = Path(".venv-ls")
+# The ML backend's own loopback address: Linux answers on all of 127.0.0.0/8, so Label Studio can reach
+# the backend here while everything bound to 127.0.0.1 (Label Studio itself included) stays banned.
+BACKEND_HOST = "127.0.0.2"
+
+# Label Studio's default banned networks (core/utils/io.py, 1.23): the reserved IPv4 and IPv6 ranges.
+RESERVED_NETWORKS = (
+    "0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.0.2.0/24 "
+    "192.88.99.0/24 192.168.0.0/16 198.18.0.0/15 198.51.100.0/24 203.0.113.0/24 224.0.0.0/4 233.252.0.0/24 "
+    "240.0.0.0/4 255.255.255.255/32 ::/128 ::1/128 ::ffff:0:0/96 ::ffff:0:0:0/96 64:ff9b::/96 64:ff9b:1::/48 "
+    "100::/64 2001:0000::/32 2001:20::/28 2001:db8::/32 2002::/16 fc00::/7 fe80::/10 ff00::/8"
+).split()
+
+# What differs from Label Studio's defaults (besides the admin user, token and served folder), and why.
+HARDENING = {
+    "DISABLE_SIGNUP_WITHOUT_LINK": ("true", "sign-up only with an invitation link (default: anyone can sign up)"),
+    "SENTRY_DSN": ("", "no error reports with personal data sent to Label Studio's Sentry (default: on)"),
+    "FRONTEND_SENTRY_DSN": ("", "no browser error reports either (default: on)"),
+    "LATEST_VERSION_CHECK": ("false", "no version look-up at start (default: on)"),
+    "COLLECT_ANALYTICS": ("false", "no usage analytics (default: on)"),
+}
+
+
+def banned_networks(allowed: str | None) -> list[str]:
+    """Label Studio's reserved networks less exactly one address (the ML backend's), so its SSRF and ML
+    protections stay on while that one address is reachable. None bans them all."""
+    if allowed is None:
+        return list(RESERVED_NETWORKS)
+    address = ipaddress.ip_address(allowed)
+    banned: list[str] = []
+    for text in RESERVED_NETWORKS:
+        network = ipaddress.ip_network(text)
+        if network.version == address.version and address in network:
+            banned += [
+                str(part)
+                for part in network.address_exclude(ipaddress.ip_network(f"{address}/{network.max_prefixlen}"))
+            ]
+        else:
+            banned.append(text)
+    return banned
+
+
+def hardened_environment(backend_host: str | None) -> dict[str, str]:
+    """The Label Studio settings `start_server` adds: `HARDENING`, plus SSRF and ML-backend protection on
+    with every reserved network banned but `backend_host`."""
+    return {name: value for name, (value, _) in HARDENING.items()} | {
+        "SSRF_PROTECTION_ENABLED": "true",
+        "ML_BLOCK_LOCAL_IP": "true",
+        "USE_DEFAULT_BANNED_SUBNETS": "false",  # replaced by the same list less the backend's address
+        "USER_ADDITIONAL_BANNED_SUBNETS": ",".join(banned_networks(backend_host)),
+    }
+
+
+def changed_defaults(backend_host: str | None) -> list[str]:
+    """One line per setting that differs from Label Studio's defaults, for `ovrsis audit server` to print."""
+    lines = [f"{name}={value or '(empty)'}: {why}" for name, (value, why) in HARDENING.items()]
+    reachable = f"only {backend_host} (the ML backend's address)" if backend_host else "none"
+    lines.append(f"SSRF protection on (as by default); local and private addresses reachable: {reachable}")
+    lines.append("data folder 0700, database and files 0600 (default: readable by every local user)")
+    return lines
 
 
 @dataclass
@@ -48,12 +111,15 @@ def start_server(
     port: int = 8089,
     venv: Path = DEFAULT_LS_VENV,
     timeout: float = 180.0,
+    backend_host: str | None = BACKEND_HOST,
 ) -> LocalServer:
-    """Start Label Studio on 127.0.0.1:`port` and wait until it answers /health."""
+    """Start Label Studio on 127.0.0.1:`port` and wait until it answers /health. Of all local and private
+    addresses, Label Studio may reach only `backend_host` (the ML backend; None: not even that)."""
     if len(token) != 40 or any(c not in "0123456789abcdef" for c in token.lower()):
         raise AuditError("LABEL_STUDIO_USER_TOKEN must be 40 hexadecimal characters")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir)
     log = data_dir / "label-studio.log"
+    log.touch(mode=0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
     for bare in ("USERNAME", "PASSWORD", "PORT", "HOST"):  # Label Studio reads these unprefixed too
         env.pop(bare, None)
@@ -63,14 +129,9 @@ def start_server(
         LABEL_STUDIO_PASSWORD=password,
         LABEL_STUDIO_USER_TOKEN=token,
         LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        LATEST_VERSION_CHECK="false",
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root.resolve()),
-        COLLECT_ANALYTICS="false",
-        # the ML backend (`ovrsis audit backend`) and its /webhook run on loopback beside it: Label Studio
-        # refuses local addresses for both unless told (the server itself listens on loopback only)
-        ML_BLOCK_LOCAL_IP="false",
-        SSRF_PROTECTION_ENABLED="false",
+        **hardened_environment(backend_host),
     )
     command = [
         str(label_studio_binary(venv)),
@@ -81,8 +142,9 @@ def start_server(
         "--port",
         str(port),
     ]
+    # umask 077: the SQLite database (admin token included), uploads and logs are the user's alone
     process = subprocess.Popen(
-        command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True
+        command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True, umask=0o077
     )
     (data_dir / "label-studio.pid").write_text(str(process.pid))
     url = f"http://127.0.0.1:{port}"
@@ -95,6 +157,16 @@ def start_server(
         time.sleep(0.5)
     stop_server(process.pid)
     raise AuditError(f"Label Studio did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
+
+
+def private_folder(folder: Path) -> None:
+    """Create `folder` 0700 and make what an older start left in it private (files 0600, folders 0700):
+    Label Studio's SQLite database holds the admin token."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def start_backend(

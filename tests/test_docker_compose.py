@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from audit.server import HARDENING
+
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {
     "POSTGRES_USER": "ovrsis",
@@ -50,6 +52,10 @@ def test_compose_file_is_valid_with_secrets(project):
     )
     assert services["label-studio"]["environment"]["DJANGO_DB"] == "default"
     assert services["label-studio"]["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/out"
+    hardened = services["label-studio"]["environment"]
+    for name, (value, _) in HARDENING.items():
+        assert hardened[name] == value, f"docker-compose.yml: {name} differs from `ovrsis audit server`"
+    assert hardened["SSRF_PROTECTION_ENABLED"] == hardened["ML_BLOCK_LOCAL_IP"] == "true"
     assert services["build"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
 
 
