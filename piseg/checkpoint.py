@@ -2,7 +2,9 @@
 and for resuming the optimizer, schedule, step and RNG states). Loading needs no hub access.
 
 A checkpoint is data, not code: everything in it is a tensor, number, string, list, tuple or dict, and it
-is read with `torch.load(weights_only=True)`, so a file that would run code when unpickled is refused."""
+is read with `torch.load(weights_only=True)`, so a file that would run code when unpickled is refused. The
+payload's structure is then checked before anything uses it (`payload_problem`), and its tokenizer files
+are written only into a private temporary folder under known names (`clip_backbone.saved_tokenizer`)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from piseg.config import PiSegConfig, config_from_dict
-from piseg.modeling.clip_backbone import saved_clip, tokenizer_files
+from piseg.config import ConfigError, PiSegConfig, config_from_dict
+from piseg.modeling.clip_backbone import checked_tokenizer_files, saved_clip, tokenizer_files
 from piseg.modeling.model import PiSeg
 
 FORMAT = "piseg-checkpoint-1"
@@ -33,6 +35,10 @@ RESUMABLE_CHANGES = {
     "workers",
     "on_corrupt_shard",
 }
+# The entries every checkpoint has and the loaders use without further checks.
+REQUIRED_ENTRIES = ("config", "class_names", "clip_settings", "tokenizer_files", "model")
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+MAX_SETTINGS_DEPTH = 8  # CLIPConfig.to_dict nests three levels (text_config.id2label.0)
 
 
 class CheckpointError(ValueError):
@@ -80,7 +86,59 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Pi-Seg checkpoint (expected format {FORMAT})")
+    problem = payload_problem(payload)
+    if problem is not None:
+        raise CheckpointError(f"{path}: refused: {problem}")
     return payload
+
+
+def payload_problem(payload: dict[str, Any]) -> str | None:
+    """What makes the payload unfit for the loaders, or None. Why: weights_only keeps code out, but the
+    loaders index, unpack and write what they find (tokenizer files become files on disk), and a checkpoint
+    may come from someone else; a wrong type is refused here with the entry named, not met as a traceback."""
+    missing = [key for key in REQUIRED_ENTRIES if key not in payload]
+    if missing:
+        return f"it has no {', '.join(map(repr, missing))} entry"
+    for key in ("config", "clip_settings"):
+        if not isinstance(payload[key], dict):
+            return f"{key!r} is a {type(payload[key]).__name__}, not a mapping of settings"
+        problem = plain_problem(payload[key], key, MAX_SETTINGS_DEPTH)
+        if problem is not None:
+            return problem
+    names = payload["class_names"]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return "'class_names' is not a list of strings"
+    try:
+        checked_tokenizer_files(payload["tokenizer_files"])
+    except ValueError as error:
+        return str(error)
+    weights = payload["model"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in weights.items()
+    ):
+        return "'model' is not a mapping of parameter names to tensors"
+    return None
+
+
+def plain_problem(value: object, where: str, depth: int) -> str | None:
+    """None when `value` is plain data: None, bool, number or string, or lists and mappings (with such keys) of
+    them nested at most `depth` deep; else where the first other value is. Why: the configuration and CLIP
+    settings become dataclass fields and transformers keyword arguments, where only such values can mean
+    what the file says."""
+    if isinstance(value, PLAIN_SCALARS):
+        return None
+    if not isinstance(value, (list, tuple, dict)):
+        return f"{where} is a {type(value).__name__}, not plain data (None, bool, number, string, list, mapping)"
+    if depth == 0:
+        return f"{where} nests deeper than {MAX_SETTINGS_DEPTH} levels"
+    if isinstance(value, dict):
+        odd = [key for key in value if not isinstance(key, PLAIN_SCALARS)]
+        if odd:
+            return f"{where} has a key that is a {type(odd[0]).__name__}, not a string or number"
+        items = [(f"{where}.{key}", item) for key, item in value.items()]
+    else:
+        items = [(f"{where}[{index}]", item) for index, item in enumerate(value)]
+    return next((problem for name, item in items if (problem := plain_problem(item, name, depth - 1))), None)
 
 
 def error_summary(error: Exception) -> str:
@@ -93,10 +151,31 @@ def error_summary(error: Exception) -> str:
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[PiSeg, PiSegConfig, dict[str, Any]]:
     """The model saved in a checkpoint, in eval mode, with its configuration and the raw payload."""
     payload = read_checkpoint(path)
-    config = config_from_dict(payload["config"])
-    model = PiSeg(config.model, saved_clip(payload["clip_settings"], payload["tokenizer_files"], config.model))
+    config = saved_config(payload, path)
+    model = saved_model(payload, config, path)
     restore_weights(model, payload, path)
     return model.to(device).eval(), config, payload
+
+
+def saved_config(payload: dict[str, Any], path: Path) -> PiSegConfig:
+    """The checkpoint's configuration; a setting this version does not know is the file's fault, named with it."""
+    try:
+        return config_from_dict(payload["config"])
+    except (ConfigError, TypeError) as error:  # TypeError: an unknown ClipArchitecture field
+        raise CheckpointError(f"{path}: its configuration is not usable ({one_line(error)})") from error
+
+
+def saved_model(payload: dict[str, Any], config: PiSegConfig, path: Path) -> PiSeg:
+    """The empty model the checkpoint describes. Why catch broadly: its CLIP settings and configuration come
+    from the file, and transformers and torch raise many types for values they cannot build with (a width of
+    "x", a negative depth); each is reported as one line naming the file, not a traceback."""
+    try:
+        backbone = saved_clip(payload["clip_settings"], payload["tokenizer_files"], config.model)
+        return PiSeg(config.model, backbone)
+    except Exception as error:
+        raise CheckpointError(
+            f"{path}: its settings do not build a model ({type(error).__name__}: {one_line(error)})"
+        ) from error
 
 
 def restore_weights(model: PiSeg, payload: dict[str, Any], path: Path) -> None:
@@ -104,8 +183,14 @@ def restore_weights(model: PiSeg, payload: dict[str, Any], path: Path) -> None:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(
-            f"{path}: its weights do not fit this model's configuration ({str(error)[:300]})"
+            f"{path}: its weights do not fit this model's configuration ({one_line(error)})"
         ) from error
+
+
+def one_line(error: Exception) -> str:
+    """An error's message on one line of at most 300 characters: the CLI prints a refusal as one `error:`
+    line, and transformers' and torch's messages span several."""
+    return " ".join(str(error).split())[:300]
 
 
 def configuration_differences(saved: dict[str, Any], current: PiSegConfig) -> list[str]:

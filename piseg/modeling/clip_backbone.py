@@ -15,11 +15,26 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from pipeline.safe_names import UnsafeName, confined_name, confined_path
 from piseg.config import ClipArchitecture, ModelConfig
 
 CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)  # on 0-255, as docs/piseg.md
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 BYTE_VOCAB_LIMIT = 1000  # vocabularies this small are the byte-level one below
+# The files a checkpoint's tokenizer may hold: what CLIPTokenizer.save_pretrained writes (transformers 5.24:
+# tokenizer.json, tokenizer_config.json) and what earlier versions wrote beside them. Nothing else is written.
+TOKENIZER_FILE_NAMES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "added_tokens.json",
+    }
+)
+# OpenAI's CLIP tokenizer.json is a few million characters; several times that is no CLIP tokenizer.
+MAX_TOKENIZER_FILE_CHARS = 16 * 2**20
 
 
 def clip_config(arch: ClipArchitecture) -> CLIPConfig:
@@ -135,17 +150,45 @@ def load_clip(config: ModelConfig) -> ClipBackbone:
     return ClipBackbone(clip.float(), tokenizer, config)
 
 
-def saved_clip(clip_settings: dict, tokenizer_files: dict[str, str], config: ModelConfig) -> ClipBackbone:
+def saved_clip(clip_settings: dict, tokenizer_files: object, config: ModelConfig) -> ClipBackbone:
     """A CLIP with a checkpoint's shape and tokenizer; its weights are then loaded from the checkpoint."""
+    files = checked_tokenizer_files(tokenizer_files)
     clip = CLIPModel(CLIPConfig(**clip_settings))
-    if tokenizer_files:
-        with tempfile.TemporaryDirectory() as folder:
-            for name, text in tokenizer_files.items():
-                (Path(folder) / name).write_text(text)
-            tokenizer = CLIPTokenizer.from_pretrained(folder)
-    else:
-        tokenizer = byte_level_tokenizer()
+    tokenizer = saved_tokenizer(files) if files else byte_level_tokenizer()
     return ClipBackbone(clip, tokenizer, config)
+
+
+def checked_tokenizer_files(files: object) -> dict[str, str]:
+    """`files` when it maps known CLIP tokenizer file names to text of bounded size; a ValueError naming the
+    entry otherwise. Why: a checkpoint may come from someone else, and these entries become files on disk,
+    so a name may not choose where (`../x`, `/x`, a `.pth` for site-packages) and a value may not fill it."""
+    if not isinstance(files, dict):
+        raise ValueError(f"tokenizer_files is a {type(files).__name__}, not a mapping of file names to text")
+    for name, text in files.items():
+        confined_name(name, "tokenizer_files entry")
+        if name not in TOKENIZER_FILE_NAMES:
+            raise UnsafeName(
+                f"tokenizer_files entry {name!r} is not a CLIP tokenizer file "
+                f"(known: {', '.join(sorted(TOKENIZER_FILE_NAMES))})"
+            )
+        if not isinstance(text, str):
+            raise ValueError(f"tokenizer_files entry {name!r} is a {type(text).__name__}, not text")
+        if len(text) > MAX_TOKENIZER_FILE_CHARS:
+            raise ValueError(
+                f"tokenizer_files entry {name!r} holds {len(text):,} characters, "
+                f"more than a CLIP tokenizer file's limit of {MAX_TOKENIZER_FILE_CHARS:,}"
+            )
+    return files
+
+
+def saved_tokenizer(files: dict[str, str]) -> CLIPTokenizer:
+    """The tokenizer a checkpoint carries, from files checked by `checked_tokenizer_files`. Why a fresh
+    temporary folder: mkdtemp makes it private (0700) and empty, so nobody can plant a link in it, and the
+    names (confined to it once more) are the project's known ones; nothing lands where the file says."""
+    with tempfile.TemporaryDirectory(prefix="piseg-tokenizer-") as folder:
+        for name, text in files.items():
+            confined_path(Path(folder), name, "tokenizer_files entry").write_text(text, encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def tokenizer_files(backbone: ClipBackbone, config: ModelConfig) -> dict[str, str]:
@@ -154,7 +197,7 @@ def tokenizer_files(backbone: ClipBackbone, config: ModelConfig) -> dict[str, st
         return {}
     with tempfile.TemporaryDirectory() as folder:
         backbone.tokenizer.save_pretrained(folder)
-        return {path.name: path.read_text() for path in Path(folder).iterdir() if path.is_file()}
+        return {path.name: path.read_text(encoding="utf-8") for path in Path(folder).iterdir() if path.is_file()}
 
 
 def byte_level_tokenizer() -> CLIPTokenizer:
