@@ -105,6 +105,9 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
         problem = plain_problem(payload[key], key, MAX_SETTINGS_DEPTH)
         if problem is not None:
             return problem
+    fetching = code_fetching_setting(payload["clip_settings"], "'clip_settings'")
+    if fetching is not None:
+        return fetching
     names = payload["class_names"]
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         return "'class_names' is not a list of strings"
@@ -117,6 +120,24 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in weights.items()
     ):
         return "'model' is not a mapping of parameter names to tensors"
+    return None
+
+
+# transformers settings that name code to fetch or run (remote modules, hub attention kernels): a
+# checkpoint needs none of them, and with the `kernels` package installed they would load code.
+CODE_SETTINGS = {"auto_map", "trust_remote_code", "custom_pipelines"}
+PLAIN_ATTENTION = {None, "eager", "sdpa"}
+
+
+def code_fetching_setting(settings: dict, where: str) -> str | None:
+    """Where `settings` (CLIP settings, nested configs included) name code to fetch or run, or None."""
+    for key, value in settings.items():
+        if key in CODE_SETTINGS or (key == "attn_implementation" and value not in PLAIN_ATTENTION):
+            return f"{where}.{key} names code to load ({str(value)[:80]!r}); a checkpoint carries data only"
+        if isinstance(value, dict):
+            problem = code_fetching_setting(value, f"{where}.{key}")
+            if problem is not None:
+                return problem
     return None
 
 

@@ -99,6 +99,12 @@ HOSTILE: list[tuple[str, Change, str]] = [
     ("clip-settings-not-dict", set_entry("clip_settings", ["hidden_size", 32]), "'clip_settings' is a list"),
     ("config-not-dict", set_entry("config", "tiny"), "'config' is a str, not a mapping"),
     ("clip-setting-unbuildable", set_text_setting("hidden_size", "wide"), "its settings do not build a model"),
+    ("remote-code", set_text_setting("auto_map", {"AutoModel": "evil.Model"}), "auto_map names code to load"),
+    (
+        "hub-attention-kernel",
+        set_text_setting("attn_implementation", "kernels-community/flash-attn"),
+        "attn_implementation names code to load",
+    ),
     ("config-unknown-field", add_architecture_field, "its configuration is not usable"),
 ]
 IDS = [case[0] for case in HOSTILE]
