@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.decisions import ReviewShapeError, proposed_categories
-from audit.ledger import QUEUED, Review, read_ledger, read_lines, reviews_by_tile
+from audit.ledger import Review, read_ledger, read_queued, reviews_by_tile
 from audit.queue import TileImages
 from audit.records import kept_proposal_path, mask_path, read_mask, shown_mask
 from audit.review_cache import reviewed
@@ -105,7 +105,7 @@ def iter_applied(
 
 
 def queued_keys(out_dir: Path) -> set[str]:
-    return {row["key"] for row in read_lines(out_dir / QUEUED)}
+    return {row.key for row in read_queued(out_dir)}
 
 
 class ProposalMissing(RuntimeError):

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from audit.server import BACKEND_HOST
 from audit.settings import AuditError
-from pipeline.terminal import console, fail
+from pipeline.terminal import console, fail, set_aside
+
+if TYPE_CHECKING:
+    from audit.pull import PullSummary
 
 app = typer.Typer(help="Human audit in Label Studio: server, push, pull, stats.", no_args_is_help=True)
 
@@ -25,7 +31,7 @@ def server(
     data: Path = typer.Option(Path(".lsdata"), help="Label Studio's data folder (SQLite database, uploads)."),
     stop: bool = typer.Option(False, "--stop", help="Stop the server (and ML backend) started from this data folder."),
     backend: bool = typer.Option(False, "--backend", help="Also start the ML backend (`ovrsis audit backend`)."),
-    backend_port: int = typer.Option(9090, help="The ML backend's port on 127.0.0.1."),
+    backend_port: int = typer.Option(9090, help=f"The ML backend's port on {BACKEND_HOST}."),
     records: Path | None = typer.Option(
         None, "--records", "-r", help="With --backend: the build output folder [--root]."
     ),
@@ -37,7 +43,9 @@ def server(
     """Start a local Label Studio (from .venv-ls) and wait until it is healthy. The admin user and API
     token come from LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_USER_TOKEN (environment or .env).
     With --backend, the ML backend is started beside it (connect it with `ovrsis audit push --backend URL`)."""
-    from audit.server import start_backend, start_server, stop_server
+    import secrets
+
+    from audit.server import changed_defaults, start_backend, start_server, stop_server
     from audit.settings import read_dotenv
 
     pid_file, backend_pid = data / "label-studio.pid", data / "ml-backend.pid"
@@ -66,14 +74,27 @@ def server(
             f"Label Studio at {started.url} (pid {started.pid}, log {started.log}); "
             "stop with `ovrsis audit server --stop`"
         )
+        console.print("Changed from Label Studio's defaults:", highlight=False)
+        for line in changed_defaults(BACKEND_HOST):
+            console.print(f"  {line}", markup=False, highlight=False)
         if backend:
-            ml = start_backend(data, root, records or root, models, piseg, backend_port)
+            secret = os.environ.get(BACKEND_SECRET_ENV) or env.get(BACKEND_SECRET_ENV)
+            generated = not secret
+            secret = secret or secrets.token_urlsafe(24)
+            ml = start_backend(data, root, records or root, models, secret, piseg, backend_port)
             console.print(
-                f"ML backend at {ml.url} (pid {ml.pid}, log {ml.log}); "
-                f"connect it: `ovrsis audit push ... --backend {ml.url}`"
+                f"ML backend at {ml.url} (pid {ml.pid}, log {ml.log}); connect it with {BACKEND_SECRET_ENV} set: "
+                f"`ovrsis audit push ... --backend {ml.url}`",
+                markup=False,
+                highlight=False,
             )
+            if generated:
+                console.print(f"its secret (generated; set {BACKEND_SECRET_ENV} to choose one): {secret}", markup=False)
     except AuditError as error:
         fail(error)
+
+
+BACKEND_SECRET_ENV = "OVRSIS_BACKEND_SECRET"  # the ML backend's shared secret, for `backend` and `push --backend`
 
 
 @app.command()
@@ -90,21 +111,43 @@ def backend(
     piseg: Path | None = typer.Option(
         None, help="Pi-Seg checkpoint: pre-annotations for tasks whose tile has no proposal."
     ),
-    port: int = typer.Option(9090, help="Port on 127.0.0.1."),
+    port: int = typer.Option(9090, help="Port on --host."),
+    host: str = typer.Option(
+        BACKEND_HOST,
+        help="Loopback address to listen on: its own, the one address `ovrsis audit server` lets Label Studio reach.",
+    ),
     warm: bool = typer.Option(
         False, "--warm", help="Embed every pushed tile in the background, before the first click."
     ),
+    secret: str | None = typer.Option(
+        None,
+        "--secret",
+        envvar=BACKEND_SECRET_ENV,
+        show_default=False,
+        help="Shared secret every request but /health must carry (HTTP Basic password or bearer token), "
+        "at least 16 characters; without it, a random one is printed at start. Prefer the environment "
+        "variable: a command line is visible to all local users.",
+    ),
+    max_image_mib: int = typer.Option(256, min=1, help="Refuse a task image larger than this many MiB."),
 ) -> None:
     """Serve Label Studio's ML-backend protocol (/health, /setup, /predict, /webhook) in the foreground:
     SAM masks for the smart tools' clicks and boxes (image embedding cached on disk per tile), and
-    pre-annotations for tasks without them. Connect it with `ovrsis audit push --backend URL`."""
-    from audit.backend import BackendConfig, ReviewBackend, serve
+    pre-annotations for tasks without them. Every request but /health needs the secret; task images
+    are read only from ROOT (local-files URLs) or from the Label Studio server that called /setup.
+    Connect it with `ovrsis audit push --backend URL --backend-secret SECRET` (or OVRSIS_BACKEND_SECRET)."""
+    import secrets
+
+    from audit.backend import MIB, BackendConfig, ReviewBackend, check_secret, serve
     from audit.interactive import interactive_segmenter
 
     records = records or root
     try:
+        generated = secret is None
+        secret = check_secret(secrets.token_urlsafe(24) if generated else secret)
         taxonomy = _taxonomy(records) if (records / "records.jsonl").is_file() else _default_taxonomy()
-        config = BackendConfig(root=root, records=records, models=models, piseg=piseg, warm=warm)
+        config = BackendConfig(
+            root=root, records=records, models=models, piseg=piseg, warm=warm, max_image_bytes=max_image_mib * MIB
+        )
         interactive_segmenter(models)
         review = ReviewBackend(config, taxonomy)
     except (AuditError, OSError, ValueError) as error:
@@ -112,10 +155,17 @@ def backend(
     if warm:
         review.warm_in_background()
     console.print(
-        f"ML backend on http://127.0.0.1:{port} (SAM from models {models!r}; "
+        f"ML backend on http://{host}:{port} (SAM from models {models!r}; "
         f"embeddings in {records / 'audit' / 'embeddings'})"
     )
-    serve(review, port=port)
+    if generated:  # never listen without a lock: the one who started it gets the key
+        console.print(
+            f"secret (generated, no --secret or {BACKEND_SECRET_ENV}): {secret}\nconnect it with "
+            f"{BACKEND_SECRET_ENV} set to it: `ovrsis audit push ... --backend http://{host}:{port}`",
+            markup=False,
+            highlight=False,
+        )
+    serve(review, secret, host=host, port=port)
 
 
 @app.command()
@@ -134,6 +184,13 @@ def push(
     backend: str | None = typer.Option(
         None, "--backend", help="ML backend URL (`ovrsis audit backend`) to connect to every pushed queue."
     ),
+    backend_secret: str | None = typer.Option(
+        None,
+        "--backend-secret",
+        envvar=BACKEND_SECRET_ENV,
+        show_default=False,
+        help="With --backend: the backend's secret, which Label Studio then sends it (HTTP Basic auth).",
+    ),
 ) -> None:
     """Push a domain-stratified, seeded sample of tiles (and the uncertain / stale queues) for review.
     Every check runs before anything is created; pushing again creates no duplicates."""
@@ -143,19 +200,21 @@ def push(
     from audit.settings import server_settings
 
     try:
+        if backend and not backend_secret:
+            raise AuditError(f"--backend needs the backend's secret: set {BACKEND_SECRET_ENV} (or --backend-secret)")
         client = AuditClient(server_settings(url))
         client.check()
         plan = QueuePlan(sample=sample, seed=seed, strata=strata, uncertain=uncertain, stale=stale)
         taxonomy = _taxonomy(records)
         pushed = push_queues(client, records, taxonomy, project or default_title(records), root or records, plan)
         for title, summary in pushed:
-            console.print(
+            _say(
                 f"{title!r} (project {summary.project_id}): {summary.created} task(s) created, "
                 f"{summary.already_there} already there"
             )
             if backend:
-                ml_id = connect_backend(client, summary.project_id, backend, taxonomy)
-                console.print(f"  ML backend {backend} connected (id {ml_id}, interactive)")
+                ml_id = connect_backend(client, summary.project_id, backend, taxonomy, backend_secret)
+                _say(f"  ML backend {backend} connected (id {ml_id}, interactive)")
         if not pushed:
             console.print("nothing to queue")
     except AuditError as error:
@@ -169,36 +228,60 @@ def pull(
     url: str | None = typer.Option(None, help="Label Studio URL."),
 ) -> None:
     """Append every queue's completed reviews to the ledger (OUT/audit/ledger.jsonl), then apply the
-    ledger to the records and masks. Every later `ovrsis build` applies the ledger too, server or not."""
+    ledger to the records and masks. Every later `ovrsis build` applies the ledger too, server or not.
+    A task or project whose data cannot be a review is left out, with its reason (exit 1)."""
     from audit.client import AuditClient
+    from audit.ledger import PULLS
     from audit.session import apply_ledger, default_title, pull_queues
     from audit.settings import server_settings
 
     try:
         client = AuditClient(server_settings(url))
         client.check()
-        for summary in pull_queues(client, records, project or default_title(records)):
-            console.print(
-                f"{summary.project!r}: {summary.reviewed} of {summary.tasks} tasks reviewed; "
-                f"{summary.new_reviews} new review(s) in the ledger"
-            )
-            if summary.unknown_keys:
-                console.print(
-                    f"[yellow]warning:[/yellow] {len(summary.unknown_keys)} task(s) name tiles not in the records"
-                )
+        summaries = pull_queues(client, records, project or default_title(records))
+        for summary in summaries:
+            _say_pulled(summary)
         applied = apply_ledger(records, _taxonomy(records))
-        if applied is None:
-            console.print(
-                f"{records} is being rebuilt: the reviews are in the ledger, and the running build applies them"
-            )
-            return
-        console.print(
-            f"applied: {applied.reviewed} reviewed tile(s) ({applied.stale} stale), {applied.pending} pending"
-        )
-        for problem in applied.problems:
-            console.print(f"[yellow]warning:[/yellow] {problem}")
     except AuditError as error:
         fail(error)
+    if applied is None:
+        _say(f"{records} is being rebuilt: the reviews are in the ledger, and the running build applies them")
+    else:
+        _say(f"applied: {applied.reviewed} reviewed tile(s) ({applied.stale} stale), {applied.pending} pending")
+        for problem in applied.problems:
+            _warn(problem)
+    tasks, projects = sum(len(s.set_aside) for s in summaries), sum(s.refused is not None for s in summaries)
+    if tasks or projects:
+        set_aside(f"{tasks} task(s) and {projects} project(s) left out of the pull", records / PULLS)
+
+
+SHOWN_REASONS = 20  # a pull names this many set-aside tasks per project; audit/pulls.jsonl holds them all
+
+
+def _say_pulled(summary: PullSummary) -> None:
+    """One pull's summary line and its warnings (Label Studio's text, printed as text, never as markup)."""
+    if summary.refused is not None:
+        _warn(f"{summary.project!r} (project {summary.project_id}) not pulled: {summary.refused}")
+        return
+    _say(
+        f"{summary.project!r}: {summary.reviewed} of {summary.tasks} tasks reviewed; "
+        f"{summary.new_reviews} new review(s) in the ledger"
+    )
+    if summary.unknown_keys:
+        _warn(f"{len(summary.unknown_keys)} task(s) name tiles not in the records")
+    for reason in summary.set_aside[:SHOWN_REASONS]:
+        _warn(f"{summary.project!r}: {reason} (set aside)")
+    if len(summary.set_aside) > SHOWN_REASONS:
+        _warn(f"{summary.project!r}: {len(summary.set_aside) - SHOWN_REASONS} more task(s) set aside")
+
+
+def _say(text: str) -> None:
+    """A line whose text may come from data (titles, keys, paths): shown as it is, never read as markup."""
+    console.print(Text(text), highlight=False)
+
+
+def _warn(text: str) -> None:
+    console.print(Text.assemble(("warning:", "yellow"), " ", text), highlight=False)
 
 
 @app.command()
@@ -212,18 +295,18 @@ def status(records: Path = RECORDS) -> None:
         statuses = audit_status(records)
     except AuditError as error:
         fail(error)
-    table = Table(title=f"audit of {records}")
+    table = Table(title=Text(f"audit of {records}"))
     for column in ("queue", "tasks", "reviewed", "pending", "stale", "reviewers", "last pull"):
         table.add_column(column)
-    for s in statuses:
+    for s in statuses:  # cells as Text: queue names and reviewers come from Label Studio, not markup
         table.add_row(
-            s.queue,
+            Text(s.queue),
             str(s.tasks),
             str(s.reviewed),
             str(s.pending),
             str(s.stale),
-            ", ".join(sorted(s.reviewers)) or "-",
-            s.last_pull or "never",
+            Text(", ".join(sorted(s.reviewers)) or "-"),
+            Text(s.last_pull or "never"),
         )
     Console(soft_wrap=True).print(table if statuses else "no queue pushed yet (`ovrsis audit push`)")
 
@@ -244,7 +327,7 @@ def stats(records: Path = RECORDS, report: Path = typer.Option(..., help="Folder
             f"{table['audited images']} audited images in the random sample; category accepted "
             f"{table['category accepted']['rate']}, discarded {table['category discarded']['rate']}"
         )
-    console.print(f"report in {report / 'audit_stats.md'}")
+    _say(f"report in {report / 'audit_stats.md'}")
 
 
 def _taxonomy(records: Path):

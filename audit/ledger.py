@@ -9,7 +9,8 @@ annotation) per line, readable without this project:
 `result` is the annotation's result list as Label Studio gives it (brush RLE regions, discard
 choices, per-region correction kinds), so the ledger alone, with no server, rebuilds every reviewed
 mask and category. `proposal_digest` names the proposal the reviewer was shown (kept as
-`OUT/audit/shown/DIGEST.png`).
+`OUT/audit/shown/DIGEST.png`). `key`, `queue` and `proposal_digest` come from Label Studio and become
+file names: a line whose values could not be (audit/names.py) is refused like a damaged line.
 
 Why a ledger and not the records: the records and masks are derived from proposals + ledger on
 every build, so a rebuild (cache wiped, thresholds or models changed, server stopped) can never
@@ -35,6 +36,7 @@ from typing import TypeVar
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from audit.names import ProposalDigest, QueueName, TileKey
 from audit.settings import AuditError
 from pipeline.outputs import mask_digest
 
@@ -47,8 +49,8 @@ QUEUED = Path("audit") / "queued.jsonl"
 class Review(BaseModel):
     """One completed annotation of one tile, as pulled."""
 
-    key: str
-    queue: str
+    key: TileKey
+    queue: QueueName
     project_id: int
     project: str
     task_id: int
@@ -56,7 +58,7 @@ class Review(BaseModel):
     updated_at: str
     reviewer: str | None = None
     result: list[dict] = Field(default_factory=list)
-    proposal_digest: str | None = None
+    proposal_digest: ProposalDigest = None
     pulled_at: str
 
     @property
@@ -73,6 +75,30 @@ class Review(BaseModel):
         return (_parse_time(self.updated_at), self.annotation_id)
 
 
+class Queued(BaseModel):
+    """One line of audit/queued.jsonl: a task a push created (or a pull found that no push recorded)."""
+
+    key: TileKey
+    queue: QueueName
+    project_id: int
+    proposal_digest: ProposalDigest = None
+    pushed_at: str | None = None
+
+
+class Pulled(BaseModel):
+    """One line of audit/pulls.jsonl: a project a pull read (`queue` None: refused, `refused` says why)."""
+
+    project: str
+    project_id: int
+    queue: QueueName | None
+    tasks: int = 0
+    reviewed: int = 0
+    new_reviews: int = 0
+    set_aside: list[str] = Field(default_factory=list)
+    refused: str | None = None
+    pulled_at: str
+
+
 def ledger_path(out_dir: Path) -> Path:
     return out_dir / LEDGER
 
@@ -82,7 +108,17 @@ def read_ledger(out_dir: Path) -> list[Review]:
     return list(read_lines(ledger_path(out_dir), Review.model_validate_json))
 
 
-def read_lines(path: Path, parse: Callable[[bytes], T] = json.loads) -> Iterator[T]:
+def read_queued(out_dir: Path) -> Iterator[Queued]:
+    """Every task queued so far (audit/queued.jsonl), each line checked like the ledger's."""
+    return read_lines(out_dir / QUEUED, Queued.model_validate_json)
+
+
+def read_pulls(out_dir: Path) -> Iterator[Pulled]:
+    """Every project each pull read (audit/pulls.jsonl), each line checked like the ledger's."""
+    return read_lines(out_dir / PULLS, Pulled.model_validate_json)
+
+
+def read_lines(path: Path, parse: Callable[[bytes], T]) -> Iterator[T]:
     """The JSON objects of an append-only file; a torn last line (a killed writer) is ignored, any
     other damaged line is an AuditError naming the file and line."""
     if not path.is_file():
@@ -197,10 +233,20 @@ class _locked_append:
             self.handle.close()
 
 
+def describe(error: Exception) -> str:
+    """One line saying what is wrong: each field pydantic refused with its reason, else the error's first line."""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def _damaged(path: Path, line: int, error: Exception) -> AuditError:
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return AuditError(
-        f"{path}:{line}: damaged line ({reason}); every other line is intact: repair or delete that line, then rerun"
+        f"{path}:{line}: damaged line ({describe(error)}); every other line is intact: "
+        "repair or delete that line, then rerun"
     )
 
 

@@ -5,7 +5,9 @@ merge's overlap conflicts as a note, and one editable brush region per proposed 
 prediction (label_studio_sdk's brush RLE). Region ids are `r{category index}`, so a pull knows
 which proposal each reviewed region came from. Task identity is the record key (`data.key`):
 pushing the same records twice creates no duplicates. Images are served by local-files storage,
-never uploaded; a path outside the served root is refused.
+never uploaded; a path outside the served root is refused, and the path in a task's image URL is
+percent-encoded (a raster named `odd&name #1+%.tif` is still found). A push uses only a project of
+its own output folder (audit/folders.py).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
-from audit.client import AuditClient, find_project
+from audit.client import AuditClient
 from audit.decisions import proposed_categories
-from audit.ledger import QUEUED, append_row, now
+from audit.folders import folder_project, project_description
+from audit.ledger import QUEUED, Queued, append_row, now
 from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
 from pipeline.annotate import RasterPixels
@@ -161,16 +165,10 @@ def push(
         )
         task_ids.extend(response.task_ids or [])
         for record in part:
-            append_row(
-                out_dir / QUEUED,
-                {
-                    "key": record.key,
-                    "queue": queue,
-                    "project_id": project_id,
-                    "proposal_digest": shown[record.key],
-                    "pushed_at": now(),
-                },
+            queued = Queued(
+                key=record.key, queue=queue, project_id=project_id, proposal_digest=shown[record.key], pushed_at=now()
             )
+            append_row(out_dir / QUEUED, queued.model_dump())
     return PushSummary(project_id, len(records), len(new), len(records) - len(new), task_ids)
 
 
@@ -195,16 +193,17 @@ def prepare_tiles(out_dir: Path, records: Sequence[TileRecord], served_root: Pat
 
 
 def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir: Path, images: Path) -> int:
-    """The project titled `title`, created if need be, with local-files storage over `images`
-    (connected now if an earlier, interrupted push created the project without it)."""
-    project_id = find_project(client, title)
+    """This output folder's project titled `title`, created if need be (marked as the folder's, see
+    audit/folders.py), with local-files storage over `images` (connected now if an earlier,
+    interrupted push created the project without it). Another folder's project of that title is refused."""
+    project_id = folder_project(client, title, out_dir)
     if project_id is None:
         project_id = client.call(
             "creating the project",
             lambda: client.sdk.projects.create(
                 title=title,
                 label_config=label_config(taxonomy),
-                description=f"ovrsis audit of {out_dir} ({taxonomy.name} {taxonomy.version})",
+                description=project_description(out_dir, f"{taxonomy.name} {taxonomy.version}"),
             ),
         ).id
     storages = client.call("listing storages", lambda: client.sdk.import_storage.local.list(project=project_id))
@@ -219,11 +218,17 @@ def ensure_project(client: AuditClient, title: str, taxonomy: Taxonomy, out_dir:
     return project_id
 
 
-def connect_backend(client: AuditClient, project_id: int, url: str, taxonomy: Taxonomy) -> int:
+BACKEND_USER = "ovrsis"  # the HTTP Basic user Label Studio sends the ML backend (which checks the password only)
+
+
+def connect_backend(client: AuditClient, project_id: int, url: str, taxonomy: Taxonomy, secret: str) -> int:
     """Connect the ML backend at `url` to the project (interactive, so its smart tools work), once,
     and give the project's labelling config the smart tools (labels unchanged). Returns the
-    ML backend's id. Label Studio checks /health and /setup when connecting: a backend that is down
-    is reported here, after the tasks were pushed (they do not need it)."""
+    ML backend's id. Label Studio authenticates to the backend with HTTP Basic auth, `secret` (the
+    backend's `--secret`) as the password; a connection that is already there gets it again, since
+    Label Studio never shows the password it holds and a restarted backend may have a new one.
+    Label Studio checks /health and /setup when connecting: a backend that is down, or a wrong
+    secret, is reported here, after the tasks were pushed (they do not need it)."""
     project = client.call("reading the project", lambda: client.sdk.projects.get(id=project_id))
     if 'smart="true"' not in (project.label_config or ""):
         client.call(
@@ -231,27 +236,41 @@ def connect_backend(client: AuditClient, project_id: int, url: str, taxonomy: Ta
             lambda: client.sdk.projects.update(id=project_id, label_config=label_config(taxonomy, smart=True)),
         )
     url = url.rstrip("/")
+    connection = dict(
+        project=project_id,
+        url=url,
+        is_interactive=True,
+        auth_method="BASIC_AUTH",
+        basic_auth_user=BACKEND_USER,
+        basic_auth_pass=secret,
+    )
     for backend in client.call("listing ML backends", lambda: client.sdk.ml.list(project=project_id)):
         if (backend.url or "").rstrip("/") == url:
-            if not backend.is_interactive:
-                client.call(
-                    "making the ML backend interactive",
-                    lambda backend=backend: client.sdk.ml.update(id=backend.id, is_interactive=True),
-                )
+            client.call(
+                "updating the ML backend's connection",
+                lambda backend=backend: client.sdk.ml.update(id=backend.id, **connection),
+            )
             return backend.id
     created = client.call(
         "connecting the ML backend",
-        lambda: client.sdk.ml.create(project=project_id, url=url, title="ovrsis SAM + proposals", is_interactive=True),
+        lambda: client.sdk.ml.create(title="ovrsis SAM + proposals", **connection),
     )
     return created.id
 
 
 def existing_tasks(client: AuditClient, project_id: int) -> set[tuple]:
-    """The identities of the project's tasks (see `_identity`)."""
+    """The identities of the project's tasks (see `_identity`). A task whose data names no tile as a
+    push writes it (edited by hand: a key or digest that is no string) is no record's task: skipped."""
     tasks = client.call(
         "listing tasks", lambda: list(client.sdk.tasks.list(project=project_id, page_size=1000, fields="all"))
     )
-    return {_identity(t.data.get("key"), t.data.get("proposal_digest"), t.data.get("queue")) for t in tasks if t.data}
+    return {
+        _identity(t.data["key"], t.data.get("proposal_digest"), t.data.get("queue"))
+        for t in tasks
+        if isinstance(t.data, dict)
+        and isinstance(t.data.get("key"), str)
+        and isinstance(t.data.get("proposal_digest"), str | None)
+    }
 
 
 def _identity(key: str, digest: str | None, queue: str | None) -> tuple:
@@ -285,7 +304,7 @@ def task_payload(
     )
     return {
         "data": {
-            "image": "/data/local-files/?d=" + _served_path(image_path, served_root),
+            "image": "/data/local-files/?d=" + quote(_served_path(image_path, served_root), safe="/"),
             "key": record.key,
             "domain": record.domain.name if record.domain else "unknown",
             "queue": queue,

@@ -3,7 +3,9 @@
 Where a tile has a review, `masks/KEY.png` is the reviewed mask and `masks/KEY.proposed.png` the
 build's proposal; elsewhere `masks/KEY.png` is the proposal. The proposal a reviewer was shown is
 kept by content digest in `audit/shown/DIGEST.png`, so a review can be judged against what was
-shown even after a rebuild changed the proposal (a stale review).
+shown even after a rebuild changed the proposal (a stale review). The digest comes from Label
+Studio: only a digest as `mask_digest` makes it names a file, and a kept proposal is used only when
+its values still have that digest.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from audit.decisions import ReviewShapeError
+from audit.names import proposal_digest
 from audit.settings import AuditError
 from pipeline.outputs import mask_digest, write_png
 from pipeline.records import TileRecord, read_records
 from pipeline.records import write_records as write_record_file
+from pipeline.safe_names import confined_path
 
 
 def load_records(out_dir: Path) -> list[TileRecord]:
@@ -64,7 +69,8 @@ def keep_proposal(out_dir: Path, record: TileRecord) -> None:
 
 
 def shown_path(out_dir: Path, digest: str) -> Path:
-    return out_dir / "audit" / "shown" / f"{digest}.png"
+    """Where the proposal of `digest` is kept (UnsafeName for anything but a digest `mask_digest` makes)."""
+    return confined_path(out_dir / "audit" / "shown", f"{proposal_digest(digest)}.png", "proposal digest")
 
 
 def remember_shown(out_dir: Path, mask: np.ndarray) -> str:
@@ -77,6 +83,15 @@ def remember_shown(out_dir: Path, mask: np.ndarray) -> str:
 
 
 def shown_mask(out_dir: Path, digest: str | None) -> np.ndarray | None:
-    if digest is None or not shown_path(out_dir, digest).is_file():
+    """The proposal a reviewer was shown; None where it was not kept. ReviewShapeError where the kept file
+    is no longer that proposal (not a PNG, or other values): a review is never judged against another mask."""
+    path = None if digest is None else shown_path(out_dir, digest)
+    if path is None or not path.is_file():
         return None
-    return read_mask(shown_path(out_dir, digest))
+    try:
+        mask = read_mask(path)
+    except OSError as error:  # (PIL's UnidentifiedImageError is one)
+        raise ReviewShapeError(f"the proposal shown, {path}, cannot be read ({error})") from None
+    if mask_digest(mask) != digest:
+        raise ReviewShapeError(f"the proposal shown, {path}, no longer holds the proposal of that digest")
+    return mask

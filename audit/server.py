@@ -165,8 +165,11 @@ def private_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     for path in folder.rglob("*"):
-        if not path.is_symlink():
-            path.chmod(0o700 if path.is_dir() else 0o600)
+        try:
+            if not path.is_symlink():
+                path.chmod(0o700 if path.is_dir() else 0o600)
+        except FileNotFoundError:  # a journal file a running server just removed
+            continue
 
 
 def start_backend(
@@ -174,14 +177,18 @@ def start_backend(
     root: Path,
     records: Path | None,
     models: str,
+    secret: str,
     piseg: Path | None = None,
     port: int = 9090,
     warm: bool = False,
     timeout: float = 120.0,
+    host: str = BACKEND_HOST,
 ) -> LocalServer:
-    """Start `ovrsis audit backend` detached on 127.0.0.1:`port` (PID in DATA/ml-backend.pid) and wait for /health."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Start `ovrsis audit backend` detached on `host`:`port` (PID in DATA/ml-backend.pid) and wait for /health.
+    The secret goes through the environment: a command line is visible to every local user."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = data_dir / "ml-backend.log"
+    log.touch(mode=0o600)
     command = [
         sys.executable,
         "-m",
@@ -193,19 +200,22 @@ def start_backend(
         models,
         "--port",
         str(port),
+        "--host",
+        host,
     ]
     command += ["--records", str(records.resolve())] if records else []
     command += ["--piseg", str(piseg.resolve())] if piseg else []
     command += ["--warm"] if warm else []
     process = subprocess.Popen(
         command,
+        env=os.environ | {"OVRSIS_BACKEND_SECRET": secret},
         stdout=open(log, "a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
         cwd=Path(__file__).resolve().parents[1],
     )
     (data_dir / "ml-backend.pid").write_text(str(process.pid))
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -3,7 +3,8 @@ every queue into the ledger, apply the ledger. One path, so `ovrsis audit` and `
 cannot drift apart.
 
 Queues live in projects named after one title: the random sample in `TITLE`, the others in
-`TITLE (uncertain)`, `TITLE (stale)` or any `TITLE (QUEUE)` (audit/pull.py `queue_title`).
+`TITLE (uncertain)`, `TITLE (stale)` or any `TITLE (QUEUE)` (audit/pull.py `queue_title`), each
+marked as the audit of its output folder (audit/folders.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from audit.apply import ApplySummary, apply_reviews
 from audit.client import AuditClient
-from audit.pull import PullSummary, pull_project, queue_projects, queue_title
+from audit.pull import PullSummary, pull_project, queue_projects, queue_title, record_refused
 from audit.queue import PushSummary, load_live_records, prepare_tiles, push, stratified_sample, uncertain_sample
 from audit.records import load_records, write_records
 from audit.settings import AuditError
@@ -64,16 +65,19 @@ def push_queues(
 
 def pull_queues(client: AuditClient, out_dir: Path, title: str) -> list[PullSummary]:
     """Every queue's completed reviews into the ledger; the records and masks are not touched (a
-    folder without records.jsonl yet, as at the start of a first build, can be pulled into too)."""
+    folder without records.jsonl yet, as at the start of a first build, can be pulled into too).
+    Projects of this title that are not this folder's queues come last, each with why (`refused`);
+    AuditError when no project is."""
     path = out_dir / "records.jsonl"
     records = {r.key: r for r in load_records(out_dir) if not r.quarantine} if path.is_file() else {}
-    projects = queue_projects(client, title)
+    projects, refused = queue_projects(client, title, out_dir)
     if not projects:
-        raise AuditError(f"no Label Studio project titled {title!r} (push first)")
-    return [
-        pull_project(client, project_id, project_title, queue, out_dir, records)
-        for queue, (project_id, project_title) in projects.items()
-    ]
+        reasons = "".join(f"; {summary.refused}" for summary in refused) or " (push first)"
+        raise AuditError(f"no Label Studio project titled {title!r} is the audit of {out_dir.resolve()}{reasons}")
+    for summary in refused:
+        record_refused(out_dir, summary)
+    pulled = [pull_project(client, p.project_id, p.title, p.queue, out_dir, records) for p in projects]
+    return pulled + refused
 
 
 def apply_ledger(out_dir: Path, taxonomy: Taxonomy) -> ApplySummary | None:

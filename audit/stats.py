@@ -34,6 +34,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from audit.decisions import CORRECTION_KINDS, ReviewShapeError
 from audit.ledger import Review, latest_reviews, read_ledger
@@ -41,6 +42,7 @@ from audit.records import load_records, proposal_mask, shown_mask
 from audit.review_cache import reviewed
 from pipeline.files import atomic_path
 from pipeline.records import TileRecord
+from pipeline.safe_names import confined_path
 from taxonomy.loader import Taxonomy
 
 Z = 1.959963984540054  # 95 %
@@ -142,10 +144,10 @@ def _queue_statistics(
         record = records.get(key)
         if record is None or record.quarantine:
             continue
-        kept_shown = shown_mask(out_dir, review.proposal_digest)
         proposal = proposal_mask(out_dir, record)
-        shown = proposal if kept_shown is None else kept_shown
         try:
+            kept_shown = shown_mask(out_dir, review.proposal_digest)
+            shown = proposal if kept_shown is None else kept_shown
             _, decisions = reviewed(out_dir, review, shown, taxonomy, cache=kept_shown is not None)
         except ReviewShapeError:
             unfit += 1
@@ -260,7 +262,7 @@ def _markdown(stats: dict) -> str:
                 f"Shown vs reviewed mask IoU ({len(ious)} masks): median {ious[len(ious) // 2]:.3f}, "
                 f"min {ious[0]:.3f}, max {ious[-1]:.3f}",
                 "",
-                f"![IoU](iou-{queue}.png) ![rates](rates-{queue}.png)",
+                f"![IoU]({quote(f'iou-{queue}.png')}) ![rates]({quote(f'rates-{queue}.png')})",
                 "",
             ]
     dataset = stats["dataset"]
@@ -286,9 +288,9 @@ def _charts(stats: dict, folder: Path, queue: str) -> None:
     axis.hist(stats["mask_iou"] or [float("nan")], bins=20, range=(0, 1), color="#4477aa")
     axis.set_xlabel("IoU of proposed vs reviewed mask")
     axis.set_ylabel("masks")
-    axis.set_title(f"mask IoU after review ({queue})")
+    axis.set_title(f"mask IoU after review ({queue})", parse_math=False)  # ($ in a queue name is no TeX)
     figure.tight_layout()
-    with atomic_path(folder / f"iou-{queue}.png") as temporary:
+    with atomic_path(confined_path(folder, f"iou-{queue}.png", "queue chart")) as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
 
@@ -305,11 +307,11 @@ def _charts(stats: dict, folder: Path, queue: str) -> None:
         bottom = [b + v for b, v in zip(bottom, values)]
     axis.set_ylim(0, 1)
     axis.set_ylabel("share of proposed categories")
-    axis.set_title(f"audit decisions per category ({queue})")
+    axis.set_title(f"audit decisions per category ({queue})", parse_math=False)
     axis.tick_params(axis="x", rotation=60, labelsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(folder / f"rates-{queue}.png") as temporary:
+    with atomic_path(confined_path(folder, f"rates-{queue}.png", "queue chart")) as temporary:
         figure.savefig(temporary, format="png")
     plt.close(figure)
 

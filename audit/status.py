@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from audit.ledger import PULLS, QUEUED, Review, latest_reviews, read_ledger, read_lines
+from audit.ledger import Review, latest_reviews, read_ledger, read_pulls, read_queued
 from audit.records import load_records, proposal_mask
 from pipeline.records import TileRecord
 
@@ -28,8 +28,8 @@ class QueueStatus:
 def audit_status(out_dir: Path) -> list[QueueStatus]:
     records = {r.key: r for r in load_records(out_dir) if not r.quarantine}
     queued: dict[str, set[str]] = defaultdict(set)
-    for row in read_lines(out_dir / QUEUED):
-        queued[row["queue"]].add(row["key"])
+    for row in read_queued(out_dir):
+        queued[row.queue].add(row.key)
     reviews = read_ledger(out_dir)
     statuses: dict[str, QueueStatus] = {}
     for queue in sorted(set(queued) | {r.queue for r in reviews}):
@@ -43,10 +43,12 @@ def audit_status(out_dir: Path) -> list[QueueStatus]:
         status.stale = sum(
             1 for key, review in latest.items() if key in records and is_stale(out_dir, records[key], review)
         )
-    for row in read_lines(out_dir / PULLS):
-        status = statuses.setdefault(row["queue"], QueueStatus(row["queue"]))
-        status.last_pull = max(status.last_pull or "", row["pulled_at"])
-        status.projects.add(row["project"])
+    for row in read_pulls(out_dir):
+        if row.queue is None:  # a project the pull refused: no queue of this audit
+            continue
+        status = statuses.setdefault(row.queue, QueueStatus(row.queue))
+        status.last_pull = max(status.last_pull or "", row.pulled_at)
+        status.projects.add(row.project)
     return list(statuses.values())
 
 

@@ -23,6 +23,15 @@ from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from taxonomy import load_taxonomy
 
+SECRET = "backend-test-secret-0123456789"
+
+
+def authorized_client(backend: ReviewBackend) -> TestClient:
+    """A client of the backend's app that sends the secret as Label Studio does (HTTP Basic auth)."""
+    http = TestClient(create_app(backend, SECRET))
+    http.auth = ("ovrsis", SECRET)
+    return http
+
 
 @pytest.fixture(scope="module")
 def build_output(tmp_path_factory, tiny_models):
@@ -74,7 +83,7 @@ def test_protocol_smart_clicks_and_boxes_embed_each_image_once(build_output, tin
     backend = ReviewBackend(
         BackendConfig(root=build_output, records=build_output, models=str(tiny_models_yaml)), load_taxonomy("ovrsis95k")
     )
-    http = TestClient(create_app(backend))
+    http = authorized_client(backend)
     assert http.get("/health").json()["status"] == "UP"
     setup = http.post(
         "/setup",
@@ -144,7 +153,7 @@ def test_preannotations_from_the_proposals_else_piseg(build_output, tiny_models_
         ),
         taxonomy,
     )
-    http = TestClient(create_app(backend))
+    http = authorized_client(backend)
     record = sorted(load_records(build_output), key=lambda r: r.key)[0]
     stranger = build_output / "audit" / "images" / "stranger.jpg"
     Image.fromarray(np.full((96, 64, 3), 90, np.uint8)).save(stranger)

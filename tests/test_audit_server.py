@@ -20,6 +20,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from PIL import Image
 
 from audit.client import AuditClient, find_project
+from audit.folders import folder_line
 from audit.ledger import ledger_path, read_ledger
 from audit.queue import label_config, push
 from audit.records import load_records, write_records
@@ -222,6 +223,14 @@ def discard_choice(name: str) -> dict:
     return {"id": "c1", "from_name": "discard", "to_name": "image", "type": "choices", "value": {"choices": [name]}}
 
 
+def claim(client: AuditClient, title: str, *folders: Path) -> None:
+    """Mark the audit's projects as the audit of `folders` too (the line a refused pull names)."""
+    for project in client.sdk.projects.list():
+        if project.title == title or project.title.startswith(f"{title} ("):
+            lines = "".join(f"\n{folder_line(folder)}" for folder in folders)
+            client.sdk.projects.update(id=project.id, description=(project.description or "") + lines)
+
+
 def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output, tmp_path):
     """A pull killed as soon as it starts writing the ledger; the rerun completes it, nothing twice."""
     copy, uninterrupted = tmp_path / "copy", tmp_path / "uninterrupted"
@@ -229,12 +238,16 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
         shutil.copytree(
             build_output, folder, ignore=shutil.ignore_patterns("ledger.jsonl", "pulls.jsonl", "*.proposed.png")
         )
-    pull_queues(AuditClient(ServerSettings(server.url, TOKEN)), uninterrupted, "audit test")
-    reference = {r.identity for r in read_ledger(uninterrupted)}
-    assert reference
     bare = tmp_path / "bare"  # no records at all (a first build pulling before it wrote any): every review is kept
     (bare / "audit").mkdir(parents=True)
-    pull_queues(AuditClient(ServerSettings(server.url, TOKEN)), bare, "audit test")
+    client = AuditClient(ServerSettings(server.url, TOKEN))
+    with pytest.raises(AuditError, match="is not the audit of"):  # copies are other folders, until claimed
+        pull_queues(client, bare, "audit test")
+    claim(client, "audit test", copy, uninterrupted, bare)
+    pull_queues(client, uninterrupted, "audit test")
+    reference = {r.identity for r in read_ledger(uninterrupted)}
+    assert reference
+    pull_queues(client, bare, "audit test")
     assert {r.identity for r in read_ledger(bare)} == reference
     env = dict(os.environ, LABEL_STUDIO_USER_TOKEN=TOKEN)
     command = [
@@ -276,7 +289,9 @@ def test_wrong_token_unreachable_server_and_refused_then_correct_push(server, bu
         push(client, build_output, taxonomy, records, "outside root", tmp_path)
     assert find_project(client, "outside root") is None  # refused before anything was created
     # a project left without storage (as an interrupted push of an older version left it): storage is connected
-    client.sdk.projects.create(title="no storage", label_config=label_config(taxonomy))
+    client.sdk.projects.create(
+        title="no storage", label_config=label_config(taxonomy), description=folder_line(build_output)
+    )
     pushed = push(client, build_output, taxonomy, records, "no storage", build_output)
     assert pushed.created == 2
     (storage,) = client.sdk.import_storage.local.list(project=pushed.project_id)
