@@ -247,7 +247,9 @@ class ReviewBackend:
 
     def preannotate(self, task: dict) -> dict:
         """The build's proposal for the task's tile, else Pi-Seg's prediction, else nothing."""
-        record = self.records.get((task.get("data") or {}).get("key"))
+        data = task.get("data")
+        key = data.get("key") if isinstance(data, dict) else None
+        record = self.records.get(key) if isinstance(key, str) else None  # a key from a task is data, never a path
         if record is not None:
             from audit.records import proposal_mask
 

@@ -50,7 +50,7 @@ from pipeline.annotate import (
 from pipeline.balance_report import write_report
 from pipeline.batching import batched, in_order
 from pipeline.files import output_lock
-from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_stems
+from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_keys
 from pipeline.record_store import RecordIndex, sort_records
 from pipeline.records import SCHEMA_VERSION, TileRecord
 from pipeline.selection import is_candidate, select
@@ -136,7 +136,8 @@ def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tup
 
 def _audit_pull(config_path: str) -> int:
     """Append every queue's completed reviews in Label Studio to the review ledger; returns how many
-    were new. Applying them is `_records`, which every build runs, server or not."""
+    were new. Applying them is `_records`, which every build runs, server or not. Tasks and projects
+    the pull left out are logged with their reasons (also in OUT/audit/pulls.jsonl)."""
     from audit.client import AuditClient
     from audit.session import default_title, pull_queues
     from audit.settings import server_settings
@@ -144,6 +145,10 @@ def _audit_pull(config_path: str) -> int:
     config = settings_of(config_path)
     client = AuditClient(server_settings(config.audit.url))
     summaries = pull_queues(client, config.output, config.audit.project or default_title(config.output))
+    logger = get_run_logger()
+    for summary in summaries:
+        for reason in [summary.refused] if summary.refused else summary.set_aside:
+            logger.warning("%r left out of the pull: %s", summary.project, reason)
     return sum(s.new_reviews for s in summaries)
 
 
@@ -232,6 +237,7 @@ def _write_shards(
         build_config=config.fingerprint(),
         quarantined=quarantined,
         audit_round=audit_round or 0,
+        inputs=config.inputs,
     )
 
 
@@ -265,6 +271,10 @@ def build_stages(config_path: str) -> dict:
     config = settings_of(config_path)
     remove_stale_outputs(config.output)  # temporaries a killed run left behind
     rasters, unsupported = find_rasters_of(config)
+    keys = source_keys(rasters, unsupported)  # before any model loads: two rasters never share a key
+    if keys.renamed:
+        logger.warning(keys.note())
+    unsupported = keys.rekeyed(unsupported)
     total = planned_tiles(rasters, config.annotate_config().tiling, config.tiling.max_pixels) + len(unsupported)
     plan = _Plan(config)
     seconds: dict[str, float] = {}
@@ -276,7 +286,7 @@ def build_stages(config_path: str) -> dict:
         def submit(states: list[TileState]):
             return annotate_task.submit(Batch(states), config_path, plan.keys(states))
 
-        live = plan.tiles(rasters, sink)
+        live = plan.tiles(rasters, keys.stems, sink)
         for lines, batch_seconds in in_order(batched(live, config.batch_size), submit, config.runner.workers + 1):
             sink.writelines(line + "\n" for line in lines)
             for stage, value in batch_seconds.items():
@@ -345,10 +355,10 @@ class _Plan:
         self.used_keys.extend(keys.values())
         return keys
 
-    def tiles(self, rasters: list[Path], quarantine_sink) -> Iterator[TileState]:
-        """Live tiles of every raster, in order; quarantined ones go straight to the sink. Rasters
-        are ingested (or their cached records read) two ahead on a thread, as the batches move."""
-        stems = source_stems(rasters)
+    def tiles(self, rasters: list[Path], stems: dict[Path, str], quarantine_sink) -> Iterator[TileState]:
+        """Live tiles of every raster, in order, keyed by `stems` (`source_keys`, planned once for the
+        build); quarantined ones go straight to the sink. Rasters are ingested (or their cached
+        records read) two ahead on a thread, as the batches move."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest") as pool:
             ingested = in_order(rasters, lambda path: pool.submit(self._raster_records, path, stems[path]), 2)
             for records in ingested:

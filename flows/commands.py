@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from pipeline.terminal import EXIT_PARTIAL, console, counting_bar, fail, set_aside
 
@@ -79,10 +80,7 @@ def verify(out: Path = typer.Argument(..., help="Build output folder (holds mani
         manifest = read_manifest(out)
     except ShardError as error:
         fail(error)
-    for problem in problems:
-        console.print(f"[red]problem:[/red] {problem}")
-    if problems:
-        raise typer.Exit(EXIT_PARTIAL)
+    _report(problems, "problem", f"{len(problems)} problem(s) found in the shards of {out}")
     total = sum(len(s["shards"]) for s in manifest["splits"].values())
     samples = sum(s["samples"] for s in manifest["splits"].values())
     console.print(f"ok: {total} shards, {samples} samples, taxonomy {manifest['taxonomy']['version']}")
@@ -94,16 +92,30 @@ def export(
     destination: Path = typer.Argument(..., help="Folder to write."),
     layout: str = typer.Option("official", help="official: {split}/img/*.jpg and {split}/mask/*.png."),
 ) -> None:
-    """Export the shards in the folder layout the authors' Pi-Seg / CAT-Seg code reads."""
+    """Export the shards in the folder layout the authors' Pi-Seg / CAT-Seg code reads. Samples whose
+    names could leave DESTINATION, or whose key repeats, are left out and listed (exit 1)."""
     from pipeline.shards import ShardError, export_official
 
     if layout != "official":
         fail(f"unknown layout {layout!r} (official)")
+    skipped: list[str] = []
     try:
-        count = export_official(out, destination)
+        count = export_official(out, destination, skipped=skipped)
     except ShardError as error:
         fail(error)
     console.print(f"{count} samples written under {destination}")
+    _report(skipped, "skipped", f"{len(skipped)} shard member(s) or sample(s) left out")
+
+
+def _report(lines: list[str], label: str, summary: str) -> None:
+    """Each line after a red LABEL, then SUMMARY last, exit 1; nothing when there are none. Printed as
+    text, never markup: the lines quote member names from the shards, which may hold anything."""
+    if not lines:
+        return
+    for line in lines:
+        console.print(Text.assemble((f"{label}:", "red"), " ", line), highlight=False)
+    console.print(Text(summary, style="yellow"), highlight=False)
+    raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command("evaluate-build")

@@ -17,6 +17,8 @@
     shards: {max_samples: 1000, max_bytes: 1073741824, lossless: true, jpeg_quality: 95, val_fraction: 0.1, seed: 0}
                                        # lossless: whole JPEG/PNG sources keep their bytes, other tiles
                                        # lossless WebP; false: JPEG at jpeg_quality (a second lossy generation)
+                                       # keep_private_fields: false (default): sample JSON and manifest carry
+                                       # paths relative to the inputs and pseudonymous reviewers (to publish)
     batch_size: 32                     # tiles per task (one task run per batch: ~30 ms of orchestration)
     overlays: false                    # quick-look overlay PNGs (off: a full-size PNG a tile would cost
                                        # about as much disk as the masks; `ovrsis annotate` writes them)

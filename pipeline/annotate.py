@@ -48,7 +48,7 @@ from pipeline.ingest import (
     bounded_reads,
     find_rasters,
     quarantined_file,
-    source_stems,
+    source_keys,
 )
 from pipeline.jsonl import atomic_writer, check_encoding, write_json_line
 from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
@@ -57,6 +57,7 @@ from pipeline.models.protocols import Models
 from pipeline.outputs import mask_digest, overlay, write_mask_geotiff, write_png
 from pipeline.phrases import Phrase
 from pipeline.records import Caption, Quarantine, TileRecord
+from pipeline.safe_names import confined_name, confined_path
 from pipeline.stages import STAGES, given_captions
 from pipeline.stitch import stitch_to_geotiff
 from taxonomy.loader import Taxonomy
@@ -316,8 +317,9 @@ class Annotator:
     def tiles(self, inputs: Path) -> Iterator[Tile | TileRecord]:
         """Tiles of every raster, with quarantined records for files and tiles that cannot be used."""
         rasters, unsupported = find_rasters(inputs)
-        yield from unsupported
-        stems = source_stems(rasters)
+        keys = source_keys(rasters, unsupported)
+        yield from keys.rekeyed(unsupported)
+        stems = keys.stems
         for path in rasters:
             started = time.perf_counter()
             try:
@@ -401,7 +403,7 @@ class Annotator:
             buffer = io.BytesIO()
             Image.fromarray(semantic).save(buffer, format="PNG", compress_level=6)
             state.mask_png = buffer.getvalue()
-            state.record.semantic_mask = f"masks/{state.record.key}.png"
+            state.record.semantic_mask = f"masks/{confined_name(f'{state.record.key}.png', 'tile key')}"
 
     def domain(self, states: list[TileState], pixels: PixelSource) -> None:
         found = self.domains.classify(
@@ -419,21 +421,21 @@ class Annotator:
             if not state.live:
                 continue
             key, source = state.record.key, state.record.source
-            path = self.out_dir / state.record.semantic_mask
+            path = self._tile_file("masks", key, ".png")
             unchanged = _holds(path, state.mask_png)
             if not unchanged:
                 with atomic_path(path) as temporary:
                     temporary.write_bytes(state.mask_png)
             semantic = state.semantic_mask()
             state.record.proposal_digest = mask_digest(semantic)
-            geotiff = self.out_dir / "masks" / f"{key}.tif"
+            geotiff = self._tile_file("masks", key, ".tif")
             if self.config.write_geotiff and source.transform and not (unchanged and geotiff.is_file()):
                 write_mask_geotiff(geotiff, semantic, source.crs, source.transform)
             if self.config.write_overlay:
                 quick_look = overlay(
                     pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices
                 )
-                write_png(self.out_dir / "overlays" / f"{key}.png", quick_look)
+                write_png(self._tile_file("overlays", key, ".png"), quick_look)
 
     def stitch(self, records_by_source: dict[str, list[TileRecord]]) -> None:
         """A full-size GeoTIFF mask per georeferenced raster cut into several tiles."""
@@ -445,7 +447,7 @@ class Annotator:
             if len(records) < 2 or not first.transform or all(r.quarantine for r in records):
                 continue
             full = Affine(*first.transform) @ Affine.translation(-first.window.col_off, -first.window.row_off)
-            out = self.out_dir / "stitched" / f"{records[0].key.rsplit('__r', 1)[0]}.tif"
+            out = self._tile_file("stitched", records[0].key.rsplit("__r", 1)[0], ".tif")
 
             def load(index: int, records: list[TileRecord] = records) -> np.ndarray | None:
                 record = records[index]
@@ -464,6 +466,11 @@ class Annotator:
         self.summary.seconds["write"] += time.perf_counter() - started
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _tile_file(self, folder: str, key: str, suffix: str) -> Path:
+        """OUT/FOLDER/KEY+SUFFIX, refused (UnsafeName) unless it stays in that folder: keys are planned
+        safe (`pipeline.ingest.source_keys`), but a record restored from the stage cache is data from disk."""
+        return confined_path(self.out_dir / folder, f"{key}{suffix}", "tile key")
 
     def _given(self, record: TileRecord) -> list[str]:
         return given_captions(record.key, record.source.path, self.given_captions)

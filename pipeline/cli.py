@@ -210,7 +210,7 @@ def annotate(
     from importlib.metadata import version
 
     from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-    from pipeline.ingest import BandRule, find_rasters, planned_tiles
+    from pipeline.ingest import BandRule, find_rasters, planned_tiles, source_keys
     from pipeline.merge import MergeConfig
     from pipeline.models.config import ModelSet, load_models_config
 
@@ -233,9 +233,12 @@ def annotate(
         rasters, skipped = find_rasters(input_path)
         if not rasters and not skipped:
             raise ValueError(f"{input_path}: no files in the input folder")
+        keys = source_keys(rasters, skipped)  # the run plans the same keys; said here, before any model loads
         out.mkdir(parents=True, exist_ok=True)
     except (TaxonomyError, ValueError, OSError) as error:
         fail(error)
+    if keys.renamed:
+        console.print(keys.note(), style="yellow", markup=False, highlight=False)
     annotator = Annotator(vocabulary, model_set, out, config, captions=given, package_version=version("ovrsis"))
     try:
         with counting_bar("annotate", "tiles") as progress:

@@ -23,10 +23,12 @@ Every failure to open, decode or read becomes an IngestError whose message is th
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +46,7 @@ from rasterio.windows import transform as window_transform
 from pipeline.files import file_sha256
 from pipeline.gdal_env import unlisted
 from pipeline.records import Quarantine, SourceInfo, TileRecord, Window, tile_key
+from pipeline.safe_names import MAX_NAME_BYTES, UnsafeName, confined_name
 from pipeline.tiling import MAX_PIXELS, BandRule, TilingConfig
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt")
@@ -107,11 +110,91 @@ def bounded_reads() -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=os.environ.get("GDAL_CACHEMAX", GDAL_CACHE_MB))
 
 
-def source_stems(rasters: list[Path]) -> dict[Path, str]:
-    """The name each raster's tile keys start with: its stem, or its name with dots replaced when two
-    files share a stem (a.tif and a.png). Never a dot: WebDataset reads dots as extensions."""
+@dataclass(frozen=True)
+class SourceKeys:
+    """The stem every input file's tile keys start with (`source_keys`), and the files whose stem is
+    not the plain one: the caller says so before any model loads, because their keys, masks and
+    reviews differ from what the plain rule would have given."""
+
+    stems: dict[Path, str]  # every raster and every file set aside
+    renamed: dict[Path, str]  # file -> the plain stem it shares with another file, or that is unsafe
+
+    def rekeyed(self, set_aside: Sequence[TileRecord]) -> list[TileRecord]:
+        """The records of files set aside, under their planned stems (`quarantined_file` gave them the plain one)."""
+        return [r.model_copy(update={"key": tile_key(self.stems[Path(r.source.path)], 0, 0)}) for r in set_aside]
+
+    def note(self) -> str:
+        """One line per renamed file, naming it, the stem its keys start with, and the plain one."""
+        lines = [f"{path} -> keys {self.stems[path]}__r*_c* (not {plain})" for path, plain in self.renamed.items()]
+        return "\n".join(
+            [f"{len(lines)} input file(s) renamed so that every tile key is a distinct, safe file name:", *lines]
+        )
+
+
+def source_keys(rasters: list[Path], set_aside: Sequence[TileRecord] = ()) -> SourceKeys:
+    """The stem of each input's tile keys, planned from the file names alone, before any model loads.
+
+    Plain rule (the keys of every build before collisions were checked, kept so that outputs, reviews
+    in the ledger and caches stay valid): a raster's stem, or its name when two rasters share a stem
+    (a.tif, a.png), with dots replaced; a file set aside, its stem. Two files whose plain stems are
+    equal (a.b.tif and a_b.tif, x.tif beside an unsupported x.bmp, d1/x.tif and d2/x.tif) would share
+    keys and one tile's mask would overwrite the other's; every such file, and any whose plain stem
+    is no safe file name (`_safe_stem`), gets `_disambiguated` instead: independent of input order."""
+    paths = [Path(r.source.path) for r in set_aside]
     counts = Counter(p.stem for p in rasters)
-    return {p: (p.stem if counts[p.stem] == 1 else p.name).replace(".", "_") for p in rasters}
+    plain = {p: (p.stem if counts[p.stem] == 1 else p.name).replace(".", "_") for p in rasters}
+    plain.update({p: p.stem for p in paths if p not in plain})
+    renamed = {p for p, stem in plain.items() if not _safe_stem(stem)} | _sharing(plain)
+    stems = _stems(plain, renamed)
+    while clashing := _sharing(stems) - renamed:  # a renamed stem equal to another file's plain one
+        renamed |= clashing
+        stems = _stems(plain, renamed)
+    if _sharing(stems):
+        raise ValueError(f"input files that cannot be given distinct tile keys: {sorted(map(str, _sharing(stems)))}")
+    return SourceKeys(stems, {p: plain[p] for p in sorted(renamed)})
+
+
+# The longest file name a key stem makes: masks/KEY.proposed.png, window offsets of up to 7 digits (a
+# 10-million-pixel side, far over the largest raster `max_pixels` lets through).
+KEY_TAIL = "__r0000000_c0000000.proposed.png"
+DIGEST_CHARS = 8
+
+
+def _safe_stem(stem: str) -> bool:
+    """Whether every file named after keys of this stem is one plain path component (`confined_name`)
+    and JSON can hold it (a non-UTF-8 file name cannot be written to records.jsonl)."""
+    try:
+        confined_name(stem + KEY_TAIL, "tile key")
+        stem.encode("utf-8")
+    except (UnsafeName, UnicodeEncodeError):
+        return False
+    return True
+
+
+def _sharing(stems: dict[Path, str]) -> set[Path]:
+    """The files whose stem another file has too."""
+    counts = Counter(stems.values())
+    return {p for p, stem in stems.items() if counts[stem] > 1}
+
+
+def _stems(plain: dict[Path, str], renamed: set[Path]) -> dict[Path, str]:
+    """Plain stems, except the renamed files', which are `_disambiguated` within their plain stem's group."""
+    groups: dict[str, list[Path]] = {}
+    for path, stem in plain.items():
+        groups.setdefault(stem, []).append(path)
+    return {p: _disambiguated(p, groups[plain[p]]) if p in renamed else plain[p] for p in plain}
+
+
+def _disambiguated(path: Path, group: list[Path]) -> str:
+    """`{name, dots and unsafe characters as _}_{digest}`: the digest is of the file's path relative
+    to the folder holding every file of its group, so the stem is the same from any working directory,
+    after moving the whole tree and in any input order; the name is cut to leave room for KEY_TAIL."""
+    common = os.path.commonpath([os.path.abspath(p.parent) for p in group])
+    relative = Path(os.path.relpath(os.path.abspath(path), common)).as_posix()
+    digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).hexdigest()[:DIGEST_CHARS]
+    name = re.sub(r"[./\\\x00-\x1f\x7f]", "_", path.name).encode("utf-8", "surrogateescape")
+    room = MAX_NAME_BYTES - len(KEY_TAIL) - len(digest) - 1
+    return f"{name[:room].decode('utf-8', 'ignore')}_{digest}"
 
 
 def _is_sidecar(path: Path) -> bool:
@@ -375,7 +458,7 @@ class RasterSource:
 
 def quarantined_file(path: Path, reason: str, stem: str | None = None) -> TileRecord:
     """A record standing for a whole file that could not be tiled (hashed when it can be read). A
-    raster's record takes the stem its tiles would have had (`source_stems`), so a.jpg and a.png that
+    raster's record takes the stem its tiles would have had (`source_keys`), so a.jpg and a.png that
     both fail keep distinct keys."""
     source = SourceInfo(
         path=str(path),

@@ -14,13 +14,26 @@ keeps the source file's bytes (when they decode to exactly the tile's pixels, so
 files are re-encoded); any other tile is stored as lossless WebP (exact pixels, a fifth smaller than PNG:
 `benchmarks/bench_shards.py --images`). `lossless: false` stores those as JPEG at
 `jpeg_quality` instead, an explicit lossy choice.
+
+Shards are meant to be published, so by default a sample's JSON carries no private field of the
+machine or the people that made it (`public_record`): source paths relative to the build's inputs
+(the file name when not under one) and reviewers as keyed pseudonyms. `keep_private_fields: true`
+keeps the raw values.
+
+Reading trusts no name in a tar: a member whose name or sample key could leave a folder it is
+written to (`../x`, `/x`, control characters), or whose key repeats an earlier sample of the shard,
+is reported by `verify_shards` and left out by every export (`read_samples`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
+import os
+import re
+import secrets
 import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +48,7 @@ from PIL import Image
 
 from pipeline.files import atomic_path, file_sha256
 from pipeline.records import TileRecord
+from pipeline.safe_names import UnsafeName, confined_name, confined_path
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 from taxonomy.masks import values_outside
 
@@ -59,6 +73,7 @@ class ShardConfig:
     jpeg_quality: Annotated[int, Interval(ge=1, le=100)] = 95
     val_fraction: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.1
     seed: int = 0
+    keep_private_fields: bool = False  # True: absolute source paths and reviewer addresses in each sample's JSON
 
 
 @dataclass
@@ -99,10 +114,12 @@ def write_shards(
     build_config: dict | None = None,
     quarantined: int = 0,
     audit_round: int | str = 0,
+    inputs: Sequence[Path] = (),
 ) -> dict:
     """Write every split's shards and the manifest; returns the manifest. `records` may be a mapping
     by key that reads each record when asked (pipeline.record_store.RecordIndex), so a build never
-    holds the records it shards."""
+    holds the records it shards. `inputs` (the build's input files and folders) are what source paths
+    are made relative to, unless `config.keep_private_fields` (`public_record`)."""
     import webdataset as wds  # imports torch: only where shards are written or read
 
     if isinstance(records, Mapping):
@@ -121,10 +138,13 @@ def write_shards(
     images: Counter = Counter()
     domains: Counter = Counter()
     formats: set[str] = set()
+    publish = _publisher(out_dir, inputs, config.keep_private_fields)
     for split, keys in splits.items():
         keys = shuffled_keys(keys, config.seed)
         with _ShardStream(shard_dir, split, config, wds) as stream:
-            for _key, encoded, mask, domain in _samples(keys, by_key, load_sample, config, len(taxonomy_names)):
+            for _key, encoded, mask, domain in _samples(
+                keys, by_key, load_sample, config, len(taxonomy_names), publish
+            ):
                 stream.add(encoded)
                 formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
                 values, counts = np.unique(mask, return_counts=True)
@@ -142,7 +162,9 @@ def write_shards(
         "categories": {name: {"pixels": pixels[name], "images": images[name]} for name in taxonomy_names},
         "domains": dict(sorted(domains.items())),
         "quarantined_tiles": quarantined,
-        "build_config": build_config or {},
+        "build_config": (build_config or {})
+        if config.keep_private_fields
+        else public_paths(build_config or {}, inputs),
         "audit_round": audit_round,
     }
     with atomic_path(out_dir / "manifest.json") as temporary:
@@ -151,7 +173,7 @@ def write_shards(
 
 
 def _samples(
-    keys, by_key, load_sample, config: ShardConfig, n_classes: int
+    keys, by_key, load_sample, config: ShardConfig, n_classes: int, publish: Callable[[dict], dict]
 ) -> Iterator[tuple[str, dict, np.ndarray, str]]:
     """Each key's sample, encoded, with its mask and domain; one sample in memory at a time."""
     for key in keys:
@@ -159,7 +181,16 @@ def _samples(
         image, mask = load_sample(record)
         if bad := values_outside(mask, n_classes):
             raise ShardError(f"{key}: mask values {bad} outside the taxonomy's {n_classes} classes")
-        yield key, _encode(key, image, mask, record, config), mask, record.domain.name if record.domain else "unknown"
+        encoded = _encode(key, image, mask, record, config, publish)
+        yield key, encoded, mask, record.domain.name if record.domain else "unknown"
+
+
+def _publisher(out_dir: Path, inputs: Sequence[Path], keep_private: bool) -> Callable[[dict], dict]:
+    """What a record's JSON goes through before it enters a shard: nothing when private fields are kept."""
+    if keep_private:
+        return lambda record: record
+    pseudonyms = Pseudonyms(out_dir)
+    return lambda record: public_record(record, inputs, pseudonyms)
 
 
 class _ShardStream:
@@ -217,7 +248,13 @@ class _ShardStream:
             self._stack.__exit__(kind, error, trace)  # the temporary is deleted
 
 
-def _encode(key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, config: ShardConfig) -> dict:
+def _encode(
+    key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, config: ShardConfig, publish: Callable
+) -> dict:
+    try:
+        confined_name(key, "tile key")  # a reader would refuse the sample: never write one
+    except UnsafeName as error:
+        raise ShardError(str(error)) from None
     if "." in key:
         raise ShardError(f"tile key {key!r} contains '.', which WebDataset reads as an extension")
     if image.shape[:2] != mask.shape:
@@ -229,7 +266,7 @@ def _encode(key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, c
         "__key__": key,
         extension: image_bytes,
         "mask.png": mask_buffer.getvalue(),
-        "json": json.dumps(record.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode(),
+        "json": json.dumps(publish(record.model_dump(mode="json")), sort_keys=True, separators=(",", ":")).encode(),
     }
 
 
@@ -276,6 +313,106 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(opened.convert("RGB"))
 
 
+# --- what a published sample carries -------------------------------------------------------------
+
+PSEUDONYM_KEY = Path("audit") / "pseudonym.key"  # in the output folder, beside the ledger
+_PSEUDONYM = re.compile(r"reviewer-[0-9a-f]{12}")
+
+
+class Pseudonyms:
+    """Reviewer -> `reviewer-` + 12 hex digits of HMAC-SHA256(the output folder's key, reviewer).
+
+    Keyed because an e-mail address is guessable: a plain hash of it is reversed by hashing candidate
+    addresses, a keyed one is not without the key. The key lives in OUT/audit/ beside the ledger, which
+    holds the addresses anyway, so it reveals nothing more there. One key per output folder: a
+    reviewer keeps one pseudonym across rebuilds and exports of the folder (per-reviewer statistics
+    still work) and gets another in another folder's data; an index per build would instead renumber
+    reviewers whenever the ledger gains one. Made on first use: a build without reviews writes none."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / PSEUDONYM_KEY
+        self._key: bytes | None = None
+
+    def __call__(self, reviewer: object) -> object:
+        if reviewer is None or (isinstance(reviewer, str) and _PSEUDONYM.fullmatch(reviewer)):
+            return reviewer  # no reviewer, or already a pseudonym (shards an export reads again)
+        digest = hmac.new(self._load(), str(reviewer).encode(), hashlib.sha256).hexdigest()
+        return f"reviewer-{digest[:12]}"
+
+    def _load(self) -> bytes:
+        if self._key is None:
+            if not self.path.is_file():
+                _create_key(self.path)
+            self._key = self.path.read_bytes().strip()
+        return self._key
+
+
+def _create_key(path: Path) -> None:
+    """A random key only its owner can read, linked into place so that two writers end up with one key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another writer made it first: theirs is the key
+    finally:
+        temporary.unlink()
+
+
+def public_path(path: str, inputs: Sequence[Path]) -> str:
+    """An absolute path relative to the folder holding the input it lies under (`imagery/a/b.tif`
+    for input `/data/imagery`; the input's own name tells two inputs apart), else its file name. A
+    relative path without `..` is kept: it is already relative (to an input or the output folder)."""
+    candidate = Path(os.path.normpath(path))
+    if not candidate.is_absolute() and ".." not in Path(path).parts:
+        return path
+    for root in inputs:
+        root = Path(os.path.normpath(root))
+        if root.is_absolute() and candidate.is_relative_to(root):
+            return candidate.relative_to(root.parent).as_posix()
+    return candidate.name
+
+
+def public_paths(value: object, inputs: Sequence[Path]) -> object:
+    """`value` (JSON) with every string that is an absolute path made public (`public_path`)."""
+    if isinstance(value, dict):
+        return {name: public_paths(item, inputs) for name, item in value.items()}
+    if isinstance(value, list):
+        return [public_paths(item, inputs) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return public_path(value, inputs)
+    return value
+
+
+def public_record(record: dict, inputs: Sequence[Path], pseudonyms: Pseudonyms) -> dict:
+    """A record (as JSON) fit to publish: absolute paths in `source`, `provenance` and the captions'
+    `model` (a local model folder names the user's home) made public, and every reviewer replaced by
+    its pseudonym. Other fields are kept: free text such as a caption is never rewritten."""
+    public = {**record}
+    for field in ("source", "provenance"):
+        if field in public:
+            public[field] = public_paths(public[field], inputs)
+    if isinstance(public.get("captions"), list):
+        public["captions"] = [
+            _replaced(caption, "model", lambda m: public_paths(m, inputs)) for caption in public["captions"]
+        ]
+    if isinstance(public.get("audit"), list):
+        public["audit"] = [_replaced(decision, "reviewer", pseudonyms) for decision in public["audit"]]
+    if "review" in public:
+        public["review"] = _replaced(public["review"], "reviewer", pseudonyms)
+    return public
+
+
+def _replaced(entry: object, field: str, change: Callable[[object], object]) -> object:
+    """`entry` with `field` changed, where it is an object holding that field (a record read from a
+    tar may hold anything)."""
+    if not isinstance(entry, dict) or field not in entry:
+        return entry
+    return {**entry, field: change(entry[field])}
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 
@@ -287,18 +424,71 @@ def read_manifest(out_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ShardError(f"{path}: invalid JSON ({error})") from error
-    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ShardError(
-            f"{path}: schema version {manifest.get('schema_version')}, this reader knows {MANIFEST_SCHEMA_VERSION}"
-        )
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ShardError(f"{path}: schema version {version}, this reader knows {MANIFEST_SCHEMA_VERSION}")
+    _check_shard_names(manifest, path)
     return manifest
 
 
+def _check_shard_names(manifest: dict, path: Path) -> None:
+    """Split and shard names become paths (OUT/shards/NAME, an export's DEST/SPLIT/): each must be one
+    plain file name, or the manifest is refused."""
+    try:
+        for split, info in manifest["splits"].items():
+            confined_name(split, "split name")
+            for shard in info["shards"]:
+                confined_name(shard["name"], f"split {split}: shard name")
+    except UnsafeName as error:
+        raise ShardError(f"{path}: {error}") from None
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ShardError(f"{path}: not a shard manifest (splits: {error!r})") from None
+
+
+def member_key(member: tarfile.TarInfo) -> tuple[str, str]:
+    """(sample key, part) of a shard member, as the writer made them (the key is the name before its
+    first '.'); UnsafeName when the member is not a plain file, or its name or key is not one plain
+    file name: exports join keys to their folders, and `../x` or `/x` would land outside them."""
+    if not member.isfile():
+        raise UnsafeName(f"member {member.name!r} is not a regular file")
+    key, _, part = confined_name(member.name, "member name").partition(".")
+    return confined_name(key, "sample key"), part
+
+
+def read_samples(path: Path, skipped: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {part: bytes}) per sample of one shard, in its order (a sample's parts are adjacent), one
+    sample in memory at a time. A member with an unsafe name (`member_key`), a sample whose key repeats
+    an earlier sample of the shard, or a part a sample already has (each would overwrite what an export
+    wrote for the first) is left out and named in `skipped` with the shard and the member."""
+    seen: set[str] = set()
+    key, parts = None, {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            try:
+                name_key, part = member_key(member)
+                if name_key != key and name_key in seen:
+                    raise UnsafeName(f"sample key {name_key!r} repeats an earlier sample of the shard")
+                if name_key == key and part in parts:
+                    raise UnsafeName(f"sample {name_key!r} has a second {part!r} part")
+            except UnsafeName as error:
+                skipped.append(f"{path}: member {member.name!r} left out: {error}")
+                continue
+            if name_key != key and parts:
+                yield key, parts
+                parts = {}
+            key = name_key
+            seen.add(key)
+            parts[part] = tar.extractfile(member).read()
+    if parts:
+        yield key, parts
+
+
 def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
-    """Problems found (empty list = all good): missing shards, checksum or count mismatches, bad mask values."""
+    """Problems found (empty list = all good): missing shards, checksum or count mismatches, members
+    with unsafe names or repeated keys (`read_samples`), bad mask values."""
     manifest = read_manifest(out_dir)
     n_classes = len(manifest["taxonomy"]["names"])
-    problems = []
+    problems: list[str] = []
     for info in manifest["splits"].values():
         for shard in info["shards"]:
             path = out_dir / "shards" / shard["name"]
@@ -308,17 +498,15 @@ def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
             if file_sha256(path) != shard["sha256"]:
                 problems.append(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
                 continue
-            keys = set()
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    key, _, extension = member.name.partition(".")
-                    keys.add(key)
-                    if check_masks and extension == "mask.png":
-                        mask = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())))
-                        if bad := values_outside(mask, n_classes):
-                            problems.append(f"{path}: sample {key} has mask values {bad} outside the taxonomy")
-            if len(keys) != shard["samples"]:
-                problems.append(f"{path}: {len(keys)} samples, manifest says {shard['samples']}")
+            count = 0
+            for key, parts in read_samples(path, problems):
+                count += 1
+                if check_masks and "mask.png" in parts:
+                    mask = np.asarray(Image.open(io.BytesIO(parts["mask.png"])))
+                    if bad := values_outside(mask, n_classes):
+                        problems.append(f"{path}: sample {key} has mask values {bad} outside the taxonomy")
+            if count != shard["samples"]:
+                problems.append(f"{path}: {count} samples, manifest says {shard['samples']}")
     return problems
 
 
@@ -416,26 +604,43 @@ def decode_sample(raw: dict) -> Sample:
     return Sample(key=key, image=image, mask=mask, record=record)
 
 
-def export_official(out_dir: Path, destination: Path, splits: Iterable[str] = ("train", "val")) -> int:
-    """The folder layout the authors' Pi-Seg / CAT-Seg code reads: {split}/img/*.jpg, {split}/mask/*.png.
-    JPEG images are copied byte for byte; PNG and WebP images are encoded to JPEG at quality 95."""
-    import webdataset as wds  # imports torch: only where shards are written or read
-
+def export_official(
+    out_dir: Path, destination: Path, splits: Iterable[str] = ("train", "val"), skipped: list[str] | None = None
+) -> int:
+    """The folder layout the authors' Pi-Seg / CAT-Seg code reads: {split}/img/*.jpg, {split}/mask/*.png;
+    returns the samples written. JPEG images are copied byte for byte; PNG and WebP images are encoded
+    to JPEG at quality 95. Samples `read_samples` leaves out (unsafe names, repeated keys) and samples
+    without an image or mask are named in `skipped`: nothing is written for them."""
     reader = ShardReader(out_dir)
+    skipped = [] if skipped is None else skipped
     count = 0
     for split in splits:
         if split not in reader.manifest["splits"] or not reader.shard_paths(split):
             continue
-        (destination / split / "img").mkdir(parents=True, exist_ok=True)
-        (destination / split / "mask").mkdir(parents=True, exist_ok=True)
-        for raw in wds.WebDataset(reader.shard_paths(split), shardshuffle=False, empty_check=False):
-            key = raw["__key__"]
-            image_path = destination / split / "img" / f"{key}.jpg"
-            extension = image_part(raw)
-            if extension == "jpg":
-                image_path.write_bytes(raw["jpg"])
-            else:
-                Image.fromarray(decode_image(raw[extension])).save(image_path, quality=95)
-            (destination / split / "mask" / f"{key}.png").write_bytes(raw["mask.png"])
-            count += 1
+        images, masks = destination / split / "img", destination / split / "mask"
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for shard in reader.shard_paths(split):
+            for key, parts in read_samples(Path(shard), skipped):
+                try:
+                    _write_official(images, masks, key, parts)
+                except (ShardError, UnsafeName) as error:
+                    skipped.append(f"{shard}: sample {key} left out: {error}")
+                    continue
+                count += 1
     return count
+
+
+def _write_official(images: Path, masks: Path, key: str, parts: dict[str, bytes]) -> None:
+    """One sample's image (as JPEG) and mask; each path confined to its folder, checked before
+    anything is written (a file planted there as a link to elsewhere is refused, not followed)."""
+    extension = image_part({"__key__": key, **parts})
+    if "mask.png" not in parts:
+        raise ShardError("no mask.png part")
+    image_path = confined_path(images, f"{key}.jpg", "sample key")
+    mask_path = confined_path(masks, f"{key}.png", "sample key")
+    if extension == "jpg":
+        image_path.write_bytes(parts["jpg"])
+    else:
+        Image.fromarray(decode_image(parts[extension])).save(image_path, format="JPEG", quality=95)
+    mask_path.write_bytes(parts["mask.png"])

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from pipeline.terminal import EXIT_PARTIAL, console, fail
 
@@ -44,7 +45,7 @@ def vectors(
         f"{summary.regions} regions, {summary.instances} instances -> {', '.join(map(str, summary.files))}",
         highlight=False,
     )
-    _skipped(summary.skipped)
+    _skipped(_lines(summary.skipped))
 
 
 @app.command("stac")
@@ -71,28 +72,37 @@ def stac(
     except ExportError as error:
         fail(error)
     console.print(f"STAC collection -> {path}", highlight=False)
-    _skipped(skipped)
+    _skipped(_lines(skipped))
 
 
 @app.command("hf")
 def hf(
     out: Path = typer.Argument(..., help="A build output folder (manifest.json, shards/)."),
     dest: Path = typer.Option(None, help="Folder to write (default: OUT/hf); then `datasets.load_dataset(DEST)`."),
+    keep_private_fields: bool = typer.Option(
+        False,
+        "--keep-private-fields",
+        help="Keep absolute source paths and reviewer addresses in the record column (default: paths "
+        "relative to the build's inputs, reviewers as pseudonyms; fit to publish).",
+    ),
 ) -> None:
     """The shards as a Hugging Face dataset: the same image and mask bytes, a fixed-schema json part,
-    and a dataset card declaring the features (class names included) and splits."""
+    and a dataset card declaring the features (class names included) and splits. Samples whose names
+    could leave a folder, or whose key repeats, are left out and listed (exit 1)."""
     from pipeline.export.hf import export_hf
     from pipeline.export.output_folder import ExportError
 
     target = dest or out / "hf"
+    skipped: list[str] = []
     try:
-        counts = export_hf(out, target)
+        counts = export_hf(out, target, keep_private_fields, skipped)
     except ExportError as error:
         fail(error)
     console.print(
         f"{', '.join(f'{s} {n}' for s, n in counts.items())} samples -> {target} (load_dataset({str(target)!r}))",
         highlight=False,
     )
+    _skipped(skipped, "shard member(s) or sample(s)")
 
 
 def _parse_datetime(text: str) -> datetime:
@@ -105,10 +115,17 @@ def _parse_datetime(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _skipped(skipped: list[tuple[str, str]]) -> None:
+def _skipped(skipped: list[str], what: str = "tile(s)") -> None:
+    """The first ten lines, then how many WHAT were left out, exit 1. Printed as text, never markup: the
+    lines quote keys and names from the data, which may hold anything."""
     if not skipped:
         return
-    for key, reason in skipped[:10]:
-        console.print(f"skipped {key}: {reason}", highlight=False)
-    console.print(f"{len(skipped)} tile(s) left out (the first 10 listed above)", highlight=False)
+    for line in skipped[:10]:
+        console.print(Text(f"skipped {line}"), highlight=False)
+    console.print(Text(f"{len(skipped)} {what} left out (the first 10 listed above)"), highlight=False)
     raise typer.Exit(EXIT_PARTIAL)
+
+
+def _lines(skipped: list[tuple[str, str]]) -> list[str]:
+    """(key, reason) pairs as the lines `_skipped` prints."""
+    return [f"{key}: {reason}" for key, reason in skipped]

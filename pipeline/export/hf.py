@@ -16,6 +16,12 @@ in the features, `ds.features["json"]["classes"].feature.names`), `categories` (
 category names), domain, crs (WKT or ""), transform ([] when none), window [row_off, col_off, height,
 width], source (file name), reviewed, and `record`: the whole tile record as JSON text.
 
+`record` is made fit to publish unless `--keep-private-fields` (pipeline.shards.public_record): source
+paths relative to the build's inputs (the manifest's build configuration names them) or the file
+name, reviewers as the output folder's keyed pseudonyms; shards built that way already are. A sample
+whose member names are unsafe or whose key repeats (pipeline.shards.read_samples) is left out and
+reported: the exported tars are extracted by others, and `../x` there lands outside their folder.
+
 Image and mask bytes are the build's own. A build whose tiles mix image formats (whole JPEG/PNG
 sources beside WebP tiles) would give one column per format; there every image is re-encoded as
 PNG (lossless: the decoded pixels exactly), so the dataset has one image column.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +40,17 @@ from PIL import Image
 
 from pipeline.export.output_folder import ExportError
 from pipeline.files import atomic_path
-from pipeline.shards import IMAGE_EXTENSIONS, ShardError, ShardReader, decode_image, image_part
+from pipeline.safe_names import UnsafeName, confined_path
+from pipeline.shards import (
+    IMAGE_EXTENSIONS,
+    Pseudonyms,
+    ShardError,
+    ShardReader,
+    decode_image,
+    image_part,
+    public_record,
+    read_samples,
+)
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
@@ -65,8 +82,11 @@ def hf_features(class_names: list[str], image_extension: str):
     )
 
 
-def export_hf(out_dir: Path, dest: Path) -> dict[str, int]:
-    """Write DEST/data/*.tar and DEST/README.md from a build's shards; returns samples per split."""
+def export_hf(
+    out_dir: Path, dest: Path, keep_private_fields: bool = False, skipped: list[str] | None = None
+) -> dict[str, int]:
+    """Write DEST/data/*.tar and DEST/README.md from a build's shards; returns samples per split.
+    Samples left out (unsafe member names, repeated keys) are named in `skipped`."""
     try:
         reader = ShardReader(out_dir)
     except ShardError as error:
@@ -74,6 +94,8 @@ def export_hf(out_dir: Path, dest: Path) -> dict[str, int]:
     names = reader.class_names
     mixed = reader.manifest.get("image_format") not in IMAGE_EXTENSIONS
     extension = "png" if mixed else reader.manifest["image_format"]
+    publish = None if keep_private_fields else _publisher(out_dir, reader.manifest)
+    skipped = [] if skipped is None else skipped
     (dest / "data").mkdir(parents=True, exist_ok=True)
     for stale in (dest / "data").glob("*.tar"):
         stale.unlink()
@@ -81,39 +103,48 @@ def export_hf(out_dir: Path, dest: Path) -> dict[str, int]:
     for split in reader.manifest["splits"]:
         counts[split] = 0
         for shard in reader.shard_paths(split):
-            target = dest / "data" / Path(shard).name
-            with atomic_path(target) as temporary, tarfile.open(shard) as source, tarfile.open(temporary, "w") as tar:
-                for key, parts in _samples(source, shard):
-                    for name, data in _hf_parts(key, parts, extension, mixed, names, shard).items():
+            try:
+                target = confined_path(dest / "data", Path(shard).name, "shard name")
+            except UnsafeName as error:
+                raise ExportError(str(error)) from None
+            with atomic_path(target) as temporary, tarfile.open(temporary, "w") as tar:
+                for key, parts in read_samples(Path(shard), skipped):
+                    for name, data in _hf_parts(key, parts, extension, mixed, names, shard, publish).items():
                         _add(tar, f"{key}.{name}", data)
                     counts[split] += 1
     _write_card(dest, out_dir, names, extension, counts, mixed)
     return counts
 
 
-def _samples(tar: tarfile.TarFile, path: str):
-    """(key, {part: bytes}) per sample, in the shard's order (a sample's parts are adjacent)."""
-    key, parts = None, {}
-    for member in tar:
-        if not member.isfile():
-            continue
-        name_key, _, part = member.name.partition(".")
-        if name_key != key and parts:
-            yield key, parts
-            parts = {}
-        key = name_key
-        parts[part] = tar.extractfile(member).read()
-    if parts:
-        yield key, parts
+def _publisher(out_dir: Path, manifest: dict) -> Callable[[dict], dict]:
+    """`public_record` with the build's inputs (from the manifest's build configuration, where it
+    names them) and the output folder's pseudonyms."""
+    build_config = manifest.get("build_config")
+    inputs = build_config.get("inputs") if isinstance(build_config, dict) else None
+    roots = [Path(path) for path in inputs or [] if isinstance(path, str)]
+    pseudonyms = Pseudonyms(out_dir)
+    return lambda record: public_record(record, roots, pseudonyms)
 
 
-def _hf_parts(key: str, parts: dict, extension: str, mixed: bool, names: list[str], shard: str) -> dict[str, bytes]:
+def _hf_parts(
+    key: str,
+    parts: dict,
+    extension: str,
+    mixed: bool,
+    names: list[str],
+    shard: str,
+    publish: Callable[[dict], dict] | None,
+) -> dict[str, bytes]:
     try:
         own = image_part({"__key__": key, **parts})
         record = json.loads(parts["json"])
         mask_bytes = parts["mask.png"]
+        if not isinstance(record, dict):
+            raise ShardError("the json part is not an object")
     except (ShardError, KeyError, json.JSONDecodeError) as error:
         raise ExportError(f"{shard}: sample {key}: {error}") from None
+    if publish is not None:
+        record = publish(record)
     if mixed:
         buffer = io.BytesIO()
         Image.fromarray(decode_image(parts[own])).save(buffer, format="PNG", compress_level=6)

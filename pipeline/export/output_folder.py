@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.records import TileRecord
+from pipeline.safe_names import UnsafeName, confined_name
 
 
 class ExportError(ValueError):
@@ -81,6 +82,17 @@ def _class_names(path: Path, records: list[TileRecord], taxonomy: str | None) ->
             f"the installed one is {loaded.version}; pass --taxonomy with the one used"
         )
     return loaded.names
+
+
+def key_problem(record: TileRecord) -> str | None:
+    """Why the tile's key cannot name a file or folder (None when it can). An exporter that writes
+    one per tile skips such a tile: records.jsonl may come from elsewhere, and a key such as `../x`
+    joined to the destination would land outside it."""
+    try:
+        confined_name(record.key, "tile key")
+    except UnsafeName as error:
+        return str(error)
+    return None
 
 
 def georeferenced(record: TileRecord) -> bool:

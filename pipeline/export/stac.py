@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.export.cog import is_cog
-from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
+from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced, key_problem
 from pipeline.gdal_env import unlisted
 from pipeline.records import TileRecord
 from taxonomy.masks import IGNORE_INDEX as IGNORE
@@ -31,8 +31,11 @@ def write_stac(
     """Write `dest/collection.json` and its items; returns the collection's path and the tiles left out (key, why)."""
     import pystac
 
-    skipped = [(r.key, "not georeferenced (no transform and CRS)") for r in folder.usable() if not georeferenced(r)]
-    tiles = [r for r in folder.usable() if georeferenced(r)]
+    usable = folder.usable()
+    skipped = [(repr(r.key), problem) for r in usable if (problem := key_problem(r))]  # each item is DEST/KEY/
+    named = [r for r in usable if key_problem(r) is None]
+    skipped += [(r.key, "not georeferenced (no transform and CRS)") for r in named if not georeferenced(r)]
+    tiles = [r for r in named if georeferenced(r)]
     if not tiles:
         raise ExportError(f"{folder.path / 'records.jsonl'}: no georeferenced tile with a mask to describe")
     classes = _classes(folder.class_names)
