@@ -1,12 +1,13 @@
 """Per-stage time per tile of the imagery stage on real tiles, and the non-model share.
 
 1. Tiny models on the real samples (SpaceNet panchromatic, NAIP, NEON, UC Merced) with given
-   captions: seconds per tile for ingest, caption, categories, detect, segment, merge, domain, write.
+   captions: seconds per tile for ingest, each stage of pipeline/stages.py, and write.
 2. With --real-size: every preset's captioner, detector and segmenter (pipeline/models/presets.py)
    at real size with random weights (same compute as the released weights; nothing downloaded),
    each in its own process: parameters, peak memory and tiles/s on 1024x1024 tiles, as a
    markdown table; then merge + write per tile, the non-model share of a real build.
-Usage: python benchmarks/bench_annotate.py [--real-size [--tiles N]]
+Usage: python benchmarks/bench_annotate.py [--tile-size 512] [--inputs ...] [--real-size [--tiles N]] [--smoke]
+(--smoke: part 1 on the one NEON tile, in seconds.)
 """
 
 from __future__ import annotations
@@ -17,23 +18,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _shared import SHARED_REAL, require
+from _shared import SHARED_REAL, parse_args, require
 
-from pipeline.annotate import AnnotateConfig, Annotator
-from pipeline.ingest import TilingConfig
+from pipeline.annotate import AnnotateConfig, Annotator, TileState
+from pipeline.ingest import Tile, TilingConfig
 from pipeline.models.config import ModelSet, load_models_config
+from pipeline.stages import STAGE_NAMES
 from taxonomy import load_taxonomy
 
 INPUTS = ["spacenet/sample_geotiff.tif", "naip", "neon/OSBS_029.tif", "ucm_sample"]
 CAPTION = "many buildings and green trees along a road with cars, near a river and some farmland"
 
 
-def run_tiny(tile_size: int) -> None:
+def run_tiny(tile_size: int, inputs: list[str]) -> None:
     with tempfile.TemporaryDirectory() as work:
         models = ModelSet(load_models_config(_tiny(Path(work))))
         taxonomy = load_taxonomy("ovrsis95k")
         totals, tiles = {}, 0
-        for relative in INPUTS:
+        for relative in inputs:
             source = require(SHARED_REAL / relative)
             stems = [p.stem for p in (source.glob("*.tif") if source.is_dir() else [source])]
             annotator = Annotator(
@@ -43,16 +45,22 @@ def run_tiny(tile_size: int) -> None:
                 AnnotateConfig(tiling=TilingConfig(tile_size)),
                 captions={s: [CAPTION] for s in stems},
             )
-            if not tiles:  # warm-up: model loads are start-up, not per-tile cost
-                annotator.process([])
-                annotator.categorizer.categorize([[CAPTION]])
+            warm_up(annotator, source)
             summary = annotator.run(source)
             tiles += summary.annotated
             for stage, seconds in summary.seconds.items():
                 totals[stage] = totals.get(stage, 0.0) + seconds
         print(f"tiny models, {tiles} real tiles of up to {tile_size} px")
-        for stage in ("ingest", "caption", "categories", "detect", "segment", "merge", "domain", "write"):
+        for stage in ("ingest", *STAGE_NAMES, "write"):
             print(f"  {stage:<11} {1000 * totals.get(stage, 0.0) / tiles:8.1f} ms/tile")
+
+
+def warm_up(annotator: Annotator, source: Path) -> None:
+    """The source's first tile through every stage, untimed: the model, spaCy and MiniLM loads and the
+    annotator's own taxonomy embedding are start-up, not per-tile cost."""
+    tile = next(t for t in annotator.tiles(source) if isinstance(t, Tile))
+    annotator.run_batch([TileState(tile.record)], lambda record: (tile.image, tile.valid))
+    annotator.summary.seconds.clear()  # that tile's read
 
 
 def run_real_size(tiles: int) -> None:
@@ -270,15 +278,16 @@ def _tiny(folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--inputs", nargs="+", default=INPUTS, help="real samples, relative to ../shared/data/real")
     parser.add_argument("--real-size", action="store_true", help="time every preset's models at real size instead")
     parser.add_argument("--tiles", type=int, default=1, help="timed tiles per stage at real size (after one warm-up)")
-    args = parser.parse_args()
+    args = parse_args(parser, inputs=["neon/OSBS_029.tif"], real_size=False)  # 400x400 px: one tile
     if args.real_size:
         run_real_size(args.tiles)
     else:
-        run_tiny(args.tile_size)
+        run_tiny(args.tile_size, args.inputs)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ GeoTIFF), starts Label Studio from .venv-ls on a free port, pushes the N tasks (
 predictions, chunks of 500), accepts them all (one annotation POST per task), pulls them into the
 review ledger, applies the ledger (decode + decide + rewrite records and masks: what every build
 does, with no server), and stops the server by PID.
-Usage: python benchmarks/bench_audit.py [--tasks 5000]
+Usage: python benchmarks/bench_audit.py [--tasks 5000] [--smoke]
+(--smoke: 3 tasks.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from _shared import parse_args
 from affine import Affine
 from PIL import Image
 
@@ -86,7 +88,7 @@ def _rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
-    args = parser.parse_args()
+    args = parse_args(parser, tasks=3)
     taxonomy = load_taxonomy("ovrsis95k")
     with tempfile.TemporaryDirectory() as work:
         out = Path(work) / "out"

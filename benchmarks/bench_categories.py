@@ -2,7 +2,8 @@
 
 Prints start-up time (model loads), captions/s after start-up, and peak resident memory.
 --baseline times the matcher as it was before relation walks and calibration (0.72 / 0.06).
-Usage: python benchmarks/bench_categories.py [--taxonomy ovrsis95k] [--limit N] [--baseline]
+Usage: python benchmarks/bench_categories.py [--taxonomy ovrsis95k] [--limit N] [--baseline] [--smoke]
+(--smoke: 4 images.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import resource
 import time
 
-from _shared import RSICD_CAPTIONS, require
+from _shared import RSICD_CAPTIONS, parse_args, require
 
 from pipeline.categories import CaptionCategorizer
 from taxonomy import load_taxonomy
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="images to use (default: all)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--baseline", action="store_true", help="no relation walks, threshold 0.72 (before issue 16)")
-    args = parser.parse_args()
+    args = parse_args(parser, limit=4)
 
     rows = [json.loads(line) for line in open(require(RSICD_CAPTIONS))][: args.limit]
     images = [row["captions"] for row in rows]

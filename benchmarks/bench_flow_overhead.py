@@ -6,7 +6,8 @@ selection, the balance report and the shards, as plain function calls; (b) the b
 flow in Prefect's ephemeral mode with the thread runner (same batches, cold cache), which does the
 same (timed after Prefect's temporary server is up, as a served deployment finds it). Reports
 tiles/s of each, the flow/plain ratio and the orchestration cost per tile.
-Usage: python benchmarks/bench_flow_overhead.py [--rasters 20] [--workers 1]
+Usage: python benchmarks/bench_flow_overhead.py [--rasters 20] [--size 1280] [--workers 1] [--smoke]
+(--smoke: one 256x256 raster, 4 tiles.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _shared import parse_args
+
 from flows.sample_build import make_imagery, prefect_env, write_config
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
@@ -31,14 +34,15 @@ from taxonomy import load_taxonomy
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rasters", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1280, help="raster side in pixels (128 px tiles)")
     parser.add_argument("--workers", type=int, default=1, help="thread-runner workers for the flow")
     parser.add_argument("--batch-size", type=int, default=32, help="tiles per batch (task), both ways")
-    args = parser.parse_args()
+    args = parse_args(parser, rasters=1, size=256, batch_size=2)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        imagery = make_imagery(work / "data" / "rasters", count=args.rasters, size=1280)
+        imagery = make_imagery(work / "data" / "rasters", count=args.rasters, size=args.size)
         models = make_tiny_models(work / "tiny")
-        n_tiles = args.rasters * 100
+        n_tiles = args.rasters * (args.size // 128) ** 2
 
         annotator = Annotator(
             load_taxonomy("ovrsis95k"),

@@ -7,7 +7,8 @@ folders of 0 / 10,000 / 100,000 empty files, the milliseconds per mask written (
 and per source opened (`RasterSource`), with GDAL's default and with this toolkit's setting
 (pipeline.gdal_env.unlisted).
 
-Usage: python benchmarks/bench_gdal_listing.py [--files 0 10000 100000] [--repeat 20]
+Usage: python benchmarks/bench_gdal_listing.py [--files 0 10000 100000] [--repeat 20] [--smoke]
+(--smoke: folders of 0 and 10 files, 2 repeats.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _shared import parse_args
 from PIL import Image
 
 from pipeline.gdal_env import SETTING
@@ -50,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, nargs="+", default=[0, 10000, 100000])
     parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser, files=[0, 10], repeat=2)
     mask = np.random.default_rng(0).integers(0, 5, (128, 128), dtype=np.uint8)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8))
     print(f"{'files in the folder':>20} {'setting':>10} {'ms a mask written':>18} {'ms a source opened':>19}")

@@ -8,7 +8,9 @@ the mean number of distinct categories and of distinct rasters per batch for
   (c) the shards as written now + the data-sized buffer (the default),
   (d) a true random permutation (the released sampler).
 (a) is emulated on keys (shard shuffle, then webdataset's buffer, as the stream does); (b) and (c) read the
-real shards through `TrainingStream`. Usage: python benchmarks/bench_order.py [--rasters 500 --tiles 16]
+real shards through `TrainingStream`.
+Usage: python benchmarks/bench_order.py [--rasters 500 --tiles 16] [--shard-size 1000] [--smoke]
+(--smoke: 4 rasters of 4 tiles, shards of 8.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
+from _shared import parse_args
 
 from pipeline.records import SourceInfo, TileRecord, Window
 from pipeline.shards import ShardConfig, ShardReader, write_shards
@@ -68,7 +71,7 @@ def main() -> None:
     parser.add_argument("--rasters", type=int, default=500)
     parser.add_argument("--tiles", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=1000)
-    args = parser.parse_args()
+    args = parse_args(parser, rasters=4, tiles=4, shard_size=8)
     rng = np.random.default_rng(0)
     categories: dict[str, set[int]] = {}
     for raster in range(args.rasters):

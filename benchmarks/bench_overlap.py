@@ -7,7 +7,8 @@ batch read, one in the model stages, one merged and written). Reports wall time,
 model-stage and CPU-stage times, and how close each run comes to max(model, CPU) rather than
 their sum.
 
-Usage: python benchmarks/bench_overlap.py [--rasters 4] [--model-ms 40] [--batch-size 16]
+Usage: python benchmarks/bench_overlap.py [--rasters 4] [--size 1024] [--model-ms 40] [--batch-size 16] [--smoke]
+(--smoke: one 256x256 raster, 4 tiles, 1 ms a tile, batches of 2.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from _shared import parse_args
 from affine import Affine
 
 from pipeline.annotate import AnnotateConfig, Annotator
@@ -80,13 +82,14 @@ def make_rasters(folder: Path, count: int, size: int = 1024) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rasters", type=int, default=4, help="1024x1024 rasters of 64 tiles of 128 px")
+    parser.add_argument("--rasters", type=int, default=4, help="rasters to annotate (128 px tiles)")
+    parser.add_argument("--size", type=int, default=1024, help="raster side in pixels (1024: 64 tiles)")
     parser.add_argument("--model-ms", type=float, default=40.0, help="added per tile and model stage")
     parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
+    args = parse_args(parser, rasters=1, size=256, model_ms=1.0, batch_size=2)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        imagery = make_rasters(work / "in", args.rasters)
+        imagery = make_rasters(work / "in", args.rasters, args.size)
         captions = {f"scene{i}": CAPTIONS["scene"] for i in range(args.rasters)}
         models = SlowModels(ModelSet(load_models_config(make_tiny_models(work / "tiny"))), args.model_ms / 1000)
         taxonomy = load_taxonomy("ovrsis95k")

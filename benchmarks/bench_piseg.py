@@ -4,7 +4,10 @@ training it/s at batch 8, eval FPS at 600x800 and peak memory (the paper: 66.89 
 
 Random weights throughout (no download): speed does not depend on the weights' values.
 
-    python benchmarks/bench_piseg.py [--classes 35] [--repeats 3] [--skip-full]
+    python benchmarks/bench_piseg.py [--classes 35] [--repeats 3] [--tiny-iters 60] [--backbone vit-b]
+                                     [--skip-full] [--smoke]
+
+(--smoke: 2 tiny training iterations, then the full-size part with the tiny backbone, once, 3 classes.)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import parse_args
 
 from piseg.config import preset
 from piseg.evaluation.counts import variant
@@ -55,9 +59,9 @@ def timed(function, repeats: int, device: torch.device) -> float:
     return statistics.median(elapsed(function, device) for _ in range(repeats))
 
 
-def full_size(classes: int, repeats: int, device: torch.device) -> None:
+def full_size(backbone: str, classes: int, repeats: int, device: torch.device) -> None:
     """Both models built first and timed alternately, so drift in the machine's speed hits both alike."""
-    config = preset("vit-b")
+    config = preset(backbone)
     images = torch.rand(1, 3, 384, 384, device=device) * 255
     models = {
         name: build_model(variant(config.model, perturbation)).to(device).train()
@@ -74,7 +78,7 @@ def full_size(classes: int, repeats: int, device: torch.device) -> None:
     results = {name: statistics.median(times) for name, times in samples.items()}
     for name, seconds in results.items():
         print(
-            f"{name}: ViT-B forward at 384x384, {classes} classes, "
+            f"{name}: {backbone} forward at 384x384, {classes} classes, "
             f"training mode, batch 1: {seconds * 1000:.0f} ms ({device})"
         )
     print(
@@ -124,8 +128,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=35)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiny-iters", type=int, default=60)
+    parser.add_argument("--backbone", default="vit-b", help="the full-size part's preset")
     parser.add_argument("--skip-full", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, classes=3, repeats=1, tiny_iters=2, backbone="tiny", skip_full=False)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
@@ -134,7 +139,7 @@ def main() -> None:
         f"{tiny_training(args.tiny_iters):.1f} it/s"
     )
     if not args.skip_full:
-        full_size(args.classes, args.repeats, device)
+        full_size(args.backbone, args.classes, args.repeats, device)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ decoder, brush RLE). The first click on a tile also runs the image encoder (and 
 embedding on disk); later clicks do not; a backend restarted later reads the embedding from disk.
 Weights are random (nothing is downloaded): the timing is the architecture's, the masks are noise.
 Usage: python benchmarks/bench_sam_click.py [--backend segment-anything|transformers|both] [--size 512] [--clicks 20]
+                                           [--tiny] [--smoke]
+(--tiny: the tiny model set's SAMs instead of ViT-B; --smoke: those, both backends, a 64x64 tile, 2 clicks.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _shared import parse_args
 from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
@@ -26,16 +29,24 @@ from audit.interactive import SegmentAnythingInteractive, TransformersInteractiv
 from taxonomy import load_taxonomy
 
 
-def vit_b(backend: str):
-    """ViT-B SAM with random weights: the official architecture, or transformers' SamConfig defaults (= ViT-B)."""
+def random_sam(backend: str, tiny: bool):
+    """ViT-B SAM with random weights: the official architecture, or transformers' SamConfig defaults (= ViT-B);
+    tiny: the tiny model set's SAM of that backend (on 256 px), which checks this script in seconds."""
+    from pipeline.models.tiny import TINY_SAM_ARCH, sam_config
+
     torch.manual_seed(0)
+    key = f"bench-{'tiny' if tiny else 'vit-b'}"
     if backend == "segment-anything":
         from pipeline.models.segmenter import SAM_PRESETS, build_segment_anything
 
-        return SegmentAnythingInteractive(build_segment_anything(SAM_PRESETS["vit_b"]), "bench-vit-b-sa")
+        model = build_segment_anything(TINY_SAM_ARCH if tiny else SAM_PRESETS["vit_b"])
+        return SegmentAnythingInteractive(model, f"{key}-sa")
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
-    return TransformersInteractive(SamModel(SamConfig()), SamProcessor(SamImageProcessor()), "bench-vit-b-hf")
+    if tiny:  # as pipeline.models.tiny saves it
+        processor = SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+        return TransformersInteractive(SamModel(sam_config()), SamProcessor(processor), f"{key}-hf")
+    return TransformersInteractive(SamModel(SamConfig()), SamProcessor(SamImageProcessor()), f"{key}-hf")
 
 
 class TimedDecode:
@@ -72,9 +83,9 @@ def smart_regions(step: int, rng: np.random.Generator) -> list[dict]:
     return [[point(True)], [point(True), point(False)], [box]][step % 3]
 
 
-def run(backend_name: str, size: int, clicks: int, folder: Path) -> None:
+def run(backend_name: str, size: int, clicks: int, tiny: bool, folder: Path) -> None:
     started = time.perf_counter()
-    sam = TimedDecode(vit_b(backend_name))
+    sam = TimedDecode(random_sam(backend_name, tiny))
     built = time.perf_counter() - started
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / "tile.png")
@@ -96,8 +107,8 @@ def run(backend_name: str, size: int, clicks: int, folder: Path) -> None:
     decoder = sorted(sam.times[1 : clicks + 1])
     later.sort()
     print(
-        f"{backend_name} ViT-B (random weights, built in {built:.1f} s), {size}x{size} tile, "
-        f"{torch.get_num_threads()} torch threads:"
+        f"{backend_name} {'tiny SAM' if tiny else 'ViT-B'} (random weights, built in {built:.1f} s), "
+        f"{size}x{size} tile, {torch.get_num_threads()} torch threads:"
     )
     print(f"  first click (image encoder + decoder): {first:8.0f} ms")
     print(
@@ -125,10 +136,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=["segment-anything", "transformers", "both"], default="both")
     parser.add_argument("--size", type=int, default=512, help="tile side in pixels")
     parser.add_argument("--clicks", type=int, default=20)
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true", help="the tiny model set's SAMs (checks the script on a CPU)")
+    args = parse_args(parser, backend="both", size=64, clicks=2, tiny=True)
     with tempfile.TemporaryDirectory() as folder:
         for name in ["segment-anything", "transformers"] if args.backend == "both" else [args.backend]:
-            run(name, args.size, args.clicks, Path(folder))
+            run(name, args.size, args.clicks, args.tiny, Path(folder))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ shards, and the Prefect database size. A second run of the smallest size with no
 shows the cost of a build that does no model work.
 
 Usage: python benchmarks/bench_scale.py [--tiles 2000 20000 100000] [--tile-size 128] [--keep DIR]
-                                        [--runner threads|dask] [--workers 2]
+                                        [--runner threads|dask] [--workers 2] [--smoke]
+(--smoke: 100 tiles of 32 px, built and rebuilt; the work folder is removed unless --keep names it.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _shared import parse_args
 
 from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
 from pipeline.models.tiny import make_tiny_models
@@ -97,7 +100,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads", help="the build's task runner")
     parser.add_argument("--workers", type=int, default=2, help="runner workers (Dask: worker processes)")
-    args = parser.parse_args()
+    args = parse_args(parser, tiles=[100], tile_size=32)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     models = make_tiny_models(work / "tiny")
     rows = []
@@ -142,7 +145,10 @@ def main() -> None:
         if args.runner != "threads":
             ratio += f", largest worker {first['worker'] / base['worker']:.3f}"
         print(ratio)
-    print(f"work folder: {work}")
+    if args.smoke and not args.keep:  # a check of the script: nothing to look at afterwards
+        shutil.rmtree(work)
+    else:
+        print(f"work folder: {work}")
 
 
 if __name__ == "__main__":

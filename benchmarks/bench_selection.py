@@ -1,6 +1,8 @@
 """Selection to a target against a random subset and the old per-category caps, on a simulated corpus.
 
-    python benchmarks/bench_selection.py [--tiles 100000] [--target 20000] [--million]
+    python benchmarks/bench_selection.py [--tiles 100000] [--target 20000] [--million] [--smoke]
+
+(--smoke: 2,000 tiles to 400.)
 
 The corpus imitates real co-occurrence: three categories (building, road, tree in spirit) sit in
 most tiles with domain-dependent rates, the other 32 follow a Zipf long tail, each with a home
@@ -20,6 +22,7 @@ import argparse
 import time
 
 import numpy as np
+from _shared import parse_args
 from scipy import sparse
 
 from pipeline.selection import SelectionConfig, select, water_fill_quota
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=100_000)
     parser.add_argument("--target", type=int, default=20_000)
     parser.add_argument("--million", action="store_true", help="also time the new method on 1,000,000 tiles")
-    args = parser.parse_args()
+    args = parse_args(parser, tiles=2000, target=400, million=False)
 
     table = simulate(args.tiles)
     available = table.category_tiles()

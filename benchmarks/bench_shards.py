@@ -8,7 +8,8 @@ and (b) the same encoded files written to a folder and packed with `tar cf` (enc
 --images: 512x512 tiles of the real NAIP, NEON and UC Merced rasters in ../shared/data/real, each encoded as
 JPEG q95 (the old default), PNG and lossless WebP (the default now): bytes per pixel, encode and decode
 speed (decode = what the trainer does per sample), and whether the pixels come back exactly.
-Usage: python benchmarks/bench_shards.py [--samples 1000] [--images]
+Usage: python benchmarks/bench_shards.py [--samples 1000] [--images] [--smoke]
+(--smoke: 2 samples; --images takes seconds as it is.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _shared import SHARED_REAL, require
+from _shared import SHARED_REAL, parse_args, require
 from PIL import Image
 
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--images", action="store_true", help="Compare image encodings on real imagery instead.")
-    args = parser.parse_args()
+    args = parse_args(parser, samples=2)
     if args.images:
         return compare_encodings()
     taxonomy = load_taxonomy("ovrsis95k")
@@ -74,14 +75,15 @@ def main() -> None:
 
         files = work / "files"
         files.mkdir()
+        config = ShardConfig(lossless=False)
         started = time.perf_counter()
         for record in records:
             image, mask = sample(record)
-            _encode(record.key, image, mask, record, ShardConfig(lossless=False))
+            _encode(record.key, image, mask, record, config, unpublished)
         encode_seconds = time.perf_counter() - started
         for record in records:
             image, mask = sample(record)
-            for extension, payload in _encode(record.key, image, mask, record, ShardConfig(lossless=False)).items():
+            for extension, payload in _encode(record.key, image, mask, record, config, unpublished).items():
                 if extension != "__key__":
                     (files / f"{record.key}.{extension}").write_bytes(payload)
         started = time.perf_counter()
@@ -98,6 +100,11 @@ def main() -> None:
         f"tar + sha256 + statistics alone: {mb / (shard_seconds - encode_seconds):7.1f} MB/s"
     )
     print(f"plain tar cf       {tar_seconds:6.2f} s  {mb / tar_seconds:7.1f} MB/s  (pre-encoded files)")
+
+
+def unpublished(record: dict) -> dict:
+    """The record's JSON as it is (`keep_private_fields`): what publishing adds is not encoding."""
+    return record
 
 
 def real_tiles(size: int = 512) -> list[np.ndarray]:

@@ -3,7 +3,8 @@
 Writes a 20000x20000 uint16 GeoTIFF (800 MB of pixels, tiled, deflate) window by window, then
 ingests it into 1024 px tiles (percentile stretch, RGB conversion) and reports tiles/s and the
 process's peak resident memory, sampled every 50 ms. Flat memory = windowed reads work.
-Usage: python benchmarks/bench_tiling.py [--size 20000] [--keep PATH]
+Usage: python benchmarks/bench_tiling.py [--size 20000] [--tile-size 1024] [--smoke]
+(--smoke: a 1024x1024 raster, 256 px tiles.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from _shared import parse_args
 from affine import Affine
 from rasterio.windows import Window
 
@@ -55,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=20000)
     parser.add_argument("--tile-size", type=int, default=1024)
-    args = parser.parse_args()
+    args = parse_args(parser, size=1024, tile_size=256)
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "large.tif"
         started = time.perf_counter()

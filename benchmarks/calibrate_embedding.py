@@ -3,7 +3,8 @@
 Prints the pair counts per vocabulary, the fitted threshold for the target precision, precision
 and recall of the calibration pairs at it and at the old 0.72, and the wrong pairs nearest the
 threshold. Paste the threshold into taxonomy/matcher.py's DEFAULT_THRESHOLD when it changes.
-Usage: python benchmarks/calibrate_embedding.py [--target 0.95] [--margin 0.06]
+Usage: python benchmarks/calibrate_embedding.py [--target 0.95] [--margin 0.06] [--vocabularies ...] [--smoke]
+(--smoke: the pairs of LoveDA alone; not a threshold to paste.)
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from _shared import parse_args
+
 from pipeline.categories import spacy_lemmatize
 from taxonomy.calibration import (
+    CALIBRATION_VOCABULARIES,
     TARGET_PRECISION,
     accepted_counts,
     calibration_matchers,
@@ -27,8 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", type=float, default=TARGET_PRECISION)
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
-    args = parser.parse_args()
-    pairs = calibration_pairs(calibration_matchers(spacy_lemmatize, load_text_embedder()))
+    parser.add_argument(
+        "--vocabularies", nargs="+", default=CALIBRATION_VOCABULARIES, help="bundled vocabularies giving the pairs"
+    )
+    args = parse_args(parser, vocabularies=["loveda"])
+    pairs = calibration_pairs(calibration_matchers(spacy_lemmatize, load_text_embedder(), args.vocabularies))
     per_vocabulary = Counter(p.vocabulary for p in pairs)
     answerable = Counter(p.vocabulary for p in pairs if p.gold is not None)
     print("pairs (with a right category) per vocabulary:")

@@ -12,7 +12,8 @@ Every row is printed twice: `baseline` is the matcher before this work (exact, s
 embedding on names and synonyms at 0.72 / 0.06), `relations` adds the hypernym walks and the
 calibrated embedding stage (relatives as anchors, --threshold / --margin, default the calibrated ones).
 Per-method counts say how many proposals each stage made and how many were right.
-Usage: python benchmarks/eval_categories.py [--threshold T] [--margin M] [--show-errors SPLIT]
+Usage: python benchmarks/eval_categories.py [--threshold T] [--margin M] [--show-errors SPLIT] [--limit N] [--smoke]
+(--smoke: 3 captions of each split and of ovrsis95k.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 from pathlib import Path
 
 import yaml
-from _shared import RSICD_CAPTIONS, require
+from _shared import RSICD_CAPTIONS, parse_args, require
 
 from pipeline.categories import CaptionCategorizer
 from pipeline.category_eval import Score, score
@@ -72,7 +73,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--show-errors", choices=(*SPLITS, "ovrsis95k"), default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--limit", type=int, default=None, help="labelled captions per split, and of ovrsis95k (default: all)"
+    )
+    args = parse_args(parser, limit=3)
     captions_by_id = {row["id"]: row["captions"] for row in map(json.loads, open(require(RSICD_CAPTIONS)))}
 
     dev = [json.loads(line) for line in open(DEV_LABELS)]
@@ -91,7 +95,7 @@ def main() -> None:
             runs.append(("+synonyms", CaptionCategorizer(synonyms, args.threshold, args.margin)))
         for label, categorizer in runs:
             for split in SPLITS:
-                entries = [e for e in dev if e["split"] == split]
+                entries = [e for e in dev if e["split"] == split][: args.limit]
                 captions = [captions_by_id[e["id"]][e["caption_index"]] for e in entries]
                 gold = [set(e["labels"][vocabulary]) for e in entries]
                 s = score(categorizer, captions, gold)
@@ -107,7 +111,7 @@ def main() -> None:
     for (split, label), s in sorted(totals.items(), key=lambda kv: (SPLITS.index(kv[0][0]), kv[0][1])):
         print(row(f"all four {split} {label}", s))
 
-    entries = [json.loads(line) for line in open(OVRSIS_LABELS)]
+    entries = [json.loads(line) for line in open(OVRSIS_LABELS)][: args.limit]
     captions = [captions_by_id[e["id"]][e["caption_index"]] for e in entries]
     labels = [set(e["labels"]) for e in entries]
     print(f"\novrsis95k: {len(entries)} labelled captions, {sum(map(len, labels))} labels (tuned on in earlier work)")

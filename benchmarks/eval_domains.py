@@ -7,7 +7,8 @@ caption stage finds in them. Reported: accuracy over the mapped images, the shar
 `unknown`, and the confusion table, on two halves: even image numbers (the half the vocabulary in
 taxonomy/data/domains.yaml was tuned on) and odd ones (held out). The captions are read from
 ../shared/data/real (never copied into the repository).
-Usage: python benchmarks/eval_domains.py [--captions-per-image N] [--per-class K] [--show-errors]
+Usage: python benchmarks/eval_domains.py [--captions-per-image N] [--per-class K] [--show-errors N] [--smoke]
+(--smoke: one image of each class and half, one caption each, 2 errors shown.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from _shared import RSICD_CAPTIONS, require
+from _shared import RSICD_CAPTIONS, parse_args, require
 
 from pipeline.categories import CaptionCategorizer
 from pipeline.domains import UNKNOWN, DomainClassifier
@@ -105,7 +106,7 @@ def main() -> None:
     )
     parser.add_argument("--per-class", type=int, default=None, help="at most K images per class and half")
     parser.add_argument("--show-errors", type=int, default=0, metavar="N", help="print N errors of each half")
-    args = parser.parse_args()
+    args = parse_args(parser, captions_per_image=1, per_class=1, show_errors=2)
 
     captions_path = require(RSICD_CAPTIONS)
     categorizer = CaptionCategorizer(load_taxonomy("ovrsis95k"))

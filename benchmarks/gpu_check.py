@@ -8,8 +8,9 @@ download) on whatever CUDA card is present, against the paper's Table XII (4 NVI
      baseline, parameters and GFLOPs, through `piseg.evaluation.efficiency.measure` (what `piseg bench` prints).
 
 Each part is skipped with a note once the time budget is spent, so the script always finishes and prints.
-Usage: python benchmarks/gpu_check.py [--backbone vit-b] [--steps 30] [--budget-s 480] [--out gpu_check.json]
-(`--backbone tiny --device cpu` runs the same code in seconds, to check the script itself.)
+Usage: python benchmarks/gpu_check.py [--backbone vit-b] [--steps 30] [--budget-s 480] [--out gpu_check.json] [--smoke]
+(--smoke: the tiny backbone on the CPU, one step and one evaluation of each, no file written: the same code in
+seconds, to check the script itself.)
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
+from _shared import parse_args
 
 from piseg.config import preset
 from piseg.evaluation.efficiency import device_name, measure
@@ -96,7 +99,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed evaluations per model")
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
-    args = parser.parse_args()
+    smallest = {"backbone": "tiny", "device": "cpu", "steps": 1, "warmup": 1, "batch": 1, "repeats": 1}
+    args = parse_args(parser, **smallest, out=Path(os.devnull))
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("high")  # TF32, as the released training and `piseg train` on CUDA
     torch.backends.cudnn.allow_tf32 = True

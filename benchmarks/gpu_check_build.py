@@ -10,13 +10,16 @@
 
 Each part is skipped with a note once the time budget is spent, so the script always prints.
 Usage: python benchmarks/gpu_check_build.py [--budget-s 480] [--batches 1 8 16] [--out gpu_check_build.json]
-(`--tiny` builds small configurations instead, so the script itself can be checked on a CPU.)
+                                           [--tiny] [--smoke]
+(`--tiny` builds small configurations instead, so the script itself can be checked on a CPU; --smoke: those at
+batch 1, the flow part by `bench_flow_overhead.py --smoke`, no file written.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import parse_args
 from bench_annotate import REAL_SIZE
 
 HERE = Path(__file__).resolve().parent
@@ -176,14 +180,15 @@ def time_stage(name: str, batches: list[int], tiny: bool, device: str, deadline:
     return rows
 
 
-def flow_share(rasters: int, deadline: float) -> dict:
-    """bench_flow_overhead.py on this device: flow and plain seconds, orchestration share of the flow."""
+def flow_share(flow_args: list[str], deadline: float) -> dict:
+    """bench_flow_overhead.py (with `flow_args`) on this device: flow and plain seconds, orchestration
+    share of the flow."""
     remaining = deadline - time.monotonic()
     if remaining < 60:
         return {"skipped": "time budget spent"}
     try:
         result = subprocess.run(
-            [sys.executable, str(HERE / "bench_flow_overhead.py"), "--rasters", str(rasters)],
+            [sys.executable, str(HERE / "bench_flow_overhead.py"), *flow_args],
             capture_output=True,
             text=True,
             timeout=remaining,
@@ -191,13 +196,13 @@ def flow_share(rasters: int, deadline: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"skipped": "time budget spent during the flow"}
     figures = dict(
-        re.findall(r"^(plain stage functions|Prefect flow \(in-flow\))\s+([\d.]+) s", result.stdout, flags=re.M)
+        re.findall(r"^(tiles|plain stage functions|Prefect flow \(in-flow\))\s+([\d.]+)", result.stdout, flags=re.M)
     )
-    if result.returncode or len(figures) < 2:
+    if result.returncode or len(figures) < 3:
         return {"failed": result.stderr[-1000:]}
     plain, flow = float(figures["plain stage functions"]), float(figures["Prefect flow (in-flow)"])
     return {
-        "tiles": rasters * 100,
+        "tiles": int(figures["tiles"]),
         "plain_s": plain,
         "flow_s": flow,
         "orchestration_share": round((flow - plain) / flow, 3),
@@ -211,14 +216,14 @@ def main() -> None:
     parser.add_argument("--rasters", type=int, default=20, help="rasters of 100 tiles for the flow part")
     parser.add_argument("--tiny", action="store_true", help="small configurations (checks the script on a CPU)")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_build.json"))
-    args = parser.parse_args()
+    args = parse_args(parser, batches=[1], tiny=True, out=Path(os.devnull))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU (no GPU: figures are not GPU figures)"
     deadline = time.monotonic() + args.budget_s
     report = {"device": card, "tiny": args.tiny, "stages": []}
     for name in MODELS:
         report["stages"] += time_stage(name, args.batches, args.tiny, device, deadline - 0.25 * args.budget_s)
-    report["flow"] = flow_share(args.rasters, deadline)
+    report["flow"] = flow_share(["--smoke"] if args.smoke else ["--rasters", str(args.rasters)], deadline)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"device: {card}")
     print("| model | params (M) | batch | tiles/s | peak GPU memory (GiB) |\n|---|---:|---:|---:|---:|")
@@ -228,6 +233,8 @@ def main() -> None:
             f"{row.get('tiles_per_s', row.get('skipped'))} | {row.get('peak_gib') or '-'} |"
         )
     print(f"flow: {report['flow']}")
+    if "failed" in report["flow"]:  # after the figures: a broken flow part must not pass for a check
+        sys.exit(1)
 
 
 if __name__ == "__main__":
