@@ -24,7 +24,7 @@ DEMO_MODELS ?= tiny
 LS_VENV := .venv-ls
 LS_STAMP := $(LS_VENV)/.installed-$(shell cat $(LS_LOCK) | sha256sum | cut -c1-12)
 # The platform the locks are resolved for: the machines here, CI, the Docker image and CUDA boxes.
-LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --upgrade \
+LOCK_FLAGS := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --upgrade \
 	--custom-compile-command 'make lock'
 
 .PHONY: demo test test-clusters test-benchmarks lint setup lock clean
