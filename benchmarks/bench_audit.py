@@ -12,10 +12,12 @@ Usage: python benchmarks/bench_audit.py [--tasks 5000] [--smoke]
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import socket
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -100,6 +102,8 @@ def main() -> None:
         server = start_server(Path(work) / "lsdata", out, TOKEN, "admin@example.com", "bench-password", port)
         try:
             client = AuditClient(ServerSettings(server.url, TOKEN))
+            with urllib.request.urlopen(f"{server.url}/api/version", timeout=10) as answer:
+                release = json.load(answer)["release"]  # the locked version, whatever `make lock` chose
             records = [
                 TileRecord.model_validate_json(line) for line in (out / "records.jsonl").read_text().splitlines()
             ]
@@ -133,7 +137,9 @@ def main() -> None:
         finally:
             stop_server(server.pid)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"tasks          {args.tasks} (256x256 tiles, 3 brush regions each), Label Studio 1.23.2 on SQLite, 2 cores")
+    print(
+        f"tasks          {args.tasks} (256x256 tiles, 3 brush regions each), Label Studio {release} on SQLite, 2 cores"
+    )
     print(
         f"push           {push_seconds:7.1f} s  {args.tasks / push_seconds:7.1f} tasks/s  (JPEG tiles + RLE + import)"
     )
