@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.decisions import ReviewShapeError, proposed_categories
-from audit.ledger import Review, read_ledger, read_queued, reviews_by_tile
+from audit.ledger import Entry, Review, ledger_entries, load_review, read_queued, reviews_by_tile
 from audit.queue import TileImages
 from audit.records import kept_proposal_path, mask_path, read_mask, shown_mask
 from audit.review_cache import reviewed
@@ -64,8 +64,9 @@ def iter_applied(
     out_dir: Path, records: Iterable[TileRecord], taxonomy: Taxonomy, summary: ApplySummary
 ) -> Iterator[TileRecord]:
     """`apply_reviews` one record at a time: each record is yielded once applied, so a build streams
-    its records through here (the ledger is read once) instead of holding them all."""
-    reviews = reviews_by_tile(read_ledger(out_dir))
+    its records through here (the ledger is read once, keeping each review's entry, not its result)
+    instead of holding them all."""
+    reviews = reviews_by_tile(entry for _, entry in ledger_entries(out_dir))
     queued = queued_keys(out_dir)
     applied: list[tuple] = []
     overlays = OverlayWriter(out_dir, taxonomy)
@@ -142,14 +143,15 @@ def _current_proposal(out_dir: Path, record: TileRecord, keep: bool) -> np.ndarr
 def _apply_newest(
     out_dir: Path,
     record: TileRecord,
-    candidates: list[Review],
+    candidates: list[Entry],
     proposal: np.ndarray,
     taxonomy: Taxonomy,
     problems: list[str],
 ) -> tuple[Review, np.ndarray] | None:
     """Apply the newest review that fits the tile; a review that does not (another tile size, a label the
-    taxonomy lost) is reported and the next older one is tried."""
-    for review in candidates:
+    taxonomy lost, a region declaring more than the tile) is reported and the next older one is tried."""
+    for entry in candidates:
+        review = load_review(out_dir, entry)
         try:
             return review, _apply_one(out_dir, record, review, proposal, taxonomy)
         except ReviewShapeError as error:

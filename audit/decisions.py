@@ -41,6 +41,9 @@ from taxonomy.loader import Category, Taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 CORRECTION_KINDS = ("boundary", "merge", "filtering")
+# Label Studio's brush RLE opens with a 53-bit header: the count of values (32 bits), the word size
+# less one (5 bits) and four run-length field sizes less one (4 bits each).
+RLE_HEADER_BITS = 53
 
 
 class ReviewShapeError(ValueError):
@@ -153,6 +156,57 @@ def _join_extras(
     return painted
 
 
+def check_regions(result: list[dict], shape: tuple[int, int] | None) -> None:
+    """Refuse a result whose brush regions do not fit the tile of `shape` (height, width), or, where
+    the tile is not known (None), their own stated size, without decoding them: what a pull checks
+    before a review enters the ledger."""
+    for item in result:
+        try:
+            if item.get("type") == "brushlabels":
+                height, width = shape or (item["original_height"], item["original_width"])
+                brush_rle(item, height, width)
+        except ReviewShapeError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as error:
+            raise _unexpected(item, error) from None
+
+
+def brush_rle(item: dict, height: int, width: int) -> list[int]:
+    """A brush region's RLE, once its header shows it fits the tile. Why before decoding: Label Studio's
+    decoder allocates every value the RLE declares and a bit string of 8 characters a byte, so a 55 KB
+    RLE can claim a gibibyte. The region must state the tile's size, declare its RGBA (height*width*4
+    values) and be no longer than that many values can be encoded in."""
+    stated = (item.get("original_width", width), item.get("original_height", height))
+    if stated != (width, height):
+        raise ReviewShapeError(f"region {item['id']} is {stated[0]}x{stated[1]}, the tile {width}x{height}")
+    rle = item["value"]["rle"]
+    declared, longest = _rle_bounds(rle)
+    if declared != height * width * 4:
+        raise ReviewShapeError(
+            f"region {item['id']} declares {declared} RLE values, the {width}x{height} tile's RGBA holds "
+            f"{height * width * 4}: not decoded"
+        )
+    if len(rle) > longest:
+        raise ReviewShapeError(
+            f"region {item['id']}'s RLE is {len(rle)} bytes, longer than {declared} values can be encoded in "
+            f"({longest}): not decoded"
+        )
+    return rle
+
+
+def _rle_bounds(rle: list[int]) -> tuple[int, int]:
+    """The values an RLE declares, and the most bytes that many can take: each run costs a flag bit,
+    2 bits choosing a length field, that field, then its words; a run of one value with the widest
+    field is the dearest, so no value costs more than 3 + widest field + word size bits."""
+    header_bytes = -(-RLE_HEADER_BITS // 8)
+    if not isinstance(rle, list) or len(rle) < header_bytes:
+        raise ValueError("the RLE is no list of bytes holding a header")
+    header = int.from_bytes(bytes(rle[:header_bytes]), "big") >> (8 * header_bytes - RLE_HEADER_BITS)
+    declared, word_size = header >> 21, (header >> 16) % 32 + 1
+    widest = max((header >> shift) % 16 + 1 for shift in (12, 8, 4, 0))
+    return declared, -(-(RLE_HEADER_BITS + declared * (3 + widest + word_size)) // 8)
+
+
 def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy):
     height, width = shape
     regions: dict[str, tuple[str, np.ndarray]] = {}
@@ -170,22 +224,20 @@ def _read_result(result: list[dict], shape: tuple[int, int], taxonomy: Taxonomy)
             elif item.get("type") == "brushlabels":
                 label = value["brushlabels"][0]
                 taxonomy.index_of(label)
-                if item.get("original_height", height) != height or item.get("original_width", width) != width:
-                    raise ReviewShapeError(
-                        f"region {item['id']} is {item['original_width']}x{item['original_height']}, "
-                        f"the tile {width}x{height}"
-                    )
-                pixels = decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] > 127
+                pixels = decode_rle(brush_rle(item, height, width)).reshape(height, width, 4)[:, :, 3] > 127
                 if item["id"] in regions:  # the same region in several parts: union
                     pixels |= regions[item["id"]][1]
                 regions[item["id"]] = (label, pixels)
         except ReviewShapeError:
             raise
         except (KeyError, IndexError, ValueError, TypeError) as error:
-            raise ReviewShapeError(
-                f"result item {item.get('id')!r} in an unexpected shape ({type(error).__name__}: {error})"
-            ) from None
+            raise _unexpected(item, error) from None
     return regions, discarded, kinds
+
+
+def _unexpected(item: object, error: Exception) -> ReviewShapeError:
+    found = item.get("id") if isinstance(item, dict) else None
+    return ReviewShapeError(f"result item {found!r} in an unexpected shape ({type(error).__name__}: {error})")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,7 +8,9 @@ mid-way keeps every page it finished; the rerun appends the rest and nothing twi
 Every completed annotation is kept (an edited annotation appears again with its new `updated_at`);
 skipped (cancelled) annotations and open tasks add nothing, so they never downgrade a reviewed tile.
 Each pull also appends one line per project to `audit/pulls.jsonl` (tasks, reviewed, when), which
-`ovrsis audit status` reads without a server.
+`ovrsis audit status` reads without a server. A review whose brush regions could not fit its tile
+(audit/decisions.py `check_regions`) or whose ledger line would be over `MAX_LINE_BYTES` is set aside
+with its task: every build decodes what the ledger holds.
 """
 
 from __future__ import annotations
@@ -18,13 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from pydantic import ValidationError
 
 from audit.client import AuditClient
+from audit.decisions import ReviewShapeError, check_regions
 from audit.folders import belongs_to, not_ours
-from audit.ledger import PULLS, QUEUED, LedgerWriter, Pulled, Queued, Review, append_row, describe, now, read_queued
+from audit.ledger import (
+    PULLS,
+    QUEUED,
+    LedgerWriter,
+    LineTooLong,
+    Pulled,
+    Queued,
+    Review,
+    append_row,
+    describe,
+    encode_line,
+    now,
+    read_queued,
+)
 from audit.names import proposal_digest, queue_name, tile_key
-from audit.records import proposal_mask, remember_shown
+from audit.records import mask_path, proposal_mask, remember_shown
 from pipeline.records import TileRecord
 from pipeline.safe_names import UnsafeName
 
@@ -133,7 +150,7 @@ def pull_project(
             summary.tasks += 1
             try:
                 key, found = _task_reviews(task, queue, title, project_id, emails, out_dir, records, queued)
-            except (TaskSetAside, UnsafeName, ValidationError) as error:
+            except (TaskSetAside, UnsafeName, ValidationError, ReviewShapeError, LineTooLong) as error:
                 summary.set_aside.append(f"task {task['id']}: {describe(error)}")
                 continue
             if key not in records:
@@ -183,11 +200,27 @@ def _task_reviews(
         for a in task["annotations"]
         if _completed(a)
     ]
+    shape = _tile_shape(out_dir, records.get(key))
+    for review in found:
+        check_regions(review.result, shape)
+        encode_line(review.model_dump(mode="json"))  # LineTooLong where the ledger could not hold it
     if (key, task_queue) not in queued:
         queued.add((key, task_queue))
         row = Queued(key=key, queue=task_queue, project_id=project_id, proposal_digest=pushed)
         append_row(out_dir / QUEUED, row.model_dump())
     return key, found
+
+
+def _tile_shape(out_dir: Path, record: TileRecord | None) -> tuple[int, int] | None:
+    """The tile's (height, width), from its mask's header; None where this build holds no mask of it
+    (a review of it is still kept, its regions checked against their own stated size)."""
+    if record is None or record.quarantine or not record.semantic_mask:
+        return None
+    try:
+        with Image.open(mask_path(out_dir, record)) as mask:
+            return mask.height, mask.width
+    except OSError:
+        return None
 
 
 def _pages(client: AuditClient, project_id: int) -> Iterator[list[dict]]:

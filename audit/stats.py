@@ -37,7 +37,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from audit.decisions import CORRECTION_KINDS, ReviewShapeError
-from audit.ledger import Review, latest_reviews, read_ledger
+from audit.ledger import Entry, latest_by_queue, ledger_entries, load_review
 from audit.records import load_records, proposal_mask, shown_mask
 from audit.review_cache import reviewed
 from pipeline.files import atomic_path
@@ -103,9 +103,9 @@ SAMPLE_QUEUE = "sample"
 def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
     """Per queue: Table II and its breakdowns, from the ledger and the build's records."""
     records = {r.key: r for r in load_records(out_dir)}
-    reviews = read_ledger(out_dir)
-    queues = sorted({r.queue for r in reviews}, key=lambda q: (q != SAMPLE_QUEUE, q))
-    tables = {queue: _queue_statistics(out_dir, latest_reviews(reviews, queue), records, taxonomy) for queue in queues}
+    latest = latest_by_queue(entry for _, entry in ledger_entries(out_dir))  # entries: results read when used
+    queues = sorted(latest, key=lambda q: (q != SAMPLE_QUEUE, q))
+    tables = {queue: _queue_statistics(out_dir, latest[queue], records, taxonomy) for queue in queues}
     sample = tables.get(SAMPLE_QUEUE)
     proposed = sum(len(_painted(r)) for r in records.values() if not r.quarantine)
     estimate = {}
@@ -129,7 +129,7 @@ def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
 
 
 def _queue_statistics(
-    out_dir: Path, latest: dict[str, Review], records: dict[str, TileRecord], taxonomy: Taxonomy
+    out_dir: Path, latest: dict[str, Entry], records: dict[str, TileRecord], taxonomy: Taxonomy
 ) -> dict:
     categories: Counter = Counter()
     masks: Counter = Counter()
@@ -140,10 +140,11 @@ def _queue_statistics(
     ious: list[float] = []
     images = images_with_discard = added = stale = unfit = 0
     domains: set[str] = set()
-    for key, review in sorted(latest.items()):
+    for key, entry in sorted(latest.items()):
         record = records.get(key)
         if record is None or record.quarantine:
             continue
+        review = load_review(out_dir, entry)
         proposal = proposal_mask(out_dir, record)
         try:
             kept_shown = shown_mask(out_dir, review.proposal_digest)

@@ -5,10 +5,11 @@ build's proposal changed since the review) and when each queue was last pulled (
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from audit.ledger import Review, latest_reviews, read_ledger, read_pulls, read_queued
+from audit.ledger import Review, latest_by_queue, latest_reviews, ledger_entries, read_pulls, read_queued
 from audit.records import load_records, proposal_mask
 from pipeline.records import TileRecord
 
@@ -30,10 +31,10 @@ def audit_status(out_dir: Path) -> list[QueueStatus]:
     queued: dict[str, set[str]] = defaultdict(set)
     for row in read_queued(out_dir):
         queued[row.queue].add(row.key)
-    reviews = read_ledger(out_dir)
+    latest_of = latest_by_queue(_without_results(out_dir))
     statuses: dict[str, QueueStatus] = {}
-    for queue in sorted(set(queued) | {r.queue for r in reviews}):
-        latest = latest_reviews(reviews, queue)
+    for queue in sorted(set(queued) | set(latest_of)):
+        latest = latest_of.get(queue, {})
         status = statuses[queue] = QueueStatus(queue)
         status.tasks = len(queued[queue] | set(latest))
         status.reviewed = len(latest)
@@ -55,8 +56,15 @@ def audit_status(out_dir: Path) -> list[QueueStatus]:
 def stale_keys(out_dir: Path) -> set[str]:
     """Tiles whose latest review (any queue) was of another proposal than today's."""
     records = {r.key: r for r in load_records(out_dir) if not r.quarantine}
-    latest = latest_reviews(read_ledger(out_dir))
+    latest = latest_reviews(_without_results(out_dir))
     return {key for key, review in latest.items() if key in records and is_stale(out_dir, records[key], review)}
+
+
+def _without_results(out_dir: Path) -> Iterator[Review]:
+    """The ledger's reviews, streamed, each without its result: the status never decodes one, and
+    the results are most of the ledger."""
+    for review, _ in ledger_entries(out_dir):
+        yield review.model_copy(update={"result": []})
 
 
 def is_stale(out_dir: Path, record: TileRecord, review: Review) -> bool:

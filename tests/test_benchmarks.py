@@ -20,6 +20,7 @@ SCRIPTS = (
     "bench_categories",
     "bench_flow_overhead",
     "bench_gdal_listing",
+    "bench_ledger",
     "bench_order",
     "bench_overlap",
     "bench_piseg",
