@@ -23,6 +23,7 @@ many run at once across workers.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -320,9 +321,36 @@ def build(config: str) -> dict:
     """Build an OVRSIS95K-style dataset from the configuration file at `config`."""
     path = str(Path(config).resolve())
     settings = load_build_config(path)
-    check_before_models(settings)
+    check_before_build(settings)
     with output_lock(settings.output):  # no `ovrsis audit pull` applies reviews to masks while they are rewritten
         return build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
+
+
+def check_before_build(config: BuildConfig) -> None:
+    """check_before_models, then what the build itself needs of its output folder: that a file can
+    be written there (as root, os.access says yes to anything), and that the review ledger, applied
+    only after all the model work, is a readable regular file with intact lines. A ledger that was a
+    directory used to read as empty, silently dropping every review; a damaged one failed the build
+    after hours of model work."""
+    from audit.ledger import ledger_entries, ledger_path
+    from audit.settings import AuditError
+
+    check_before_models(config)
+    try:
+        with tempfile.TemporaryFile(dir=config.output):
+            pass
+    except OSError as error:
+        raise BuildConfigError(f"{config.output}: cannot write the build output ({error.strerror})") from error
+    ledger = ledger_path(config.output)
+    if ledger.exists() and not ledger.is_file():
+        raise BuildConfigError(f"{ledger}: the review ledger is not a regular file; move it away or restore the file")
+    try:
+        for _ in ledger_entries(config.output):  # every line checked, one at a time (memory flat in its size)
+            pass
+    except OSError as error:
+        raise BuildConfigError(f"{ledger}: cannot read the review ledger ({error.strerror})") from error
+    except AuditError as error:
+        raise BuildConfigError(str(error)) from error
 
 
 class _Plan:
@@ -425,11 +453,11 @@ def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
 
 def _audit_statistics(config: BuildConfig) -> str | None:
     """Table II per queue (report/audit_stats.md, rewritten), where the ledger holds reviews; else None."""
-    from audit.ledger import read_ledger
+    from audit.ledger import ledger_entries
     from audit.stats import write_report as write_audit_report
     from taxonomy.loader import load_taxonomy
 
-    if not read_ledger(config.output):
+    if next(ledger_entries(config.output), None) is None:
         return None
     write_audit_report(config.output, config.output / "report", load_taxonomy(config.taxonomy))
     return (config.output / "report" / "audit_stats.md").read_text(encoding="utf-8")
@@ -454,4 +482,4 @@ def _file_digest(path: Path) -> str:
         return f"unreadable: {error.strerror}"
 
 
-__all__ = ["FLOW_NAME", "BuildConfigError", "build"]
+__all__ = ["FLOW_NAME", "BuildConfigError", "build", "check_before_build"]

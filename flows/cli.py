@@ -13,6 +13,7 @@ from flows import commands
 from pipeline import cli as pipeline_cli
 from pipeline.export import cli as export_cli
 from pipeline.models import cli as models_cli
+from pipeline.terminal import run_command
 
 app = typer.Typer(
     name="ovrsis",
@@ -37,7 +38,8 @@ app.add_typer(models_cli.app, name="models")
 
 
 def main() -> None:
-    app()
+    """`ovrsis`: every command inside the one error boundary (pipeline.terminal.run_command)."""
+    run_command(app)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ flow and checking its output (flows.cli mounts `app` at the top level of `ovrsis
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.terminal import EXIT_PARTIAL, console, counting_bar, fail, set_aside
+from pipeline.terminal import EXIT_PARTIAL, QuietWhileStopping, console, counting_bar, fail, set_aside
 
 app = typer.Typer()
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
@@ -36,12 +37,14 @@ def build(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import build as build_module
     from flows import progress as build_progress
-    from flows.config import BuildConfigError, check_before_models, load_build_config
+    from flows.config import BuildConfigError, load_build_config
 
     try:
-        check_before_models(load_build_config(config))
+        build_module.check_before_build(load_build_config(config))
     except BuildConfigError as error:
         fail(error)
+    for handler in logging.getLogger().handlers:  # Prefect's console: its crash reports of a stop
+        handler.addFilter(QuietWhileStopping())
     with counting_bar("build", "tiles") as progress:
         task = progress.add_task("tiles", total=None)
         build_progress.listen(lambda done, total: progress.update(task, completed=done, total=total))
@@ -52,8 +55,23 @@ def build(
     output = load_build_config(config).output
     console.print(f"[bold]shards:[/bold] {splits} -> {output / 'shards'}")
     console.print(f"manifest: {output / 'manifest.json'}; balance report: {output / 'report' / 'balance.md'}")
+    if not sum(info["samples"] for info in manifest["splits"].values()):
+        fail(_why_no_samples(output))
     if manifest["quarantined"]:  # finished, good tiles sharded, some inputs skipped
         set_aside(f"{len(manifest['quarantined'])} quarantined tile(s)", output / "summary.json")
+
+
+def _why_no_samples(output: Path) -> str:
+    """The `error:` line of a build that sharded nothing: nothing usable came out of it, whatever
+    reports it wrote (exit 2, not 0)."""
+    summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
+    tiles, annotated = summary["tiles"], summary["annotated"]
+    if not annotated:
+        return f"no samples written: none of the {tiles} tiles could be annotated; reasons in {output / 'summary.json'}"
+    return (
+        f"no samples written: none of the {annotated} annotated tiles (of {tiles}) had a category the selection "
+        f"keeps; their records: {output / 'records.jsonl'}, balance report: {output / 'report' / 'balance.md'}"
+    )
 
 
 @app.command("serve")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from pipeline.terminal import EXIT_PARTIAL, console, fail, set_aside
+from pipeline.terminal import EXIT_PARTIAL, console, fail, run_command, set_aside
 from piseg.evaluation.paper import MODELS
 from piseg.faults import SkippedLog
 from piseg.modeling.prompts import PROMPT_TEMPLATE, class_prompts
@@ -547,7 +547,8 @@ def reproduce(
 
 
 def main() -> None:
-    app()
+    """`piseg`: every command inside the one error boundary (pipeline.terminal.run_command)."""
+    run_command(app)
 
 
 if __name__ == "__main__":
