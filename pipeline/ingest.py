@@ -50,7 +50,12 @@ from pipeline.safe_names import MAX_NAME_BYTES, UnsafeName, confined_name
 from pipeline.tiling import MAX_PIXELS, BandRule, TilingConfig
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt")
-SIDECAR_SUFFIXES = (".xml", ".aux", ".ovr", ".json", ".jsonl", ".geojson", ".txt", ".md", ".prj", ".tfw", ".wld")
+# world files (.tfw, .jgw, .pgw, ...), GDAL's overviews, masks and metadata, RPC models: they travel with imagery
+SIDECAR_SUFFIXES = (
+    *(".xml", ".aux", ".ovr", ".msk", ".rrd", ".json", ".jsonl", ".geojson", ".txt", ".md", ".prj", ".wld"),
+    *(".tfw", ".tifw", ".tiffw", ".jgw", ".jpw", ".jpgw", ".pgw", ".pngw", ".j2w", ".gfw", ".bpw"),
+    *(".rpb", ".rpc", ".imd"),
+)
 STATS_MAX_SIDE = 1024
 MIN_SIDE = 16  # the smallest raster tiled: the models' image processors fail on slivers (a 1 x 1 raster)
 GDAL_CACHE_MB = 256  # GDAL's block cache; its default, 5 % of RAM, grows by gigabytes over one large raster
@@ -138,13 +143,14 @@ def source_keys(rasters: list[Path], set_aside: Sequence[TileRecord] = ()) -> So
     in the ledger and caches stay valid): a raster's stem, or its name when two rasters share a stem
     (a.tif, a.png), with dots replaced; a file set aside, its stem. Two files whose plain stems are
     equal (a.b.tif and a_b.tif, x.tif beside an unsupported x.bmp, d1/x.tif and d2/x.tif) would share
-    keys and one tile's mask would overwrite the other's; every such file, and any whose plain stem
-    is no safe file name (`_safe_stem`), gets `_disambiguated` instead: independent of input order."""
+    keys and one tile's mask would overwrite the other's; one of them keeps the plain stem (`_yielding`
+    says which) and every other, and any file whose plain stem is no safe file name (`_safe_stem`),
+    gets `_disambiguated` instead: independent of input order."""
     paths = [Path(r.source.path) for r in set_aside]
     counts = Counter(p.stem for p in rasters)
     plain = {p: (p.stem if counts[p.stem] == 1 else p.name).replace(".", "_") for p in rasters}
     plain.update({p: p.stem for p in paths if p not in plain})
-    renamed = {p for p, stem in plain.items() if not _safe_stem(stem)} | _sharing(plain)
+    renamed = {p for p, stem in plain.items() if not _safe_stem(stem)} | _yielding(plain, set(rasters))
     stems = _stems(plain, renamed)
     while clashing := _sharing(stems) - renamed:  # a renamed stem equal to another file's plain one
         renamed |= clashing
@@ -169,6 +175,22 @@ def _safe_stem(stem: str) -> bool:
     except (UnsafeName, UnicodeEncodeError):
         return False
     return True
+
+
+def _yielding(plain: dict[Path, str], rasters: set[Path]) -> set[Path]:
+    """Of each group of files sharing a plain stem, all but one: the one that keeps the stem, so the keys
+    (and the reviews in the ledger) of a build made before the clash stay its own, is a raster before a
+    file set aside (which never had masks or reviews), a file whose stem is the key unchanged (a_b.tif
+    before a.b.tif), then the first path in sorted order (independent of input order)."""
+    groups: dict[str, list[Path]] = {}
+    for path, stem in plain.items():
+        groups.setdefault(stem, []).append(path)
+    keepers = {
+        min(group, key=lambda p, stem=stem: (p not in rasters, p.stem != stem, str(p)))
+        for stem, group in groups.items()
+        if len(group) > 1
+    }
+    return _sharing(plain) - keepers
 
 
 def _sharing(stems: dict[Path, str]) -> set[Path]:

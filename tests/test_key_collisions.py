@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app as ovrsis_app
 from flows.sample_build import CAPTION, ovrsis, prefect_env, write_config
-from pipeline.ingest import quarantined_file, source_keys
+from pipeline.ingest import find_rasters, quarantined_file, source_keys
 from pipeline.records import TileRecord
 from pipeline.shards import ShardReader
 
@@ -73,7 +73,14 @@ def test_colliding_names_get_distinct_keys_in_any_order_and_the_others_keep_thei
     stems = planned.stems
     assert len(set(stems.values())) == len(stems) == len(rasters) + 1
     assert [stems[tmp_path / n] for n in UNIQUE] == ["plain", "z_tif", "z_png"]
-    assert set(planned.renamed) == set(rasters[:5]) | {tmp_path / "x.bmp"}
+    # one file of each clash keeps its key (and its reviews): the raster whose stem is the key unchanged,
+    # a raster before a file set aside, else the first path; only the others are renamed
+    assert set(planned.renamed) == {tmp_path / "a.b.tif", tmp_path / "d2/y.tif", tmp_path / "x.bmp"}
+    assert (stems[tmp_path / "a_b.tif"], stems[tmp_path / "x.tif"], stems[tmp_path / "d1/y.tif"]) == (
+        "a_b",
+        "x",
+        "y_tif",
+    )
     assert stems[tmp_path / "a.b.tif"].startswith("a_b_tif_") and stems[tmp_path / "x.bmp"].startswith("x_bmp_")
     assert planned.rekeyed(set_aside)[0].key == f"{stems[tmp_path / 'x.bmp']}__r0_c0"
     for path, stem in stems.items():
@@ -88,6 +95,19 @@ def test_colliding_names_get_distinct_keys_in_any_order_and_the_others_keep_thei
         source_keys([moved / p.relative_to(tmp_path) for p in rasters]).stems[moved / "d1/y.tif"]
         == stems[tmp_path / "d1/y.tif"]
     )
+
+
+def test_a_world_file_beside_its_image_is_no_input_and_renames_nothing(tmp_path):
+    """x.jpg with its world file x.jgw (or .pgw, .j2w): the world file is a sidecar, not a set-aside input
+    whose stem would clash with the image's and change the image's keys."""
+    images = [tmp_path / "x.jpg", tmp_path / "y.png", tmp_path / "z.jp2"]
+    for image, world in zip(images, ("x.jgw", "y.pgw", "z.j2w")):
+        image.write_bytes(b"")
+        (tmp_path / world).write_text("0.5\n0\n0\n-0.5\n100\n200\n")
+    rasters, unsupported = find_rasters(tmp_path)
+    assert unsupported == [] and sorted(rasters) == sorted(images)
+    planned = source_keys(rasters, unsupported)
+    assert planned.renamed == {} and planned.stems[tmp_path / "x.jpg"] == "x"
 
 
 def test_names_that_are_no_safe_file_names_get_safe_keys(tmp_path):
@@ -109,9 +129,10 @@ def test_annotate_keeps_both_tiles_with_distinct_keys_stable_across_runs(tmp_pat
     assert first.exit_code == 1, (first.stderr, first.exception)  # x.bmp set aside, the rest annotated
     keys = assert_both_tiles_kept(read_records(tmp_path / "out1"), tmp_path / "out1")
     note = first.stderr.split("tiles annotated")[0]  # printed before the run's summary
-    for name in ("a.b.tif", "a_b.tif", "x.tif", "x.bmp"):
+    for name in ("a.b.tif", "x.bmp"):
         assert f"{inputs / name} -> keys {keys[name].removesuffix('__r0_c0')}__r*_c*" in note, first.stderr
-    assert "plain.tif" not in note
+    assert "plain.tif" not in note and str(inputs / "a_b.tif") not in note and str(inputs / "x.tif") not in note
+    assert (keys["a_b.tif"], keys["x.tif"]) == ("a_b__r0_c0", "x__r0_c0")  # the keys they had before the clash
     second = annotate(inputs, tmp_path / "out2", tiny_models_yaml)
     assert second.exit_code == 1 and assert_both_tiles_kept(read_records(tmp_path / "out2"), tmp_path / "out2") == keys
 
