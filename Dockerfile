@@ -5,7 +5,7 @@ WORKDIR /app
 # The same hash-pinned lock as `make setup` (torch 2.14.1 + torchvision 0.29.1 included): nothing resolves here.
 COPY requirements/main.lock requirements/main.lock
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/main.lock
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml README.md ./
 COPY taxonomy taxonomy
 COPY pipeline pipeline
 COPY flows flows

@@ -49,7 +49,8 @@ def not_ours(project: Any, out_dir: Path) -> str:
     return (
         f"project {project.title!r} (id {project.id}) is not the audit of {out_dir.resolve()}: its description "
         f"lacks the line '{folder_line(out_dir)}' (if it is this folder's audit, moved here or made by hand, "
-        "add that line to its description in Label Studio)"
+        "add that line to its description in Label Studio; a project an older push made names its folder as "
+        "it was typed then, so running from the folder it was pushed from also finds it)"
     )
 
 

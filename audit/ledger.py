@@ -10,7 +10,8 @@ annotation) per line, readable without this project:
 choices, per-region correction kinds), so the ledger alone, with no server, rebuilds every reviewed
 mask and category. `proposal_digest` names the proposal the reviewer was shown (kept as
 `OUT/audit/shown/DIGEST.png`). `key`, `queue` and `proposal_digest` come from Label Studio and become
-file names: a line whose values could not be (audit/names.py) is refused like a damaged line.
+file names: a pull checks them, and a value read back that could not be one is made harmless, never
+used as a path and never a reason to stop (audit/names.py).
 
 Why a ledger and not the records: the records and masks are derived from proposals + ledger on
 every build, so a rebuild (cache wiped, thresholds or models changed, server stopped) can never

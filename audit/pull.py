@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from pydantic import ValidationError
 
 from audit.client import AuditClient
@@ -41,7 +40,7 @@ from audit.ledger import (
     read_queued,
 )
 from audit.names import proposal_digest, queue_name, tile_key
-from audit.records import mask_path, proposal_mask, remember_shown
+from audit.records import proposal_mask, remember_shown
 from pipeline.records import TileRecord
 from pipeline.safe_names import UnsafeName
 
@@ -200,27 +199,14 @@ def _task_reviews(
         for a in task["annotations"]
         if _completed(a)
     ]
-    shape = _tile_shape(out_dir, records.get(key))
-    for review in found:
-        check_regions(review.result, shape)
+    for review in found:  # against the regions' own stated size: a review of another tiling is kept
+        check_regions(review.result, None)
         encode_line(review.model_dump(mode="json"))  # LineTooLong where the ledger could not hold it
     if (key, task_queue) not in queued:
         queued.add((key, task_queue))
         row = Queued(key=key, queue=task_queue, project_id=project_id, proposal_digest=pushed)
         append_row(out_dir / QUEUED, row.model_dump())
     return key, found
-
-
-def _tile_shape(out_dir: Path, record: TileRecord | None) -> tuple[int, int] | None:
-    """The tile's (height, width), from its mask's header; None where this build holds no mask of it
-    (a review of it is still kept, its regions checked against their own stated size)."""
-    if record is None or record.quarantine or not record.semantic_mask:
-        return None
-    try:
-        with Image.open(mask_path(out_dir, record)) as mask:
-            return mask.height, mask.width
-    except OSError:
-        return None
 
 
 def _pages(client: AuditClient, project_id: int) -> Iterator[list[dict]]:

@@ -160,16 +160,14 @@ def start_server(
 
 
 def private_folder(folder: Path) -> None:
-    """Create `folder` 0700 and make what an older start left in it private (files 0600, folders 0700):
-    Label Studio's SQLite database holds the admin token."""
+    """Create `folder` 0700 and make the SQLite database an older start left there 0600 (it holds the admin
+    token). Nothing else is touched: `--data` may name a folder that holds other things, and with the
+    folder itself private nothing below it is reachable by another user (new files come with umask 077)."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    for path in folder.rglob("*"):
-        try:
-            if not path.is_symlink():
-                path.chmod(0o700 if path.is_dir() else 0o600)
-        except FileNotFoundError:  # a journal file a running server just removed
-            continue
+    for database in folder.glob("*.sqlite3*"):
+        if database.is_file() and not database.is_symlink():
+            database.chmod(0o600)
 
 
 def start_backend(

@@ -332,7 +332,7 @@ def check_before_build(config: BuildConfig) -> None:
     only after all the model work, is a readable regular file with intact lines. A ledger that was a
     directory used to read as empty, silently dropping every review; a damaged one failed the build
     after hours of model work."""
-    from audit.ledger import ledger_entries, ledger_path
+    from audit.ledger import ledger_entries, ledger_path, read_queued
     from audit.settings import AuditError
 
     check_before_models(config)
@@ -346,6 +346,8 @@ def check_before_build(config: BuildConfig) -> None:
         raise BuildConfigError(f"{ledger}: the review ledger is not a regular file; move it away or restore the file")
     try:
         for _ in ledger_entries(config.output):  # every line checked, one at a time (memory flat in its size)
+            pass
+        for _ in read_queued(config.output):  # applying reads it too
             pass
     except OSError as error:
         raise BuildConfigError(f"{ledger}: cannot read the review ledger ({error.strerror})") from error

@@ -31,13 +31,20 @@ def confined_name(name: object, what: str = "name") -> str:
         raise UnsafeName(f"{what} is not a string: {name!r}")
     if name in ("", ".", ".."):
         raise UnsafeName(f"{what} {name!r} is not a file name")
+    shown = _shown(name)
     if "/" in name or "\\" in name:
-        raise UnsafeName(f"{what} {name!r} holds a path separator")
+        raise UnsafeName(f"{what} {shown} holds a path separator")
     if _CONTROL.search(name):
-        raise UnsafeName(f"{what} {name!r} holds a control character")
+        raise UnsafeName(f"{what} {shown} holds a control character")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise UnsafeName(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     return name
+
+
+def _shown(name: str) -> str:
+    """The name for a message: whole up to 200 characters, else its start and end (a hostile name can be
+    megabytes long, and messages end up in the audit's files)."""
+    return repr(name) if len(name) <= 200 else f"{name[:150]!r}...{name[-40:]!r}"
 
 
 def confined_path(folder: Path, name: object, what: str = "name") -> Path:
@@ -45,7 +52,7 @@ def confined_path(folder: Path, name: object, what: str = "name") -> Path:
     links in `folder` (a name can never point the path elsewhere)."""
     path = folder / confined_name(name, what)
     if path.resolve(strict=False).parent != folder.resolve(strict=False):
-        raise UnsafeName(f"{what} {name!r} leaves {folder}")
+        raise UnsafeName(f"{what} {_shown(str(name))} leaves {folder}")
     return path
 
 
@@ -53,5 +60,5 @@ def hex_digest(value: object, length: int, what: str = "digest") -> str:
     """`value` when it is lowercase hex of exactly `length` characters (a digest the project made);
     UnsafeName otherwise, so a digest can be used in a file name without further checks."""
     if not isinstance(value, str) or len(value) != length or not _HEX.fullmatch(value):
-        raise UnsafeName(f"{what} {value!r} is not {length} lowercase hex characters")
+        raise UnsafeName(f"{what} {_shown(str(value))} is not {length} lowercase hex characters")
     return value

@@ -455,19 +455,22 @@ def member_key(member: tarfile.TarInfo) -> tuple[str, str]:
     return confined_name(key, "sample key"), part
 
 
-def read_samples(path: Path, skipped: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+def read_samples(
+    path: Path, skipped: list[str], seen: set[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {part: bytes}) per sample of one shard, in its order (a sample's parts are adjacent), one
     sample in memory at a time. A member with an unsafe name (`member_key`), a sample whose key repeats
-    an earlier sample of the shard, or a part a sample already has (each would overwrite what an export
+    an earlier sample (of the shard, or of the shards read before with the same `seen` set: an export
+    passes one per split folder), or a part a sample already has (each would overwrite what an export
     wrote for the first) is left out and named in `skipped` with the shard and the member."""
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     key, parts = None, {}
     with tarfile.open(path) as tar:
         for member in tar:
             try:
                 name_key, part = member_key(member)
                 if name_key != key and name_key in seen:
-                    raise UnsafeName(f"sample key {name_key!r} repeats an earlier sample of the shard")
+                    raise UnsafeName(f"sample key {name_key!r} repeats an earlier sample")
                 if name_key == key and part in parts:
                     raise UnsafeName(f"sample {name_key!r} has a second {part!r} part")
             except UnsafeName as error:
@@ -620,8 +623,9 @@ def export_official(
         images, masks = destination / split / "img", destination / split / "mask"
         images.mkdir(parents=True, exist_ok=True)
         masks.mkdir(parents=True, exist_ok=True)
+        written: set[str] = set()  # one file per key in the split's folders, across its shards
         for shard in reader.shard_paths(split):
-            for key, parts in read_samples(Path(shard), skipped):
+            for key, parts in read_samples(Path(shard), skipped, written):
                 try:
                     _write_official(images, masks, key, parts)
                 except (ShardError, UnsafeName) as error:

@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -121,7 +122,9 @@ CHILD_GRACE_SECONDS = 3.0  # how long stopped child processes get to exit before
 
 _stop_signal: int | None = None  # the first stop signal received
 _ending = False  # set once the process is being ended
+_raised = False  # set once our handler raised the stop in the main thread
 _stopping = threading.Lock()
+_arming = threading.Lock()
 
 
 def run_command(app: typer.Typer) -> None:
@@ -197,20 +200,48 @@ def _writing(handle: io.IOBase) -> bool:
 def _catch_stop_signals() -> None:
     """SIGINT raises KeyboardInterrupt and SIGTERM raises Terminated in the main thread, after
     silencing logging (a library's crash report of the stop would bury the one line) and arming
-    the deadline; a second signal ends the process at once."""
+    the deadline; a second signal ends the process at once. The deadline is armed even where a
+    library put its own handler in place of ours: Prefect does while a flow runs, and its crash
+    report then retried a dead server for minutes; the wakeup descriptor sees every signal,
+    whoever handles it (`_watch_stops`)."""
     for number in STOPS:
         signal.signal(number, _on_stop_signal)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=_watch_stops, args=(reader, writer), name="stop-watch", daemon=True).start()
+
+
+def _watch_stops(reader: socket.socket, writer: socket.socket) -> None:
+    """Arm the deadline at the first stop signal the process receives (`writer` is kept open here)."""
+    while data := reader.recv(64):
+        if any(number in STOPS for number in data):
+            _arm(next(number for number in data if number in STOPS))
+
+
+def _arm(number: int) -> bool:
+    """Record the first stop signal, silence logging and start the deadline; False if already armed."""
+    global _stop_signal
+    with _arming:
+        if _stop_signal is not None:
+            return False
+        _stop_signal = number
+    logging.disable(logging.CRITICAL)
+    threading.Thread(target=_deadline, name="stop-deadline", daemon=True).start()
+    return True
 
 
 def _on_stop_signal(number: int, frame: FrameType | None) -> None:
-    global _stop_signal
-    if _stop_signal is not None:  # a second signal: no more unwinding
+    if not _arm(number) and _raised:  # a second signal: no more unwinding
         if not _ending:
             _stop(number)
         return
-    _stop_signal = number
-    logging.disable(logging.CRITICAL)
-    threading.Thread(target=_deadline, name="stop-deadline", daemon=True).start()
+    _raise_stop(number)
+
+
+def _raise_stop(number: int) -> NoReturn:
+    global _raised
+    _raised = True
     raise KeyboardInterrupt if number == signal.SIGINT else Terminated
 
 

@@ -126,13 +126,17 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
 # transformers settings that name code to fetch or run (remote modules, hub attention kernels): a
 # checkpoint needs none of them, and with the `kernels` package installed they would load code.
 CODE_SETTINGS = {"auto_map", "trust_remote_code", "custom_pipelines"}
-PLAIN_ATTENTION = {None, "eager", "sdpa"}
+IMPLEMENTATION_SETTINGS = {"attn_implementation", "experts_implementation"}  # also with a leading _
+PLAIN_IMPLEMENTATIONS = (None, "eager", "sdpa")
 
 
 def code_fetching_setting(settings: dict, where: str) -> str | None:
     """Where `settings` (CLIP settings, nested configs included) name code to fetch or run, or None."""
     for key, value in settings.items():
-        if key in CODE_SETTINGS or (key == "attn_implementation" and value not in PLAIN_ATTENTION):
+        implementation = isinstance(key, str) and key.lstrip("_") in IMPLEMENTATION_SETTINGS
+        if key in CODE_SETTINGS or (
+            implementation and not any(value is p or value == p for p in PLAIN_IMPLEMENTATIONS)
+        ):
             return f"{where}.{key} names code to load ({str(value)[:80]!r}); a checkpoint carries data only"
         if isinstance(value, dict):
             problem = code_fetching_setting(value, f"{where}.{key}")

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.bench_smoke
-
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = (
     "bench_annotate",
@@ -41,6 +39,7 @@ RUNS = [pytest.param(script, (), id=script) for script in SCRIPTS] + [
 ]
 
 
+@pytest.mark.bench_smoke
 @pytest.mark.parametrize(("script", "mode"), RUNS)
 def test_smoke_run_prints_figures(script: str, mode: tuple[str, ...]) -> None:
     command = [sys.executable, f"benchmarks/{script}.py", "--smoke", *mode]
@@ -53,6 +52,7 @@ def test_smoke_run_prints_figures(script: str, mode: tuple[str, ...]) -> None:
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:
+    """Unmarked, so `make test` itself fails when a new benchmark has no smoke run in CI."""
     scripts = {path.stem for path in (REPO / "benchmarks").glob("*.py") if path.name != "_shared.py"}
     assert not scripts - set(SCRIPTS), f"benchmarks without a smoke run here: {sorted(scripts - set(SCRIPTS))}"
     assert not set(SCRIPTS) - scripts, f"smoke runs of benchmarks that are gone: {sorted(set(SCRIPTS) - scripts)}"

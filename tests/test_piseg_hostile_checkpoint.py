@@ -101,6 +101,16 @@ HOSTILE: list[tuple[str, Change, str]] = [
     ("clip-setting-unbuildable", set_text_setting("hidden_size", "wide"), "its settings do not build a model"),
     ("remote-code", set_text_setting("auto_map", {"AutoModel": "evil.Model"}), "auto_map names code to load"),
     (
+        "private-attention-kernel",
+        set_text_setting("_attn_implementation", "kernels-community/flash-attn"),
+        "_attn_implementation names code to load",
+    ),
+    (
+        "attention-not-a-string",
+        set_text_setting("attn_implementation", {"": "kernels-community/x"}),
+        "attn_implementation names code to load",
+    ),
+    (
         "hub-attention-kernel",
         set_text_setting("attn_implementation", "kernels-community/flash-attn"),
         "attn_implementation names code to load",

@@ -16,7 +16,7 @@ from audit.apply import apply_reviews
 from audit.decisions import ReviewShapeError, review_annotation
 from audit.ledger import append_reviews, ledger_path
 from audit.records import load_records
-from audit.session import default_title, pull_queues
+from audit.session import apply_ledger, default_title, pull_queues
 from audit.settings import AuditError
 from audit.stats import audit_statistics
 from audit.status import audit_status
@@ -107,10 +107,9 @@ def test_an_rle_longer_than_its_values_can_take_is_refused_undecoded():
     ("key", "item", "reason"),
     [
         ("a", region(rle_declaring(GIB), 10, 10), "declares 1073741824 RLE values, the 10x10 tile's RGBA holds 400"),
-        ("a", region(rle_declaring(64 * 64 * 4), 64, 64), f"region r{ROAD} is 64x64, the tile 10x10"),
         ("elsewhere", region(rle_declaring(GIB), 64, 64), "the 64x64 tile's RGBA holds 16384: not decoded"),
     ],
-    ids=["a gibibyte declared", "another size than the tile", "a tile this build lacks"],
+    ids=["a gibibyte declared", "a tile this build lacks"],
 )
 def test_a_pull_sets_aside_a_review_whose_regions_do_not_fit_the_tile(tmp_path, key, item, reason):
     out = tmp_path / "out"
@@ -125,6 +124,22 @@ def test_a_pull_sets_aside_a_review_whose_regions_do_not_fit_the_tile(tmp_path, 
     (set_aside,) = summary.set_aside
     assert set_aside.startswith("task 3: ") and reason in set_aside
     assert summary.new_reviews == 2 and ledger_path(out).read_bytes().count(b"\n") == 2
+
+
+def test_a_pull_keeps_a_review_of_another_tile_size_and_apply_does_not_use_it(tmp_path):
+    """A review made when the tiles were 64 px is kept when they are 10 px now (never dropped because of
+    the current records); applying it reports it as not fitting, and the tile keeps its older review."""
+    out = tmp_path / "out"
+    server = FakeLabelStudio()
+    client = pushed_build(out, server)
+    review_all(server, 1)
+    data = {"key": "a", "queue": "sample", "proposal_digest": mask_digest(four_stripes())}
+    server.add_task(1, data, [region(rle_declaring(64 * 64 * 4), 64, 64)])
+
+    (summary,) = pull_queues(client, out, default_title(out))
+
+    assert summary.set_aside == [] and summary.new_reviews == 3
+    assert apply_ledger(out, TAXONOMY).reviewed >= 1
 
 
 def test_a_pull_sets_aside_a_review_whose_ledger_line_would_be_over_the_limit(tmp_path, monkeypatch):

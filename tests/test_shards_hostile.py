@@ -77,11 +77,11 @@ def build(out: Path, inputs: Path, keep_private_fields: bool = False) -> Path:
     return out
 
 
-def plain_build(out: Path) -> Path:
+def plain_build(out: Path, max_samples: int = 1000) -> Path:
     """Four tiles, train only, written with the writer's defaults (the hostile samples come after)."""
     records = [tile_record(f"img{i}__r0_c0", out.parent / "in" / f"img{i}.tif") for i in range(3)]
     records.append(tile_record("far__r0_c0", out.parent / "elsewhere" / "far.tif"))
-    write_shards(out, records, sample, NAMES, "sha256:test", ShardConfig(val_fraction=0.0))
+    write_shards(out, records, sample, NAMES, "sha256:test", ShardConfig(val_fraction=0.0, max_samples=max_samples))
     return out
 
 
@@ -103,9 +103,9 @@ def hostile_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def add_members(out: Path, members: list[tuple[str, bytes]], samples: int) -> Path:
-    """Append `members` to the train shard and make the manifest agree (sha256, bytes, `samples` more)."""
-    shard = out / "shards" / "train-000000.tar"
+def add_members(out: Path, members: list[tuple[str, bytes]], samples: int, index: int = 0) -> Path:
+    """Append `members` to a train shard and make the manifest agree (sha256, bytes, `samples` more)."""
+    shard = out / "shards" / f"train-{index:06d}.tar"
     with tarfile.open(shard) as source:
         kept = [(member, source.extractfile(member).read()) for member in source]
     shard.chmod(0o644)
@@ -115,7 +115,7 @@ def add_members(out: Path, members: list[tuple[str, bytes]], samples: int) -> Pa
         for name, data in members:
             hostile_member(tar, name, data)
     manifest = json.loads((out / "manifest.json").read_text())
-    entry = manifest["splits"]["train"]["shards"][0]
+    entry = manifest["splits"]["train"]["shards"][index]
     entry.update(sha256=hashlib.sha256(shard.read_bytes()).hexdigest(), bytes=shard.stat().st_size)
     entry["samples"] += samples
     manifest["splits"]["train"]["samples"] += samples
@@ -204,6 +204,19 @@ def test_repeated_keys_in_a_shard_are_reported_and_exported_once(tmp_path):
     assert official.exit_code == 1 and "4 samples written" in official.output
     image = np.asarray(Image.open(tmp_path / "dest" / "train" / "img" / f"{first_key}.jpg"))
     assert image.std() > 10  # the first sample's noise, not the repeat's black
+
+
+def test_a_key_repeated_in_a_later_shard_is_exported_once(tmp_path):
+    """The official layout has one file per key in a split's folders: a later shard's sample with an
+    earlier shard's key would overwrite it."""
+    out = plain_build(tmp_path / "out", max_samples=2)
+    with tarfile.open(out / "shards" / "train-000000.tar") as tar:
+        first_key = tar.getnames()[0].partition(".")[0]
+    add_members(out, sample_members(first_key), samples=0, index=1)
+    official = invoke("shards", "export", str(out), str(tmp_path / "dest"))
+    assert official.exit_code == 1 and f"sample key {first_key!r} repeats an earlier sample" in official.output
+    image = np.asarray(Image.open(tmp_path / "dest" / "train" / "img" / f"{first_key}.jpg"))
+    assert image.std() > 10  # the first shard's noise, not the repeat's black
 
 
 def test_a_manifest_naming_a_shard_outside_the_folder_is_refused(tmp_path):
