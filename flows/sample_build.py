@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,3 +97,14 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
 def ovrsis(*args: str) -> list[str]:
     """The argv of `ovrsis ARGS` run by this interpreter, which need not have its scripts on PATH."""
     return [sys.executable, "-m", "flows.cli", *args]
+
+
+def run_build(config: Path, prefect_home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`ovrsis build --config CONFIG` to its end in an isolated Prefect environment, output captured."""
+    return subprocess.run(
+        ovrsis("build", "--config", str(config)),
+        env=prefect_env(prefect_home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -215,8 +215,9 @@ def _catch_stop_signals() -> None:
 def _watch_stops(reader: socket.socket, writer: socket.socket) -> None:
     """Arm the deadline at the first stop signal the process receives (`writer` is kept open here)."""
     while data := reader.recv(64):
-        if any(number in STOPS for number in data):
-            _arm(next(number for number in data if number in STOPS))
+        stop = next((number for number in data if number in STOPS), None)
+        if stop is not None:
+            _arm(stop)
 
 
 def _arm(number: int) -> bool:

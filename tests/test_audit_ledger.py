@@ -28,6 +28,11 @@ ROAD, BUILDING, TREE, WATER, GRASS = (TAXONOMY.index_of(n) for n in ("road", "bu
 
 def brush(region_id: str, label: str, pixels: np.ndarray) -> dict:
     height, width = pixels.shape
+    return rle_region(region_id, label, mask2rle((pixels * 255).astype(np.uint8)), width, height)
+
+
+def rle_region(region_id: str, label: str, rle: list[int], width: int, height: int) -> dict:
+    """A brush region as Label Studio gives it, with the RLE as given (a test's hostile one included)."""
     return {
         "id": region_id,
         "from_name": "mask",
@@ -35,7 +40,7 @@ def brush(region_id: str, label: str, pixels: np.ndarray) -> dict:
         "type": "brushlabels",
         "original_width": width,
         "original_height": height,
-        "value": {"format": "rle", "rle": mask2rle((pixels * 255).astype(np.uint8)), "brushlabels": [label]},
+        "value": {"format": "rle", "rle": rle, "brushlabels": [label]},
     }
 
 

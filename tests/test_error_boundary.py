@@ -19,7 +19,7 @@ import psutil
 import pytest
 import typer
 
-from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
+from flows.sample_build import make_imagery, ovrsis, prefect_env, run_build, write_config
 from pipeline.terminal import EXIT_CRASHED, EXIT_REFUSED, KNOWN_ERRORS, run_command
 
 
@@ -61,16 +61,16 @@ def test_every_known_error_name_is_an_exception_class():
         assert issubclass(getattr(importlib.import_module(module), qualname), Exception), name
 
 
+def run_categories(captions: Path, out: Path, **popen: object) -> subprocess.CompletedProcess:
+    """`ovrsis categories` over CAPTIONS into OUT, output captured (POPEN: extra subprocess arguments)."""
+    command = ovrsis("categories", "-t", "ovrsis95k", "-c", str(captions), "-o", str(out))
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, **popen)
+
+
 def test_a_full_disk_ends_with_one_line_naming_the_file(tmp_path):
     captions = captions_file(tmp_path / "captions.jsonl", 4000)
     with tmpfs(tmp_path / "small", "size=64k") as disk:
-        out = disk / "categories.jsonl"
-        result = subprocess.run(
-            ovrsis("categories", "-t", "ovrsis95k", "-c", str(captions), "-o", str(out)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = run_categories(captions, disk / "categories.jsonl")
     line = assert_one_error_line(result)
     assert line.startswith("error: disk full: No space left on device (") and str(disk) in line, line
 
@@ -80,13 +80,11 @@ def test_a_file_size_limit_without_root_ends_with_one_line_naming_the_file(tmp_p
     import resource
 
     captions = captions_file(tmp_path / "captions.jsonl", 4000)
-    out = tmp_path / "categories.jsonl"
-    result = subprocess.run(
-        ovrsis("categories", "-t", "ovrsis95k", "-c", str(captions), "-o", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024)),
+    limit = 32 * 1024
+    result = run_categories(
+        captions,
+        tmp_path / "categories.jsonl",
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
     )
     assert assert_one_error_line(result).endswith(": File too large"), result.stderr
 
@@ -157,12 +155,6 @@ def test_a_write_failing_on_a_full_disk_names_the_file_it_was_writing(tmp_path, 
 @pytest.fixture(scope="module")
 def imagery(tmp_path_factory):
     return make_imagery(tmp_path_factory.mktemp("imagery") / "rasters", count=3, size=512)
-
-
-def run_build(config: Path, home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ovrsis("build", "--config", str(config)), env=prefect_env(home), capture_output=True, text=True, timeout=timeout
-    )
 
 
 def nothing_annotated(out: Path) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from affine import Affine
 from typer.testing import CliRunner
 
 from flows.cli import app as ovrsis_app
-from flows.sample_build import CAPTION, ovrsis, prefect_env, write_config
+from flows.sample_build import CAPTION, run_build, write_config
 from pipeline.ingest import find_rasters, quarantined_file, source_keys
 from pipeline.records import TileRecord
 from pipeline.shards import ShardReader
@@ -143,13 +142,7 @@ def test_build_plans_distinct_keys_and_shards_both_tiles(tmp_path, tiny_models_y
     config = write_config(
         tmp_path / "build.yaml", inputs, tiny_models_yaml, tmp_path / "out", tiling={"tile_size": SIZE}
     )
-    result = subprocess.run(
-        ovrsis("build", "--config", str(config)),
-        env=prefect_env(tmp_path / "prefect"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_build(config, tmp_path / "prefect")
     assert result.returncode == 1, result.stderr[-3000:]  # finished, x.bmp quarantined
     assert "input file(s) renamed" in result.stderr and str(inputs / "a.b.tif") in result.stderr
     keys = assert_both_tiles_kept(read_records(tmp_path / "out"), tmp_path / "out")

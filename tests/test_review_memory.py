@@ -31,6 +31,7 @@ from tests.test_audit_ledger import (
     four_stripes,
     make_build,
     review,
+    rle_region,
     unchanged,
 )
 
@@ -48,15 +49,7 @@ def rle_declaring(values: int) -> list[int]:
 
 
 def region(pixels_rle: list[int], width: int, height: int, label: str = "road", region_id: str = f"r{ROAD}") -> dict:
-    return {
-        "id": region_id,
-        "from_name": "mask",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": width,
-        "original_height": height,
-        "value": {"format": "rle", "rle": pixels_rle, "brushlabels": [label]},
-    }
+    return rle_region(region_id, label, pixels_rle, width, height)
 
 
 def stripes(size: int) -> np.ndarray:
