@@ -185,8 +185,17 @@ def _apply_one(
         reviewer=review.reviewer,
         proposal_digest=review.proposal_digest,
         stale=review.is_stale_for(proposal),
+        pixels=labelled_pixels(mask, taxonomy),
     )
     return mask
+
+
+def labelled_pixels(mask: np.ndarray, taxonomy: Taxonomy) -> dict[str, int]:
+    """Pixels per category in a reviewed mask, the background classes and the ignore value left out
+    (counted the way the merge counts instance areas, so reviewed and unreviewed tiles compare)."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    skipped = set(taxonomy.background_indices)
+    return {c.name: int(counts[c.index]) for c in taxonomy.categories if counts[c.index] and c.index not in skipped}
 
 
 class OverlayWriter:

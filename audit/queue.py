@@ -12,6 +12,7 @@ its own output folder (audit/folders.py).
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from pipeline.annotate import RasterPixels
 from pipeline.files import atomic_path
 from pipeline.ingest import BandRule, IngestError
 from pipeline.outputs import palette
-from pipeline.records import TileRecord
+from pipeline.records import Instance, TileRecord
 from taxonomy.loader import Taxonomy
 
 IMPORT_CHUNK = 500
@@ -66,7 +67,7 @@ def label_config(taxonomy: Taxonomy, smart: bool = False) -> str:
   <Image name="image" value="$image" zoom="true" zoomControl="true"/>
   <Header value="Proposed categories: $proposed"/>
   <Text name="conflicts" value="$conflicts_note"/>
-  <Header value="Discard categories that are not in the tile (their pixels become unlabeled):"/>
+  <Header value="Discard categories that are not in the tile (their pixels become 'not labelled': left out of training and evaluation, not background):"/>
   <Choices name="discard" toName="image" choice="multiple" value="$proposed_options" showInline="true"/>
   <Header value="Masks: keep a region to accept it, repaint to correct it, relabel it to correct its category."/>
   <BrushLabels name="mask" toName="image">
@@ -298,7 +299,7 @@ def task_payload(
     mask = proposal_mask(out_dir, record)
     proposed = [c for c in proposed_categories(mask, taxonomy) if c.propose]
     regions = brush_regions(mask, taxonomy)
-    scores = [i.detector_score * (i.mask_score or 0.0) for i in record.instances if not i.dropped]
+    scores = [proposal_score(i) for i in record.instances if not i.dropped]
     conflicts = "; ".join(
         f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts
     )
@@ -321,6 +322,13 @@ def task_payload(
             }
         ],
     }
+
+
+def proposal_score(instance: Instance) -> float:
+    """Detector x mask score in [0, 1]: Label Studio refuses a prediction scored outside it ("Score must be
+    between 0.00 and 1.00"), and a mask head's IoU estimate can be slightly negative (or NaN)."""
+    score = instance.detector_score * (instance.mask_score or 0.0)
+    return min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
 
 
 def brush_regions(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict]:

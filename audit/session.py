@@ -2,6 +2,14 @@
 every queue into the ledger, apply the ledger. One path, so `ovrsis audit` and `ovrsis build`
 cannot drift apart.
 
+The random sample (and the uncertain queue) is drawn from the tiles that can reach the dataset:
+not quarantined, with a labelled pixel in the proposal (`pipeline.tile_table.proposed_pixels`: the
+proposal, not the review, so a review never moves a tile in or out of the sample's population).
+Table II estimates the error rates of the dataset's labels, so a tile the selection drops unseen
+would spend a reviewer's time on nothing it estimates. The tiles nothing was proposed for have a queue of their
+own, `unlabelled` (`QueuePlan.unlabelled`): what a reviewer paints there brings the tile into the
+dataset at the next build; its reviews are reported per queue, never mixed into the sample's.
+
 Queues live in projects named after one title: the random sample in `TITLE`, the others in
 `TITLE (uncertain)`, `TITLE (stale)` or any `TITLE (QUEUE)` (audit/pull.py `queue_title`), each
 marked as the audit of its output folder (audit/folders.py).
@@ -20,6 +28,7 @@ from audit.records import load_records, write_records
 from audit.settings import AuditError
 from audit.status import stale_keys
 from pipeline.files import OutputBusy, output_lock
+from pipeline.tile_table import proposed_pixels
 from taxonomy.loader import Taxonomy
 
 
@@ -30,6 +39,7 @@ class QueuePlan:
     strata: str = "domain"
     uncertain: int = 0
     stale: bool = False
+    unlabelled: int = 0  # tiles with nothing proposed, for a reviewer to label what the captions missed
 
 
 def default_title(out_dir: Path) -> str:
@@ -43,11 +53,15 @@ def push_queues(
     live = load_live_records(out_dir)
     if not live:
         raise AuditError(f"{out_dir}: no annotated tile to review")
+    labelled = [r for r in live if proposed_pixels(r)]
     queues = []
     if plan.sample:
-        queues.append(("sample", stratified_sample(live, plan.sample, plan.seed, plan.strata)))
+        queues.append(("sample", stratified_sample(labelled, plan.sample, plan.seed, plan.strata)))
     if plan.uncertain:
-        queues.append(("uncertain", uncertain_sample(live, plan.uncertain)))
+        queues.append(("uncertain", uncertain_sample(labelled, plan.uncertain)))
+    if plan.unlabelled:
+        unlabelled = [r for r in live if not proposed_pixels(r)]
+        queues.append(("unlabelled", stratified_sample(unlabelled, plan.unlabelled, plan.seed, plan.strata)))
     if plan.stale:
         stale = stale_keys(out_dir)
         queues.append(("stale", [r for r in live if r.key in stale]))

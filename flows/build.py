@@ -52,9 +52,10 @@ from pipeline.balance_report import write_report
 from pipeline.batching import batched, in_order
 from pipeline.files import output_lock
 from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_keys
+from pipeline.markdown import embedded_images, manifest_summary
 from pipeline.record_store import RecordIndex, sort_records
 from pipeline.records import SCHEMA_VERSION, TileRecord
-from pipeline.selection import is_candidate, select
+from pipeline.selection import TileCounts, select
 from pipeline.shards import write_shards
 from pipeline.stage_cache import StageCache, write_used_keys
 from pipeline.stages import batch_key, chained_keys, digest, given_captions, stage_fingerprints
@@ -153,24 +154,27 @@ def _audit_pull(config_path: str) -> int:
     return sum(s.new_reviews for s in summaries)
 
 
-def _records(config_path: str, seconds: dict[str, float]) -> tuple[TileTable, RecordIndex, str | None, list[dict]]:
+def _records(
+    config_path: str, seconds: dict[str, float]
+) -> tuple[TileTable, TileCounts, RecordIndex, str | None, list[dict]]:
     """The review ledger applied to the annotated records as they stream past (the reviewed masks
     and categories replace the proposals of reviewed tiles), then records.jsonl and summary.json
-    written. Returns the selection candidates' table, the records' index, the audit round and the
-    quarantined tiles."""
+    written. Returns the selection candidates' table (a reviewed tile counted from its reviewed mask),
+    why the other tiles are not candidates, the records' index, the audit round and the quarantined
+    tiles."""
     from audit.apply import ApplySummary, iter_applied
     from taxonomy.loader import load_taxonomy
 
     config = settings_of(config_path)
     taxonomy = load_taxonomy(config.taxonomy)
     out, selection = config.output, config.selection
-    applied, rows, summary = ApplySummary(), TileRows(), AnnotateSummary()
+    applied, rows, summary, counts = ApplySummary(), TileRows(), AnnotateSummary(), TileCounts()
     summary.seconds.update(seconds)
     with open(out / ANNOTATED, "rb") as source, open(out / APPLIED, "w", encoding="utf-8") as sink:
         records = (TileRecord.model_validate_json(line) for line in source)
         for record in iter_applied(out, records, taxonomy, applied):
             summary.count(TileState(record))
-            if is_candidate(record, selection):
+            if counts.admit(record, selection):
                 rows.add(record)
             sink.write(record.model_dump_json() + "\n")
     index = sort_records(out / APPLIED, out / "records.jsonl")
@@ -182,7 +186,7 @@ def _records(config_path: str, seconds: dict[str, float]) -> tuple[TileTable, Re
     for problem in applied.problems:
         logger.warning(problem)
     quarantined = [{"key": k, "stage": s, "reason": r} for k, s, r in summary.quarantined]
-    return rows.table(taxonomy.names), index, applied.audit_round, quarantined
+    return rows.table(taxonomy.names), counts, index, applied.audit_round, quarantined
 
 
 def _audit_push(config_path: str) -> int:
@@ -194,7 +198,12 @@ def _audit_push(config_path: str) -> int:
 
     config = settings_of(config_path)
     client = AuditClient(server_settings(config.audit.url))
-    plan = QueuePlan(sample=config.audit.push_sample, seed=config.audit.seed, uncertain=config.audit.uncertain)
+    plan = QueuePlan(
+        sample=config.audit.push_sample,
+        seed=config.audit.seed,
+        uncertain=config.audit.uncertain,
+        unlabelled=config.audit.unlabelled,
+    )
     pushed = push_queues(
         client,
         config.output,
@@ -206,15 +215,16 @@ def _audit_push(config_path: str) -> int:
     return sum(summary.created for _, summary in pushed)
 
 
-def _select(table: TileTable, config_path: str) -> list[str]:
+def _select(table: TileTable, counts: TileCounts, config_path: str) -> list[str]:
     config = settings_of(config_path)
     selection = select(table, config.selection)
-    write_report(config.output / "report", table, selection)
+    counts.selected = selection.count
+    write_report(config.output / "report", table, selection, counts)
     return table.keys[selection.selected].tolist()
 
 
 def _write_shards(
-    index: RecordIndex, selected: list[str], config_path: str, quarantined: int, audit_round: str | None = None
+    index: RecordIndex, selected: list[str], config_path: str, counts: TileCounts, audit_round: str | None = None
 ) -> dict:
     import numpy as np
     from PIL import Image
@@ -236,7 +246,8 @@ def _write_shards(
         taxonomy.version,
         config.shards,
         build_config=config.fingerprint(),
-        quarantined=quarantined,
+        quarantined=counts.quarantined,
+        tile_counts=counts.as_dict(),
         audit_round=audit_round or 0,
         inputs=config.inputs,
     )
@@ -300,14 +311,13 @@ def build_stages(config_path: str) -> dict:
     # The steps after annotation are called, not submitted: they run in this process, whatever the
     # runner (they need the output folder, not a model), and still show as task runs. quote(): Prefect
     # would otherwise walk these (arrays, an index of every record) looking for futures.
-    table, index, audit_round, quarantined = records_task(config_path, seconds)
-    selected = select_task(quote(table), config_path)
-    manifest = shards_task(quote(index), quote(selected), config_path, len(quarantined), audit_round)
+    table, counts, index, audit_round, quarantined = records_task(config_path, seconds)
+    selected = select_task(quote(table), counts, config_path)
+    manifest = shards_task(quote(index), quote(selected), config_path, counts, audit_round)
     write_used_keys(config.storage_dir, plan.used_keys, plan.tiles_seen)
-    if config.audit.push_sample or config.audit.uncertain:
+    if config.audit.push_sample or config.audit.uncertain or config.audit.unlabelled:
         manifest["audit_tasks_created"] = audit_push_task(config_path)
     manifest["quarantined"] = quarantined
-    _publish_artifacts(config, manifest)
     logger.info(
         "shards: %s; total %.1f s",
         {s: v["samples"] for s, v in manifest["splits"].items()},
@@ -322,8 +332,12 @@ def build(config: str) -> dict:
     path = str(Path(config).resolve())
     settings = load_build_config(path)
     check_before_build(settings)
-    with output_lock(settings.output):  # no `ovrsis audit pull` applies reviews to masks while they are rewritten
-        return build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
+    # No `ovrsis audit pull` applies reviews to masks while they are rewritten. Progress and artifacts
+    # go to this run, the one `prefect deployment run --watch` names, not to the build-stages subflow.
+    with output_lock(settings.output), progress.listening(progress.RunProgress(get_run_logger())):
+        manifest = build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
+        _publish_artifacts(settings, manifest)
+    return manifest
 
 
 def check_before_build(config: BuildConfig) -> None:
@@ -418,17 +432,24 @@ class _Plan:
 
 
 def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
-    """The balance report, the quarantine table, the audit statistics and the shard summary on the
-    flow run's Artifacts tab, where Prefect users look."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+    """The balance report, the dataset's summary, the shards, the quarantine table and the audit
+    statistics on the flow run's Artifacts tab, where Prefect users look. Charts are embedded in the
+    markdown (data URIs: a browser cannot follow a path on the build machine), and so is what
+    manifest.json says, since a file:// link does nothing in a browser."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     report = config.output / "report" / "balance.md"
     if report.is_file():
         create_markdown_artifact(
-            report.read_text(encoding="utf-8"),
+            embedded_images(report),
             key="balance-report",
             description="Category and domain balance before and after selection",
         )
+    create_markdown_artifact(
+        manifest_summary(manifest, config.output),
+        key="manifest",
+        description=f"The dataset: {config.output / 'manifest.json'}",
+    )
     create_table_artifact(
         [
             {
@@ -450,7 +471,6 @@ def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
     audit = _audit_statistics(config)
     if audit:
         create_markdown_artifact(audit, key="audit-statistics", description="Human audit (Table II) per review queue")
-    create_link_artifact(config.output.resolve().as_uri() + "/manifest.json", link_text="manifest.json", key="manifest")
 
 
 def _audit_statistics(config: BuildConfig) -> str | None:
@@ -462,7 +482,7 @@ def _audit_statistics(config: BuildConfig) -> str | None:
     if next(ledger_entries(config.output), None) is None:
         return None
     write_audit_report(config.output, config.output / "report", load_taxonomy(config.taxonomy))
-    return (config.output / "report" / "audit_stats.md").read_text(encoding="utf-8")
+    return embedded_images(config.output / "report" / "audit_stats.md")
 
 
 def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:

@@ -23,7 +23,7 @@
     overlays: false                    # quick-look overlay PNGs (off: a full-size PNG a tile would cost
                                        # about as much disk as the masks; `ovrsis annotate` writes them)
     runner: {kind: threads, workers: 2, address: null}   # threads | processes | dask | ray
-    audit: {pull: false, push_sample: 0, uncertain: 0, seed: 0, project: null, url: null}
+    audit: {pull: false, push_sample: 0, uncertain: 0, unlabelled: 0, seed: 0, project: null, url: null}
     gpu_concurrency: 1                 # model stages running at once in one process
 
 `merge`, `selection` and `shards` are the pipeline's own configuration classes (MergeConfig,
@@ -86,6 +86,7 @@ class Audit(_Section):
     pull: bool = False
     push_sample: int = Field(0, ge=0)  # after sharding: push this many tiles (stratified by domain) for review
     uncertain: int = Field(0, ge=0)  # ... and this many least-certain tiles in a second project
+    unlabelled: int = Field(0, ge=0)  # ... and this many tiles nothing was proposed for, to label what captions missed
     seed: int = 0
     project: str | None = None  # default "ovrsis audit: <output folder name>"
     url: str | None = None  # default LABEL_STUDIO_URL or http://127.0.0.1:8089; token from the environment

@@ -3,8 +3,12 @@
 `report/balance.md` states, for all candidate tiles and for the selected ones: tiles and pixels per
 category, the normalised entropy of tiles per category (1 = every category in the same number of
 tiles), the max/min ratio of tiles per category, the categories under the quota, and tiles per
-domain. PNG charts beside it show the same before/after. Pixels are the merged instances' areas, so
-the background class (never an instance) is not counted here; the manifest counts it from the masks.
+domain. PNG charts beside it show the same before/after, each bar labelled with its count. Pixels
+are those of the tile's labels as the dataset will carry them: the reviewed mask where a review was
+applied, else the merged instances' areas (pipeline.tile_table.category_pixels), so the selected
+column equals the manifest's categories. The background class (never an instance, never chosen for)
+is not counted here; the manifest counts it from the masks. The first lines say how many of the
+build's tiles were left out before selection, and why (`TileCounts`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import atomic_path
-from pipeline.selection import Selection
+from pipeline.selection import Selection, TileCounts
 from pipeline.tile_table import TileTable
 
 
@@ -45,8 +49,16 @@ class Balance:
         return float(counts.max() / counts.min()) if len(counts) and counts.min() > 0 else float("inf")
 
 
-def write_report(folder: Path, table: TileTable, selection: Selection) -> Path:
-    """balance.md with the summary, per-category and per-domain tables, and PNG charts beside it."""
+CHARTS = {
+    "categories.png": "tiles per category",
+    "pixels.png": "pixel share per category",
+    "domains.png": "tiles per domain",
+}
+
+
+def write_report(folder: Path, table: TileTable, selection: Selection, counts: TileCounts | None = None) -> Path:
+    """balance.md with the summary, per-category and per-domain tables, and PNG charts beside it
+    (`CHARTS`, linked by relative path: the report is read from its folder)."""
     everything = np.ones(len(table), bool)
     before, after = Balance.of(table, everything), Balance.of(table, selection.selected)
     present = before.category_tiles > 0
@@ -54,9 +66,10 @@ def write_report(folder: Path, table: TileTable, selection: Selection) -> Path:
     goal = np.minimum(before.category_tiles, quota) if quota is not None else before.category_tiles
     names = np.array(table.categories, dtype=object)
     rule = f"target reached with a quota of {quota} tiles per category" if quota is not None else "every candidate kept"
-    lines = [
-        "# Balance of the build",
-        "",
+    lines = ["# Balance of the build", ""]
+    if counts is not None:
+        lines += [" ".join(counts.sentences()), ""]
+    lines += [
         f"{before.tiles} candidate tiles, {after.tiles} selected ({rule}).",
         "",
         "| | candidates | selected |",
@@ -88,15 +101,9 @@ def write_report(folder: Path, table: TileTable, selection: Selection) -> Path:
     lines += ["", "## Domains", "", "| domain | tiles (candidates) | tiles (selected) |", "|---|---:|---:|"]
     for d, domain in enumerate(table.domains):
         lines.append(f"| {domain} | {before.domain_tiles[d]} | {after.domain_tiles[d]} |")
-    lines += [
-        "",
-        "![tiles per category](categories.png)",
-        "",
-        "![pixel share per category](pixels.png)",
-        "",
-        "![tiles per domain](domains.png)",
-        "",
-    ]
+    lines.append("")
+    for name, title in CHARTS.items():
+        lines += [f"![{title}]({name})", ""]
     folder.mkdir(parents=True, exist_ok=True)
     labels = list(names[present])
     _chart(
@@ -106,6 +113,7 @@ def write_report(folder: Path, table: TileTable, selection: Selection) -> Path:
         after.category_tiles[present],
         "tiles per category (log scale)",
         log=True,
+        unit="tiles",
     )
     _chart(
         folder / "pixels.png",
@@ -113,8 +121,16 @@ def write_report(folder: Path, table: TileTable, selection: Selection) -> Path:
         _shares(before.category_pixels)[present],
         share[present],
         "pixel share per category",
+        unit="share",
     )
-    _chart(folder / "domains.png", list(table.domains), before.domain_tiles, after.domain_tiles, "tiles per domain")
+    _chart(
+        folder / "domains.png",
+        list(table.domains),
+        before.domain_tiles,
+        after.domain_tiles,
+        "tiles per domain",
+        unit="tiles",
+    )
     report = folder / "balance.md"
     with atomic_path(report) as temporary:
         temporary.write_text("\n".join(lines))
@@ -129,21 +145,35 @@ def _shares(pixels: np.ndarray) -> np.ndarray:
     return pixels / max(int(pixels.sum()), 1)
 
 
-def _chart(path: Path, labels: list[str], before: np.ndarray, after: np.ndarray, title: str, log: bool = False) -> None:
+def _chart(
+    path: Path,
+    labels: list[str],
+    before: np.ndarray,
+    after: np.ndarray,
+    title: str,
+    unit: str,
+    log: bool = False,
+) -> None:
+    """Candidates beside selected per label, each bar topped by its value; the legend sits above the
+    plot, where it can hide no bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(max(6, 0.45 * len(labels) + 2), 4), dpi=100)
+    figure, axis = plt.subplots(figsize=(max(6, 0.55 * len(labels) + 2), 4.5), dpi=100)
     positions = np.arange(len(labels))
-    axis.bar(positions - 0.2, before, width=0.4, label="candidates")
-    axis.bar(positions + 0.2, after, width=0.4, label="selected")
+    text = (lambda v: f"{v:.1%}") if unit == "share" else (lambda v: f"{int(v)}")
+    for offset, values, name in ((-0.2, before, "candidates"), (0.2, after, "selected")):
+        bars = axis.bar(positions + offset, values, width=0.4, label=name)
+        axis.bar_label(bars, labels=[text(v) for v in values], fontsize=6, rotation=90, padding=2)
     axis.set_xticks(positions, labels, rotation=60, ha="right", fontsize=8)
     if log and len(labels) and before.max() > 0:
         axis.set_yscale("log")
-    axis.set_title(title)
-    axis.legend()
+    axis.margins(y=0.25)  # headroom for the value labels
+    axis.set_ylabel("share of labelled pixels" if unit == "share" else unit)
+    axis.set_title(title, pad=24)
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False, fontsize=8)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", metadata={"Software": None})

@@ -94,6 +94,10 @@ class ReviewRef(BaseModel):
     reviewer: str | None = None
     proposal_digest: str | None = None  # digest of the proposal the reviewer was shown
     stale: bool = False  # the build's proposal has changed since: the review still wins; re-queue with --stale
+    # Pixels per category in the reviewed mask (the taxonomy's background classes and the ignore value left
+    # out, as for the merged instances' areas): what selection and the balance report count for this tile,
+    # so a reviewed tile reaches the dataset on what the reviewer left, not on what the build proposed.
+    pixels: dict[str, int] = Field(default_factory=dict)
 
 
 class Quarantine(BaseModel):

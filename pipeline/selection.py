@@ -36,7 +36,7 @@ pays when there is a surplus. 1,000,000 candidates take ~7 s on 2 cores (benchma
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
@@ -50,6 +50,7 @@ FILL_ROUNDS = 64  # phase 2 re-scores the remaining tiles this many times at mos
 
 __all__ = [
     "DEFAULT_TARGET_TILES",
+    "TileCounts",
     "Selection",
     "SelectionConfig",
     "candidate_records",
@@ -133,6 +134,73 @@ def candidate_records(records: Sequence[TileRecord], config: SelectionConfig) ->
 def is_candidate(record: TileRecord, config: SelectionConfig) -> bool:
     """Not quarantined, and labelled unless unlabeled tiles are asked for."""
     return not record.quarantine and (bool(kept_categories(record)) or not config.drop_unlabeled)
+
+
+@dataclass
+class TileCounts:
+    """Why each tile of a build is, or is not, a selection candidate: the balance report and the
+    manifest say how many tiles were left out and why, so a dataset half the size of the build is
+    never a surprise."""
+
+    tiles: int = 0
+    quarantined: int = 0
+    unlabelled: int = 0  # no labelled pixel in the proposal, and no review
+    emptied_by_review: int = 0  # a review left no labelled pixel (every category discarded)
+    candidates: int = 0
+    drop_unlabeled: bool = True
+    reviewed: int = 0  # candidates whose labels come from a review
+    selected: int | None = field(default=None)  # set once selection has run
+
+    def admit(self, record: TileRecord, config: SelectionConfig) -> bool:
+        """Count `record` under its reason; True where it is a candidate (`is_candidate`)."""
+        self.tiles += 1
+        self.drop_unlabeled = config.drop_unlabeled
+        if record.quarantine:
+            self.quarantined += 1
+            return False
+        if not kept_categories(record):
+            if record.review is not None:
+                self.emptied_by_review += 1
+            else:
+                self.unlabelled += 1
+            if config.drop_unlabeled:
+                return False
+        self.candidates += 1
+        self.reviewed += record.review is not None
+        return True
+
+    def sentences(self) -> list[str]:
+        """What happened to the build's tiles, in words (the first lines of the balance report)."""
+        left_out = []
+        if self.quarantined:
+            left_out.append(f"{self.quarantined} quarantined (see the quarantine table and records.jsonl)")
+        if self.drop_unlabeled and self.unlabelled:
+            left_out.append(f"{self.unlabelled} dropped as unlabelled (nothing proposed and no review)")
+        if self.drop_unlabeled and self.emptied_by_review:
+            left_out.append(f"{self.emptied_by_review} dropped because a review left no labelled pixel")
+        sentences = [f"The build annotated {self.tiles} tiles, of which {self.candidates} could enter the dataset."]
+        if left_out:
+            sentences.append("Left out: " + "; ".join(left_out) + ".")
+        if not self.drop_unlabeled and (self.unlabelled or self.emptied_by_review):
+            sentences.append(
+                f"{self.unlabelled + self.emptied_by_review} unlabelled tiles are kept (`drop_unlabeled: false`)."
+            )
+        if self.reviewed:
+            sentences.append(f"{self.reviewed} candidate tiles are counted from their reviewed masks.")
+        if self.selected is not None:
+            sentences.append(f"Selection kept {self.selected} of the {self.candidates} candidates.")
+        return sentences
+
+    def as_dict(self) -> dict:
+        return {
+            "annotated": self.tiles,
+            "quarantined": self.quarantined,
+            "unlabelled": self.unlabelled,
+            "emptied_by_review": self.emptied_by_review,
+            "candidates": self.candidates,
+            "reviewed_candidates": self.reviewed,
+            "selected": self.selected,
+        }
 
 
 def _fill_quota(table: TileTable, available: np.ndarray, quota: int) -> np.ndarray:

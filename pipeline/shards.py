@@ -115,11 +115,13 @@ def write_shards(
     quarantined: int = 0,
     audit_round: int | str = 0,
     inputs: Sequence[Path] = (),
+    tile_counts: dict | None = None,
 ) -> dict:
     """Write every split's shards and the manifest; returns the manifest. `records` may be a mapping
     by key that reads each record when asked (pipeline.record_store.RecordIndex), so a build never
     holds the records it shards. `inputs` (the build's input files and folders) are what source paths
-    are made relative to, unless `config.keep_private_fields` (`public_record`)."""
+    are made relative to, unless `config.keep_private_fields` (`public_record`). `tile_counts`
+    (pipeline.selection.TileCounts.as_dict) says how many of the build's tiles were left out and why."""
     import webdataset as wds  # imports torch: only where shards are written or read
 
     if isinstance(records, Mapping):
@@ -162,6 +164,7 @@ def write_shards(
         "categories": {name: {"pixels": pixels[name], "images": images[name]} for name in taxonomy_names},
         "domains": dict(sorted(domains.items())),
         "quarantined_tiles": quarantined,
+        **({"tiles": tile_counts} if tile_counts is not None else {}),
         "build_config": (build_config or {})
         if config.keep_private_fields
         else public_paths(build_config or {}, inputs),

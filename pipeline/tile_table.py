@@ -22,9 +22,28 @@ from pipeline.records import TileRecord
 UNKNOWN_DOMAIN = "unknown"
 
 
+def category_pixels(record: TileRecord) -> dict[str, int]:
+    """Pixels per category in the tile's semantic mask (the background class never counts): the
+    reviewed mask's where a review was applied (a reviewer may add, discard or repaint), else the
+    merged instances' areas. Selection, the tile table and the balance report all read this, so the
+    dataset is chosen on the labels it will carry."""
+    if record.review is not None:
+        return {name: count for name, count in record.review.pixels.items() if count > 0}
+    return proposed_pixels(record)
+
+
+def proposed_pixels(record: TileRecord) -> dict[str, int]:
+    """Pixels per category in the build's proposal (the merged instances' areas), whatever a review did."""
+    pixels: dict[str, int] = {}
+    for instance in record.instances:
+        if not instance.dropped and instance.area > 0:
+            pixels[instance.category] = pixels.get(instance.category, 0) + instance.area
+    return pixels
+
+
 def kept_categories(record: TileRecord) -> list[str]:
-    """Categories that own pixels in the tile's semantic mask after the merge."""
-    return sorted({i.category for i in record.instances if not i.dropped and i.area > 0})
+    """Categories that own pixels in the tile's semantic mask (after review where there is one)."""
+    return sorted(category_pixels(record))
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,7 @@ class TileTable:
 
     @classmethod
     def from_records(cls, records: Iterable[TileRecord], categories: Sequence[str] | None = None) -> TileTable:
-        """Pixels per kept category from the merged instances; categories absent from `categories` are
+        """Pixels per kept category (`category_pixels`); categories absent from `categories` are
         appended in name order (a reviewer may paint a class the build's list lacks)."""
         rows = TileRows()
         for record in records:
@@ -115,11 +134,10 @@ class TileRows:
         row = len(self.keys)
         self.keys.append(record.key)
         self._domains.append(_domain_of(record))
-        for instance in record.instances:
-            if not instance.dropped and instance.area > 0:
-                self._rows.append(row)
-                self._values.append(instance.area)
-                self._columns.append(instance.category)
+        for category, count in category_pixels(record).items():
+            self._rows.append(row)
+            self._values.append(count)
+            self._columns.append(category)
 
     def table(self, categories: Sequence[str] | None = None) -> TileTable:
         names = list(categories or [])
