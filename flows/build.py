@@ -305,6 +305,7 @@ def build_stages(config_path: str) -> dict:
                 seconds[stage] = seconds.get(stage, 0.0) + value
             done += len(lines)
             progress.report(done, max(total, done))
+    progress.report(max(total, done), max(total, done))  # every tile done (quarantined ones never reach a batch)
     logger.info("annotated %d tiles in %.1f s", plan.tiles_seen, time.perf_counter() - started)
     if config.audit.pull:  # only fills the ledger; the ledger is applied below in every build
         logger.info("%d new review(s) pulled into the ledger", audit_pull_task(config_path))
