@@ -204,7 +204,7 @@ class OverlayWriter:
     see the reviewed mask too."""
 
     def __init__(self, out_dir: Path, taxonomy: Taxonomy) -> None:
-        self.out_dir, self.n_classes = out_dir, len(taxonomy)
+        self.out_dir, self.n_classes, self.class_names = out_dir, len(taxonomy), taxonomy.names
         self.background = taxonomy.background_indices
         self.images = TileImages()
 
@@ -214,7 +214,7 @@ class OverlayWriter:
             self.out_dir / "overlays" / f"{record.key}.png",
         )
         if geotiff.is_file() and record.source.transform:
-            write_mask_geotiff(geotiff, mask, record.source.crs, record.source.transform)
+            write_mask_geotiff(geotiff, mask, record.source.crs, record.source.transform, class_names=self.class_names)
         if quick_look.is_file():
             try:
                 write_png(quick_look, overlay(self.images(record), mask, self.n_classes, untinted=self.background))

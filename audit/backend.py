@@ -52,7 +52,7 @@ from PIL import Image
 
 from audit.embeddings import EmbeddingCache
 from audit.interactive import InteractiveSam, Prompt, load_interactive, torch_threads
-from audit.queue import MODEL_VERSION, brush_region, brush_regions
+from audit.queue import MODEL_VERSION, brush_region, brush_regions, prediction_score
 from audit.settings import AuditError
 from pipeline.safe_names import confined_name
 from taxonomy.loader import Taxonomy
@@ -241,7 +241,7 @@ class ReviewBackend:
         region = brush_region(mask, label, f"sam-{uuid.uuid4().hex[:10]}")
         return {
             "result": [dict(region, readonly=False)],
-            "score": round(score, 4),
+            "score": prediction_score(score),
             "model_version": f"sam:{self.sam.model_key}",
         }
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from audit.server import BACKEND_HOST
+from audit.server import BACKEND_HOST, LS_VENV_ENV, LS_VENV_NAME
 from audit.settings import AuditError
 from pipeline.terminal import console, fail, set_aside
 
@@ -39,9 +39,17 @@ def server(
         "default", help="With --backend: models configuration of the SAM (default | tiny | YAML)."
     ),
     piseg: Path | None = typer.Option(None, help="With --backend: Pi-Seg checkpoint for tiles without a proposal."),
+    venv: Path | None = typer.Option(
+        None,
+        "--venv",
+        show_default=False,
+        help=f"Label Studio's venv [{LS_VENV_ENV} if set, else {LS_VENV_NAME} beside the project "
+        f"(the folder holding pyproject.toml), else ./{LS_VENV_NAME}].",
+    ),
 ) -> None:
-    """Start a local Label Studio (from .venv-ls) and wait until it is healthy. The admin user and API
+    """Start a local Label Studio and wait until it is healthy. The admin user and API
     token come from LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_USER_TOKEN (environment or .env).
+    Label Studio runs from its own venv, found from any working directory (see --venv).
     With --backend, the ML backend is started beside it (connect it with `ovrsis audit push --backend URL`)."""
     import secrets
 
@@ -69,7 +77,9 @@ def server(
             raise AuditError(
                 "set LABEL_STUDIO_USER_TOKEN (40 hex chars) and LABEL_STUDIO_PASSWORD in the environment or .env"
             )
-        started = start_server(data, root, token, env.get("LABEL_STUDIO_USERNAME", "admin@example.com"), password, port)
+        started = start_server(
+            data, root, token, env.get("LABEL_STUDIO_USERNAME", "admin@example.com"), password, port, venv=venv
+        )
         console.print(
             f"Label Studio at {started.url} (pid {started.pid}, log {started.log}); "
             "stop with `ovrsis audit server --stop`"
@@ -171,12 +181,20 @@ def backend(
 @app.command()
 def push(
     records: Path = RECORDS,
-    sample: int = typer.Option(100, min=0, help="Tiles in the random review queue (0: none)."),
+    sample: int = typer.Option(
+        100, min=0, help="Tiles in the random review queue, drawn from the tiles with a proposal (0: none)."
+    ),
     seed: int = typer.Option(0, help="Sampling seed (the same seed gives the same sample)."),
     strata: str = typer.Option("domain", help="Stratify the sample by: domain | none."),
     uncertain: int = typer.Option(0, min=0, help="Also queue this many least-certain tiles in TITLE (uncertain)."),
     stale: bool = typer.Option(
         False, "--stale", help="Also re-queue the tiles whose review is stale in TITLE (stale)."
+    ),
+    unlabelled: int = typer.Option(
+        0,
+        min=0,
+        help="Also queue this many tiles nothing was proposed for in TITLE (unlabelled): what a reviewer "
+        "paints there brings the tile into the dataset at the next build.",
     ),
     project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
     root: Path | None = typer.Option(None, help="The server's served root [the records folder]."),
@@ -192,7 +210,7 @@ def push(
         help="With --backend: the backend's secret, which Label Studio then sends it (HTTP Basic auth).",
     ),
 ) -> None:
-    """Push a domain-stratified, seeded sample of tiles (and the uncertain / stale queues) for review.
+    """Push a domain-stratified, seeded sample of tiles (and the uncertain / stale / unlabelled queues) for review.
     Every check runs before anything is created; pushing again creates no duplicates."""
     from audit.client import AuditClient
     from audit.queue import connect_backend
@@ -204,7 +222,9 @@ def push(
             raise AuditError(f"--backend needs the backend's secret: set {BACKEND_SECRET_ENV} (or --backend-secret)")
         client = AuditClient(server_settings(url))
         client.check()
-        plan = QueuePlan(sample=sample, seed=seed, strata=strata, uncertain=uncertain, stale=stale)
+        plan = QueuePlan(
+            sample=sample, seed=seed, strata=strata, uncertain=uncertain, stale=stale, unlabelled=unlabelled
+        )
         taxonomy = _taxonomy(records)
         pushed = push_queues(client, records, taxonomy, project or default_title(records), root or records, plan)
         for title, summary in pushed:
@@ -286,29 +306,16 @@ def _warn(text: str) -> None:
 
 @app.command()
 def status(records: Path = RECORDS) -> None:
-    """Per queue: tasks, reviewed, pending, stale, reviewers, last pull (local files only, no server)."""
-    from rich.table import Table
-
-    from audit.status import audit_status
+    """Per queue: tasks, reviewed, pending, stale, reviewers, last pull (local files only, no server).
+    A table where it fits the terminal, else a block per queue: names and times are never cut."""
+    from audit.status import audit_status, status_view
 
     try:
         statuses = audit_status(records)
     except AuditError as error:
         fail(error)
-    table = Table(title=Text(f"audit of {records}"))
-    for column in ("queue", "tasks", "reviewed", "pending", "stale", "reviewers", "last pull"):
-        table.add_column(column)
-    for s in statuses:  # cells as Text: queue names and reviewers come from Label Studio, not markup
-        table.add_row(
-            Text(s.queue),
-            str(s.tasks),
-            str(s.reviewed),
-            str(s.pending),
-            str(s.stale),
-            Text(", ".join(sorted(s.reviewers)) or "-"),
-            Text(s.last_pull or "never"),
-        )
-    Console(soft_wrap=True).print(table if statuses else "no queue pushed yet (`ovrsis audit push`)")
+    out = Console(soft_wrap=True)
+    out.print(status_view(statuses, f"audit of {records}", out))
 
 
 @app.command()

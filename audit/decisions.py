@@ -5,7 +5,8 @@ The labelling interface (audit/queue.py) shows one brush region per proposed cat
 "correction" choice (boundary / merge / filtering). Per proposed category c:
 
 - c among the discard choices, or its region deleted  -> category **discarded** (a false positive);
-  its pixels become unlabeled; no mask decision (there is no mask left to judge);
+  its pixels become 255, not labelled (docs/architecture.md, "Masks"); no mask decision (there is no
+  mask left to judge);
 - its region relabelled to d                         -> category **corrected** (to d); relabelled to the
   background class it is **discarded** (a false positive; the pixels become background);
 - otherwise                                          -> category **accepted**.

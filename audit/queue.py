@@ -35,7 +35,7 @@ from pipeline.annotate import RasterPixels
 from pipeline.files import atomic_path
 from pipeline.ingest import BandRule, IngestError
 from pipeline.outputs import palette
-from pipeline.records import Instance, TileRecord
+from pipeline.records import TileRecord
 from taxonomy.loader import Taxonomy
 
 IMPORT_CHUNK = 500
@@ -67,7 +67,7 @@ def label_config(taxonomy: Taxonomy, smart: bool = False) -> str:
   <Image name="image" value="$image" zoom="true" zoomControl="true"/>
   <Header value="Proposed categories: $proposed"/>
   <Text name="conflicts" value="$conflicts_note"/>
-  <Header value="Discard categories that are not in the tile (their pixels become 'not labelled': left out of training and evaluation, not background):"/>
+  <Header value="Discard categories not in the tile (their pixels become 'not labelled', ignored in training):"/>
   <Choices name="discard" toName="image" choice="multiple" value="$proposed_options" showInline="true"/>
   <Header value="Masks: keep a region to accept it, repaint to correct it, relabel it to correct its category."/>
   <BrushLabels name="mask" toName="image">
@@ -299,7 +299,7 @@ def task_payload(
     mask = proposal_mask(out_dir, record)
     proposed = [c for c in proposed_categories(mask, taxonomy) if c.propose]
     regions = brush_regions(mask, taxonomy)
-    scores = [proposal_score(i) for i in record.instances if not i.dropped]
+    scores = [i.detector_score * (i.mask_score or 0.0) for i in record.instances if not i.dropped]
     conflicts = "; ".join(
         f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts
     )
@@ -317,18 +317,19 @@ def task_payload(
         "predictions": [
             {
                 "model_version": MODEL_VERSION,
-                "score": round(float(np.mean(scores)), 4) if scores else 0.0,
+                "score": prediction_score(float(np.mean(scores))) if scores else 0.0,
                 "result": regions,
             }
         ],
     }
 
 
-def proposal_score(instance: Instance) -> float:
-    """Detector x mask score in [0, 1]: Label Studio refuses a prediction scored outside it ("Score must be
-    between 0.00 and 1.00"), and a mask head's IoU estimate can be slightly negative (or NaN)."""
-    score = instance.detector_score * (instance.mask_score or 0.0)
-    return min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
+def prediction_score(score: float) -> float:
+    """A prediction's score as Label Studio takes it: in [0, 1] ("Score must be between 0.00 and 1.00",
+    else the prediction is refused). Detector x mask scores and SAM's predicted IoU are regression
+    outputs that can fall below 0 or above 1 (or be NaN from a degenerate prompt): clamped, NaN as 0,
+    rounded to 4 places."""
+    return 0.0 if math.isnan(score) else round(min(1.0, max(0.0, score)), 4)
 
 
 def brush_regions(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict]:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from audit.settings import AuditError
 
-DEFAULT_LS_VENV = Path(".venv-ls")
+LS_VENV_NAME = ".venv-ls"  # what `make setup` creates beside pyproject.toml
+LS_VENV_ENV = "OVRSIS_LABEL_STUDIO_VENV"  # names Label Studio's venv where it is not beside the project
 # The ML backend's own loopback address: Linux answers on all of 127.0.0.0/8, so Label Studio can reach
 # the backend here while everything bound to 127.0.0.1 (Label Studio itself included) stays banned.
 BACKEND_HOST = "127.0.0.2"
@@ -95,11 +96,44 @@ class LocalServer:
     log: Path
 
 
-def label_studio_binary(venv: Path = DEFAULT_LS_VENV) -> Path:
-    binary = Path(os.environ.get("OVRSIS_LABEL_STUDIO_VENV", venv)) / "bin" / "label-studio"
-    if not binary.is_file():
-        raise AuditError(f"{binary} not found: `make setup` creates the Label Studio venv .venv-ls")
-    return binary
+def project_root() -> Path | None:
+    """The folder holding pyproject.toml above this package (a source checkout or editable install),
+    where `make setup` puts `.venv-ls`; None for an installed copy in site-packages."""
+    folder = Path(__file__).resolve().parents[1]
+    return folder if (folder / "pyproject.toml").is_file() else None
+
+
+def venv_places(venv: Path | None = None) -> list[tuple[Path, str]]:
+    """Where Label Studio's venv is looked for, in order, each with why it is looked at. A venv named
+    by `--venv` or OVRSIS_LABEL_STUDIO_VENV is the only place: a typo there must fail, not start some
+    other Label Studio. Else `.venv-ls` beside the project comes first, so the command works from any
+    working directory, then `./.venv-ls` (an installed copy run from a checkout)."""
+    if venv is not None:
+        return [(venv, "--venv")]
+    if named := os.environ.get(LS_VENV_ENV):
+        return [(Path(named), LS_VENV_ENV)]
+    places: list[tuple[Path, str]] = []
+    root = project_root()
+    if root is not None:
+        places.append((root / LS_VENV_NAME, "beside the project"))
+    here = Path.cwd() / LS_VENV_NAME
+    if root is None or here.resolve() != (root / LS_VENV_NAME).resolve():
+        places.append((here, "in the working directory"))
+    return places
+
+
+def label_studio_binary(venv: Path | None = None) -> Path:
+    """The `label-studio` command of the first venv of `venv_places` that has one."""
+    places = venv_places(venv)
+    for folder, _ in places:
+        binary = folder / "bin" / "label-studio"
+        if binary.is_file():
+            return binary
+    looked = "; ".join(f"{folder / 'bin' / 'label-studio'} ({why})" for folder, why in places)
+    raise AuditError(
+        f"Label Studio not found; looked at {looked}. `make setup` creates its venv {LS_VENV_NAME} beside "
+        f"the project; name another with --venv or {LS_VENV_ENV}"
+    )
 
 
 def start_server(
@@ -109,14 +143,16 @@ def start_server(
     username: str,
     password: str,
     port: int = 8089,
-    venv: Path = DEFAULT_LS_VENV,
+    venv: Path | None = None,
     timeout: float = 180.0,
     backend_host: str | None = BACKEND_HOST,
 ) -> LocalServer:
     """Start Label Studio on 127.0.0.1:`port` and wait until it answers /health. Of all local and private
-    addresses, Label Studio may reach only `backend_host` (the ML backend; None: not even that)."""
+    addresses, Label Studio may reach only `backend_host` (the ML backend; None: not even that). Its
+    venv is `venv`, else found as `venv_places` says; a missing one fails before the data folder is made."""
     if len(token) != 40 or any(c not in "0123456789abcdef" for c in token.lower()):
         raise AuditError("LABEL_STUDIO_USER_TOKEN must be 40 hexadecimal characters")
+    binary = label_studio_binary(venv)
     private_folder(data_dir)
     log = data_dir / "label-studio.log"
     log.touch(mode=0o600)
@@ -134,7 +170,7 @@ def start_server(
         **hardened_environment(backend_host),
     )
     command = [
-        str(label_studio_binary(venv)),
+        str(binary),
         "start",
         "--no-browser",
         "--internal-host",

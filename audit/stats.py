@@ -21,8 +21,9 @@ Definitions (also written into the report):
 - stale reviews: reviews of a proposal that a later build changed; they are still valid judgements
   of what was shown and are counted in the rates, and listed apart;
 - intervals: 95% Wilson score intervals; the estimate for the whole dataset applies the sample's
-  rates (and interval bounds) to every category the build's proposals show (the same unit as the
-  rates: categories with pixels in a proposal);
+  rates (and interval bounds) to the categories the dataset's tiles hold (the same unit as the
+  rates: categories with pixels in a tile's mask): the tiles in the shards where a build wrote them
+  (manifest.json), else the tiles with a proposal;
 - reviews that do not fit their tile (another size, a label the taxonomy lost) are not counted and
   are listed by number.
 """
@@ -34,6 +35,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from audit.decisions import CORRECTION_KINDS, ReviewShapeError
@@ -44,6 +46,10 @@ from pipeline.files import atomic_path
 from pipeline.records import TileRecord
 from pipeline.safe_names import confined_path
 from taxonomy.loader import Taxonomy
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Z = 1.959963984540054  # 95 %
 STATES = ("accepted", "corrected", "discarded")
@@ -107,7 +113,8 @@ def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
     queues = sorted(latest, key=lambda q: (q != SAMPLE_QUEUE, q))
     tables = {queue: _queue_statistics(out_dir, latest[queue], records, taxonomy) for queue in queues}
     sample = tables.get(SAMPLE_QUEUE)
-    proposed = sum(len(_painted(r)) for r in records.values() if not r.quarantine)
+    dataset = dataset_size(out_dir, records, taxonomy)
+    proposed = dataset["proposed categories"]
     estimate = {}
     if sample:
         estimate = {
@@ -117,14 +124,30 @@ def audit_statistics(out_dir: Path, taxonomy: Taxonomy) -> dict:
                 ("corrected categories", sample["table"]["category corrected"]),
             )
         }
+    return {"queues": tables, "paper": PAPER_TABLE_II, "dataset": dataset | {"estimate": estimate}}
+
+
+def dataset_size(out_dir: Path, records: dict[str, TileRecord], taxonomy: Taxonomy) -> dict:
+    """The population the whole-dataset estimate scales to: the tiles in the shards and the categories
+    their masks hold (manifest.json, background classes left out), where a build wrote shards; else
+    the tiles that can reach them (not quarantined, something proposed), the sample's population. A
+    tile the selection dropped is not in the dataset, so it never inflates the estimate."""
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        background = {taxonomy.categories[i].name for i in taxonomy.background_indices}
+        return {
+            "tiles": sum(split["samples"] for split in manifest["splits"].values()),
+            "proposed categories": sum(
+                c["images"] for name, c in manifest["categories"].items() if name not in background
+            ),
+            "source": "the shards (manifest.json)",
+        }
+    candidates = [r for r in records.values() if not r.quarantine and _painted(r)]
     return {
-        "queues": tables,
-        "paper": PAPER_TABLE_II,
-        "dataset": {
-            "tiles": sum(1 for r in records.values() if not r.quarantine),
-            "proposed categories": proposed,
-            "estimate": estimate,
-        },
+        "tiles": len(candidates),
+        "proposed categories": sum(len(_painted(r)) for r in candidates),
+        "source": "the tiles with a proposal (no shards written yet)",
     }
 
 
@@ -270,7 +293,8 @@ def _markdown(stats: dict) -> str:
     lines += [
         "## Estimate for the whole dataset (from the random sample)",
         "",
-        f"{dataset['tiles']} tiles, {dataset['proposed categories']} proposed categories.",
+        f"{dataset['tiles']} tiles, {dataset['proposed categories']} categories on them, counted from "
+        f"{dataset['source']}.",
         "",
     ]
     for name, estimate in dataset["estimate"].items():
@@ -279,42 +303,102 @@ def _markdown(stats: dict) -> str:
     return "\n".join(lines)
 
 
+STATE_COLOURS = {"accepted": "#228833", "corrected": "#ccbb44", "discarded": "#ee6677"}
+LABEL_SIZE = 7  # points: the count labels beside the bars
+
+
 def _charts(stats: dict, folder: Path, queue: str) -> None:
-    import matplotlib
+    """A queue's two charts, each written whole or not at all, under a name kept inside `folder` (the
+    queue's name comes from Label Studio)."""
+    for name, figure in (
+        (f"iou-{queue}.png", iou_figure(stats, queue)),
+        (f"rates-{queue}.png", rates_figure(stats, queue)),
+    ):
+        with atomic_path(confined_path(folder, name, "queue chart")) as temporary:
+            figure.savefig(temporary, format="png")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axis.hist(stats["mask_iou"] or [float("nan")], bins=20, range=(0, 1), color="#4477aa")
-    axis.set_xlabel("IoU of proposed vs reviewed mask")
-    axis.set_ylabel("masks")
-    axis.set_title(f"mask IoU after review ({queue})", parse_math=False)  # ($ in a queue name is no TeX)
-    figure.tight_layout()
-    with atomic_path(confined_path(folder, f"iou-{queue}.png", "queue chart")) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+def iou_figure(stats: dict, queue: str) -> Figure:
+    """Histogram of the shown-vs-reviewed mask IoU, each bar labelled with its count of masks, so a
+    tall bar of 3 masks is not read as a trend."""
+    ious = stats["mask_iou"]
+    figure = _figure(6, 3.5)
+    axis = figure.add_subplot()
+    counts, _, bars = axis.hist(ious, bins=20, range=(0, 1), color="#4477aa")
+    axis.bar_label(bars, labels=[f"{count:.0f}" if count else "" for count in counts], fontsize=LABEL_SIZE)
+    axis.set_ylim(0, max(1.0, float(max(counts, default=0))) * 1.15)  # headroom for the tallest bar's count
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("IoU of the shown proposal vs the reviewed mask (0–1; 1: kept unchanged)")
+    axis.set_ylabel("reviewed masks (count)")
+    axis.set_title(f"mask IoU after review ({queue}; n = {len(ious)} masks)", parse_math=False)  # ($ is no TeX)
+    if not ious:
+        axis.text(0.5, 0.5, "no reviewed masks yet", transform=axis.transAxes, ha="center", va="center")
+    return figure
 
-    names = list(stats["per_category"]) or ["(none)"]
-    figure, axis = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 4), dpi=100)
-    bottom = [0.0] * len(names)
-    for state, colour in (("accepted", "#228833"), ("corrected", "#ccbb44"), ("discarded", "#ee6677")):
-        values = [
-            stats["per_category"].get(n, {}).get(state, Rate(0, 0)).value if n in stats["per_category"] else 0
-            for n in names
-        ]
-        values = [0.0 if math.isnan(v) else v for v in values]
-        axis.bar(names, values, bottom=bottom, color=colour, label=state)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    axis.set_ylim(0, 1)
-    axis.set_ylabel("share of proposed categories")
-    axis.set_title(f"audit decisions per category ({queue})", parse_math=False)
-    axis.tick_params(axis="x", rotation=60, labelsize=8)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(confined_path(folder, f"rates-{queue}.png", "queue chart")) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+
+def rates_figure(stats: dict, queue: str) -> Figure:
+    """Per category, one bar per decision (accepted, corrected, discarded) as a share of the category's
+    proposals, each labelled "8.1 % (12/148)": a share alone hides whether it rests on 3 reviews or 300.
+    Horizontal bars keep the category names and the labels readable for all 35 categories; the legend
+    sits below the axes, where it covers no bar."""
+    per_category = stats["per_category"]
+    names = list(per_category)
+    figure = _figure(8, 1.8 + 0.5 * max(1, len(names)))
+    axis = figure.add_subplot()
+    proposals = sum(per_category[name]["accepted"].total for name in names)
+    axis.set_title(f"audit decisions per category ({queue}; n = {proposals} proposals)", parse_math=False)
+    axis.set_xlim(0, 100)
+    axis.set_xticks(range(0, 101, 20))
+    axis.set_xlabel("share of the category's proposals on audited tiles (%)")
+    axis.set_ylabel("proposed category")
+    if not names:
+        axis.set_yticks([])
+        axis.text(0.5, 0.5, "no reviewed proposals yet", transform=axis.transAxes, ha="center", va="center")
+        return figure
+    height = 0.8 / len(STATE_COLOURS)
+    for offset, (state, colour) in enumerate(STATE_COLOURS.items()):
+        rates = [per_category[name][state] for name in names]
+        bars = axis.barh(
+            [index + (offset - 1) * height for index in range(len(names))],
+            [0.0 if math.isnan(rate.value) else 100 * rate.value for rate in rates],
+            height=height,
+            color=colour,
+            label=state,
+        )
+        labels = [_rate_label(rate) if rate.total else "no proposals" if offset == 0 else "" for rate in rates]
+        axis.bar_label(bars, labels=labels, padding=3, fontsize=LABEL_SIZE)
+    axis.set_yticks(range(len(names)), names, fontsize=8)
+    axis.set_ylim(len(names) - 0.5, -0.5)  # first category on top
+    figure.legend(loc="outside lower center", ncols=len(STATE_COLOURS), fontsize=8)
+    _fit_labels(figure, axis)
+    return figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure drawn by Agg (PNG, no display), laid out so that labels and the legend stay inside it.
+    A plain Figure, not pyplot: no global state or backend switch in a library that runs inside builds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _rate_label(rate: Rate) -> str:
+    return f"{100 * rate.value:.1f} % ({rate.successes}/{rate.total})"
+
+
+def _fit_labels(figure: Figure, axis: Axes) -> None:
+    """Widen the x axis past 100 % so that the label of a full bar ends inside the axes: how far that is
+    depends on the label's length and the room the category names leave the axes."""
+    figure.draw_without_rendering()  # lays the figure out: the labels' extents are final
+    renderer = figure.canvas.get_renderer()
+    right = max(text.get_window_extent(renderer).x1 for text in axis.texts)
+    inverse = axis.transData.inverted()
+    overshoot = inverse.transform((right, 0))[0]
+    if overshoot > 100:
+        axis.set_xlim(0, overshoot * 1.02)
 
 
 def _jsonable(value):

@@ -430,7 +430,7 @@ class Annotator:
             state.record.proposal_digest = mask_digest(semantic)
             geotiff = self._tile_file("masks", key, ".tif")
             if self.config.write_geotiff and source.transform and not (unchanged and geotiff.is_file()):
-                write_mask_geotiff(geotiff, semantic, source.crs, source.transform)
+                write_mask_geotiff(geotiff, semantic, source.crs, source.transform, class_names=self.taxonomy.names)
             if self.config.write_overlay:
                 quick_look = overlay(
                     pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices
@@ -461,6 +461,7 @@ class Annotator:
                 first.raster_height,
                 first.crs,
                 list(full)[:6],
+                class_names=self.taxonomy.names,
             )
             self.summary.stitched.append(str(out))
         self.summary.seconds["write"] += time.perf_counter() - started

@@ -293,3 +293,63 @@ def _print_annotate_summary(out: Path, summary) -> None:
         for key, stage, reason in summary.quarantined:
             table.add_row(key, stage, reason)
         console.print(table)
+
+
+VIEW_HELP = """Write a static HTML gallery of an output folder and say where it is: OUT/gallery/index.html.
+
+\b
+Open it from disk (no server, nothing fetched from elsewhere). Each tile shows its image, its mask
+coloured by class and the overlay (thumbnails of at most --thumb-size px), with a legend of the
+classes in its mask (colour, name, share of the tile), its domain, caption and review state;
+quarantined tiles show the stage and the reason. Filters: category (tiles whose mask shows it),
+domain, review state (reviewed, stale review, queued and pending, not reviewed) and quarantine.
+Pages of 48 tiles; the page loads only the data and thumbnails it shows, so it stays light for
+100,000 tiles. Each run replaces the gallery whole (a stopped run leaves the previous one).
+
+\b
+Exit status: 0 written (quarantined tiles are shown, not left out); 1 written, but some tiles are
+shown without an image or a mask (a source raster moved, a mask missing) or some lines of
+records.jsonl hold no record: the page and the lines printed say which; 2 refused: OUT is not an
+output folder or its records.jsonl is empty or holds no record, a build or annotate run is writing
+OUT, or OUT/gallery is a folder `ovrsis view` did not write.
+"""
+
+
+@app.command("view", help=VIEW_HELP)
+def view(
+    out: Path = typer.Argument(..., help="An `ovrsis annotate` or `ovrsis build` output folder (records.jsonl)."),
+    taxonomy: str | None = typer.Option(
+        None, "--taxonomy", "-t", help="Bundled taxonomy name or YAML path [default: the one the records name]."
+    ),
+    thumb_size: int = typer.Option(256, min=16, max=2048, help="Longest side of a thumbnail, in pixels."),
+) -> None:
+    from pipeline.files import OutputBusy, output_lock
+    from pipeline.gallery import GalleryError, records_file, records_taxonomy, write_gallery
+
+    try:
+        records = records_file(out)
+        with open(records, "rb") as handle:
+            lines = sum(1 for line in handle if line.strip())
+        if not lines:
+            raise GalleryError(f"{records}: empty, no tile to show")
+        vocabulary = load_taxonomy(taxonomy) if taxonomy else records_taxonomy(out)
+        with output_lock(out, wait=False), counting_bar("view", "tiles") as progress:
+            task = progress.add_task("tiles", total=lines)
+            summary = write_gallery(out, vocabulary, thumb_size=thumb_size, on_tile=lambda: progress.advance(task))
+    except (GalleryError, TaxonomyError, OutputBusy) as error:
+        fail(error)
+    if summary.tiles == 0:
+        fail(f"{records}: none of its {summary.bad_lines} lines is a tile record; the first: {summary.problems[0]}")
+    console.print(
+        f"[bold]{summary.tiles}[/bold] tiles ({summary.quarantined} quarantined) in {summary.seconds:.1f} s "
+        f"-> {summary.index.resolve().as_uri()}",
+        highlight=False,
+    )
+    for problem in summary.problems:
+        console.print(problem, style="yellow", markup=False, highlight=False)
+    if summary.problem_tiles or summary.bad_lines:
+        set_aside(
+            f"{summary.problem_tiles} of {summary.tiles} tiles shown incomplete, "
+            f"{summary.bad_lines} line(s) of {records} not a record",
+            summary.index,
+        )

@@ -8,7 +8,8 @@ size. Pixels that no usable tile covers (a quarantined tile) are 255 (ignore).
 
 The cores go into a tiled GeoTIFF first, which GDAL's COG driver then copies with overviews: the COG
 driver cannot be written window by window, and buffering a whole mosaic in memory would undo the
-one-tile-at-a-time rule.
+one-tile-at-a-time rule. The colour table and class names go on that first GeoTIFF, so the copy keeps
+them, as the tile masks do (`pipeline.outputs.style_mask_band`, `write_mask_categories`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rasterio.windows import Window as RioWindow
 
 from pipeline.files import atomic_path
 from pipeline.gdal_env import unlisted
-from pipeline.outputs import COG_OPTIONS
+from pipeline.outputs import COG_OPTIONS, style_mask_band, write_mask_categories
 from pipeline.records import Window
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
@@ -67,8 +68,11 @@ def stitch_to_geotiff(
     height: int,
     crs: str | None,
     transform: Sequence[float] | None,
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write the stitched mask as a COG; `load_mask(i)` returns tile i's mask, or None for a missing tile."""
+    """Write the stitched mask as a COG; `load_mask(i)` returns tile i's mask, or None for a missing tile.
+    `class_names` (value = position) name the classes for GIS tools, as in the tile masks."""
     profile = {
         "driver": "GTiff",
         "width": width,
@@ -88,6 +92,7 @@ def stitch_to_geotiff(
     os.close(descriptor)  # named like the other temporaries, so remove_stale_parts clears it after a crash
     try:
         with unlisted(sidecars=False), rasterio.open(staging, "w", **profile) as out:
+            style_mask_band(out, class_names)
             for index, (window, core) in enumerate(zip(windows, tile_cores(windows))):
                 if core.width <= 0 or core.height <= 0:
                     continue
@@ -104,4 +109,5 @@ def stitch_to_geotiff(
             rio_copy(staging, temporary, driver="COG", **COG_OPTIONS)
     finally:
         Path(staging).unlink(missing_ok=True)
+    write_mask_categories(out_path, class_names)
     return out_path

@@ -199,3 +199,41 @@ def tiny_piseg_checkpoint(folder: Path) -> Path:
     path = folder / "piseg.pt"
     save_checkpoint(path, build_model(config.model), config, ["building", "road"], "v")
     return path
+
+
+class ScoredSam:
+    """An interactive SAM whose predicted IoU is whatever the test sets: a real one's is a regression
+    output, below 0 or above 1 for a poor prompt."""
+
+    model_key = "scored-stub"
+
+    def __init__(self) -> None:
+        self.score = 0.5
+
+    def embed(self, image: np.ndarray) -> np.ndarray:
+        return np.zeros((1, 2, 2, 2), np.float32)
+
+    def decode(self, embedding: np.ndarray, size: tuple[int, int], prompt) -> tuple[np.ndarray, float]:
+        mask = np.zeros(size, bool)
+        mask[: size[0] // 2] = True
+        return mask, self.score
+
+
+@pytest.mark.parametrize(
+    ("predicted", "sent"),
+    [(-0.3712, 0.0), (float("nan"), 0.0), (1.0831, 1.0), (float("inf"), 1.0), (0.612345, 0.6123), (0.0, 0.0)],
+)
+def test_smart_tool_score_is_one_label_studio_accepts(tmp_path, predicted, sent):
+    """Label Studio refuses a prediction scored outside [0, 1] ("Score must be between 0.00 and 1.00")."""
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((32, 48, 3), 120, np.uint8)).save(tmp_path / "images" / "t.jpg")
+    sam = ScoredSam()
+    sam.score = predicted
+    backend = ReviewBackend(BackendConfig(root=tmp_path), load_taxonomy("ovrsis95k"), sam=sam)
+    tile = {"id": 1, "data": {"image": "/data/local-files/?d=images/t.jpg"}}
+    response = authorized_client(backend).post(
+        "/predict", json={"tasks": [tile], "params": {"context": {"result": [click(50, 25)]}}}
+    )
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["results"]
+    assert prediction["score"] == sent and prediction["result"][0]["value"]["brushlabels"] == ["building"]

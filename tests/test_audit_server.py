@@ -24,11 +24,11 @@ from audit.folders import folder_line
 from audit.ledger import ledger_path, read_ledger
 from audit.queue import label_config, push
 from audit.records import load_records, write_records
-from audit.server import start_server, stop_server
+from audit.server import LS_VENV_ENV, start_server, stop_server
 from audit.session import QueuePlan, apply_ledger, pull_queues, push_queues
 from audit.settings import AuditError, ServerSettings
 from audit.stats import write_report
-from flows.sample_build import make_imagery
+from flows.sample_build import make_imagery, ovrsis
 from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.ingest import TilingConfig
 from pipeline.outputs import mask_digest
@@ -82,8 +82,19 @@ def server(tmp_path_factory, build_output):
         pytest.fail(".venv-ls is missing: `make test` creates the Label Studio venv")
     data = tmp_path_factory.mktemp("lsdata")
     port = free_port()
-    started = start_server(data, build_output, TOKEN, "admin@example.com", "audit-test-pw", port=port)
-    handle = Server(started.url, started.pid, data, port)
+    # started as a user does, from a working directory other than the checkout: .venv-ls is found beside
+    # the project, not in the working directory
+    env = {k: v for k, v in os.environ.items() if k != LS_VENV_ENV} | {
+        "LABEL_STUDIO_USER_TOKEN": TOKEN,
+        "LABEL_STUDIO_USERNAME": "admin@example.com",
+        "LABEL_STUDIO_PASSWORD": "audit-test-pw",
+    }
+    command = ovrsis("audit", "server", "--root", str(build_output), "--data", str(data), "--port", str(port))
+    started = subprocess.run(
+        command, cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    handle = Server(f"http://127.0.0.1:{port}", int((data / "label-studio.pid").read_text()), data, port)
     yield handle
     stop_server(handle.pid)
 
@@ -310,7 +321,7 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
     categories. Then restart the server on the same database: a pull finds nothing new."""
     import yaml
 
-    from flows.sample_build import ovrsis, prefect_env, write_config
+    from flows.sample_build import prefect_env, write_config
     from pipeline.shards import ShardReader
 
     imagery = make_imagery(tmp_path / "data" / "rasters", count=1, size=256)

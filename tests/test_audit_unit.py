@@ -1,5 +1,7 @@
 """Audit pieces that need no server: brush RLE, sampling, applying a review, statistics."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
@@ -105,3 +107,107 @@ def test_server_stop_needs_no_root(tmp_path):
     assert stopped.exit_code == 0 and not (tmp_path / "label-studio.pid").exists()
     start = CliRunner().invoke(app, ["server", "--data", str(tmp_path)])
     assert start.exit_code == 2 and "--root is needed" in start.output
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_label_studio(venv: Path) -> Path:
+    """A venv folder holding a `bin/label-studio` file, as `make setup` leaves one."""
+    binary = venv / "bin" / "label-studio"
+    binary.parent.mkdir(parents=True)
+    binary.touch()
+    return binary
+
+
+def test_label_studio_venv_is_looked_for_beside_the_project_from_any_working_directory(tmp_path, monkeypatch):
+    from audit.server import LS_VENV_ENV, project_root, venv_places
+
+    monkeypatch.delenv(LS_VENV_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert project_root() == REPO
+    here = Path.cwd() / ".venv-ls"
+    assert venv_places() == [(REPO / ".venv-ls", "beside the project"), (here, "in the working directory")]
+    monkeypatch.chdir(REPO)  # run from the project: one place, looked at once
+    assert venv_places() == [(REPO / ".venv-ls", "beside the project")]
+
+
+def test_label_studio_venv_order_option_then_setting_then_project_then_working_directory(tmp_path, monkeypatch):
+    from audit import server
+    from audit.settings import AuditError
+
+    monkeypatch.delenv(server.LS_VENV_ENV, raising=False)
+    project, work = tmp_path / "project", tmp_path / "work"
+    project.mkdir()
+    monkeypatch.setattr(server, "project_root", lambda: project)
+    here = fake_label_studio(work / ".venv-ls")
+    monkeypatch.chdir(work)
+    assert server.label_studio_binary().resolve() == here.resolve()  # nothing beside the project
+    beside = fake_label_studio(project / ".venv-ls")
+    assert server.label_studio_binary() == beside
+    named = fake_label_studio(tmp_path / "named")
+    monkeypatch.setenv(server.LS_VENV_ENV, str(tmp_path / "named"))
+    assert server.label_studio_binary() == named
+    option = fake_label_studio(tmp_path / "option")
+    assert server.label_studio_binary(tmp_path / "option") == option
+    # a venv named by the option or the setting is the only place: a typo fails, naming it and its source
+    with pytest.raises(AuditError, match=r"typo/bin/label-studio \(--venv\)"):
+        server.label_studio_binary(tmp_path / "typo")
+    monkeypatch.setenv(server.LS_VENV_ENV, str(tmp_path / "typo"))
+    with pytest.raises(AuditError, match=rf"typo/bin/label-studio \({server.LS_VENV_ENV}\)"):
+        server.label_studio_binary()
+
+
+def test_audit_server_without_label_studio_names_every_place_looked_and_the_setting(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from audit import server
+    from audit.cli import app
+
+    monkeypatch.delenv(server.LS_VENV_ENV, raising=False)
+    monkeypatch.setattr(server, "project_root", lambda: tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
+    env = {"LABEL_STUDIO_USER_TOKEN": "0123456789abcdef0123456789abcdef01234567", "LABEL_STUDIO_PASSWORD": "pw-pw-pw"}
+    result = CliRunner().invoke(app, ["server", "--root", str(tmp_path)], env=env)
+    message = " ".join(result.output.split())  # the error is wrapped to the terminal's width
+    assert result.exit_code == 2, result.output
+    for looked in (tmp_path / "project" / ".venv-ls", tmp_path / ".venv-ls"):
+        assert f"{looked / 'bin' / 'label-studio'}" in message, message
+    assert "OVRSIS_LABEL_STUDIO_VENV" in message and "--venv" in message, message
+    assert not (tmp_path / ".lsdata").exists()  # nothing made for a server that cannot start
+    usage = " ".join(CliRunner().invoke(app, ["server", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "--venv" in usage and "OVRSIS_LABEL_STUDIO_VENV if set, else .venv-ls beside the project" in usage
+
+
+def rates(accepted: int, corrected: int, discarded: int) -> dict:
+    from audit.stats import Rate
+
+    total = accepted + corrected + discarded
+    return {"accepted": Rate(accepted, total), "corrected": Rate(corrected, total), "discarded": Rate(discarded, total)}
+
+
+def test_audit_charts_label_every_bar_and_keep_the_legend_off_the_bars(tmp_path):
+    from audit.stats import iou_figure, rates_figure
+
+    stats = {
+        "per_category": {"building": rates(124, 12, 12), "road": rates(148, 0, 0), "low vegetation": rates(5, 0, 1)},
+        "mask_iou": [0.52, 0.91, 0.96, 1.0],
+    }
+    figure = rates_figure(stats, "sample")
+    figure.savefig(tmp_path / "rates.png")  # lays it out as the report does
+    renderer = figure.canvas.get_renderer()
+    (axis,) = figure.axes
+    (legend,) = figure.legends
+    legend_box, axes_box = legend.get_window_extent(renderer), axis.get_window_extent(renderer)
+    assert len(axis.patches) == 9
+    assert not any(legend_box.overlaps(bar.get_window_extent(renderer)) for bar in axis.patches)
+    assert legend_box.y1 <= axes_box.y0  # below the axes, not over the data
+    labels = {text.get_text(): text.get_window_extent(renderer) for text in axis.texts}
+    assert {"83.8 % (124/148)", "8.1 % (12/148)", "100.0 % (148/148)", "0.0 % (0/148)", "16.7 % (1/6)"} <= set(labels)
+    assert all(axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 for box in labels.values())  # none runs off
+    assert axis.get_xlabel().endswith("(%)")
+
+    iou = iou_figure(stats, "sample")
+    (axis,) = iou.axes
+    assert sorted(text.get_text() for text in axis.texts if text.get_text()) == ["1", "1", "2"]  # masks per bar
+    assert axis.get_ylabel() == "reviewed masks (count)" and "(0–1" in axis.get_xlabel()

@@ -87,6 +87,7 @@ def test_ovrsis_command_tree():
         "audit",
         "export",
         "models",
+        "view",
     }
     group = typer.main.get_command(ovrsis)
     assert set(group.commands) == expected

@@ -56,19 +56,28 @@ def stac(
     when: str = typer.Option(
         None,
         "--datetime",
-        help="Acquisition time of the imagery, ISO 8601 (default: the source's "
-        "TIFFTAG_DATETIME, else when the mask was written).",
+        help="Acquisition time of the imagery, ISO 8601, for every item (default: the source's acquisition "
+        "metadata, else a date in its file name such as NAIP's _20180827, else its TIFFTAG_DATETIME, else when "
+        "the mask was written; each item's ovrsis:datetime_source says which).",
+    ),
+    source_hrefs: str = typer.Option(
+        "none",
+        "--source-hrefs",
+        help="none: items name their source raster by file name only (ovrsis:source_file); absolute: also a "
+        "`source` asset with the raster's absolute path (a relative one would leave OUT and DEST).",
     ),
     taxonomy: str = typer.Option(None, help=TAXONOMY_HELP),
 ) -> None:
     """A STAC collection: an item per georeferenced tile and per stitched mosaic, masks as COG assets with their
-    class names."""
+    class names. Mask and overlay hrefs are relative and stay inside OUT, so the collection moves with it."""
     from pipeline.export.output_folder import ExportError, read_output_folder
     from pipeline.export.stac import write_stac
 
     try:
         moment = _parse_datetime(when) if when else None
-        path, skipped = write_stac(read_output_folder(out, taxonomy), dest or out / "stac", collection_id, moment)
+        path, skipped = write_stac(
+            read_output_folder(out, taxonomy), dest or out / "stac", collection_id, moment, source_hrefs
+        )
     except ExportError as error:
         fail(error)
     console.print(f"STAC collection -> {path}", highlight=False)
