@@ -408,3 +408,85 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
     assert status.returncode == 0, status.stderr
     assert rows["sample"][:4] == ["2", "1", "1", "0"] and rows["uncertain"][:4] == ["1", "1", "0", "0"], status.stdout
     assert rows["uncertain"][4] == "admin@example.com" and rows["sample"][5] != "never", status.stdout
+
+
+def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
+    server, build_output, tmp_path, tiny_models_yaml
+):
+    """The session the issue scripted: tiles whose captions named nothing get no proposal; `audit.unlabelled`
+    queues them; a reviewer paints a building on each in Label Studio; `ovrsis audit pull`; a plain rebuild
+    (no server needed). Every painted tile is in the shards with the painted pixels, the balance report's
+    selected column equals the manifest, and the random sample never spent a task on an unlabelled tile."""
+    import yaml
+
+    from flows.sample_build import CAPTION, ovrsis, prefect_env, write_config
+    from pipeline.shards import ShardReader
+
+    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False)
+    (imagery.parent / "captions.jsonl").write_text(
+        json.dumps({"id": "scene0", "caption": CAPTION})
+        + "\n"
+        + json.dumps({"id": "scene1", "caption": "a view"})
+        + "\n"
+    )
+    output = build_output / "unlabelled-build"  # under the folder the server serves
+    audit = {"push_sample": 3, "unlabelled": 4, "seed": 0, "project": "unlabelled audit", "url": server.url}
+    config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, output, audit=audit)
+    env = prefect_env(tmp_path / "prefect") | {"LABEL_STUDIO_USER_TOKEN": TOKEN}
+    first = subprocess.run(
+        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = AuditClient(ServerSettings(server.url, TOKEN))
+    empty = {k for k in tasks_by_key(client, "unlabelled audit (unlabelled)")}
+    assert empty == {r.key for r in load_records(output) if r.key.startswith("scene1")}
+    assert not empty & set(tasks_by_key(client, "unlabelled audit"))  # the sample: tiles with a proposal only
+    painted = {}
+    for task in tasks_by_key(client, "unlabelled audit (unlabelled)").values():
+        height = width = 128
+        region = np.zeros((height, width), bool)
+        region[20:70, 30:100] = True
+        painted[task["data"]["key"]] = int(region.sum())
+        building = {
+            "id": "painted",
+            "from_name": "mask",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {"format": "rle", "rle": mask2rle((region * 255).astype(np.uint8)), "brushlabels": ["building"]},
+        }
+        client.sdk.annotations.create(id=task["id"], result=[building])
+    pulled = subprocess.run(
+        ovrsis("audit", "pull", "--records", str(output), "--project", "unlabelled audit", "--url", server.url),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    settings = yaml.safe_load(config.read_text())
+    del settings["audit"]  # a plain rebuild: no pull, no push
+    config.write_text(yaml.safe_dump(settings))
+    second = subprocess.run(
+        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    reader = ShardReader(output)
+    samples = {s.key: s for split in ("train", "val") for s in reader.samples(split)}
+    taxonomy = load_taxonomy("ovrsis95k")
+    for key, pixels in painted.items():
+        assert key in samples, f"{key}: painted by a reviewer, missing from the shards"
+        assert int((samples[key].mask == taxonomy.index_of("building")).sum()) == pixels
+    report = (output / "report" / "balance.md").read_text()
+    background = {c.name for c in taxonomy.categories if not c.propose}
+    selected = {}
+    for line in report.split("## Categories", 1)[1].split("## Domains", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[2].isdigit() and int(cells[2]):
+            selected[cells[0]] = (int(cells[2]), int(cells[4]))
+    manifest = reader.manifest["categories"]
+    assert selected == {
+        n: (c["images"], c["pixels"]) for n, c in manifest.items() if c["images"] and n not in background
+    }
