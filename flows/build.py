@@ -39,7 +39,7 @@ from prefect.utilities.annotations import quote
 
 from flows import progress
 from flows.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
-from flows.runners import make_task_runner
+from flows.runners import make_task_runner, worker_threads
 from pipeline.annotate import (
     AnnotateSummary,
     Annotator,
@@ -59,6 +59,8 @@ from pipeline.selection import TileCounts, select
 from pipeline.shards import write_shards
 from pipeline.stage_cache import StageCache, write_used_keys
 from pipeline.stages import batch_key, chained_keys, digest, given_captions, stage_fingerprints
+from pipeline.threads import apply as apply_thread_budget
+from pipeline.threads import apply_once as apply_thread_budget_once
 from pipeline.tile_table import TileRows, TileTable
 
 FLOW_NAME = "build-ovrsis95k"
@@ -122,6 +124,7 @@ def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tup
     """One batch through every stage (cached stages restored, the others run and stored), then its
     masks written; returns the records as JSON lines and the seconds per stage run."""
     config = settings_of(config_path)
+    apply_thread_budget_once(worker_threads(config.runner))  # in whatever process the runner put this task
     annotator = annotator_of(config_path)
     states, tiling = batch.states, annotator.config.tiling
     started = time.perf_counter()
@@ -333,6 +336,8 @@ def build(config: str) -> dict:
     path = str(Path(config).resolve())
     settings = load_build_config(path)
     check_before_build(settings)
+    # before the runner starts: worker processes inherit the caps (pipeline/threads.py)
+    apply_thread_budget(worker_threads(settings.runner))
     # No `ovrsis audit pull` applies reviews to masks while they are rewritten. Progress and artifacts
     # go to this run, the one `prefect deployment run --watch` names, not to the build-stages subflow.
     with output_lock(settings.output), progress.listening(progress.RunProgress(get_run_logger())):

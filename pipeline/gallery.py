@@ -53,7 +53,7 @@ FOLDER_TILES = 1000  # tiles per thumbs/F/ folder (three files each)
 PAGE_TILES = 48  # cards per page
 OPEN_SOURCES = 8  # rasters kept open: records of a raster's tiles lie together (a build sorts them by key)
 KEPT_PROBLEMS = 20  # problems kept for the summary; every one is shown on its tile's card
-IGNORE_COLOUR = (0, 0, 0)  # unlabelled pixels (255) in the coloured mask
+IGNORE_COLOUR = (0, 0, 0)  # 255 in the coloured mask: not labelled (ignored in training; not the background class)
 OUTSIDE_COLOUR = (255, 0, 255)  # values no class of the taxonomy has
 REVIEW_STATES = ("not reviewed", "reviewed", "stale review", "queued, pending review")
 NOT_REVIEWED, REVIEWED, STALE, QUEUED = range(len(REVIEW_STATES))
@@ -528,7 +528,7 @@ figcaption { font-size: 11px; color: var(--muted); margin-top: 2px; }
   }
   function legendName(v) {
     if (v < M.classes.length) return M.classes[v] + (M.background.includes(v) ? " (background)" : "");
-    return v === 255 ? "unlabelled" : `value ${v} (no class)`;
+    return v === 255 ? "not labelled (255)" : `value ${v} (no class)`;
   }
   function colour(v) {
     const c = v < M.colours.length ? M.colours[v] : v === 255 ? [0, 0, 0] : [255, 0, 255];

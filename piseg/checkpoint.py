@@ -186,7 +186,7 @@ def saved_config(payload: dict[str, Any], path: Path) -> PiSegConfig:
     """The checkpoint's configuration; a setting this version does not know is the file's fault, named with it."""
     try:
         return config_from_dict(payload["config"])
-    except (ConfigError, TypeError) as error:  # TypeError: an unknown ClipArchitecture field
+    except ConfigError as error:
         raise CheckpointError(f"{path}: its configuration is not usable ({one_line(error)})") from error
 
 

@@ -39,11 +39,14 @@ def torch_device(name: str | None) -> torch.device:
 
 
 def beside_paper(ours: dict, paper: dict | None) -> str:
-    """'   paper Pi-Seg 47.54 (Δ -1.20), CAT-Seg 49.19 (Δ -2.85)' for a line of `piseg eval`'s summary."""
+    """'   paper mIoU: Pi-Seg 47.54 % (Δ -1.20 pp), CAT-Seg 49.19 % (Δ -2.85 pp)' for a line of `piseg eval`'s
+    summary: scores in percent, differences in percentage points, each with its unit."""
+    from piseg.evaluation.report import percent_text, signed  # torch comes with it: imported once eval has it
+
     if not paper or "miou" not in ours:
         return ""
     parts = [
-        f"{model} {100 * paper[model]['miou']:.2f} (Δ {100 * (ours['miou'] - paper[model]['miou']):+.2f})"
+        f"{model} {percent_text(paper[model]['miou'])} (Δ {signed(ours['miou'], paper[model]['miou'])} pp)"
         for model in MODELS
         if paper.get(model)
     ]
@@ -388,7 +391,7 @@ def evaluate(
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
     from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
     from piseg.evaluation.paper import paper_comparison
-    from piseg.evaluation.report import ABSENT_RULES, build_report
+    from piseg.evaluation.report import ABSENT_RULES, build_report, percent_text
     from piseg.modeling.clip_backbone import load_clip
     from piseg.modeling.zero_shot import ZeroShotClip
 
@@ -437,7 +440,7 @@ def evaluate(
     )
     for name, entry in report["datasets"].items():
         status = (
-            f"mIoU {100 * entry['miou']:.2f}  mACC {100 * entry['macc']:.2f}"
+            f"mIoU {percent_text(entry['miou'])}  mACC {percent_text(entry['macc'])}"
             if entry["status"] == "done"
             else f"[yellow]{entry['status']}[/yellow]"
         )
@@ -449,7 +452,7 @@ def evaluate(
         label += f" ({counted} of {len(averaged)} datasets)" if counted < len(averaged) else ""
         ours = {"miou": report["m_miou"]}
         Console(soft_wrap=True).print(
-            f"{label} {100 * report['m_miou']:.2f}  m-mACC {100 * report['m_macc']:.2f}"
+            f"{label} {percent_text(report['m_miou'])}  m-mACC {percent_text(report['m_macc'])}"
             f"{beside_paper(ours, paper['benchmark']['mean'] if paper else None)}  -> {out / 'report.md'}"
         )
     if compare_paper and paper is None:

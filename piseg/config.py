@@ -1,19 +1,22 @@
 """Pi-Seg configuration: the model, the training recipe and the evaluation scheme as plain dataclasses.
 
 Defaults are the paper's recipe (docs/piseg.md, "Training recipe"). A YAML file overrides any field by
-name; unknown names are an error, so a typo never silently falls back to a default.
+name; unknown names, values of the wrong type and sizes or counts below what can run are errors naming the
+file and the setting, so a typo never silently falls back to a default or crashes a run hours later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import string
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from piseg.modeling.prompts import PROMPT_TEMPLATE
+from piseg.yaml_files import read_yaml
 
 NOISE_FAMILIES = ("gaussian", "laplace", "uniform", "student-t")
 INFERENCE_MODES = ("sliding", "whole")
@@ -193,21 +196,28 @@ def preset(backbone: str) -> PiSegConfig:
 def load_config(
     path: Path | None = None, backbone: str | None = None, overrides: dict[str, Any] | None = None
 ) -> PiSegConfig:
-    """The backbone preset (file's `model.backbone`, else `backbone`, else vit-b), then the file, then overrides."""
-    data: dict[str, Any] = {}
+    """The backbone preset (file's `model.backbone`, else `backbone`, else vit-b), then the file, then overrides.
+    Every problem is a ConfigError whose message starts with the file's name (README: `error: FILE: problem`)."""
+    data: Any = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot read the configuration ({error})") from error
+        data = read_yaml(path, "configuration", ConfigError)
+        if data is None:  # an empty file changes nothing
+            data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping with model/train/eval sections")
-    chosen = backbone or data.get("model", {}).get("backbone") or "vit-b"
-    config = preset(chosen)
+            raise ConfigError(f"{path}: expected a mapping with model/train/eval sections, got {_shown(data)}")
+    model = data.get("model")
+    named = model.get("backbone") if isinstance(model, dict) else None
+    if backbone is None and named is not None and (not isinstance(named, str) or named not in PRESETS):
+        raise ConfigError(f"{path}: model.backbone: unknown backbone {named!r} (have {', '.join(PRESETS)})")
+    config = preset(backbone or named or "vit-b")
     config = _apply(config, data, str(path))
     if overrides:
         config = _apply(config, overrides, "command line")
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as error:  # name the file: the values came from it (or from the command line)
+        origin = " + ".join(name for name, given in ((str(path), path), ("command line", overrides)) if given)
+        raise ConfigError(f"{origin}: {error}" if origin else str(error)) from error
     return config
 
 
@@ -216,27 +226,152 @@ def config_from_dict(data: dict[str, Any]) -> PiSegConfig:
     return _apply(PiSegConfig(), data, "checkpoint")
 
 
-def _apply(obj: Any, data: dict[str, Any], origin: str) -> Any:
+def _apply(obj: Any, data: Any, origin: str) -> Any:
+    """OBJ (a configuration dataclass) with DATA's settings; ORIGIN names where they come from in errors."""
+    return _merge(type(obj), obj, data, origin, "")
+
+
+def _merge(cls: type, current: Any, data: Any, origin: str, prefix: str) -> Any:
+    """CURRENT (an instance of the dataclass CLS, or None for a section the configuration lacks) with DATA's
+    settings, each checked against its field's type. Why by type hint: a YAML value of the wrong type (a
+    string for a number, a number for a section) would otherwise reach the model or the trainer and fail
+    there with a traceback; PREFIX ("train.") names the setting in the message."""
+    section = prefix.rstrip(".") or "the configuration"
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping for {type(obj).__name__}, got {data!r}")
-    names = {f.name: f for f in dataclasses.fields(obj)}
+        raise ConfigError(f"{origin}: {section}: expected a mapping of settings, got {_shown(data)}")
+    hints = typing.get_type_hints(cls)
     changes = {}
     for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"{origin}: unknown setting {key!r} in {type(obj).__name__} (known: {', '.join(names)})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = _apply(current, value, origin)
-        elif key == "architecture" and isinstance(value, dict):
-            value = ClipArchitecture(**value)
-        elif isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        changes[key] = value
-    return dataclasses.replace(obj, **changes)
+        if key not in hints:
+            raise ConfigError(f"{origin}: unknown setting '{prefix}{key}' (known in {section}: {', '.join(hints)})")
+        before = None if current is None else getattr(current, key)
+        changes[key] = _value(hints[key], before, value, origin, f"{prefix}{key}")
+    if current is not None:
+        return dataclasses.replace(current, **changes)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in changes and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{origin}: {section} lacks {', '.join(missing)}")
+    return cls(**changes)
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The types a field accepts: both sides of `X | None`, else the hint itself."""
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _value(hint: Any, current: Any, value: Any, origin: str, where: str) -> Any:
+    """VALUE for the field WHERE of type HINT, or a ConfigError saying what the field takes."""
+    options = _options(hint)
+    section = next((option for option in options if dataclasses.is_dataclass(option)), None)
+    if section is not None and isinstance(value, dict):
+        return _merge(section, current, value, origin, where + ".")
+    if any(_fits(value, option) for option in options):
+        return tuple(value) if isinstance(value, list) else value
+    wanted = " or ".join(_describe(option) for option in options)
+    raise ConfigError(f"{origin}: {where}: expected {wanted}, got {_shown(value)}")
+
+
+def _fits(value: Any, option: Any) -> bool:
+    if option is type(None):
+        return value is None
+    if option is bool:
+        return isinstance(value, bool)
+    if option is int:  # YAML's true/false are bools, and Python's bools are ints: not a count
+        return isinstance(value, int) and not isinstance(value, bool)
+    if option is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typing.get_origin(option) is tuple:
+        items = typing.get_args(option)
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(items)
+            and all(_fits(item, kind) for item, kind in zip(value, items, strict=True))
+        )
+    return isinstance(value, option)  # str, or a dataclass instance (the presets' CLIP shapes)
+
+
+def _describe(option: Any) -> str:
+    if typing.get_origin(option) is tuple:
+        items = typing.get_args(option)
+        return f"a list of {len(items)} " + ("integers" if set(items) == {int} else "values")
+    if dataclasses.is_dataclass(option):
+        return "a mapping of settings"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(option, getattr(option, "__name__", str(option)))
+
+
+def _shown(value: Any) -> str:
+    """VALUE for an error line: its repr, cut short (a whole section pasted in the wrong place can be long)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# The least value each size, count or rate can run with: zero or less would divide by zero, build empty
+# layers or never step, deep inside a run, instead of being refused with the file's name up front.
+MINIMUMS: dict[str, float] = {
+    "model.clip_resolution": 1,
+    "model.hidden_dim": 1,
+    "model.num_layers": 1,
+    "model.heads": 1,
+    "model.window_size": 1,
+    "model.class_pool_train": 1,
+    "model.pad_len": 1,
+    "model.spm.reduction": 1,
+    "model.spm.sigma_t": 0,
+    "train.iters": 1,
+    "train.batch_size": 1,
+    "train.weight_decay": 0,
+    "train.clip_lr_multiplier": 0,
+    "train.crop": 1,
+    "train.resize_short": 1,
+    "train.max_long": 1,
+    "train.val_every": 1,
+    "train.val_max_samples": 1,
+    "train.checkpoint_every": 1,
+    "train.log_every": 1,
+    "train.shuffle_buffer": 1,
+    "train.workers": 0,
+    "eval.resize": 1,
+    "eval.crop": 1,
+    "eval.stride": 1,
+    "eval.whole_pad": 0,
+}
+POSITIVE = ("train.lr", "train.grad_clip", "train.shuffle_memory_gb")  # above zero, however small
+
+
+def _template_fields(template: str) -> list[str] | None:
+    """The replacement fields of a prompt template ("{}" gives [""]); None when the braces do not pair up."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError:
+        return None
+
+
+def _setting(config: PiSegConfig, name: str) -> Any:
+    value: Any = config
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def validate(config: PiSegConfig) -> None:
+    """Refuse settings that have the right type but cannot run together (messages name the setting)."""
     spm, model, train = config.model.spm, config.model, config.train
+    for name, least in MINIMUMS.items():
+        value = _setting(config, name)
+        if value is not None and value < least:
+            raise ConfigError(f"{name} must be at least {least}, got {value!r}")
+    for name in POSITIVE:
+        if _setting(config, name) <= 0:
+            raise ConfigError(f"{name} must be above 0, got {_setting(config, name)!r}")
+    if _template_fields(model.prompt_template) != [""]:
+        raise ConfigError(
+            f"model.prompt_template must hold exactly one {{}} for the class name, got {model.prompt_template!r}"
+        )
     for name in (spm.text_noise, spm.image_noise):
         if name not in NOISE_FAMILIES:
             raise ConfigError(f"unknown noise family {name!r} (have {', '.join(NOISE_FAMILIES)})")

@@ -415,3 +415,164 @@ def test_train_stops_at_or_skips_bad_samples_and_unreadable_shard_data(tmp_path)
     assert "unreadable shard data" in reasons and "fewer training samples than the manifest" in reasons
     assert (tmp_path / "skip" / "checkpoints" / "final.pt").is_file()
     assert "skipped" in last_line(result) and "skipped.jsonl" in last_line(result)
+
+
+# --- malformed YAML inputs: benchmark definitions, training configuration, reproduce plan -----------
+
+DATASET = '{taxonomy: isaid, images: "x/*.png", masks: "x/{stem}.png"}'
+BENCHMARK = f"datasets:\n  a: {DATASET}\nbenchmarks:\n"
+# (id, file content, the benchmark asked for, what the one error line says after the file's name)
+BAD_DEFINITIONS: list[tuple[str, str | bytes, str, str]] = [
+    ("yaml-syntax", "datasets: {a: [1, 2\n", "a", ":2: invalid YAML: expected ',' or ']'"),
+    ("repeated-key", f"datasets:\n  a: {DATASET}\n  a: {DATASET}\n", "a", ":3: invalid YAML: key 'a' repeats"),
+    ("not-utf8", b"\xff\xfedatasets: {}\n", "a", ": cannot read the benchmark definitions: not UTF-8 text"),
+    ("not-a-mapping", "- a\n", "a", ": expected a mapping with 'datasets'"),
+    ("datasets-a-list", "datasets: [a, b]\n", "a", ": datasets: expected a mapping of dataset names"),
+    ("unknown-top-key", f"datasets:\n  a: {DATASET}\nbenchmark: {{}}\n", "a", ": unknown key benchmark"),
+    ("entry-a-number", "datasets:\n  a: 5\n", "a", ": dataset 'a': expected a mapping with taxonomy"),
+    (
+        "unknown-dataset-key",
+        'datasets:\n  a: {taxonomy: isaid, images: "x/*.png", masks: "x/{stem}.png", label: {map: {0: 0}}}\n',
+        "a",
+        ": dataset 'a': unknown key label (known: taxonomy",
+    ),
+    ("taxonomy-a-number", 'datasets:\n  a: {taxonomy: 5, images: x, masks: "{stem}"}\n', "a", "taxonomy must be"),
+    ("taxonomy-missing", 'datasets:\n  a: {taxonomy: gone.yaml, images: x, masks: "{stem}"}\n', "a", "gone.yaml"),
+    ("images-a-mapping", 'datasets:\n  a: {taxonomy: isaid, images: {x: 1}, masks: "{stem}"}\n', "a", "images must"),
+    ("masks-a-number", "datasets:\n  a: {taxonomy: isaid, images: x, masks: 5}\n", "a", "masks must be a path"),
+    ("masks-unknown-field", 'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{name}.png"}\n', "a", "{name}"),
+    ("masks-open-brace", 'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{stem"}\n', "a", "masks '{stem'"),
+    (
+        "labels-a-list",
+        'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{stem}", labels: [1]}\n',
+        "a",
+        "labels must be a mapping",
+    ),
+    (
+        "map-key-a-word",
+        'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{stem}", labels: {map: {road: 1}}}\n',
+        "a",
+        "map key 'road' is not a stored mask value",
+    ),
+    (
+        "map-to-no-class",
+        'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{stem}", labels: {map: {0: 40}}}\n',
+        "a",
+        "map sends 0 to 40; use class ids 0-14 or 255",
+    ),
+    (
+        "palette-two-channels",
+        'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{stem}", labels: {palette: {"1,2": 3}}}\n',
+        "a",
+        "palette colour '1,2' is not 'r,g,b'",
+    ),
+    (
+        "default-without-map",
+        'datasets:\n  a: {taxonomy: isaid, images: x, masks: "{stem}", labels: {default: 1}}\n',
+        "a",
+        "default goes with map",
+    ),
+    ("benchmarks-a-list", f"datasets:\n  a: {DATASET}\nbenchmarks: [a]\n", "a", ": benchmarks: expected a mapping"),
+    ("benchmark-a-string", BENCHMARK + "  b: a\n", "b", ": benchmark 'b': expected a mapping with datasets"),
+    ("datasets-a-string", BENCHMARK + "  b: {datasets: a}\n", "b", "benchmark 'b': datasets must be a list"),
+    ("undefined-dataset", BENCHMARK + "  b: {datasets: [a, zz]}\n", "b", "benchmark 'b': no dataset 'zz'"),
+    ("unknown-benchmark-key", BENCHMARK + "  b: {datasets: [a], means: x}\n", "b", "benchmark 'b': unknown key means"),
+    ("bad-train-taxonomy", BENCHMARK + "  b: {datasets: [a], train_taxonomy: nope}\n", "b", "train_taxonomy: "),
+    ("foreign-train-dataset", BENCHMARK + "  b: {datasets: [a], train_dataset: c}\n", "b", "train_dataset 'c'"),
+    ("bad-groups", BENCHMARK + "  b: {datasets: [a], resolution_groups: {low: a}}\n", "b", "resolution_groups"),
+]
+
+
+def assert_one_error_line(result: Result, path: Path, says: str) -> None:
+    """Exit 2, no traceback, and one `error:` line, the last, naming PATH and saying SAYS (README, exit codes)."""
+    assert_clean_exit(result, 2)
+    assert result.output.count("error:") == 1, result.output
+    assert last_line(result).startswith(f"error: {path}") and says in last_line(result), result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "benchmark", "says"), [c[1:] for c in BAD_DEFINITIONS], ids=[c[0] for c in BAD_DEFINITIONS]
+)
+def test_eval_refuses_malformed_benchmark_definitions_with_one_error_line(tmp_path, content, benchmark, says):
+    path = tmp_path / "benchmarks.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = tmp_path / "out"
+    arguments = ["eval", "--zero-shot", "--backbone", "tiny", "--benchmark", benchmark, "--data-root", str(tmp_path)]
+    result = runner.invoke(app, [*arguments, "--out", str(out), "--benchmarks", str(path)])
+    assert_one_error_line(result, path, says)
+    assert not out.exists()  # refused before any work
+
+
+def test_eval_refuses_a_missing_benchmark_definitions_file(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    arguments = ["eval", "--zero-shot", "--backbone", "tiny", "--benchmark", "a", "--data-root", str(tmp_path)]
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "out"), "--benchmarks", str(missing)])
+    assert_one_error_line(result, missing, ": cannot read the benchmark definitions (No such file or directory)")
+
+
+# (id, file content, what the one error line says after the file's name)
+BAD_CONFIGS: list[tuple[str, str | bytes, str]] = [
+    ("yaml-syntax", "model: {backbone: tiny\n", ":2: invalid YAML: expected ',' or '}'"),
+    ("repeated-key", "train:\n  iters: 2\n  iters: 3\n", ":3: invalid YAML: key 'iters' repeats (first on line 2)"),
+    ("not-utf8", b"\xfftrain: {}\n", ": cannot read the configuration: not UTF-8 text"),
+    ("not-a-mapping", "[1, 2]\n", ": expected a mapping with model/train/eval sections"),
+    ("section-a-list", "model: [tiny]\n", ": model: expected a mapping of settings, got ['tiny']"),
+    ("section-a-number", "train: 5\n", ": train: expected a mapping of settings, got 5"),
+    ("nested-section-a-number", "model: {spm: 3}\n", ": model.spm: expected a mapping of settings, got 3"),
+    ("unknown-top-key", "training: {iters: 2}\n", ": unknown setting 'training' (known in the configuration"),
+    ("unknown-nested-key", "train: {learning_rate: 1}\n", ": unknown setting 'train.learning_rate' (known in train"),
+    ("count-a-word", "train: {iters: many}\n", ": train.iters: expected an integer, got 'many'"),
+    ("count-a-float", "train: {batch_size: 2.5}\n", ": train.batch_size: expected an integer, got 2.5"),
+    ("rate-a-word", "train: {lr: fast}\n", ": train.lr: expected a number, got 'fast'"),
+    ("switch-a-number", "train: {amp: 1}\n", ": train.amp: expected true or false, got 1"),
+    ("size-a-string", 'eval: {crop: "64"}\n', ": eval.crop: expected an integer, got '64'"),
+    ("pair-a-number", "model: {guidance_layers: 3}\n", ": model.guidance_layers: expected a list of 2 integers"),
+    ("architecture-typo", "model: {architecture: {patches: 8}}\n", ": unknown setting 'model.architecture.patches'"),
+    ("backbone-a-number", "model: {backbone: 5}\n", ": model.backbone: unknown backbone 5"),
+    ("zero-iterations", "train: {iters: 0}\n", ": train.iters must be at least 1, got 0"),
+    ("zero-validation-period", "train: {val_every: 0}\n", ": train.val_every must be at least 1, got 0"),
+    ("negative-rate", "train: {lr: -0.1}\n", ": train.lr must be above 0"),
+    (
+        "template-without-slot",
+        "model: {prompt_template: a photo}\n",
+        ": model.prompt_template must hold exactly one {}",
+    ),
+    ("bad-value", "train: {ignore_mode: maybe}\n", ": ignore_mode must be 'negative' or 'exclude'"),
+]
+
+
+@pytest.mark.parametrize(("content", "says"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_train_refuses_a_malformed_configuration_with_one_error_line(tmp_path, content, says):
+    path = tmp_path / "my.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = runner.invoke(
+        app, ["train", "--shards", str(tmp_path), "--config", str(path), "--out", str(tmp_path / "r")]
+    )
+    assert_one_error_line(result, path, says)
+    assert not (tmp_path / "r").exists()
+
+
+def test_other_commands_refuse_malformed_configurations_and_plans(tmp_path):
+    config = tmp_path / "convert.yaml"
+    config.write_text("eval: {stride: wide}\n")
+    weights = tmp_path / "w" / "model_final.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    result = runner.invoke(
+        app, ["convert-released", str(weights), "--out", str(tmp_path / "c.pt"), "--config", str(config)]
+    )
+    assert_one_error_line(result, config, ": eval.stride: expected an integer, got 'wide'")
+    plan = tmp_path / "plan.yaml"
+    arguments = ["reproduce", "--weights", str(weights.parent), "--data-root", str(tmp_path), "--plan", str(plan)]
+    for content, says in [
+        ("model_final.pth: {taxonomy: dlrsd, benchmarks: [road\n", ":2: invalid YAML"),
+        ("model_final.pth: {taxonomy: dlrsd, benchmarks: road}\n", "benchmarks must be a list of benchmark names"),
+        ("model_final.pth: {taxonomy: 5, benchmarks: [road]}\n", "taxonomy must be a taxonomy name"),
+        ("model_final.pth: {taxonomy: dlrsd, benchmarks: [road], backbone: vit-b}\n", "and nothing else"),
+        ("5: {taxonomy: dlrsd, benchmarks: [road]}\n", "5: each key must be a weights path"),
+    ]:
+        plan.write_text(content)
+        result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "o")])
+        assert_one_error_line(result, plan, says)
+    plan.write_bytes(b"\xff")
+    assert_one_error_line(runner.invoke(app, [*arguments, "--out", str(tmp_path / "o")]), plan, "not UTF-8 text")

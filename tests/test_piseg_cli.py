@@ -6,8 +6,9 @@ import rasterio
 from PIL import Image
 from typer.testing import CliRunner
 
+from pipeline.outputs import palette
 from piseg.cli import app
-from piseg.inference.predict import Predictor, parse_class_names
+from piseg.inference.predict import Predictor, overlay_legend, parse_class_names, read_image
 from piseg.training.synthetic import COLOURS, tiny_config, write_synthetic_shards
 from tests.piseg_helpers import write_config
 
@@ -64,11 +65,21 @@ def test_predict_writes_masks_overlays_and_georeferenced_masks(checkpoint, tmp_p
         ],
     )
     assert result.exit_code == 0, result.output
+    names = ["building", "tree", "water, lake"]
+    predictor = Predictor(checkpoint, device="cpu")
     mask = np.asarray(Image.open(out / "scene.png"))
     assert mask.shape == (40, 40) and set(np.unique(mask)) <= {0, 1, 2}
-    assert np.asarray(Image.open(out / "scene.overlay.png")).shape == (40, 40, 3)
+    assert np.array_equal(mask, predictor.predict(np.array(Image.open(picture)), names))  # plain class ids
+    # the overlay is a figure with a legend: a swatch in the class's own colour for each class present (the
+    # overlay itself only holds blends of colour and image), none for a class the prediction does not show
+    quick_look = np.asarray(Image.open(out / "scene.overlay.png"))
+    assert quick_look.ndim == 3 and quick_look.shape[0] > 40 and quick_look.shape[1] > 40
+    for index, colour in enumerate(palette(len(names))):
+        swatch = int(np.all(quick_look == colour, axis=-1).sum())
+        assert (swatch > 100) if (mask == index).any() else (swatch == 0), (names[index], swatch)
     with rasterio.open(out / "field.mask.tif") as written:
         assert written.crs.to_epsg() == 32614 and written.transform.c == 500000 and written.shape == (30, 40)
+        assert np.array_equal(written.read(1), predictor.predict(read_image(raster)[0], names))
     missing = runner.invoke(
         app,
         [
@@ -89,6 +100,14 @@ def test_predict_writes_masks_overlays_and_georeferenced_masks(checkpoint, tmp_p
         app, ["predict", str(picture), "--checkpoint", str(bad), "--classes", "a, b", "--out", str(tmp_path / "bad")]
     )
     assert result.exit_code == 2 and "bad.pt: not a readable checkpoint" in result.output
+
+
+def test_overlay_legend_names_the_classes_present_with_their_share():
+    mask = np.zeros((4, 8), dtype=np.uint8)
+    mask[:, 6:] = 2
+    legend = overlay_legend(mask, ["building", "tree", "water"])
+    assert [entry.label for entry in legend] == ["building (75.0 % of the image)", "water (25.0 % of the image)"]
+    assert [entry.colour for entry in legend] == [tuple(int(c) for c in palette(3)[i]) for i in (0, 2)]
 
 
 def test_large_rasters_are_predicted_in_windows_and_stitched(checkpoint, tmp_path):

@@ -2,7 +2,9 @@
 end to end with a tiny trained checkpoint, zero-shot CLIP, and `piseg bench`."""
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex, MulticlassRecall
 from typer.testing import CliRunner
 
+from pipeline.outputs import palette
 from piseg.cli import app
 from piseg.evaluation.benchmarks import (
     DatasetError,
@@ -23,7 +26,9 @@ from piseg.evaluation.benchmarks import (
     load_benchmark,
     load_definitions,
 )
+from piseg.evaluation.evaluate import panel_legend, write_panel
 from piseg.evaluation.metrics import ConfusionMatrix
+from piseg.figures import MIN_PANEL_SIDE
 from piseg.inference.predict import Predictor
 from piseg.training.synthetic import tiny_config, write_synthetic_shards
 from piseg.training.train import train
@@ -359,10 +364,34 @@ def test_piseg_eval_writes_the_full_report_and_resumes(checkpoint, definitions, 
     assert isaid["miou"] == pytest.approx(float(metric.compute()[present].mean()), abs=1e-5)
     markdown = (out / "report.md").read_text()
     assert "Seen / unseen" in markdown and "Resolution per image" in markdown and "left out of its mIoU" in markdown
+    # scores are fractions in report.json, percentages with their unit in report.md and on the terminal
+    assert 0 <= isaid["miou"] <= 1 and 0 <= isaid["classes"]["ship"]["acc"] <= 1
+    assert_scores_carry_units(markdown)
+    assert f"| isaid | {100 * isaid['miou']:.2f} | {100 * isaid['macc']:.2f} |" in markdown
+    assert "| class | IoU (%) | ACC = recall (%) | occurs in ground truth | seen in training |" in markdown
+    assert f"isaid: mIoU {100 * isaid['miou']:.2f} %  mACC {100 * isaid['macc']:.2f} %" in result.output
     # a second run reuses the finished datasets
     before = {p.name: p.stat().st_mtime_ns for p in (out / "datasets").iterdir()}
     assert runner.invoke(app, arguments).exit_code == 0
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "datasets").iterdir()}
+
+
+def assert_scores_carry_units(markdown: str) -> None:
+    """Every score in a report.md says its unit: a table column naming a score says (%) or (pp) (differences,
+    in percentage points), a score in the text has its % sign, and the report says JSON holds fractions."""
+    assert (
+        "every score in this report is a percentage" in markdown
+        and "report.json holds the same scores as fractions" in markdown
+    )
+    lines = markdown.splitlines()
+    headers = [line for line, below in zip(lines, lines[1:]) if below.startswith("|---")]
+    assert headers
+    for header in headers:
+        for cell in header.strip("|").split("|"):
+            if re.search(r"IoU|ACC|Δ|coverage", cell):
+                assert re.search(r"\((%|pp)\)|, %\)", cell), f"{cell!r} in {header!r}"
+    prose = "\n".join(line for line in lines if not line.startswith("|"))
+    assert not re.search(r"\b(m-mIoU|m-mACC|mIoU|mACC|IoU|ACC) -?\d+(\.\d+)?(?![\d.]|\s?%)", prose), prose
 
 
 def test_missing_files_are_reported_not_half_evaluated(checkpoint, definitions, tmp_path):
@@ -522,11 +551,12 @@ def test_eval_prints_the_papers_numbers_beside_ours(checkpoint, definitions, tmp
     result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "a"), "--paper-backbone", "vit-b"])
     assert result.exit_code == 0, result.output
     assert (
-        "paper mIoU: Pi-Seg 47.54 (Δ " in result.output
-        and "CAT-Seg 49.19" in result.output
-        and "Pi-Seg 39.48" in result.output
-    )
-    assert "Table IV of arXiv 2604.15652, ViT-B" in (tmp_path / "a" / "report.md").read_text()
+        re.search(r"paper mIoU: Pi-Seg 47\.54 % \(Δ [-+]\d+\.\d\d pp\), CAT-Seg 49\.19 % \(Δ ", result.output)
+        and "Pi-Seg 39.48 % (Δ " in result.output
+    ), result.output
+    markdown = (tmp_path / "a" / "report.md").read_text()
+    assert "Table IV of arXiv 2604.15652, ViT-B" in markdown and "paper Pi-Seg mIoU (%)" in markdown
+    assert_scores_carry_units(markdown)
     result = runner.invoke(app, [*arguments, "--out", str(tmp_path / "b")])
     assert result.exit_code == 0 and "paper reports no ovrsisbench-v2 numbers for tiny" in result.output
     result = runner.invoke(
@@ -560,3 +590,36 @@ def test_eval_images_are_read_upright_and_palette_images_expanded(tmp_path):
     )
     image, _ = spec.read(samples["palette"])
     assert image.shape == (4, 6, 3) and image[0, 0].tolist() == [255, 0, 0] and image[0, 1].tolist() == [0, 255, 0]
+
+
+def test_panels_are_titled_with_a_legend_of_the_classes_shown(tmp_path):
+    """Image | ground truth | prediction under their titles, and a legend: a colour swatch per class either mask
+    shows (marked when only one shows it), black for unlabelled; no entry for classes neither shows."""
+    names = ["water", "road", "tree", "building", "car", "ship"]
+    image = np.full((40, 48, 3), 128, dtype=np.uint8)
+    truth = np.full((40, 48), 1, dtype=np.uint8)
+    truth[20:, :24], truth[20:, 24:] = 255, 2
+    prediction = np.full((40, 48), 1, dtype=np.uint8)
+    prediction[20:] = 3
+    labels = [entry.label for entry in panel_legend(names, truth, prediction)]
+    assert labels == [
+        "road",
+        "tree (only in ground truth)",
+        "building (only in prediction)",
+        "unlabelled (255, not scored)",
+    ]
+    figure = np.asarray(Image.open(write_panel(tmp_path / "p.png", image, truth, prediction, names, "isaid: P0")))
+    scale = math.ceil(MIN_PANEL_SIDE / 40)  # a small image is enlarged by a whole factor, to be seen
+
+    def pixels(colour) -> int:
+        return int(np.all(figure == colour, axis=-1).sum())
+
+    colours = palette(len(names))
+    for index in (1, 2, 3):  # in the panels, and once more as the legend's swatch
+        in_panels = (int((truth == index).sum()) + int((prediction == index).sum())) * scale**2
+        assert pixels(colours[index]) > in_panels + 100, names[index]
+    for index in (0, 4, 5):
+        assert pixels(colours[index]) == 0, names[index]
+    assert pixels((0, 0, 0)) > int((truth == 255).sum()) * scale**2 + 100  # the unlabelled swatch
+    first_image_row = int(np.flatnonzero(np.all(figure == 128, axis=-1).any(axis=1))[0])
+    assert (figure[:first_image_row] < 100).all(axis=-1).sum() > 50  # the heading and titles above the panels

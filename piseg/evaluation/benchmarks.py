@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import glob
 import os
+import string
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from pipeline.ingest import IngestError
 from piseg.inference.predict import read_image
+from piseg.yaml_files import read_yaml
 from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 from taxonomy.masks import values_outside
 
 LOW_RESOLUTION_PIXELS = 800 * 800  # Table XIII: native size below 800x800 is "low resolution"
+TOP_LEVEL_KEYS = ("datasets", "benchmarks")
+DATASET_KEYS = ("taxonomy", "images", "masks", "labels", "paper_split")
+REQUIRED_DATASET_KEYS = ("taxonomy", "images", "masks")
+LABEL_KEYS = ("map", "default", "threshold", "palette")
+BENCHMARK_KEYS = ("datasets", "train_taxonomy", "train_dataset", "resolution_groups")
+MASK_FIELDS = ("stem", "dir")  # what a dataset's `masks` pattern may name
 
 
 class DatasetError(ValueError):
@@ -142,65 +150,191 @@ def default_definitions() -> Path:
 
 
 def load_definitions(path: Path | None = None) -> dict:
+    """The benchmark definitions file as a mapping (its path under "_path", for messages). Only its outline
+    is checked here: each dataset and benchmark entry is checked where it is used (`dataset_spec`,
+    `load_benchmark`), before any evaluation, so a broken entry blocks only the runs that need it."""
     path = path or default_definitions()
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise DatasetError(f"{path}: cannot read the benchmark definitions ({error})") from error
-    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
-        raise DatasetError(f"{path}: expected a 'datasets' mapping (and 'benchmarks')")
+    data = read_yaml(path, "benchmark definitions", DatasetError)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a mapping with 'datasets' (and 'benchmarks'), got {shown(data)}")
+    if not isinstance(data.get("datasets"), dict):
+        raise DatasetError(f"{path}: datasets: expected a mapping of dataset names, got {shown(data.get('datasets'))}")
+    unknown = [str(key) for key in data if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise DatasetError(f"{path}: unknown key {', '.join(unknown)} (known: {', '.join(TOP_LEVEL_KEYS)})")
+    if data.get("benchmarks") is not None and not isinstance(data["benchmarks"], dict):
+        raise DatasetError(
+            f"{path}: benchmarks: expected a mapping of benchmark names, got {shown(data['benchmarks'])}"
+        )
+    for section in TOP_LEVEL_KEYS:
+        odd = [key for key in data.get(section) or {} if not isinstance(key, str)]
+        if odd:
+            raise DatasetError(f"{path}: {section}: names must be strings, got {odd[0]!r}")
     data["_path"] = str(path)
     return data
 
 
+def shown(value: Any) -> str:
+    """VALUE for an error line: its repr, cut short (a pasted section can be long)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def string_list(value: Any) -> list[str] | None:
+    """VALUE when it is a non-empty list of strings, else None."""
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
+def mask_pattern_problem(pattern: str) -> str | None:
+    """What is wrong with a `masks` pattern, or None. Why here: a bad pattern would otherwise fail on the
+    first image, after the model is loaded, with a KeyError or a format error instead of the file's name."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as error:
+        return f"masks {pattern!r}: {error}"
+    odd = [name for name in names if name not in MASK_FIELDS]
+    if odd:
+        return f"masks {pattern!r} names {{{odd[0]}}}; it may name only {{stem}} and {{dir}}"
+    return None
+
+
 def dataset_spec(definitions: dict, name: str) -> DatasetSpec:
-    where = definitions["_path"]
+    """The dataset NAME of the definitions, every key checked (types, unknown keys, its taxonomy loaded)."""
+    path = definitions["_path"]
+    where = f"{path}: dataset {name!r}"
     entry = definitions["datasets"].get(name)
     if entry is None:
-        raise DatasetError(f"{where}: no dataset {name!r} (have {', '.join(sorted(definitions['datasets']))})")
-    missing = {"taxonomy", "images", "masks"} - set(entry)
+        raise DatasetError(f"{path}: no dataset {name!r} (have {', '.join(sorted(definitions['datasets']))})")
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected a mapping with {', '.join(REQUIRED_DATASET_KEYS)}, got {shown(entry)}")
+    unknown = [str(key) for key in entry if key not in DATASET_KEYS]
+    if unknown:
+        raise DatasetError(f"{where}: unknown key {', '.join(unknown)} (known: {', '.join(DATASET_KEYS)})")
+    missing = [key for key in REQUIRED_DATASET_KEYS if key not in entry]
     if missing:
-        raise DatasetError(f"{where}: dataset {name!r} lacks {', '.join(sorted(missing))}")
+        raise DatasetError(f"{where} lacks {', '.join(missing)}")
+    if not isinstance(entry["taxonomy"], str):
+        raise DatasetError(
+            f"{where}: taxonomy must be a bundled taxonomy name or a YAML path, got {shown(entry['taxonomy'])}"
+        )
+    images = string_list([entry["images"]] if isinstance(entry["images"], str) else entry["images"])
+    if images is None:
+        raise DatasetError(f"{where}: images must be a glob or a list of globs, got {shown(entry['images'])}")
+    if not isinstance(entry["masks"], str):
+        raise DatasetError(
+            f"{where}: masks must be a path pattern with {{stem}} (and {{dir}}), got {shown(entry['masks'])}"
+        )
+    if problem := mask_pattern_problem(entry["masks"]):
+        raise DatasetError(f"{where}: {problem}")
     try:
         taxonomy = load_taxonomy(entry["taxonomy"])
     except TaxonomyError as error:
-        raise DatasetError(f"{where}: dataset {name!r}: {error}") from error
+        raise DatasetError(f"{where}: {error}") from error
     split = entry.get("paper_split")
     if split is not None:  # Table XI's split as the paper states it: checked here, before any evaluation
-        named = [c for group in ("seen", "unseen") for c in (split.get(group) or [])] if isinstance(split, dict) else []
-        if not named or set(split) != {"seen", "unseen"} or set(named) - set(taxonomy.names):
+        lists = [string_list(split.get(group)) for group in ("seen", "unseen")] if isinstance(split, dict) else [None]
+        named = [c for group in lists for c in group or []]
+        if None in lists or set(split) != {"seen", "unseen"} or set(named) - set(taxonomy.names):
             raise DatasetError(
-                f"{where}: dataset {name!r}: paper_split takes seen and unseen lists of its classes "
-                f"({', '.join(taxonomy.names)})"
+                f"{where}: paper_split takes seen and unseen lists of its classes ({', '.join(taxonomy.names)})"
             )
-    images = entry["images"] if isinstance(entry["images"], list) else [entry["images"]]
-    return DatasetSpec(
-        name, taxonomy, images, entry["masks"], label_rule(entry.get("labels") or {}, f"{where}: dataset {name!r}")
-    )
+    labels = entry.get("labels")
+    if labels is not None and not isinstance(labels, dict):
+        raise DatasetError(
+            f"{where}: labels must be a mapping with one of map / threshold / palette, got {shown(labels)}"
+        )
+    return DatasetSpec(name, taxonomy, images, entry["masks"], label_rule(labels or {}, where, len(taxonomy.names)))
 
 
-def label_rule(data: dict, where: str) -> LabelRule:
-    unknown = set(data) - {"map", "default", "threshold", "palette"}
+def class_id(value: Any, classes: int) -> bool:
+    """Whether VALUE is a class id of a vocabulary of CLASSES names, or the ignore value."""
+    return isinstance(value, int) and not isinstance(value, bool) and (0 <= value < classes or value == IGNORE)
+
+
+def label_rule(data: dict, where: str, classes: int) -> LabelRule:
+    """The dataset's `labels` entry checked: every stored value, colour and class id is of the right type and
+    range, so that a typo is refused with the file's name before any evaluation, never met on a mask."""
+    unknown = set(data) - set(LABEL_KEYS)
     if unknown or len({"map", "threshold", "palette"} & set(data)) > 1:
-        raise DatasetError(f"{where}: labels take one of map / threshold / palette (got {', '.join(sorted(data))})")
+        raise DatasetError(f"{where}: labels take one of map / threshold / palette (got {', '.join(map(str, data))})")
+    ids = f"class ids 0-{classes - 1} or {IGNORE}"
     palette = None
     if "palette" in data:
-        palette = {
-            tuple(int(v) for v in str(colour).split(",")): int(index) for colour, index in data["palette"].items()
-        }
-    mapping = {int(k): int(v) for k, v in data["map"].items()} if "map" in data else None
+        if not isinstance(data["palette"], dict):
+            raise DatasetError(f"{where}: palette must map 'r,g,b' colours to class ids, got {shown(data['palette'])}")
+        palette = {}
+        for colour, index in data["palette"].items():
+            parts = str(colour).split(",")
+            channels = [int(part) for part in parts if part.strip().isdigit()]
+            if len(parts) != 3 or len(channels) != 3 or max(channels) > 255:
+                raise DatasetError(f"{where}: palette colour {colour!r} is not 'r,g,b' with values 0-255")
+            if not class_id(index, classes):
+                raise DatasetError(f"{where}: palette colour {colour!r} maps to {index!r}; use {ids}")
+            palette[tuple(channels)] = index
+    mapping = None
+    if "map" in data:
+        if not isinstance(data["map"], dict):
+            raise DatasetError(f"{where}: map must map stored values to class ids, got {shown(data['map'])}")
+        mapping = {}
+        for value, index in data["map"].items():
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise DatasetError(f"{where}: map key {value!r} is not a stored mask value (an integer from 0)")
+            if not class_id(index, classes):
+                raise DatasetError(f"{where}: map sends {value} to {index!r}; use {ids}")
+            mapping[value] = index
+    default = data.get("default")
+    if default is not None and (mapping is None or not class_id(default, classes)):
+        raise DatasetError(f"{where}: default goes with map and must be one of the {ids}, got {default!r}")
     threshold = data.get("threshold")
-    if threshold is not None and threshold != "auto" and not (isinstance(threshold, int) and threshold >= 1):
+    positive = isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 1
+    if threshold is not None and threshold != "auto" and not positive:
         raise DatasetError(f"{where}: threshold must be a positive integer or 'auto', got {threshold!r}")
-    return LabelRule(map=mapping, default=data.get("default"), threshold=threshold, palette=palette)
+    return LabelRule(map=mapping, default=default, threshold=threshold, palette=palette)
+
+
+def benchmark_entry(definitions: dict, name: str) -> tuple[list[str], str]:
+    """The benchmark NAME's datasets and training taxonomy, its entry checked: its datasets are defined, its
+    training taxonomy loads, and its train_dataset and resolution groups name only its datasets (the report
+    relies on each, after the evaluation: a problem found there would cost the whole run)."""
+    where = f"{definitions['_path']}: benchmark {name!r}"
+    entry = definitions["benchmarks"][name]
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected a mapping with datasets (and train_taxonomy), got {shown(entry)}")
+    unknown = [str(key) for key in entry if key not in BENCHMARK_KEYS]
+    if unknown:
+        raise DatasetError(f"{where}: unknown key {', '.join(unknown)} (known: {', '.join(BENCHMARK_KEYS)})")
+    names = string_list(entry.get("datasets"))
+    if names is None:
+        raise DatasetError(f"{where}: datasets must be a list of dataset names, got {shown(entry.get('datasets'))}")
+    undefined = [n for n in names if n not in definitions["datasets"]]
+    if undefined:
+        raise DatasetError(f"{where}: no dataset {undefined[0]!r} (have {', '.join(sorted(definitions['datasets']))})")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{where}: datasets repeat: {', '.join(names)}")
+    train = entry.get("train_taxonomy", "ovrsis95k")
+    if not isinstance(train, str):
+        raise DatasetError(f"{where}: train_taxonomy must be a taxonomy name or YAML path, got {shown(train)}")
+    try:
+        load_taxonomy(train)
+    except TaxonomyError as error:
+        raise DatasetError(f"{where}: train_taxonomy: {error}") from error
+    if "train_dataset" in entry and entry["train_dataset"] not in names:
+        raise DatasetError(f"{where}: train_dataset {entry['train_dataset']!r} is not one of its datasets")
+    groups = entry.get("resolution_groups")
+    if groups is not None:
+        lists = {group: string_list(members) for group, members in groups.items()} if isinstance(groups, dict) else {}
+        if not lists or any(m is None or set(m) - set(names) for m in lists.values()):
+            raise DatasetError(f"{where}: resolution_groups must map group names to lists of its datasets")
+    return names, train
 
 
 def load_benchmark(name: str, definitions: dict, only: list[str] | None = None) -> Benchmark:
-    """A named benchmark, or a single dataset name as a one-dataset benchmark."""
+    """A named benchmark, or a single dataset name as a one-dataset benchmark; every entry it uses checked."""
     benchmarks = definitions.get("benchmarks") or {}
     if name in benchmarks:
-        entry = benchmarks[name]
-        names, train = list(entry["datasets"]), entry.get("train_taxonomy", "ovrsis95k")
+        names, train = benchmark_entry(definitions, name)
     elif name in definitions["datasets"]:
         names, train = [name], "ovrsis95k"
     else:

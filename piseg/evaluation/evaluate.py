@@ -18,9 +18,9 @@ from pipeline.outputs import palette, write_png
 from piseg.config import EvalConfig
 from piseg.evaluation.benchmarks import Benchmark, DatasetError, DatasetSpec, resolution_group
 from piseg.evaluation.metrics import ConfusionMatrix
+from piseg.figures import LegendEntry, class_legend, compose
 from piseg.inference.scheme import predict_mask
-
-PANEL_SEPARATOR = 4
+from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 
 @dataclass
@@ -128,7 +128,8 @@ def evaluate_dataset(
                             image,
                             mask,
                             prediction.cpu().numpy().astype(np.uint8),
-                            classes,
+                            spec.class_names,
+                            f"{spec.name}: {sample.name}",
                         ).relative_to(out)
                     )
                 )
@@ -144,10 +145,29 @@ def evaluate_dataset(
     return result
 
 
-def write_panel(path: Path, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, classes: int) -> Path:
-    """Image | ground truth | prediction, side by side; ignore pixels black."""
-    colours = np.vstack([palette(classes), np.zeros((256 - classes, 3), dtype=np.uint8)])
-    gap = np.full((image.shape[0], PANEL_SEPARATOR, 3), 255, dtype=np.uint8)
-    panel = np.concatenate([image, gap, colours[truth], gap, colours[prediction]], axis=1)
+def panel_legend(class_names: list[str], truth: np.ndarray, prediction: np.ndarray) -> list[LegendEntry]:
+    """The legend of a panel: every class either mask shows, in id order; a class only the ground truth shows
+    is marked "(only in ground truth)" (a miss) and one only the prediction shows "(only in prediction)" (a
+    false alarm), so the panel reads at a glance; unlabelled pixels (255) get their black entry."""
+    in_truth, predicted = set(np.unique(truth).tolist()), set(np.unique(prediction).tolist())
+    notes = {index: "(only in ground truth)" for index in in_truth - predicted} | {
+        index: "(only in prediction)" for index in predicted - in_truth
+    }
+    return class_legend(class_names, palette(len(class_names)), sorted(in_truth | predicted), notes)
+
+
+def write_panel(
+    path: Path, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, class_names: list[str], heading: str
+) -> Path:
+    """Image | ground truth | prediction, each titled, under HEADING, with the legend of `panel_legend`;
+    unlabelled pixels black. Why a legend: class colours are arbitrary, the panel is useless without one."""
+    lookup = np.zeros((IGNORE + 1, 3), dtype=np.uint8)  # ids beyond the classes (only 255 occurs) stay black
+    lookup[: len(class_names)] = palette(len(class_names))
+    figure = compose(
+        [("image", image), ("ground truth", lookup[truth]), ("prediction", lookup[prediction])],
+        panel_legend(class_names, truth, prediction),
+        heading,
+        "Classes in the ground truth or the prediction:",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_png(path, panel)
+    return write_png(path, figure)

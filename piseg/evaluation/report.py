@@ -25,8 +25,24 @@ ABSENT_RULES = {
 }
 
 
+UNITS = (
+    "**Units: every score in this report is a percentage (0-100)**: mIoU, mACC, m-mIoU, m-mACC, per-class IoU "
+    "and ACC and the paper's numbers, as the column headers' (%) says; Δ columns are differences in percentage "
+    "points (pp). report.json holds the same scores as fractions from 0 to 1 (64.12 % here is 0.6412 there)."
+)
+
+
 def percent(value: float | None) -> str:
+    """A score stored as a fraction (0.6412) as a table cell shows it, under a "(%)" header: "64.12"; "-"
+    when there is none."""
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def percent_text(value: float | None) -> str:
+    """A score in running text, where no header gives the unit: "64.12 %". Why the sign: a bare "0.64"
+    reads as a fraction, i.e. 64 %, when it means 0.64 %."""
+    shown = percent(value)
+    return shown if shown == "-" else f"{shown} %"
 
 
 def mean(values: list[float]) -> float | None:
@@ -163,6 +179,7 @@ def inference_text(settings: dict) -> str:
 
 
 def signed(ours: float | None, theirs: float | None) -> str:
+    """OURS - THEIRS (fractions) in percentage points, for a "(pp)" column: "+1.20"; "-" when either is missing."""
     return "-" if ours is None or theirs is None or math.isnan(ours) else f"{100 * (ours - theirs):+.2f}"
 
 
@@ -177,15 +194,15 @@ def paper_cells(ours: dict, paper: dict | None) -> list[str]:
 
 
 PAPER_HEADER = (
-    " paper Pi-Seg mIoU | paper Pi-Seg mACC | paper CAT-Seg mIoU | paper CAT-Seg mACC |"
-    " Δ mIoU vs Pi-Seg | Δ mIoU vs CAT-Seg |"
+    " paper Pi-Seg mIoU (%) | paper Pi-Seg mACC (%) | paper CAT-Seg mIoU (%) | paper CAT-Seg mACC (%) |"
+    " Δ mIoU vs Pi-Seg (pp) | Δ mIoU vs CAT-Seg (pp) |"
 )
 
 
 def markdown(report: dict) -> str:
     datasets, paper = report["datasets"], report.get("paper")
     compared = paper["benchmark"] if paper else None
-    lines = [f"# {report['benchmark']}: {report['model']}", ""]
+    lines = [f"# {report['benchmark']}: {report['model']}", "", UNITS, ""]
     lines += [
         f"Rule for absent classes: {report['absent_class_rule']['meaning']} "
         f"(`--absent {report['absent_class_rule']['rule']}`).",
@@ -196,14 +213,14 @@ def markdown(report: dict) -> str:
     if report.get("means_exclude"):
         lines += [
             f"As in the paper's Table III, the means leave out the training set ({report['means_exclude']}); with it: "
-            f"m-mIoU {percent(report['m_miou_with_training_set'])}, "
-            f"m-mACC {percent(report['m_macc_with_training_set'])}.",
+            f"m-mIoU {percent_text(report['m_miou_with_training_set'])}, "
+            f"m-mACC {percent_text(report['m_macc_with_training_set'])}.",
             "",
         ]
     if compared:
         lines += [
             f"Paper columns: Table {compared['table']} of {compared['source']}, {compared['backbone']} (the paper's "
-            "numbers as printed; Δ = ours − paper, in points).",
+            "numbers as printed; Δ = ours − paper, in percentage points).",
             "",
         ]
     missing = {n: d for n, d in datasets.items() if d["status"] != "done"}
@@ -216,7 +233,7 @@ def markdown(report: dict) -> str:
             for n, d in missing.items()
         ]
         lines.append("")
-    header, rule = "| dataset | mIoU | mACC |", "|---|---|---|"
+    header, rule = "| dataset | mIoU (%) | mACC (%) |", "|---|---|---|"
     if compared:
         header, rule = header + PAPER_HEADER, rule + "---|" * 6
     lines += ["## Results (Tables III-V layout)", "", header, rule]
@@ -237,7 +254,7 @@ def markdown(report: dict) -> str:
         "",
         "Automatic split: a class is seen when the crosswalk maps it to a class of the training taxonomy.",
         "",
-        "| dataset | seen classes | unseen classes | seen mIoU | unseen mIoU |",
+        "| dataset | seen classes | unseen classes | seen mIoU (%) | unseen mIoU (%) |",
         "|---|---|---|---|---|",
     ]
     for name, d in datasets.items():
@@ -258,7 +275,7 @@ def markdown(report: dict) -> str:
             f"{name}, the split the paper states (seen: {', '.join(split['classes']['seen'])}; unseen: "
             f"{', '.join(split['classes']['unseen'])}; overall: those six):",
             "",
-            "| group | mIoU | mACC |" + (PAPER_HEADER if theirs else ""),
+            "| group | mIoU (%) | mACC (%) |" + (PAPER_HEADER if theirs else ""),
             "|---|---|---|" + ("---|" * 6 if theirs else ""),
         ]
         for group in ("overall", "seen", "unseen"):
@@ -270,12 +287,12 @@ def markdown(report: dict) -> str:
         "",
         f"## Category overlap with {report['train_taxonomy']} (Figure 5)",
         "",
-        "| dataset | raw categories | covered | test-only | coverage |",
+        "| dataset | raw categories | covered | test-only | coverage (covered / raw, %) |",
         "|---|---|---|---|---|",
     ]
     for name, d in datasets.items():
         o = d["overlap"]
-        lines.append(f"| {name} | {o['raw']} | {o['covered']} | {o['test_only']} | {100 * o['coverage']:.1f}% |")
+        lines.append(f"| {name} | {o['raw']} | {o['covered']} | {o['test_only']} | {100 * o['coverage']:.1f} |")
     lines += [
         "",
         "Covered = the class name (or one of its parts, or its head noun) matches a training class's name or "
@@ -287,7 +304,7 @@ def markdown(report: dict) -> str:
         lines += [
             "## Resolution groups (Table XIII: whole datasets by native size; m-mIoU = mean over the group's datasets)",
             "",
-            "| group | datasets (evaluated) | m-mIoU | m-mACC |" + (PAPER_HEADER if theirs else ""),
+            "| group | datasets (evaluated) | m-mIoU (%) | m-mACC (%) |" + (PAPER_HEADER if theirs else ""),
             "|---|---|---|---|" + ("---|" * 6 if theirs else ""),
         ]
         for group, g in report["resolution_groups"].items():
@@ -304,7 +321,7 @@ def markdown(report: dict) -> str:
     lines += [
         "## Resolution per image (extra: each image grouped by its own size; low = below 800x800)",
         "",
-        "| dataset | low: images | low mIoU | high: images | high mIoU |",
+        "| dataset | low: images | low mIoU (%) | high: images | high mIoU (%) |",
         "|---|---|---|---|---|",
     ]
     for name, d in datasets.items():
@@ -314,11 +331,32 @@ def markdown(report: dict) -> str:
             f"| {name} | {low.get('images', 0)} | {percent(low.get('miou'))} | "
             f"{high.get('images', 0)} | {percent(high.get('miou'))} |"
         )
-    lines += ["", "## Per-class IoU / ACC", ""]
+    lines += [
+        "",
+        "## Per-class IoU and ACC",
+        "",
+        "One row per class of the dataset, over all its labelled pixels: IoU = TP / (TP + FP + FN), ACC = TP / "
+        "(TP + FN) (the class's recall), both in %. '-' = not scored: the class does not occur in the dataset's "
+        "ground truth, so it has no ACC, and the absent-class rule above leaves its IoU out (`--absent include` "
+        "scores a predicted one 0). 'Seen in training': the crosswalk maps the class to a class of the training "
+        "taxonomy.",
+        "",
+    ]
+    if any(d.get("panels") for d in datasets.values()):
+        lines += [
+            "Panels: image | ground truth | prediction, with a legend of the classes either mask shows; black = "
+            "unlabelled (not scored).",
+            "",
+        ]
     for name, d in datasets.items():
         if d["status"] != "done":
             continue
-        lines += [f"### {name}", "", "| class | IoU | ACC | in ground truth | seen |", "|---|---|---|---|---|"]
+        lines += [
+            f"### {name}",
+            "",
+            "| class | IoU (%) | ACC = recall (%) | occurs in ground truth | seen in training |",
+            "|---|---|---|---|---|",
+        ]
         for cls, c in d["classes"].items():
             lines.append(
                 f"| {cls} | {percent(c['iou'])} | {percent(c['acc'])} | "

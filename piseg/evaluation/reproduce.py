@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline.categories import spacy_lemmatize
 from piseg.checkpoint import load_model
@@ -26,8 +25,9 @@ from piseg.config import PiSegConfig
 from piseg.evaluation.benchmarks import load_benchmark
 from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
 from piseg.evaluation.paper import MODELS, paper_comparison
-from piseg.evaluation.report import build_report, percent, signed
+from piseg.evaluation.report import UNITS, build_report, percent, signed
 from piseg.released.convert import convert_released
+from piseg.yaml_files import read_yaml
 from taxonomy.loader import load_taxonomy
 
 V1_TRAINING_SETS = {"dlrsd": "ovrsisbench-v1-dlrsd", "isaid": "ovrsisbench-v1-isaid"}
@@ -49,18 +49,10 @@ class Run:
 def plan_runs(weights: Path, plan: Path | None = None) -> list[Run]:
     """The runs to reproduce: every .pth under `weights`, by the path rule or by `plan`."""
     if plan is not None:
-        try:
-            entries = yaml.safe_load(plan.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise PlanError(f"{plan}: cannot read the plan ({error})") from error
-        if not isinstance(entries, dict):
-            raise PlanError(f"{plan}: expected {{weights path: {{taxonomy, benchmarks}}}}")
-        try:
-            runs = [
-                Run(run_name(Path(p)), weights / p, e["taxonomy"], list(e["benchmarks"])) for p, e in entries.items()
-            ]
-        except (KeyError, TypeError) as error:
-            raise PlanError(f"{plan}: each entry needs taxonomy and benchmarks ({error!r})") from error
+        entries = read_yaml(plan, "plan", PlanError)
+        if not isinstance(entries, dict) or not entries:
+            raise PlanError(f"{plan}: expected {{weights path: {{taxonomy, benchmarks}}}}, got {entries!r:.60}")
+        runs = [plan_entry(plan, weights, path, entry) for path, entry in entries.items()]
         missing = [str(r.weights) for r in runs if not r.weights.is_file()]
         if missing:
             raise PlanError(f"{plan}: weights not found: {', '.join(missing)}")
@@ -82,6 +74,21 @@ def plan_runs(weights: Path, plan: Path | None = None) -> list[Run]:
             )
         )
     return runs
+
+
+def plan_entry(plan: Path, weights: Path, path: object, entry: object) -> Run:
+    """One run of a plan: PATH (a weights file under WEIGHTS) with {taxonomy: NAME, benchmarks: [NAME, ...]};
+    any other shape is refused naming the plan and the entry, before anything is converted."""
+    if not isinstance(path, str):
+        raise PlanError(f"{plan}: {path!r}: each key must be a weights path under {weights}")
+    if not isinstance(entry, dict) or set(entry) != {"taxonomy", "benchmarks"}:
+        raise PlanError(f"{plan}: {path!r}: each entry needs taxonomy and benchmarks, and nothing else")
+    taxonomy, benchmarks = entry["taxonomy"], entry["benchmarks"]
+    if not isinstance(taxonomy, str):
+        raise PlanError(f"{plan}: {path!r}: taxonomy must be a taxonomy name or YAML path, got {taxonomy!r}")
+    if not (isinstance(benchmarks, list) and benchmarks and all(isinstance(name, str) for name in benchmarks)):
+        raise PlanError(f"{plan}: {path!r}: benchmarks must be a list of benchmark names, got {benchmarks!r}")
+    return Run(run_name(Path(path)), weights / path, taxonomy, benchmarks)
 
 
 def run_name(relative: Path) -> str:
@@ -159,11 +166,13 @@ def markdown(summary: dict) -> str:
     lines = [
         "# The paper's tables from the released weights",
         "",
-        "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
-        "Δ = ours − paper, in points). The full report of each benchmark (per dataset, per class) is linked.",
+        UNITS,
         "",
-        "| run | benchmark (table) | datasets | m-mIoU | m-mACC "
-        "| paper Pi-Seg | paper CAT-Seg | Δ vs Pi-Seg | Δ vs CAT-Seg | report |",
+        "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
+        "Δ = ours − paper). The full report of each benchmark (per dataset, per class) is linked.",
+        "",
+        "| run | benchmark (table) | datasets | m-mIoU (%) | m-mACC (%) "
+        "| paper Pi-Seg m-mIoU (%) | paper CAT-Seg m-mIoU (%) | Δ vs Pi-Seg (pp) | Δ vs CAT-Seg (pp) | report |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run_name, run in summary["runs"].items():
@@ -192,7 +201,7 @@ def markdown(summary: dict) -> str:
                 "",
                 f"## Table XI: UAVid seen / unseen ({run_name}, the paper's split)",
                 "",
-                "| group | mIoU | mACC | paper Pi-Seg mIoU | paper CAT-Seg mIoU |",
+                "| group | mIoU (%) | mACC (%) | paper Pi-Seg mIoU (%) | paper CAT-Seg mIoU (%) |",
                 "|---|---|---|---|---|",
             ]
             for group in ("overall", "seen", "unseen"):
@@ -208,7 +217,7 @@ def markdown(summary: dict) -> str:
                 "",
                 f"## Table XIII: resolution groups ({run_name}, whole datasets)",
                 "",
-                "| group | datasets evaluated | m-mIoU | paper Pi-Seg | paper CAT-Seg |",
+                "| group | datasets evaluated | m-mIoU (%) | paper Pi-Seg m-mIoU (%) | paper CAT-Seg m-mIoU (%) |",
                 "|---|---|---|---|---|",
             ]
             for group, g in bench["resolution_groups"].items():

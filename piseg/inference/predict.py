@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from pipeline.ingest import RasterSource, plan_windows
-from pipeline.outputs import overlay, write_mask_geotiff, write_png
+from pipeline.outputs import overlay, palette, write_mask_geotiff, write_png
 from pipeline.records import Window
 from pipeline.stitch import stitch_to_geotiff
 from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
+from piseg.figures import LegendEntry, class_legend, compose
 from piseg.inference.scheme import predict_mask
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
@@ -55,6 +56,27 @@ def read_image(path: Path) -> tuple[np.ndarray, str | None, list[float] | None]:
         return image, dataset.crs.to_wkt(), list(dataset.transform)[:6]
 
 
+def overlay_legend(mask: np.ndarray, class_names: list[str]) -> list[LegendEntry]:
+    """The classes present in a predicted MASK, in id order, each with the share of the image it covers."""
+    counts = np.bincount(mask.ravel(), minlength=len(class_names))
+    present = np.flatnonzero(counts).tolist()
+    shares = {index: f"({100 * counts[index] / mask.size:.1f} % of the image)" for index in present}
+    return class_legend(class_names, palette(len(class_names)), present, shares)
+
+
+def overlay_figure(name: str, image: np.ndarray, mask: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """The quick-look of one prediction: the image tinted by class, titled NAME, with the legend of
+    `overlay_legend`. Why: the tint colours are arbitrary, so without the key the overlay does not say which
+    class is where; the mask files (STEM.png, STEM.mask.tif) are written apart and keep their plain class ids."""
+    legend = overlay_legend(mask, class_names)
+    return compose(
+        [("prediction (classes tinted 50 %)", overlay(image, mask, len(class_names)))],
+        legend,
+        name,
+        f"Classes present ({len(legend)} of the {len(class_names)} asked for):",
+    )
+
+
 class Predictor:
     """Python API: `Predictor(checkpoint).predict(image, ["building", "road"])` -> (H, W) class ids."""
 
@@ -82,9 +104,9 @@ class Predictor:
     def predict_files(
         self, paths: list[Path], class_names: list[str], out: Path, tile_size: int = 2048, overlap: int = 128
     ) -> list[Path]:
-        """Writes OUT/STEM.png (class ids), OUT/STEM.overlay.png and, for georeferenced inputs,
-        OUT/STEM.mask.tif on the input's grid; returns the mask paths. Rasters larger than `tile_size`
-        are predicted tile by tile and stitched into OUT/STEM.mask.tif only (memory: one tile)."""
+        """Writes OUT/STEM.png (class ids), OUT/STEM.overlay.png (the quick-look, with its legend) and, for
+        georeferenced inputs, OUT/STEM.mask.tif on the input's grid; returns the mask paths. Rasters larger
+        than `tile_size` are predicted tile by tile and stitched into OUT/STEM.mask.tif only (memory: one tile)."""
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for path in paths:
@@ -100,7 +122,7 @@ class Predictor:
             written.append(write_png(out / f"{path.stem}.png", mask))
             if transform is not None:
                 write_mask_geotiff(out / f"{path.stem}.mask.tif", mask, crs, transform)
-            write_png(out / f"{path.stem}.overlay.png", overlay(image, mask, len(class_names)))
+            write_png(out / f"{path.stem}.overlay.png", overlay_figure(path.name, image, mask, class_names))
         return written
 
     def predict_large_raster(
