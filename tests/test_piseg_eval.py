@@ -594,7 +594,7 @@ def test_eval_images_are_read_upright_and_palette_images_expanded(tmp_path):
 
 def test_panels_are_titled_with_a_legend_of_the_classes_shown(tmp_path):
     """Image | ground truth | prediction under their titles, and a legend: a colour swatch per class either mask
-    shows (marked when only one shows it), black for unlabelled; no entry for classes neither shows."""
+    shows (marked when only one shows it), black for "not labelled"; no entry for classes neither shows."""
     names = ["water", "road", "tree", "building", "car", "ship"]
     image = np.full((40, 48, 3), 128, dtype=np.uint8)
     truth = np.full((40, 48), 1, dtype=np.uint8)
@@ -606,7 +606,7 @@ def test_panels_are_titled_with_a_legend_of_the_classes_shown(tmp_path):
         "road",
         "tree (only in ground truth)",
         "building (only in prediction)",
-        "unlabelled (255, not scored)",
+        "not labelled (255, not scored)",
     ]
     figure = np.asarray(Image.open(write_panel(tmp_path / "p.png", image, truth, prediction, names, "isaid: P0")))
     scale = math.ceil(MIN_PANEL_SIDE / 40)  # a small image is enlarged by a whole factor, to be seen
@@ -620,6 +620,6 @@ def test_panels_are_titled_with_a_legend_of_the_classes_shown(tmp_path):
         assert pixels(colours[index]) > in_panels + 100, names[index]
     for index in (0, 4, 5):
         assert pixels(colours[index]) == 0, names[index]
-    assert pixels((0, 0, 0)) > int((truth == 255).sum()) * scale**2 + 100  # the unlabelled swatch
+    assert pixels((0, 0, 0)) > int((truth == 255).sum()) * scale**2 + 100  # the "not labelled" swatch
     first_image_row = int(np.flatnonzero(np.all(figure == 128, axis=-1).any(axis=1))[0])
     assert (figure[:first_image_row] < 100).all(axis=-1).sum() > 50  # the heading and titles above the panels

@@ -148,7 +148,7 @@ def evaluate_dataset(
 def panel_legend(class_names: list[str], truth: np.ndarray, prediction: np.ndarray) -> list[LegendEntry]:
     """The legend of a panel: every class either mask shows, in id order; a class only the ground truth shows
     is marked "(only in ground truth)" (a miss) and one only the prediction shows "(only in prediction)" (a
-    false alarm), so the panel reads at a glance; unlabelled pixels (255) get their black entry."""
+    false alarm), so the panel reads at a glance; not-labelled pixels (255) get their black entry."""
     in_truth, predicted = set(np.unique(truth).tolist()), set(np.unique(prediction).tolist())
     notes = {index: "(only in ground truth)" for index in in_truth - predicted} | {
         index: "(only in prediction)" for index in predicted - in_truth
@@ -160,7 +160,7 @@ def write_panel(
     path: Path, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, class_names: list[str], heading: str
 ) -> Path:
     """Image | ground truth | prediction, each titled, under HEADING, with the legend of `panel_legend`;
-    unlabelled pixels black. Why a legend: class colours are arbitrary, the panel is useless without one."""
+    not-labelled pixels (255) black. Why a legend: class colours are arbitrary, the panel is useless without one."""
     lookup = np.zeros((IGNORE + 1, 3), dtype=np.uint8)  # ids beyond the classes (only 255 occurs) stay black
     lookup[: len(class_names)] = palette(len(class_names))
     figure = compose(

@@ -345,7 +345,7 @@ def markdown(report: dict) -> str:
     if any(d.get("panels") for d in datasets.values()):
         lines += [
             "Panels: image | ground truth | prediction, with a legend of the classes either mask shows; black = "
-            "unlabelled (not scored).",
+            "not labelled (255, not scored).",
             "",
         ]
     for name, d in datasets.items():
