@@ -24,7 +24,10 @@ from taxonomy.masks import IGNORE_INDEX, MAX_CATEGORIES
 DATA_DIR = Path(__file__).parent / "data"
 TOP_LEVEL_FIELDS = ("name", "description", "ignore_index", "categories")
 CATEGORY_FIELDS = ("name", "synonyms", "description", "propose")
-EXTRA_CATEGORY_FIELDS = ("indicators",)  # kept in Category.extra (scene domains: indicator categories)
+# Kept in Category.extra: scene domains' indicator categories; a nomenclature's `includes` / `excludes`
+# (what its class definition says belongs to the class or not: taxonomy/definitions.py).
+EXTRA_CATEGORY_FIELDS = ("indicators", "includes", "excludes")
+TERM_LIST_FIELDS = ("includes", "excludes")
 
 
 class TaxonomyError(ValueError):
@@ -227,6 +230,10 @@ def _parse_category(path: Path, index: int, entry: Any) -> Category:
     description = entry.get("description", "")
     if not isinstance(description, str):
         raise TaxonomyError(f"{path}:{entry_line}: description of {name!r} must be a string")
+    for key in TERM_LIST_FIELDS:
+        terms = entry.get(key, [])
+        if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
+            raise TaxonomyError(f"{path}:{entry_line}: {key} of {name!r} must be a list of non-empty strings")
     propose = entry.get("propose", True)
     if not isinstance(propose, bool):
         raise TaxonomyError(f"{path}:{entry_line}: 'propose' of {name!r} must be true or false")

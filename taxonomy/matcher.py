@@ -21,9 +21,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from taxonomy.definitions import definition_relations
 from taxonomy.embedding import TextEmbedder
 from taxonomy.loader import Taxonomy, load_lexicon, normalize_term
-from taxonomy.relations import Relations, load_relations
+from taxonomy.names import COVER_HEADS, name_parts, name_variants
+from taxonomy.relations import Relations, load_relations, merged
 
 Lemmatize = Callable[[Sequence[str]], list[str]]
 
@@ -75,7 +77,13 @@ class CategoryMatcher:
         margin: float = DEFAULT_MARGIN,
         use_lexicon: bool = True,
         use_relations: bool = True,
+        relations: Relations | None = None,
+        use_name_variants: bool = True,
     ) -> None:
+        """`relations`: the hypernym edges to walk, default the bundled lexicon's plus those derived
+        from the bundled nomenclatures' definitions (the leave-one-vocabulary-out benchmark passes
+        them without the held-out one's). `use_name_variants`: also match the shorter forms a class
+        name implies ("Snow & ice" -> snow, "Tree cover" -> tree; taxonomy/names.py)."""
         if not 0.0 <= threshold <= 1.0 or not 0.0 <= margin <= 1.0:
             raise ValueError(f"threshold and margin must lie in [0, 1], got {threshold}, {margin}")
         self.taxonomy = taxonomy
@@ -95,7 +103,13 @@ class CategoryMatcher:
                 for key in {normalize_term(term), lemma}:
                     self._synonyms.setdefault(key, category.name)
         self._lexicon = _lemmatized_lexicon(lemmatize) if use_lexicon else {}
-        self._relations = _lemmatized_relations(lemmatize) if use_relations else Relations()
+        if not use_relations:
+            self._relations = Relations()
+        else:
+            self._relations = _lemmatized_relations(lemmatize) if relations is None else relations.lemmatized(lemmatize)
+        self.ambiguous: dict[str, tuple[str, ...]] = {}  # span -> the classes a relation reaches equally near
+        if use_name_variants:
+            self._add_name_variants(lemmatize)
         owners = {t: self._names.get(t) or self._synonyms[t] for t in dict.fromkeys([*self._names, *self._synonyms])}
         if use_relations:
             owners.update(self._relative_anchors(owners))
@@ -129,14 +143,46 @@ class CategoryMatcher:
         return self._match_by_relations(spans)
 
     def _match_by_relations(self, spans: Sequence[str]) -> CategoryMatch | None:
-        """Walk up from each span (then from its lexicon relatives) to the nearest category."""
+        """Walk up from each span (then from its lexicon relatives) to the nearest category. When
+        two categories are reached at the same, smallest depth from the span itself, the caption
+        word sits between them ("shore": sea or sand?): no guess, and the word is kept in
+        `ambiguous` for `--suggest`."""
         for span in spans:
             for start in (span, *self._lexicon.get(span, ())):
+                reached: dict[str, int] = {}
                 for term, depth in self._relations.ancestors(start):
                     owner = self._names.get(term) or self._synonyms.get(term)
                     if owner is not None:
-                        return self._result(owner, RELATION_DECAY**depth, span, "relation")
+                        reached.setdefault(owner, depth)
+                if not reached:
+                    continue
+                nearest = min(reached.values())
+                owners = tuple(o for o, d in reached.items() if d == nearest)
+                if len(owners) > 1 and start == span:
+                    self.ambiguous[span] = owners
+                    return None
+                return self._result(owners[0], RELATION_DECAY**nearest, span, "relation")
         return None
+
+    def _add_name_variants(self, lemmatize: Lemmatize) -> None:
+        """Register the shorter forms each class name implies, as names. A part of a joined name
+        ("snow" of "Snow & ice") is the name's own word and always kept; a shortened form ("tree" of
+        "Tree cover") only when the lexicon or relations know it as a thing. Either is dropped when
+        two classes yield it, or when it is already another class's term."""
+        known = self.known_terms()
+        offered: dict[str, set[str]] = {}
+        for category in self.taxonomy.categories:
+            parts = name_parts(category.name)
+            literal = set(parts) if len(parts) > 1 else set()
+            variants = name_variants(category.name)
+            for variant, lemma in zip(variants, _lemmatize_terms(lemmatize, variants)):
+                if lemma in COVER_HEADS or not (variant in literal or lemma in known or variant in known):
+                    continue
+                for key in {variant, lemma}:
+                    offered.setdefault(key, set()).add(category.name)
+        for key, owners in offered.items():
+            if len(owners) == 1 and key not in self._names and key not in self._synonyms:
+                self._names[key] = next(iter(owners))
 
     def _relative_anchors(self, terms: dict[str, str]) -> dict[str, str]:
         """Lexicon and relation terms that reach a category by term walks: with them as anchors,
@@ -214,7 +260,7 @@ def _lemmatize_terms(lemmatize: Lemmatize, terms: Sequence[str]) -> list[str]:
 @lru_cache(maxsize=4)
 def _lemmatized_relations(lemmatize: Lemmatize) -> Relations:
     """Once per lemmatizer: a run that builds a matcher per vocabulary parses the terms once."""
-    return load_relations().lemmatized(lemmatize)
+    return merged(load_relations(), definition_relations()).lemmatized(lemmatize)
 
 
 @lru_cache(maxsize=4)

@@ -77,3 +77,13 @@ def relations_from(same_sets: Iterable[Sequence[str]], broader: dict, where: str
             same[term] = (term, *(t for t in terms if t != term))
     edges = {normalize_term(k): tuple(normalize_term(p) for p in v) for k, v in broader.items()}
     return Relations(same=same, broader=edges)
+
+
+def merged(first: Relations, second: Relations) -> Relations:
+    """Both relations, `first`'s near-synonym sets and its parents before `second`'s: the written
+    lexicon stays nearest, derived edges only add parents it lacks."""
+    broader = dict(first.broader)
+    for term, parents in second.broader.items():
+        broader[term] = tuple(dict.fromkeys([*broader.get(term, ()), *parents]))
+    same = {**second.same, **first.same}
+    return Relations(same=same, broader=broader)

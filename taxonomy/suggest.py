@@ -26,6 +26,7 @@ class Suggestion:
     images: int  # images whose captions used the phrase without a match
     nearest: tuple[tuple[str, float], ...]  # (category, score), best first
     known: bool = False  # the lexicon/relations know the phrase and it reaches no category here
+    between: tuple[str, ...] = ()  # categories a relation reaches equally near: left for a person to pick
 
 
 def suggest(matcher: CategoryMatcher, unmatched: Counter, top: int = 40, min_images: int = 2) -> list[Suggestion]:
@@ -43,7 +44,8 @@ def suggest(matcher: CategoryMatcher, unmatched: Counter, top: int = 40, min_ima
     for row, (phrase, images) in enumerate(phrases):
         order = np.argsort(-per_category[row])[: 1 + ALTERNATIVES]
         nearest = tuple((names[i], round(float(per_category[row, i]), 3)) for i in order if proposable[i])
-        suggestions.append(Suggestion(phrase, images, nearest, known=phrase in known))
+        between = matcher.ambiguous.get(phrase, ())
+        suggestions.append(Suggestion(phrase, images, nearest, known=phrase in known and not between, between=between))
     return suggestions
 
 
@@ -60,8 +62,9 @@ def suggestions_yaml(taxonomy_name: str, suggestions: list[Suggestion], images: 
     grouped: dict[str, list[Suggestion]] = {}
     far: list[Suggestion] = []
     missing = [s for s in suggestions if s.known]
+    ambiguous = [s for s in suggestions if s.between]
     for s in suggestions:
-        if s.known:
+        if s.known or s.between:
             continue
         if s.nearest and s.nearest[0][1] >= SUGGEST_FLOOR:
             grouped.setdefault(s.nearest[0][0], []).append(s)
@@ -77,6 +80,10 @@ def suggestions_yaml(taxonomy_name: str, suggestions: list[Suggestion], images: 
         lines.append('# known kinds the taxonomy has no category for ("meadow" without a grass class): add a')
         lines.append("# category for them rather than a synonym of a different thing:")
         lines += [f"#   {s.phrase}  # {s.images} images; {_evidence(s)}" for s in missing]
+    if ambiguous:
+        lines.append("# words between two categories (relations reach both equally near): not guessed; add the")
+        lines.append("# word as a synonym of the one it means in your data:")
+        lines += [f"#   {s.phrase}  # {s.images} images; between {', '.join(s.between)}" for s in ambiguous]
     if far:
         lines.append(f"# no category scores {SUGGEST_FLOOR} or more for these (a new category, or noise):")
         lines += [f"#   {s.phrase}  # {s.images} images; {_evidence(s)}" for s in far]

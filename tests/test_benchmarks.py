@@ -18,6 +18,7 @@ SCRIPTS = (
     "bench_categories",
     "bench_flow_overhead",
     "bench_gdal_listing",
+    "bench_gpu_box",
     "bench_ledger",
     "bench_order",
     "bench_overlap",
@@ -30,10 +31,11 @@ SCRIPTS = (
     "calibrate_embedding",
     "eval_categories",
     "eval_domains",
+    "eval_lovo",
     "gpu_check",
     "gpu_check_build",
 )
-OTHER_MODES = (("bench_shards", "--images"),)  # modes that run code of their own, not the default's
+OTHER_MODES = (("bench_shards", "--images"), ("bench_gpu_box", "--webp"))  # modes that run code of their own, not the default's
 RUNS = [pytest.param(script, (), id=script) for script in SCRIPTS] + [
     pytest.param(script, (mode,), id=f"{script} {mode}") for script, mode in OTHER_MODES
 ]
