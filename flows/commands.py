@@ -125,6 +125,72 @@ def export(
     _report(skipped, "skipped", f"{len(skipped)} shard member(s) or sample(s) left out")
 
 
+@shards_app.command("import")
+def import_(
+    source: Path = typer.Argument(..., help="The labelled dataset: see --layout."),
+    out: Path = typer.Argument(..., help="Output folder: shards/, manifest.json and import/ are written there."),
+    layout: str = typer.Option(
+        "official",
+        help="official: SOURCE/{split}/img/STEM.jpg + SOURCE/{split}/mask/STEM.png (OVRSIS95K as released; splits "
+        "kept). folders: SOURCE/IMAGES/**/STEM.* + SOURCE/MASKS/**/STEM.*, paired by path (split by --val-fraction).",
+    ),
+    taxonomy: str = typer.Option("ovrsis95k", "--taxonomy", "-t", help="Bundled taxonomy name or YAML file."),
+    value_map: Path | None = typer.Option(
+        None, help="YAML of `mask value: class name` (null: not labelled) [mask values are the taxonomy's indices]."
+    ),
+    images: str = typer.Option("images", help="folders layout: the images' folder under SOURCE."),
+    masks: str = typer.Option("masks", help="folders layout: the masks' folder under SOURCE."),
+    val_fraction: float = typer.Option(0.1, min=0.0, max=0.99, help="folders layout: share of pairs for val."),
+    max_samples: int = typer.Option(1000, min=1, help="Samples per shard."),
+    seed: int = typer.Option(0, help="Seed of the split and the sample order."),
+) -> None:
+    """Import labelled image/mask pairs made elsewhere (the released OVRSIS95K, DLRSD, iSAID, your own
+    folders) as shards `piseg train --shards OUT` reads. Every pair is checked against the taxonomy;
+    bad or unmatched files are listed with their reason in OUT/import/quarantine.jsonl (exit 1); a rerun
+    re-checks only the pairs whose files changed."""
+    from pipeline.files import OutputBusy, output_lock
+    from pipeline.shards import ShardConfig
+    from pipeline.shards_import import ShardImportError, ValueMap, import_pairs
+    from taxonomy.loader import TaxonomyError, load_taxonomy
+
+    if not source.is_dir():
+        fail(f"{source}: not a folder")
+    try:
+        names = load_taxonomy(taxonomy)
+        mapping = ValueMap.from_yaml(value_map, names) if value_map else None
+    except (TaxonomyError, ShardImportError) as error:
+        fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ShardConfig(max_samples=max_samples, val_fraction=val_fraction, seed=seed)
+    try:
+        with output_lock(out, wait=False), counting_bar("import", "pairs checked") as progress:
+            task = progress.add_task("pairs", total=None)
+            summary = import_pairs(
+                source,
+                out,
+                names,
+                layout,
+                mapping,
+                config,
+                (images, masks),
+                on_total=lambda total: progress.update(task, total=total),
+                on_pair=lambda: progress.advance(task),
+            )
+    except OutputBusy as error:
+        fail(error)
+    except ShardImportError as error:
+        fail(error)
+    splits = ", ".join(f"{name} {info['samples']}" for name, info in summary.manifest["splits"].items())
+    console.print(
+        f"imported {summary.imported} pairs ({splits}) -> {out / 'shards'}; manifest: {out / 'manifest.json'}"
+    )
+    if summary.quarantined or summary.unmatched:
+        set_aside(
+            f"{summary.quarantined} pair(s) quarantined, {summary.unmatched} file(s) without a partner",
+            summary.quarantine_file,
+        )
+
+
 def _report(lines: list[str], label: str, summary: str) -> None:
     """Each line after a red LABEL, then SUMMARY last, exit 1; nothing when there are none. Printed as
     text, never markup: the lines quote member names from the shards, which may hold anything."""
