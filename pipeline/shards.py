@@ -15,6 +15,12 @@ files are re-encoded); any other tile is stored as lossless WebP (exact pixels, 
 `benchmarks/bench_shards.py --images`). `lossless: false` stores those as JPEG at
 `jpeg_quality` instead, an explicit lossy choice.
 
+Writing is assembly where it can be (issue 32): samples are loaded and encoded `workers` at a time on
+threads (Pillow releases the GIL while it encodes) and written in order, so the shards stay
+deterministic; a `SampleCache` keeps each encoded image and mask part under a digest of what made
+it, so a build that encoded a tile while annotating it, or a rebuild with nothing changed, reads the
+bytes back instead of reading the raster and encoding again.
+
 Shards are meant to be published, so by default a sample's JSON carries no private field of the
 machine or the people that made it (`public_record`): source paths relative to the build's inputs
 (the file name when not under one) and reviewers as keyed pseudonyms. `keep_private_fields: true`
@@ -37,6 +43,7 @@ import secrets
 import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +53,7 @@ import numpy as np
 from annotated_types import Ge, Interval
 from PIL import Image
 
+from pipeline.batching import in_order
 from pipeline.files import atomic_path, file_sha256
 from pipeline.records import TileRecord
 from pipeline.safe_names import UnsafeName, confined_name, confined_path
@@ -53,6 +61,10 @@ from taxonomy.masks import IGNORE_INDEX as IGNORE
 from taxonomy.masks import values_outside
 
 MANIFEST_SCHEMA_VERSION = 1
+# Lossless WebP effort (issue 32, measured on 1024 px NAIP tiles, benchmarks/bench_gpu_box.py --webp): method 0
+# encodes in about a fifth of method 1's time for 7 % more bytes; the pixels are exact either way.
+WEBP_SETTINGS = {"lossless": True, "quality": 25, "method": 0, "exact": True}
+MASK_PNG_LEVEL = 6
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # a sample holds exactly one image part
 
 
@@ -116,12 +128,20 @@ def write_shards(
     audit_round: int | str = 0,
     inputs: Sequence[Path] = (),
     tile_counts: dict | None = None,
+    *,
+    cache: SampleCache | None = None,
+    load_mask: Callable[[TileRecord], np.ndarray] | None = None,
+    workers: int = 1,
+    splits: Mapping[str, Sequence[str]] | None = None,
 ) -> dict:
     """Write every split's shards and the manifest; returns the manifest. `records` may be a mapping
     by key that reads each record when asked (pipeline.record_store.RecordIndex), so a build never
     holds the records it shards. `inputs` (the build's input files and folders) are what source paths
     are made relative to, unless `config.keep_private_fields` (`public_record`). `tile_counts`
-    (pipeline.selection.TileCounts.as_dict) says how many of the build's tiles were left out and why."""
+    (pipeline.selection.TileCounts.as_dict) says how many of the build's tiles were left out and why.
+    With a `cache`, an image part found there is used as it is and only the mask is loaded
+    (`load_mask`, else `load_sample`); `workers` samples are loaded and encoded at once. `splits`
+    (split name -> keys) replaces the build's split, as an import of a released dataset needs."""
     import webdataset as wds  # imports torch: only where shards are written or read
 
     if isinstance(records, Mapping):
@@ -134,28 +154,29 @@ def write_shards(
     shard_dir.mkdir(parents=True, exist_ok=True)
     for stale in shard_dir.glob("*.tar"):
         stale.unlink()
-    splits = split_keys(by_key.values(), config.val_fraction, config.seed)
+    # a build splits by domain (`split_keys`); an import keeps the splits its source was released with
+    splits = split_keys(by_key.values(), config.val_fraction, config.seed) if splits is None else splits
     manifest_splits = {}
     pixels: Counter = Counter()
     images: Counter = Counter()
     domains: Counter = Counter()
     formats: set[str] = set()
     publish = _publisher(out_dir, inputs, config.keep_private_fields)
-    for split, keys in splits.items():
-        keys = shuffled_keys(keys, config.seed)
-        with _ShardStream(shard_dir, split, config, wds) as stream:
-            for _key, encoded, mask, domain in _samples(
-                keys, by_key, load_sample, config, len(taxonomy_names), publish
-            ):
-                stream.add(encoded)
-                formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
-                values, counts = np.unique(mask, return_counts=True)
-                for value, count in zip(values.tolist(), counts.tolist()):
-                    if value != IGNORE:
-                        pixels[taxonomy_names[value]] += count
-                        images[taxonomy_names[value]] += 1
-                domains[domain] += 1
-        manifest_splits[split] = {"samples": len(keys), "shards": stream.shards}
+    loader = _SampleLoader(by_key, load_sample, load_mask, cache, config, len(taxonomy_names), publish)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="shard-encode") as pool:
+        for split, keys in splits.items():
+            keys = shuffled_keys(keys, config.seed)
+            with _ShardStream(shard_dir, split, config, wds) as stream:
+                # loaded and encoded `workers` at a time, written in order; at most 2 x workers held
+                for encoded, counts, domain in in_order(keys, lambda key: pool.submit(loader, key), 2 * workers):
+                    stream.add(encoded)
+                    formats.update(set(encoded) & set(IMAGE_EXTENSIONS))
+                    for value in np.flatnonzero(counts).tolist():
+                        if value != IGNORE:
+                            pixels[taxonomy_names[value]] += int(counts[value])
+                            images[taxonomy_names[value]] += 1
+                    domains[domain] += 1
+            manifest_splits[split] = {"samples": len(keys), "shards": stream.shards}
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "taxonomy": {"names": list(taxonomy_names), "version": taxonomy_version},
@@ -175,17 +196,44 @@ def write_shards(
     return manifest
 
 
-def _samples(
-    keys, by_key, load_sample, config: ShardConfig, n_classes: int, publish: Callable[[dict], dict]
-) -> Iterator[tuple[str, dict, np.ndarray, str]]:
-    """Each key's sample, encoded, with its mask and domain; one sample in memory at a time."""
-    for key in keys:
-        record = by_key[key]
-        image, mask = load_sample(record)
-        if bad := values_outside(mask, n_classes):
-            raise ShardError(f"{key}: mask values {bad} outside the taxonomy's {n_classes} classes")
-        encoded = _encode(key, image, mask, record, config, publish)
-        yield key, encoded, mask, record.domain.name if record.domain else "unknown"
+class _SampleLoader:
+    """One sample ready to write: (its parts, its mask's count of each value, its domain). Called on
+    the encoding threads; holds nothing between samples."""
+
+    def __init__(self, by_key, load_sample, load_mask, cache, config: ShardConfig, n_classes: int, publish) -> None:
+        self.by_key, self.load_sample, self.load_mask, self.cache = by_key, load_sample, load_mask, cache
+        self.config, self.n_classes, self.publish = config, n_classes, publish
+
+    def __call__(self, key: str) -> tuple[dict, np.ndarray, str]:
+        record = self.by_key[key]
+        _check_key(key)
+        cached = self.cache.image(record) if self.cache is not None else None
+        if cached is not None:
+            image = None
+            mask = self.load_mask(record) if self.load_mask is not None else self.load_sample(record)[1]
+        else:
+            image, mask = self.load_sample(record)
+        if bad := values_outside(mask, self.n_classes):
+            raise ShardError(f"{key}: mask values {bad} outside the taxonomy's {self.n_classes} classes")
+        expected = (record.source.window.height, record.source.window.width) if image is None else image.shape[:2]
+        if expected != mask.shape:
+            shape = image.shape[:2] if image is not None else expected
+            raise ShardError(f"{key}: image {shape} and mask {mask.shape} differ in size")
+        if cached is None:
+            cached = image_bytes_of(image, record, self.config)
+            if self.cache is not None:
+                self.cache.store(self.cache.image_key(record), cached)
+        extension, image_bytes = cached
+        encoded = {
+            "__key__": key,
+            extension: image_bytes,
+            "mask.png": self.cache.mask_png(mask) if self.cache is not None else encode_mask(mask),
+            "json": json.dumps(
+                self.publish(record.model_dump(mode="json")), sort_keys=True, separators=(",", ":")
+            ).encode(),
+        }
+        domain = record.domain.name if record.domain else "unknown"
+        return encoded, np.bincount(mask.ravel(), minlength=256), domain
 
 
 def _publisher(out_dir: Path, inputs: Sequence[Path], keep_private: bool) -> Callable[[dict], dict]:
@@ -251,37 +299,113 @@ class _ShardStream:
             self._stack.__exit__(kind, error, trace)  # the temporary is deleted
 
 
-def _encode(
-    key: str, image: np.ndarray, mask: np.ndarray, record: TileRecord, config: ShardConfig, publish: Callable
-) -> dict:
+def _check_key(key: str) -> None:
     try:
         confined_name(key, "tile key")  # a reader would refuse the sample: never write one
     except UnsafeName as error:
         raise ShardError(str(error)) from None
     if "." in key:
         raise ShardError(f"tile key {key!r} contains '.', which WebDataset reads as an extension")
-    if image.shape[:2] != mask.shape:
-        raise ShardError(f"{key}: image {image.shape[:2]} and mask {mask.shape} differ in size")
-    extension, image_bytes = source_image_bytes(image, record) or encode_image(image, config)
-    mask_buffer = io.BytesIO()
-    Image.fromarray(mask).save(mask_buffer, format="PNG", compress_level=6)
-    return {
-        "__key__": key,
-        extension: image_bytes,
-        "mask.png": mask_buffer.getvalue(),
-        "json": json.dumps(publish(record.model_dump(mode="json")), sort_keys=True, separators=(",", ":")).encode(),
-    }
+
+
+def image_bytes_of(image: np.ndarray, record: TileRecord, config: ShardConfig) -> tuple[str, bytes]:
+    """(extension, bytes) of a tile's image part: the source's own bytes or the configured encoding."""
+    return source_image_bytes(image, record) or encode_image(image, config)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """A mask part: PNG at level 6, as the merge stage writes masks/KEY.png."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG", compress_level=MASK_PNG_LEVEL)
+    return buffer.getvalue()
 
 
 def encode_image(image: np.ndarray, config: ShardConfig) -> tuple[str, bytes]:
-    """Lossless WebP (`exact`: pixels kept bit for bit; effort 25/method 1: on real aerial tiles a fifth
-    smaller than PNG, encoded faster than PNG level 6, decoded as fast), or JPEG when `lossless` is off."""
+    """Lossless WebP (`exact`: pixels kept bit for bit; `WEBP_SETTINGS`), or JPEG when `lossless` is off."""
     buffer = io.BytesIO()
     if config.lossless:
-        Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=25, method=1, exact=True)
+        Image.fromarray(image).save(buffer, format="WEBP", **WEBP_SETTINGS)
         return "webp", buffer.getvalue()
     Image.fromarray(image).save(buffer, format="JPEG", quality=config.jpeg_quality, subsampling=0)
     return "jpg", buffer.getvalue()
+
+
+class SampleCache:
+    """Encoded sample parts by content: `ROOT/KK/DIGEST.PART`, each written once (atomically) and read
+    back by any build whose tile would encode to the same bytes.
+
+    An image part's digest covers what decides its bytes without reading a pixel: the tile's whole
+    `source` (path, file sha256, window, bands, stretch, nodata), the shard encoding settings, the
+    Pillow version and `context` (the build's band rule), so a changed input or setting is a miss,
+    never stale bytes. A mask part's digest is that of the mask's values. A file that cannot be read
+    is a miss and is written again."""
+
+    VERSION = "samples-1"
+
+    def __init__(self, root: Path, config: ShardConfig, context: str = "") -> None:
+        import PIL
+
+        self.root, self.config = Path(root), config
+        settings = {"webp": WEBP_SETTINGS, "lossless": config.lossless, "jpeg_quality": config.jpeg_quality}
+        self._salt = json.dumps([self.VERSION, PIL.__version__, settings, context], sort_keys=True)
+
+    def image_key(self, record: TileRecord) -> str:
+        source = record.source.model_dump_json()
+        return hashlib.sha256(f"{self._salt}\n{source}".encode()).hexdigest() + ".image"
+
+    def image(self, record: TileRecord) -> tuple[str, bytes] | None:
+        """(extension, bytes) of the tile's cached image part, or None on a miss."""
+        data = self._read(self.image_key(record))
+        if data is None:
+            return None
+        extension, _, image_bytes = data.partition(b"\n")
+        if extension.decode("ascii", "replace") not in IMAGE_EXTENSIONS or not image_bytes:
+            return None  # damaged: a miss, written again
+        return extension.decode(), image_bytes
+
+    def has_image(self, record: TileRecord) -> bool:
+        """Whether the tile's image part is kept, by its file alone (a 1024 px part is 1.5 MB: a rebuild
+        does not read it twice). Writes are atomic; a damaged file is still found by `image`, where
+        `write_shards` treats it as a miss."""
+        path = self._path(self.image_key(record))
+        try:
+            return path.stat().st_size > len("webp\n")
+        except OSError:
+            return False
+
+    def store_image(self, record: TileRecord, image: np.ndarray) -> None:
+        """Encode the tile's image part and keep it (the build's write step, while the pixels are in memory)."""
+        self.store(self.image_key(record), image_bytes_of(image, record, self.config))
+
+    def store(self, key: str, part: tuple[str, bytes]) -> None:
+        extension, data = part
+        self._write(key, extension.encode() + b"\n" + data)
+
+    def mask_png(self, mask: np.ndarray) -> bytes:
+        """The mask part's PNG bytes, encoded on a miss."""
+        digest = hashlib.blake2b(mask.tobytes(), digest_size=20, person=b"ovrsis-mask")
+        digest.update(repr(mask.shape).encode())
+        key = f"{digest.hexdigest()}.mask"
+        data = self._read(key)
+        if data is None:
+            data = encode_mask(mask)
+            self._write(key, data)
+        return data
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except OSError:
+            return None
+
+    def _write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
 
 
 def source_image_bytes(image: np.ndarray, record: TileRecord) -> tuple[str, bytes] | None:

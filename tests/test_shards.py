@@ -9,6 +9,7 @@ from PIL import Image
 
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
 from pipeline.shards import (
+    SampleCache,
     ShardConfig,
     ShardError,
     ShardReader,
@@ -77,6 +78,64 @@ def test_shards_are_byte_identical_and_match_the_manifest(tmp_path, records):
         key = tar.getnames()[0].split(".")[0]
         assert sorted(tar.getnames()[:3]) == [f"{key}.json", f"{key}.mask.png", f"{key}.webp"]
         assert all(m.mtime == 0 for m in tar.getmembers())
+
+
+def distinct(records: list[TileRecord]) -> list[TileRecord]:
+    """The records with a source digest each: the sample cache tells tiles apart by what made their pixels."""
+    for index, item in enumerate(records):
+        item.source.sha256 = f"{index:064x}"
+    return records
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((out / "shards").glob("*.tar"))}
+
+
+def test_encoding_threads_and_the_sample_cache_change_no_byte(tmp_path, records):
+    """Samples encoded four at a time, and then assembled from the sample cache, give the shards and
+    manifest of one thread and no cache; a cached image part is not loaded again (issue 32)."""
+    records, config = distinct(records), ShardConfig(max_samples=8)
+    write_shards(tmp_path / "plain", records, sample_of, NAMES, "v", config)
+    cache = SampleCache(tmp_path / "cache", config)
+    write_shards(tmp_path / "threads", records, sample_of, NAMES, "v", config, cache=cache, workers=4)
+    assert shard_bytes(tmp_path / "threads") == shard_bytes(tmp_path / "plain")
+
+    def no_pixels(item: TileRecord):
+        raise AssertionError(f"{item.key}: pixels read although the cache holds the image")
+
+    write_shards(
+        tmp_path / "cached",
+        records,
+        no_pixels,
+        NAMES,
+        "v",
+        config,
+        cache=cache,
+        load_mask=lambda item: sample_of(item)[1],
+        workers=2,
+    )
+    assert shard_bytes(tmp_path / "cached") == shard_bytes(tmp_path / "plain")
+    for name in ("plain", "threads", "cached"):
+        assert (tmp_path / name / "manifest.json").read_bytes() == (tmp_path / "plain" / "manifest.json").read_bytes()
+
+
+def test_sample_cache_misses_on_another_source_or_setting(tmp_path, records):
+    item = distinct(records)[0]
+    image = sample_of(item)[0]
+    cache = SampleCache(tmp_path, ShardConfig())
+    assert not cache.has_image(item)
+    cache.store_image(item, image)
+    assert cache.has_image(item) and cache.image(item)[0] == "webp"
+    changed = item.model_copy(deep=True)
+    changed.source.sha256 = "f" * 64  # the file changed
+    assert cache.image(changed) is None
+    assert SampleCache(tmp_path, ShardConfig(lossless=False)).image(item) is None
+    assert SampleCache(tmp_path, ShardConfig(), context="other bands").image(item) is None
+    path = cache._path(cache.image_key(item))
+    path.write_bytes(b"webp\n")  # damaged (cut short): a miss, written again
+    assert cache.image(item) is None
+    cache.store_image(item, image)
+    assert cache.image(item) == ("webp", path.read_bytes().partition(b"\n")[2]) and path.stat().st_size > 5
 
 
 def test_reader_round_trip_and_checks(tmp_path, records):
