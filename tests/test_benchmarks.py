@@ -19,6 +19,7 @@ SCRIPTS = (
     "bench_flow_overhead",
     "bench_gdal_listing",
     "bench_gpu_box",
+    "bench_import",
     "bench_ledger",
     "bench_order",
     "bench_overlap",
