@@ -26,22 +26,26 @@ from PIL import Image
 TAXONOMY_CLASSES = 35
 
 
+LINKS_PER_SEED = 50_000  # a file system caps the hard links of one file (ext4: 65,000)
+
+
 def make_layout(root: Path, pairs: int) -> None:
-    """`pairs` pairs, a tenth of them in val, all hard links of one image and one mask."""
+    """`pairs` pairs, a tenth of them in val, each a hard link of one of a few seed images and masks."""
     rng = np.random.default_rng(0)
-    seed_image, seed_mask = root / "seed.jpg", root / "seed.png"
-    root.mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(seed_image, quality=90)
-    Image.fromarray(rng.integers(0, TAXONOMY_CLASSES, (64, 64), dtype=np.uint8)).save(seed_mask)
     for split in ("train", "val"):
         (root / split / "img").mkdir(parents=True)
         (root / split / "mask").mkdir(parents=True)
+    seeds = root / "seeds"
+    seeds.mkdir()
     for index in range(pairs):
+        if index % LINKS_PER_SEED == 0:
+            seed_image, seed_mask = seeds / f"{index}.jpg", seeds / f"{index}.png"
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(seed_image, quality=90)
+            Image.fromarray(rng.integers(0, TAXONOMY_CLASSES, (64, 64), dtype=np.uint8)).save(seed_mask)
         split = "val" if index % 10 == 0 else "train"
         os.link(seed_image, root / split / "img" / f"p{index:07d}.jpg")
         os.link(seed_mask, root / split / "mask" / f"p{index:07d}.png")
-    seed_image.unlink()
-    seed_mask.unlink()
+    shutil.rmtree(seeds)
 
 
 # runs the command in the child and reports the child's own peak RSS, whatever way the command exits

@@ -150,11 +150,13 @@ def import_(
     re-checks only the pairs whose files changed."""
     from pipeline.files import OutputBusy, output_lock
     from pipeline.shards import ShardConfig
-    from pipeline.shards_import import ShardImportError, ValueMap, import_pairs
+    from pipeline.shards_import import LAYOUTS, ShardImportError, ValueMap, import_pairs
     from taxonomy.loader import TaxonomyError, load_taxonomy
 
     if not source.is_dir():
         fail(f"{source}: not a folder")
+    if layout not in LAYOUTS:
+        fail(f"unknown layout {layout!r} (one of: {', '.join(LAYOUTS)})")
     try:
         names = load_taxonomy(taxonomy)
         mapping = ValueMap.from_yaml(value_map, names) if value_map else None
@@ -184,9 +186,9 @@ def import_(
     console.print(
         f"imported {summary.imported} pairs ({splits}) -> {out / 'shards'}; manifest: {out / 'manifest.json'}"
     )
-    if summary.quarantined or summary.unmatched:
+    if summary.quarantined or summary.left_out:
         set_aside(
-            f"{summary.quarantined} pair(s) quarantined, {summary.unmatched} file(s) without a partner",
+            f"{summary.quarantined} pair(s) quarantined, {summary.left_out} file(s) left out of every pair",
             summary.quarantine_file,
         )
 

@@ -18,7 +18,8 @@ Mask values are the taxonomy's indices (255: not labelled) unless a value map (a
 `value: class name`, or `value: null` for not labelled) says otherwise, as DLRSD's 1-17 or iSAID's
 0-15 need. A pair whose files cannot be read, whose sizes differ, or whose mask holds a value the
 map and the taxonomy do not know is quarantined with its reason (`OUT/import/quarantine.jsonl`);
-a file without its partner is listed as unmatched. The import goes on either way.
+a file left out of every pair (no partner, one name for several files, a link leading out of the
+source, a name that makes no usable key) is listed with its reason. The import goes on either way.
 
 Source bytes are kept: an image that is a whole JPEG or PNG file goes into the shard as that file's
 bytes (the shard writer checks they decode to the same pixels); other images (TIFF) are stored as
@@ -35,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +49,7 @@ from pipeline.records import SourceInfo, TileRecord, Window
 from pipeline.safe_names import UnsafeName, confined_name
 from pipeline.shards import ShardConfig
 from taxonomy.loader import Taxonomy
-from taxonomy.masks import IGNORE_INDEX, values_outside
+from taxonomy.masks import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -84,53 +86,91 @@ class Checked:
 
 
 def find_pairs(source: Path, layout: str, images: str = "images", masks: str = "masks") -> tuple[list[Pair], list[str]]:
-    """The pairs of `source` in `layout`, sorted by key, and the files that have no partner."""
+    """The pairs of `source` in `layout`, sorted by key, and the files left out with the reason: no
+    partner, one name for several files, a link leading out of its folder, a name that makes no
+    usable key, a key two pairs would share. Nothing is guessed: such files are never imported."""
     if layout == "official":
         splits = sorted(p for p in source.iterdir() if (p / "img").is_dir() and (p / "mask").is_dir())
         if not splits:
             raise ShardImportError(f"{source}: no SPLIT/img and SPLIT/mask folders (the official OVRSIS95K layout)")
-        pairs, unmatched = [], []
+        pairs, left_out = [], []
         for split in splits:
-            found, lonely = _pair_folders(split / "img", split / "mask", split.name)
+            try:
+                confined_name(split.name, "split folder")
+                split.name.encode("utf-8")
+            except (UnsafeName, UnicodeEncodeError) as error:
+                left_out.append(f"{split}: not imported: no usable split name ({error})")
+                continue
+            found, problems = _pair_folders(split / "img", split / "mask", split.name)
             pairs += found
-            unmatched += lonely
+            left_out += problems
     elif layout == "folders":
         image_root, mask_root = source / images, source / masks
         for folder in (image_root, mask_root):
             if not folder.is_dir():
                 raise ShardImportError(f"{folder}: not a folder (the `folders` layout needs {images}/ and {masks}/)")
-        pairs, unmatched = _pair_folders(image_root, mask_root, None)
+        pairs, left_out = _pair_folders(image_root, mask_root, None)
     else:
         raise ShardImportError(f"unknown layout {layout!r} (one of: {', '.join(LAYOUTS)})")
-    keys = [p.key for p in pairs]
-    if len(set(keys)) != len(keys):
-        repeated = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise ShardImportError(f"{source}: pairs share keys across splits: {', '.join(repeated)}")
-    return sorted(pairs, key=lambda p: p.key), unmatched
+    shared = Counter(pair.key for pair in pairs)
+    for pair in pairs:
+        if shared[pair.key] > 1:
+            left_out.append(f"{pair.image}: not imported: its key {pair.key!r} is another pair's too")
+    return sorted((p for p in pairs if shared[p.key] == 1), key=lambda p: p.key), left_out
 
 
 def _pair_folders(image_root: Path, mask_root: Path, split: str | None) -> tuple[list[Pair], list[str]]:
     """Files paired by their path below the two roots, without the suffix; the key is that path with
-    `/` as `__` (one file name: the shard member names it)."""
-    images = _files_by_stem(image_root, IMAGE_SUFFIXES)
-    masks = _files_by_stem(mask_root, MASK_SUFFIXES)
-    pairs = [
-        Pair(stem.replace("/", "__"), images[stem], masks[stem], split) for stem in sorted(images.keys() & masks.keys())
-    ]
-    unmatched = [f"{images[s]}: no mask" for s in sorted(images.keys() - masks.keys())]
-    unmatched += [f"{masks[s]}: no image" for s in sorted(masks.keys() - images.keys())]
-    return pairs, unmatched
+    `/` as `__` and `.` as `_` (one file name, as the shard writer needs: no dot in a key)."""
+    images, left_out = _files_by_stem(image_root, IMAGE_SUFFIXES)
+    masks, mask_problems = _files_by_stem(mask_root, MASK_SUFFIXES)
+    left_out += mask_problems
+    pairs = []
+    for stem in sorted(images.keys() & masks.keys()):
+        key = stem.replace("/", "__").replace(".", "_")
+        try:
+            confined_name(f"{key}.mask.png", "sample key")
+            key.encode("utf-8")
+        except (UnsafeName, UnicodeEncodeError) as error:
+            left_out.append(f"{images[stem]}: not imported: its name makes no usable key ({error})")
+            continue
+        pairs.append(Pair(key, images[stem], masks[stem], split))
+    left_out += [f"{images[s]}: no mask" for s in sorted(images.keys() - masks.keys())]
+    left_out += [f"{masks[s]}: no image" for s in sorted(masks.keys() - images.keys())]
+    return pairs, left_out
 
 
-def _files_by_stem(root: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _files_by_stem(root: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[str]]:
+    """The files below `root` by their path without the suffix. Left out, with the reason: a link
+    that resolves outside `root` (a source must not pull in files from elsewhere), a linked folder
+    (not followed), and every file of a name two files share (x.jpg and x.png: which is meant?)."""
     found: dict[str, Path] = {}
+    shared: dict[str, list[Path]] = {}
+    problems: list[str] = []
+    inside = root.resolve()
     for directory, folders, files in os.walk(root):
         folders.sort()
+        problems += [
+            f"{Path(directory) / f}: a linked folder, not followed"
+            for f in folders
+            if (Path(directory) / f).is_symlink()
+        ]
         for name in sorted(files):
             path = Path(directory) / name
-            if path.suffix.lower() in suffixes and not name.startswith("."):
-                found.setdefault(path.relative_to(root).with_suffix("").as_posix(), path)
-    return found
+            if path.suffix.lower() not in suffixes or name.startswith("."):
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                problems.append(f"{path}: a link to a file outside {root}, left out")
+                continue
+            stem = path.relative_to(root).with_suffix("").as_posix()
+            if stem in shared:
+                shared[stem].append(path)
+            elif stem in found:
+                shared[stem] = [found.pop(stem), path]
+            else:
+                found[stem] = path
+    problems += [f"{', '.join(map(str, paths))}: one name, several files: left out" for paths in shared.values()]
+    return found, problems
 
 
 class ValueMap:
@@ -158,7 +198,7 @@ class ValueMap:
             raise ShardImportError(f"{path}: the value map must be a mapping of mask value to class name (or null)")
         table, known = np.zeros(256, np.uint8), np.zeros(256, bool)
         for value, name in entries.items():
-            if not isinstance(value, int) or not 0 <= value <= 255:
+            if type(value) is not int or not 0 <= value <= 255:
                 raise ShardImportError(f"{path}: {value!r} is not a mask value (0-255)")
             if name is None:
                 table[value] = IGNORE_INDEX
@@ -179,15 +219,14 @@ class ValueMap:
         return present[~self.known[present]].tolist()
 
 
-def check_pair(pair: Pair, value_map: ValueMap, classes: int, stamp: str) -> Checked:
+def check_pair(pair: Pair, value_map: ValueMap, stamp: str) -> Checked:
     """Read both files whole once: the image decodes to 3 bands of 8 bits, the mask to one band of the
-    image's size whose every value the map knows and whose mapped values the taxonomy holds."""
+    image's size whose every value the map knows (the map only names classes of the taxonomy)."""
     base = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "split": pair.split, "stamp": stamp}
     try:
-        confined_name(f"{pair.key}.mask.png", "sample key")
         image = read_image(pair.image)
         mask = read_mask(pair.mask)
-    except (UnsafeName, ShardImportError) as error:
+    except ShardImportError as error:
         return Checked(**base, reason=str(error))
     if mask.shape != image.shape[:2]:
         reason = f"mask {mask.shape[1]}x{mask.shape[0]} px, image {image.shape[1]}x{image.shape[0]} px"
@@ -195,10 +234,6 @@ def check_pair(pair: Pair, value_map: ValueMap, classes: int, stamp: str) -> Che
     if unknown := value_map.unknown(mask):
         return Checked(
             **base, reason=f"{pair.mask}: mask values {unknown[:10]} are in no class (value map: {value_map.text})"
-        )
-    if outside := values_outside(value_map.apply(mask), classes):
-        return Checked(
-            **base, reason=f"{pair.mask}: mask values {outside[:10]} outside the taxonomy's {classes} classes"
         )
     return Checked(**base, width=image.shape[1], height=image.shape[0], sha256=file_sha256(pair.image))
 
@@ -250,12 +285,22 @@ def checked_pairs(
                 earlier[entry.key] = entry
     with open(ledger, "a", encoding="utf-8") as sink:
         for pair in pairs:
-            stamp = stamp_of(pair, value_map, taxonomy)
-            entry = earlier.pop(pair.key, None)
-            if entry is None or entry.stamp != stamp or entry.image != str(pair.image) or entry.split != pair.split:
-                entry = check_pair(pair, value_map, len(taxonomy), stamp)
-                sink.write(json.dumps(asdict(entry)) + "\n")
-                sink.flush()
+            try:
+                stamp = stamp_of(pair, value_map, taxonomy)
+            except OSError as error:  # gone, a dangling link, unreadable folder: this pair only
+                stamp = ""
+                entry = Checked(pair.key, str(pair.image), str(pair.mask), pair.split, stamp, reason=f"{error}")
+            else:
+                entry = earlier.pop(pair.key, None)
+                if entry is None or (entry.stamp, entry.image, entry.mask, entry.split) != (
+                    stamp,
+                    str(pair.image),
+                    str(pair.mask),
+                    pair.split,
+                ):
+                    entry = check_pair(pair, value_map, stamp)
+                    sink.write(json.dumps(asdict(entry)) + "\n")
+                    sink.flush()
             on_pair()
             yield entry
 
@@ -295,7 +340,7 @@ class ImportedRecords(Mapping[str, TileRecord]):
 class ImportSummary:
     imported: int
     quarantined: int
-    unmatched: int
+    left_out: int  # files never paired: no partner, ambiguous or unusable names, links out of the source
     manifest: dict
     quarantine_file: Path
 
@@ -315,12 +360,12 @@ def import_pairs(
     when nothing can be imported, with the reasons written first."""
     from pipeline.shards import write_shards
 
+    if (out_dir / "records.jsonl").exists():
+        raise ShardImportError(f"{out_dir}: a build's output folder (records.jsonl): import into a folder of its own")
     value_map = value_map or ValueMap.identity(taxonomy)
-    pairs, unmatched = find_pairs(source, layout, *folders)
+    pairs, left_out = find_pairs(source, layout, *folders)
     if not pairs:
-        raise ShardImportError(
-            f"{source}: no image has a mask of the same name ({len(unmatched)} files without a partner)"
-        )
+        raise ShardImportError(f"{source}: no image has a mask of the same name ({len(left_out)} files left out)")
     on_total(len(pairs))
     good: dict[str, Checked] = {}
     bad: list[Checked] = []
@@ -329,7 +374,7 @@ def import_pairs(
             good[entry.key] = entry
         else:
             bad.append(entry)
-    quarantine_file = write_quarantine(out_dir, bad, unmatched)
+    quarantine_file = write_quarantine(out_dir, bad, left_out)
     if not good:
         raise ShardImportError(
             f"{source}: none of the {len(pairs)} pairs could be imported; reasons in {quarantine_file}"
@@ -354,13 +399,13 @@ def import_pairs(
         build_config={"imported_from": str(source.resolve()), "layout": layout, "value_map": value_map.text},
         quarantined=len(bad),
         inputs=[source.resolve()],
-        tile_counts={"imported": len(good), "quarantined": len(bad), "unmatched": len(unmatched)},
+        tile_counts={"imported": len(good), "quarantined": len(bad), "left_out": len(left_out)},
         splits=splits,
     )
-    return ImportSummary(len(good), len(bad), len(unmatched), manifest, quarantine_file)
+    return ImportSummary(len(good), len(bad), len(left_out), manifest, quarantine_file)
 
 
-def write_quarantine(out_dir: Path, bad: list[Checked], unmatched: list[str]) -> Path:
+def write_quarantine(out_dir: Path, bad: list[Checked], left_out: list[str]) -> Path:
     path = out_dir / QUARANTINE
     with atomic_path(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
@@ -369,7 +414,7 @@ def write_quarantine(out_dir: Path, bad: list[Checked], unmatched: list[str]) ->
                     json.dumps({"key": entry.key, "image": entry.image, "mask": entry.mask, "reason": entry.reason})
                     + "\n"
                 )
-            for line in unmatched:
+            for line in left_out:
                 handle.write(json.dumps({"key": None, "reason": line}) + "\n")
     return path
 

@@ -60,12 +60,12 @@ def test_official_layout_becomes_verified_shards_keeping_splits_and_bytes(tmp_pa
     out = tmp_path / "out"
     result = run("shards", "import", str(source), str(out))
     assert result.returncode == 1, result.stderr[-3000:]  # finished; bad pairs set aside
-    assert "3 pair(s) quarantined, 1 file(s) without a partner" in result.stderr
+    assert "3 pair(s) quarantined, 1 file(s) left out of every pair" in result.stderr
     assert verify_shards(out) == []
     manifest = ShardReader(out).manifest
     assert {name: split["samples"] for name, split in manifest["splits"].items()} == {"train": 6, "val": 2}
     assert manifest["build_config"]["imported_from"] == "OVRSIS95K"  # publishable: relative to the source
-    assert manifest["tiles"] == {"imported": 8, "quarantined": 3, "unmatched": 1}
+    assert manifest["tiles"] == {"imported": 8, "quarantined": 3, "left_out": 1}
     reasons = [json.loads(line) for line in (out / "import" / "quarantine.jsonl").read_text().splitlines()]
     by_key = {entry["key"]: entry["reason"] for entry in reasons}
     assert "mask 32x32 px, image 64x64 px" in by_key["wrong_size"]
@@ -164,3 +164,41 @@ def test_real_road_tiles_imported_then_trained_and_validated(tmp_path, shared_re
     assert max(entry["step"] for entry in log) == 20
     validated = [entry for entry in log if "val_miou" in entry]  # on the imported val split
     assert validated and validated[-1]["val_samples"] == 2 and 0.0 <= validated[-1]["val_miou"] <= 1.0
+
+
+def test_hostile_and_ambiguous_names_are_left_out_with_reasons_and_nothing_else_stops(tmp_path):
+    """A dotted name becomes a usable key; a name two files share, a link out of the source, keys two
+    pairs would share and a vanished file are each left out with the reason, never guessed, and the
+    other pairs are imported. A build's output folder is refused."""
+    source = tmp_path / "src"
+    images, masks = source / "images", source / "masks"
+    write_pair(images, masks, "a.b", 1)  # key a_b
+    write_pair(images, masks, "good", 2)
+    write_pair(images, masks, "twice", 3)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / "twice.png")  # twice.jpg or twice.png?
+    write_pair(images / "x", masks / "x", "y", 4)  # key x__y ...
+    write_pair(images, masks, "x__y", 5)  # ... and this one too
+    outside = tmp_path / "secret.jpg"
+    Image.fromarray(np.full((64, 64, 3), 9, np.uint8)).save(outside)
+    (images / "leak.jpg").symlink_to(outside)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "leak.png")
+    (images / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "gone.png")
+    out = tmp_path / "out"
+    result = run("shards", "import", str(source), str(out), "--layout", "folders", "--val-fraction", "0")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert verify_shards(out) == []
+    assert {s.key for s in ShardReader(out).samples("train")} == {"a_b", "good"}
+    reasons = "\n".join(
+        json.loads(line)["reason"] for line in (out / "import" / "quarantine.jsonl").read_text().splitlines()
+    )
+    assert "twice.jpg" in reasons and "one name, several files" in reasons
+    assert "leak.jpg: a link to a file outside" in reasons
+    assert "its key 'x__y' is another pair's too" in reasons
+    assert "missing.jpg" in reasons or "gone.jpg" in reasons
+    assert not any(p.name == "secret.jpg" for p in out.rglob("*"))
+
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "records.jsonl").write_text("")
+    refused = run("shards", "import", str(source), str(tmp_path / "build"), "--layout", "folders")
+    assert refused.returncode == 2 and "a build's output folder" in refused.stderr, refused.stderr
