@@ -132,9 +132,13 @@ def dataset_size(out_dir: Path, records: dict[str, TileRecord], taxonomy: Taxono
     their masks hold (manifest.json, background classes left out), where a build wrote shards; else
     the tiles that can reach them (not quarantined, something proposed), the sample's population. A
     tile the selection dropped is not in the dataset, so it never inflates the estimate."""
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    from pipeline.shards import ShardError, read_manifest
+
+    try:
+        manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else None
+    except ShardError:
+        manifest = None  # damaged: the tiles with a proposal stand in (the report says which)
+    if manifest is not None and manifest["taxonomy"]["names"] == taxonomy.names:
         background = {taxonomy.categories[i].name for i in taxonomy.background_indices}
         return {
             "tiles": sum(split["samples"] for split in manifest["splits"].values()),

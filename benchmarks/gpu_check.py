@@ -134,21 +134,25 @@ def main() -> None:
     paper = efficiency_row(args.backbone) or {}
     print(
         f"\n{'600x800, ' + str(CLASSES) + ' classes':<28} {'params':>9} "
-        f"{'GFLOPs train':>12} {'GFLOPs eval':>11} {'peak GB':>8} {'FPS':>7}"
+        f"{'GMACs train/step':>16} {'GMACs eval':>11} {'GB':>8} {'FPS':>7}"
     )
     for row in result["evaluation"]:
         print(
             f"{row['model'] + ' (here)':<28} {row['parameters'] / 1e6:>8.2f}M "
-            f"{row['train_gflops']:>12.2f} {row['eval_gflops']:>11.2f} "
-            f"{row['peak_memory_gb']:>8.2f} {row['fps']:>7.2f}"
+            f"{row['train_gmacs_per_step']:>16.2f} {row['eval_gmacs']:>11.2f} "
+            f"{row['inference_memory_gb']:>8.2f} {row['fps']:>7.2f}"
         )
     for model, row in paper.items():
         print(
             f"{model + ' (paper, H100)':<28} {row['params_M']:>8.2f}M "
-            f"{row['GFLOPs_train']:>12.2f} {row['GFLOPs_eval']:>11.2f} "
+            f"{row['GFLOPs_train']:>16.2f} {row['GFLOPs_eval']:>11.2f} "
             f"{row['peak_mem_GB']:>8.2f} {row['FPS']:>7.2f}"
         )
-    print("GFLOPs here: torch.utils.flop_counter (2 per multiply-add); the paper's fvcore counts multiply-adds.")
+    print(
+        "GMACs here: multiply-adds (torch.utils.flop_counter / 2), training per step of the recipe's batch, as the "
+        "paper's fvcore figures; GB here: inference memory (peak allocation on a GPU), the paper's: peak training "
+        "memory."
+    )
     for note in result["skipped"]:
         print(f"skipped: {note}")
     result["seconds"] = time.perf_counter() - began

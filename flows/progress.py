@@ -60,18 +60,36 @@ class RunProgress:
     (`prefect deployment run --watch`, the run's Logs tab) shows where it is, not only its end."""
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter, every_s: float = 10.0) -> None:
-        from prefect.artifacts import create_progress_artifact
-
         self.logger, self.every_s = logger, every_s
         self.started = self.last = time.monotonic()
-        self.artifact = create_progress_artifact(0.0, key="build-progress", description="Tiles annotated, in percent")
+        self.artifact = self._artifact(
+            lambda: _prefect_artifacts().create_progress_artifact(
+                0.0, key="build-progress", description="Tiles annotated, in percent"
+            )
+        )
 
     def __call__(self, done: int, total: int) -> None:
-        from prefect.artifacts import update_progress_artifact
-
         now = time.monotonic()
         if now - self.last < self.every_s and done < total:
             return
         self.last = now
-        update_progress_artifact(self.artifact, 100.0 * done / total if total else 100.0)
+        if self.artifact is not None:
+            share = 100.0 * done / total if total else 100.0
+            artifact = self.artifact
+            self.artifact = self._artifact(lambda: _prefect_artifacts().update_progress_artifact(artifact, share))
         self.logger.info("annotating: %s", progress_line(done, total, now - self.started))
+
+    def _artifact(self, call: Callable[[], object]) -> object | None:
+        """The artifact call's result; None, with one warning, where the API fails: a progress bar is
+        never worth a build (the log lines go on)."""
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 (any API or network failure)
+            self.logger.warning("progress artifact dropped: %s", error)
+            return None
+
+
+def _prefect_artifacts():
+    import prefect.artifacts
+
+    return prefect.artifacts

@@ -97,7 +97,9 @@ class ReviewRef(BaseModel):
     # Pixels per category in the reviewed mask (the taxonomy's background classes and the ignore value left
     # out, as for the merged instances' areas): what selection and the balance report count for this tile,
     # so a reviewed tile reaches the dataset on what the reviewer left, not on what the build proposed.
-    pixels: dict[str, int] = Field(default_factory=dict)
+    # None in records written before reviews were counted: read as the proposal until the ledger is
+    # applied again (every build and `ovrsis audit pull` do).
+    pixels: dict[str, int] | None = None
 
 
 class Quarantine(BaseModel):

@@ -27,7 +27,7 @@ def category_pixels(record: TileRecord) -> dict[str, int]:
     reviewed mask's where a review was applied (a reviewer may add, discard or repaint), else the
     merged instances' areas. Selection, the tile table and the balance report all read this, so the
     dataset is chosen on the labels it will carry."""
-    if record.review is not None:
+    if record.review is not None and record.review.pixels is not None:
         return {name: count for name, count in record.review.pixels.items() if count > 0}
     return proposed_pixels(record)
 

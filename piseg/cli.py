@@ -186,7 +186,9 @@ def train(
             bar.update(task, completed=step, loss=values["loss"], speed=values["it_per_s"])
 
         try:
-            final = run_training(shards, config, out, resume=resume, progress=progress)
+            final = run_training(
+                shards, config, out, resume=resume, progress=progress, notice=lambda line: bar.console.print(line)
+            )
         except (ShardError, CheckpointError, TrainingError, ValueError) as error:
             bar.stop()  # the error is the last line, under the bar
             fail(error)
@@ -300,9 +302,9 @@ def bench(
     repeats: int = typer.Option(3, help="Timed runs per model (after one warm-up)."),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
 ) -> None:
-    """Efficiency table (Table XII) at 600x800: parameters, GFLOPs, peak memory, FPS, on this device."""
+    """Efficiency table (Table XII) at 600x800: parameters, GMACs (train per step), inference memory, FPS, here."""
     from piseg.config import ConfigError, preset
-    from piseg.evaluation.efficiency import device_name, measure
+    from piseg.evaluation.efficiency import device_name, measure, memory_kind
     from piseg.evaluation.paper import BACKBONES, SOURCE, efficiency_row
 
     try:
@@ -311,13 +313,14 @@ def bench(
         fail(error)
     chosen = torch_device(device)
     rows = measure(config, chosen, classes, repeats)
-    memory = "peak GPU memory (GB)" if chosen.type == "cuda" else "peak process RSS (GB)"
+    batch = config.train.batch_size
     table = Table(
         Column("model", no_wrap=True),
         "params",
-        "GFLOPs train",
-        "GFLOPs eval",
-        memory,
+        f"GMACs train (per step, batch {batch})",
+        "GMACs eval (per image)",
+        f"inference memory (GB): {memory_kind(chosen)}",
+        "peak training GPU memory (GB)",
         "FPS",
         title=f"{backbone}, {classes} classes, 600x800, device: {device_name(chosen)}",
         title_justify="left",
@@ -326,9 +329,10 @@ def bench(
         table.add_row(
             row.model,
             f"{row.parameters / 1e6:.2f}M",
-            f"{row.train_gflops:.2f}",
-            f"{row.eval_gflops:.2f}",
-            f"{row.peak_memory_gb:.2f}",
+            f"{row.train_gmacs_per_step:.2f}",
+            f"{row.eval_gmacs:.2f}",
+            f"{row.inference_memory_gb:.2f}",
+            "- (not measured)",
             f"{row.fps:.2f}",
         )
     paper = efficiency_row(backbone)
@@ -338,18 +342,22 @@ def bench(
             f"{row['params_M']:.2f}M",
             f"{row['GFLOPs_train']:.2f}",
             f"{row['GFLOPs_eval']:.2f}",
+            "-",
             f"{row['peak_mem_GB']:.2f}",
             f"{row['FPS']:.2f}",
         )
     Console(soft_wrap=True).print(table)
     if paper:
         Console(soft_wrap=True).print(
-            f"Paper rows: Table XII of {SOURCE} ({BACKBONES[backbone]}), device: NVIDIA H100 "
-            "(the paper trains on 4), peak GPU memory."
+            f"Paper rows: Table XII of {SOURCE} ({BACKBONES[backbone]}), device: NVIDIA H100 (the paper trains on 4 "
+            "with 2 images each); its 'GFLOPs' are printed in the GMACs columns: they match fvcore's multiply-add "
+            "count (eval 608.62 for ViT-B, where our counter's 2-per-multiply-add FLOPs are twice our GMACs) and "
+            "its train figure is per step; its memory is peak training memory, which this command does not measure."
         )
     Console(soft_wrap=True).print(
-        "GFLOPs: torch.utils.flop_counter (2 per multiply-add); the paper's counter (fvcore) "
-        "reports multiply-adds. Train = one crop with the text encoder and SPMs; eval = sliding window."
+        f"GMACs = multiply-adds / 1e9 (torch.utils.flop_counter's FLOPs / 2). Train = one step: {batch} crops of "
+        f"{config.train.crop} with the SPMs on, the text encoder run once for the {classes} classes; eval = one "
+        "600x800 image through the sliding window, text cached."
     )
 
 
@@ -389,9 +397,9 @@ def evaluate(
     from piseg.checkpoint import CheckpointError, load_model
     from piseg.config import INFERENCE_MODES, ConfigError, preset
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
-    from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
+    from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, released_precision, run_identity
     from piseg.evaluation.paper import paper_comparison
-    from piseg.evaluation.report import ABSENT_RULES, build_report, percent_text
+    from piseg.evaluation.report import ABSENT_RULES, SUBSET_MARK, build_report, percent_text
     from piseg.modeling.clip_backbone import load_clip
     from piseg.modeling.zero_shot import ZeroShotClip
 
@@ -422,6 +430,7 @@ def evaluate(
     except (ConfigError, DatasetError, CheckpointError, OSError) as error:
         fail(error)
     settings = dataclasses.replace(config.eval, mode=inference or config.eval.mode)
+    precision = released_precision(chosen)
     run = run_identity(identity, settings, max_images)
     with dataset_progress() as progress:
         results = evaluate_benchmark(model, selected, data_root, out, settings, run, max_images, panels, progress)
@@ -437,6 +446,9 @@ def evaluate(
         definitions,
         settings,
         paper,
+        max_images=max_images,
+        backbone=config.model.backbone,
+        precision=precision,
     )
     for name, entry in report["datasets"].items():
         status = (
@@ -444,16 +456,23 @@ def evaluate(
             if entry["status"] == "done"
             else f"[yellow]{entry['status']}[/yellow]"
         )
+        name = f"{name} {SUBSET_MARK}" if entry["subset"] else name
         Console(soft_wrap=True).print(f"{name}: {status}{beside_paper(entry, entry.get('paper'))}")
     if report["m_miou"] is not None:
         label = f"m-mIoU w/o {report['means_exclude']}" if report["means_exclude"] else "m-mIoU"
         averaged = [n for n in report["benchmark_datasets"] if n != report["means_exclude"]]
         counted = sum(report["datasets"].get(n, {}).get("status") == "done" for n in averaged)
         label += f" ({counted} of {len(averaged)} datasets)" if counted < len(averaged) else ""
+        label += f" {SUBSET_MARK}" if report["means_on_subsets"] else ""
         ours = {"miou": report["m_miou"]}
         Console(soft_wrap=True).print(
             f"{label} {percent_text(report['m_miou'])}  m-mACC {percent_text(report['m_macc'])}"
             f"{beside_paper(ours, paper['benchmark']['mean'] if paper else None)}  -> {out / 'report.md'}"
+        )
+    if report["means_on_subsets"]:
+        Console(soft_wrap=True).print(
+            f"{SUBSET_MARK} --max-images {max_images}: scores from the first {max_images} images of a dataset, "
+            "not comparable with the paper's"
         )
     if compare_paper and paper is None:
         Console(soft_wrap=True).print(
@@ -497,16 +516,22 @@ def reproduce(
         None, help="Compare with the paper's numbers for this backbone (default: the weights')."
     ),
     max_images: int = typer.Option(None, help="Evaluate at most N images per dataset (quick looks)."),
+    inference: str = typer.Option(
+        None,
+        help="sliding, whole or both (default: as the released scripts: both for V1 models, sliding for the others).",
+    ),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
 ) -> None:
     """Tables III, IV, V, XI and XIII from the released weights: convert, evaluate, compare; resumable."""
     from piseg.checkpoint import CheckpointError
     from piseg.config import ConfigError, preset
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
-    from piseg.evaluation.reproduce import PlanError, plan_runs
+    from piseg.evaluation.reproduce import INFERENCE_CHOICES, PlanError, plan_runs
     from piseg.evaluation.reproduce import reproduce as run_all
     from piseg.released.convert import ReleasedCheckpointError
 
+    if inference is not None and inference not in INFERENCE_CHOICES:
+        fail(f"--inference must be one of {', '.join(INFERENCE_CHOICES)}")
     chosen = torch_device(device)
     try:
         definitions = load_definitions(benchmarks)
@@ -535,6 +560,7 @@ def reproduce(
                 chosen,
                 max_images,
                 progress,
+                inference,
             )
         except (ReleasedCheckpointError, CheckpointError, DatasetError, OSError) as error:
             fail(error)

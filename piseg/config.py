@@ -53,7 +53,7 @@ class SPMConfig:
     image: bool = True
     text_noise: str = "gaussian"
     image_noise: str = "gaussian"
-    student_t_df: float = 5.0  # used by the "student-t" family (the paper tries 3, 5, 10)
+    student_t_df: float = 3.0  # the "student-t" family's df: the released configs' 3 (the paper tries 3, 5, 10)
     sigma_t: float = 0.02  # std of the N(0, sigma_t^2) initialisation of Text-SPM's mu and sigma
     reduction: int = 1  # Image-SPM's r: every released config uses 1 (the paper's text says 2)
 
@@ -101,11 +101,13 @@ class TrainConfig:
     val_max_samples: int | None = None
     checkpoint_every: int = 1_000
     log_every: int = 20
-    seed: int = 0
+    seed: int = 42  # the released configs' SEED
     shuffle_buffer: int | None = (
         None  # samples; None: sized to the data (all training samples, within shuffle_memory_gb)
     )
-    shuffle_memory_gb: float = 2.0  # per loader worker: the most shard bytes a data-sized buffer holds
+    # the most shard bytes one data-sized buffer holds (each loader worker of each process keeps one); None:
+    # half this machine's memory shared by those buffers (training/batches.py `buffer_budget`)
+    shuffle_memory_gb: float | None = None
     workers: int = 2
     on_corrupt_shard: str = "error"  # or "skip": leave the shard out, warn and count it
 
@@ -366,7 +368,7 @@ def validate(config: PiSegConfig) -> None:
         if value is not None and value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value!r}")
     for name in POSITIVE:
-        if _setting(config, name) <= 0:
+        if _setting(config, name) is not None and _setting(config, name) <= 0:
             raise ConfigError(f"{name} must be above 0, got {_setting(config, name)!r}")
     if _template_fields(model.prompt_template) != [""]:
         raise ConfigError(

@@ -123,11 +123,21 @@ def test_figure_10_before_uses_the_perturbed_text():
 
 class ImageEcho(torch.nn.Module):
     """A stand-in model whose two 'class' logits are its input's red and green channels pooled 4x, so an
-    inference scheme's views can be read back from its output."""
+    inference scheme's views can be read back from its output. Like CLIP in Pi-Seg, it first resizes what it is
+    given to its input size (`backbone.resolution`: 336 for ViT-L, whose crops are 384)."""
+
+    def __init__(self, resolution: int = 64) -> None:
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.backbone = SimpleNamespace(resolution=resolution)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor):
         from types import SimpleNamespace
 
+        size = self.backbone.resolution
+        if images.shape[-2:] != (size, size):
+            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         return SimpleNamespace(logits=torch.nn.functional.avg_pool2d(images[:, :2] / 64 - 2, 4))
 
 
@@ -176,3 +186,63 @@ def test_sliding_window_global_view_and_whole_image_padding_as_released():
     assert torch.allclose(
         whole_image_probabilities(model, image, text, dataclasses.replace(settings, whole_pad=0)), unpadded, atol=1e-5
     )
+
+
+def test_whole_image_view_is_resized_once_to_the_models_input_size():
+    """ViT-L (crops of 384, CLIP at 336): the released no-slide view goes from the padded image straight to 336;
+    resizing to the crop first and then to the input size blurs it twice."""
+    import torch.nn.functional as F
+
+    from piseg.config import EvalConfig
+    from piseg.inference.scheme import pad_to_multiple, shortest_edge_resize, whole_image_probabilities
+
+    settings = EvalConfig(resize=96, crop=64, stride=32)  # as ViT-L's 640 / 384, with an input of 48 (336)
+    image = torch.rand(3, 50, 130, generator=torch.Generator().manual_seed(1)) * 255
+    model, text = ImageEcho(resolution=48), torch.zeros(2, 1, 4)
+
+    def resize(x, size):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    padded = pad_to_multiple(shortest_edge_resize(image[None], 96), 32)
+    once = resize(model(resize(padded, (48, 48)), text).logits.sigmoid(), (50, 130))[0]
+    twice = resize(model(resize(resize(padded, (64, 64)), (48, 48)), text).logits.sigmoid(), (50, 130))[0]
+    assert not torch.allclose(once, twice, atol=1e-3)
+    assert torch.allclose(whole_image_probabilities(model, image, text, settings), once, atol=1e-5)
+
+
+def test_released_training_defaults():
+    """The released configs' SEED 42; Student-t noise with df 3 (when that family is chosen)."""
+    from piseg.config import SPMConfig, TrainConfig
+
+    assert TrainConfig().seed == 42 and SPMConfig().student_t_df == 3
+
+
+def test_shuffle_buffer_is_sized_from_memory_and_says_whether_an_epoch_is_a_full_permutation(tmp_path, monkeypatch):
+    """Rule: half the machine's memory over the buffers on it (processes x loader workers); the whole split when
+    it fits. At OVRSIS95K scale (here: 85,000 samples in 30 GiB of shards) a 128 GiB machine holds the split
+    in each of 1 process x 2 workers' buffers, where the former fixed 2 GB held 7 %. The start-of-training
+    statement says which case holds, from the manifest's bytes."""
+    from types import SimpleNamespace
+
+    from pipeline.shards import ShardReader
+    from piseg.config import TrainConfig
+    from piseg.training import batches
+    from piseg.training.batches import TrainingStream, buffer_budget, data_sized_buffer, order_statement
+
+    monkeypatch.setattr(batches, "physical_memory", lambda: 128 * 2**30)
+    recipe = TrainConfig(workers=2)
+    assert buffer_budget(recipe, local_processes=1) == 32 * 2**30
+    assert buffer_budget(recipe, local_processes=4) == 8 * 2**30
+    assert buffer_budget(TrainConfig(workers=0), local_processes=1) == 64 * 2**30  # one buffer, in the process
+    assert buffer_budget(TrainConfig(shuffle_memory_gb=2.0), local_processes=1) == 2 * 2**30  # explicit cap
+    ovrsis95k = SimpleNamespace(sample_count=lambda split: 85_000, split_bytes=lambda split: 30 * 2**30)
+    assert data_sized_buffer(ovrsis95k, buffer_budget(recipe, 1)) == 85_000
+    assert data_sized_buffer(ovrsis95k, 2 * 2**30) == 5_666  # the old default: an epoch was not a permutation
+
+    reader = ShardReader(clustered_shards(tmp_path / "build"))
+    whole = TrainingStream(reader, TrainConfig(taxonomy=None))
+    assert whole.buffer == 96 and order_statement(whole, reader).endswith("each epoch is a full random permutation")
+    part = TrainingStream(reader, TrainConfig(taxonomy=None, shuffle_memory_gb=reader.split_bytes("train") / 2 / 2**30))
+    statement = order_statement(part, reader)
+    assert part.buffer == 48 and "holds 48 of 96 training samples" in statement
+    assert "an epoch is NOT a full random permutation" in statement and "(~6.0 of 12 shards)" in statement

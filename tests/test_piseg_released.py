@@ -374,15 +374,24 @@ def test_reproduce_converts_evaluates_and_compares_every_run_resumably(released,
     assert result.exit_code == 1, result.output  # most test sets are absent here
     summary = json.loads((out / "report.json").read_text())
     v1, v2 = summary["runs"]["V1-vitb_384_DLRSD"], summary["runs"]["V2-vitb_384_OVRSIS95K"]
-    assert v1["taxonomy"] == "dlrsd" and list(v1["benchmarks"]) == ["ovrsisbench-v1-dlrsd"]
+    # a V1 model is evaluated in both inference modes, as the released V1 scripts do; V2 by sliding window
+    assert v1["taxonomy"] == "dlrsd" and list(v1["benchmarks"]) == [
+        "ovrsisbench-v1-dlrsd",
+        "ovrsisbench-v1-dlrsd-whole",
+    ]
+    assert [b["inference"] for b in v1["benchmarks"].values()] == ["sliding", "whole"]
     assert list(v2["benchmarks"]) == ["ovrsisbench-v2", "downstream"]
+    # what ran (a tiny model) and the paper column it is compared with are recorded apart
+    assert v1["backbone"] == "tiny" and v1["paper_backbone"] == "ViT-B"
+    assert summary["max_images"] is None and summary["precision"]["tf32_matmul"] is False  # a CPU: no TF32
     dlrsd = v1["benchmarks"]["ovrsisbench-v1-dlrsd"]
     assert dlrsd["means_exclude"] == "dlrsd" and dlrsd["m_miou"] == pytest.approx(dlrsd["datasets"]["isaid"])
     text = (out / "report.md").read_text()
-    assert (
-        "| V1-vitb_384_DLRSD | ovrsisbench-v1-dlrsd (III, w/o dlrsd) | 2 of 8 |" in text and "| 37.28 | 29.58 |" in text
-    )
-    assert "| V2-vitb_384_OVRSIS95K | ovrsisbench-v2 (IV) | 2 of 10 |" in text and "| 39.48 | 37.88 |" in text
+    assert "| V1-vitb_384_DLRSD | ovrsisbench-v1-dlrsd (III, w/o dlrsd) | sliding | 2 of 8 |" in text
+    assert "| V1-vitb_384_DLRSD | ovrsisbench-v1-dlrsd (III, w/o dlrsd) | whole | 2 of 8 |" in text
+    assert "| 37.28 ‡ | 29.58 |" in text and "Table III prints Pi-Seg mean 37.28 / 55.99" in text
+    assert "| V2-vitb_384_OVRSIS95K | ovrsisbench-v2 (IV) | sliding | 2 of 10 |" in text and "| 39.48 | 37.88 |" in text
+    assert "Subset run" not in text and "†" not in text
     assert "Table XIII" in text and (out / "V2-vitb_384_OVRSIS95K" / "ovrsisbench-v2" / "report.md").is_file()
     before = {
         p: p.stat().st_mtime_ns
@@ -392,9 +401,21 @@ def test_reproduce_converts_evaluates_and_compares_every_run_resumably(released,
             *out.glob("*/*/datasets/dlrsd.json"),
         ]
     }
-    assert len(before) == 2 + 4  # the missing test sets are looked for again
+    assert len(before) == 2 + 6  # V2: isaid, dlrsd; V1: both, in each mode; the missing test sets are looked for again
     assert runner.invoke(app, arguments).exit_code == 1
     assert before == {p: p.stat().st_mtime_ns for p in before}
     assert (
         runner.invoke(app, [*arguments[:2], str(tmp_path / "data"), *arguments[3:]]).exit_code == 2
     )  # no weights there
+    capped = [*arguments[:6], str(tmp_path / "capped"), *arguments[7:], "--max-images", "1", "--inference", "sliding"]
+    assert runner.invoke(app, capped).exit_code == 1
+    lines = (tmp_path / "capped" / "report.md").read_text().splitlines()
+    assert lines[2].startswith("**Subset run (`--max-images 1`): at most 1 images per dataset were evaluated.**")
+    assert any(
+        line.startswith("| V2-vitb_384_OVRSIS95K | ovrsisbench-v2 (IV) | sliding | 2 of 10 |") and " † |" in line
+        for line in lines
+    )
+    summary = json.loads((tmp_path / "capped" / "report.json").read_text())
+    assert summary["max_images"] == 1 and list(summary["runs"]["V1-vitb_384_DLRSD"]["benchmarks"]) == [
+        "ovrsisbench-v1-dlrsd"
+    ]

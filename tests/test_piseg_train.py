@@ -196,3 +196,13 @@ def test_perturbation_statistics_follow_the_released_definition():
     assert stats["align_ratio"] == pytest.approx(gt_in / (abs(non_gt) + 1e-6), rel=1e-5)
     assert perturbation_statistics(output, torch.full_like(masks, 255)) == {}
     assert perturbation_statistics(PiSegOutput(logits=output.logits, cost=perturbed), masks) == {}
+
+
+def test_training_states_at_start_whether_an_epoch_is_a_full_permutation(shards, tmp_path):
+    lines: list[str] = []
+    train(shards, tiny_config(iters=1), tmp_path / "run", notice=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("sample order: the shuffle buffer holds")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    stated = next(entry for entry in log if "sample_order" in entry)
+    assert stated["sample_order"] == lines[0] and stated["step"] == 0
+    assert stated["full_permutation"] == ("NOT a full" not in lines[0])

@@ -65,14 +65,20 @@ def eval_flops(model: PiSeg, settings: EvalConfig, height: int = 600, width: int
     return counter.get_total_flops()
 
 
-def train_flops(model: PiSeg, crop: int, classes: int = 35) -> int:
-    """FLOPs of one training forward of one crop, the text encoder on every class included (training
-    re-encodes the prompts each step) and the SPMs on."""
+def gmacs(flops: int) -> float:
+    """Multiply-adds in billions, the unit of the paper's counter (fvcore), from torch's FLOPs (2 per
+    multiply-add): why a separate unit, a GFLOPs figure beside the paper's reads twice as costly."""
+    return flops / 2e9
+
+
+def train_flops(model: PiSeg, crop: int, classes: int = 35, batch: int = 1) -> int:
+    """FLOPs of one training forward of BATCH crops (a step's total batch gives the per-step cost), the text
+    encoder on every class included once (training re-encodes the prompts once per step) and the SPMs on."""
     model.train()
     device = next(model.parameters()).device
     names = [f"class {index}" for index in range(classes)]
     tokens = model.backbone.tokenize(model.prompts(names))
     with FlopCounterMode(display=False) as counter:  # no padding mask: same op shapes, and meta tensors allow it
         text = model.backbone.encode_text(tokens["input_ids"].to(device), None).unsqueeze(1)
-        model(torch.zeros(1, 3, crop, crop, device=device), text)
+        model(torch.zeros(batch, 3, crop, crop, device=device), text)
     return counter.get_total_flops()

@@ -29,12 +29,27 @@ class DatasetResult:
     classes: list[str]
     status: str  # "done" | "missing files" | "unreadable files" (problems lists each)
     run: str  # identity of the model and settings that produced it (for resuming)
-    images: int = 0
+    images: int = 0  # evaluated
+    available: int | None = None  # in the dataset (more than `images` under --max-images); None: not recorded
     matrix: list[list[int]] = field(default_factory=list)
     groups: dict[str, list[list[int]]] = field(default_factory=dict)  # resolution group -> matrix
     group_images: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     panels: list[str] = field(default_factory=list)
+
+
+def released_precision(device: torch.device) -> dict[str, bool | str]:
+    """Evaluation's float precision as the released code sets it: TF32 matmuls and cuDNN convolutions on CUDA
+    (`train_net.py` enables both before an eval-only run too). Returns what is in force, for report.json, since
+    TF32 moves scores in the last digits and a report must say which arithmetic produced it."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return {
+        "device": device.type,
+        "tf32_matmul": device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": device.type == "cuda" and torch.backends.cudnn.allow_tf32,
+    }
 
 
 def run_identity(model_id: str, settings: EvalConfig, max_images: int | None) -> str:
@@ -100,6 +115,7 @@ def evaluate_dataset(
     result = DatasetResult(spec.name, spec.class_names, "missing files", run, problems=problems)
     if problems:  # never half-evaluate a dataset silently
         return result
+    result.available = len(samples)
     samples = samples[:max_images] if max_images else samples
     device = next(model.parameters()).device
     text = model.encode_classes(spec.class_names)

@@ -74,13 +74,24 @@ def build_report(
     definitions: dict,
     settings: EvalConfig,
     paper: dict | None = None,
+    max_images: int | None = None,
+    backbone: str | None = None,
+    precision: dict | None = None,
 ) -> dict:
     """Write OUT/report.md, OUT/report.json and OUT/overlap.png; returns the JSON content. `paper`
-    (`piseg.evaluation.paper.paper_comparison`) puts the paper's numbers beside ours."""
+    (`piseg.evaluation.paper.paper_comparison`) puts the paper's numbers beside ours. `max_images` (the run's
+    cap per dataset), `backbone` (the model that ran, whatever paper backbone it is compared with) and
+    `precision` (`released_precision`) are recorded so a report says what produced its numbers."""
     protocol = (definitions.get("benchmarks") or {}).get(benchmark) or {}
     datasets = {}
     for result in results:
-        entry: dict = {"status": result.status, "problems": result.problems, "images": result.images}
+        entry: dict = {
+            "status": result.status,
+            "problems": result.problems,
+            "images": result.images,
+            "available": result.available,
+            "subset": result.status == "done" and is_subset(result, max_images),
+        }
         definition = definitions["datasets"][result.name]
         mapping = cached_crosswalk(definition["taxonomy"], train_taxonomy, lemmatize)
         covered = [name for name, target in mapping.items() if target is not None]
@@ -124,11 +135,16 @@ def build_report(
     report = {
         "benchmark": benchmark,
         "model": model_name,
+        "backbone": backbone,
+        "paper_backbone": paper["backbone"] if paper else None,
+        "max_images": max_images,
+        "precision": precision,
         "train_taxonomy": train_taxonomy,
         "absent_class_rule": {"rule": absent, "meaning": ABSENT_RULES[absent]},
         "inference": asdict(settings),
         "m_miou": mean([d["miou"] for d in counted]),
         "m_macc": mean([d["macc"] for d in counted]),
+        "means_on_subsets": any(d["subset"] for d in counted),
         "means_exclude": excluded,
         "complete": len(done) == len(datasets),
         "datasets": datasets,
@@ -144,6 +160,7 @@ def build_report(
                 "evaluated": [n for n in names if n in done],
                 "m_miou": mean([done[n]["miou"] for n in names if n in done]),
                 "m_macc": mean([done[n]["macc"] for n in names if n in done]),
+                "on_subsets": any(done[n]["subset"] for n in names if n in done),
             }
             for group, names in protocol["resolution_groups"].items()
         }
@@ -153,6 +170,52 @@ def build_report(
     (out / "report.md").write_text(markdown(report))
     overlap_figure(report, out / "overlap.png")
     return report
+
+
+def is_subset(result: DatasetResult, max_images: int | None) -> bool:
+    """Whether a dataset's scores come from only part of it (`--max-images`). A result saved before the dataset
+    size was recorded counts as a subset under a cap: unknown is not whole."""
+    return max_images is not None and (result.available is None or result.images < result.available)
+
+
+SUBSET_MARK = "†"
+PAPER_MARK = "‡"
+
+
+def subset_lines(report: dict) -> list[str]:
+    """The warning that opens a report of a capped run: which datasets were cut, and what † means."""
+    if report.get("max_images") is None:
+        return []
+    cut = [name for name, d in report["datasets"].items() if d.get("subset")]
+    return [
+        f"**Subset run (`--max-images {report['max_images']}`): "
+        + (
+            f"{len(cut)} of {len(report['datasets'])} datasets were cut to their first {report['max_images']} "
+            f"images ({', '.join(cut)}).** Scores and means marked {SUBSET_MARK} come from those subsets and are "
+            "not comparable with the paper's, which use every image."
+            if cut
+            else f"no dataset has more than {report['max_images']} images, so every score uses whole datasets.**"
+        ),
+        "",
+    ]
+
+
+def marked(label: str, subset: bool) -> str:
+    """A row label with the subset mark when its scores come from cut datasets."""
+    return f"{label} {SUBSET_MARK}" if subset else label
+
+
+def flagged_models(paper: dict | None, row: str) -> set[str]:
+    """The models whose printed paper numbers in ROW ("mean", "low", ...) disagree with the paper's own columns."""
+    return {note["model"] for note in (paper or {}).get("inconsistencies") or [] if note["row"] == row}
+
+
+def inconsistency_lines(paper: dict | None, rows: tuple[str, ...]) -> list[str]:
+    """Footnotes for the paper's self-disagreements in ROWS, under the table whose cells carry the mark."""
+    notes = [note for note in (paper or {}).get("inconsistencies") or [] if note["row"] in rows]
+    return [f"{PAPER_MARK} The paper disagrees with itself: {note['text']}." for note in notes] + (
+        [""] if notes else []
+    )
 
 
 def stated_split(classes: dict[str, dict], split: dict[str, list[str]]) -> dict:
@@ -183,13 +246,15 @@ def signed(ours: float | None, theirs: float | None) -> str:
     return "-" if ours is None or theirs is None or math.isnan(ours) else f"{100 * (ours - theirs):+.2f}"
 
 
-def paper_cells(ours: dict, paper: dict | None) -> list[str]:
-    """Paper Pi-Seg and CAT-Seg mIoU / mACC, and our mIoU's delta to each."""
+def paper_cells(ours: dict, paper: dict | None, flagged: set[str] = frozenset()) -> list[str]:
+    """Paper Pi-Seg and CAT-Seg mIoU / mACC, and our mIoU's delta to each; a FLAGGED model's numbers carry the
+    mark of a footnote saying the paper's own columns give another value."""
     paper = paper or {}
     cells = []
     for model in MODELS:
         theirs = paper.get(model) or {}
-        cells += [percent(theirs.get("miou")), percent(theirs.get("macc"))]
+        mark = f" {PAPER_MARK}" if model in flagged else ""
+        cells += [percent(theirs.get("miou")) + mark, percent(theirs.get("macc")) + mark]
     return cells + [signed(ours.get("miou"), (paper.get(model) or {}).get("miou")) for model in MODELS]
 
 
@@ -202,7 +267,7 @@ PAPER_HEADER = (
 def markdown(report: dict) -> str:
     datasets, paper = report["datasets"], report.get("paper")
     compared = paper["benchmark"] if paper else None
-    lines = [f"# {report['benchmark']}: {report['model']}", "", UNITS, ""]
+    lines = [f"# {report['benchmark']}: {report['model']}", "", *subset_lines(report), UNITS, ""]
     lines += [
         f"Rule for absent classes: {report['absent_class_rule']['meaning']} "
         f"(`--absent {report['absent_class_rule']['rule']}`).",
@@ -220,7 +285,8 @@ def markdown(report: dict) -> str:
     if compared:
         lines += [
             f"Paper columns: Table {compared['table']} of {compared['source']}, {compared['backbone']} (the paper's "
-            "numbers as printed; Δ = ours − paper, in percentage points).",
+            "numbers as printed; Δ = ours − paper, in percentage points)"
+            + (f"; the model evaluated here is {report['backbone']}." if report.get("backbone") else "."),
             "",
         ]
     missing = {n: d for n, d in datasets.items() if d["status"] != "done"}
@@ -238,7 +304,7 @@ def markdown(report: dict) -> str:
         header, rule = header + PAPER_HEADER, rule + "---|" * 6
     lines += ["## Results (Tables III-V layout)", "", header, rule]
     for name, d in datasets.items():
-        row = [name, percent(d.get("miou")), percent(d.get("macc"))]
+        row = [marked(name, d.get("subset", False)), percent(d.get("miou")), percent(d.get("macc"))]
         lines.append("| " + " | ".join(row + (paper_cells(d, d.get("paper")) if compared else [])) + " |")
     label = f"mean w/o {report['means_exclude']}" if report.get("means_exclude") else "mean"
     averaged = [n for n in report["benchmark_datasets"] if n != report.get("means_exclude")]
@@ -246,8 +312,14 @@ def markdown(report: dict) -> str:
     if counted < len(averaged):  # a partial mean (missing files, --datasets) is not the paper's mean
         label += f" ({counted} of {len(averaged)} datasets)"
     ours = {"miou": report["m_miou"], "macc": report["m_macc"]}
-    row = [f"**{label}**", percent(report["m_miou"]), percent(report["m_macc"])]
-    lines.append("| " + " | ".join(row + (paper_cells(ours, compared["mean"]) if compared else [])) + " |")
+    row = [
+        marked(f"**{label}**", report.get("means_on_subsets", False)),
+        percent(report["m_miou"]),
+        percent(report["m_macc"]),
+    ]
+    cells = paper_cells(ours, compared["mean"], flagged_models(paper, "mean")) if compared else []
+    lines.append("| " + " | ".join(row + cells) + " |")
+    lines += ["", *inconsistency_lines(paper, ("mean",))] if flagged_models(paper, "mean") else []
     lines += [
         "",
         "## Seen / unseen classes (Table XI)",
@@ -262,7 +334,7 @@ def markdown(report: dict) -> str:
         seen = [c for c, t in mapping.items() if t is not None]
         unseen = [c for c, t in mapping.items() if t is None]
         lines.append(
-            f"| {name} | {len(seen)} | {len(unseen)}: {', '.join(unseen) or '-'} | "
+            f"| {marked(name, d.get('subset', False))} | {len(seen)} | {len(unseen)}: {', '.join(unseen) or '-'} | "
             f"{percent(d.get('seen_miou'))} | {percent(d.get('unseen_miou'))} |"
         )
     for name, d in datasets.items():
@@ -270,10 +342,16 @@ def markdown(report: dict) -> str:
             continue
         split = d["paper_split"]
         theirs = (paper or {}).get("uavid") if name == "uavid" else None
+        elsewhere = (
+            "; the paper's Table XI numbers belong to models trained on OVRSIS95K, so none are shown beside this run"
+            if paper and not theirs
+            else ""
+        )
         lines += [
             "",
-            f"{name}, the split the paper states (seen: {', '.join(split['classes']['seen'])}; unseen: "
-            f"{', '.join(split['classes']['unseen'])}; overall: those six):",
+            f"{marked(name, d.get('subset', False))}, the split the paper states (seen: "
+            f"{', '.join(split['classes']['seen'])}; unseen: {', '.join(split['classes']['unseen'])}; "
+            f"overall: those six){elsewhere}:",
             "",
             "| group | mIoU (%) | mACC (%) |" + (PAPER_HEADER if theirs else ""),
             "|---|---|---|" + ("---|" * 6 if theirs else ""),
@@ -309,15 +387,18 @@ def markdown(report: dict) -> str:
         ]
         for group, g in report["resolution_groups"].items():
             cells = [
-                group,
+                marked(group, g.get("on_subsets", False)),
                 f"{', '.join(g['evaluated'])} ({len(g['evaluated'])} of {len(g['datasets'])})",
                 percent(g["m_miou"]),
                 percent(g["m_macc"]),
             ]
             if theirs:
-                cells += paper_cells({"miou": g["m_miou"]}, {model: theirs[model].get(group) for model in theirs})
+                by_model = {model: theirs[model].get(group) for model in theirs}
+                cells += paper_cells({"miou": g["m_miou"]}, by_model, flagged_models(paper, group))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if theirs:
+            lines += inconsistency_lines(paper, tuple(report["resolution_groups"]))
     lines += [
         "## Resolution per image (extra: each image grouped by its own size; low = below 800x800)",
         "",
@@ -328,7 +409,7 @@ def markdown(report: dict) -> str:
         groups = d.get("resolution", {})
         low, high = groups.get("low", {}), groups.get("high", {})
         lines.append(
-            f"| {name} | {low.get('images', 0)} | {percent(low.get('miou'))} | "
+            f"| {marked(name, d.get('subset', False))} | {low.get('images', 0)} | {percent(low.get('miou'))} | "
             f"{high.get('images', 0)} | {percent(high.get('miou'))} |"
         )
     lines += [
@@ -352,7 +433,7 @@ def markdown(report: dict) -> str:
         if d["status"] != "done":
             continue
         lines += [
-            f"### {name}",
+            f"### {marked(name, d['subset'])}",
             "",
             "| class | IoU (%) | ACC = recall (%) | occurs in ground truth | seen in training |",
             "|---|---|---|---|---|",

@@ -12,6 +12,7 @@ OUT/report.md, puts every mean beside the paper's and links each benchmark's ful
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,15 +24,40 @@ from pipeline.categories import spacy_lemmatize
 from piseg.checkpoint import load_model
 from piseg.config import PiSegConfig
 from piseg.evaluation.benchmarks import load_benchmark
-from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, run_identity
-from piseg.evaluation.paper import MODELS, paper_comparison
-from piseg.evaluation.report import UNITS, build_report, percent, signed
+from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, released_precision, run_identity
+from piseg.evaluation.paper import BACKBONES, MODELS, paper_comparison
+from piseg.evaluation.report import (
+    PAPER_MARK,
+    SUBSET_MARK,
+    UNITS,
+    build_report,
+    flagged_models,
+    inconsistency_lines,
+    marked,
+    percent,
+    signed,
+)
 from piseg.released.convert import convert_released
 from piseg.yaml_files import read_yaml
 from taxonomy.loader import load_taxonomy
 
 V1_TRAINING_SETS = {"dlrsd": "ovrsisbench-v1-dlrsd", "isaid": "ovrsisbench-v1-isaid"}
 V2_BENCHMARKS = ["ovrsisbench-v2", "downstream"]
+INFERENCE_CHOICES = ("sliding", "whole", "both")
+
+
+def inference_modes(run: Run, inference: str | None) -> list[str]:
+    """The inference modes a run is evaluated with: INFERENCE ("both" = sliding window, then whole image), or by
+    default what the released scripts run: both for a V1 model (`eval_v1_slide.sh` and `eval_v1.sh`), the
+    sliding window for an OVRSIS95K model."""
+    if inference is None:
+        inference = "both" if run.taxonomy in V1_TRAINING_SETS else "sliding"
+    return ["sliding", "whole"] if inference == "both" else [inference]
+
+
+def benchmark_key(name: str, mode: str) -> str:
+    """A benchmark's key in report.json and its folder: the name for the sliding window, NAME-whole otherwise."""
+    return name if mode == "sliding" else f"{name}-{mode}"
 
 
 class PlanError(ValueError):
@@ -109,23 +135,31 @@ def reproduce(
     device: torch.device,
     max_images: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    inference: str | None = None,
 ) -> dict:
-    """Convert, evaluate and compare every run; writes OUT/report.md and OUT/report.json and returns the latter."""
-    summary = {"data_root": str(data_root), "runs": {}}
+    """Convert, evaluate and compare every run; writes OUT/report.md and OUT/report.json and returns the latter.
+    INFERENCE: one of INFERENCE_CHOICES, or None for the released scripts' modes (`inference_modes`)."""
+    summary = {
+        "data_root": str(data_root),
+        "max_images": max_images,
+        "precision": released_precision(device),
+        "runs": {},
+    }
     for run in runs:
         checkpoint = out / "checkpoints" / f"{run.name}.pt"
         if not checkpoint.is_file():  # converted once; a rerun reuses it
             taxonomy = load_taxonomy(run.taxonomy)
             convert_released(run.weights, checkpoint, taxonomy.names, taxonomy.version, base, tokenizer, trust_pickle)
         model, config, _ = load_model(checkpoint, device)
-        backbone = paper_backbone or config.model.backbone
-        identity = run_identity(checkpoint_identity(checkpoint), config.eval, max_images)
+        compared_with = paper_backbone or config.model.backbone
         reports = {}
-        for name in run.benchmarks:
+        for name, mode in ((n, m) for n in run.benchmarks for m in inference_modes(run, inference)):
+            settings = dataclasses.replace(config.eval, mode=mode)
+            identity = run_identity(checkpoint_identity(checkpoint), settings, max_images)
             benchmark = load_benchmark(name, definitions)
-            folder = out / run.name / name
+            folder = out / run.name / benchmark_key(name, mode)
             results = evaluate_benchmark(
-                model, benchmark, data_root, folder, config.eval, identity, max_images, 0, progress
+                model, benchmark, data_root, folder, settings, identity, max_images, 0, progress
             )
             report = build_report(
                 results,
@@ -136,22 +170,26 @@ def reproduce(
                 spacy_lemmatize,
                 folder,
                 definitions,
-                config.eval,
-                paper_comparison(name, backbone),
+                settings,
+                paper_comparison(name, compared_with),
+                max_images=max_images,
+                backbone=config.model.backbone,
+                precision=summary["precision"],
             )
-            reports[name] = {
-                key: report[key]
-                for key in ("m_miou", "m_macc", "means_exclude", "complete", "paper", "resolution_groups")
-                if key in report
-            } | {
+            kept = ("m_miou", "m_macc", "means_on_subsets", "means_exclude", "complete", "paper", "resolution_groups")
+            reports[benchmark_key(name, mode)] = {key: report[key] for key in kept if key in report} | {
+                "benchmark": name,
+                "inference": mode,
                 "report": str(folder.relative_to(out) / "report.md"),
                 "datasets": {n: d.get("miou") for n, d in report["datasets"].items()},
                 "uavid_split": report["datasets"].get("uavid", {}).get("paper_split"),
+                "uavid_subset": report["datasets"].get("uavid", {}).get("subset", False),
             }
         summary["runs"][run.name] = {
             "weights": str(run.weights),
             "taxonomy": run.taxonomy,
-            "backbone": backbone,
+            "backbone": config.model.backbone,  # what ran
+            "paper_backbone": BACKBONES.get(compared_with),  # the paper's column it is compared with, if any
             "benchmarks": reports,
         }
         del model
@@ -162,34 +200,57 @@ def reproduce(
     return summary
 
 
+def subset_warning(summary: dict) -> list[str]:
+    """The opening warning of a capped run (`--max-images`): its means are not the paper's protocol."""
+    cap = summary.get("max_images")
+    if cap is None:
+        return []
+    return [
+        f"**Subset run (`--max-images {cap}`): at most {cap} images per dataset were evaluated.** Means marked "
+        f"{SUBSET_MARK} average datasets cut to those images and are not comparable with the paper's, which use "
+        "every image; each benchmark's report names the datasets cut.",
+        "",
+    ]
+
+
 def markdown(summary: dict) -> str:
     lines = [
         "# The paper's tables from the released weights",
         "",
+        *subset_warning(summary),
         UNITS,
         "",
         "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
         "Δ = ours − paper). The full report of each benchmark (per dataset, per class) is linked.",
         "",
-        "| run | benchmark (table) | datasets | m-mIoU (%) | m-mACC (%) "
+        "| run | benchmark (table) | inference | datasets | m-mIoU (%) | m-mACC (%) "
         "| paper Pi-Seg m-mIoU (%) | paper CAT-Seg m-mIoU (%) | Δ vs Pi-Seg (pp) | Δ vs CAT-Seg (pp) | report |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    footnotes: dict[str, None] = {}  # the paper's self-disagreements behind a ‡, each once, in order
     for run_name, run in summary["runs"].items():
-        for name, bench in run["benchmarks"].items():
-            compared = (bench.get("paper") or {}).get("benchmark") or {}
+        for bench in run["benchmarks"].values():
+            paper = bench.get("paper")
+            compared = (paper or {}).get("benchmark") or {}
             mean = compared.get("mean") or {}
-            pi, cat = (mean.get(m) or {} for m in MODELS)
+            flagged = flagged_models(paper, "mean")
+            pi, cat = (
+                (percent((mean.get(m) or {}).get("miou")) + (f" {PAPER_MARK}" if m in flagged else "")) for m in MODELS
+            )
+            footnotes |= dict.fromkeys(inconsistency_lines(paper, ("mean",))[:-1])
             evaluated = sum(v is not None for v in bench["datasets"].values())
-            label = f"{name} ({compared.get('table', '-')}" + (
+            label = f"{bench['benchmark']} ({compared.get('table', '-')}" + (
                 f", w/o {bench['means_exclude']})" if bench.get("means_exclude") else ")"
             )
+            theirs = [(mean.get(m) or {}).get("miou") for m in MODELS]
             lines.append(
-                f"| {run_name} | {label} | {evaluated} of {len(bench['datasets'])} | {percent(bench['m_miou'])} | "
-                f"{percent(bench['m_macc'])} | {percent(pi.get('miou'))} | {percent(cat.get('miou'))} | "
-                f"{signed(bench['m_miou'], pi.get('miou'))} | {signed(bench['m_miou'], cat.get('miou'))} | "
+                f"| {run_name} | {label} | {bench['inference']} | {evaluated} of {len(bench['datasets'])} | "
+                f"{marked(percent(bench['m_miou']), bench['means_on_subsets'])} | "
+                f"{marked(percent(bench['m_macc']), bench['means_on_subsets'])} | {pi} | {cat} | "
+                f"{signed(bench['m_miou'], theirs[0])} | {signed(bench['m_miou'], theirs[1])} | "
                 f"[report]({bench['report']}) |"
             )
+    lines += ["", *footnotes] if footnotes else []
     for run_name, run in summary["runs"].items():
         bench = run["benchmarks"].get("ovrsisbench-v2")
         if not bench:
@@ -207,7 +268,7 @@ def markdown(summary: dict) -> str:
             for group in ("overall", "seen", "unseen"):
                 ours = bench["uavid_split"][group]
                 lines.append(
-                    f"| {group} | {percent(ours['miou'])} | {percent(ours['macc'])} | "
+                    f"| {marked(group, bench['uavid_subset'])} | {percent(ours['miou'])} | {percent(ours['macc'])} | "
                     f"{percent((theirs.get('Pi-Seg') or {}).get(group, {}).get('miou'))} | "
                     f"{percent((theirs.get('CAT-Seg') or {}).get(group, {}).get('miou'))} |"
                 )
@@ -221,9 +282,16 @@ def markdown(summary: dict) -> str:
                 "|---|---|---|---|---|",
             ]
             for group, g in bench["resolution_groups"].items():
-                lines.append(
-                    f"| {group} | {len(g['evaluated'])} of {len(g['datasets'])} | {percent(g['m_miou'])} | "
-                    f"{percent(((theirs.get('Pi-Seg') or {}).get(group) or {}).get('miou'))} | "
-                    f"{percent(((theirs.get('CAT-Seg') or {}).get(group) or {}).get('miou'))} |"
+                flagged = flagged_models(paper, group) if theirs else set()
+                pi, cat = (
+                    percent(((theirs.get(m) or {}).get(group) or {}).get("miou"))
+                    + (f" {PAPER_MARK}" if m in flagged else "")
+                    for m in MODELS
                 )
+                lines.append(
+                    f"| {marked(group, g['on_subsets'])} | {len(g['evaluated'])} of {len(g['datasets'])} | "
+                    f"{percent(g['m_miou'])} | {pi} | {cat} |"
+                )
+            if theirs:
+                lines += ["", *inconsistency_lines(paper, tuple(bench["resolution_groups"]))]
     return "\n".join(lines) + "\n"

@@ -8,9 +8,11 @@ overlapping crops, average the local and global maps, resize bilinearly back to 
 Validation during training uses exactly this.
 Whole image (the released V1 scripts' "noslide" evaluation): the shortest-edge image padded at the bottom
 and right to a multiple of `whole_pad` (32, the released SIZE_DIVISIBILITY; the pad is CLIP's mean colour,
-zero after normalisation), squashed to one `crop`x`crop` view; the prediction of the padded image is
-stretched back to the original size, padding included, as released. `whole_pad: 0` drops the padding
-(prediction aligned with the image; the released scheme shifts it by up to 31/`resize` of the padded side).
+zero after normalisation), squashed straight to the model's input size (`model.backbone.resolution`: 384 for
+ViT-B, 336 for ViT-L, as released; never through `crop` first, which would resize a ViT-L view twice); the
+prediction of the padded image is stretched back to the original size, padding included, as released.
+`whole_pad: 0` drops the padding (prediction aligned with the image; the released scheme shifts it by up to
+31/`resize` of the padded side).
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def whole_image_probabilities(
     view = shortest_edge_resize(image[None].float(), settings.resize)
     if settings.whole_pad:
         view = pad_to_multiple(view, settings.whole_pad)
-    view = F.interpolate(view, size=(settings.crop, settings.crop), mode="bilinear", align_corners=False)
+    size = model.backbone.resolution  # one resize to what CLIP sees, as released (ViT-L: 336, not 384 then 336)
+    view = F.interpolate(view, size=(size, size), mode="bilinear", align_corners=False)
     probabilities = model(view, text).logits.sigmoid()
     return F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)[0]
 

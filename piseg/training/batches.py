@@ -6,17 +6,23 @@ traceback): a sample that cannot be decoded, or a shard member that cannot be re
 batch and its reason travels with the batch (`Batch.skipped`); the trainer then stops or counts it, as
 `on_corrupt_shard` says. A batch whose every sample is unreadable arrives empty.
 
-Order: close to the released sampler's full random permutation per epoch. The build writes samples to
-shards in a seeded random order; each epoch shuffles the shard list and then samples through a seeded
-buffer (both from (seed, epoch)) that by default holds the whole training split (or as many samples as
-`shuffle_memory_gb` allows), which makes the epoch an exact permutation. The k-th sample of an epoch goes
-to process k % world. A sample's augmentation draws from
+Order: the released sampler's full random permutation per epoch. The build writes samples to shards in a
+seeded random order; each epoch shuffles the shard list and then samples through a seeded buffer (both
+from (seed, epoch)). A buffer holding the whole training split makes the epoch a full random permutation;
+a smaller one only mixes samples within about a buffer's length of the shuffled shard order. Rule for its
+size (`buffer_budget`): every training sample when their encoded bytes (the manifest's) fit the budget,
+else as many as fit; the budget is `shuffle_memory_gb`, or by default half of this machine's physical
+memory divided among the buffers on it (one per loader worker, or per process without workers, times the
+processes on the machine): on a 128 GB machine, 64 GB over 1 process x 2 workers = 32 GB a buffer, over
+4 processes x 2 workers = 8 GB. `order_statement` says at the start of training which case holds. The
+k-th sample of an epoch goes to process k % world. A sample's augmentation draws from
 its own generator seeded by (seed, epoch, k), so the batches do not depend on the number of loader
 workers, and resuming at batch b reproduces exactly what an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -169,11 +175,45 @@ def augment(
     return picture.float(), labels[0]
 
 
-def data_sized_buffer(reader: ShardReader, memory_gb: float) -> int:
-    """Every training sample, unless their encoded bytes exceed `memory_gb`: then as many as fit."""
+MEMORY_SHARE = 0.5  # of physical memory, for all shuffle buffers together (the rest: model, decoding, the OS)
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def buffer_budget(config: TrainConfig, local_processes: int) -> float:
+    """Bytes one shuffle buffer may hold: `shuffle_memory_gb`, or MEMORY_SHARE of physical memory over the
+    buffers on this machine (each process keeps one per loader worker, or one without workers). Why from
+    memory: a fixed cap (formerly 2 GB) holds only part of an OVRSIS95K-sized split, and the epoch stops
+    being a full permutation without anyone asking for that."""
+    if config.shuffle_memory_gb is not None:
+        return config.shuffle_memory_gb * 2**30
+    return MEMORY_SHARE * physical_memory() / (local_processes * max(config.workers, 1))
+
+
+def data_sized_buffer(reader: ShardReader, budget: float) -> int:
+    """Every training sample, unless their encoded bytes exceed `budget`: then as many as fit."""
     samples, size = reader.sample_count("train"), reader.split_bytes("train")
-    fitting = int(memory_gb * 2**30 * samples / size) if size else samples
+    fitting = int(budget * samples / size) if size else samples
     return max(1, min(samples, fitting))
+
+
+def order_statement(stream: TrainingStream, reader: ShardReader) -> str:
+    """One line for the start of training: whether an epoch is a full random permutation, with the buffer and
+    split sizes (the manifest's bytes) it follows from, and what to change when it is not."""
+    samples, size = reader.sample_count("train"), reader.split_bytes("train")
+    held = f"the shuffle buffer holds {stream.buffer:,} of {samples:,} training samples"
+    if stream.buffer >= samples:
+        return f"sample order: {held} ({size / 2**30:.2f} GB): each epoch is a full random permutation"
+    shards = len(stream.paths)
+    return (
+        f"sample order: {held} (budget {stream.budget / 2**30:.2f} GB a buffer, split {size / 2**30:.2f} GB): an "
+        f"epoch is NOT a full random permutation; samples mix within about {stream.buffer:,} samples "
+        f"(~{stream.buffer * shards / max(samples, 1):.1f} of {shards} shards) of the shuffled shard order. "
+        "Raise train.shuffle_memory_gb, or use fewer loader workers or a machine with more memory."
+    )
 
 
 class TrainingStream(IterableDataset):
@@ -189,7 +229,9 @@ class TrainingStream(IterableDataset):
         if config.batch_size % world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
         self.per_process = config.batch_size // world
-        self.buffer = config.shuffle_buffer or data_sized_buffer(reader, config.shuffle_memory_gb)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # processes on this machine (torchrun sets it)
+        self.budget = buffer_budget(config, local)
+        self.buffer = config.shuffle_buffer or data_sized_buffer(reader, self.budget)
         self.batches_per_epoch = reader.sample_count("train") // world // self.per_process
         if self.batches_per_epoch == 0:
             raise ShardError(

@@ -39,7 +39,7 @@ from piseg.evaluation.metrics import ConfusionMatrix
 from piseg.faults import SKIPPED_FILE, SkippedLog
 from piseg.inference.scheme import predict_mask
 from piseg.modeling.model import PiSeg, PiSegOutput, build_model
-from piseg.training.batches import Batch, TrainingStream, training_batches
+from piseg.training.batches import Batch, TrainingStream, order_statement, training_batches
 from taxonomy.loader import load_taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
@@ -242,11 +242,14 @@ def train(
     out: Path,
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> Path:
     """Train on `shards` and return the final checkpoint's path. `progress(step, total, values)` is
     called on the main process after every step (the CLI draws a bar with it). With
     `on_corrupt_shard: skip`, unreadable shards and samples are left out and listed in OUT/skipped.jsonl;
-    otherwise the first one stops the run with a ShardError naming it."""
+    otherwise the first one stops the run with a ShardError naming it. `notice(line)` gets, on the main
+    process, what a user must know before the run goes on: whether an epoch is a full permutation (also in
+    log.jsonl as `sample_order`)."""
     runtime = start_runtime()
     torch.manual_seed(config.train.seed)
     expected = load_taxonomy(config.train.taxonomy).names if config.train.taxonomy else None
@@ -275,6 +278,11 @@ def train(
         # class-attention padding tokens go unused when there are at least pad_len classes
         forward = DistributedDataParallel(forward, find_unused_parameters=len(class_names) >= config.model.pad_len)
     stream = TrainingStream(reader, config.train, runtime.rank, runtime.world, start_batch=step)
+    if runtime.main:
+        statement = order_statement(stream, reader)
+        log.write(step, {"sample_order": statement, "full_permutation": stream.buffer >= reader.sample_count("train")})
+        if notice is not None:
+            notice(statement)
     batches = training_batches(stream, config.train.workers)
     tokens = {k: v.to(runtime.device) for k, v in model.backbone.tokenize(model.prompts(class_names)).items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
