@@ -105,6 +105,22 @@ def test_ovrsis_command_tree():
         assert re.search(rf"^\W*{re.escape(name)}\s", result.stdout, re.MULTILINE), name
 
 
+def command_paths(command: object, prefix: list[str]) -> list[str]:
+    """Every leaf command under `command`, as typed: `ovrsis audit push`."""
+    if not hasattr(command, "commands"):
+        return [" ".join(prefix)]
+    return [path for name, sub in command.commands.items() for path in command_paths(sub, [*prefix, name])]
+
+
+@pytest.mark.parametrize(("name", "app"), [("ovrsis", ovrsis), ("piseg", piseg)])
+def test_every_command_is_in_the_readme(name: str, app: typer.Typer) -> None:
+    """A command a user can run but not read about is a command nobody finds: each one, as typed, is in
+    the README."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [path for path in command_paths(typer.main.get_command(app), [name]) if path not in readme]
+    assert not missing, f"commands missing from README.md: {missing}"
+
+
 def package_sources() -> list[Path]:
     return [path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")) if path != TERMINAL]
 
