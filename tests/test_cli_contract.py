@@ -93,7 +93,7 @@ def test_ovrsis_command_tree():
     assert set(group.commands) == expected
     groups = {name: set(command.commands) for name, command in group.commands.items() if hasattr(command, "commands")}
     assert groups == {
-        "shards": {"verify", "export"},
+        "shards": {"verify", "export", "import"},
         "cache": {"stats", "prune"},
         "audit": {"server", "backend", "push", "pull", "status", "stats"},
         "export": {"vectors", "stac", "hf"},
