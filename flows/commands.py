@@ -132,7 +132,9 @@ def import_(
     layout: str = typer.Option(
         "official",
         help="official: SOURCE/{split}/img/STEM.jpg + SOURCE/{split}/mask/STEM.png (OVRSIS95K as released; splits "
-        "kept). folders: SOURCE/IMAGES/**/STEM.* + SOURCE/MASKS/**/STEM.*, paired by path (split by --val-fraction).",
+        "kept). folders: SOURCE/IMAGES/**/STEM.* + SOURCE/MASKS/**/STEM.*, paired by path (split by --val-fraction). "
+        "rasters: as folders, for GeoTIFF images with label rasters on their grid, tiled as a build tiles "
+        "(--tile-size, --overlap; CRS and transform kept per tile).",
     ),
     taxonomy: str = typer.Option("ovrsis95k", "--taxonomy", "-t", help="Bundled taxonomy name or YAML file."),
     value_map: Path | None = typer.Option(
@@ -142,6 +144,8 @@ def import_(
     masks: str = typer.Option("masks", help="folders layout: the masks' folder under SOURCE."),
     val_fraction: float = typer.Option(0.1, min=0.0, max=0.99, help="folders layout: share of pairs for val."),
     max_samples: int = typer.Option(1000, min=1, help="Samples per shard."),
+    tile_size: int = typer.Option(1024, min=32, help="rasters layout: tile side in pixels."),
+    overlap: int = typer.Option(0, min=0, help="rasters layout: overlap of neighbouring tiles in pixels."),
     seed: int = typer.Option(0, help="Seed of the split and the sample order."),
 ) -> None:
     """Import labelled image/mask pairs made elsewhere (the released OVRSIS95K, DLRSD, iSAID, your own
@@ -151,6 +155,7 @@ def import_(
     from pipeline.files import OutputBusy, output_lock
     from pipeline.shards import ShardConfig
     from pipeline.shards_import import LAYOUTS, ShardImportError, ValueMap, import_pairs
+    from pipeline.tiling import TilingConfig
     from taxonomy.loader import TaxonomyError, load_taxonomy
 
     if not source.is_dir():
@@ -161,6 +166,10 @@ def import_(
         names = load_taxonomy(taxonomy)
         mapping = ValueMap.from_yaml(value_map, names) if value_map else None
     except (TaxonomyError, ShardImportError) as error:
+        fail(error)
+    try:
+        tiling = TilingConfig(tile_size=tile_size, overlap=overlap)
+    except ValueError as error:
         fail(error)
     out.mkdir(parents=True, exist_ok=True)
     config = ShardConfig(max_samples=max_samples, val_fraction=val_fraction, seed=seed)
@@ -175,6 +184,7 @@ def import_(
                 mapping,
                 config,
                 (images, masks),
+                tiling,
                 on_total=lambda total: progress.update(task, total=total),
                 on_pair=lambda: progress.advance(task),
             )

@@ -45,15 +45,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.files import atomic_path, file_sha256
-from pipeline.records import SourceInfo, TileRecord, Window
+from pipeline.label_rasters import LabelRasterError, read_tile, tile_sources
+from pipeline.records import SourceInfo, TileRecord, Window, tile_key
 from pipeline.safe_names import UnsafeName, confined_name
 from pipeline.shards import ShardConfig
+from pipeline.tiling import TilingConfig
 from taxonomy.loader import Taxonomy
 from taxonomy.masks import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
-LAYOUTS = ("official", "folders")
+LAYOUTS = ("official", "folders", "rasters")
 CHECKED = Path("import") / "checked.jsonl"
 QUARANTINE = Path("import") / "quarantine.jsonl"
 
@@ -68,6 +70,7 @@ class Pair:
     image: Path
     mask: Path
     split: str | None  # None: split by the shard configuration's val_fraction
+    source: SourceInfo | None = None  # `rasters` layout: the tile's window and georeference in the image
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Checked:
     height: int = 0
     sha256: str = ""
     reason: str | None = None
+    source: dict | None = None  # `rasters` layout: the tile's SourceInfo
 
 
 def find_pairs(source: Path, layout: str, images: str = "images", masks: str = "masks") -> tuple[list[Pair], list[str]]:
@@ -104,7 +108,7 @@ def find_pairs(source: Path, layout: str, images: str = "images", masks: str = "
             found, problems = _pair_folders(split / "img", split / "mask", split.name)
             pairs += found
             left_out += problems
-    elif layout == "folders":
+    elif layout in ("folders", "rasters"):
         image_root, mask_root = source / images, source / masks
         for folder in (image_root, mask_root):
             if not folder.is_dir():
@@ -223,6 +227,8 @@ def check_pair(pair: Pair, value_map: ValueMap, stamp: str) -> Checked:
     """Read both files whole once: the image decodes to 3 bands of 8 bits, the mask to one band of the
     image's size whose every value the map knows (the map only names classes of the taxonomy)."""
     base = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "split": pair.split, "stamp": stamp}
+    if pair.source is not None:
+        return _check_tile(pair, value_map, base)
     try:
         image = read_image(pair.image)
         mask = read_mask(pair.mask)
@@ -236,6 +242,32 @@ def check_pair(pair: Pair, value_map: ValueMap, stamp: str) -> Checked:
             **base, reason=f"{pair.mask}: mask values {unknown[:10]} are in no class (value map: {value_map.text})"
         )
     return Checked(**base, width=image.shape[1], height=image.shape[0], sha256=file_sha256(pair.image))
+
+
+def _check_tile(pair: Pair, value_map: ValueMap, base: dict) -> Checked:
+    """A window of an image/label raster pair (the `rasters` layout): readable, not all nodata, and
+    every label value known to the map."""
+    try:
+        _, values, valid = read_tile(pair.image, pair.mask, pair.key.rsplit("__r", 1)[0], pair.source.window)
+    except LabelRasterError as error:
+        return Checked(**base, reason=str(error))
+    if unknown := value_map.unknown(values[valid]):
+        return Checked(
+            **base, reason=f"{pair.mask}: label values {unknown[:10]} are in no class (value map: {value_map.text})"
+        )
+    window = pair.source.window
+    return Checked(**base, width=window.width, height=window.height, source=pair.source.model_dump(mode="json"))
+
+
+def tile_arrays(entry: Checked, value_map: ValueMap) -> tuple[np.ndarray, np.ndarray]:
+    """A good entry's image and mask as the shards store them (mapped values; 255 where not labelled)."""
+    if entry.source is None:
+        return read_image(Path(entry.image)), value_map.apply(read_mask(Path(entry.mask)))
+    window = Window.model_validate(entry.source["window"])
+    pixels, values, valid = read_tile(Path(entry.image), Path(entry.mask), entry.key.rsplit("__r", 1)[0], window)
+    mask = value_map.apply(values)
+    mask[~valid] = IGNORE_INDEX
+    return pixels, mask
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -263,7 +295,8 @@ def read_mask(path: Path) -> np.ndarray:
 def stamp_of(pair: Pair, value_map: ValueMap, taxonomy: Taxonomy) -> str:
     """What a check depends on: a rerun re-checks a pair when any of it changed."""
     image, mask = pair.image.stat(), pair.mask.stat()
-    parts = [image.st_size, image.st_mtime_ns, mask.st_size, mask.st_mtime_ns, value_map.text, taxonomy.version]
+    window = pair.source.window.model_dump() if pair.source else None  # `rasters`: another tiling, another check
+    parts = [image.st_size, image.st_mtime_ns, mask.st_size, mask.st_mtime_ns, value_map.text, taxonomy.version, window]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -314,6 +347,9 @@ class ImportedRecords(Mapping[str, TileRecord]):
 
     def __getitem__(self, key: str) -> TileRecord:
         entry = self.good[key]
+        provenance = {"imported_from": str(self.source), "layout": self.layout}
+        if entry.source is not None:  # a window of a raster: its georeference as the build records it
+            return TileRecord(key=key, source=SourceInfo.model_validate(entry.source), provenance=provenance)
         return TileRecord(
             key=key,
             source=SourceInfo(
@@ -326,7 +362,7 @@ class ImportedRecords(Mapping[str, TileRecord]):
                 raster_width=entry.width,
                 raster_height=entry.height,
             ),
-            provenance={"imported_from": str(self.source), "layout": self.layout},
+            provenance=provenance,
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -353,6 +389,7 @@ def import_pairs(
     value_map: ValueMap | None = None,
     config: ShardConfig | None = None,
     folders: tuple[str, str] = ("images", "masks"),
+    tiling: TilingConfig | None = None,
     on_total: Callable[[int], None] = lambda total: None,
     on_pair: Callable[[], None] = lambda: None,
 ) -> ImportSummary:
@@ -364,6 +401,8 @@ def import_pairs(
         raise ShardImportError(f"{out_dir}: a build's output folder (records.jsonl): import into a folder of its own")
     value_map = value_map or ValueMap.identity(taxonomy)
     pairs, left_out = find_pairs(source, layout, *folders)
+    if layout == "rasters":
+        pairs, left_out = tile_pairs(pairs, tiling or TilingConfig(), left_out)
     if not pairs:
         raise ShardImportError(f"{source}: no image has a mask of the same name ({len(left_out)} files left out)")
     on_total(len(pairs))
@@ -381,8 +420,7 @@ def import_pairs(
         )
 
     def load(record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
-        entry = good[record.key]
-        return read_image(Path(entry.image)), value_map.apply(read_mask(Path(entry.mask)))
+        return tile_arrays(good[record.key], value_map)
 
     splits = None
     if layout == "official":
@@ -403,6 +441,23 @@ def import_pairs(
         splits=splits,
     )
     return ImportSummary(len(good), len(bad), len(left_out), manifest, quarantine_file)
+
+
+def tile_pairs(pairs: list[Pair], tiling: TilingConfig, left_out: list[str]) -> tuple[list[Pair], list[str]]:
+    """Each image/label raster pair as the build's windows (`pipeline.label_rasters`); a pair that
+    cannot be tiled is left out with the reason, the others go on."""
+    tiles: list[Pair] = []
+    for pair in pairs:
+        try:
+            sources = tile_sources(pair.image, pair.mask, pair.key, tiling)
+        except LabelRasterError as error:
+            left_out.append(f"not imported: {error}")
+            continue
+        tiles += [
+            Pair(tile_key(pair.key, s.window.row_off, s.window.col_off), pair.image, pair.mask, pair.split, s)
+            for s in sources
+        ]
+    return tiles, left_out
 
 
 def write_quarantine(out_dir: Path, bad: list[Checked], left_out: list[str]) -> Path:

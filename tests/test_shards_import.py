@@ -202,3 +202,57 @@ def test_hostile_and_ambiguous_names_are_left_out_with_reasons_and_nothing_else_
     (tmp_path / "build" / "records.jsonl").write_text("")
     refused = run("shards", "import", str(source), str(tmp_path / "build"), "--layout", "folders")
     assert refused.returncode == 2 and "a build's output folder" in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+def test_label_rasters_are_tiled_as_a_build_tiles_keeping_the_georeference(tmp_path, shared_real):
+    """The real SpaceNet scene (panchromatic uint16, EPSG:4326) and its road raster on the same grid, in
+    the `rasters` layout: 512-px tiles as a build plans them, each with its window's transform; a
+    label raster on another grid and one with two bands are left out with the reason."""
+    import shutil
+
+    from affine import Affine
+
+    source = tmp_path / "scenes"
+    (source / "images").mkdir(parents=True)
+    (source / "masks").mkdir()
+    shutil.copy(shared_real / "spacenet" / "road_mask_input.tif", source / "images" / "vegas.tif")
+    shutil.copy(shared_real / "spacenet" / "sample_road_raster_mask.tif", source / "masks" / "vegas.tif")
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "dtype": "uint8", "crs": "EPSG:32633"}
+    for name, labels_transform, bands in (
+        ("shifted", Affine(1, 0, 110, 0, -1, 100), 1),
+        ("twoband", Affine(1, 0, 100, 0, -1, 100), 2),
+    ):
+        with rasterio.open(
+            source / "images" / f"{name}.tif", "w", count=3, transform=Affine(1, 0, 100, 0, -1, 100), **profile
+        ) as out:
+            out.write(np.full((3, 64, 64), 90, np.uint8))
+        with rasterio.open(
+            source / "masks" / f"{name}.tif", "w", count=bands, transform=labels_transform, **profile
+        ) as out:
+            out.write(np.ones((bands, 64, 64), np.uint8))
+    value_map = tmp_path / "roads.yaml"
+    value_map.write_text(f"0: '{TAXONOMY.categories[BACKGROUND].name}'\n255: road\n")  # the raster's 0 / 255
+    out = tmp_path / "out"
+    result = run(
+        "shards", "import", str(source), str(out), "--layout", "rasters", "--tile-size", "512",
+        "--value-map", str(value_map), "--val-fraction", "0",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert verify_shards(out) == []
+    reasons = (out / "import" / "quarantine.jsonl").read_text()
+    assert "shifted.tif: another grid" in reasons and "twoband.tif: 2 bands" in reasons
+    samples = {s.key: s for s in ShardReader(out).samples("train")}
+    assert set(samples) == {f"vegas__r{r}_c{c}" for r in (0, 512, 788) for c in (0, 512, 788)}
+    with (
+        rasterio.open(source / "images" / "vegas.tif") as image,
+        rasterio.open(source / "masks" / "vegas.tif") as roads,
+    ):
+        for key, sample in samples.items():
+            row, col = (int(part[1:]) for part in key.split("__")[1].split("_"))
+            window = rasterio.windows.Window(col, row, 512, 512)
+            expected = np.where(roads.read(1, window=window) > 0, ROAD, BACKGROUND)
+            assert np.array_equal(sample.mask, expected), key
+            transform = sample.record["source"]["transform"]
+            assert np.allclose(transform, list(rasterio.windows.transform(window, image.transform))[:6])
+            assert "EPSG" in sample.record["source"]["crs"] or "WGS 84" in sample.record["source"]["crs"]
