@@ -300,53 +300,80 @@ def stamp_of(pair: Pair, value_map: ValueMap, taxonomy: Taxonomy) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+class CheckLedger:
+    """`OUT/import/checked.jsonl`, read by byte offset: the importer keeps an offset per pair, never
+    its entry, so memory stays flat (an int and a key a pair) however many pairs there are."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / CHECKED
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self._reader = open(self.path, "rb")  # noqa: SIM115 (kept open for random reads, closed by close())
+
+    def offsets(self) -> dict[str, int]:
+        """The latest entry of each key; a torn last line (a stopped import) is skipped: checked again."""
+        found: dict[str, int] = {}
+        self._reader.seek(0)
+        offset = 0
+        for line in self._reader:
+            try:
+                found[json.loads(line)["key"]] = offset
+            except (ValueError, KeyError, TypeError):
+                pass
+            offset += len(line)
+        return found
+
+    def entry(self, offset: int) -> Checked:
+        self._reader.seek(offset)
+        return Checked(**json.loads(self._reader.readline()))
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 def checked_pairs(
-    out_dir: Path, pairs: list[Pair], value_map: ValueMap, taxonomy: Taxonomy, on_pair: Callable[[], None]
-) -> Iterator[Checked]:
-    """Every pair's check, from `OUT/import/checked.jsonl` where it still holds, else made now and
-    appended there at once (a stopped import keeps what it checked)."""
-    ledger = out_dir / CHECKED
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    earlier: dict[str, Checked] = {}
-    if ledger.is_file():
-        with open(ledger, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    entry = Checked(**json.loads(line))
-                except (ValueError, TypeError):
-                    continue  # a torn last line of a stopped import: checked again
-                earlier[entry.key] = entry
-    with open(ledger, "a", encoding="utf-8") as sink:
+    ledger: CheckLedger, pairs: list[Pair], value_map: ValueMap, taxonomy: Taxonomy, on_pair: Callable[[], None]
+) -> Iterator[tuple[Checked, int]]:
+    """Every pair's check and its offset in the ledger: the earlier one where it still holds (same
+    files, stamp and split), else made now and appended at once (a stopped import keeps its checks)."""
+    earlier = ledger.offsets()
+    with open(ledger.path, "ab") as sink:
         for pair in pairs:
             try:
                 stamp = stamp_of(pair, value_map, taxonomy)
             except OSError as error:  # gone, a dangling link, unreadable folder: this pair only
-                stamp = ""
-                entry = Checked(pair.key, str(pair.image), str(pair.mask), pair.split, stamp, reason=f"{error}")
+                entry: Checked | None = Checked(
+                    pair.key, str(pair.image), str(pair.mask), pair.split, "", reason=f"{error}"
+                )
             else:
-                entry = earlier.pop(pair.key, None)
-                if entry is None or (entry.stamp, entry.image, entry.mask, entry.split) != (
+                offset = earlier.pop(pair.key, None)
+                entry = None if offset is None else ledger.entry(offset)
+                if entry is not None and (entry.stamp, entry.image, entry.mask, entry.split) == (
                     stamp,
                     str(pair.image),
                     str(pair.mask),
                     pair.split,
                 ):
-                    entry = check_pair(pair, value_map, stamp)
-                    sink.write(json.dumps(asdict(entry)) + "\n")
-                    sink.flush()
+                    on_pair()
+                    yield entry, offset
+                    continue
+                entry = check_pair(pair, value_map, stamp)
+            offset = sink.tell()
+            sink.write((json.dumps(asdict(entry)) + "\n").encode())
+            sink.flush()
             on_pair()
-            yield entry
+            yield entry, offset
 
 
 class ImportedRecords(Mapping[str, TileRecord]):
-    """The good pairs as tile records, made when the shard writer asks for one: the importer holds a
-    few fields per pair, never a record or pixels."""
+    """The good pairs as tile records, made when the shard writer asks for one from the check ledger:
+    the importer holds an offset per pair, never a record or pixels."""
 
-    def __init__(self, good: dict[str, Checked], source: Path, layout: str) -> None:
-        self.good, self.source, self.layout = good, source, layout
+    def __init__(self, good: dict[str, int], ledger: CheckLedger, source: Path, layout: str) -> None:
+        self.good, self.ledger, self.source, self.layout = good, ledger, source, layout
 
     def __getitem__(self, key: str) -> TileRecord:
-        entry = self.good[key]
+        entry = self.ledger.entry(self.good[key])
         provenance = {"imported_from": str(self.source), "layout": self.layout}
         if entry.source is not None:  # a window of a raster: its georeference as the build records it
             return TileRecord(key=key, source=SourceInfo.model_validate(entry.source), provenance=provenance)
@@ -406,40 +433,43 @@ def import_pairs(
     if not pairs:
         raise ShardImportError(f"{source}: no image has a mask of the same name ({len(left_out)} files left out)")
     on_total(len(pairs))
-    good: dict[str, Checked] = {}
+    good: dict[str, int] = {}  # key -> offset of its entry in the check ledger
+    splits: dict[str, list[str]] = {}
     bad: list[Checked] = []
-    for entry in checked_pairs(out_dir, pairs, value_map, taxonomy, on_pair):
-        if entry.reason is None:
-            good[entry.key] = entry
-        else:
-            bad.append(entry)
-    quarantine_file = write_quarantine(out_dir, bad, left_out)
-    if not good:
-        raise ShardImportError(
-            f"{source}: none of the {len(pairs)} pairs could be imported; reasons in {quarantine_file}"
+    ledger = CheckLedger(out_dir)
+    try:
+        for entry, offset in checked_pairs(ledger, pairs, value_map, taxonomy, on_pair):
+            if entry.reason is None:
+                good[entry.key] = offset
+                splits.setdefault(entry.split, []).append(entry.key)
+            else:
+                bad.append(entry)
+        total = len(pairs)
+        del pairs  # the pairs' paths are in the ledger now
+        quarantine_file = write_quarantine(out_dir, bad, left_out)
+        if not good:
+            raise ShardImportError(
+                f"{source}: none of the {total} pairs could be imported; reasons in {quarantine_file}"
+            )
+
+        def load(record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
+            return tile_arrays(ledger.entry(good[record.key]), value_map)
+
+        manifest = write_shards(
+            out_dir,
+            ImportedRecords(good, ledger, source.resolve(), layout),
+            load,
+            taxonomy.names,
+            taxonomy.version,
+            config or ShardConfig(),
+            build_config={"imported_from": str(source.resolve()), "layout": layout, "value_map": value_map.text},
+            quarantined=len(bad),
+            inputs=[source.resolve()],
+            tile_counts={"imported": len(good), "quarantined": len(bad), "left_out": len(left_out)},
+            splits=splits if layout == "official" else None,  # as released; else split as a build splits
         )
-
-    def load(record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
-        return tile_arrays(good[record.key], value_map)
-
-    splits = None
-    if layout == "official":
-        splits = {}
-        for key, entry in good.items():
-            splits.setdefault(entry.split, []).append(key)
-    manifest = write_shards(
-        out_dir,
-        ImportedRecords(good, source.resolve(), layout),
-        load,
-        taxonomy.names,
-        taxonomy.version,
-        config or ShardConfig(),
-        build_config={"imported_from": str(source.resolve()), "layout": layout, "value_map": value_map.text},
-        quarantined=len(bad),
-        inputs=[source.resolve()],
-        tile_counts={"imported": len(good), "quarantined": len(bad), "left_out": len(left_out)},
-        splits=splits,
-    )
+    finally:
+        ledger.close()
     return ImportSummary(len(good), len(bad), len(left_out), manifest, quarantine_file)
 
 
@@ -481,6 +511,7 @@ __all__ = [
     "ImportSummary",
     "ImportedRecords",
     "Pair",
+    "CheckLedger",
     "ValueMap",
     "check_pair",
     "checked_pairs",
