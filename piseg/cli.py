@@ -148,6 +148,27 @@ def info(
         )
 
 
+@contextmanager
+def training_progress(total: int, shown: bool = True) -> Iterator[tuple[Progress, Callable[[int, int, dict], None]]]:
+    """The training bar (step, loss, it/s) of `piseg train` and `piseg reproduce --train-shards`:
+    `(bar, progress)`, `progress(step, total, values)` being the trainer's callback."""
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[speed]:.2f} it/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not shown) as bar:
+        task = bar.add_task("train", total=total, loss=float("nan"), speed=0.0)
+
+        def progress(step: int, total: int, values: dict) -> None:
+            bar.update(task, completed=step, loss=values["loss"], speed=values["it_per_s"])
+
+        yield bar, progress
+
+
 @app.command()
 def train(
     shards: Path = typer.Option(..., "--shards", help="A build's output folder (manifest.json + shards/)."),
@@ -171,20 +192,7 @@ def train(
     except ConfigError as error:
         fail(error)
     main_process = os.environ.get("RANK", "0") == "0"
-    columns = (
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[speed]:.2f} it/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not main_process) as bar:
-        task = bar.add_task("train", total=config.train.iters, loss=float("nan"), speed=0.0)
-
-        def progress(step: int, total: int, values: dict) -> None:
-            bar.update(task, completed=step, loss=values["loss"], speed=values["it_per_s"])
-
+    with training_progress(config.train.iters, main_process) as (bar, progress):
         try:
             final = run_training(
                 shards, config, out, resume=resume, progress=progress, notice=lambda line: bar.console.print(line)
@@ -493,8 +501,18 @@ def evaluate(
 @app.command()
 def reproduce(
     weights: Path = typer.Option(
-        ..., help="Folder holding the authors' released weights (*.pth, e.g. the V1 and V2 downloads)."
+        None, help="Folder holding the authors' released weights (*.pth, e.g. the V1 and V2 downloads)."
     ),
+    train_shards: Path = typer.Option(
+        None,
+        "--train-shards",
+        help="Instead of --weights: train here first (as `piseg train`, into OUT/train/) on these shards "
+        "(`ovrsis shards import` of OVRSIS95K, DLRSD or iSAID), then evaluate on their benchmarks.",
+    ),
+    config_file: Path = typer.Option(
+        None, "--config", help="With --train-shards: YAML overriding the recipe, as `piseg train --config`."
+    ),
+    iters: int = typer.Option(None, help="With --train-shards: training iterations (default: the recipe's 40,000)."),
     data_root: Path = typer.Option(..., help="Folder holding the downloaded test sets (as for `piseg eval`)."),
     out: Path = typer.Option(
         ..., help="Output: report.md (every comparison), checkpoints/, one folder per run and benchmark."
@@ -504,7 +522,9 @@ def reproduce(
     ),
     benchmarks: Path = typer.Option(None, help="Benchmark definitions YAML (default: the bundled one)."),
     backbone: str = typer.Option(
-        None, help="Preset for settings the weights do not carry (default: the one the weights show)."
+        None,
+        help="Preset for settings the weights do not carry (default: the one the weights show); "
+        "with --train-shards, the model to train (vit-b, vit-l, tiny; default: the --config file's, else vit-b).",
     ),
     tokenizer: str = typer.Option(
         "auto", help="CLIP tokenizer: hub id or folder (default: the preset's); 'none' = byte-level."
@@ -522,30 +542,61 @@ def reproduce(
     ),
     device: str = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
 ) -> None:
-    """Tables III, IV, V, XI and XIII from the released weights: convert, evaluate, compare; resumable."""
+    """Tables III, IV, V, XI and XIII from the released weights (or a model trained here with --train-shards):
+    convert (or train), evaluate, compare; resumable."""
+    from pipeline.shards import ShardError
     from piseg.checkpoint import CheckpointError
-    from piseg.config import ConfigError, preset
+    from piseg.config import ConfigError, load_config, preset
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
-    from piseg.evaluation.reproduce import INFERENCE_CHOICES, PlanError, plan_runs
+    from piseg.evaluation.reproduce import INFERENCE_CHOICES, PlanError, plan_runs, plan_training, train_here
     from piseg.evaluation.reproduce import reproduce as run_all
     from piseg.released.convert import ReleasedCheckpointError
+    from piseg.training.train import TrainingError
 
+    if (weights is None) == (train_shards is None):
+        fail(
+            "give either --weights DIR (evaluate the released weights) or --train-shards SHARDS "
+            "(train here, then evaluate), not both: one report is of one kind of model"
+        )
+    if train_shards is None and (config_file is not None or iters is not None):
+        fail("--config and --iters set the training of --train-shards; released weights are not trained")
+    if train_shards is not None and plan is not None:
+        fail("--plan maps released weight files; with --train-shards the shards' taxonomy picks the benchmarks")
     if inference is not None and inference not in INFERENCE_CHOICES:
         fail(f"--inference must be one of {', '.join(INFERENCE_CHOICES)}")
     chosen = torch_device(device)
+    training = None
     try:
         definitions = load_definitions(benchmarks)
-        runs = plan_runs(weights, plan)
+        if train_shards is not None:
+            config = load_config(config_file, backbone, {"train": {"iters": iters}} if iters else None)
+            run, training = plan_training(train_shards, config, out)
+            runs = [run]
+        else:
+            runs = plan_runs(weights, plan)
         for run in runs:  # every name checked before hours of evaluation
             load_taxonomy(run.taxonomy)
             for name in run.benchmarks:
                 load_benchmark(name, definitions)
-        base = preset(backbone) if backbone else None
+        base = preset(backbone) if backbone and training is None else None
         out.mkdir(parents=True, exist_ok=True)
-    except (PlanError, DatasetError, ConfigError, TaxonomyError, OSError) as error:
+    except (PlanError, DatasetError, ConfigError, TaxonomyError, CheckpointError, OSError) as error:
         fail(error)
     for run in runs:
         console.print(f"{run.name}: {run.weights} ({run.taxonomy}) -> {', '.join(run.benchmarks)}", highlight=False)
+    if training is not None:
+        with training_progress(training.train.iters) as (bar, progress):
+            try:
+                trained = train_here(runs[0], training, progress, notice=lambda line: bar.console.print(line))
+            except (ShardError, CheckpointError, TrainingError, ValueError, OSError) as error:
+                bar.stop()  # the error is the last line, under the bar
+                fail(error)
+        console.print(
+            f"trained {training.train.iters} iterations: {runs[0].weights}"
+            if trained
+            else f"{runs[0].weights} is there: not trained again",
+            highlight=False,
+        )
     with dataset_progress() as progress:
         try:
             summary = run_all(

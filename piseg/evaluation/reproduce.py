@@ -8,7 +8,13 @@ and the resolution groups, Table XIII, then the downstream datasets, Table V). A
 
 Each run is converted once (`convert-released`) and each benchmark evaluated with `piseg eval`'s machinery,
 which keeps finished datasets: a rerun converts and evaluates only what is missing. One report,
-OUT/report.md, puts every mean beside the paper's and links each benchmark's full report."""
+OUT/report.md, puts every mean beside the paper's and links each benchmark's full report.
+
+With `--train-shards` the model is trained here first (`plan_training`, `train_here`): the same trainer and recipe
+as `piseg train`, on shards from `ovrsis shards import` (the released OVRSIS95K, DLRSD or iSAID) or a build, into
+OUT/train/ (a rerun with OUT/train/checkpoints/final.pt present does not train again; an interrupted one goes on
+from last.pt). The shards' taxonomy picks the benchmarks as the path rule does for released weights, and the
+report says the model was trained here (iterations, the shards' manifest sha256)."""
 
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ from pathlib import Path
 import torch
 
 from pipeline.categories import spacy_lemmatize
-from piseg.checkpoint import load_model
-from piseg.config import PiSegConfig
+from pipeline.files import file_sha256
+from pipeline.shards import ShardError, read_manifest
+from piseg.checkpoint import configuration_differences, load_model, read_checkpoint
+from piseg.config import PiSegConfig, TrainConfig
 from piseg.evaluation.benchmarks import load_benchmark
 from piseg.evaluation.evaluate import checkpoint_identity, evaluate_benchmark, released_precision, run_identity
 from piseg.evaluation.paper import BACKBONES, MODELS, paper_comparison
@@ -44,6 +52,10 @@ from taxonomy.loader import load_taxonomy
 V1_TRAINING_SETS = {"dlrsd": "ovrsisbench-v1-dlrsd", "isaid": "ovrsisbench-v1-isaid"}
 V2_BENCHMARKS = ["ovrsisbench-v2", "downstream"]
 INFERENCE_CHOICES = ("sliding", "whole", "both")
+# the paper's training sets and the benchmarks it reports for a model trained on each (the path rule's choice)
+TRAINING_BENCHMARKS = {"ovrsis95k": V2_BENCHMARKS, **{name: [bench] for name, bench in V1_TRAINING_SETS.items()}}
+TRAIN_FOLDER = "train"  # OUT/train/: checkpoints/, log.jsonl, trained.json of a model trained here
+TRAINED_FILE = "trained.json"
 
 
 def inference_modes(run: Run, inference: str | None) -> list[str]:
@@ -70,6 +82,7 @@ class Run:
     weights: Path
     taxonomy: str
     benchmarks: list[str]
+    trained: dict | None = None  # a model trained here: shards, manifest_sha256, iters, backbone (else released)
 
 
 def plan_runs(weights: Path, plan: Path | None = None) -> list[Run]:
@@ -117,6 +130,90 @@ def plan_entry(plan: Path, weights: Path, path: object, entry: object) -> Run:
     return Run(run_name(Path(path)), weights / path, taxonomy, benchmarks)
 
 
+def shards_training_set(shards: Path) -> tuple[str, dict]:
+    """Which of the paper's training sets (TRAINING_BENCHMARKS) the shards' taxonomy is, by version or class
+    names, with their manifest; PlanError for a folder without a readable manifest or another taxonomy."""
+    try:
+        manifest = read_manifest(shards)
+    except ShardError as error:
+        raise PlanError(f"--train-shards {error}") from None
+    taxonomy = manifest.get("taxonomy") if isinstance(manifest.get("taxonomy"), dict) else {}
+    for name in TRAINING_BENCHMARKS:
+        known = load_taxonomy(name)
+        if taxonomy.get("version") == known.version or taxonomy.get("names") == known.names:
+            return name, manifest
+    names = taxonomy.get("names") or []
+    raise PlanError(
+        f"{shards / 'manifest.json'}: taxonomy {taxonomy.get('version')!r} ({len(names)} classes) is none of the "
+        f"paper's training sets ({', '.join(TRAINING_BENCHMARKS)}): no benchmark to reproduce for it "
+        "(import the shards with one of those taxonomies, or use `piseg train` and `piseg eval`)"
+    )
+
+
+def plan_training(shards: Path, config: PiSegConfig, out: Path) -> tuple[Run, PiSegConfig]:
+    """The run of a model trained here on SHARDS with CONFIG (its train.taxonomy set to the shards' training set)
+    into OUT/train/, and that configuration. An OUT/train/ that holds a training of other shards, or a final
+    checkpoint of another configuration or length, is refused: its evaluations would not be of this model."""
+    taxonomy, manifest = shards_training_set(shards)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, taxonomy=taxonomy))
+    folder = out / TRAIN_FOLDER
+    build = manifest.get("build_config") if isinstance(manifest.get("build_config"), dict) else {}
+    trained = {
+        "shards": str(shards),
+        "manifest_sha256": file_sha256(shards / "manifest.json"),
+        "imported_from": build.get("imported_from"),
+        "iters": config.train.iters,
+        "backbone": config.model.backbone,
+        "checkpoint": str(folder / "checkpoints" / "final.pt"),
+    }
+    record = folder / TRAINED_FILE
+    if record.is_file():
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError) as error:
+            raise PlanError(f"{record}: unreadable ({error}): give another --out") from None
+        before = before if isinstance(before, dict) else {}
+        if before.get("manifest_sha256") != trained["manifest_sha256"]:
+            raise PlanError(
+                f"{folder}: trained on other shards ({before.get('shards')}, manifest sha256 "
+                f"{str(before.get('manifest_sha256'))[:12]}), not {shards} ({trained['manifest_sha256'][:12]}): "
+                "give another --out"
+            )
+    final = folder / "checkpoints" / "final.pt"
+    if final.is_file():
+        saved = read_checkpoint(final)["config"]
+        differences = configuration_differences(saved, config)
+        if saved.get("train", {}).get("iters") != config.train.iters:
+            differences.insert(
+                0, f"train.iters: checkpoint {saved.get('train', {}).get('iters')}, now {config.train.iters}"
+            )
+        if differences:
+            raise PlanError(
+                f"{final}: trained with another configuration ({'; '.join(differences[:4])}): give another --out"
+            )
+    return Run(f"trained-{taxonomy}", final, taxonomy, TRAINING_BENCHMARKS[taxonomy], trained), config
+
+
+def train_here(
+    run: Run,
+    config: PiSegConfig,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> bool:
+    """Train RUN (from `plan_training`) with `piseg train`'s trainer unless its final checkpoint is there;
+    an interrupted training goes on from its last.pt. Whether it trained."""
+    from piseg.training.train import train
+
+    if run.weights.is_file():
+        return False
+    folder = run.weights.parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TRAINED_FILE).write_text(json.dumps(run.trained, indent=2) + "\n")
+    resume = (folder / "checkpoints" / "last.pt").is_file()
+    train(Path(run.trained["shards"]), config, folder, resume=resume, progress=progress, notice=notice)
+    return True
+
+
 def run_name(relative: Path) -> str:
     parts = relative.with_suffix("").parts
     parts = parts[:-1] if len(parts) > 1 and parts[-1] == "model_final" else parts
@@ -146,12 +243,18 @@ def reproduce(
         "runs": {},
     }
     for run in runs:
-        checkpoint = out / "checkpoints" / f"{run.name}.pt"
+        checkpoint = run.weights if run.trained else out / "checkpoints" / f"{run.name}.pt"
         if not checkpoint.is_file():  # converted once; a rerun reuses it
             taxonomy = load_taxonomy(run.taxonomy)
             convert_released(run.weights, checkpoint, taxonomy.names, taxonomy.version, base, tokenizer, trust_pickle)
         model, config, _ = load_model(checkpoint, device)
         compared_with = paper_backbone or config.model.backbone
+        described = (
+            f"{run.name} (trained here: {run.trained['iters']} iterations on {run.trained['shards']}, "
+            f"manifest sha256 {run.trained['manifest_sha256'][:12]})"
+            if run.trained
+            else f"{run.name} (released weights, converted)"
+        )
         reports = {}
         for name, mode in ((n, m) for n in run.benchmarks for m in inference_modes(run, inference)):
             settings = dataclasses.replace(config.eval, mode=mode)
@@ -165,13 +268,16 @@ def reproduce(
                 results,
                 name,
                 benchmark.train_taxonomy,
-                f"{run.name} (released weights, converted)",
+                described,
                 "exclude",
                 spacy_lemmatize,
                 folder,
                 definitions,
                 settings,
-                paper_comparison(name, compared_with),
+                # a model trained here is compared only where the paper's model had its training set
+                paper_comparison(name, compared_with)
+                if run.trained is None or benchmark.train_taxonomy == run.taxonomy
+                else None,
                 max_images=max_images,
                 backbone=config.model.backbone,
                 precision=summary["precision"],
@@ -187,6 +293,7 @@ def reproduce(
             }
         summary["runs"][run.name] = {
             "weights": str(run.weights),
+            **({"trained_here": run.trained} if run.trained else {}),
             "taxonomy": run.taxonomy,
             "backbone": config.model.backbone,  # what ran
             "paper_backbone": BACKBONES.get(compared_with),  # the paper's column it is compared with, if any
@@ -213,11 +320,39 @@ def subset_warning(summary: dict) -> list[str]:
     ]
 
 
+def trained_statement(summary: dict) -> list[str]:
+    """For each model trained here: that it was, how long, on which shards, and what its paper columns are."""
+    lines = []
+    recipe = TrainConfig().iters
+    for name, run in summary["runs"].items():
+        trained = run.get("trained_here")
+        if not trained:
+            continue
+        source = f", imported from {trained['imported_from']}" if trained.get("imported_from") else ""
+        short = (
+            f" Fewer iterations than the recipe's {recipe:,} (the paper's): not a reproduction of its numbers."
+            if trained["iters"] < recipe
+            else ""
+        )
+        lines += [
+            f"**{name} was trained here**, not converted from the released weights: {trained['iters']:,} iterations "
+            f"({trained['backbone']}) on `{trained['shards']}` (manifest sha256 `{trained['manifest_sha256']}`"
+            f"{source}), checkpoint `{trained['checkpoint']}`. The paper's columns are its models trained on "
+            f"the {run['taxonomy']} training set, shown only on benchmarks of that training set.{short}",
+            "",
+        ]
+    return lines
+
+
 def markdown(summary: dict) -> str:
+    trained = trained_statement(summary)
     lines = [
-        "# The paper's tables from the released weights",
+        "# The paper's tables from a model trained here"
+        if trained
+        else "# The paper's tables from the released weights",
         "",
         *subset_warning(summary),
+        *trained,
         UNITS,
         "",
         "Each row: our mean over the evaluated datasets beside the paper's (Pi-Seg and CAT-Seg, the same backbone; "
