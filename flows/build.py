@@ -43,6 +43,7 @@ from flows.runners import make_task_runner, worker_threads
 from pipeline.annotate import (
     AnnotateSummary,
     Annotator,
+    BatchPixels,
     RasterPixels,
     TileState,
     load_caption_file,
@@ -51,16 +52,17 @@ from pipeline.annotate import (
 from pipeline.balance_report import write_report
 from pipeline.batching import batched, in_order
 from pipeline.files import output_lock
-from pipeline.ingest import IngestError, RasterSource, Tile, find_rasters, planned_tiles, quarantined_file, source_keys
+from pipeline.ingest import IngestError, RasterSource, find_rasters, planned_tiles, quarantined_file, source_keys
 from pipeline.markdown import embedded_images, manifest_summary
 from pipeline.record_store import RecordIndex, sort_records
 from pipeline.records import SCHEMA_VERSION, TileRecord
 from pipeline.selection import TileCounts, select
-from pipeline.shards import write_shards
+from pipeline.shards import SampleCache, write_shards
 from pipeline.stage_cache import StageCache, write_used_keys
 from pipeline.stages import batch_key, chained_keys, digest, given_captions, stage_fingerprints
 from pipeline.threads import apply as apply_thread_budget
 from pipeline.threads import apply_once as apply_thread_budget_once
+from pipeline.threads import owned_cores
 from pipeline.tile_table import TileRows, TileTable
 
 FLOW_NAME = "build-ovrsis95k"
@@ -122,21 +124,27 @@ class Batch:
 
 def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tuple[list[str], dict[str, float]]:
     """One batch through every stage (cached stages restored, the others run and stored), then its
-    masks written; returns the records as JSON lines and the seconds per stage run."""
+    masks written and its image parts encoded into the sample cache; returns the records as JSON
+    lines and the seconds per stage run. A batch whose every stage is cached (a rebuild with nothing
+    changed) reads no pixel unless something asks for it (an overlay, an image part not cached)."""
     config = settings_of(config_path)
     apply_thread_budget_once(worker_threads(config.runner))  # in whatever process the runner put this task
     annotator = annotator_of(config_path)
-    states, tiling = batch.states, annotator.config.tiling
+    cache, samples = StageCache(config.storage_dir), _sample_cache(config)
     started = time.perf_counter()
-    loaded = {s.record.key: annotator.pixels.load(s.record, tiling) for s in states}  # each tile read once, here
-    pixels = {key: (tile.image, tile.valid) for key, tile in loaded.items() if isinstance(tile, Tile)}
+    pixels = BatchPixels(annotator, batch.states)
+    if not all(cache.path(stage, key).is_file() for stage, key in keys.items()):
+        pixels.load_all()  # stages will run: every tile read and checked (ingest quarantine) before them
     ingest = time.perf_counter() - started
-    seconds = annotator.run_batch(states, lambda record: pixels[record.key], StageCache(config.storage_dir), keys)
+    seconds = annotator.run_batch(batch.states, pixels, cache, keys)
     seconds["ingest"] += ingest
     started = time.perf_counter()
-    annotator.write(states, lambda record: pixels[record.key])
+    annotator.write(batch.states, pixels)
+    for state in batch.states:
+        if state.live and not samples.has_image(state.record):  # encoded here, while the pixels are in memory
+            samples.store_image(state.record, pixels(state.record)[0])
     seconds["write"] += time.perf_counter() - started
-    return [state.record.model_dump_json() for state in states], dict(seconds)
+    return [state.record.model_dump_json() for state in batch.states], dict(seconds)
 
 
 def _audit_pull(config_path: str) -> int:
@@ -226,6 +234,13 @@ def _select(table: TileTable, counts: TileCounts, config_path: str) -> list[str]
     return table.keys[selection.selected].tolist()
 
 
+def _sample_cache(config: BuildConfig) -> SampleCache:
+    """Encoded shard parts by content, in the storage folder: the batch tasks fill it as they write
+    each tile, so writing the shards is assembly, and a rebuild with nothing changed re-encodes nothing."""
+    bands = config.annotate_config().bands
+    return SampleCache(config.storage_dir / "samples", config.shards, context=repr(bands))
+
+
 def _write_shards(
     index: RecordIndex, selected: list[str], config_path: str, counts: TileCounts, audit_round: str | None = None
 ) -> dict:
@@ -238,10 +253,14 @@ def _write_shards(
     taxonomy = load_taxonomy(config.taxonomy)
     pixels = RasterPixels(config.annotate_config().bands)
 
-    def load(record: TileRecord):
-        return pixels(record)[0], np.asarray(Image.open(config.output / record.semantic_mask))
+    def load_mask(record: TileRecord):
+        return np.asarray(Image.open(config.output / record.semantic_mask))
 
-    return write_shards(
+    def load(record: TileRecord):
+        return pixels(record)[0], load_mask(record)
+
+    samples = _sample_cache(config)
+    manifest = write_shards(
         config.output,
         index.subset(selected),
         load,
@@ -253,7 +272,11 @@ def _write_shards(
         tile_counts=counts.as_dict(),
         audit_round=audit_round or 0,
         inputs=config.inputs,
+        cache=samples,
+        load_mask=load_mask,
+        workers=owned_cores(),  # the annotation is over: the end phase has every core
     )
+    return manifest, sorted(samples.used)  # the sample parts the shards hold: what `ovrsis cache prune` keeps
 
 
 # Tasks wrap plain module-level functions, so that Dask and Ray workers can pickle them by reference.
@@ -317,8 +340,8 @@ def build_stages(config_path: str) -> dict:
     # would otherwise walk these (arrays, an index of every record) looking for futures.
     table, counts, index, audit_round, quarantined = records_task(config_path, seconds)
     selected = select_task(quote(table), counts, config_path)
-    manifest = shards_task(quote(index), quote(selected), config_path, counts, audit_round)
-    write_used_keys(config.storage_dir, plan.used_keys, plan.tiles_seen)
+    manifest, sample_keys = shards_task(quote(index), quote(selected), config_path, counts, audit_round)
+    write_used_keys(config.storage_dir, [*plan.used_keys, *sample_keys], plan.tiles_seen)
     if config.audit.push_sample or config.audit.uncertain or config.audit.unlabelled:
         manifest["audit_tasks_created"] = audit_push_task(config_path)
     manifest["quarantined"] = quarantined
@@ -342,7 +365,10 @@ def build(config: str) -> dict:
     # go to this run, the one `prefect deployment run --watch` names, not to the build-stages subflow.
     with output_lock(settings.output), progress.listening(progress.RunProgress(get_run_logger())):
         manifest = build_stages.with_options(task_runner=make_task_runner(settings.runner))(path)
-        _publish_artifacts(settings, manifest)
+        try:
+            _publish_artifacts(settings, manifest)
+        except Exception as error:  # noqa: BLE001 (the shards are written: an unreachable API must not undo that)
+            get_run_logger().warning("artifacts not published (the files in %s are): %s", settings.output, error)
     return manifest
 
 

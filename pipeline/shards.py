@@ -11,9 +11,9 @@ deterministic hash of (seed, key), stratified by domain.
 
 Image bytes are never a second lossy generation by default: a tile that is a whole JPEG or PNG source image
 keeps the source file's bytes (when they decode to exactly the tile's pixels, so EXIF-rotated or palette
-files are re-encoded); any other tile is stored as lossless WebP (exact pixels, a fifth smaller than PNG:
-`benchmarks/bench_shards.py --images`). `lossless: false` stores those as JPEG at
-`jpeg_quality` instead, an explicit lossy choice.
+files are re-encoded); any other tile is stored as lossless WebP (exact pixels; at method 0, on 1024 px NAIP
+tiles, a tenth smaller than PNG level 6 and six times faster to encode: `benchmarks/bench_gpu_box.py
+--webp`). `lossless: false` stores those as JPEG at `jpeg_quality` instead, an explicit lossy choice.
 
 Writing is assembly where it can be (issue 32): samples are loaded and encoded `workers` at a time on
 threads (Pillow releases the GIL while it encodes) and written in order, so the shards stay
@@ -62,7 +62,7 @@ from taxonomy.masks import values_outside
 
 MANIFEST_SCHEMA_VERSION = 1
 # Lossless WebP effort (issue 32, measured on 1024 px NAIP tiles, benchmarks/bench_gpu_box.py --webp): method 0
-# encodes in about a fifth of method 1's time for 7 % more bytes; the pixels are exact either way.
+# encodes in a quarter of method 1's time (53 vs 212 ms) for 8 % more bytes (1.50 vs 1.39 MB); exact either way.
 WEBP_SETTINGS = {"lossless": True, "quality": 25, "method": 0, "exact": True}
 MASK_PNG_LEVEL = 6
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # a sample holds exactly one image part
@@ -200,7 +200,16 @@ class _SampleLoader:
     """One sample ready to write: (its parts, its mask's count of each value, its domain). Called on
     the encoding threads; holds nothing between samples."""
 
-    def __init__(self, by_key, load_sample, load_mask, cache, config: ShardConfig, n_classes: int, publish) -> None:
+    def __init__(
+        self,
+        by_key: Mapping[str, TileRecord],
+        load_sample: Callable[[TileRecord], tuple[np.ndarray, np.ndarray]],
+        load_mask: Callable[[TileRecord], np.ndarray] | None,
+        cache: SampleCache | None,
+        config: ShardConfig,
+        n_classes: int,
+        publish: Callable[[dict], dict],
+    ) -> None:
         self.by_key, self.load_sample, self.load_mask, self.cache = by_key, load_sample, load_mask, cache
         self.config, self.n_classes, self.publish = config, n_classes, publish
 
@@ -213,11 +222,10 @@ class _SampleLoader:
             mask = self.load_mask(record) if self.load_mask is not None else self.load_sample(record)[1]
         else:
             image, mask = self.load_sample(record)
-        if bad := values_outside(mask, self.n_classes):
-            raise ShardError(f"{key}: mask values {bad} outside the taxonomy's {self.n_classes} classes")
-        expected = (record.source.window.height, record.source.window.width) if image is None else image.shape[:2]
-        if expected != mask.shape:
-            shape = image.shape[:2] if image is not None else expected
+        counts = self._counts(key, mask)
+        window = record.source.window
+        shape = image.shape[:2] if image is not None else (window.height, window.width)  # a cached part: its tile's
+        if shape != mask.shape:
             raise ShardError(f"{key}: image {shape} and mask {mask.shape} differ in size")
         if cached is None:
             cached = image_bytes_of(image, record, self.config)
@@ -233,7 +241,19 @@ class _SampleLoader:
             ).encode(),
         }
         domain = record.domain.name if record.domain else "unknown"
-        return encoded, np.bincount(mask.ravel(), minlength=256), domain
+        return encoded, counts, domain
+
+    def _counts(self, key: str, mask: np.ndarray) -> np.ndarray:
+        """Pixels per mask value (index = value), ShardError for a value outside the taxonomy. A uint8
+        mask is checked from its counts: one pass over a 1024 px mask instead of a sort as well."""
+        if mask.dtype == np.uint8:
+            counts = np.bincount(mask.ravel(), minlength=256)
+            bad = [v for v in np.flatnonzero(counts).tolist() if v >= self.n_classes and v != IGNORE]
+        else:
+            bad = values_outside(mask, self.n_classes)
+        if bad:
+            raise ShardError(f"{key}: mask values {bad} outside the taxonomy's {self.n_classes} classes")
+        return counts if mask.dtype == np.uint8 else np.bincount(mask.ravel().astype(np.intp), minlength=256)
 
 
 def _publisher(out_dir: Path, inputs: Sequence[Path], keep_private: bool) -> Callable[[dict], dict]:
@@ -346,6 +366,9 @@ class SampleCache:
         import PIL
 
         self.root, self.config = Path(root), config
+        self.used: set[str] = (
+            set()
+        )  # keys read or written by this process: what the shards hold (cache prune keeps them)
         settings = {"webp": WEBP_SETTINGS, "lossless": config.lossless, "jpeg_quality": config.jpeg_quality}
         self._salt = json.dumps([self.VERSION, PIL.__version__, settings, context], sort_keys=True)
 
@@ -397,11 +420,14 @@ class SampleCache:
 
     def _read(self, key: str) -> bytes | None:
         try:
-            return self._path(key).read_bytes()
+            data = self._path(key).read_bytes()
         except OSError:
             return None
+        self.used.add(key)
+        return data
 
     def _write(self, key: str, data: bytes) -> None:
+        self.used.add(key)
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:

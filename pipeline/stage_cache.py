@@ -141,13 +141,16 @@ class CacheStats:
 
 
 def cache_files(folder: Path) -> Iterable[tuple[str, str, Path]]:
-    """(stage, key, path) of every cache file under `folder/stages`."""
+    """(stage, key, path) of every cache file under `folder/stages`, then of the encoded sample parts
+    under `folder/samples` (pipeline.shards.SampleCache; stage "samples", the key its file name)."""
     root = Path(folder) / "stages"
-    if not root.is_dir():
-        return
-    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(stage_dir.glob(f"*/*{SUFFIX}")):
-            yield stage_dir.name, path.name.removesuffix(SUFFIX), path
+    if root.is_dir():
+        for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for path in sorted(stage_dir.glob(f"*/*{SUFFIX}")):
+                yield stage_dir.name, path.name.removesuffix(SUFFIX), path
+    for path in sorted((Path(folder) / "samples").glob("*/*")):
+        if path.suffix in (".image", ".mask"):
+            yield "samples", path.name, path
 
 
 def write_used_keys(folder: Path, keys: Iterable[str], tiles: int) -> None:
@@ -197,7 +200,9 @@ def prune_cache(folder: Path, everything: bool = False) -> tuple[int, int]:
             freed += path.stat().st_size
             path.unlink(missing_ok=True)
             removed += 1
-    for directory in sorted((Path(folder) / "stages").glob("*/*"), reverse=True):
+    for directory in sorted(
+        [*(Path(folder) / "stages").glob("*/*"), *(Path(folder) / "samples").glob("*")], reverse=True
+    ):
         if directory.is_dir() and not any(directory.iterdir()):
             os.rmdir(directory)
     if everything:

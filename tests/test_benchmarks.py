@@ -36,7 +36,8 @@ SCRIPTS = (
     "gpu_check",
     "gpu_check_build",
 )
-OTHER_MODES = (("bench_shards", "--images"), ("bench_gpu_box", "--webp"))  # modes that run code of their own, not the default's
+# modes that run code of their own, not the default's
+OTHER_MODES = (("bench_shards", "--images"), ("bench_gpu_box", "--webp"))
 RUNS = [pytest.param(script, (), id=script) for script in SCRIPTS] + [
     pytest.param(script, (mode,), id=f"{script} {mode}") for script, mode in OTHER_MODES
 ]

@@ -106,6 +106,26 @@ def test_stats_and_prune_keep_what_the_last_build_used(tmp_path, batch):
     assert not any(cache.path(stage, key).exists() for stage, key in old.items())
 
 
+def test_prune_also_frees_the_sample_parts_the_last_shards_did_not_hold(tmp_path, batch):
+    """Encoded shard parts (pipeline.shards.SampleCache) live in the same storage folder: stats count them
+    and prune removes those the last build's shards did not use, as it does stage files."""
+    import numpy as np
+
+    from pipeline.shards import SampleCache, ShardConfig
+
+    _, records, _ = batch
+    first, second = SampleCache(tmp_path / "samples", ShardConfig()), SampleCache(tmp_path / "samples", ShardConfig())
+    image = np.zeros((16, 16, 3), np.uint8)
+    first.store_image(records[0], image)
+    first.store_image(records[1], image)
+    assert second.image(records[0]) is not None  # a later build's shards hold only this one
+    write_used_keys(tmp_path, sorted(second.used), tiles=1)
+    stats = cache_stats(tmp_path)
+    assert stats.files["samples"] == 2 and stats.unused_files == 1
+    removed, _ = prune_cache(tmp_path)
+    assert removed == 1 and second.image(records[0]) is not None and second.image(records[1]) is None
+
+
 def test_fingerprints_name_what_each_stage_depends_on():
     models = {"captioner": {"model": "c"}, "detector": {"model": "d"}, "segmenter": {"model": "s"}}
     base = stage_fingerprints(models, "tax1", {"threshold": 0.7}, {"min_area": 16}, "1.0", 3)
@@ -204,3 +224,32 @@ def test_batches_starting_at_once_share_one_annotator(tmp_path, tiny_models_yaml
     with ThreadPoolExecutor(threads) as pool:
         annotators = list(pool.map(first_call, range(threads)))
     assert all(annotator is annotators[0] for annotator in annotators)
+
+
+def test_rebuild_with_every_stage_cached_reads_no_pixel(tmp_path, tiny_models_yaml, monkeypatch):
+    """A batch task whose stages are all cached restores them without reading its tiles again, gives
+    the first run's records, and finds each tile's image part already encoded in the sample cache
+    (issue 32: reading and encoding 1024 px tiles again was most of a rebuild with nothing changed)."""
+    from flows.build import Batch, _annotate_batch, _Plan, _sample_cache, annotator_of, settings_of
+    from flows.sample_build import make_imagery, write_config
+
+    imagery = make_imagery(tmp_path / "rasters", count=1, size=256, broken=False)
+    config = str(write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out"))
+    settings = settings_of(config)
+    plan = _Plan(settings)
+    records = [
+        s.record for s in plan.tiles(sorted(imagery.glob("*.tif")), {p: p.stem for p in imagery.glob("*.tif")}, None)
+    ]
+    states = [TileState(r.model_copy(deep=True)) for r in records[:4]]
+    keys = plan.keys(states)
+    first, _ = _annotate_batch(Batch(states), config, keys)
+    samples = _sample_cache(settings)
+    assert all(samples.has_image(s.record) for s in states if s.live)
+
+    annotator, reads = annotator_of(config), []
+    load = annotator.pixels.load
+    monkeypatch.setattr(
+        annotator.pixels, "load", lambda record, tiling: reads.append(record.key) or load(record, tiling)
+    )
+    again, seconds = _annotate_batch(Batch([TileState(r.model_copy(deep=True)) for r in records[:4]]), config, keys)
+    assert again == first and reads == [] and not set(seconds) - {"ingest", "write"}
