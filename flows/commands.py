@@ -43,7 +43,9 @@ def build(
         build_module.check_before_build(load_build_config(config))
     except BuildConfigError as error:
         fail(error)
-    for handler in logging.getLogger().handlers:  # Prefect's console: its crash reports of a stop
+    # Prefect's console, and the stream of its background services (`prefect._internal`, not propagated):
+    # their crash reports of a stop
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("prefect._internal").handlers]:
         handler.addFilter(QuietWhileStopping())
     with counting_bar("build", "tiles") as progress:
         task = progress.add_task("tiles", total=None)
