@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import tempfile
 import time
@@ -26,7 +27,7 @@ from _shared import SHARED_REAL, parse_args, require
 from PIL import Image
 
 from pipeline.records import Domain, SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, _encode, decode_image, encode_image, write_shards
+from pipeline.shards import ShardConfig, decode_image, encode_image, encode_mask, image_bytes_of, write_shards
 from taxonomy import load_taxonomy
 
 
@@ -79,13 +80,12 @@ def main() -> None:
         started = time.perf_counter()
         for record in records:
             image, mask = sample(record)
-            _encode(record.key, image, mask, record, config, unpublished)
+            encoded_parts(image, mask, record, config)
         encode_seconds = time.perf_counter() - started
         for record in records:
             image, mask = sample(record)
-            for extension, payload in _encode(record.key, image, mask, record, config, unpublished).items():
-                if extension != "__key__":
-                    (files / f"{record.key}.{extension}").write_bytes(payload)
+            for extension, payload in encoded_parts(image, mask, record, config).items():
+                (files / f"{record.key}.{extension}").write_bytes(payload)
         started = time.perf_counter()
         subprocess.run(["tar", "cf", str(work / "plain.tar"), "-C", str(files), "."], check=True)
         tar_seconds = time.perf_counter() - started
@@ -100,6 +100,13 @@ def main() -> None:
         f"tar + sha256 + statistics alone: {mb / (shard_seconds - encode_seconds):7.1f} MB/s"
     )
     print(f"plain tar cf       {tar_seconds:6.2f} s  {mb / tar_seconds:7.1f} MB/s  (pre-encoded files)")
+
+
+def encoded_parts(image: np.ndarray, mask: np.ndarray, record: TileRecord, config: ShardConfig) -> dict[str, bytes]:
+    """A sample's parts as the shard writer makes them (image, mask PNG, record JSON), without a tar."""
+    extension, image_bytes = image_bytes_of(image, record, config)
+    record_json = json.dumps(unpublished(record.model_dump(mode="json")), sort_keys=True, separators=(",", ":"))
+    return {extension: image_bytes, "mask.png": encode_mask(mask), "json": record_json.encode()}
 
 
 def unpublished(record: dict) -> dict:
