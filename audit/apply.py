@@ -36,10 +36,10 @@ from audit.ledger import Entry, Review, ledger_entries, load_review, read_queued
 from audit.queue import TileImages
 from audit.records import kept_proposal_path, mask_path, read_mask, shown_mask
 from audit.review_cache import reviewed
-from pipeline.categories import ProposedCategory
-from pipeline.ingest import IngestError
-from pipeline.outputs import mask_digest, overlay, write_mask_geotiff, write_png
-from pipeline.records import AuditDecision, ReviewRef, TileRecord
+from pipeline.dataset.records import AuditDecision, ReviewRef, TileRecord
+from pipeline.raster.ingest import IngestError
+from pipeline.raster.outputs import mask_digest, overlay, write_mask_geotiff, write_png
+from pipeline.stages.categories import ProposedCategory
 from taxonomy.loader import Taxonomy
 
 

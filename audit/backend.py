@@ -54,7 +54,7 @@ from audit.embeddings import EmbeddingCache
 from audit.interactive import InteractiveSam, Prompt, load_interactive, torch_threads
 from audit.queue import MODEL_VERSION, brush_region, brush_regions, prediction_score
 from audit.settings import AuditError
-from pipeline.safe_names import confined_name
+from pipeline.files.safe_names import confined_name
 from taxonomy.loader import Taxonomy
 
 log = logging.getLogger("ovrsis.audit.backend")

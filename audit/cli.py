@@ -12,7 +12,7 @@ from rich.text import Text
 
 from audit.server import BACKEND_HOST, LS_VENV_ENV, LS_VENV_NAME
 from audit.settings import AuditError
-from pipeline.terminal import console, fail, set_aside
+from pipeline.cli.terminal import console, fail, set_aside
 
 if TYPE_CHECKING:
     from audit.pull import PullSummary

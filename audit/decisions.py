@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
-from pipeline.records import AuditDecision
+from pipeline.dataset.records import AuditDecision
 from taxonomy.loader import Category, Taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 

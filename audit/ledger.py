@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from audit.names import ProposalDigest, QueueName, TileKey
 from audit.settings import AuditError
-from pipeline.outputs import mask_digest
+from pipeline.raster.outputs import mask_digest
 
 LEDGER = Path("audit") / "ledger.jsonl"
 PULLS = Path("audit") / "pulls.jsonl"

@@ -19,10 +19,10 @@ from typing import Annotated
 import numpy as np
 from pydantic import BeforeValidator
 
-from pipeline.outputs import mask_digest
-from pipeline.safe_names import MAX_NAME_BYTES, UnsafeName, confined_name, hex_digest
+from pipeline.files.safe_names import MAX_NAME_BYTES, UnsafeName, confined_name, hex_digest
+from pipeline.raster.outputs import mask_digest
 
-# Proposals are named by pipeline.outputs.mask_digest: lowercase hex of its length (measured, so it cannot drift).
+# Proposals are named by pipeline.raster.outputs.mask_digest: lowercase hex of its length (measured: cannot drift).
 DIGEST_CHARS = len(mask_digest(np.zeros((1, 1), np.uint8)))
 # A queue names its report charts (`iou-QUEUE.png`, `rates-QUEUE.png`): those must stay file names too.
 MAX_QUEUE_BYTES = MAX_NAME_BYTES - len("rates-.png")

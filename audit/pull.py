@@ -41,8 +41,8 @@ from audit.ledger import (
 )
 from audit.names import proposal_digest, queue_name, tile_key
 from audit.records import proposal_mask, remember_shown
-from pipeline.records import TileRecord
-from pipeline.safe_names import UnsafeName
+from pipeline.dataset.records import TileRecord
+from pipeline.files.safe_names import UnsafeName
 
 PAGE_SIZE = 100
 

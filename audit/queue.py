@@ -31,11 +31,11 @@ from audit.folders import folder_project, project_description
 from audit.ledger import QUEUED, Queued, append_row, now
 from audit.records import load_records, proposal_mask, remember_shown
 from audit.settings import AuditError
-from pipeline.annotate import RasterPixels
-from pipeline.files import atomic_path
-from pipeline.ingest import BandRule, IngestError
-from pipeline.outputs import palette
-from pipeline.records import TileRecord
+from pipeline.build.annotate import RasterPixels
+from pipeline.dataset.records import TileRecord
+from pipeline.files.atomic import atomic_path
+from pipeline.raster.ingest import BandRule, IngestError
+from pipeline.raster.outputs import palette
 from taxonomy.loader import Taxonomy
 
 IMPORT_CHUNK = 500

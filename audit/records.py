@@ -19,10 +19,10 @@ from PIL import Image
 from audit.decisions import ReviewShapeError
 from audit.names import proposal_digest
 from audit.settings import AuditError
-from pipeline.outputs import mask_digest, write_png
-from pipeline.records import TileRecord, read_records
-from pipeline.records import write_records as write_record_file
-from pipeline.safe_names import confined_path
+from pipeline.dataset.records import TileRecord, read_records
+from pipeline.dataset.records import write_records as write_record_file
+from pipeline.files.safe_names import confined_path
+from pipeline.raster.outputs import mask_digest, write_png
 
 
 def load_records(out_dir: Path) -> list[TileRecord]:

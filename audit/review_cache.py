@@ -19,9 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 from audit.decisions import review_annotation
 from audit.ledger import Review
-from pipeline.files import atomic_path
-from pipeline.outputs import write_png
-from pipeline.records import AuditDecision
+from pipeline.dataset.records import AuditDecision
+from pipeline.files.atomic import atomic_path
+from pipeline.raster.outputs import write_png
 from taxonomy.loader import Taxonomy
 
 RULES_VERSION = 1

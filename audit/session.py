@@ -3,7 +3,7 @@ every queue into the ledger, apply the ledger. One path, so `ovrsis audit` and `
 cannot drift apart.
 
 The random sample (and the uncertain queue) is drawn from the tiles that can reach the dataset:
-not quarantined, with a labelled pixel in the proposal (`pipeline.tile_table.proposed_pixels`: the
+not quarantined, with a labelled pixel in the proposal (`pipeline.dataset.tile_table.proposed_pixels`: the
 proposal, not the review, so a review never moves a tile in or out of the sample's population).
 Table II estimates the error rates of the dataset's labels, so a tile the selection drops unseen
 would spend a reviewer's time on nothing it estimates. The tiles nothing was proposed for have a queue of their
@@ -27,8 +27,8 @@ from audit.queue import PushSummary, load_live_records, prepare_tiles, push, str
 from audit.records import load_records, write_records
 from audit.settings import AuditError
 from audit.status import stale_keys
-from pipeline.files import OutputBusy, output_lock
-from pipeline.tile_table import proposed_pixels
+from pipeline.dataset.tile_table import proposed_pixels
+from pipeline.files.atomic import OutputBusy, output_lock
 from taxonomy.loader import Taxonomy
 
 

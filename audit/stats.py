@@ -42,9 +42,9 @@ from audit.decisions import CORRECTION_KINDS, ReviewShapeError
 from audit.ledger import Entry, latest_by_queue, ledger_entries, load_review
 from audit.records import load_records, proposal_mask, shown_mask
 from audit.review_cache import reviewed
-from pipeline.files import atomic_path
-from pipeline.records import TileRecord
-from pipeline.safe_names import confined_path
+from pipeline.dataset.records import TileRecord
+from pipeline.files.atomic import atomic_path
+from pipeline.files.safe_names import confined_path
 from taxonomy.loader import Taxonomy
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def dataset_size(out_dir: Path, records: dict[str, TileRecord], taxonomy: Taxono
     their masks hold (manifest.json, background classes left out), where a build wrote shards; else
     the tiles that can reach them (not quarantined, something proposed), the sample's population. A
     tile the selection dropped is not in the dataset, so it never inflates the estimate."""
-    from pipeline.shards import ShardError, read_manifest
+    from pipeline.dataset.shards import ShardError, read_manifest
 
     try:
         manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else None

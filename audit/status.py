@@ -18,7 +18,7 @@ from rich.text import Text
 
 from audit.ledger import Review, latest_by_queue, latest_reviews, ledger_entries, read_pulls, read_queued
 from audit.records import load_records, proposal_mask
-from pipeline.records import TileRecord
+from pipeline.dataset.records import TileRecord
 
 COUNTS = ("tasks", "reviewed", "pending", "stale")
 FIELDS = (*COUNTS, "reviewers", "last pull")  # the table's columns after the queue, the blocks' lines

@@ -1,7 +1,7 @@
 """Per-stage time per tile of the imagery stage on real tiles, and the non-model share.
 
 1. Tiny models on the real samples (SpaceNet panchromatic, NAIP, NEON, UC Merced) with given
-   captions: seconds per tile for ingest, each stage of pipeline/stages.py, and write.
+   captions: seconds per tile for ingest, each stage of pipeline/stages/registry.py, and write.
 2. With --real-size: every preset's captioner, detector and segmenter (pipeline/models/presets.py)
    at real size with random weights (same compute as the released weights; nothing downloaded),
    each in its own process: parameters, peak memory and tiles/s on 1024x1024 tiles, as a
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from _shared import SHARED_REAL, parse_args, require
 
-from pipeline.annotate import AnnotateConfig, Annotator, TileState
-from pipeline.ingest import Tile, TilingConfig
+from pipeline.build.annotate import AnnotateConfig, Annotator, TileState
 from pipeline.models.config import ModelSet, load_models_config
-from pipeline.stages import STAGE_NAMES
+from pipeline.raster.ingest import Tile, TilingConfig
+from pipeline.stages.registry import STAGE_NAMES
 from taxonomy import load_taxonomy
 
 INPUTS = ["spacenet/sample_geotiff.tif", "naip", "neon/OSBS_029.tif", "ucm_sample"]
@@ -254,8 +254,8 @@ def _no_grad(call):
 
 
 def _merge_and_write_seconds(tiles: int) -> float:
-    from pipeline.merge import InstanceMask, merge_instances
-    from pipeline.outputs import overlay, write_png
+    from pipeline.raster.outputs import overlay, write_png
+    from pipeline.stages.merge import InstanceMask, merge_instances
 
     rng = np.random.default_rng(0)
     taxonomy = load_taxonomy("ovrsis95k")

@@ -32,8 +32,8 @@ from audit.queue import push
 from audit.server import start_server, stop_server
 from audit.session import apply_ledger, pull_queues
 from audit.settings import ServerSettings
-from pipeline.jsonl import atomic_writer, write_json_line
-from pipeline.records import Domain, SourceInfo, TileRecord, Window
+from pipeline.dataset.records import Domain, SourceInfo, TileRecord, Window
+from pipeline.files.jsonl import atomic_writer, write_json_line
 from taxonomy import load_taxonomy
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"

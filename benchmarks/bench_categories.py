@@ -15,7 +15,7 @@ import time
 
 from _shared import RSICD_CAPTIONS, parse_args, require
 
-from pipeline.categories import CaptionCategorizer
+from pipeline.stages.categories import CaptionCategorizer
 from taxonomy import load_taxonomy
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from _shared import parse_args
 
 from flows.sample_build import make_imagery, prefect_env, write_config
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.ingest import TilingConfig
+from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.models.config import ModelSet, load_models_config
 from pipeline.models.tiny import make_tiny_models
+from pipeline.raster.ingest import TilingConfig
 from taxonomy import load_taxonomy
 
 
@@ -100,13 +100,13 @@ def select_and_shard(out: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from pipeline.annotate import RasterPixels
-    from pipeline.balance_report import write_report
-    from pipeline.ingest import BandRule
-    from pipeline.record_store import sort_records
-    from pipeline.selection import SelectionConfig, is_candidate, select
-    from pipeline.shards import write_shards
-    from pipeline.tile_table import TileRows
+    from pipeline.build.annotate import RasterPixels
+    from pipeline.dataset.balance_report import write_report
+    from pipeline.dataset.record_store import sort_records
+    from pipeline.dataset.selection import SelectionConfig, is_candidate, select
+    from pipeline.dataset.shards import write_shards
+    from pipeline.dataset.tile_table import TileRows
+    from pipeline.raster.ingest import BandRule
 
     taxonomy, selection = load_taxonomy("ovrsis95k"), SelectionConfig()
     index = sort_records(out / "records.jsonl", out / "sorted.jsonl")

@@ -5,7 +5,7 @@ finishes) unless GDAL_DISABLE_READDIR_ON_OPEN says not to. A build writes two fi
 `masks/`, so with GDAL's default the cost of a tile grows with the tiles before it. This prints, for
 folders of 0 / 10,000 / 100,000 empty files, the milliseconds per mask written (`write_mask_geotiff`)
 and per source opened (`RasterSource`), with GDAL's default and with this toolkit's setting
-(pipeline.gdal_env.unlisted).
+(pipeline.raster.gdal_env.unlisted).
 
 Usage: python benchmarks/bench_gdal_listing.py [--files 0 10000 100000] [--repeat 20] [--smoke]
 (--smoke: folders of 0 and 10 files, 2 repeats.)
@@ -23,9 +23,9 @@ import numpy as np
 from _shared import parse_args
 from PIL import Image
 
-from pipeline.gdal_env import SETTING
-from pipeline.ingest import RasterSource
-from pipeline.outputs import write_mask_geotiff
+from pipeline.raster.gdal_env import SETTING
+from pipeline.raster.ingest import RasterSource
+from pipeline.raster.outputs import write_mask_geotiff
 
 TRANSFORM = (0.5, 0.0, 400000.0, 0.0, -0.5, 5000000.0)
 

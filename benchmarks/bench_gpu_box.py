@@ -194,13 +194,13 @@ _CPU: Counter = Counter()  # this batch's CPU seconds per stage (the worker's st
 def _start_worker(lock, sleeps: dict[str, float], out: str, storage: str, workers: int, batch_size: int) -> None:
     """A worker process: its thread budget (one core of `workers`), its Annotator with the simulated models."""
     global _GPU, _ANNOTATOR
-    from pipeline import threads
+    from pipeline.build import threads
 
     threads.apply(threads.worker_budget("processes", workers))
-    from pipeline.annotate import AnnotateConfig, Annotator
-    from pipeline.categories import parse_images
-    from pipeline.ingest import TilingConfig
-    from pipeline.shards import SampleCache, ShardConfig
+    from pipeline.build.annotate import AnnotateConfig, Annotator
+    from pipeline.dataset.shards import SampleCache, ShardConfig
+    from pipeline.raster.ingest import TilingConfig
+    from pipeline.stages.categories import parse_images
     from taxonomy import load_taxonomy
 
     _GPU = lock
@@ -219,9 +219,9 @@ def _annotate(records_json: list[str], keys: dict[str, str]) -> tuple[list[str],
     """One batch as flows/build.py's batch task runs it; returns the records, CPU seconds per stage
     (this thread's, so sleeps and other workers are not counted), the process's CPU seconds and the
     seconds the simulated GPU was busy for it."""
-    from pipeline.annotate import BatchPixels, TileState
-    from pipeline.records import TileRecord
-    from pipeline.stage_cache import StageCache
+    from pipeline.build.annotate import BatchPixels, TileState
+    from pipeline.build.stage_cache import StageCache
+    from pipeline.dataset.records import TileRecord
 
     annotator, cpu = _ANNOTATOR, _CPU
     cpu.clear()
@@ -284,12 +284,12 @@ def build(imagery: Path, out: Path, workers: int, batch_size: int, sleeps: dict[
     import matplotlib.pyplot  # noqa: F401
     import webdataset  # noqa: F401
 
-    from pipeline import threads
-    from pipeline.batching import batched, in_order
-    from pipeline.ingest import BandRule, RasterSource, TilingConfig, find_rasters, source_keys
-    from pipeline.merge import MergeConfig
-    from pipeline.records import SCHEMA_VERSION
-    from pipeline.stages import batch_key, chained_keys, stage_fingerprints
+    from pipeline.build import threads
+    from pipeline.build.batching import batched, in_order
+    from pipeline.dataset.records import SCHEMA_VERSION
+    from pipeline.raster.ingest import BandRule, RasterSource, TilingConfig, find_rasters, source_keys
+    from pipeline.stages.merge import MergeConfig
+    from pipeline.stages.registry import batch_key, chained_keys, stage_fingerprints
     from taxonomy import load_taxonomy
 
     out.mkdir(parents=True, exist_ok=True)
@@ -348,15 +348,15 @@ def _end_phase(out: Path, storage: Path, lines: list[str], taxonomy) -> int:
     """records.jsonl sorted by key, the selection and its report, the shards: as the flow does them."""
     from PIL import Image
 
-    from pipeline import threads
-    from pipeline.annotate import RasterPixels
-    from pipeline.balance_report import write_report
-    from pipeline.ingest import BandRule
-    from pipeline.record_store import sort_records
-    from pipeline.records import TileRecord
-    from pipeline.selection import SelectionConfig, TileCounts, select
-    from pipeline.shards import SampleCache, ShardConfig, write_shards
-    from pipeline.tile_table import TileRows
+    from pipeline.build import threads
+    from pipeline.build.annotate import RasterPixels
+    from pipeline.dataset.balance_report import write_report
+    from pipeline.dataset.record_store import sort_records
+    from pipeline.dataset.records import TileRecord
+    from pipeline.dataset.selection import SelectionConfig, TileCounts, select
+    from pipeline.dataset.shards import SampleCache, ShardConfig, write_shards
+    from pipeline.dataset.tile_table import TileRows
+    from pipeline.raster.ingest import BandRule
 
     (out / "annotated.jsonl").write_text("".join(line + "\n" for line in lines))
     index = sort_records(out / "annotated.jsonl", out / "records.jsonl")
@@ -388,7 +388,7 @@ def _end_phase(out: Path, storage: Path, lines: list[str], taxonomy) -> int:
 
 def webp_settings(imagery: Path) -> None:
     """Lossless WebP settings on the tiles: ms and MB per tile, pixels exact or not; then the chosen
-    settings (`pipeline.shards.WEBP_SETTINGS`) on one thread and on one per core, which says whether
+    settings (`pipeline.dataset.shards.WEBP_SETTINGS`) on one thread and on one per core, which says whether
     Pillow lets encoding threads run at once (it releases the GIL while it encodes)."""
     import io
     from concurrent.futures import ThreadPoolExecutor
@@ -396,8 +396,8 @@ def webp_settings(imagery: Path) -> None:
     import rasterio
     from PIL import Image
 
-    from pipeline import threads
-    from pipeline.shards import WEBP_SETTINGS
+    from pipeline.build import threads
+    from pipeline.dataset.shards import WEBP_SETTINGS
 
     tiles = []
     for path in sorted(imagery.glob("*.tif")):

@@ -35,8 +35,8 @@ from audit.records import remember_shown
 from audit.session import apply_ledger
 from audit.stats import audit_statistics
 from audit.status import audit_status
-from pipeline.outputs import mask_digest
-from pipeline.records import Domain, SourceInfo, TileRecord, Window, write_records
+from pipeline.dataset.records import Domain, SourceInfo, TileRecord, Window, write_records
+from pipeline.raster.outputs import mask_digest
 from taxonomy import load_taxonomy
 
 COMMANDS = ("status", "statistics", "apply")

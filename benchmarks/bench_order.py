@@ -25,8 +25,8 @@ import numpy as np
 import webdataset as wds
 from _shared import parse_args
 
-from pipeline.records import SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, ShardReader, write_shards
+from pipeline.dataset.records import SourceInfo, TileRecord, Window
+from pipeline.dataset.shards import ShardConfig, ShardReader, write_shards
 from piseg.config import TrainConfig
 from piseg.training.batches import TrainingStream
 

@@ -23,11 +23,11 @@ import rasterio
 from _shared import parse_args
 from affine import Affine
 
-from pipeline.annotate import AnnotateConfig, Annotator
-from pipeline.ingest import TilingConfig
+from pipeline.build.annotate import AnnotateConfig, Annotator
 from pipeline.models.config import ModelSet, load_models_config
 from pipeline.models.tiny import make_tiny_models
-from pipeline.stages import MODEL_STAGES
+from pipeline.raster.ingest import TilingConfig
+from pipeline.stages.registry import MODEL_STAGES
 from taxonomy import load_taxonomy
 
 CAPTIONS = {"scene": ["many buildings and trees along a road with cars near a river"]}

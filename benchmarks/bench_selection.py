@@ -25,8 +25,8 @@ import numpy as np
 from _shared import parse_args
 from scipy import sparse
 
-from pipeline.selection import SelectionConfig, select, water_fill_quota
-from pipeline.tile_table import TileTable
+from pipeline.dataset.selection import SelectionConfig, select, water_fill_quota
+from pipeline.dataset.tile_table import TileTable
 
 CATEGORIES = 35
 DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")

@@ -26,8 +26,8 @@ import numpy as np
 from _shared import SHARED_REAL, parse_args, require
 from PIL import Image
 
-from pipeline.records import Domain, SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, decode_image, encode_image, encode_mask, image_bytes_of, write_shards
+from pipeline.dataset.records import Domain, SourceInfo, TileRecord, Window
+from pipeline.dataset.shards import ShardConfig, decode_image, encode_image, encode_mask, image_bytes_of, write_shards
 from taxonomy import load_taxonomy
 
 

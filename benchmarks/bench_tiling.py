@@ -22,7 +22,7 @@ from _shared import parse_args
 from affine import Affine
 from rasterio.windows import Window
 
-from pipeline.ingest import RasterSource, TilingConfig
+from pipeline.raster.ingest import RasterSource, TilingConfig
 
 
 def rss_mib() -> float:

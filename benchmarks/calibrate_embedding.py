@@ -14,7 +14,7 @@ from collections import Counter
 
 from _shared import parse_args
 
-from pipeline.categories import spacy_lemmatize
+from pipeline.stages.categories import spacy_lemmatize
 from taxonomy.calibration import (
     CALIBRATION_VOCABULARIES,
     TARGET_PRECISION,

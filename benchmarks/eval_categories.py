@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 from _shared import RSICD_CAPTIONS, parse_args, require
 
-from pipeline.categories import CaptionCategorizer
-from pipeline.category_eval import Score, score
+from pipeline.quality.category_eval import Score, score
+from pipeline.stages.categories import CaptionCategorizer
 from taxonomy import load_taxonomy
 from taxonomy.calibration import names_only
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD

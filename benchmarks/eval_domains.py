@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 from _shared import RSICD_CAPTIONS, parse_args, require
 
-from pipeline.categories import CaptionCategorizer
-from pipeline.domains import UNKNOWN, DomainClassifier
+from pipeline.stages.categories import CaptionCategorizer
+from pipeline.stages.domains import UNKNOWN, DomainClassifier
 from taxonomy import load_taxonomy
 
 SCENE_MAP = Path(__file__).resolve().parent / "data" / "rsicd_scene_domains.yaml"

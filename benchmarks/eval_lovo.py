@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 from _shared import RSICD_CAPTIONS, parse_args, require
 
-from pipeline.categories import CaptionCategorizer, spacy_lemmatize
-from pipeline.category_eval import Score, score
+from pipeline.quality.category_eval import Score, score
+from pipeline.stages.categories import CaptionCategorizer, spacy_lemmatize
 from taxonomy.calibration import (
     CALIBRATION_VOCABULARIES,
     calibration_pairs,

@@ -3,18 +3,18 @@
     plan windows -> per batch: read tiles -> caption -> parse -> match -> detect -> segment -> merge -> domain -> write
                 -> apply the review ledger -> records.jsonl -> select -> shards -> artifacts
 
-One Prefect task per batch of tiles (`batch_size`): it runs the stage registry (pipeline/stages.py)
+One Prefect task per batch of tiles (`batch_size`): it runs the stage registry (pipeline/stages/registry.py)
 through `Annotator.run_batch`, exactly as `ovrsis annotate` does, with the chained stage cache
-(pipeline/stage_cache.py) in the storage folder. A stage's key hashes the previous key, the stage's
+(pipeline/build/stage_cache.py) in the storage folder. A stage's key hashes the previous key, the stage's
 fingerprint and (for captions) the supplied captions, so a rerun after a crash restores what was
 finished, a rerun with nothing changed does no model work, and changing one threshold reruns only
 the stages after it. Prefect persists no task result and caches nothing itself: one task run per
 batch is the whole orchestration cost (docs/architecture.md, "Orchestration").
 
-At most `runner.workers + 1` batch tasks are in flight (`pipeline.batching.in_order`), so one batch's
+At most `runner.workers + 1` batch tasks are in flight (`pipeline.build.batching.in_order`), so one batch's
 CPU stages overlap another's model stages without holding every batch at once. The flow process
 keeps per tile only a key and a few numbers for selection: records go to disk as batches finish
-and are read back by key when sharded (pipeline/record_store.py), so its memory does not grow with
+and are read back by key when sharded (pipeline/dataset/record_store.py), so its memory does not grow with
 the number of tiles. Model stages hold a per-process slot (`gpu_concurrency`); batch tasks carry the
 tag `gpu`, so a Prefect tag concurrency limit (`prefect concurrency-limit create gpu 1`) bounds how
 many run at once across workers.
@@ -38,9 +38,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows import progress
-from flows.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
 from flows.runners import make_task_runner, worker_threads
-from pipeline.annotate import (
+from pipeline.build.annotate import (
     AnnotateSummary,
     Annotator,
     BatchPixels,
@@ -49,21 +48,22 @@ from pipeline.annotate import (
     load_caption_file,
     remove_stale_outputs,
 )
-from pipeline.balance_report import write_report
-from pipeline.batching import batched, in_order
-from pipeline.files import output_lock
-from pipeline.ingest import IngestError, RasterSource, find_rasters, planned_tiles, quarantined_file, source_keys
-from pipeline.markdown import embedded_images, manifest_summary
-from pipeline.record_store import RecordIndex, sort_records
-from pipeline.records import SCHEMA_VERSION, TileRecord
-from pipeline.selection import TileCounts, select
-from pipeline.shards import SampleCache, write_shards
-from pipeline.stage_cache import StageCache, write_used_keys
-from pipeline.stages import batch_key, chained_keys, digest, given_captions, stage_fingerprints
-from pipeline.threads import apply as apply_thread_budget
-from pipeline.threads import apply_once as apply_thread_budget_once
-from pipeline.threads import owned_cores
-from pipeline.tile_table import TileRows, TileTable
+from pipeline.build.batching import batched, in_order
+from pipeline.build.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
+from pipeline.build.stage_cache import StageCache, write_used_keys
+from pipeline.build.threads import apply as apply_thread_budget
+from pipeline.build.threads import apply_once as apply_thread_budget_once
+from pipeline.build.threads import owned_cores
+from pipeline.dataset.balance_report import write_report
+from pipeline.dataset.markdown import embedded_images, manifest_summary
+from pipeline.dataset.record_store import RecordIndex, sort_records
+from pipeline.dataset.records import SCHEMA_VERSION, TileRecord
+from pipeline.dataset.selection import TileCounts, select
+from pipeline.dataset.shards import SampleCache, write_shards
+from pipeline.dataset.tile_table import TileRows, TileTable
+from pipeline.files.atomic import output_lock
+from pipeline.raster.ingest import IngestError, RasterSource, find_rasters, planned_tiles, quarantined_file, source_keys
+from pipeline.stages.registry import batch_key, chained_keys, digest, given_captions, stage_fingerprints
 
 FLOW_NAME = "build-ovrsis95k"
 ANNOTATED = ".records.jsonl.annotated.part"  # batches' records as they finish (removed by the next run if cut)
@@ -359,7 +359,7 @@ def build(config: str) -> dict:
     path = str(Path(config).resolve())
     settings = load_build_config(path)
     check_before_build(settings)
-    # before the runner starts: worker processes inherit the caps (pipeline/threads.py)
+    # before the runner starts: worker processes inherit the caps (pipeline/build/threads.py)
     apply_thread_budget(worker_threads(settings.runner))
     # No `ovrsis audit pull` applies reviews to masks while they are rewritten. Progress and artifacts
     # go to this run, the one `prefect deployment run --watch` names, not to the build-stages subflow.
@@ -528,7 +528,7 @@ def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:
 
 @lru_cache(maxsize=256)
 def _file_digest(path: Path) -> str:
-    from pipeline.files import file_sha256
+    from pipeline.files.atomic import file_sha256
 
     try:
         return file_sha256(path)

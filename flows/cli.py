@@ -10,10 +10,10 @@ import typer
 
 from audit import cli as audit_cli
 from flows import commands
-from pipeline import cli as pipeline_cli
+from pipeline.cli import commands as pipeline_cli
+from pipeline.cli.terminal import run_command
 from pipeline.export import cli as export_cli
 from pipeline.models import cli as models_cli
-from pipeline.terminal import run_command
 
 app = typer.Typer(
     name="ovrsis",
@@ -38,7 +38,7 @@ app.add_typer(models_cli.app, name="models")
 
 
 def main() -> None:
-    """`ovrsis`: every command inside the one error boundary (pipeline.terminal.run_command)."""
+    """`ovrsis`: every command inside the one error boundary (pipeline.cli.terminal.run_command)."""
     run_command(app)
 
 

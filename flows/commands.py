@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.terminal import EXIT_PARTIAL, QuietWhileStopping, console, counting_bar, fail, set_aside
+from pipeline.cli.terminal import EXIT_PARTIAL, QuietWhileStopping, console, counting_bar, fail, set_aside
 
 app = typer.Typer()
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
@@ -25,7 +25,7 @@ app.add_typer(cache_app, name="cache")
 
 @app.command("build")
 def build(
-    config: Path = typer.Option(..., "--config", "-c", help="Build configuration YAML (see flows/config.py)."),
+    config: Path = typer.Option(..., "--config", "-c", help="Build configuration YAML (see pipeline/build/config.py)."),
     verbose: bool = typer.Option(False, help="Show Prefect's task-level logs."),
 ) -> None:
     """Run the build-ovrsis95k flow in this process (Prefect's ephemeral mode, or the server in
@@ -37,7 +37,7 @@ def build(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import build as build_module
     from flows import progress as build_progress
-    from flows.config import BuildConfigError, load_build_config
+    from pipeline.build.config import BuildConfigError, load_build_config
 
     try:
         build_module.check_before_build(load_build_config(config))
@@ -93,7 +93,7 @@ def serve(name: str = typer.Option("local", help="Deployment name.")) -> None:
 @shards_app.command("verify")
 def verify(out: Path = typer.Argument(..., help="Build output folder (holds manifest.json).")) -> None:
     """Check every shard against the manifest: presence, sha256, sample count, mask values."""
-    from pipeline.shards import ShardError, read_manifest, verify_shards
+    from pipeline.dataset.shards import ShardError, read_manifest, verify_shards
 
     try:
         problems = verify_shards(out)
@@ -114,7 +114,7 @@ def export(
 ) -> None:
     """Export the shards in the folder layout the authors' Pi-Seg / CAT-Seg code reads. Samples whose
     names could leave DESTINATION, or whose key repeats, are left out and listed (exit 1)."""
-    from pipeline.shards import ShardError, export_official
+    from pipeline.dataset.shards import ShardError, export_official
 
     if layout != "official":
         fail(f"unknown layout {layout!r} (official)")
@@ -154,10 +154,10 @@ def import_(
     folders) as shards `piseg train --shards OUT` reads. Every pair is checked against the taxonomy;
     bad or unmatched files are listed with their reason in OUT/import/quarantine.jsonl (exit 1); a rerun
     re-checks only the pairs whose files changed."""
-    from pipeline.files import OutputBusy, output_lock
-    from pipeline.shards import ShardConfig
-    from pipeline.shards_import import LAYOUTS, ShardImportError, ValueMap, import_pairs
-    from pipeline.tiling import TilingConfig
+    from pipeline.dataset.shards import ShardConfig
+    from pipeline.dataset.shards_import import LAYOUTS, ShardImportError, ValueMap, import_pairs
+    from pipeline.files.atomic import OutputBusy, output_lock
+    from pipeline.raster.tiling import TilingConfig
     from taxonomy.loader import TaxonomyError, load_taxonomy
 
     if not source.is_dir():
@@ -234,9 +234,9 @@ def evaluate_build(
     out: Path = typer.Option(None, help="Report folder (default: RECORDS/report)."),
 ) -> None:
     """Score the build's auto-annotations (before and after audit) against a labelled dataset."""
-    from pipeline.build_quality import evaluate_build as score
-    from pipeline.build_quality import names_taxonomy, write_build_quality
-    from pipeline.categories import spacy_lemmatize
+    from pipeline.quality.build_quality import evaluate_build as score
+    from pipeline.quality.build_quality import names_taxonomy, write_build_quality
+    from pipeline.stages.categories import spacy_lemmatize
     from taxonomy.loader import TaxonomyError, load_taxonomy
 
     try:
@@ -276,7 +276,7 @@ CACHE_FOLDER = typer.Argument(
 
 def _storage_folder(path: Path) -> Path:
     if path.suffix in (".yaml", ".yml"):
-        from flows.config import BuildConfigError, load_build_config
+        from pipeline.build.config import BuildConfigError, load_build_config
 
         try:
             return load_build_config(path).storage_dir
@@ -292,7 +292,7 @@ def cache_stats(folder: Path = CACHE_FOLDER) -> None:
     """Files and bytes per stage, per tile of the last completed build, and what `prune` would free."""
     from rich.table import Table
 
-    from pipeline.stage_cache import cache_stats as gather
+    from pipeline.build.stage_cache import cache_stats as gather
 
     folder = _storage_folder(folder)
     stats = gather(folder)
@@ -322,7 +322,7 @@ def cache_prune(
 ) -> None:
     """Delete the cache files the last completed build did not use (older configurations, removed
     imagery); with --all, every file. A half-finished build's files are kept unless --all."""
-    from pipeline.stage_cache import prune_cache
+    from pipeline.build.stage_cache import prune_cache
 
     folder = _storage_folder(folder)
     try:

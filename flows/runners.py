@@ -4,18 +4,18 @@ Dask and Ray spread a build over an existing cluster (`runner.address`) or start
 `runner.workers` workers. The storage folder must be visible to every worker (a shared disk).
 
 Each worker caps its torch/OpenMP/BLAS threads at its share of the cores (`worker_threads`,
-pipeline/threads.py): the flow process before the runner starts (process workers inherit the
+pipeline/build/threads.py): the flow process before the runner starts (process workers inherit the
 environment), and every batch task in the process it runs in.
 """
 
 from __future__ import annotations
 
-from flows.config import BuildConfigError, Runner
-from pipeline import threads
+from pipeline.build import threads
+from pipeline.build.config import BuildConfigError, Runner
 
 
 def worker_threads(runner: Runner) -> int:
-    """Library threads for one batch worker of this runner (`pipeline.threads.worker_budget`)."""
+    """Library threads for one batch worker of this runner (`pipeline.build.threads.worker_budget`)."""
     return threads.worker_budget(runner.kind, runner.workers, remote=runner.address is not None)
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from pipeline.terminal import EXIT_PARTIAL, console, fail, run_command, set_aside
+from pipeline.cli.terminal import EXIT_PARTIAL, console, fail, run_command, set_aside
 from piseg.evaluation.paper import MODELS
 from piseg.faults import SkippedLog
 from piseg.modeling.prompts import PROMPT_TEMPLATE, class_prompts
@@ -181,7 +181,7 @@ def train(
     """Train Pi-Seg on the build's shards (multi-GPU: `torchrun --nproc_per_node N -m piseg.cli train ...`)."""
     import os
 
-    from pipeline.shards import ShardError
+    from pipeline.dataset.shards import ShardError
     from piseg.checkpoint import CheckpointError
     from piseg.config import ConfigError, load_config
     from piseg.training.train import TrainingError
@@ -401,7 +401,7 @@ def evaluate(
     """Evaluate a checkpoint (or zero-shot CLIP) on a benchmark, the paper's way; resumable per dataset."""
     import dataclasses
 
-    from pipeline.categories import spacy_lemmatize
+    from pipeline.stages.categories import spacy_lemmatize
     from piseg.checkpoint import CheckpointError, load_model
     from piseg.config import INFERENCE_MODES, ConfigError, preset
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
@@ -544,7 +544,7 @@ def reproduce(
 ) -> None:
     """Tables III, IV, V, XI and XIII from the released weights (or a model trained here with --train-shards):
     convert (or train), evaluate, compare; resumable."""
-    from pipeline.shards import ShardError
+    from pipeline.dataset.shards import ShardError
     from piseg.checkpoint import CheckpointError
     from piseg.config import ConfigError, load_config, preset
     from piseg.evaluation.benchmarks import DatasetError, load_benchmark, load_definitions
@@ -627,7 +627,7 @@ def reproduce(
 
 
 def main() -> None:
-    """`piseg`: every command inside the one error boundary (pipeline.terminal.run_command)."""
+    """`piseg`: every command inside the one error boundary (pipeline.cli.terminal.run_command)."""
     run_command(app)
 
 

@@ -1,7 +1,7 @@
 """Figures a person reads: titled image panels with a legend of the classes shown (colour swatch + name).
 
 Used for `piseg eval`'s qualitative panels (image | ground truth | prediction) and `piseg predict`'s
-overlay. Why a legend is drawn into the image: class colours are arbitrary (`pipeline.outputs.palette`),
+overlay. Why a legend is drawn into the image: class colours are arbitrary (`pipeline.raster.outputs.palette`),
 so a coloured mask without its key says nothing, and these PNGs are opened alone, outside the report.
 Drawn with PIL (its bundled FreeType font): the pixels of each panel stay as computed, only enlarged by a
 whole factor when the image is too small to see, never resampled in between.

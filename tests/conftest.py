@@ -20,7 +20,7 @@ def shared_real() -> Path:
 
 @pytest.fixture(scope="session")
 def lemmatize():
-    from pipeline.categories import spacy_lemmatize
+    from pipeline.stages.categories import spacy_lemmatize
 
     return spacy_lemmatize
 

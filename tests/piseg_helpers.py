@@ -11,7 +11,7 @@ import numpy as np
 import rasterio
 import yaml
 
-from pipeline.shards import ShardConfig, write_shards
+from pipeline.dataset.shards import ShardConfig, write_shards
 from piseg.config import PiSegConfig
 from piseg.training.synthetic import tile_record
 

@@ -11,10 +11,10 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from pipeline.annotate import AnnotateConfig, Annotator
-from pipeline.domains import DomainClassifier
-from pipeline.ingest import TilingConfig, plan_windows
-from pipeline.records import TileRecord
+from pipeline.build.annotate import AnnotateConfig, Annotator
+from pipeline.dataset.records import TileRecord
+from pipeline.raster.ingest import TilingConfig, plan_windows
+from pipeline.stages.domains import DomainClassifier
 from taxonomy import load_taxonomy
 
 CAPTIONS = {"scene": ["many buildings and a road with cars in a residential area", "some trees near a parking lot"]}

@@ -19,8 +19,8 @@ from audit.queue import MODEL_VERSION, label_config
 from audit.queue import load_live_records as load_records
 from audit.records import proposal_mask
 from flows.sample_build import make_imagery
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.ingest import TilingConfig
+from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.raster.ingest import TilingConfig
 from taxonomy import load_taxonomy
 
 SECRET = "backend-test-secret-0123456789"

@@ -39,8 +39,8 @@ from audit.queue import connect_backend
 from audit.server import BACKEND_HOST, start_backend, start_server, stop_server
 from audit.settings import ServerSettings
 from flows.sample_build import make_imagery
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.ingest import TilingConfig
+from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.raster.ingest import TilingConfig
 from taxonomy import load_taxonomy
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from audit.session import apply_ledger, default_title, pull_queues
 from audit.settings import AuditError, ServerSettings
 from audit.stats import write_report
 from audit.status import audit_status
-from pipeline.outputs import mask_digest
+from pipeline.raster.outputs import mask_digest
 from tests.test_audit_ledger import (
     BUILDING,
     GRASS,

@@ -18,8 +18,8 @@ from audit.records import load_records, remember_shown
 from audit.settings import AuditError
 from audit.stats import audit_statistics, write_report
 from audit.status import audit_status
-from pipeline.outputs import mask_digest
-from pipeline.records import Domain, SourceInfo, TileRecord, Window, write_records
+from pipeline.dataset.records import Domain, SourceInfo, TileRecord, Window, write_records
+from pipeline.raster.outputs import mask_digest
 from taxonomy import load_taxonomy
 
 TAXONOMY = load_taxonomy("ovrsis95k")
@@ -391,8 +391,8 @@ def test_the_proposal_is_found_by_its_digest_after_an_annotate_rerun(tmp_path):
 
 def test_apply_waits_for_a_running_build_and_keeps_unshown_categories(tmp_path):
     from audit.session import apply_ledger
-    from pipeline.categories import ProposedCategory
-    from pipeline.files import output_lock
+    from pipeline.files.atomic import output_lock
+    from pipeline.stages.categories import ProposedCategory
 
     proposal = four_stripes()
     make_build(tmp_path, {"a": proposal})
@@ -418,7 +418,7 @@ def test_reviewed_masks_reach_the_geotiff_and_a_push_checks_everything_before_th
     from audit.client import AuditClient
     from audit.queue import push
     from audit.settings import ServerSettings
-    from pipeline.outputs import write_mask_geotiff
+    from pipeline.raster.outputs import write_mask_geotiff
 
     proposal = four_stripes()
     make_build(tmp_path, {"a": proposal})

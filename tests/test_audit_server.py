@@ -29,9 +29,9 @@ from audit.session import QueuePlan, apply_ledger, pull_queues, push_queues
 from audit.settings import AuditError, ServerSettings
 from audit.stats import write_report
 from flows.sample_build import make_imagery, ovrsis
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.ingest import TilingConfig
-from pipeline.outputs import mask_digest
+from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.raster.ingest import TilingConfig
+from pipeline.raster.outputs import mask_digest
 from taxonomy import load_taxonomy
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -322,7 +322,7 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
     import yaml
 
     from flows.sample_build import prefect_env, write_config
-    from pipeline.shards import ShardReader
+    from pipeline.dataset.shards import ShardReader
 
     imagery = make_imagery(tmp_path / "data" / "rasters", count=1, size=256)
     output = build_output / "flow-build"  # under the folder the server serves
@@ -420,7 +420,7 @@ def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
     import yaml
 
     from flows.sample_build import CAPTION, ovrsis, prefect_env, write_config
-    from pipeline.shards import ShardReader
+    from pipeline.dataset.shards import ShardReader
 
     imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False)
     (imagery.parent / "captions.jsonl").write_text(

@@ -8,7 +8,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from audit.queue import label_config, stratified_sample, uncertain_sample
 from audit.stats import wilson
-from pipeline.records import Conflict, Domain, Instance, SourceInfo, TileRecord, Window
+from pipeline.dataset.records import Conflict, Domain, Instance, SourceInfo, TileRecord, Window
 from taxonomy import load_taxonomy
 
 

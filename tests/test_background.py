@@ -6,11 +6,11 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from pipeline.annotate import AnnotateConfig, Annotator, RasterPixels
-from pipeline.ingest import TilingConfig
-from pipeline.merge import MergeConfig
-from pipeline.records import read_records
-from pipeline.shards import ShardConfig, export_official, verify_shards, write_shards
+from pipeline.build.annotate import AnnotateConfig, Annotator, RasterPixels
+from pipeline.dataset.records import read_records
+from pipeline.dataset.shards import ShardConfig, export_official, verify_shards, write_shards
+from pipeline.raster.ingest import TilingConfig
+from pipeline.stages.merge import MergeConfig
 from taxonomy import load_taxonomy
 
 CAPTIONS = {"scene": ["many buildings and a road with cars in a residential area"]}
@@ -77,7 +77,7 @@ def test_background_through_annotate_shards_and_export(tmp_path, tiny_models, ba
 
 
 def test_overlays_leave_the_background_class_untinted():
-    from pipeline.outputs import overlay
+    from pipeline.raster.outputs import overlay
 
     image = np.full((4, 4, 3), 100, np.uint8)
     mask = np.full((4, 4), 34, np.uint8)

@@ -29,13 +29,13 @@ from bad_inputs import (
 )
 from PIL import Image
 
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.files import process_umask
-from pipeline.ingest import IngestError, RasterSource, TilingConfig, bounded_reads, find_rasters
-from pipeline.jsonl import atomic_writer
-from pipeline.outputs import write_png
-from pipeline.records import TileRecord, Window
-from pipeline.selection import kept_categories
+from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.dataset.records import TileRecord, Window
+from pipeline.dataset.selection import kept_categories
+from pipeline.files.atomic import process_umask
+from pipeline.files.jsonl import atomic_writer
+from pipeline.raster.ingest import IngestError, RasterSource, TilingConfig, bounded_reads, find_rasters
+from pipeline.raster.outputs import write_png
 from taxonomy import load_taxonomy
 
 OVRSIS = [sys.executable, "-m", "flows.cli"]
@@ -339,7 +339,7 @@ def test_broken_links_directories_and_other_formats_are_listed(tmp_path):
 
 def test_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path, tiny_models, monkeypatch):
     """Permission denied, simulated (root reads anything): every open of the file fails."""
-    import pipeline.ingest
+    import pipeline.raster.ingest
 
     make_raster_corpus(tmp_path / "corpus")
     folder = tmp_path / "in"
@@ -354,7 +354,7 @@ def test_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path, tiny_model
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.ingest, "open", guarded_open, raising=False)
+    monkeypatch.setattr(pipeline.raster.ingest, "open", guarded_open, raising=False)
     config = AnnotateConfig(tiling=TilingConfig(64), batch_size=4)
     captions = {"good_rgb": [CAPTION]}
     summary = Annotator(load_taxonomy("ovrsis95k"), tiny_models, tmp_path / "out", config, captions=captions).run(

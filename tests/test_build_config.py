@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from flows.config import BuildConfigError, check_before_models, load_build_config
+from pipeline.build.config import BuildConfigError, check_before_models, load_build_config
 
 
 def write(tmp_path, **settings):
@@ -62,9 +62,9 @@ def test_model_presets_are_names_not_paths(tmp_path, preset):
 
 def test_sections_are_the_pipeline_configs_with_every_field(tmp_path):
     """merge/selection/shards are the pipeline's own dataclasses: a field they gain is a YAML setting."""
-    from pipeline.merge import MergeConfig
-    from pipeline.selection import SelectionConfig
-    from pipeline.shards import ShardConfig
+    from pipeline.dataset.selection import SelectionConfig
+    from pipeline.dataset.shards import ShardConfig
+    from pipeline.stages.merge import MergeConfig
 
     settings = {"shards": {"jpeg_quality": 80, "lossless": False}, "selection": {"pixel_weight": 0.5}}
     config = load_build_config(write(tmp_path, merge={"fill_holes": True}, **settings))

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
-from pipeline.shards import ShardReader, verify_shards
+from pipeline.dataset.shards import ShardReader, verify_shards
 
 pytestmark = pytest.mark.slow
 

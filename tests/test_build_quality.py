@@ -8,8 +8,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.categories import ProposedCategory
-from pipeline.records import AuditDecision, Quarantine, write_records
+from pipeline.dataset.records import AuditDecision, Quarantine, write_records
+from pipeline.stages.categories import ProposedCategory
 from piseg.training.synthetic import tile_record
 
 BUILD_NAMES = ["building", "road", "tree", "vehicle"]

@@ -1,6 +1,6 @@
 """One CLI contract for `ovrsis` and `piseg`: a refused input ends with one `error:` line (printed
 verbatim, brackets included) and exit 2, the command tree is the documented one, and every error
-exit goes through pipeline/terminal.py."""
+exit goes through pipeline/cli/terminal.py."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import typer
 from typer.testing import CliRunner
 
 from flows.cli import app as ovrsis
-from pipeline.terminal import EXIT_REFUSED
+from pipeline.cli.terminal import EXIT_REFUSED
 from piseg.cli import app as piseg
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("taxonomy", "pipeline", "flows", "audit", "piseg")
-TERMINAL = ROOT / "pipeline" / "terminal.py"
+TERMINAL = ROOT / "pipeline" / "cli" / "terminal.py"
 runner = CliRunner()
 
 
@@ -135,7 +135,7 @@ def test_error_lines_and_exit_codes_come_from_the_terminal_module():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
         if "[red]error:[/red]" in line or bare_exit.search(line)
     ]
-    assert offenders == [], "use pipeline.terminal (fail, set_aside, the EXIT_ constants):\n" + "\n".join(offenders)
+    assert offenders == [], "use pipeline.cli.terminal (fail, set_aside, the EXIT_ constants):\n" + "\n".join(offenders)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_error_lines_and_exit_codes_come_from_the_terminal_module():
     [
         "flows.cli",
         "flows.commands",
-        "pipeline.cli",
+        "pipeline.cli.commands",
         "audit.cli",
         "pipeline.export.cli",
         "pipeline.models.cli",
@@ -156,7 +156,9 @@ def test_every_cli_module_exports_a_typer_app(module):
 
 def test_the_terminal_module_imports_no_heavy_library():
     heavy = ("torch", "transformers", "rasterio", "prefect", "label_studio_sdk", "sentence_transformers", "spacy")
-    code = f"import sys, json; import pipeline.terminal; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    code = (
+        f"import sys, json; import pipeline.cli.terminal; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
@@ -164,7 +166,7 @@ def test_the_terminal_module_imports_no_heavy_library():
 
 @pytest.mark.parametrize("message", ["plain", "[bold]not bold[/bold] in [0, 1)", ValueError("x [/red] y")])
 def test_fail_prints_the_message_verbatim(message, capsys):
-    from pipeline.terminal import fail
+    from pipeline.cli.terminal import fail
 
     with pytest.raises(typer.Exit) as stopped:
         fail(message)

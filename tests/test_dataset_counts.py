@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 
 from flows.progress import RunProgress, progress_line
-from pipeline.markdown import embedded_images, manifest_summary
-from pipeline.records import Instance, Quarantine, ReviewRef, SourceInfo, TileRecord, Window
-from pipeline.selection import SelectionConfig, TileCounts, select_tiles
-from pipeline.tile_table import category_pixels
+from pipeline.dataset.markdown import embedded_images, manifest_summary
+from pipeline.dataset.records import Instance, Quarantine, ReviewRef, SourceInfo, TileRecord, Window
+from pipeline.dataset.selection import SelectionConfig, TileCounts, select_tiles
+from pipeline.dataset.tile_table import category_pixels
 
 SOURCE = SourceInfo(
     path="x.tif",

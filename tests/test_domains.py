@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.domains import UNKNOWN, DomainClassifier
+from pipeline.stages.domains import UNKNOWN, DomainClassifier
 from taxonomy import load_taxonomy
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -52,7 +52,7 @@ def test_scene_map_covers_rsicd_and_names_only_the_five_domains():
 
 def test_accuracy_on_held_out_rsicd_slice(shared_real, classifier):
     """Five held-out (odd-numbered) images of every mapped class: the floor fails if the stage regresses."""
-    from pipeline.categories import CaptionCategorizer
+    from pipeline.stages.categories import CaptionCategorizer
 
     module = eval_domains()
     images = module.labelled_images(shared_real / "captions" / "rsicd_captions.jsonl", parity=1, per_class=5)

@@ -1,4 +1,4 @@
-"""The one error boundary of `ovrsis` and `piseg` (pipeline.terminal.run_command): a full disk, a
+"""The one error boundary of `ovrsis` and `piseg` (pipeline.cli.terminal.run_command): a full disk, a
 refused permission, a project error or a damaged review ledger end with one `error:` line and exit 2,
 a bug with its traceback and exit 70, Ctrl-C and SIGTERM with one line, 130 or 143 within seconds and
 no child process left; a build with nothing usable exits 2 (issue 27, item 7)."""
@@ -20,7 +20,7 @@ import pytest
 import typer
 
 from flows.sample_build import make_imagery, ovrsis, prefect_env, run_build, write_config
-from pipeline.terminal import EXIT_CRASHED, EXIT_REFUSED, KNOWN_ERRORS, run_command
+from pipeline.cli.terminal import EXIT_CRASHED, EXIT_REFUSED, KNOWN_ERRORS, run_command
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -26,11 +26,11 @@ from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.annotate import AnnotateConfig, Annotator
+from pipeline.build.annotate import AnnotateConfig, Annotator
+from pipeline.dataset.records import AuditDecision, read_records, write_records
 from pipeline.export.stac import MASK_WRITTEN, name_date
-from pipeline.ingest import TilingConfig
-from pipeline.outputs import palette, write_mask_geotiff
-from pipeline.records import AuditDecision, read_records, write_records
+from pipeline.raster.ingest import TilingConfig
+from pipeline.raster.outputs import palette, write_mask_geotiff
 from taxonomy import load_taxonomy
 
 PIXEL_AREA = 0.25  # |det| of the scene's transform: 0.5 m pixels

@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.records import AuditDecision, Domain, Instance, ReviewRef, SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, ShardReader, write_shards
+from pipeline.dataset.records import AuditDecision, Domain, Instance, ReviewRef, SourceInfo, TileRecord, Window
+from pipeline.dataset.shards import ShardConfig, ShardReader, write_shards
 
 NAMES = ["building", "road", "background"]
 

@@ -26,14 +26,14 @@ from typer.testing import CliRunner
 
 from flows.cli import app as ovrsis
 from flows.sample_build import make_imagery
-from pipeline import gallery
-from pipeline.annotate import AnnotateConfig, Annotator, load_caption_file
-from pipeline.files import output_lock
-from pipeline.gallery import GalleryError, write_gallery
-from pipeline.ingest import TilingConfig
-from pipeline.outputs import palette
-from pipeline.records import AuditDecision, Domain, ReviewRef, TileRecord
-from pipeline.terminal import EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED
+from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
+from pipeline.cli.terminal import EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED
+from pipeline.dataset.records import AuditDecision, Domain, ReviewRef, TileRecord
+from pipeline.export import gallery
+from pipeline.export.gallery import GalleryError, write_gallery
+from pipeline.files.atomic import output_lock
+from pipeline.raster.ingest import TilingConfig
+from pipeline.raster.outputs import palette
 from taxonomy import load_taxonomy
 
 if TYPE_CHECKING:

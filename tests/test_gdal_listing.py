@@ -1,4 +1,4 @@
-"""GDAL does not list the folder of each file we open or write (pipeline.gdal_env).
+"""GDAL does not list the folder of each file we open or write (pipeline.raster.gdal_env).
 
 Listing a folder is what made a 100,000-tile build slow down with the square of its tiles: every
 mask GeoTIFF written into `masks/` listed all the masks before it. The kernel's inotify reports each
@@ -22,10 +22,10 @@ from affine import Affine
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
-from pipeline.gdal_env import SETTING
-from pipeline.ingest import RasterSource, planned_tiles
-from pipeline.outputs import write_mask_geotiff
-from pipeline.tiling import TilingConfig
+from pipeline.raster.gdal_env import SETTING
+from pipeline.raster.ingest import RasterSource, planned_tiles
+from pipeline.raster.outputs import write_mask_geotiff
+from pipeline.raster.tiling import TilingConfig
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 

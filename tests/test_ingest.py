@@ -9,8 +9,8 @@ from affine import Affine
 from rasterio.windows import Window as RioWindow
 from rasterio.windows import transform as window_transform
 
-from pipeline.ingest import BandRule, IngestError, RasterSource, Tile, TilingConfig, find_rasters, plan_windows
-from pipeline.records import TileRecord
+from pipeline.dataset.records import TileRecord
+from pipeline.raster.ingest import BandRule, IngestError, RasterSource, Tile, TilingConfig, find_rasters, plan_windows
 
 
 def write_raster(path: Path, data: np.ndarray, nodata=None, crs="EPSG:32633", tiled=False) -> Path:

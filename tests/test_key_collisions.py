@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app as ovrsis_app
 from flows.sample_build import CAPTION, run_build, write_config
-from pipeline.ingest import find_rasters, quarantined_file, source_keys
-from pipeline.records import TileRecord
-from pipeline.shards import ShardReader
+from pipeline.dataset.records import TileRecord
+from pipeline.dataset.shards import ShardReader
+from pipeline.raster.ingest import find_rasters, quarantined_file, source_keys
 
 SIZE = 64  # one tile a raster at --tile-size 64
 COLLIDING = ("a.b.tif", "a_b.tif", "x.tif", "x.bmp")

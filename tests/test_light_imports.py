@@ -12,16 +12,23 @@ import pytest
 HEAVY = ("torch", "transformers", "rasterio", "prefect", "label_studio_sdk", "sentence_transformers", "spacy")
 LIGHT = {
     "taxonomy": HEAVY,
-    "pipeline.records": HEAVY,
-    "pipeline.files": HEAVY,
-    "pipeline.stages": HEAVY,
-    "pipeline.record_store": HEAVY,
-    "pipeline.tile_table": HEAVY,
-    "pipeline.tiling": HEAVY,
+    "pipeline.dataset.records": HEAVY,
+    "pipeline.files.atomic": HEAVY,
+    "pipeline.stages.registry": HEAVY,
+    "pipeline.dataset.record_store": HEAVY,
+    "pipeline.dataset.tile_table": HEAVY,
+    "pipeline.raster.tiling": HEAVY,
     "audit.ledger": HEAVY,
     # webdataset imports torch when it is installed; the shard reader needs no GIS or server library
-    "pipeline.shards": ("transformers", "rasterio", "prefect", "label_studio_sdk", "sentence_transformers", "spacy"),
-    "flows.config": HEAVY,  # the build configuration parser
+    "pipeline.dataset.shards": (
+        "transformers",
+        "rasterio",
+        "prefect",
+        "label_studio_sdk",
+        "sentence_transformers",
+        "spacy",
+    ),
+    "pipeline.build.config": HEAVY,  # the build configuration parser
     "flows.cli": HEAVY,  # `ovrsis --help` and every command's start: sub-commands import what they use
 }
 

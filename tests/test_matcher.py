@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.categories import CaptionCategorizer
+from pipeline.stages.categories import CaptionCategorizer
 from taxonomy import load_taxonomy
 from taxonomy.loader import Category, Taxonomy
 from taxonomy.matcher import CategoryMatcher, PhraseQuery

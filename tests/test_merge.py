@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
+from pipeline.stages.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
 from taxonomy import load_taxonomy
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from test_annotate import CAPTIONS, write_scene
 
-from pipeline.annotate import AnnotateConfig, Annotator, TileState
-from pipeline.batching import in_order
-from pipeline.ingest import RasterSource, TilingConfig
-from pipeline.record_store import sort_records
-from pipeline.stage_cache import StageCache, cache_stats, prune_cache, write_used_keys
-from pipeline.stages import MODEL_STAGES, STAGE_NAMES, STAGES, chained_keys, stage_fingerprints
-from pipeline.tile_table import TileRows, TileTable
+from pipeline.build.annotate import AnnotateConfig, Annotator, TileState
+from pipeline.build.batching import in_order
+from pipeline.build.stage_cache import StageCache, cache_stats, prune_cache, write_used_keys
+from pipeline.dataset.record_store import sort_records
+from pipeline.dataset.tile_table import TileRows, TileTable
+from pipeline.raster.ingest import RasterSource, TilingConfig
+from pipeline.stages.registry import MODEL_STAGES, STAGE_NAMES, STAGES, chained_keys, stage_fingerprints
 from taxonomy import load_taxonomy
 
 
@@ -107,11 +107,11 @@ def test_stats_and_prune_keep_what_the_last_build_used(tmp_path, batch):
 
 
 def test_prune_also_frees_the_sample_parts_the_last_shards_did_not_hold(tmp_path, batch):
-    """Encoded shard parts (pipeline.shards.SampleCache) live in the same storage folder: stats count them
+    """Encoded shard parts (pipeline.dataset.shards.SampleCache) live in the same storage folder: stats count them
     and prune removes those the last build's shards did not use, as it does stage files."""
     import numpy as np
 
-    from pipeline.shards import SampleCache, ShardConfig
+    from pipeline.dataset.shards import SampleCache, ShardConfig
 
     _, records, _ = batch
     first, second = SampleCache(tmp_path / "samples", ShardConfig()), SampleCache(tmp_path / "samples", ShardConfig())

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.phrases import CaptionError, check_caption, parse_captions
+from pipeline.stages.phrases import CaptionError, check_caption, parse_captions
 
 
 def phrases(caption):

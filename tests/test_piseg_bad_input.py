@@ -20,7 +20,7 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.files import file_sha256
+from pipeline.files.atomic import file_sha256
 from piseg.checkpoint import FORMAT, rng_state, set_rng_state
 from piseg.cli import app
 from piseg.evaluation.benchmarks import default_definitions

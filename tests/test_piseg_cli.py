@@ -6,7 +6,7 @@ import rasterio
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.outputs import palette
+from pipeline.raster.outputs import palette
 from piseg.cli import app
 from piseg.inference.predict import Predictor, overlay_legend, parse_class_names, read_image
 from piseg.training.synthetic import COLOURS, tiny_config, write_synthetic_shards

@@ -17,7 +17,7 @@ from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex, MulticlassRecall
 from typer.testing import CliRunner
 
-from pipeline.outputs import palette
+from pipeline.raster.outputs import palette
 from piseg.cli import app
 from piseg.evaluation.benchmarks import (
     DatasetError,

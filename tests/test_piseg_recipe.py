@@ -54,7 +54,7 @@ def test_training_forward_is_fp32_by_default_and_bf16_with_amp():
 def clustered_shards(out, rasters: int = 12, tiles: int = 8):
     """Tiles of one raster share a key prefix (as `ovrsis annotate` names them) and so sit side by side when
     sorted by key; the writer's seeded order must scatter them."""
-    from pipeline.shards import ShardConfig, write_shards
+    from pipeline.dataset.shards import ShardConfig, write_shards
     from piseg.training.synthetic import tile_record
 
     records = [tile_record(f"raster{r:02d}__r{t}_c0", 8) for r in range(rasters) for t in range(tiles)]
@@ -76,7 +76,7 @@ def test_sample_order_is_close_to_a_full_permutation(tmp_path):
     batches about as a permutation does, where key-sorted shards gave one raster per batch."""
     import tarfile
 
-    from pipeline.shards import ShardReader
+    from pipeline.dataset.shards import ShardReader
     from piseg.config import TrainConfig
     from piseg.training.batches import TrainingStream
 
@@ -224,7 +224,7 @@ def test_shuffle_buffer_is_sized_from_memory_and_says_whether_an_epoch_is_a_full
     statement says which case holds, from the manifest's bytes."""
     from types import SimpleNamespace
 
-    from pipeline.shards import ShardReader
+    from pipeline.dataset.shards import ShardReader
     from piseg.config import TrainConfig
     from piseg.training import batches
     from piseg.training.batches import TrainingStream, buffer_budget, data_sized_buffer, order_statement

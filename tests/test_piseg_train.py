@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.shards import ShardError, ShardReader
+from pipeline.dataset.shards import ShardError, ShardReader
 from piseg.checkpoint import CheckpointError, read_checkpoint
 from piseg.training.batches import TrainingStream, training_batches
 from piseg.training.synthetic import SYNTHETIC_NAMES, tiny_config, write_synthetic_shards

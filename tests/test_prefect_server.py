@@ -19,7 +19,7 @@ import pytest
 from test_audit_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 
 from flows.sample_build import make_imagery, ovrsis, prefect_env, write_config
-from pipeline.shards import ShardReader, verify_shards
+from pipeline.dataset.shards import ShardReader, verify_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 PREFECT = str(Path(sys.executable).parent / "prefect")

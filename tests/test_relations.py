@@ -103,7 +103,7 @@ def test_suggestion_yaml_quotes_what_yaml_would_misread():
 
 
 def test_eval_counts_proposals_and_right_ones_per_method():
-    from pipeline.category_eval import score
+    from pipeline.quality.category_eval import score
 
     def found(*pairs):
         return SimpleNamespace(categories=[SimpleNamespace(name=n, method=m) for n, m in pairs])

@@ -20,7 +20,7 @@ from audit.session import apply_ledger, default_title, pull_queues
 from audit.settings import AuditError
 from audit.stats import audit_statistics
 from audit.status import audit_status
-from pipeline.outputs import mask_digest
+from pipeline.raster.outputs import mask_digest
 from tests.test_audit_hostile import FakeLabelStudio, pushed_build, review_all
 from tests.test_audit_ledger import (
     BUILDING,

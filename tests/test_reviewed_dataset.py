@@ -19,7 +19,7 @@ from test_audit_ledger import brush, discard, review
 from audit.ledger import append_reviews
 from audit.records import load_records
 from flows.sample_build import CAPTION, make_imagery, run_build, write_config
-from pipeline.shards import ShardReader, verify_shards
+from pipeline.dataset.shards import ShardReader, verify_shards
 from taxonomy import load_taxonomy
 
 pytestmark = pytest.mark.slow

@@ -1,10 +1,10 @@
-"""pipeline.safe_names: every name that comes from data stays one component inside its folder."""
+"""pipeline.files.safe_names: every name that comes from data stays one component inside its folder."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.safe_names import UnsafeName, confined_name, confined_path, hex_digest
+from pipeline.files.safe_names import UnsafeName, confined_name, confined_path, hex_digest
 
 HOSTILE = [
     "",

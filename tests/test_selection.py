@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from pipeline.balance_report import write_report
-from pipeline.records import Domain, Instance, Quarantine, SourceInfo, TileRecord, Window
-from pipeline.selection import SelectionConfig, select, select_tiles, water_fill_quota
-from pipeline.tile_table import TileTable
+from pipeline.dataset.balance_report import write_report
+from pipeline.dataset.records import Domain, Instance, Quarantine, SourceInfo, TileRecord, Window
+from pipeline.dataset.selection import SelectionConfig, select, select_tiles, water_fill_quota
+from pipeline.dataset.tile_table import TileTable
 
 DOMAINS = ("town", "industrial", "forest", "waterfront", "wasteland")
 

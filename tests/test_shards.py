@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.records import Domain, SourceInfo, TileRecord, Window
-from pipeline.shards import (
+from pipeline.dataset.records import Domain, SourceInfo, TileRecord, Window
+from pipeline.dataset.shards import (
     SampleCache,
     ShardConfig,
     ShardError,

@@ -20,9 +20,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.records import AuditDecision, Domain, ReviewRef, SourceInfo, TileRecord, Window
-from pipeline.safe_names import confined_name
-from pipeline.shards import PSEUDONYM_KEY, ShardConfig, write_shards
+from pipeline.dataset.records import AuditDecision, Domain, ReviewRef, SourceInfo, TileRecord, Window
+from pipeline.dataset.shards import PSEUDONYM_KEY, ShardConfig, write_shards
+from pipeline.files.safe_names import confined_name
 
 NAMES = ["building", "road", "water"]
 EMAIL = "alice@example.org"

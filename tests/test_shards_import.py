@@ -19,7 +19,7 @@ import rasterio
 from PIL import Image
 
 from flows.sample_build import ovrsis
-from pipeline.shards import ShardReader, read_samples, verify_shards
+from pipeline.dataset.shards import ShardReader, read_samples, verify_shards
 from taxonomy import load_taxonomy
 
 TAXONOMY = load_taxonomy("ovrsis95k")

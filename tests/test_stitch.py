@@ -3,8 +3,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from pipeline.ingest import plan_windows
-from pipeline.stitch import stitch_to_geotiff, tile_cores
+from pipeline.raster.ingest import plan_windows
+from pipeline.raster.stitch import stitch_to_geotiff, tile_cores
 
 
 @pytest.mark.parametrize(

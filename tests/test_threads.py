@@ -1,4 +1,4 @@
-"""Thread budgets (pipeline/threads.py, issue 32): a build never asks torch, OpenMP and BLAS for more
+"""Thread budgets (pipeline/build/threads.py, issue 32): a build never asks torch, OpenMP and BLAS for more
 threads than the cores its workers own."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from flows.config import Runner
 from flows.runners import worker_threads
-from pipeline import threads
+from pipeline.build import threads
+from pipeline.build.config import Runner
 
 
 def test_budget_leaves_a_core_to_python_and_splits_the_rest():
@@ -43,7 +43,7 @@ def test_apply_caps_torch_and_the_environment_a_child_inherits():
     """In a fresh process: torch's pool and the variables worker processes and later libraries read;
     a user's lower value is kept."""
     code = (
-        "import os, torch; from pipeline import threads; threads.apply(3); "
+        "import os, torch; from pipeline.build import threads; threads.apply(3); "
         "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "2"}

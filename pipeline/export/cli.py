@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from pipeline.terminal import EXIT_PARTIAL, console, fail
+from pipeline.cli.terminal import EXIT_PARTIAL, console, fail
 
 app = typer.Typer(
     help="Export an output folder as GIS vectors, a STAC collection or a Hugging Face dataset.", no_args_is_help=True

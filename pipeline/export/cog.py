@@ -1,7 +1,7 @@
 """Cloud-Optimized GeoTIFF checks.
 
-The masks are written as COGs where they are made (pipeline.outputs.write_mask_geotiff for tiles,
-pipeline.stitch for mosaics); output folders from before that change hold plain GeoTIFFs. The STAC
+The masks are written as COGs where they are made (pipeline.raster.outputs.write_mask_geotiff for tiles,
+pipeline.raster.stitch for mosaics); output folders from before that change hold plain GeoTIFFs. The STAC
 export asks this module which is which, so it never labels a plain GeoTIFF cloud-optimized.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.gdal_env import unlisted
+from pipeline.raster.gdal_env import unlisted
 
 
 def cog_problems(path: Path) -> list[str]:

@@ -16,10 +16,10 @@ in the features, `ds.features["json"]["classes"].feature.names`), `categories` (
 category names), domain, crs (WKT or ""), transform ([] when none), window [row_off, col_off, height,
 width], source (file name), reviewed, and `record`: the whole tile record as JSON text.
 
-`record` is made fit to publish unless `--keep-private-fields` (pipeline.shards.public_record): source
+`record` is made fit to publish unless `--keep-private-fields` (pipeline.dataset.shards.public_record): source
 paths relative to the build's inputs (the manifest's build configuration names them) or the file
 name, reviewers as the output folder's keyed pseudonyms; shards built that way already are. A sample
-whose member names are unsafe or whose key repeats (pipeline.shards.read_samples) is left out and
+whose member names are unsafe or whose key repeats (pipeline.dataset.shards.read_samples) is left out and
 reported: the exported tars are extracted by others, and `../x` there lands outside their folder.
 
 Image and mask bytes are the build's own. A build whose tiles mix image formats (whole JPEG/PNG
@@ -38,10 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.export.output_folder import ExportError
-from pipeline.files import atomic_path
-from pipeline.safe_names import UnsafeName, confined_path
-from pipeline.shards import (
+from pipeline.dataset.shards import (
     IMAGE_EXTENSIONS,
     Pseudonyms,
     ShardError,
@@ -51,6 +48,9 @@ from pipeline.shards import (
     public_record,
     read_samples,
 )
+from pipeline.export.output_folder import ExportError
+from pipeline.files.atomic import atomic_path
+from pipeline.files.safe_names import UnsafeName, confined_path
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 

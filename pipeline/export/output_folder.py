@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.records import TileRecord
-from pipeline.safe_names import UnsafeName, confined_name
+from pipeline.dataset.records import TileRecord
+from pipeline.files.safe_names import UnsafeName, confined_name
 
 
 class ExportError(ValueError):

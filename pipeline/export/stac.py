@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.dataset.records import TileRecord
 from pipeline.export.cog import is_cog
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced, key_problem
-from pipeline.gdal_env import unlisted
-from pipeline.records import TileRecord
+from pipeline.raster.gdal_env import unlisted
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 if TYPE_CHECKING:  # pystac is imported inside the export, as every heavy library of the commands

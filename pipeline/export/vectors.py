@@ -3,7 +3,7 @@
 Two layers, so a GIS user can filter objects and land cover apart:
 
     regions     one MultiPolygon per (tile, class): the tile's mask polygonised over the tile's *core*
-                (pipeline.stitch.tile_cores), so overlapping tiles never double a region and the layer
+                (pipeline.raster.stitch.tile_cores), so overlapping tiles never double a region and the layer
                 matches the stitched mosaic pixel for pixel. Pixels 255 (nodata, ignore) are left out.
     instances   one MultiPolygon per instance the merge kept (its SAM mask, COCO RLE in the record), over
                 the whole tile: an object seen by two overlapping tiles appears twice, with each tile key.
@@ -35,10 +35,10 @@ import numpy as np
 from affine import Affine
 from PIL import Image
 
+from pipeline.dataset.records import TileRecord, Window
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced
-from pipeline.files import atomic_path
-from pipeline.records import TileRecord, Window
-from pipeline.stitch import tile_cores
+from pipeline.files.atomic import atomic_path
+from pipeline.raster.stitch import tile_cores
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
 FORMATS = {"gpkg": "GPKG", "geojson": "GeoJSON"}

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pipeline.cli.terminal import EXIT_PARTIAL, console, fail, print_error
 from pipeline.models.presets import PRESETS
-from pipeline.terminal import EXIT_PARTIAL, console, fail, print_error
 
 out = Console(soft_wrap=True, highlight=False)
 app = typer.Typer(

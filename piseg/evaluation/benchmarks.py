@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.ingest import IngestError
+from pipeline.raster.ingest import IngestError
 from piseg.inference.predict import read_image
 from piseg.yaml_files import read_yaml
 from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.outputs import palette, write_png
+from pipeline.raster.outputs import palette, write_png
 from piseg.config import EvalConfig
 from piseg.evaluation.benchmarks import Benchmark, DatasetError, DatasetSpec, resolution_group
 from piseg.evaluation.metrics import ConfusionMatrix

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.categories import spacy_lemmatize
-from pipeline.files import file_sha256
-from pipeline.shards import ShardError, read_manifest
+from pipeline.dataset.shards import ShardError, read_manifest
+from pipeline.files.atomic import file_sha256
+from pipeline.stages.categories import spacy_lemmatize
 from piseg.checkpoint import configuration_differences, load_model, read_checkpoint
 from piseg.config import PiSegConfig, TrainConfig
 from piseg.evaluation.benchmarks import load_benchmark

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.ingest import RasterSource, plan_windows
-from pipeline.outputs import overlay, palette, write_mask_geotiff, write_png
-from pipeline.records import Window
-from pipeline.stitch import stitch_to_geotiff
+from pipeline.dataset.records import Window
+from pipeline.raster.ingest import RasterSource, plan_windows
+from pipeline.raster.outputs import overlay, palette, write_mask_geotiff, write_png
+from pipeline.raster.stitch import stitch_to_geotiff
 from piseg.checkpoint import load_model
 from piseg.config import EvalConfig
 from piseg.figures import LegendEntry, class_legend, compose

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from pipeline.safe_names import UnsafeName, confined_name, confined_path
+from pipeline.files.safe_names import UnsafeName, confined_name, confined_path
 from piseg.config import ClipArchitecture, ModelConfig
 
 CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)  # on 0-255, as docs/piseg.md

@@ -33,7 +33,7 @@ import torchvision.transforms.v2.functional as TF
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.shards import ShardError, ShardReader, decode_sample
+from pipeline.dataset.shards import ShardError, ShardReader, decode_sample
 from piseg.config import TrainConfig
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 from taxonomy.masks import values_outside

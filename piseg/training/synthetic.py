@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.records import Domain, SourceInfo, TileRecord, Window
-from pipeline.shards import ShardConfig, write_shards
+from pipeline.dataset.records import Domain, SourceInfo, TileRecord, Window
+from pipeline.dataset.shards import ShardConfig, write_shards
 from piseg.config import PiSegConfig, preset
 
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.uint8)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.shards import ShardError, ShardReader
+from pipeline.dataset.shards import ShardError, ShardReader
 from piseg.checkpoint import (
     CheckpointError,
     configuration_differences,
