@@ -36,6 +36,7 @@ from audit.ledger import Entry, Review, ledger_entries, load_review, read_queued
 from audit.queue import TileImages
 from audit.records import kept_proposal_path, mask_path, read_mask, shown_mask
 from audit.review_cache import reviewed
+from ovrsis.errors import ProposalMissing
 from pipeline.dataset.records import AuditDecision, ReviewRef, TileRecord
 from pipeline.raster.ingest import IngestError
 from pipeline.raster.outputs import mask_digest, overlay, write_mask_geotiff, write_png
@@ -107,10 +108,6 @@ def iter_applied(
 
 def queued_keys(out_dir: Path) -> set[str]:
     return {row.key for row in read_queued(out_dir)}
-
-
-class ProposalMissing(RuntimeError):
-    """Neither mask file of a tile holds the proposal its record names (a killed build, files edited)."""
 
 
 def _current_proposal(out_dir: Path, record: TileRecord, keep: bool) -> np.ndarray:

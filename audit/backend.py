@@ -54,6 +54,7 @@ from audit.embeddings import EmbeddingCache
 from audit.interactive import InteractiveSam, Prompt, load_interactive, torch_threads
 from audit.queue import MODEL_VERSION, brush_region, brush_regions, prediction_score
 from audit.settings import AuditError
+from ovrsis.errors import ImageRefused, TaskError
 from pipeline.files.safe_names import confined_name
 from taxonomy.loader import Taxonomy
 
@@ -68,20 +69,11 @@ HEALTH_PATHS = frozenset({"/", "/health"})  # the only paths answered without th
 FETCH_TIMEOUT_S = 60
 
 
-class TaskError(AuditError):
-    """A task the backend cannot answer. Its message is sent back to the client, so it names nothing
-    of this machine (no path, host, port or OS error); the details go to the backend's log."""
-
-
 class ImageNotAvailable(TaskError):
     """The one answer for every image that cannot be read, whatever the reason."""
 
     def __init__(self) -> None:
         super().__init__("image not available")
-
-
-class Refused(ValueError):
-    """An image this backend will not read (the message, for the log, says why)."""
 
 
 @dataclass
@@ -129,15 +121,15 @@ def origin(parts: urllib.parse.SplitResult) -> Origin | None:
 
 
 def read_limited(stream: BinaryIO, limit: int, declared: int | None = None) -> BytesIO:
-    """All of `stream` when it holds at most `limit` bytes, read a chunk at a time; Refused as soon as
+    """All of `stream` when it holds at most `limit` bytes, read a chunk at a time; ImageRefused as soon as
     it holds more, or says it will (`declared`: Content-Length, a file's size), without reading the rest."""
     if declared is not None and declared > limit:
-        raise Refused(f"{declared} bytes, more than the limit of {limit}")
+        raise ImageRefused(f"{declared} bytes, more than the limit of {limit}")
     buffer, size = BytesIO(), 0
     while chunk := stream.read(min(MIB, limit + 1 - size)):
         size += len(chunk)
         if size > limit:
-            raise Refused(f"more than the limit of {limit} bytes")
+            raise ImageRefused(f"more than the limit of {limit} bytes")
         buffer.write(chunk)
     buffer.seek(0)
     return buffer
@@ -307,12 +299,12 @@ class ReviewBackend:
 
     def image_bytes(self, url: str) -> BytesIO:
         """The bytes a task's image URL names, from a local-files URL (`local_file`) or a path on the
-        Label Studio server (`fetch`), given as a path or as a URL of that server; Refused otherwise."""
+        Label Studio server (`fetch`), given as a path or as a URL of that server; ImageRefused otherwise."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme or parts.netloc:
             server = self._label_studio
             if server is None or origin(parts) != server.origin:
-                raise Refused("not a URL of the Label Studio server that called /setup")
+                raise ImageRefused("not a URL of the Label Studio server that called /setup")
         if parts.path == LOCAL_FILES:
             return self.local_file(parts.query)
         return self.fetch(parts)
@@ -323,12 +315,12 @@ class ReviewBackend:
         still inside the root, and a regular file (not a device or a pipe)."""
         (relative, *others) = urllib.parse.parse_qs(query).get("d") or [""]
         if others:
-            raise Refused("more than one local-files path")
+            raise ImageRefused("more than one local-files path")
         root = self.config.root.resolve()
         path = root.joinpath(*(confined_name(part, "local-files path component") for part in relative.split("/")))
         resolved = path.resolve(strict=True)
         if not resolved.is_relative_to(root) or not resolved.is_file():
-            raise Refused(f"{resolved}: not a regular file inside the served root")
+            raise ImageRefused(f"{resolved}: not a regular file inside the served root")
         with resolved.open("rb") as file:
             return read_limited(file, self.config.max_image_bytes, os.fstat(file.fileno()).st_size)
 
@@ -337,9 +329,9 @@ class ReviewBackend:
         rebuilt from the server's own origin, so nothing in the task's URL can point the request elsewhere."""
         server = self._label_studio
         if server is None:
-            raise Refused("Label Studio has not called /setup yet")
+            raise ImageRefused("Label Studio has not called /setup yet")
         if not parts.path.startswith("/"):
-            raise Refused("not a path on the Label Studio server")
+            raise ImageRefused("not a path on the Label Studio server")
         url = server.base + urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
         request = urllib.request.Request(url, headers={"Authorization": f"Token {server.token}"})
         with direct_opener().open(request, timeout=FETCH_TIMEOUT_S) as response:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
+from ovrsis.errors import ReviewShapeError
 from pipeline.dataset.records import AuditDecision
 from taxonomy.loader import Category, Taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
@@ -45,10 +46,6 @@ CORRECTION_KINDS = ("boundary", "merge", "filtering")
 # Label Studio's brush RLE opens with a 53-bit header: the count of values (32 bits), the word size
 # less one (5 bits) and four run-length field sizes less one (4 bits each).
 RLE_HEADER_BITS = 53
-
-
-class ReviewShapeError(ValueError):
-    """The annotation does not fit the tile (another size, an unknown label, a malformed region)."""
 
 
 def proposed_categories(proposal: np.ndarray, taxonomy: Taxonomy) -> list[Category]:

@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from audit.names import ProposalDigest, QueueName, TileKey
 from audit.settings import AuditError
+from ovrsis.errors import LineTooLong
 from pipeline.raster.outputs import mask_digest
 
 LEDGER = Path("audit") / "ledger.jsonl"
@@ -136,10 +137,6 @@ class Entry:
     order: tuple[datetime, int]
     number: int  # the line's number, for messages
     offset: int  # where the line starts
-
-
-class LineTooLong(ValueError):
-    """A line longer than MAX_LINE_BYTES: no review is that long."""
 
 
 def ledger_path(out_dir: Path) -> Path:

@@ -41,14 +41,11 @@ from audit.ledger import (
 )
 from audit.names import proposal_digest, queue_name, tile_key
 from audit.records import proposal_mask, remember_shown
+from ovrsis.errors import TaskSetAside
 from pipeline.dataset.records import TileRecord
 from pipeline.files.safe_names import UnsafeName
 
 PAGE_SIZE = 100
-
-
-class TaskSetAside(ValueError):
-    """A task (or one of its annotations) in a shape no review can be made of; the pull goes on without it."""
 
 
 @dataclass

@@ -11,11 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovrsis.errors import AuditError
+
 DEFAULT_URL = "http://127.0.0.1:8089"
-
-
-class AuditError(RuntimeError):
-    """An audit operation that cannot go on; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovrsis.errors import CheckpointError
 from piseg.config import ConfigError, PiSegConfig, config_from_dict
 from piseg.modeling.clip_backbone import checked_tokenizer_files, saved_clip, tokenizer_files
 from piseg.modeling.model import PiSeg
@@ -39,10 +40,6 @@ RESUMABLE_CHANGES = {
 REQUIRED_ENTRIES = ("config", "class_names", "clip_settings", "tokenizer_files", "model")
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 MAX_SETTINGS_DEPTH = 8  # CLIPConfig.to_dict nests three levels (text_config.id2label.0)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used for what was asked."""
 
 
 def save_checkpoint(

@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ovrsis.errors import ConfigError
 from piseg.modeling.prompts import PROMPT_TEMPLATE
 from piseg.yaml_files import read_yaml
 
 NOISE_FAMILIES = ("gaussian", "laplace", "uniform", "student-t")
 INFERENCE_MODES = ("sliding", "whole")
-
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ovrsis.errors import TaxonomyError
 from taxonomy.masks import IGNORE_INDEX, MAX_CATEGORIES
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -28,10 +29,6 @@ CATEGORY_FIELDS = ("name", "synonyms", "description", "propose")
 # (what its class definition says belongs to the class or not: taxonomy/definitions.py).
 EXTRA_CATEGORY_FIELDS = ("indicators", "includes", "excludes")
 TERM_LIST_FIELDS = ("includes", "excludes")
-
-
-class TaxonomyError(ValueError):
-    """A taxonomy file that cannot be used; the message names the file and line."""
 
 
 @dataclass(frozen=True)

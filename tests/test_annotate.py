@@ -125,7 +125,7 @@ def test_faults_quarantine_one_tile_and_the_run_goes_on(tmp_path, tiny_models):
     models.detector = tiny_models.detector
     summary = Annotator(load_taxonomy("ovrsis95k"), models, tmp_path / "out2", config).run(folder / "good.tif")
     assert summary.annotated == 0
-    assert {reason for _, _, reason in summary.quarantined} == {"_TileFailure: captioner returned an empty caption"}
+    assert {reason for _, _, reason in summary.quarantined} == {"ModelOutputError: captioner returned an empty caption"}
 
 
 def test_domains_from_captions_and_categories():

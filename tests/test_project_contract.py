@@ -41,15 +41,16 @@ def test_setup_installs_exactly_the_locks():
 def test_distribution_installs_the_packages_and_both_commands():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert set(project["project"]["scripts"]) == {"ovrsis", "piseg"}
-    for package in ("taxonomy", "pipeline", "flows", "audit", "piseg"):
+    for package in ("ovrsis", "taxonomy", "pipeline", "flows", "audit", "piseg"):
         assert (REPO / package / "__init__.py").is_file()
     assert "torch==2.14.1" in (REPO / "constraints.txt").read_text()
 
 
 def test_dependency_direction():
-    """taxonomy <- pipeline <- flows; pipeline <- audit; only flows imports prefect, only audit the LS SDK.
+    """ovrsis (the error root) <- taxonomy <- pipeline <- flows; pipeline <- audit; only flows imports prefect, only audit the LS SDK.
     audit imports piseg only in its ML backend, on use (Pi-Seg pre-annotations), never at module level."""
     forbidden = {
+        "ovrsis": ("taxonomy", "pipeline", "flows", "audit", "piseg", "numpy", "torch", "rasterio", "pydantic"),
         "taxonomy": ("pipeline", "flows", "audit", "piseg", "prefect", "label_studio_sdk", "spacy"),
         "pipeline": ("flows", "audit", "piseg", "prefect", "label_studio_sdk"),
         "audit": ("flows", "prefect"),

@@ -33,11 +33,14 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
+from ovrsis.errors import ModelOutputError
 from pipeline.build.batching import batched, in_order
-from pipeline.stages.categories import CaptionCategorizer, parse_images
-from pipeline.stages.categorize_file import CategorizeSummary, iter_items
-from pipeline.stages.domains import DomainClassifier
+from pipeline.dataset.records import Caption, Quarantine, TileRecord
 from pipeline.files.atomic import atomic_path, output_lock, remove_stale_parts
+from pipeline.files.jsonl import atomic_writer, check_encoding, write_json_line
+from pipeline.files.safe_names import confined_name, confined_path
+from pipeline.models.detector import Detection, PromptPhrase
+from pipeline.models.protocols import Models
 from pipeline.raster.ingest import (
     MAX_PIXELS,
     BandRule,
@@ -50,16 +53,14 @@ from pipeline.raster.ingest import (
     quarantined_file,
     source_keys,
 )
-from pipeline.files.jsonl import atomic_writer, check_encoding, write_json_line
-from pipeline.stages.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
-from pipeline.models.detector import Detection, PromptPhrase
-from pipeline.models.protocols import Models
 from pipeline.raster.outputs import mask_digest, overlay, write_mask_geotiff, write_png
-from pipeline.stages.phrases import Phrase
-from pipeline.dataset.records import Caption, Quarantine, TileRecord
-from pipeline.files.safe_names import confined_name, confined_path
-from pipeline.stages.registry import STAGES, given_captions
 from pipeline.raster.stitch import stitch_to_geotiff
+from pipeline.stages.categories import CaptionCategorizer, parse_images
+from pipeline.stages.categorize_file import CategorizeSummary, iter_items
+from pipeline.stages.domains import DomainClassifier
+from pipeline.stages.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
+from pipeline.stages.phrases import Phrase
+from pipeline.stages.registry import STAGES, given_captions
 from taxonomy.loader import Taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
@@ -575,13 +576,9 @@ def _holds(path: Path, data: bytes) -> bool:
         return False
 
 
-class _TileFailure(RuntimeError):
-    pass
-
-
 def _expect(condition: bool, message: str) -> None:
     if not condition:
-        raise _TileFailure(message)
+        raise ModelOutputError(message)
 
 
 def _failure() -> tuple[str, str]:

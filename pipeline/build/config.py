@@ -35,6 +35,8 @@ any model loads: inputs exist, the output folder is writable, the taxonomy and m
 
 from __future__ import annotations
 
+from ovrsis.errors import BuildConfigError
+
 import os
 import shutil
 from pathlib import Path
@@ -54,10 +56,6 @@ if TYPE_CHECKING:
     from pipeline.build.annotate import AnnotateConfig
 
 MIN_FREE_BYTES = 100 * 2**20
-
-
-class BuildConfigError(ValueError):
-    """A configuration that cannot run; raised before any model loads."""
 
 
 class _Section(BaseModel):

@@ -41,6 +41,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from ovrsis.errors import OvrsisError
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_REFUSED = 2
@@ -90,30 +92,6 @@ class Terminated(BaseException):
     `except Exception` of a command or library swallows it."""
 
 
-# The project's own errors: each says what is wrong with which file, in words meant for the user.
-# Named, not imported, so that this module imports nothing heavy (tests/test_error_boundary.py checks
-# that every name is still an exception class).
-KNOWN_ERRORS = frozenset(
-    {
-        "taxonomy.loader.TaxonomyError",
-        "pipeline.raster.ingest.IngestError",
-        "pipeline.stages.phrases.CaptionError",
-        "pipeline.files.atomic.OutputBusy",
-        "pipeline.dataset.shards.ShardError",
-        "pipeline.files.safe_names.UnsafeName",
-        "pipeline.export.output_folder.ExportError",
-        "pipeline.build.config.BuildConfigError",
-        "audit.settings.AuditError",
-        "audit.decisions.ReviewShapeError",
-        "audit.apply.ProposalMissing",
-        "piseg.checkpoint.CheckpointError",
-        "piseg.released.convert.ReleasedCheckpointError",
-        "piseg.config.ConfigError",
-        "piseg.evaluation.benchmarks.DatasetError",
-        "piseg.evaluation.reproduce.PlanError",
-        "piseg.training.train.TrainingError",
-    }
-)
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
 STOPS = {signal.SIGINT: (EXIT_INTERRUPTED, "interrupted"), signal.SIGTERM: (EXIT_TERMINATED, "terminated")}
@@ -149,7 +127,7 @@ def problem_of(error: BaseException) -> str | None:
     """The one line a user can act on for ERROR, or None when ERROR is a bug (its traceback is
     wanted): the project's own errors, a full disk, a refused permission, a file operation failing
     on a named path."""
-    if any(f"{kind.__module__}.{kind.__qualname__}" in KNOWN_ERRORS for kind in type(error).__mro__):
+    if isinstance(error, OvrsisError):  # the project's own: each says what is wrong with which file
         return str(error)
     if not isinstance(error, OSError):
         return None

@@ -53,6 +53,7 @@ import numpy as np
 from annotated_types import Ge, Interval
 from PIL import Image
 
+from ovrsis.errors import ShardError
 from pipeline.build.batching import in_order
 from pipeline.dataset.records import TileRecord
 from pipeline.files.atomic import atomic_path, file_sha256
@@ -66,10 +67,6 @@ MANIFEST_SCHEMA_VERSION = 1
 WEBP_SETTINGS = {"lossless": True, "quality": 25, "method": 0, "exact": True}
 MASK_PNG_LEVEL = 6
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")  # a sample holds exactly one image part
-
-
-class ShardError(ValueError):
-    """Shards that do not match their manifest or the reader's expectations."""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ovrsis.errors import ShardImportError
 from pipeline.dataset.records import SourceInfo, TileRecord, Window, tile_key
 from pipeline.dataset.shards import ShardConfig
 from pipeline.files.atomic import atomic_path, file_sha256
@@ -58,10 +59,6 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 LAYOUTS = ("official", "folders", "rasters")
 CHECKED = Path("import") / "checked.jsonl"
 QUARANTINE = Path("import") / "quarantine.jsonl"
-
-
-class ShardImportError(ValueError):
-    """The source cannot be imported at all (no pairs, an unknown layout, a bad value map)."""
 
 
 @dataclass(frozen=True)

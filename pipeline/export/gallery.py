@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
+from ovrsis.errors import GalleryError
 from pipeline.dataset.records import SourceInfo, TileRecord
 from pipeline.files.atomic import process_umask
 from pipeline.files.safe_names import UnsafeName, confined_path
@@ -57,10 +58,6 @@ IGNORE_COLOUR = (0, 0, 0)  # 255 in the coloured mask: not labelled (ignored in 
 OUTSIDE_COLOUR = (255, 0, 255)  # values no class of the taxonomy has
 REVIEW_STATES = ("not reviewed", "reviewed", "stale review", "queued, pending review")
 NOT_REVIEWED, REVIEWED, STALE, QUEUED = range(len(REVIEW_STATES))
-
-
-class GalleryError(ValueError):
-    """The folder cannot be shown: not an output folder, or its gallery folder is not one this module wrote."""
 
 
 @dataclass

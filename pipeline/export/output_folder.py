@@ -12,12 +12,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ovrsis.errors import ExportError
 from pipeline.dataset.records import TileRecord
 from pipeline.files.safe_names import UnsafeName, confined_name
-
-
-class ExportError(ValueError):
-    """The output folder cannot be exported as asked (the message names the file)."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,9 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
+from ovrsis.errors import OutputBusy
+
 LOCK_NAME = ".writing.lock"
-
-
-class OutputBusy(RuntimeError):
-    """Another process is writing this output folder (a build or an annotate run)."""
 
 
 @contextmanager

@@ -13,14 +13,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ovrsis.errors import UnsafeName
+
 # One path component of at most 255 bytes (the common file-name limit) with no control characters.
 MAX_NAME_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-class UnsafeName(ValueError):
-    """A name from data that would leave its folder, or could not be a file name at all."""
 
 
 def confined_name(name: object, what: str = "name") -> str:

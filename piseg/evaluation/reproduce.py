@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ovrsis.errors import PlanError
 from pipeline.dataset.shards import ShardError, read_manifest
 from pipeline.files.atomic import file_sha256
 from pipeline.stages.categories import spacy_lemmatize
@@ -70,10 +71,6 @@ def inference_modes(run: Run, inference: str | None) -> list[str]:
 def benchmark_key(name: str, mode: str) -> str:
     """A benchmark's key in report.json and its folder: the name for the sliding window, NAME-whole otherwise."""
     return name if mode == "sliding" else f"{name}-{mode}"
-
-
-class PlanError(ValueError):
-    """A weights folder or plan that names no run, or a run that cannot be set up."""
 
 
 @dataclass

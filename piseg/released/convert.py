@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
+from ovrsis.errors import ReleasedCheckpointError
 from piseg.checkpoint import error_summary, save_checkpoint
 from piseg.config import ClipArchitecture, PiSegConfig, preset, validate
 from piseg.modeling.clip_backbone import ClipBackbone, byte_level_tokenizer, clip_config
@@ -29,10 +30,6 @@ HEAD_PREFIX = "sem_seg_head.predictor."
 OPENAI_HEAD_WIDTH = 64  # OpenAI's CLIP builds width // 64 attention heads; the weights do not record it
 # Tensors a released checkpoint may hold that are not weights: recomputed here.
 NOT_WEIGHTS = re.compile(r"^(pixel_mean|pixel_std|clip_pixel_mean|clip_pixel_std)$|\.attn_mask$")
-
-
-class ReleasedCheckpointError(ValueError):
-    """A released checkpoint that cannot be converted, with the reason."""
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ovrsis.errors import TrainingError
 from pipeline.dataset.shards import ShardError, ShardReader
 from piseg.checkpoint import (
     CheckpointError,
@@ -42,10 +43,6 @@ from piseg.modeling.model import PiSeg, PiSegOutput, build_model
 from piseg.training.batches import Batch, TrainingStream, order_statement, training_batches
 from taxonomy.loader import load_taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, unusable inputs)."""
 
 
 @dataclass
