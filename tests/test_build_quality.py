@@ -4,13 +4,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex, MulticlassRecall
 from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.dataset.records import AuditDecision, Quarantine, write_records
+from pipeline.quality.confusion import Confusion
 from pipeline.stages.categories import ProposedCategory
 from piseg.training.synthetic import tile_record
+from taxonomy.masks import IGNORE_INDEX
 
 BUILD_NAMES = ["building", "road", "tree", "vehicle"]
 
@@ -74,6 +78,8 @@ def test_scores_before_and_after_audit(build):
     assert after["categories"]["precision"] == 1.0 and after["categories"]["recall"] == 1.0
     assert before["iou"]["building"] == pytest.approx(64 / 127) and before["iou"]["tree"] == 0.0
     assert before["miou"] == pytest.approx(64 / 127 / 2) and after["miou"] == 1.0
+    assert before["iou"]["vehicle"] is None and after["iou"]["vehicle"] is None  # absent from the ground truth
+    assert before["pixel_accuracy"] == pytest.approx(64 / 127) and after["pixel_accuracy"] == 1.0
     assert "| before audit | 50.00 | 50.00 |" in (out / "report" / "build_quality.md").read_text()
 
 
@@ -96,3 +102,51 @@ def test_clear_errors(build, tmp_path):
         ).exit_code
         == 1
     )
+
+
+def test_confusion_counter_matches_torchmetrics_on_numpy_masks():
+    """The shared counter (build quality's and Pi-Seg's) fed numpy masks in pieces, against torchmetrics."""
+    rng = np.random.default_rng(0)
+    for classes in (2, 5, 12):
+        target = rng.integers(0, classes, (3, 32, 32)).astype(np.uint8)
+        target[:, :4] = IGNORE_INDEX
+        target[target == 1] = 0  # class 1 absent from the ground truth, but predicted
+        prediction = rng.integers(0, classes, (3, 32, 32)).astype(np.uint8)
+        counter = Confusion(classes)
+        for p, t in zip(prediction, target):
+            counter.update(p, t)
+        predicted, truth = torch.from_numpy(prediction).long(), torch.from_numpy(target).long()
+        reference = MulticlassConfusionMatrix(classes, ignore_index=IGNORE_INDEX)(predicted, truth)
+        assert np.array_equal(counter.matrix, reference.numpy())
+        iou = MulticlassJaccardIndex(classes, average=None, ignore_index=IGNORE_INDEX)(predicted, truth).double()
+        recall = MulticlassRecall(classes, average=None, ignore_index=IGNORE_INDEX)(predicted, truth).double()
+        valid = target != IGNORE_INDEX
+        present = torch.from_numpy(np.bincount(target[valid], minlength=classes) > 0)
+        exclude, include = counter.scores("exclude"), counter.scores("include")
+        assert exclude.present == present.tolist() and not exclude.present[1]
+        assert exclude.iou[1] is None and exclude.acc[1] is None and include.iou[1] == 0.0 and include.acc[1] is None
+        ours_iou = torch.tensor([v for v in exclude.iou if v is not None], dtype=torch.float64)
+        ours_acc = torch.tensor([v for v in exclude.acc if v is not None], dtype=torch.float64)
+        assert torch.allclose(ours_iou, iou[present], atol=1e-6)  # torchmetrics computes in float32
+        assert torch.allclose(ours_acc, recall[present], atol=1e-6)
+        assert exclude.miou == pytest.approx(float(iou[present].mean()), abs=1e-6)
+        assert exclude.macc == pytest.approx(float(recall[present].mean()), abs=1e-6) and include.macc == exclude.macc
+        counted = present | torch.from_numpy(np.bincount(prediction[valid], minlength=classes) > 0)
+        assert include.miou == pytest.approx(float(iou[counted].mean()), abs=1e-6)
+        assert exclude.pixel_accuracy == pytest.approx(float((prediction[valid] == target[valid]).mean()), abs=1e-12)
+        from_tensors = Confusion(classes)
+        from_tensors.update(predicted, truth)  # torch tensors are counted where they are, into the same numpy counts
+        assert np.array_equal(from_tensors.matrix, counter.matrix)
+        assert Confusion.from_counts(counter.matrix.tolist()).scores("include") == include
+
+
+def test_confusion_counter_edges():
+    empty = Confusion(3)
+    empty.update(np.zeros((2, 2), np.uint8), np.full((2, 2), IGNORE_INDEX, np.uint8))  # everything ignored
+    scores = empty.scores()
+    assert np.isnan(scores.miou) and np.isnan(scores.macc) and np.isnan(scores.pixel_accuracy)
+    assert scores.iou == [None, None, None] and scores.present == [False, False, False]
+    with pytest.raises(ValueError, match=r"ground-truth values \[3, 7\] outside 0-2 \(and 255\)"):
+        empty.update(np.zeros(4, np.uint8), np.array([0, 3, 7, 7], np.uint8))
+    with pytest.raises(ValueError, match="absent must be 'exclude' or 'include'"):
+        empty.scores("sometimes")

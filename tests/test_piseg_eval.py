@@ -17,6 +17,7 @@ from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex, MulticlassRecall
 from typer.testing import CliRunner
 
+from pipeline.quality.confusion import Confusion
 from pipeline.raster.outputs import palette
 from piseg.cli import app
 from piseg.evaluation.benchmarks import (
@@ -286,6 +287,9 @@ def compare(prediction: torch.Tensor, target: torch.Tensor, classes: int) -> Non
     matrix = ConfusionMatrix(classes)
     matrix.update(prediction, target)
     scores = matrix.scores("exclude")
+    shared = Confusion(classes)  # build quality's counter, fed numpy: the same counts and scores
+    shared.update(prediction.numpy(), target.numpy())
+    assert np.array_equal(shared.matrix, matrix.matrix) and shared.scores("exclude") == scores
     iou, recall = torchmetrics_scores(prediction, target, classes)
     present = torch.tensor(scores.present)
     ours_iou = torch.tensor([v if v is not None else float("nan") for v in scores.iou], dtype=torch.float64)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import torch
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
 from pipeline.dataset.records import TileRecord, read_records
+from pipeline.quality.confusion import Confusion
 from pipeline.raster.gdal_env import unlisted
 from taxonomy.crosswalk import crosswalk
 from taxonomy.loader import Category, Taxonomy
@@ -58,35 +58,11 @@ class CategoryCounts:
         }
 
 
-class MaskCounts:
-    """Pixel counts of the build's masks against the ground truth (rows = ground truth, columns = build);
-    pixels labelled IGNORE are not counted."""
-
-    def __init__(self, classes: int) -> None:
-        self.classes = classes
-        self.matrix = torch.zeros(classes, classes, dtype=torch.int64)
-
-    def add(self, prediction: np.ndarray, target: np.ndarray) -> None:
-        target, prediction = torch.from_numpy(target).flatten().long(), torch.from_numpy(prediction).flatten().long()
-        keep = target != IGNORE
-        counts = torch.bincount(target[keep] * self.classes + prediction[keep], minlength=self.classes**2)
-        self.matrix += counts.view(self.classes, self.classes)
-
-    def summary(self, names: list[str]) -> dict:
-        """mIoU over the classes present in the ground truth, pixel accuracy, and the IoU of each named class
-        (None when it is absent from the ground truth)."""
-        matrix = self.matrix.double()
-        hits = matrix.diag()
-        truth, built = matrix.sum(dim=1), matrix.sum(dim=0)
-        union = truth + built - hits
-        present = truth > 0
-        iou = torch.where(union > 0, hits / union.clamp(min=1), torch.zeros_like(hits))
-        total = matrix.sum()
-        return {
-            "miou": float(iou[present].mean()) if present.any() else float("nan"),
-            "pixel_accuracy": float(hits.sum() / total) if total > 0 else float("nan"),
-            "iou": {name: float(iou[i]) if present[i] else None for i, name in enumerate(names)},
-        }
+def mask_summary(confusion: Confusion, names: list[str]) -> dict:
+    """mIoU over the classes present in the ground truth (the "exclude" rule), pixel accuracy, and the IoU of
+    each named class (None when it is absent from the ground truth)."""
+    scores = confusion.scores("exclude")
+    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "iou": dict(zip(names, scores.iou))}
 
 
 def percent(value: float | None) -> str:
@@ -145,8 +121,8 @@ def evaluate_build(
     for name in shared:
         build_lookup[build_names.index(name)] = shared.index(name)
     stages = {
-        "before_audit": (MaskCounts(other + 1), CategoryCounts()),
-        "after_audit": (MaskCounts(other + 1), CategoryCounts()),
+        "before_audit": (Confusion(other + 1), CategoryCounts()),
+        "after_audit": (Confusion(other + 1), CategoryCounts()),
     }
     records = read_records(out / "records.jsonl")
     tiles, without_truth, audited = 0, [], 0
@@ -171,7 +147,7 @@ def evaluate_build(
         ):
             matrix, categories = stages[stage]
             prediction = build_lookup[read_mask(mask_path)]
-            matrix.add(prediction, np.where(valid, target, IGNORE))
+            matrix.update(prediction, np.where(valid, target, IGNORE))
             categories.add(proposed & set(shared), present)
     result = {
         "records": str(out / "records.jsonl"),
@@ -185,7 +161,7 @@ def evaluate_build(
         "min_fraction": min_fraction,
     }
     for stage, (matrix, categories) in stages.items():
-        result[stage] = {"categories": categories.summary(), **matrix.summary(shared)}
+        result[stage] = {"categories": categories.summary(), **mask_summary(matrix, shared)}
     return result
 
 

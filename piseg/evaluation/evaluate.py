@@ -155,8 +155,8 @@ def evaluate_dataset(
         result.status = "unreadable files"
         return result
     result.status, result.images = "done", len(samples)
-    result.matrix = matrix.matrix.cpu().tolist()
-    result.groups = {name: m.matrix.cpu().tolist() for name, m in groups.items()}
+    result.matrix = matrix.matrix.tolist()
+    result.groups = {name: m.matrix.tolist() for name, m in groups.items()}
     result.group_images = counts
     return result
 
