@@ -38,6 +38,7 @@ from audit.records import kept_proposal_path, mask_path, read_mask, shown_mask
 from audit.review_cache import reviewed
 from ovrsis.errors import ProposalMissing
 from pipeline.dataset.records import AuditDecision, ReviewRef, TileRecord
+from pipeline.files.layout import masks_dir, overlays_dir
 from pipeline.raster.ingest import IngestError
 from pipeline.raster.outputs import mask_digest, overlay, write_mask_geotiff, write_png
 from pipeline.stages.categories import ProposedCategory
@@ -207,8 +208,8 @@ class OverlayWriter:
 
     def rewrite(self, record: TileRecord, mask: np.ndarray, problems: list[str]) -> None:
         geotiff, quick_look = (
-            self.out_dir / "masks" / f"{record.key}.tif",
-            self.out_dir / "overlays" / f"{record.key}.png",
+            masks_dir(self.out_dir) / f"{record.key}.tif",
+            overlays_dir(self.out_dir) / f"{record.key}.png",
         )
         if geotiff.is_file() and record.source.transform:
             write_mask_geotiff(geotiff, mask, record.source.crs, record.source.transform, class_names=self.class_names)

@@ -55,6 +55,7 @@ from audit.interactive import InteractiveSam, Prompt, load_interactive, torch_th
 from audit.queue import MODEL_VERSION, brush_region, brush_regions, prediction_score
 from audit.settings import AuditError
 from ovrsis.errors import ImageRefused, TaskError
+from pipeline.files.layout import audit_dir, records_file
 from pipeline.files.safe_names import confined_name
 from taxonomy.loader import Taxonomy
 
@@ -174,7 +175,7 @@ class ReviewBackend:
     def embeddings(self) -> EmbeddingCache:
         if self._embeddings is None:
             folder = self.config.cache or (
-                self.config.records / "audit" / "embeddings"
+                audit_dir(self.config.records) / "embeddings"
                 if self.config.records
                 else self.config.root / ".ovrsis-embeddings"
             )
@@ -273,7 +274,7 @@ class ReviewBackend:
             from audit.queue import load_live_records
 
             records_folder = self.config.records
-            has_records = records_folder is not None and (records_folder / "records.jsonl").is_file()
+            has_records = records_folder is not None and records_file(records_folder).is_file()
             self._records = {r.key: r for r in load_live_records(records_folder)} if has_records else {}
         return self._records
 
@@ -341,7 +342,7 @@ class ReviewBackend:
         """Embed every pushed tile image not yet cached (RECORDS/audit/images), one at a time, in a daemon thread."""
         if self._warming is not None and self._warming.is_alive():
             return self._warming
-        folder = (self.config.records or self.config.root) / "audit" / "images"
+        folder = audit_dir(self.config.records or self.config.root) / "images"
         thread = self._warming = threading.Thread(
             target=self._warm, args=(sorted(folder.glob("*.jpg")),), daemon=True, name="warm-embeddings"
         )

@@ -13,6 +13,7 @@ from rich.text import Text
 from audit.server import BACKEND_HOST, LS_VENV_ENV, LS_VENV_NAME
 from audit.settings import AuditError
 from pipeline.cli.terminal import console, fail, set_aside
+from pipeline.files.layout import records_file
 
 if TYPE_CHECKING:
     from audit.pull import PullSummary
@@ -154,7 +155,7 @@ def backend(
     try:
         generated = secret is None
         secret = check_secret(secrets.token_urlsafe(24) if generated else secret)
-        taxonomy = _taxonomy(records) if (records / "records.jsonl").is_file() else _default_taxonomy()
+        taxonomy = _taxonomy(records) if (records_file(records)).is_file() else _default_taxonomy()
         config = BackendConfig(
             root=root, records=records, models=models, piseg=piseg, warm=warm, max_image_bytes=max_image_mib * MIB
         )

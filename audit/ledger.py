@@ -47,12 +47,13 @@ from pydantic import BaseModel, Field, ValidationError
 from audit.names import ProposalDigest, QueueName, TileKey
 from audit.settings import AuditError
 from ovrsis.errors import LineTooLong
+from pipeline.files.layout import AUDIT
 from pipeline.raster.outputs import mask_digest
 
-LEDGER = Path("audit") / "ledger.jsonl"
-PULLS = Path("audit") / "pulls.jsonl"
+LEDGER = Path(AUDIT) / "ledger.jsonl"
+PULLS = Path(AUDIT) / "pulls.jsonl"
 T = TypeVar("T")
-QUEUED = Path("audit") / "queued.jsonl"
+QUEUED = Path(AUDIT) / "queued.jsonl"
 # A review's line is mostly its brush RLE: a region of pure noise is 0.8 MiB of JSON on a 512-px tile,
 # 12.4 MiB on a 2048-px one (realistic brushes: kilobytes). A longer line is no review: refused unread.
 MAX_LINE_BYTES = 64 * 2**20

@@ -34,6 +34,7 @@ from audit.settings import AuditError
 from pipeline.build.annotate import RasterPixels
 from pipeline.dataset.records import TileRecord
 from pipeline.files.atomic import atomic_path
+from pipeline.files.layout import audit_dir
 from pipeline.raster.ingest import BandRule, IngestError
 from pipeline.raster.outputs import palette
 from taxonomy.loader import Taxonomy
@@ -151,7 +152,7 @@ def push(
     the "stale" queue), so pushing twice creates nothing new."""
     if shown is None:  # (push_queues prepares every queue's tiles at once, before any push)
         shown = prepare_tiles(out_dir, records, served_root)
-    project_id = ensure_project(client, title, taxonomy, out_dir, (out_dir / "audit" / "images").resolve())
+    project_id = ensure_project(client, title, taxonomy, out_dir, (audit_dir(out_dir) / "images").resolve())
     existing = existing_tasks(client, project_id)
     new = [r for r in records if _identity(r.key, shown[r.key], queue) not in existing]
     task_ids: list[int] = []
@@ -177,7 +178,7 @@ def prepare_tiles(out_dir: Path, records: Sequence[TileRecord], served_root: Pat
     """Everything a push needs from disk, before anything is created on the server: each tile's
     image (`audit/images/KEY.jpg`, read from its raster) under the served root, and the proposal it
     will show (kept by digest). Returns key -> proposal digest; any failure is an AuditError naming the tile."""
-    images = (out_dir / "audit" / "images").resolve()
+    images = (audit_dir(out_dir) / "images").resolve()
     _served_path(images, served_root)
     pixels = TileImages()
     shown = {}
@@ -295,7 +296,7 @@ def task_payload(
     record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str, digest: str
 ) -> dict:
     """One task: the tile's image (written by `prepare_tiles`) and one brush region per class in its proposal."""
-    image_path = (out_dir / "audit" / "images" / f"{record.key}.jpg").resolve()
+    image_path = (audit_dir(out_dir) / "images" / f"{record.key}.jpg").resolve()
     mask = proposal_mask(out_dir, record)
     proposed = [c for c in proposed_categories(mask, taxonomy) if c.propose]
     regions = brush_regions(mask, taxonomy)

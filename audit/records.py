@@ -21,19 +21,20 @@ from audit.names import proposal_digest
 from audit.settings import AuditError
 from pipeline.dataset.records import TileRecord, read_records
 from pipeline.dataset.records import write_records as write_record_file
+from pipeline.files.layout import audit_dir, records_file
 from pipeline.files.safe_names import confined_path
 from pipeline.raster.outputs import mask_digest, write_png
 
 
 def load_records(out_dir: Path) -> list[TileRecord]:
-    path = out_dir / "records.jsonl"
+    path = records_file(out_dir)
     if not path.is_file():
         raise AuditError(f"{path} not found: --records must be a build or `ovrsis annotate` output folder")
     return read_records(path)
 
 
 def write_records(out_dir: Path, records: list[TileRecord]) -> None:
-    write_record_file(out_dir / "records.jsonl", records)
+    write_record_file(records_file(out_dir), records)
 
 
 def mask_path(out_dir: Path, record: TileRecord) -> Path:
@@ -70,7 +71,7 @@ def keep_proposal(out_dir: Path, record: TileRecord) -> None:
 
 def shown_path(out_dir: Path, digest: str) -> Path:
     """Where the proposal of `digest` is kept (UnsafeName for anything but a digest `mask_digest` makes)."""
-    return confined_path(out_dir / "audit" / "shown", f"{proposal_digest(digest)}.png", "proposal digest")
+    return confined_path(audit_dir(out_dir) / "shown", f"{proposal_digest(digest)}.png", "proposal digest")
 
 
 def remember_shown(out_dir: Path, mask: np.ndarray) -> str:

@@ -21,6 +21,7 @@ from audit.decisions import review_annotation
 from audit.ledger import Review
 from pipeline.dataset.records import AuditDecision
 from pipeline.files.atomic import atomic_path
+from pipeline.files.layout import audit_dir
 from pipeline.raster.outputs import write_png
 from taxonomy.loader import Taxonomy
 
@@ -38,7 +39,7 @@ def reviewed(
     key = json.dumps(
         [RULES_VERSION, taxonomy.version, list(review.identity), result, review.proposal_digest, shown.shape]
     )
-    base = out_dir / "audit" / "reviewed" / hashlib.sha256(key.encode()).hexdigest()[:32]
+    base = audit_dir(out_dir) / "reviewed" / hashlib.sha256(key.encode()).hexdigest()[:32]
     mask_file, decisions_file = base.with_suffix(".png"), base.with_suffix(".json")
     try:
         mask = np.asarray(Image.open(mask_file))

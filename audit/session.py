@@ -29,6 +29,7 @@ from audit.settings import AuditError
 from audit.status import stale_keys
 from pipeline.dataset.tile_table import proposed_pixels
 from pipeline.files.atomic import OutputBusy, output_lock
+from pipeline.files.layout import records_file
 from taxonomy.loader import Taxonomy
 
 
@@ -82,7 +83,7 @@ def pull_queues(client: AuditClient, out_dir: Path, title: str) -> list[PullSumm
     folder without records.jsonl yet, as at the start of a first build, can be pulled into too).
     Projects of this title that are not this folder's queues come last, each with why (`refused`);
     AuditError when no project is."""
-    path = out_dir / "records.jsonl"
+    path = records_file(out_dir)
     records = {r.key: r for r in load_records(out_dir) if not r.quarantine} if path.is_file() else {}
     projects, refused = queue_projects(client, title, out_dir)
     if not projects:

@@ -44,6 +44,7 @@ from audit.records import load_records, proposal_mask, shown_mask
 from audit.review_cache import reviewed
 from pipeline.dataset.records import TileRecord
 from pipeline.files.atomic import atomic_path
+from pipeline.files.layout import manifest_file
 from pipeline.files.safe_names import confined_path
 from taxonomy.loader import Taxonomy
 
@@ -135,7 +136,7 @@ def dataset_size(out_dir: Path, records: dict[str, TileRecord], taxonomy: Taxono
     from pipeline.dataset.shards import ShardError, read_manifest
 
     try:
-        manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else None
+        manifest = read_manifest(out_dir) if (manifest_file(out_dir)).is_file() else None
     except ShardError:
         manifest = None  # damaged: the tiles with a proposal stand in (the report says which)
     if manifest is not None and manifest["taxonomy"]["names"] == taxonomy.names:

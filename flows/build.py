@@ -62,6 +62,7 @@ from pipeline.dataset.selection import TileCounts, select
 from pipeline.dataset.shards import SampleCache, write_shards
 from pipeline.dataset.tile_table import TileRows, TileTable
 from pipeline.files.atomic import output_lock
+from pipeline.files.layout import records_file, report_dir
 from pipeline.raster.ingest import IngestError, RasterSource, find_rasters, planned_tiles, quarantined_file, source_keys
 from pipeline.stages.registry import batch_key, chained_keys, digest, given_captions, stage_fingerprints
 
@@ -188,7 +189,7 @@ def _records(
             if counts.admit(record, selection):
                 rows.add(record)
             sink.write(record.model_dump_json() + "\n")
-    index = sort_records(out / APPLIED, out / "records.jsonl")
+    index = sort_records(out / APPLIED, records_file(out))
     (out / APPLIED).unlink()
     (out / ANNOTATED).unlink()
     summary.write(out)
@@ -230,7 +231,7 @@ def _select(table: TileTable, counts: TileCounts, config_path: str) -> list[str]
     config = settings_of(config_path)
     selection = select(table, config.selection)
     counts.selected = selection.count
-    write_report(config.output / "report", table, selection, counts)
+    write_report(report_dir(config.output), table, selection, counts)
     return table.keys[selection.selected].tolist()
 
 
@@ -470,7 +471,7 @@ def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
     manifest.json says, since a file:// link does nothing in a browser."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    report = config.output / "report" / "balance.md"
+    report = report_dir(config.output) / "balance.md"
     if report.is_file():
         create_markdown_artifact(
             embedded_images(report),
@@ -513,8 +514,8 @@ def _audit_statistics(config: BuildConfig) -> str | None:
 
     if next(ledger_entries(config.output), None) is None:
         return None
-    write_audit_report(config.output, config.output / "report", load_taxonomy(config.taxonomy))
-    return embedded_images(config.output / "report" / "audit_stats.md")
+    write_audit_report(config.output, report_dir(config.output), load_taxonomy(config.taxonomy))
+    return embedded_images(report_dir(config.output) / "audit_stats.md")
 
 
 def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:

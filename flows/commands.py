@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from pipeline.cli.terminal import EXIT_PARTIAL, QuietWhileStopping, console, counting_bar, fail, set_aside
+from pipeline.files.layout import manifest_file, records_file, report_dir, summary_file
 
 app = typer.Typer()
 shards_app = typer.Typer(help="Check and export the WebDataset shards of a build.", no_args_is_help=True)
@@ -60,13 +61,13 @@ def build(
     if not sum(info["samples"] for info in manifest["splits"].values()):
         fail(_why_no_samples(output))
     if manifest["quarantined"]:  # finished, good tiles sharded, some inputs skipped
-        set_aside(f"{len(manifest['quarantined'])} quarantined tile(s)", output / "summary.json")
+        set_aside(f"{len(manifest['quarantined'])} quarantined tile(s)", summary_file(output))
 
 
 def _why_no_samples(output: Path) -> str:
     """The `error:` line of a build that sharded nothing: nothing usable came out of it, whatever
     reports it wrote (exit 2, not 0)."""
-    summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((summary_file(output)).read_text(encoding="utf-8"))
     tiles, annotated = summary["tiles"], summary["annotated"]
     if not annotated:
         return f"no samples written: none of the {tiles} tiles could be annotated; reasons in {output / 'summary.json'}"
@@ -242,18 +243,18 @@ def evaluate_build(
     try:
         truth = load_taxonomy(taxonomy)
         build = load_taxonomy(build_taxonomy)
-        manifest = records / "manifest.json"
+        manifest = manifest_file(records)
         names = json.loads(manifest.read_text())["taxonomy"]["names"] if manifest.is_file() else build.names
         if names != build.names:  # the shards say another vocabulary: compare by its names alone
             build = names_taxonomy(names)
     except TaxonomyError as error:
         fail(error)
-    if not (records / "records.jsonl").is_file():
+    if not (records_file(records)).is_file():
         fail(f"{records / 'records.jsonl'}: no records (is {records} a build output folder?)")
     if not ground_truth.is_dir():
         fail(f"{ground_truth}: no such folder")
     result = score(records, ground_truth, truth, build, spacy_lemmatize, min_fraction)
-    path = write_build_quality(result, out or records / "report")
+    path = write_build_quality(result, out or report_dir(records))
     summary = Console(soft_wrap=True)
     for stage in ("before_audit", "after_audit"):
         c = result[stage]["categories"]

@@ -38,6 +38,7 @@ from pipeline.build.batching import batched, in_order
 from pipeline.dataset.records import Caption, Quarantine, TileRecord
 from pipeline.files.atomic import atomic_path, output_lock, remove_stale_parts
 from pipeline.files.jsonl import atomic_writer, check_encoding, write_json_line
+from pipeline.files.layout import MASKS, OVERLAYS, STITCHED, TILE_FOLDERS, records_file, summary_file
 from pipeline.files.safe_names import confined_name, confined_path
 from pipeline.models.detector import Detection, PromptPhrase
 from pipeline.models.protocols import Models
@@ -209,9 +210,9 @@ class AnnotateSummary:
 
     def write(self, out_dir: Path) -> Path:
         """summary.json, atomically (the same file for `ovrsis annotate` and a build)."""
-        with atomic_writer(out_dir / "summary.json") as handle:
+        with atomic_writer(summary_file(out_dir)) as handle:
             json.dump(self.as_dict(), handle, indent=2)
-        return out_dir / "summary.json"
+        return summary_file(out_dir)
 
     def count(self, state: TileState) -> None:
         self.tiles += 1
@@ -280,7 +281,7 @@ class Annotator:
     def _annotate_all(self, inputs: Path, on_tile: Callable[[], None] | None) -> dict[str, list[TileRecord]]:
         """Every tile through the stages, its record appended as its batch finishes; returns what stitching needs."""
         stitchable: dict[str, list[TileRecord]] = defaultdict(list)
-        with bounded_reads(), open(self.out_dir / "records.jsonl", "w", encoding="utf-8") as handle:
+        with bounded_reads(), open(records_file(self.out_dir), "w", encoding="utf-8") as handle:
 
             def emit(state: TileState) -> None:
                 self.summary.count(state)
@@ -435,7 +436,7 @@ class Annotator:
             buffer = io.BytesIO()
             Image.fromarray(semantic).save(buffer, format="PNG", compress_level=6)
             state.mask_png = buffer.getvalue()
-            state.record.semantic_mask = f"masks/{confined_name(f'{state.record.key}.png', 'tile key')}"
+            state.record.semantic_mask = f"{MASKS}/{confined_name(f'{state.record.key}.png', 'tile key')}"
 
     def domain(self, states: list[TileState], pixels: PixelSource) -> None:
         found = self.domains.classify(
@@ -453,21 +454,21 @@ class Annotator:
             if not state.live:
                 continue
             key, source = state.record.key, state.record.source
-            path = self._tile_file("masks", key, ".png")
+            path = self._tile_file(MASKS, key, ".png")
             unchanged = _holds(path, state.mask_png)
             if not unchanged:
                 with atomic_path(path) as temporary:
                     temporary.write_bytes(state.mask_png)
             semantic = state.semantic_mask()
             state.record.proposal_digest = mask_digest(semantic)
-            geotiff = self._tile_file("masks", key, ".tif")
+            geotiff = self._tile_file(MASKS, key, ".tif")
             if self.config.write_geotiff and source.transform and not (unchanged and geotiff.is_file()):
                 write_mask_geotiff(geotiff, semantic, source.crs, source.transform, class_names=self.taxonomy.names)
             if self.config.write_overlay:
                 quick_look = overlay(
                     pixels(state.record)[0], semantic, len(self.taxonomy), untinted=self.taxonomy.background_indices
                 )
-                write_png(self._tile_file("overlays", key, ".png"), quick_look)
+                write_png(self._tile_file(OVERLAYS, key, ".png"), quick_look)
 
     def stitch(self, records_by_source: dict[str, list[TileRecord]]) -> None:
         """A full-size GeoTIFF mask per georeferenced raster cut into several tiles."""
@@ -479,7 +480,7 @@ class Annotator:
             if len(records) < 2 or not first.transform or all(r.quarantine for r in records):
                 continue
             full = Affine(*first.transform) @ Affine.translation(-first.window.col_off, -first.window.row_off)
-            out = self._tile_file("stitched", records[0].key.rsplit("__r", 1)[0], ".tif")
+            out = self._tile_file(STITCHED, records[0].key.rsplit("__r", 1)[0], ".tif")
 
             def load(index: int, records: list[TileRecord] = records) -> np.ndarray | None:
                 record = records[index]
@@ -530,7 +531,7 @@ class Annotator:
 def remove_stale_outputs(out_dir: Path) -> None:
     """Delete the temporaries (`.NAME.*.part`) a stopped run left in an output folder and the
     folders the writers fill; call before writing there again (annotate and the build flow)."""
-    for folder in (out_dir, *(out_dir / name for name in ("masks", "overlays", "stitched"))):
+    for folder in (out_dir, *(out_dir / name for name in TILE_FOLDERS)):
         remove_stale_parts(folder)
 
 

@@ -35,8 +35,6 @@ any model loads: inputs exist, the output folder is writable, the taxonomy and m
 
 from __future__ import annotations
 
-from ovrsis.errors import BuildConfigError
-
 import os
 import shutil
 from pathlib import Path
@@ -45,11 +43,13 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.stages.merge import MergeConfig
-from pipeline.models.presets import PRESETS
+from ovrsis.errors import BuildConfigError
 from pipeline.dataset.selection import SelectionConfig
 from pipeline.dataset.shards import ShardConfig
+from pipeline.files.layout import cache_dir
+from pipeline.models.presets import PRESETS
 from pipeline.raster.tiling import MAX_PIXELS, BandRule, TilingConfig
+from pipeline.stages.merge import MergeConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class BuildConfig(_Section):
 
     @property
     def storage_dir(self) -> Path:
-        return self.storage or self.output / ".cache"
+        return self.storage or cache_dir(self.output)
 
     def annotate_config(self) -> AnnotateConfig:
         from pipeline.build.annotate import AnnotateConfig  # the stages (and torch) only when a build runs

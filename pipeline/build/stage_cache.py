@@ -27,8 +27,8 @@ from typing import get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from pipeline.build.annotate import TileState
-from pipeline.files.atomic import atomic_path
 from pipeline.dataset.records import TileRecord
+from pipeline.files.atomic import atomic_path
 from pipeline.stages.registry import Stage
 
 SUFFIX = ".json.z"

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.terminal import EXIT_INTERRUPTED, console, counting_bar, fail, set_aside
+from pipeline.files.layout import summary_file
 from pipeline.raster.tiling import MAX_PIXELS, TilingConfig
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
@@ -258,7 +259,7 @@ def annotate(
     if summary.annotated == 0:
         fail(f"none of the {summary.tiles} tiles could be annotated; reasons in {out / 'summary.json'}")
     if summary.quarantined:
-        set_aside(f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined", out / "summary.json")
+        set_aside(f"{len(summary.quarantined)} of {summary.tiles} tiles quarantined", summary_file(out))
 
 
 def _parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -323,11 +324,11 @@ def view(
     ),
     thumb_size: int = typer.Option(256, min=16, max=2048, help="Longest side of a thumbnail, in pixels."),
 ) -> None:
-    from pipeline.export.gallery import GalleryError, records_file, records_taxonomy, write_gallery
+    from pipeline.export.gallery import GalleryError, existing_records, records_taxonomy, write_gallery
     from pipeline.files.atomic import OutputBusy, output_lock
 
     try:
-        records = records_file(out)
+        records = existing_records(out)
         with open(records, "rb") as handle:
             lines = sum(1 for line in handle if line.strip())
         if not lines:

@@ -57,6 +57,7 @@ from ovrsis.errors import ShardError
 from pipeline.build.batching import in_order
 from pipeline.dataset.records import TileRecord
 from pipeline.files.atomic import atomic_path, file_sha256
+from pipeline.files.layout import manifest_file, shards_dir
 from pipeline.files.safe_names import UnsafeName, confined_name, confined_path
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 from taxonomy.masks import values_outside
@@ -147,7 +148,7 @@ def write_shards(
         by_key = {r.key: r for r in records}
         if len(by_key) != len(records):
             raise ShardError("duplicate tile keys among the records to shard")
-    shard_dir = out_dir / "shards"
+    shard_dir = shards_dir(out_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     for stale in shard_dir.glob("*.tar"):
         stale.unlink()
@@ -188,7 +189,7 @@ def write_shards(
         else public_paths(build_config or {}, inputs),
         "audit_round": audit_round,
     }
-    with atomic_path(out_dir / "manifest.json") as temporary:
+    with atomic_path(manifest_file(out_dir)) as temporary:
         temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -567,7 +568,7 @@ def _replaced(entry: object, field: str, change: Callable[[object], object]) -> 
 
 
 def read_manifest(out_dir: Path) -> dict:
-    path = out_dir / "manifest.json"
+    path = manifest_file(out_dir)
     if not path.is_file():
         raise ShardError(f"{path}: no manifest (is {out_dir} a build output folder?)")
     try:
@@ -644,7 +645,7 @@ def verify_shards(out_dir: Path, check_masks: bool = True) -> list[str]:
     problems: list[str] = []
     for info in manifest["splits"].values():
         for shard in info["shards"]:
-            path = out_dir / "shards" / shard["name"]
+            path = shards_dir(out_dir) / shard["name"]
             if not path.is_file():
                 problems.append(f"{path}: missing")
                 continue
@@ -690,7 +691,7 @@ class ShardReader:
         if verify_checksums:
             for info in self.manifest["splits"].values():
                 for shard in info["shards"]:
-                    path = out_dir / "shards" / shard["name"]
+                    path = shards_dir(out_dir) / shard["name"]
                     problem = (
                         "missing"
                         if not path.is_file()
@@ -710,18 +711,18 @@ class ShardReader:
     def shard_paths(self, split: str) -> list[str]:
         if split not in self.manifest["splits"]:
             raise ShardError(f"{self.out_dir}: no split {split!r} (have {sorted(self.manifest['splits'])})")
-        paths = [str(self.out_dir / "shards" / s["name"]) for s in self.manifest["splits"][split]["shards"]]
+        paths = [str(shards_dir(self.out_dir) / s["name"]) for s in self.manifest["splits"][split]["shards"]]
         return [path for path in paths if path not in self.corrupt]
 
     def split_bytes(self, split: str) -> int:
         """Bytes of the split's readable shards (what a buffer holding every sample would hold)."""
         shards = self.manifest["splits"].get(split, {}).get("shards", [])
-        return sum(s["bytes"] for s in shards if str(self.out_dir / "shards" / s["name"]) not in self.corrupt)
+        return sum(s["bytes"] for s in shards if str(shards_dir(self.out_dir) / s["name"]) not in self.corrupt)
 
     def sample_count(self, split: str) -> int:
         """Samples in the split's readable shards (corrupt ones left out)."""
         shards = self.manifest["splits"].get(split, {}).get("shards", [])
-        return sum(s["samples"] for s in shards if str(self.out_dir / "shards" / s["name"]) not in self.corrupt)
+        return sum(s["samples"] for s in shards if str(shards_dir(self.out_dir) / s["name"]) not in self.corrupt)
 
     def samples(self, split: str = "train") -> Iterator[Sample]:
         """Samples in shard order, decoded to arrays."""

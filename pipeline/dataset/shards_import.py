@@ -48,6 +48,7 @@ from ovrsis.errors import ShardImportError
 from pipeline.dataset.records import SourceInfo, TileRecord, Window, tile_key
 from pipeline.dataset.shards import ShardConfig
 from pipeline.files.atomic import atomic_path, file_sha256
+from pipeline.files.layout import records_file
 from pipeline.files.safe_names import UnsafeName, confined_name
 from pipeline.raster.label_rasters import LabelRasterError, read_tile, tile_sources
 from pipeline.raster.tiling import TilingConfig
@@ -421,7 +422,7 @@ def import_pairs(
     when nothing can be imported, with the reasons written first."""
     from pipeline.dataset.shards import write_shards
 
-    if (out_dir / "records.jsonl").exists():
+    if (records_file(out_dir)).exists():
         raise ShardImportError(f"{out_dir}: a build's output folder (records.jsonl): import into a folder of its own")
     value_map = value_map or ValueMap.identity(taxonomy)
     pairs, left_out = find_pairs(source, layout, *folders)

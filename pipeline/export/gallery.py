@@ -40,13 +40,13 @@ from pydantic import ValidationError
 from ovrsis.errors import GalleryError
 from pipeline.dataset.records import SourceInfo, TileRecord
 from pipeline.files.atomic import process_umask
+from pipeline.files.layout import GALLERY, gallery_dir, masks_dir, records_file
 from pipeline.files.safe_names import UnsafeName, confined_path
 from pipeline.raster.ingest import BandRule, IngestError, RasterSource, bounded_reads
 from pipeline.raster.outputs import overlay, palette
 from taxonomy.loader import Taxonomy, TaxonomyError, load_taxonomy
 from taxonomy.masks import IGNORE_INDEX
 
-GALLERY = "gallery"
 MARKER = ".ovrsis-gallery"  # marks a gallery folder this module wrote: only such a folder is ever replaced
 THUMB_SIZE = 256  # longest side of a thumbnail, in pixels
 CHUNK_TILES = 256  # cards per data/chunk-N.js
@@ -75,7 +75,7 @@ def records_taxonomy(out_dir: Path) -> Taxonomy:
     """The taxonomy the folder's first record with provenance was made with (bundled name), so that a
     user need not repeat it; `write_gallery` notes every tile made with another version. GalleryError
     when no record names one or it cannot be loaded."""
-    path = records_file(out_dir)
+    path = existing_records(out_dir)
     for _, record in _read_records(path):
         named = record.provenance.get("taxonomy") if isinstance(record, TileRecord) else None
         if isinstance(named, dict) and isinstance(named.get("name"), str):
@@ -95,8 +95,8 @@ def write_gallery(
     mask cannot be read is still shown, with the reason; a line that is no record is counted as a problem.
     Does not take the output folder's lock: a build calls it while holding it."""
     started = time.perf_counter()
-    records = records_file(out_dir)
-    gallery = out_dir / GALLERY
+    records = existing_records(out_dir)
+    gallery = gallery_dir(out_dir)
     if gallery.is_symlink() or (gallery.exists() and not (gallery / MARKER).is_file()):
         raise GalleryError(f"{gallery} exists and was not written by `ovrsis view`; move it away to write the gallery")
     _remove_unfinished(out_dir)
@@ -121,9 +121,9 @@ def write_gallery(
     return summary
 
 
-def records_file(out_dir: Path) -> Path:
+def existing_records(out_dir: Path) -> Path:
     """OUT/records.jsonl; GalleryError when OUT holds none (not an output folder)."""
-    path = out_dir / "records.jsonl"
+    path = records_file(out_dir)
     if not path.is_file():
         raise GalleryError(f"{path}: no records (is {out_dir} an `ovrsis annotate` or `ovrsis build` output folder?)")
     return path
@@ -322,7 +322,7 @@ class _GalleryWriter:
     def _mask(self, record: TileRecord, notes: list[str]) -> Image.Image | None:
         """OUT/masks/KEY.png decoded (a single-band 8-bit image), or None with a note saying why not."""
         try:
-            path = confined_path(self.out_dir / "masks", f"{record.key}.png", "tile key")
+            path = confined_path(masks_dir(self.out_dir), f"{record.key}.png", "tile key")
         except UnsafeName as error:
             notes.append(f"no mask: {error}")
             return None

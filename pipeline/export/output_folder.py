@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ovrsis.errors import ExportError
 from pipeline.dataset.records import TileRecord
+from pipeline.files.layout import manifest_file, records_file
 from pipeline.files.safe_names import UnsafeName, confined_name
 
 
@@ -35,7 +36,7 @@ def read_output_folder(path: Path, taxonomy: str | None = None) -> OutputFolder:
     (what the shards were written with); else the taxonomy the records name in their provenance,
     refused when its version differs from the one the records were made with (mask values would
     name the wrong classes)."""
-    records_path = path / "records.jsonl"
+    records_path = records_file(path)
     if not records_path.is_file():
         raise ExportError(f"{records_path}: no records (is {path} an annotate or build output folder?)")
     records = []
@@ -57,7 +58,7 @@ def _class_names(path: Path, records: list[TileRecord], taxonomy: str | None) ->
             return load_taxonomy(taxonomy).names
         except TaxonomyError as error:
             raise ExportError(str(error)) from error
-    manifest = path / "manifest.json"
+    manifest = manifest_file(path)
     if manifest.is_file():
         try:
             return list(json.loads(manifest.read_text())["taxonomy"]["names"])

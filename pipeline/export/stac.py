@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from pipeline.dataset.records import TileRecord
 from pipeline.export.cog import is_cog
 from pipeline.export.output_folder import ExportError, OutputFolder, georeferenced, key_problem
+from pipeline.files.layout import masks_dir, overlays_dir, stitched_dir
 from pipeline.raster.gdal_env import unlisted
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
@@ -143,7 +144,7 @@ def _tile_item(
     item.properties["ovrsis:categories"] = [c.name for c in record.categories]
     item.properties["ovrsis:reviewed"] = record.review is not None
     _name_source(item, record)
-    tif = folder.path / "masks" / f"{record.key}.tif"
+    tif = masks_dir(folder.path) / f"{record.key}.tif"
     if tif.is_file():
         _add_mask(item, "mask", tif, classes)
     item.add_asset(
@@ -155,7 +156,7 @@ def _tile_item(
             title="mask as PNG (value = class index, 255 = nodata)",
         ),
     )
-    overlay = folder.path / "overlays" / f"{record.key}.png"
+    overlay = overlays_dir(folder.path) / f"{record.key}.png"
     if overlay.is_file():
         item.add_asset(
             "overlay", pystac.Asset(str(_absolute(overlay)), media_type=pystac.MediaType.PNG, roles=["overview"])
@@ -189,7 +190,7 @@ def _mosaic_items(folder: OutputFolder, tiles: list[TileRecord], classes: list, 
     for record in tiles:
         by_stem[record.key.rsplit("__r", 1)[0]].append(record)
     items = []
-    for path in sorted((folder.path / "stitched").glob("*.tif")):
+    for path in sorted((stitched_dir(folder.path)).glob("*.tif")):
         stem = path.name.removesuffix(".tif").removesuffix(".mask")
         if stem not in by_stem:
             continue

@@ -18,8 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from ovrsis.errors import OutputBusy
-
-LOCK_NAME = ".writing.lock"
+from pipeline.files.layout import LOCK
 
 
 @contextmanager
@@ -28,7 +27,7 @@ def output_lock(folder: Path, wait: bool = True) -> Iterator[None]:
     holds it from start to end, so an `ovrsis audit pull` can never apply reviews to masks a running
     build is rewriting. With `wait=False` a held lock raises OutputBusy at once."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a") as handle:
+    with open(folder / LOCK, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -22,6 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window as RioWindow
 
 from pipeline.dataset.records import TileRecord, read_records
+from pipeline.files.layout import records_file
 from pipeline.quality.confusion import Confusion
 from pipeline.raster.gdal_env import unlisted
 from taxonomy.crosswalk import crosswalk
@@ -124,7 +125,7 @@ def evaluate_build(
         "before_audit": (Confusion(other + 1), CategoryCounts()),
         "after_audit": (Confusion(other + 1), CategoryCounts()),
     }
-    records = read_records(out / "records.jsonl")
+    records = read_records(records_file(out))
     tiles, without_truth, audited = 0, [], 0
     for record in records:
         if record.quarantine is not None or record.semantic_mask is None:
@@ -150,7 +151,7 @@ def evaluate_build(
             matrix.update(prediction, np.where(valid, target, IGNORE))
             categories.add(proposed & set(shared), present)
     result = {
-        "records": str(out / "records.jsonl"),
+        "records": str(records_file(out)),
         "ground_truth": str(truth_root),
         "truth_taxonomy": truth.name,
         "mapping": mapping,

@@ -29,6 +29,7 @@ import torch
 from ovrsis.errors import PlanError
 from pipeline.dataset.shards import ShardError, read_manifest
 from pipeline.files.atomic import file_sha256
+from pipeline.files.layout import manifest_file
 from pipeline.stages.categories import spacy_lemmatize
 from piseg.checkpoint import configuration_differences, load_model, read_checkpoint
 from piseg.config import PiSegConfig, TrainConfig
@@ -157,7 +158,7 @@ def plan_training(shards: Path, config: PiSegConfig, out: Path) -> tuple[Run, Pi
     build = manifest.get("build_config") if isinstance(manifest.get("build_config"), dict) else {}
     trained = {
         "shards": str(shards),
-        "manifest_sha256": file_sha256(shards / "manifest.json"),
+        "manifest_sha256": file_sha256(manifest_file(shards)),
         "imported_from": build.get("imported_from"),
         "iters": config.train.iters,
         "backbone": config.model.backbone,
