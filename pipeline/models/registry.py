@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from pipeline.models import tiny
+from pipeline.models import twins
 from pipeline.models.captioner import ImageTextToTextSpec, TransformersCaptioner
 from pipeline.models.detector import GroundingDinoDetector, GroundingDinoSpec, MMGroundingDinoSpec
 from pipeline.models.protocols import Captioner, Detector, Segmenter
@@ -51,19 +51,21 @@ def register(backend: Backend) -> None:
 
 
 register(
-    Backend("captioner", "image-text-to-text", ImageTextToTextSpec, TransformersCaptioner.from_spec, tiny.florence2)
+    Backend("captioner", "image-text-to-text", ImageTextToTextSpec, TransformersCaptioner.from_spec, twins.florence2)
 )
-register(Backend("detector", "grounding-dino", GroundingDinoSpec, GroundingDinoDetector.from_spec, tiny.grounding_dino))
+register(
+    Backend("detector", "grounding-dino", GroundingDinoSpec, GroundingDinoDetector.from_spec, twins.grounding_dino)
+)
 register(
     Backend(
-        "detector", "mm-grounding-dino", MMGroundingDinoSpec, GroundingDinoDetector.from_spec, tiny.mm_grounding_dino
+        "detector", "mm-grounding-dino", MMGroundingDinoSpec, GroundingDinoDetector.from_spec, twins.mm_grounding_dino
     )
 )
-register(Backend("segmenter", "sam", SamSpec, TransformersSamSegmenter.from_spec, tiny.sam))
-register(Backend("segmenter", "sam2", Sam2Spec, Sam2Segmenter.from_spec, tiny.sam2))
+register(Backend("segmenter", "sam", SamSpec, TransformersSamSegmenter.from_spec, twins.sam))
+register(Backend("segmenter", "sam2", Sam2Spec, Sam2Segmenter.from_spec, twins.sam2))
 register(
     Backend(
-        "segmenter", "segment-anything", SegmentAnythingSpec, SegmentAnythingSegmenter.from_spec, tiny.segment_anything
+        "segmenter", "segment-anything", SegmentAnythingSpec, SegmentAnythingSegmenter.from_spec, twins.segment_anything
     )
 )
 

@@ -1,71 +1,43 @@
-"""Box-prompted SAM 2 through transformers (`Sam2Model`), the same contract as the SAM backends.
+"""Box-prompted SAM 2 through transformers (`Sam2Model`), on the SAM backends' base and contract.
 
-SAM 2's image encoder (Hiera) gives three feature levels instead of one embedding; they are
-computed ONCE per tile for the whole batch of tiles, and each tile's boxes are decoded in one
-prompt batch against its slice of every level.
+SAM 2's image encoder (Hiera) gives three feature levels instead of one embedding: they are
+computed ONCE per tile for the whole batch of tiles, a tile's embedding is its slice of every
+level, and its boxes are rescaled from the tile's own size (the image is not processed again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 import torch
 
-from pipeline.models import quiet_transformers
-from pipeline.models.device import pick_device
-from pipeline.models.protocols import SegmentResult
+from pipeline.models.segmenter import TransformersSegmenter
 from pipeline.models.spec import BackendSpec
 
 
 class Sam2Spec(BackendSpec):
+    """transformers `Sam2Model` (facebook/sam2.1-hiera-tiny, -small, -base-plus, -large or a local folder)."""
+
     backend: Literal["sam2"] = "sam2"
     model: str = "facebook/sam2.1-hiera-small"
     revision: str | None = None
 
 
-class Sam2Segmenter:
+class Sam2Segmenter(TransformersSegmenter[list[torch.Tensor]]):
+    """transformers `Sam2Model`: a tile's embedding is its slice of every Hiera level."""
+
     def __init__(self, model: str, revision: str | None = None, device: str | None = None) -> None:
         from transformers import Sam2Model, Sam2Processor
 
-        quiet_transformers()
-        self.device = device or pick_device()
-        self.processor = Sam2Processor.from_pretrained(model, revision=revision)
-        self.model = Sam2Model.from_pretrained(model, revision=revision).to(self.device).eval()
-        self.model_id = model
-        self.image_encoder_calls = 0
+        super().__init__(Sam2Model, Sam2Processor, model, revision, device)
 
-    @classmethod
-    def from_spec(cls, spec: Sam2Spec) -> Sam2Segmenter:
-        return cls(spec.model, revision=spec.revision)
+    def _per_tile(self, levels: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        return [[level[index : index + 1] for level in levels] for index in range(len(levels[0]))]
 
-    @torch.inference_mode()
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
-        if not images:
-            return []
-        encoded = self.processor(images=list(images), return_tensors="pt")
-        levels = self.model.get_image_embeddings(encoded["pixel_values"].to(self.device))
-        self.image_encoder_calls += len(images)
-        results = []
-        for index, (image, tile_boxes) in enumerate(zip(images, boxes)):
-            height, width = image.shape[:2]
-            if len(tile_boxes) == 0:
-                results.append(SegmentResult.empty(height, width))
-                continue
-            # Boxes are rescaled from the tile's own size; the image is not processed again.
-            prompt = self.processor(
-                input_boxes=[[list(map(float, b)) for b in tile_boxes]],
-                original_sizes=[[height, width]],
-                return_tensors="pt",
-            )
-            outputs = self.model(
-                image_embeddings=[level[index : index + 1] for level in levels],
-                input_boxes=prompt["input_boxes"].to(self.device),
-                multimask_output=False,
-            )
-            masks = self.processor.post_process_masks(outputs.pred_masks.cpu(), prompt["original_sizes"])[0]
-            results.append(
-                SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy())
-            )
-        return results
+    def _prompt(self, image: np.ndarray, boxes: list[list[float]]) -> Mapping[str, torch.Tensor]:
+        return self.processor(input_boxes=[boxes], original_sizes=[list(image.shape[:2])], return_tensors="pt")
+
+    def _masks(self, pred_masks: torch.Tensor, prompt: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.processor.post_process_masks(pred_masks, prompt["original_sizes"])[0]

@@ -1,16 +1,21 @@
-"""Box-prompted segmenters: the official `segment-anything` package and transformers' `SamModel`.
+"""Box-prompted segmenters: one base with the per-tile decode loop, and the SAM backends on it.
 
-Both compute ONE image embedding per tile (the expensive part: a ViT over 1024x1024) and decode
-all of that tile's boxes in one prompt batch. The image encoder runs once per batch of tiles.
+Every backend computes ONE image embedding per tile (the expensive part: a ViT or a Hiera over the
+whole tile), for all tiles of a batch in one encoder pass, then decodes each tile's boxes in one
+prompt batch against that tile's embedding. `BoxPromptSegmenter` holds that loop and the
+`image_encoder_calls` count, so a backend only says how it embeds tiles and decodes boxes: the
+official `segment-anything` package and transformers' `SamModel` here, `Sam2Model` in
+`pipeline.models.sam2` (both transformers ones on `TransformersSegmenter`, what they share).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +53,8 @@ SAM_DEFAULTS = {
     "decoder_heads": 8,
 }
 
+Tile = TypeVar("Tile")  # what a backend keeps of one tile's encoder pass for its decoder
+
 
 class SamSpec(BackendSpec):
     """transformers `SamModel` (facebook/sam-vit-base, -large, -huge or a local folder)."""
@@ -63,6 +70,104 @@ class SegmentAnythingSpec(BackendSpec):
     backend: Literal["segment-anything"] = "segment-anything"
     checkpoint: str
     arch: str | dict | None = None  # vit_b | vit_l | vit_h | a dict of sizes; else from the file
+
+
+class BoxPromptSegmenter(ABC, Generic[Tile]):
+    """The `Segmenter` contract in one place: all tiles through the image encoder in one pass, then
+    each tile's boxes decoded in one prompt batch. A tile without boxes gets an empty result and
+    no decoder call; `image_encoder_calls` counts embeddings so tests can prove one per tile."""
+
+    def __init__(self, model_id: str, device: str | None) -> None:
+        self.model_id = model_id
+        self.device = device or pick_device()
+        self.image_encoder_calls = 0
+
+    @abstractmethod
+    def _embed(self, images: Sequence[np.ndarray]) -> list[Tile]:
+        """One image encoder pass over the tiles -> what each tile's decoding needs, in order."""
+
+    @abstractmethod
+    def _decode(self, image: np.ndarray, tile: Tile, boxes: np.ndarray) -> SegmentResult:
+        """One tile's boxes (N >= 1, xyxy pixels) in one prompt batch -> N masks at the tile's size."""
+
+    @torch.inference_mode()
+    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
+        if len(images) == 0:
+            return []
+        tiles = self._embed(images)
+        self.image_encoder_calls += len(images)
+        return [
+            self._decode(image, tile, tile_boxes) if len(tile_boxes) else SegmentResult.empty(*image.shape[:2])
+            for image, tile, tile_boxes in zip(images, tiles, boxes)
+        ]
+
+
+class _HubSpec(Protocol):  # SamSpec, Sam2Spec: a hub id or a local folder, and its revision
+    model: str
+    revision: str | None
+
+
+class TransformersSegmenter(BoxPromptSegmenter[Tile]):
+    """transformers' SAM family from a hub id or a local folder (with its processor files): the
+    loading, the encoder pass and the mask decoder call are the same for SAM and SAM 2; a subclass
+    names its classes and says how a tile's embedding is sliced, its boxes prompted and its masks
+    sized back to the tile (where the two processors differ)."""
+
+    def __init__(
+        self, model_class: type, processor_class: type, model: str, revision: str | None, device: str | None
+    ) -> None:
+        quiet_transformers()
+        super().__init__(model, device)
+        self.processor = processor_class.from_pretrained(model, revision=revision)
+        self.model = model_class.from_pretrained(model, revision=revision).to(self.device).eval()
+
+    @classmethod
+    def from_spec(cls, spec: _HubSpec) -> Self:
+        return cls(spec.model, revision=spec.revision)
+
+    @abstractmethod
+    def _per_tile(self, embeddings: Any) -> list[Tile]:
+        """The batch's `get_image_embeddings` output -> each tile's share, batch dimension kept."""
+
+    @abstractmethod
+    def _prompt(self, image: np.ndarray, boxes: list[list[float]]) -> Mapping[str, torch.Tensor]:
+        """One tile's boxes -> the processor's encoding (`input_boxes` and the sizes `_masks` needs)."""
+
+    @abstractmethod
+    def _masks(self, pred_masks: torch.Tensor, prompt: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Low-resolution mask logits -> (N, 1, H, W) masks at the tile's size."""
+
+    def _embed(self, images: Sequence[np.ndarray]) -> list[Tile]:
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        return self._per_tile(self.model.get_image_embeddings(pixels))
+
+    def _decode(self, image: np.ndarray, tile: Tile, boxes: np.ndarray) -> SegmentResult:
+        prompt = self._prompt(image, [list(map(float, box)) for box in boxes])
+        outputs = self.model(
+            image_embeddings=tile, input_boxes=prompt["input_boxes"].to(self.device), multimask_output=False
+        )
+        masks = self._masks(outputs.pred_masks.cpu(), prompt)
+        return SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy())
+
+
+class TransformersSamSegmenter(TransformersSegmenter[torch.Tensor]):
+    """transformers `SamModel` from a hub id or a local folder (with its processor files)."""
+
+    def __init__(self, model: str, revision: str | None = None, device: str | None = None) -> None:
+        from transformers import SamModel, SamProcessor
+
+        super().__init__(SamModel, SamProcessor, model, revision, device)
+
+    def _per_tile(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        return list(embeddings.split(1))
+
+    def _prompt(self, image: np.ndarray, boxes: list[list[float]]) -> Mapping[str, torch.Tensor]:
+        # SamProcessor reads a tile's sizes only off the tile itself: it is resized again (cheap), not encoded again.
+        return self.processor(images=[image], input_boxes=[boxes], return_tensors="pt")
+
+    def _masks(self, pred_masks: torch.Tensor, prompt: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        sizes = prompt["original_sizes"], prompt["reshaped_input_sizes"]
+        return self.processor.image_processor.post_process_masks(pred_masks, *sizes)[0]
 
 
 def build_segment_anything(arch: dict):
@@ -109,7 +214,12 @@ def build_segment_anything(arch: dict):
     )
 
 
-class SegmentAnythingSegmenter:
+SamTile = tuple[
+    torch.Tensor, tuple[int, int]
+]  # a tile's embedding, and its size once resized (masks are cropped to it)
+
+
+class SegmentAnythingSegmenter(BoxPromptSegmenter[SamTile]):
     """Official SAM checkpoints (`sam_vit_b_01ec64.pth`, ...): `arch` is a preset name or a dict;
     without it, a `.json` beside the checkpoint or the preset named in the file name is used."""
 
@@ -117,100 +227,43 @@ class SegmentAnythingSegmenter:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: SAM checkpoint not found")
-        spec = _resolve_arch(checkpoint, arch)
-        self.device = device or pick_device()
-        self.model = build_segment_anything(spec).to(self.device).eval()
-        state = torch.load(checkpoint, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state)
-        self.model_id = f"segment-anything:{checkpoint.name}"
-        self.image_encoder_calls = 0
+        sizes = _resolve_arch(checkpoint, arch)
+        super().__init__(f"segment-anything:{checkpoint.name}", device)
+        self.model = build_segment_anything(sizes).to(self.device).eval()
+        self.model.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=True))
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.transform = ResizeLongestSide(self.model.image_encoder.img_size)
 
     @classmethod
-    def from_spec(cls, spec: SegmentAnythingSpec) -> SegmentAnythingSegmenter:
+    def from_spec(cls, spec: SegmentAnythingSpec) -> Self:
         return cls(spec.checkpoint, arch=spec.arch)
 
-    @torch.inference_mode()
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
+    def _embed(self, images: Sequence[np.ndarray]) -> list[SamTile]:
         inputs, input_sizes = [], []
         for image in images:
-            resized = self.transform.apply_image(image)
-            tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
-            input_sizes.append(tuple(tensor.shape[-2:]))
-            inputs.append(self.model.preprocess(tensor[None]))
-        embeddings = self.model.image_encoder(torch.cat(inputs)) if inputs else None
-        self.image_encoder_calls += len(inputs)
-        results = []
-        for index, (image, tile_boxes) in enumerate(zip(images, boxes)):
-            height, width = image.shape[:2]
-            if len(tile_boxes) == 0:
-                results.append(SegmentResult.empty(height, width))
-                continue
-            box_tensor = self.transform.apply_boxes_torch(
-                torch.as_tensor(np.asarray(tile_boxes), dtype=torch.float32, device=self.device), (height, width)
-            )
-            sparse, dense = self.model.prompt_encoder(points=None, boxes=box_tensor, masks=None)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=embeddings[index : index + 1],
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            masks = (
-                self.model.postprocess_masks(low_res, input_sizes[index], (height, width)) > self.model.mask_threshold
-            )
-            results.append(SegmentResult(masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy()))
-        return results
+            resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
+            resized = resized.permute(2, 0, 1).contiguous()
+            input_sizes.append(tuple(resized.shape[-2:]))
+            inputs.append(self.model.preprocess(resized[None]))  # normalized, padded to the encoder's square
+        return list(zip(self.model.image_encoder(torch.cat(inputs)).split(1), input_sizes))
 
-
-class TransformersSamSegmenter:
-    """transformers `SamModel` from a hub id or a local folder (with its processor files)."""
-
-    def __init__(self, model: str, revision: str | None = None, device: str | None = None) -> None:
-        from transformers import SamModel, SamProcessor
-
-        quiet_transformers()
-        self.device = device or pick_device()
-        self.processor = SamProcessor.from_pretrained(model, revision=revision)
-        self.model = SamModel.from_pretrained(model, revision=revision).to(self.device).eval()
-        self.model_id = model
-        self.image_encoder_calls = 0
-
-    @classmethod
-    def from_spec(cls, spec: SamSpec) -> TransformersSamSegmenter:
-        return cls(spec.model, revision=spec.revision)
-
-    @torch.inference_mode()
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[SegmentResult]:
-        if not images:
-            return []
-        encoded = self.processor(images=list(images), return_tensors="pt").to(self.device)
-        embeddings = self.model.get_image_embeddings(encoded["pixel_values"])
-        self.image_encoder_calls += len(images)
-        results = []
-        for index, (image, tile_boxes) in enumerate(zip(images, boxes)):
-            height, width = image.shape[:2]
-            if len(tile_boxes) == 0:
-                results.append(SegmentResult.empty(height, width))
-                continue
-            prompt = self.processor(
-                images=[image], input_boxes=[[list(map(float, b)) for b in tile_boxes]], return_tensors="pt"
-            )
-            outputs = self.model(
-                image_embeddings=embeddings[index : index + 1],
-                input_boxes=prompt["input_boxes"].to(self.device),
-                multimask_output=False,
-            )
-            masks = self.processor.image_processor.post_process_masks(
-                outputs.pred_masks.cpu(), prompt["original_sizes"], prompt["reshaped_input_sizes"]
-            )[0]
-            results.append(
-                SegmentResult(masks[:, 0].numpy().astype(bool), outputs.iou_scores[0, :, 0].float().cpu().numpy())
-            )
-        return results
+    def _decode(self, image: np.ndarray, tile: SamTile, boxes: np.ndarray) -> SegmentResult:
+        embedding, input_size = tile
+        size = image.shape[:2]
+        box_tensor = torch.as_tensor(np.asarray(boxes), dtype=torch.float32, device=self.device)
+        sparse, dense = self.model.prompt_encoder(
+            points=None, boxes=self.transform.apply_boxes_torch(box_tensor, size), masks=None
+        )
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        masks = self.model.postprocess_masks(low_res, input_size, size) > self.model.mask_threshold
+        return SegmentResult(masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy())
 
 
 def _resolve_arch(checkpoint: Path, arch: str | dict | None) -> dict:

@@ -1,0 +1,79 @@
+"""The segmenters share one per-tile loop (`BoxPromptSegmenter`), and `pipeline.models` has no import circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.models.protocols import Segmenter, SegmentResult
+from pipeline.models.registry import BACKENDS
+from pipeline.models.segmenter import BoxPromptSegmenter
+
+MODELS = Path(__file__).resolve().parents[1] / "pipeline" / "models"
+
+
+class CountingSegmenter(BoxPromptSegmenter[int]):
+    """A stand-in backend: a tile's "embedding" is its index; records what reaches the hooks."""
+
+    def __init__(self) -> None:
+        super().__init__("counting", "cpu")
+        self.embedded: list[int] = []
+        self.decoded: list[tuple[int, int]] = []
+
+    def _embed(self, images):
+        self.embedded.append(len(images))
+        return list(range(len(images)))
+
+    def _decode(self, image, tile, boxes):
+        self.decoded.append((tile, len(boxes)))
+        height, width = image.shape[:2]
+        return SegmentResult(np.ones((len(boxes), height, width), bool), np.full(len(boxes), 0.5, np.float32))
+
+
+def test_one_encoder_pass_per_batch_and_no_decoder_call_for_a_tile_without_boxes():
+    segmenter = CountingSegmenter()
+    assert isinstance(segmenter, Segmenter)
+    images = [np.zeros((4, 6, 3), np.uint8), np.zeros((5, 7, 3), np.uint8), np.zeros((3, 3, 3), np.uint8)]
+    boxes = [np.zeros((2, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros((1, 4), np.float32)]
+    results = segmenter.segment(images, boxes)
+    assert segmenter.embedded == [3] and segmenter.image_encoder_calls == 3
+    assert segmenter.decoded == [(0, 2), (2, 1)]
+    assert [r.masks.shape for r in results] == [(2, 4, 6), (0, 5, 7), (1, 3, 3)]
+    assert results[1].scores.shape == (0,)
+    assert segmenter.segment([], []) == [] and segmenter.embedded == [3] and segmenter.image_encoder_calls == 3
+
+
+def test_every_segmenter_backend_runs_the_shared_loop():
+    for name, backend in BACKENDS["segmenter"].items():
+        assert issubclass(backend.load.__self__, BoxPromptSegmenter), name
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at module level or inside a function (`from a import b` may name a.b)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_models_package_has_no_import_circle():
+    modules = {f"pipeline.models.{path.stem}": path for path in MODELS.glob("*.py") if path.stem != "__init__"}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        for target in sorted(graph[name]):
+            assert target not in stack, "import circle: " + " -> ".join([*stack[stack.index(target) :], target])
+            if target not in done:
+                visit(target, [*stack, target])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [name])
+    assert "pipeline.models.registry" in graph["pipeline.models.tiny"]  # tiny walks the registry, never back
+    assert "pipeline.models.tiny" not in graph["pipeline.models.registry"]
