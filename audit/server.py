@@ -154,8 +154,6 @@ def start_server(
         raise AuditError("LABEL_STUDIO_USER_TOKEN must be 40 hexadecimal characters")
     binary = label_studio_binary(venv)
     private_folder(data_dir)
-    log = data_dir / "label-studio.log"
-    log.touch(mode=0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
     for bare in ("USERNAME", "PASSWORD", "PORT", "HOST"):  # Label Studio reads these unprefixed too
         env.pop(bare, None)
@@ -179,20 +177,8 @@ def start_server(
         str(port),
     ]
     # umask 077: the SQLite database (admin token included), uploads and logs are the user's alone
-    process = subprocess.Popen(
-        command, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True, umask=0o077
-    )
-    (data_dir / "label-studio.pid").write_text(str(process.pid))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AuditError(f"Label Studio exited with status {process.returncode}; see {log}")
-        if _healthy(url):
-            return LocalServer(url=url, pid=process.pid, log=log)
-        time.sleep(0.5)
-    stop_server(process.pid)
-    raise AuditError(f"Label Studio did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
+    return _start_detached("Label Studio", command, url, data_dir, "label-studio", env, timeout, poll=0.5, umask=0o077)
 
 
 def private_folder(folder: Path) -> None:
@@ -221,8 +207,6 @@ def start_backend(
     """Start `ovrsis audit backend` detached on `host`:`port` (PID in DATA/ml-backend.pid) and wait for /health.
     The secret goes through the environment: a command line is visible to every local user."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = data_dir / "ml-backend.log"
-    log.touch(mode=0o600)
     command = [
         sys.executable,
         "-m",
@@ -240,25 +224,44 @@ def start_backend(
     command += ["--records", str(records.resolve())] if records else []
     command += ["--piseg", str(piseg.resolve())] if piseg else []
     command += ["--warm"] if warm else []
-    process = subprocess.Popen(
-        command,
-        env=os.environ | {"OVRSIS_BACKEND_SECRET": secret},
-        stdout=open(log, "a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    (data_dir / "ml-backend.pid").write_text(str(process.pid))
-    url = f"http://{host}:{port}"
+    env = os.environ | {"OVRSIS_BACKEND_SECRET": secret}
+    url, cwd = f"http://{host}:{port}", Path(__file__).resolve().parents[1]
+    return _start_detached("the ML backend", command, url, data_dir, "ml-backend", env, timeout, poll=0.3, cwd=cwd)
+
+
+def _start_detached(
+    what: str,
+    command: list[str],
+    url: str,
+    data_dir: Path,
+    name: str,
+    env: dict[str, str],
+    timeout: float,
+    *,
+    poll: float,
+    cwd: Path | None = None,
+    umask: int = -1,
+) -> LocalServer:
+    """Start `command` detached, in a session (and process group) of its own that `stop_server` ends whole:
+    output appended to DATA/NAME.log (made 0600 first), PID in DATA/NAME.pid. Wait, polling every `poll`
+    seconds, until `url`/health answers; `what` names the server in the error if it exits first or does
+    not answer within `timeout` seconds (then it is stopped). `umask` -1 keeps this process's."""
+    log = data_dir / f"{name}.log"
+    log.touch(mode=0o600)
+    with open(log, "a") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, umask=umask
+        )
+    (data_dir / f"{name}.pid").write_text(str(process.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AuditError(f"the ML backend exited with status {process.returncode}; see {log}")
+            raise AuditError(f"{what} exited with status {process.returncode}; see {log}")
         if _healthy(url):
             return LocalServer(url=url, pid=process.pid, log=log)
-        time.sleep(0.3)
+        time.sleep(poll)
     stop_server(process.pid)
-    raise AuditError(f"the ML backend did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
+    raise AuditError(f"{what} did not answer on {url} within {timeout:.0f} s (is the port taken?); see {log}")
 
 
 def stop_server(pid: int, timeout: float = 20.0) -> None:

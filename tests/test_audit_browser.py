@@ -1,8 +1,8 @@
 """The review backend behind a real Label Studio, and a real browser using it.
 
-Label Studio (from .venv-ls) and `ovrsis audit backend` (tiny SAM) are started by the test and
-stopped by PID; `ovrsis audit push --backend` pushes two tiles and connects the backend with its
-shared secret. Label Studio must reach the backend for a smart-tool click (its
+Label Studio (from .venv-ls) and `ovrsis audit backend` (tiny SAM) are started by the test suite
+(the `label_studio` fixture) and stopped by PID; `ovrsis audit push --backend` pushes two tiles and
+connects the backend with its shared secret. Label Studio must reach the backend for a smart-tool click (its
 /api/ml/ID/interactive-annotating), and headless Chromium from Debian's packages, driven by
 selenium through the system chromedriver (nothing downloaded at run time), logs in, opens a task,
 sees the tile and the proposed regions, clicks once with the smart keypoint tool and sees SAM's
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -36,21 +33,18 @@ from audit.cli import BACKEND_SECRET_ENV
 from audit.cli import app as audit_app
 from audit.client import AuditClient, find_project
 from audit.queue import connect_backend
-from audit.server import BACKEND_HOST, start_backend, start_server, stop_server
 from audit.settings import ServerSettings
 from flows.sample_build import make_imagery
 from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.raster.ingest import TilingConfig
 from taxonomy import load_taxonomy
+from tests.servers import BACKEND_SECRET, PASSWORD, TOKEN
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
-PASSWORD = "browser-test-pw"
-SECRET = "browser-test-backend-secret-0123"  # the ML backend's shared secret (Label Studio sends it as Basic auth)
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts" / "browser"
 TITLE = "browser review"
@@ -64,16 +58,6 @@ SMART_HEADER = "Smart tools"
 Locator = tuple[str, str]  # (By.*, selector); By.CSS_SELECTOR is "css selector"
 ACCEPT_SUGGESTIONS: Locator = ("css selector", "[data-testid=bottombar-accept-suggestions-button]")
 AUTO_ANNOTATION: Locator = ("css selector", "input[data-testid=bottombar-auto-annotation-toggle]")
-
-
-def free_ports(*hosts: str) -> list[int]:
-    """A free port on each of `hosts`, all distinct: every probe stays bound until all are chosen, so
-    two servers starting side by side can never be handed the same port."""
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in hosts]
-        for probe, host in zip(probes, hosts, strict=True):
-            probe.bind((host, 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 @pytest.fixture(scope="module")
@@ -96,59 +80,50 @@ def build_output(tmp_path_factory, tiny_models):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory, build_output, tiny_models_yaml):
-    """Label Studio and the ML backend, pushed to with `ovrsis audit push --backend`; both stopped by PID."""
-    if not (REPO / ".venv-ls" / "bin" / "label-studio").is_file():
-        pytest.fail(".venv-ls is missing: `make test` creates the Label Studio venv")
-    data = tmp_path_factory.mktemp("lsdata-browser")
-    ls_port, backend_port = free_ports("127.0.0.1", BACKEND_HOST)
-    with ThreadPoolExecutor(2) as pool:  # both start at once: each mostly waits on its own imports
-        starting = [
-            pool.submit(start_server, data, build_output, TOKEN, "admin@example.com", PASSWORD, port=ls_port),
-            pool.submit(
-                start_backend, data, build_output, build_output, str(tiny_models_yaml), SECRET, port=backend_port
-            ),
-        ]
-        wait(starting)
-    started = [f.result() for f in starting if f.exception() is None]
-    try:
-        label_studio, backend = (f.result() for f in starting)  # raises what a failed start raised
-        push = [
-            "push",
-            "--records",
-            str(build_output),
-            "--sample",
-            "2",
-            "--project",
-            TITLE,
-            "--url",
-            label_studio.url,
-            "--backend",
-            backend.url,
-        ]
-        env = {"LABEL_STUDIO_USER_TOKEN": TOKEN, BACKEND_SECRET_ENV: SECRET}
-        result = CliRunner().invoke(audit_app, push, env=env)
-        assert result.exit_code == 0, result.output
-        yield label_studio, backend
-    finally:
-        for server in started:
-            stop_server(server.pid)
+def served_root(build_output):
+    """The module's Label Studio (the `label_studio` fixture) serves the build output."""
+    return build_output
 
 
 @pytest.fixture(scope="module")
-def project(servers):
-    client = AuditClient(ServerSettings(servers[0].url, TOKEN))
+def ml_backend_models(tiny_models_yaml):
+    """The ML backend beside it (serving the build output too) runs the tiny models."""
+    return str(tiny_models_yaml)
+
+
+@pytest.fixture(scope="module")
+def project(label_studio, build_output):
+    """Two tiles pushed to Label Studio with `ovrsis audit push --backend`, which connects the ML backend."""
+    push = [
+        "push",
+        "--records",
+        str(build_output),
+        "--sample",
+        "2",
+        "--project",
+        TITLE,
+        "--url",
+        label_studio.url,
+        "--backend",
+        label_studio.backend.url,
+    ]
+    env = {"LABEL_STUDIO_USER_TOKEN": TOKEN, BACKEND_SECRET_ENV: BACKEND_SECRET}
+    result = CliRunner().invoke(audit_app, push, env=env)
+    assert result.exit_code == 0, result.output
+    client = AuditClient(ServerSettings(label_studio.url, TOKEN))
     project_id = find_project(client, TITLE)
     tasks = sorted(client.sdk.tasks.list(project=project_id), key=lambda t: t.id)
     (ml,) = client.sdk.ml.list(project=project_id)
     return client, project_id, tasks, ml
 
 
-def test_label_studio_asks_the_backend_for_smart_tool_masks(servers, project):
-    label_studio, backend = servers
+def test_label_studio_asks_the_backend_for_smart_tool_masks(label_studio, project):
+    backend = label_studio.backend
     client, project_id, tasks, ml = project
     assert ml.url.rstrip("/") == backend.url and ml.is_interactive and len(tasks) == 2
-    assert connect_backend(client, project_id, backend.url + "/", load_taxonomy("ovrsis95k"), SECRET) == ml.id  # once
+    assert (
+        connect_backend(client, project_id, backend.url + "/", load_taxonomy("ovrsis95k"), BACKEND_SECRET) == ml.id
+    )  # once
     assert 'smart="true"' in client.sdk.projects.get(id=project_id).label_config
     click = {
         "type": "keypointlabels",
@@ -422,10 +397,9 @@ def click_image_when_still(driver: WebDriver, dx: int, dy: int) -> None:
     until(driver, attempt, "the image canvas, wholly in view and still")
 
 
-def test_browser_review_with_the_smart_keypoint_tool(servers, project, browser):
+def test_browser_review_with_the_smart_keypoint_tool(label_studio, project, browser):
     from selenium.webdriver.common.by import By
 
-    label_studio, _ = servers
     client, project_id, tasks, _ = project
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     prediction = [r["value"]["brushlabels"][0] for r in client.sdk.predictions.list(task=tasks[0].id)[0].result]

@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ from audit.folders import folder_line
 from audit.ledger import ledger_path, read_ledger
 from audit.queue import label_config, push
 from audit.records import load_records, write_records
-from audit.server import LS_VENV_ENV, start_server, stop_server
+from audit.server import stop_server
 from audit.session import QueuePlan, apply_ledger, pull_queues, push_queues
 from audit.settings import AuditError, ServerSettings
 from audit.stats import write_report
@@ -33,16 +33,11 @@ from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
 from pipeline.raster.ingest import TilingConfig
 from pipeline.raster.outputs import mask_digest
 from taxonomy import load_taxonomy
+from tests.servers import TOKEN, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +63,10 @@ def build_output(tmp_path_factory, tiny_models):
     return out
 
 
-@dataclass
-class Server:
-    url: str
-    pid: int
-    data: Path
-    port: int
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, build_output):
-    if not (REPO / ".venv-ls" / "bin" / "label-studio").is_file():
-        pytest.fail(".venv-ls is missing: `make test` creates the Label Studio venv")
-    data = tmp_path_factory.mktemp("lsdata")
-    port = free_port()
-    # started as a user does, from a working directory other than the checkout: .venv-ls is found beside
-    # the project, not in the working directory
-    env = {k: v for k, v in os.environ.items() if k != LS_VENV_ENV} | {
-        "LABEL_STUDIO_USER_TOKEN": TOKEN,
-        "LABEL_STUDIO_USERNAME": "admin@example.com",
-        "LABEL_STUDIO_PASSWORD": "audit-test-pw",
-    }
-    command = ovrsis("audit", "server", "--root", str(build_output), "--data", str(data), "--port", str(port))
-    started = subprocess.run(
-        command, cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert started.returncode == 0, started.stderr[-3000:]
-    handle = Server(f"http://127.0.0.1:{port}", int((data / "label-studio.pid").read_text()), data, port)
-    yield handle
-    stop_server(handle.pid)
+def served_root(build_output):
+    """The module's Label Studio (the `label_studio` fixture) serves the build output."""
+    return build_output
 
 
 def prediction_regions(client: AuditClient, task_id: int) -> list[dict]:
@@ -108,8 +78,8 @@ def tasks_by_key(client: AuditClient, title: str) -> dict[str, dict]:
     return {t["data"]["key"]: t for t in client.sdk.projects.exports.as_json(find_project(client, title))}
 
 
-def test_audit_session_two_queues_ledger_and_table_ii(server, build_output, tmp_path):
-    client = AuditClient(ServerSettings(server.url, TOKEN))
+def test_audit_session_two_queues_ledger_and_table_ii(label_studio, build_output, tmp_path):
+    client = AuditClient(ServerSettings(label_studio.url, TOKEN))
     client.check()
     taxonomy = load_taxonomy("ovrsis95k")
     plan = QueuePlan(sample=8, seed=1, uncertain=2)  # every tile in the sample, two of them in the uncertain queue too
@@ -242,7 +212,7 @@ def claim(client: AuditClient, title: str, *folders: Path) -> None:
             client.sdk.projects.update(id=project.id, description=(project.description or "") + lines)
 
 
-def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output, tmp_path):
+def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(label_studio, build_output, tmp_path):
     """A pull killed as soon as it starts writing the ledger; the rerun completes it, nothing twice."""
     copy, uninterrupted = tmp_path / "copy", tmp_path / "uninterrupted"
     for folder in (copy, uninterrupted):
@@ -251,7 +221,7 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
         )
     bare = tmp_path / "bare"  # no records at all (a first build pulling before it wrote any): every review is kept
     (bare / "audit").mkdir(parents=True)
-    client = AuditClient(ServerSettings(server.url, TOKEN))
+    client = AuditClient(ServerSettings(label_studio.url, TOKEN))
     with pytest.raises(AuditError, match="is not the audit of"):  # copies are other folders, until claimed
         pull_queues(client, bare, "audit test")
     claim(client, "audit test", copy, uninterrupted, bare)
@@ -270,7 +240,7 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
         "--project",
         "audit test",
         "--url",
-        server.url,
+        label_studio.url,
     ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -285,15 +255,15 @@ def test_sigkill_mid_pull_then_rerun_gives_the_same_ledger(server, build_output,
     assert {r.identity for r in read_ledger(copy)} == reference and len(lines) == len(reference)
 
 
-def test_wrong_token_unreachable_server_and_refused_then_correct_push(server, build_output, tmp_path):
-    bad = AuditClient(ServerSettings(server.url, "f" * 40), retries=2, backoff=0.05)
+def test_wrong_token_unreachable_server_and_refused_then_correct_push(label_studio, build_output, tmp_path):
+    bad = AuditClient(ServerSettings(label_studio.url, "f" * 40), retries=2, backoff=0.05)
     with pytest.raises(AuditError, match="refused the API token") as error:
         bad.check()
     assert "f" * 8 not in str(error.value)
     down = AuditClient(ServerSettings(f"http://127.0.0.1:{free_port()}", TOKEN), retries=3, backoff=0.05)
     with pytest.raises(AuditError, match="unreachable while checking the connection after 3 tries"):
         down.check()
-    client = AuditClient(ServerSettings(server.url, TOKEN))
+    client = AuditClient(ServerSettings(label_studio.url, TOKEN))
     taxonomy = load_taxonomy("ovrsis95k")
     records = [r for r in load_records(build_output) if not r.quarantine][:2]
     with pytest.raises(AuditError, match="outside the served root"):
@@ -308,19 +278,56 @@ def test_wrong_token_unreachable_server_and_refused_then_correct_push(server, bu
     (storage,) = client.sdk.import_storage.local.list(project=pushed.project_id)
     assert Path(storage.path) == (build_output / "audit" / "images").resolve()
     image = client.sdk.tasks.get(pushed.task_ids[0]).data["image"]
-    request = urllib.request.Request(server.url + image, headers={"Authorization": f"Token {TOKEN}"})
+    request = urllib.request.Request(label_studio.url + image, headers={"Authorization": f"Token {TOKEN}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200 and response.read()[:2] == b"\xff\xd8"  # the tile's JPEG loads
 
 
+def audit_pull(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`ovrsis audit pull` of the output, project and server a build configuration names."""
+    import yaml
+
+    settings = yaml.safe_load(config.read_text())
+    project, url = settings["audit"]["project"], settings["audit"]["url"]
+    command = ovrsis("audit", "pull", "--records", settings["output"], "--project", project, "--url", url)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def build_pull_rebuild(
+    config: Path,
+    env: dict[str, str],
+    review: Callable[[], T],
+    change: Callable[[dict], object],
+    finished: tuple[int, ...] = (0,),
+) -> T:
+    """`ovrsis build` with `config` (it pushes the audit queues), `review()` in Label Studio, `ovrsis audit
+    pull`, `change(settings)` to the configuration, `ovrsis build` again. Both builds must exit with one of
+    `finished`, the pull with 0. Returns what `review` returned."""
+    import yaml
+
+    def build(what: str) -> None:
+        built = subprocess.run(
+            ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
+        )
+        assert built.returncode in finished, f"{what}: {built.stderr[-3000:]}"
+
+    build("the first build")
+    reviewed = review()
+    pulled = audit_pull(config, env)
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    settings = yaml.safe_load(config.read_text())
+    change(settings)
+    config.write_text(yaml.safe_dump(settings))
+    build("the rebuild")
+    return reviewed
+
+
 def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
-    server, build_output, tmp_path, tiny_models_yaml
+    label_studio, build_output, tmp_path, tiny_models_yaml
 ):
     """Build + push two queues; review both; `ovrsis audit pull`; stop the server; rebuild with the
     cache wiped and a threshold changed (no audit.pull): the shards carry the reviewed masks and
     categories. Then restart the server on the same database: a pull finds nothing new."""
-    import yaml
-
     from flows.sample_build import prefect_env, write_config
     from pipeline.dataset.shards import ShardReader
 
@@ -331,42 +338,30 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
         imagery,
         tiny_models_yaml,
         output,
-        audit={"push_sample": 2, "uncertain": 1, "seed": 0, "project": "flow audit", "url": server.url},
+        audit={"push_sample": 2, "uncertain": 1, "seed": 0, "project": "flow audit", "url": label_studio.url},
     )
     env = prefect_env(tmp_path / "prefect") | {"LABEL_STUDIO_USER_TOKEN": TOKEN}
-    first = subprocess.run(
-        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
-    )
-    assert first.returncode in (0, 1), first.stderr[-3000:]  # 1: finished, some tiles quarantined
-    client = AuditClient(ServerSettings(server.url, TOKEN))
+    client = AuditClient(ServerSettings(label_studio.url, TOKEN))
     taxonomy = load_taxonomy("ovrsis95k")
-    dropped = {}
-    for title in ("flow audit", "flow audit (uncertain)"):
-        task = sorted(tasks_by_key(client, title).values(), key=lambda t: t["data"]["key"])[0]
-        regions = prediction_regions(client, task["id"])
-        dropped[task["data"]["key"]] = regions[0]["value"]["brushlabels"][0]
-        client.sdk.annotations.create(
-            id=task["id"], result=[*regions, discard_choice(regions[0]["value"]["brushlabels"][0])]
-        )
-    pulled = subprocess.run(
-        ovrsis("audit", "pull", "--records", str(output), "--project", "flow audit", "--url", server.url),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert pulled.returncode == 0, pulled.stderr[-3000:]
 
-    stop_server(server.pid)
-    settings = yaml.safe_load(config.read_text())
-    settings["audit"] = {"project": "flow audit", "url": server.url}  # no pull, no push: the server is down
-    settings["merge"] = {**settings.get("merge", {}), "min_area": 33}
-    config.write_text(yaml.safe_dump(settings))
-    shutil.rmtree(output / ".cache", ignore_errors=True)
-    second = subprocess.run(
-        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
-    )
-    assert second.returncode in (0, 1), second.stderr[-3000:]
+    def review() -> dict[str, str]:
+        dropped = {}
+        for title in ("flow audit", "flow audit (uncertain)"):
+            task = sorted(tasks_by_key(client, title).values(), key=lambda t: t["data"]["key"])[0]
+            regions = prediction_regions(client, task["id"])
+            dropped[task["data"]["key"]] = regions[0]["value"]["brushlabels"][0]
+            client.sdk.annotations.create(
+                id=task["id"], result=[*regions, discard_choice(regions[0]["value"]["brushlabels"][0])]
+            )
+        return dropped
+
+    def stop_and_change(settings: dict) -> None:
+        stop_server(label_studio.pid)
+        settings["audit"] = {"project": "flow audit", "url": label_studio.url}  # no pull, no push: the server is down
+        settings["merge"] = {**settings.get("merge", {}), "min_area": 33}
+        shutil.rmtree(output / ".cache", ignore_errors=True)
+
+    dropped = build_pull_rebuild(config, env, review, stop_and_change, finished=(0, 1))  # 1: some tiles quarantined
     reader = ShardReader(output)
     assert reader.manifest["audit_round"].startswith(f"reviews:{len(dropped)}:")
     samples = {s.key: s for split in ("train", "val") for s in reader.samples(split)}
@@ -381,16 +376,9 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
         assert not (np.asarray(Image.open(output / "masks" / f"{key}.png")) == taxonomy.index_of(name)).any()
         assert (output / "masks" / f"{key}.proposed.png").is_file()
 
-    restarted = start_server(server.data, build_output, TOKEN, "admin@example.com", "audit-test-pw", port=server.port)
-    server.pid = restarted.pid
+    label_studio.start()  # again: the same database, served root and port
     ledger_before = ledger_path(output).read_bytes()
-    again = subprocess.run(
-        ovrsis("audit", "pull", "--records", str(output), "--project", "flow audit", "--url", server.url),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = audit_pull(config, env)
     assert again.returncode == 0 and "0 new review(s)" in again.stderr, again.stderr[-3000:]
     assert ledger_path(output).read_bytes() == ledger_before
     status = subprocess.run(
@@ -411,15 +399,13 @@ def test_flow_reviews_in_both_queues_survive_a_rebuild_with_the_server_stopped(
 
 
 def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
-    server, build_output, tmp_path, tiny_models_yaml
+    label_studio, build_output, tmp_path, tiny_models_yaml
 ):
     """The session the issue scripted: tiles whose captions named nothing get no proposal; `audit.unlabelled`
     queues them; a reviewer paints a building on each in Label Studio; `ovrsis audit pull`; a plain rebuild
     (no server needed). Every painted tile is in the shards with the painted pixels, the balance report's
     selected column equals the manifest, and the random sample never spent a task on an unlabelled tile."""
-    import yaml
-
-    from flows.sample_build import CAPTION, ovrsis, prefect_env, write_config
+    from flows.sample_build import CAPTION, prefect_env, write_config
     from pipeline.dataset.shards import ShardReader
 
     imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False)
@@ -430,48 +416,38 @@ def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
         + "\n"
     )
     output = build_output / "unlabelled-build"  # under the folder the server serves
-    audit = {"push_sample": 3, "unlabelled": 4, "seed": 0, "project": "unlabelled audit", "url": server.url}
+    audit = {"push_sample": 3, "unlabelled": 4, "seed": 0, "project": "unlabelled audit", "url": label_studio.url}
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, output, audit=audit)
     env = prefect_env(tmp_path / "prefect") | {"LABEL_STUDIO_USER_TOKEN": TOKEN}
-    first = subprocess.run(
-        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    client = AuditClient(ServerSettings(server.url, TOKEN))
-    empty = {k for k in tasks_by_key(client, "unlabelled audit (unlabelled)")}
-    assert empty == {r.key for r in load_records(output) if r.key.startswith("scene1")}
-    assert not empty & set(tasks_by_key(client, "unlabelled audit"))  # the sample: tiles with a proposal only
-    painted = {}
-    for task in tasks_by_key(client, "unlabelled audit (unlabelled)").values():
-        height = width = 128
-        region = np.zeros((height, width), bool)
-        region[20:70, 30:100] = True
-        painted[task["data"]["key"]] = int(region.sum())
-        building = {
-            "id": "painted",
-            "from_name": "mask",
-            "to_name": "image",
-            "type": "brushlabels",
-            "original_width": width,
-            "original_height": height,
-            "value": {"format": "rle", "rle": mask2rle((region * 255).astype(np.uint8)), "brushlabels": ["building"]},
-        }
-        client.sdk.annotations.create(id=task["id"], result=[building])
-    pulled = subprocess.run(
-        ovrsis("audit", "pull", "--records", str(output), "--project", "unlabelled audit", "--url", server.url),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert pulled.returncode == 0, pulled.stderr[-3000:]
-    settings = yaml.safe_load(config.read_text())
-    del settings["audit"]  # a plain rebuild: no pull, no push
-    config.write_text(yaml.safe_dump(settings))
-    second = subprocess.run(
-        ovrsis("build", "--config", str(config)), env=env, capture_output=True, text=True, timeout=600
-    )
-    assert second.returncode == 0, second.stderr[-3000:]
+    client = AuditClient(ServerSettings(label_studio.url, TOKEN))
+
+    def paint_a_building_on_each_unlabelled_tile() -> dict[str, int]:
+        empty = {k for k in tasks_by_key(client, "unlabelled audit (unlabelled)")}
+        assert empty == {r.key for r in load_records(output) if r.key.startswith("scene1")}
+        assert not empty & set(tasks_by_key(client, "unlabelled audit"))  # the sample: tiles with a proposal only
+        painted = {}
+        for task in tasks_by_key(client, "unlabelled audit (unlabelled)").values():
+            height = width = 128
+            region = np.zeros((height, width), bool)
+            region[20:70, 30:100] = True
+            painted[task["data"]["key"]] = int(region.sum())
+            value = {"format": "rle", "rle": mask2rle((region * 255).astype(np.uint8)), "brushlabels": ["building"]}
+            building = {
+                "id": "painted",
+                "from_name": "mask",
+                "to_name": "image",
+                "type": "brushlabels",
+                "original_width": width,
+                "original_height": height,
+                "value": value,
+            }
+            client.sdk.annotations.create(id=task["id"], result=[building])
+        return painted
+
+    def plain_rebuild(settings: dict) -> None:
+        del settings["audit"]  # a plain rebuild: no pull, no push
+
+    painted = build_pull_rebuild(config, env, paint_a_building_on_each_unlabelled_tile, plain_rebuild)
 
     reader = ShardReader(output)
     samples = {s.key: s for split in ("train", "val") for s in reader.samples(split)}

@@ -7,37 +7,18 @@ from __future__ import annotations
 
 import http.server
 import re
-import socket
 import stat
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from audit.server import BACKEND_HOST, banned_networks, changed_defaults, start_server, stop_server
+from audit.server import BACKEND_HOST, banned_networks, changed_defaults
+from tests.servers import PASSWORD, TOKEN
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "TOP-SECRET-42"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    if not (REPO / ".venv-ls" / "bin" / "label-studio").is_file():
-        pytest.fail(".venv-ls is missing: `make test` creates the Label Studio venv")
-    data, root = tmp_path_factory.mktemp("lsdata-hardening"), tmp_path_factory.mktemp("served")
-    started = start_server(data, root, TOKEN, "admin@example.com", "hardening-test-pw", port=free_port())
-    yield started.url, data
-    stop_server(started.pid)
 
 
 @pytest.fixture
@@ -88,7 +69,7 @@ def new_project(url: str, title: str) -> int:
 
 
 def test_task_imports_reach_only_the_backend_address(label_studio, secret_servers):
-    url, _ = label_studio
+    url = label_studio.url
     project = new_project(url, "ssrf")
     refused = import_url(url, project, secret_servers["127.0.0.1:url"][0])
     assert refused.status_code == 400 and SECRET not in refused.text
@@ -111,7 +92,7 @@ def users(url: str) -> set[str]:
 
 
 def test_nobody_signs_up_without_an_invitation(label_studio):
-    url, _ = label_studio
+    url = label_studio.url
     assert signup(url, "outsider@example.com") == 403
     assert "outsider@example.com" not in users(url)
     invite = requests.get(f"{url}/api/invite", headers={"Authorization": f"Token {TOKEN}"}).json()["token"]
@@ -120,14 +101,14 @@ def test_nobody_signs_up_without_an_invitation(label_studio):
 
 
 def test_no_sentry_reporting_in_the_pages(label_studio):
-    url, _ = label_studio
+    url = label_studio.url
     session = requests.Session()
     session.get(f"{url}/user/login/")
     session.post(
         f"{url}/user/login/",
         data={
             "email": "admin@example.com",
-            "password": "hardening-test-pw",
+            "password": PASSWORD,
             "csrfmiddlewaretoken": session.cookies["csrftoken"],
         },
         headers={"Referer": f"{url}/user/login/"},
@@ -137,7 +118,7 @@ def test_no_sentry_reporting_in_the_pages(label_studio):
 
 
 def test_the_data_folder_and_database_are_private(label_studio):
-    _, data = label_studio
+    data = label_studio.data
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     database = data / "label_studio.sqlite3"
     assert database.is_file() and stat.S_IMODE(database.stat().st_mode) == 0o600
