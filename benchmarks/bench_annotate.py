@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from _shared import SHARED_REAL, parse_args, require
 
-from pipeline.build.annotate import AnnotateConfig, Annotator, TileState
+from pipeline.build.annotate import AnnotateConfig, Annotator
+from pipeline.build.tile_state import TileState
 from pipeline.models.config import ModelSet, load_models_config
 from pipeline.raster.ingest import Tile, TilingConfig
 from pipeline.stages.registry import STAGE_NAMES

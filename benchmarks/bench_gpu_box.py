@@ -219,8 +219,9 @@ def _annotate(records_json: list[str], keys: dict[str, str]) -> tuple[list[str],
     """One batch as flows/build.py's batch task runs it; returns the records, CPU seconds per stage
     (this thread's, so sleeps and other workers are not counted), the process's CPU seconds and the
     seconds the simulated GPU was busy for it."""
-    from pipeline.build.annotate import BatchPixels, TileState
+    from pipeline.build.annotate import BatchPixels
     from pipeline.build.stage_cache import StageCache
+    from pipeline.build.tile_state import TileState
     from pipeline.dataset.records import TileRecord
 
     annotator, cpu = _ANNOTATOR, _CPU

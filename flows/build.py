@@ -1,4 +1,5 @@
-"""The Prefect flow `build-ovrsis95k`: raw imagery to versioned WebDataset shards.
+"""The Prefect flow `build-ovrsis95k`: raw imagery to versioned WebDataset shards, as thin tasks over
+the build plan (pipeline/build/plan.py), which holds everything that is not Prefect.
 
     plan windows -> per batch: read tiles -> caption -> parse -> match -> detect -> segment -> merge -> domain -> write
                 -> apply the review ledger -> records.jsonl -> select -> shards -> artifacts
@@ -22,15 +23,8 @@ many run at once across workers.
 
 from __future__ import annotations
 
-import os
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
-from functools import lru_cache
-from importlib.metadata import version
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -38,78 +32,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows import progress
-from flows.runners import make_task_runner, worker_threads
-from pipeline.build.annotate import (
-    AnnotateSummary,
-    Annotator,
-    BatchPixels,
-    RasterPixels,
-    TileState,
-    load_caption_file,
-    remove_stale_outputs,
-)
+from flows.runners import make_task_runner
+from pipeline.build.annotate import remove_stale_outputs
 from pipeline.build.batching import batched, in_order
 from pipeline.build.config import BuildConfig, BuildConfigError, check_before_models, load_build_config
-from pipeline.build.stage_cache import StageCache, write_used_keys
+from pipeline.build.plan import ANNOTATED, BuildPlan, Collected, annotate_batch, find_rasters_of, worker_threads
+from pipeline.build.stage_cache import write_used_keys
 from pipeline.build.threads import apply as apply_thread_budget
-from pipeline.build.threads import apply_once as apply_thread_budget_once
-from pipeline.build.threads import owned_cores
-from pipeline.dataset.balance_report import write_report
+from pipeline.build.tile_state import TileState
 from pipeline.dataset.markdown import embedded_images, manifest_summary
-from pipeline.dataset.record_store import RecordIndex, sort_records
-from pipeline.dataset.records import SCHEMA_VERSION, TileRecord
-from pipeline.dataset.selection import TileCounts, select
-from pipeline.dataset.shards import SampleCache, write_shards
-from pipeline.dataset.tile_table import TileRows, TileTable
 from pipeline.files.atomic import output_lock
-from pipeline.files.layout import records_file, report_dir
-from pipeline.raster.ingest import IngestError, RasterSource, find_rasters, planned_tiles, quarantined_file, source_keys
-from pipeline.stages.registry import batch_key, chained_keys, digest, given_captions, stage_fingerprints
+from pipeline.files.layout import manifest_file, report_dir, shards_dir
+from pipeline.raster.ingest import planned_tiles, source_keys
 
 FLOW_NAME = "build-ovrsis95k"
-ANNOTATED = ".records.jsonl.annotated.part"  # batches' records as they finish (removed by the next run if cut)
-APPLIED = ".records.jsonl.applied.part"  # ... with the review ledger applied, before sorting by key
-
-
-@lru_cache(maxsize=4)
-def _settings(config_path: str, modified: int) -> BuildConfig:
-    return load_build_config(config_path)
-
-
-def settings_of(config_path: str) -> BuildConfig:
-    """The configuration, parsed once per process and file version (tasks call this per batch)."""
-    return _settings(config_path, os.stat(config_path).st_mtime_ns)
-
-
-_ANNOTATOR_LOCK = threading.Lock()
-
-
-def annotator_of(config_path: str) -> Annotator:
-    """The process's one Annotator for this configuration. Locked, because the thread runner starts
-    two batches at once: unlocked, both missed the cache and built an Annotator each, whose model
-    loads (each serialised only within its own Annotator) then overlapped, and a SAM built while
-    transformers had torch patched for meta-device loading came out empty ("Cannot copy out of meta
-    tensor"), quarantining a batch of good tiles."""
-    with _ANNOTATOR_LOCK:
-        return _annotator(config_path, os.stat(config_path).st_mtime_ns)
-
-
-@lru_cache(maxsize=2)
-def _annotator(config_path: str, modified: int) -> Annotator:
-    """One Annotator (and so one set of loaded models) per worker process and configuration."""
-    from pipeline.models.config import ModelSet, load_models_config
-    from taxonomy.loader import load_taxonomy
-
-    config = settings_of(config_path)
-    captions = load_caption_file(config.captions) if config.captions else None
-    return Annotator(
-        load_taxonomy(config.taxonomy),
-        ModelSet(load_models_config(config.models)),
-        config.output,
-        config.annotate_config(),
-        captions=captions,
-        package_version=version("ovrsis"),
-    )
 
 
 class Batch:
@@ -123,32 +59,11 @@ class Batch:
         self.states = states
 
 
-def _annotate_batch(batch: Batch, config_path: str, keys: dict[str, str]) -> tuple[list[str], dict[str, float]]:
-    """One batch through every stage (cached stages restored, the others run and stored), then its
-    masks written and its image parts encoded into the sample cache; returns the records as JSON
-    lines and the seconds per stage run. A batch whose every stage is cached (a rebuild with nothing
-    changed) reads no pixel unless something asks for it (an overlay, an image part not cached)."""
-    config = settings_of(config_path)
-    apply_thread_budget_once(worker_threads(config.runner))  # in whatever process the runner put this task
-    annotator = annotator_of(config_path)
-    cache, samples = StageCache(config.storage_dir), _sample_cache(config)
-    started = time.perf_counter()
-    pixels = BatchPixels(annotator, batch.states)
-    if not all(cache.path(stage, key).is_file() for stage, key in keys.items()):
-        pixels.load_all()  # stages will run: every tile read and checked (ingest quarantine) before them
-    ingest = time.perf_counter() - started
-    seconds = annotator.run_batch(batch.states, pixels, cache, keys)
-    seconds["ingest"] += ingest
-    started = time.perf_counter()
-    annotator.write(batch.states, pixels)
-    for state in batch.states:
-        if state.live and not samples.has_image(state.record):  # encoded here, while the pixels are in memory
-            samples.store_image(state.record, pixels(state.record)[0])
-    seconds["write"] += time.perf_counter() - started
-    return [state.record.model_dump_json() for state in batch.states], dict(seconds)
+def _annotate_batch(batch: Batch, config: BuildConfig, keys: dict[str, str]) -> tuple[list[str], dict[str, float]]:
+    return annotate_batch(config, batch.states, keys)
 
 
-def _audit_pull(config_path: str) -> int:
+def _audit_pull(config: BuildConfig) -> int:
     """Append every queue's completed reviews in Label Studio to the review ledger; returns how many
     were new. Applying them is `_records`, which every build runs, server or not. Tasks and projects
     the pull left out are logged with their reasons (also in OUT/audit/pulls.jsonl)."""
@@ -156,7 +71,6 @@ def _audit_pull(config_path: str) -> int:
     from audit.session import default_title, pull_queues
     from audit.settings import server_settings
 
-    config = settings_of(config_path)
     client = AuditClient(server_settings(config.audit.url))
     summaries = pull_queues(client, config.output, config.audit.project or default_title(config.output))
     logger = get_run_logger()
@@ -166,118 +80,41 @@ def _audit_pull(config_path: str) -> int:
     return sum(s.new_reviews for s in summaries)
 
 
-def _records(
-    config_path: str, seconds: dict[str, float]
-) -> tuple[TileTable, TileCounts, RecordIndex, str | None, list[dict]]:
-    """The review ledger applied to the annotated records as they stream past (the reviewed masks
-    and categories replace the proposals of reviewed tiles), then records.jsonl and summary.json
-    written. Returns the selection candidates' table (a reviewed tile counted from its reviewed mask),
-    why the other tiles are not candidates, the records' index, the audit round and the quarantined
-    tiles."""
+def _records(plan: BuildPlan, seconds: dict[str, float]) -> tuple[Collected, str | None]:
+    """The review ledger applied to the annotated records as they stream past, then records.jsonl and
+    summary.json written (`BuildPlan.collect`); returns what selection needs and the audit round."""
     from audit.apply import ApplySummary, iter_applied
-    from taxonomy.loader import load_taxonomy
 
-    config = settings_of(config_path)
-    taxonomy = load_taxonomy(config.taxonomy)
-    out, selection = config.output, config.selection
-    applied, rows, summary, counts = ApplySummary(), TileRows(), AnnotateSummary(), TileCounts()
-    summary.seconds.update(seconds)
-    with open(out / ANNOTATED, "rb") as source, open(out / APPLIED, "w", encoding="utf-8") as sink:
-        records = (TileRecord.model_validate_json(line) for line in source)
-        for record in iter_applied(out, records, taxonomy, applied):
-            summary.count(TileState(record))
-            if counts.admit(record, selection):
-                rows.add(record)
-            sink.write(record.model_dump_json() + "\n")
-    index = sort_records(out / APPLIED, records_file(out))
-    (out / APPLIED).unlink()
-    (out / ANNOTATED).unlink()
-    summary.write(out)
+    applied = ApplySummary()
+    collected = plan.collect(seconds, lambda records: iter_applied(plan.config.output, records, plan.taxonomy, applied))
     logger = get_run_logger()
     logger.info("reviews applied: %d tile(s) (%d stale), %d pending", applied.reviewed, applied.stale, applied.pending)
     for problem in applied.problems:
         logger.warning(problem)
-    quarantined = [{"key": k, "stage": s, "reason": r} for k, s, r in summary.quarantined]
-    return rows.table(taxonomy.names), counts, index, applied.audit_round, quarantined
+    return collected, applied.audit_round
 
 
-def _audit_push(config_path: str) -> int:
+def _audit_push(plan: BuildPlan) -> int:
     """Queue a domain-stratified sample (and the uncertain tiles) for review; returns tasks created."""
     from audit.client import AuditClient
     from audit.session import QueuePlan, default_title, push_queues
     from audit.settings import server_settings
-    from taxonomy.loader import load_taxonomy
 
-    config = settings_of(config_path)
-    client = AuditClient(server_settings(config.audit.url))
-    plan = QueuePlan(
-        sample=config.audit.push_sample,
-        seed=config.audit.seed,
-        uncertain=config.audit.uncertain,
-        unlabelled=config.audit.unlabelled,
+    audit, out = plan.config.audit, plan.config.output
+    queues = QueuePlan(
+        sample=audit.push_sample, seed=audit.seed, uncertain=audit.uncertain, unlabelled=audit.unlabelled
     )
-    pushed = push_queues(
-        client,
-        config.output,
-        load_taxonomy(config.taxonomy),
-        config.audit.project or default_title(config.output),
-        config.output,
-        plan,
-    )
+    client = AuditClient(server_settings(audit.url))
+    pushed = push_queues(client, out, plan.taxonomy, audit.project or default_title(out), out, queues)
     return sum(summary.created for _, summary in pushed)
 
 
-def _select(table: TileTable, counts: TileCounts, config_path: str) -> list[str]:
-    config = settings_of(config_path)
-    selection = select(table, config.selection)
-    counts.selected = selection.count
-    write_report(report_dir(config.output), table, selection, counts)
-    return table.keys[selection.selected].tolist()
+def _select(plan: BuildPlan, collected: Collected) -> list[str]:
+    return plan.select(collected)
 
 
-def _sample_cache(config: BuildConfig) -> SampleCache:
-    """Encoded shard parts by content, in the storage folder: the batch tasks fill it as they write
-    each tile, so writing the shards is assembly, and a rebuild with nothing changed re-encodes nothing."""
-    bands = config.annotate_config().bands
-    return SampleCache(config.storage_dir / "samples", config.shards, context=repr(bands))
-
-
-def _write_shards(
-    index: RecordIndex, selected: list[str], config_path: str, counts: TileCounts, audit_round: str | None = None
-) -> dict:
-    import numpy as np
-    from PIL import Image
-
-    from taxonomy.loader import load_taxonomy
-
-    config = settings_of(config_path)
-    taxonomy = load_taxonomy(config.taxonomy)
-    pixels = RasterPixels(config.annotate_config().bands)
-
-    def load_mask(record: TileRecord):
-        return np.asarray(Image.open(config.output / record.semantic_mask))
-
-    def load(record: TileRecord):
-        return pixels(record)[0], load_mask(record)
-
-    samples = _sample_cache(config)
-    manifest = write_shards(
-        config.output,
-        index.subset(selected),
-        load,
-        taxonomy.names,
-        taxonomy.version,
-        config.shards,
-        build_config=config.fingerprint(),
-        quarantined=counts.quarantined,
-        tile_counts=counts.as_dict(),
-        audit_round=audit_round or 0,
-        inputs=config.inputs,
-        cache=samples,
-        load_mask=load_mask,
-        workers=owned_cores(),  # the annotation is over: the end phase has every core
-    )
-    return manifest, sorted(samples.used)  # the sample parts the shards hold: what `ovrsis cache prune` keeps
+def _write_shards(plan: BuildPlan, collected: Collected, selected: list[str], audit_round: str | None):
+    return plan.write_shards(collected, selected, audit_round)
 
 
 # Tasks wrap plain module-level functions, so that Dask and Ray workers can pickle them by reference.
@@ -304,18 +141,19 @@ audit_push_task = task(
 
 @flow(name="build-stages")
 def build_stages(config_path: str) -> dict:
-    """The build itself; runs under the task runner the configuration names."""
+    """The build itself; runs under the task runner the configuration names. Takes the path (a flow
+    parameter is shown in the UI and must be JSON); the configuration parsed by `build` is reused."""
     logger = get_run_logger()
     started = time.perf_counter()
-    config = settings_of(config_path)
+    config = load_build_config(config_path)
+    plan = BuildPlan(config)
     remove_stale_outputs(config.output)  # temporaries a killed run left behind
     rasters, unsupported = find_rasters_of(config)
     keys = source_keys(rasters, unsupported)  # before any model loads: two rasters never share a key
     if keys.renamed:
         logger.warning(keys.note())
     unsupported = keys.rekeyed(unsupported)
-    total = planned_tiles(rasters, config.annotate_config().tiling, config.tiling.max_pixels) + len(unsupported)
-    plan = _Plan(config)
+    total = planned_tiles(rasters, plan.annotate_config.tiling, config.tiling.max_pixels) + len(unsupported)
     seconds: dict[str, float] = {}
     done = 0
     with open(config.output / ANNOTATED, "w", encoding="utf-8") as sink:
@@ -323,7 +161,7 @@ def build_stages(config_path: str) -> dict:
             sink.write(record.model_dump_json() + "\n")
 
         def submit(states: list[TileState]):
-            return annotate_task.submit(Batch(states), config_path, plan.keys(states))
+            return annotate_task.submit(Batch(states), config, plan.keys(states))
 
         live = plan.tiles(rasters, keys.stems, sink)
         for lines, batch_seconds in in_order(batched(live, config.batch_size), submit, config.runner.workers + 1):
@@ -335,17 +173,17 @@ def build_stages(config_path: str) -> dict:
     progress.report(max(total, done), max(total, done))  # every tile done (quarantined ones never reach a batch)
     logger.info("annotated %d tiles in %.1f s", plan.tiles_seen, time.perf_counter() - started)
     if config.audit.pull:  # only fills the ledger; the ledger is applied below in every build
-        logger.info("%d new review(s) pulled into the ledger", audit_pull_task(config_path))
+        logger.info("%d new review(s) pulled into the ledger", audit_pull_task(config))
     # The steps after annotation are called, not submitted: they run in this process, whatever the
     # runner (they need the output folder, not a model), and still show as task runs. quote(): Prefect
     # would otherwise walk these (arrays, an index of every record) looking for futures.
-    table, counts, index, audit_round, quarantined = records_task(config_path, seconds)
-    selected = select_task(quote(table), counts, config_path)
-    manifest, sample_keys = shards_task(quote(index), quote(selected), config_path, counts, audit_round)
+    collected, audit_round = records_task(quote(plan), seconds)
+    selected = select_task(quote(plan), quote(collected))
+    manifest, sample_keys = shards_task(quote(plan), quote(collected), quote(selected), audit_round)
     write_used_keys(config.storage_dir, [*plan.used_keys, *sample_keys], plan.tiles_seen)
     if config.audit.push_sample or config.audit.uncertain or config.audit.unlabelled:
-        manifest["audit_tasks_created"] = audit_push_task(config_path)
-    manifest["quarantined"] = quarantined
+        manifest["audit_tasks_created"] = audit_push_task(quote(plan))
+    manifest["quarantined"] = collected.quarantined
     logger.info(
         "shards: %s; total %.1f s",
         {s: v["samples"] for s, v in manifest["splits"].items()},
@@ -373,6 +211,11 @@ def build(config: str) -> dict:
     return manifest
 
 
+_checked: set[str] = set()  # configurations (as JSON) this process has checked: `ovrsis build` checks
+# before Prefect starts (a bad configuration fails in a second, not after a server start), the flow again
+# for a served deployment; once is enough in one process
+
+
 def check_before_build(config: BuildConfig) -> None:
     """check_before_models, then what the build itself needs of its output folder: that a file can
     be written there (as root, os.access says yes to anything), and that the review ledger, applied
@@ -382,6 +225,8 @@ def check_before_build(config: BuildConfig) -> None:
     from audit.ledger import ledger_entries, ledger_path, read_queued
     from audit.settings import AuditError
 
+    if config.model_dump_json() in _checked:
+        return
     check_before_models(config)
     try:
         with tempfile.TemporaryFile(dir=config.output):
@@ -400,68 +245,7 @@ def check_before_build(config: BuildConfig) -> None:
         raise BuildConfigError(f"{ledger}: cannot read the review ledger ({error.strerror})") from error
     except AuditError as error:
         raise BuildConfigError(str(error)) from error
-
-
-class _Plan:
-    """What every batch of one build shares: the stage fingerprints, the supplied captions, the
-    stage cache; and the keys the build used (for `ovrsis cache prune`)."""
-
-    def __init__(self, config: BuildConfig) -> None:
-        from pipeline.models.config import load_models_config
-        from taxonomy.loader import load_taxonomy
-
-        self.config = config
-        self.tiling = config.tiling.model_dump(mode="json")
-        self.captions = load_caption_file(config.captions) if config.captions else {}
-        self.fingerprints = stage_fingerprints(
-            load_models_config(config.models).model_dump(mode="json"),
-            load_taxonomy(config.taxonomy).version,
-            config.matching.model_dump(),
-            asdict(config.merge),
-            version("ovrsis"),
-            SCHEMA_VERSION,
-        )
-        self.cache = StageCache(config.storage_dir)
-        self.used_keys: list[str] = []
-        self.tiles_seen = 0
-
-    def keys(self, states: list[TileState]) -> dict[str, str]:
-        first = batch_key([(s.record.key, s.record.source.sha256) for s in states], self.tiling)
-        captions = [given_captions(s.record.key, s.record.source.path, self.captions) or None for s in states]
-        keys = chained_keys(first, self.fingerprints, captions if self.config.captions else [])
-        self.used_keys.extend(keys.values())
-        return keys
-
-    def tiles(self, rasters: list[Path], stems: dict[Path, str], quarantine_sink) -> Iterator[TileState]:
-        """Live tiles of every raster, in order, keyed by `stems` (`source_keys`, planned once for the
-        build); quarantined ones go straight to the sink. Rasters are ingested (or their cached
-        records read) two ahead on a thread, as the batches move."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest") as pool:
-            ingested = in_order(rasters, lambda path: pool.submit(self._raster_records, path, stems[path]), 2)
-            for records in ingested:
-                for record in records:
-                    self.tiles_seen += 1
-                    if record.quarantine:
-                        quarantine_sink.write(record.model_dump_json() + "\n")
-                    else:
-                        yield TileState(record)
-
-    def _raster_records(self, path: Path, stem: str) -> list[TileRecord]:
-        """A raster's tile records from its header (windows, georeferencing); its pixels are read and
-        checked by the batch tasks, once."""
-        key = digest("windows", _file_digest(path), stem, self.tiling)
-        self.used_keys.append(key)
-        cached = self.cache.raster_records(key)
-        if cached is not None:
-            return cached
-        config = self.config.annotate_config()
-        try:
-            with RasterSource(path, config.bands, stem, config.max_pixels) as source:
-                records = source.window_records(config.tiling)
-        except IngestError as error:  # unreadable, undecodable, refused by --max-pixels: the reason is recorded
-            return [quarantined_file(path, str(error), stem)]
-        self.cache.store_raster_records(key, records)
-        return records
+    _checked.add(config.model_dump_json())
 
 
 def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
@@ -481,7 +265,7 @@ def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
     create_markdown_artifact(
         manifest_summary(manifest, config.output),
         key="manifest",
-        description=f"The dataset: {config.output / 'manifest.json'}",
+        description=f"The dataset: {manifest_file(config.output)}",
     )
     create_table_artifact(
         [
@@ -494,7 +278,7 @@ def _publish_artifacts(config: BuildConfig, manifest: dict) -> None:
             for name, info in manifest["splits"].items()
         ],
         key="shards",
-        description=f"WebDataset shards in {config.output / 'shards'}",
+        description=f"WebDataset shards in {shards_dir(config.output)}",
     )
     create_table_artifact(
         manifest["quarantined"] or [{"key": "", "stage": "", "reason": "no tile quarantined"}],
@@ -516,25 +300,6 @@ def _audit_statistics(config: BuildConfig) -> str | None:
         return None
     write_audit_report(config.output, report_dir(config.output), load_taxonomy(config.taxonomy))
     return embedded_images(report_dir(config.output) / "audit_stats.md")
-
-
-def find_rasters_of(config: BuildConfig) -> tuple[list[Path], list[TileRecord]]:
-    rasters, unsupported = [], []
-    for path in config.inputs:
-        found, skipped = find_rasters(path)
-        rasters.extend(found)
-        unsupported.extend(skipped)
-    return sorted(set(rasters)), unsupported
-
-
-@lru_cache(maxsize=256)
-def _file_digest(path: Path) -> str:
-    from pipeline.files.atomic import file_sha256
-
-    try:
-        return file_sha256(path)
-    except OSError as error:  # unreadable: the ingest quarantines it with the reason
-        return f"unreadable: {error.strerror}"
 
 
 __all__ = ["FLOW_NAME", "BuildConfigError", "build", "check_before_build"]

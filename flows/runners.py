@@ -3,20 +3,13 @@
 Dask and Ray spread a build over an existing cluster (`runner.address`) or start a local one with
 `runner.workers` workers. The storage folder must be visible to every worker (a shared disk).
 
-Each worker caps its torch/OpenMP/BLAS threads at its share of the cores (`worker_threads`,
-pipeline/build/threads.py): the flow process before the runner starts (process workers inherit the
-environment), and every batch task in the process it runs in.
+Each worker caps its torch/OpenMP/BLAS threads at its share of the cores
+(`pipeline.build.plan.worker_threads`).
 """
 
 from __future__ import annotations
 
-from pipeline.build import threads
 from pipeline.build.config import BuildConfigError, Runner
-
-
-def worker_threads(runner: Runner) -> int:
-    """Library threads for one batch worker of this runner (`pipeline.build.threads.worker_budget`)."""
-    return threads.worker_budget(runner.kind, runner.workers, remote=runner.address is not None)
 
 
 def make_task_runner(runner: Runner):

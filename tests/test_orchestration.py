@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from test_annotate import CAPTIONS, write_scene
 
-from pipeline.build.annotate import AnnotateConfig, Annotator, TileState
+from pipeline.build.annotate import AnnotateConfig, Annotator
 from pipeline.build.batching import in_order
 from pipeline.build.stage_cache import StageCache, cache_stats, prune_cache, write_used_keys
+from pipeline.build.tile_state import TileState
 from pipeline.dataset.record_store import sort_records
 from pipeline.dataset.tile_table import TileRows, TileTable
 from pipeline.raster.ingest import RasterSource, TilingConfig
@@ -209,11 +210,12 @@ def test_batches_starting_at_once_share_one_annotator(tmp_path, tiny_models_yaml
     """The thread runner starts two batch tasks at once: they must get one Annotator (one set of
     models behind one load lock). Two loaded models side by side, and a SAM built while transformers
     had torch patched came out empty: a batch of good tiles quarantined ("meta tensor")."""
-    from flows.build import annotator_of
     from flows.sample_build import make_imagery, write_config
+    from pipeline.build.config import load_build_config
+    from pipeline.build.plan import annotator_of
 
     imagery = make_imagery(tmp_path / "rasters", count=1, size=128, broken=False)
-    config = str(write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out"))
+    config = load_build_config(write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out"))
     threads = 8
     start = threading.Barrier(threads)
 
@@ -230,20 +232,20 @@ def test_rebuild_with_every_stage_cached_reads_no_pixel(tmp_path, tiny_models_ya
     """A batch task whose stages are all cached restores them without reading its tiles again, gives
     the first run's records, and finds each tile's image part already encoded in the sample cache
     (issue 32: reading and encoding 1024 px tiles again was most of a rebuild with nothing changed)."""
-    from flows.build import Batch, _annotate_batch, _Plan, _sample_cache, annotator_of, settings_of
     from flows.sample_build import make_imagery, write_config
+    from pipeline.build.config import load_build_config
+    from pipeline.build.plan import BuildPlan, annotate_batch, annotator_of, sample_cache
 
     imagery = make_imagery(tmp_path / "rasters", count=1, size=256, broken=False)
-    config = str(write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out"))
-    settings = settings_of(config)
-    plan = _Plan(settings)
+    config = load_build_config(write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, tmp_path / "out"))
+    plan = BuildPlan(config)
     records = [
         s.record for s in plan.tiles(sorted(imagery.glob("*.tif")), {p: p.stem for p in imagery.glob("*.tif")}, None)
     ]
     states = [TileState(r.model_copy(deep=True)) for r in records[:4]]
     keys = plan.keys(states)
-    first, _ = _annotate_batch(Batch(states), config, keys)
-    samples = _sample_cache(settings)
+    first, _ = annotate_batch(config, states, keys)
+    samples = sample_cache(config)
     assert all(samples.has_image(s.record) for s in states if s.live)
 
     annotator, reads = annotator_of(config), []
@@ -251,5 +253,5 @@ def test_rebuild_with_every_stage_cached_reads_no_pixel(tmp_path, tiny_models_ya
     monkeypatch.setattr(
         annotator.pixels, "load", lambda record, tiling: reads.append(record.key) or load(record, tiling)
     )
-    again, seconds = _annotate_batch(Batch([TileState(r.model_copy(deep=True)) for r in records[:4]]), config, keys)
+    again, seconds = annotate_batch(config, [TileState(r.model_copy(deep=True)) for r in records[:4]], keys)
     assert again == first and reads == [] and not set(seconds) - {"ingest", "write"}

@@ -48,7 +48,8 @@ def test_distribution_installs_the_packages_and_both_commands():
 
 def test_dependency_direction():
     """ovrsis (the error root) <- taxonomy <- pipeline <- flows; pipeline <- audit; only flows imports prefect,
-    only audit the LS SDK. audit imports piseg only in its ML backend, on use (Pi-Seg pre-annotations), never at module level."""
+    only audit the LS SDK. audit imports piseg only in its ML backend, on use (Pi-Seg pre-annotations), never at
+    module level."""
     forbidden = {
         "ovrsis": ("taxonomy", "pipeline", "flows", "audit", "piseg", "numpy", "torch", "rasterio", "pydantic"),
         "taxonomy": ("pipeline", "flows", "audit", "piseg", "prefect", "label_studio_sdk", "spacy"),

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from flows.runners import worker_threads
 from pipeline.build import threads
 from pipeline.build.config import Runner
+from pipeline.build.plan import worker_threads
 
 
 def test_budget_leaves_a_core_to_python_and_splits_the_rest():

@@ -35,12 +35,13 @@ from PIL import Image
 
 from ovrsis.errors import ModelOutputError
 from pipeline.build.batching import batched, in_order
+from pipeline.build.tile_state import TileState
 from pipeline.dataset.records import Caption, Quarantine, TileRecord
 from pipeline.files.atomic import atomic_path, output_lock, remove_stale_parts
 from pipeline.files.jsonl import atomic_writer, check_encoding, write_json_line
 from pipeline.files.layout import MASKS, OVERLAYS, STITCHED, TILE_FOLDERS, records_file, summary_file
 from pipeline.files.safe_names import confined_name, confined_path
-from pipeline.models.detector import Detection, PromptPhrase
+from pipeline.models.detector import PromptPhrase
 from pipeline.models.protocols import Models
 from pipeline.raster.ingest import (
     MAX_PIXELS,
@@ -60,7 +61,6 @@ from pipeline.stages.categories import CaptionCategorizer, parse_images
 from pipeline.stages.categorize_file import CategorizeSummary, iter_items
 from pipeline.stages.domains import DomainClassifier
 from pipeline.stages.merge import InstanceMask, MergeConfig, decode_rle, encode_rle, merge_instances
-from pipeline.stages.phrases import Phrase
 from pipeline.stages.registry import STAGES, given_captions
 from taxonomy.loader import Taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
@@ -84,27 +84,6 @@ class AnnotateConfig:
     max_pixels: int = MAX_PIXELS  # rasters whose header claims more are quarantined unread
     model_slots: int = 1  # model stages running at once in this process (the build's gpu_concurrency)
     batches_in_flight: int = 3  # one being read, one in the model stages, one merged and written
-
-
-@dataclass
-class TileState:
-    """A tile between stages: picklable, no pixels."""
-
-    record: TileRecord
-    captions: list[str] = field(default_factory=list)
-    parsed: list[list[Phrase]] = field(default_factory=list)  # per caption
-    prompts: list[PromptPhrase] = field(default_factory=list)
-    detections: list[Detection] = field(default_factory=list)
-    masks: list[tuple[dict, float]] = field(default_factory=list)  # COCO RLE and mask score per detection
-    mask_png: bytes | None = None  # the semantic mask, PNG-encoded
-    used_models: list[str] = field(default_factory=list)
-
-    @property
-    def live(self) -> bool:
-        return self.record.quarantine is None
-
-    def semantic_mask(self) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(self.mask_png)))
 
 
 class SerialLoads:

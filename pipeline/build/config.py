@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -149,10 +150,18 @@ class BuildConfig(_Section):
 
 
 def load_build_config(path: str | Path) -> BuildConfig:
-    """Read and validate; relative paths are resolved against the file's folder."""
+    """Read and validate; relative paths are resolved against the file's folder. Parsed once per process
+    and version of the file: `ovrsis build` checks the configuration before Prefect starts, and the flow
+    it then runs asks for the same file."""
     path = Path(path)
     if not path.is_file():
         raise BuildConfigError(f"{path}: configuration file not found")
+    stat = path.stat()
+    return _parsed(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _parsed(path: Path, modified: int, size: int) -> BuildConfig:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

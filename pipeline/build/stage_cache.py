@@ -26,7 +26,7 @@ from typing import get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from pipeline.build.annotate import TileState
+from pipeline.build.tile_state import TileState
 from pipeline.dataset.records import TileRecord
 from pipeline.files.atomic import atomic_path
 from pipeline.stages.registry import Stage
