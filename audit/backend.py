@@ -58,6 +58,7 @@ from ovrsis.errors import ImageRefused, TaskError
 from pipeline.files.layout import audit_dir, records_file
 from pipeline.files.safe_names import confined_name
 from taxonomy.loader import Taxonomy
+from taxonomy.masks import IGNORE_INDEX
 
 log = logging.getLogger("ovrsis.audit.backend")
 SMART_TYPES = ("keypointlabels", "rectanglelabels")
@@ -255,7 +256,7 @@ class ReviewBackend:
             image = self.image(task)
             with self._model_lock:
                 predicted = self.piseg.predict(image, names)
-            mask = np.full(predicted.shape, 255, np.uint8)
+            mask = np.full(predicted.shape, IGNORE_INDEX, np.uint8)
             known = predicted < len(names)
             mask[known] = np.asarray([c.index for c in self.taxonomy.categories], np.uint8)[predicted[known]]
             return {"result": brush_regions(mask, self.taxonomy), "model_version": f"piseg:{self.config.piseg.name}"}

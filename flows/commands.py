@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.cli.terminal import EXIT_PARTIAL, QuietWhileStopping, console, counting_bar, fail, set_aside
+from pipeline.cli.terminal import QuietWhileStopping, console, counting_bar, fail, set_aside
 from pipeline.files.layout import manifest_file, records_file, report_dir, summary_file
 
 app = typer.Typer()
@@ -213,8 +213,7 @@ def _report(lines: list[str], label: str, summary: str) -> None:
         return
     for line in lines:
         console.print(Text.assemble((f"{label}:", "red"), " ", line), highlight=False)
-    console.print(Text(summary, style="yellow"), highlight=False)
-    raise typer.Exit(EXIT_PARTIAL)
+    set_aside(summary)
 
 
 @app.command("evaluate-build")
@@ -267,7 +266,7 @@ def evaluate_build(
         f"{result['tiles']} tiles scored, {len(result['tiles_without_ground_truth'])} without ground truth -> {path}"
     )
     if result["tiles"] == 0:
-        raise typer.Exit(EXIT_PARTIAL)
+        set_aside("no tile had ground truth: nothing scored", path)
 
 
 CACHE_FOLDER = typer.Argument(

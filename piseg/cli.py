@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from pipeline.cli.terminal import EXIT_PARTIAL, console, fail, run_command, set_aside
+from pipeline.cli.terminal import console, fail, run_command, set_aside
 from piseg.evaluation.paper import MODELS
 from piseg.faults import SkippedLog
 from piseg.modeling.prompts import PROMPT_TEMPLATE, class_prompts
@@ -488,14 +488,10 @@ def evaluate(
         )
     if not report["complete"]:
         left_out = [name for name, entry in report["datasets"].items() if entry["status"] != "done"]
-        console.print(
-            f"[yellow]{len(left_out)} of {len(report['datasets'])} datasets not evaluated[/yellow] "
-            f"({', '.join(left_out)}); "
-            f"the files and reasons are in {out / 'report.md'}",
-            markup=True,
-            highlight=False,
+        set_aside(
+            f"{len(left_out)} of {len(report['datasets'])} datasets not evaluated ({', '.join(left_out)})",
+            out / "report.md",
         )
-        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command()
@@ -617,13 +613,7 @@ def reproduce(
             fail(error)
     Console(soft_wrap=True).print(f"wrote {out / 'report.md'}")
     if not summary["complete"]:
-        console.print(
-            f"[yellow]some datasets were not evaluated[/yellow]; the files and reasons are in each benchmark's report "
-            f"(linked from {out / 'report.md'})",
-            markup=True,
-            highlight=False,
-        )
-        raise typer.Exit(EXIT_PARTIAL)
+        set_aside("some datasets were not evaluated", f"each benchmark's report (linked from {out / 'report.md'})")
 
 
 def main() -> None:

@@ -65,10 +65,12 @@ def fail(problem: str | BaseException, code: int = EXIT_REFUSED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def set_aside(what: str, reasons: Path | str) -> NoReturn:
+def set_aside(what: str, reasons: Path | str | None = None) -> NoReturn:
     """End a finished command that left inputs out with exit 1, its last line saying how many
-    (WHAT, in yellow) and where the reasons are."""
-    console.print(Text.assemble((what, "yellow"), f"; reasons in {reasons}"), highlight=False)
+    (WHAT, in yellow) and where the reasons are (REASONS: a file, or None when the lines above gave
+    them). The one way any command exits 1."""
+    where = f"; reasons in {reasons}" if reasons is not None else ""
+    console.print(Text.assemble((what, "yellow"), where), highlight=False)
     raise typer.Exit(EXIT_PARTIAL)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from pipeline.cli.terminal import EXIT_PARTIAL, console, fail
+from pipeline.cli.terminal import console, fail, set_aside
 
 app = typer.Typer(
     help="Export an output folder as GIS vectors, a STAC collection or a Hugging Face dataset.", no_args_is_help=True
@@ -131,8 +131,7 @@ def _skipped(skipped: list[str], what: str = "tile(s)") -> None:
         return
     for line in skipped[:10]:
         console.print(Text(f"skipped {line}"), highlight=False)
-    console.print(Text(f"{len(skipped)} {what} left out (the first 10 listed above)"), highlight=False)
-    raise typer.Exit(EXIT_PARTIAL)
+    set_aside(f"{len(skipped)} {what} left out (the first 10 listed above)")
 
 
 def _lines(skipped: list[tuple[str, str]]) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from pipeline.cli.terminal import EXIT_PARTIAL, console, fail, print_error
+from pipeline.cli.terminal import fail, print_error, set_aside
 from pipeline.models.presets import PRESETS
 
 out = Console(soft_wrap=True, highlight=False)
@@ -48,8 +48,7 @@ def fetch(
             out.print(f"{name} -> {result.commit}")
     failed = [r for r in results if r.error]
     if failed:
-        console.print(f"{len(failed)} of {len(results)} repositories not fetched", highlight=False)
-        raise typer.Exit(EXIT_PARTIAL)
+        set_aside(f"{len(failed)} of {len(results)} repositories not fetched (the reasons above)")
     out.print(f"{preset}: complete in {to or 'the Hugging Face cache'}")
 
 
@@ -73,7 +72,4 @@ def check(
         incomplete += 1
         out.print(f"{name}: missing " + ", ".join(f"{w.repo_id}@{w.revision or 'main'} ({why})" for w, why in absent))
     if incomplete:
-        console.print(
-            f"{incomplete} of {len(names)} presets incomplete; `ovrsis models fetch PRESET` gets one", highlight=False
-        )
-        raise typer.Exit(EXIT_PARTIAL)
+        set_aside(f"{incomplete} of {len(names)} presets incomplete; `ovrsis models fetch PRESET` gets one")
