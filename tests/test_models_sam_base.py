@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
@@ -48,32 +47,3 @@ def test_one_encoder_pass_per_batch_and_no_decoder_call_for_a_tile_without_boxes
 def test_every_segmenter_backend_runs_the_shared_loop():
     for name, backend in BACKENDS["segmenter"].items():
         assert issubclass(backend.load.__self__, BoxPromptSegmenter), name
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at module level or inside a function (`from a import b` may name a.b)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
-    return found
-
-
-def test_models_package_has_no_import_circle():
-    modules = {f"pipeline.models.{path.stem}": path for path in MODELS.glob("*.py") if path.stem != "__init__"}
-    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
-    done: set[str] = set()
-
-    def visit(name: str, stack: list[str]) -> None:
-        for target in sorted(graph[name]):
-            assert target not in stack, "import circle: " + " -> ".join([*stack[stack.index(target) :], target])
-            if target not in done:
-                visit(target, [*stack, target])
-        done.add(name)
-
-    for name in sorted(graph):
-        visit(name, [name])
-    assert "pipeline.models.registry" in graph["pipeline.models.tiny"]  # tiny walks the registry, never back
-    assert "pipeline.models.tiny" not in graph["pipeline.models.registry"]

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ovrsis.errors import ModelOutputError
-from pipeline.build.batching import batched, in_order
+from pipeline.build.batching import MODEL_BATCH, batched, in_order
 from pipeline.build.tile_state import TileState
 from pipeline.dataset.records import Caption, Quarantine, TileRecord
 from pipeline.files.atomic import atomic_path, output_lock, remove_stale_parts
@@ -74,7 +74,7 @@ class AnnotateConfig:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     bands: BandRule = field(default_factory=BandRule)
     merge: MergeConfig = field(default_factory=MergeConfig)
-    batch_size: int = 8
+    batch_size: int = MODEL_BATCH
     write_geotiff: bool = True
     write_overlay: bool = True
     stitch: bool = True  # also a full-size GeoTIFF mask per georeferenced raster of several tiles

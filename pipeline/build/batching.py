@@ -11,6 +11,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
 
+# Two batch sizes, on purpose. `ovrsis annotate` runs in one process: its batch is what one model call
+# takes, small enough to overlap reading, models and writing. A build's batch is also one Prefect task
+# run (~30 ms of orchestration each), so it is larger to keep that cost small beside the stages.
+MODEL_BATCH = 8  # `ovrsis annotate --batch-size` and AnnotateConfig.batch_size
+TASK_BATCH = 32  # the build YAML's `batch_size`
+
 T = TypeVar("T")
 R = TypeVar("R")
 

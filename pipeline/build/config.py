@@ -45,11 +45,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ovrsis.errors import BuildConfigError
+from pipeline.build.batching import TASK_BATCH
 from pipeline.dataset.selection import SelectionConfig
 from pipeline.dataset.shards import ShardConfig
 from pipeline.files.layout import cache_dir
 from pipeline.models.presets import PRESETS
-from pipeline.raster.tiling import MAX_PIXELS, BandRule, TilingConfig
+from pipeline.raster.tiling import MAX_PIXELS, BandRule, Stretch, TilingConfig
 from pipeline.stages.merge import MergeConfig
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
@@ -69,7 +70,7 @@ class Tiling(_Section):
     tile_size: int = TilingConfig.tile_size
     overlap: int = TilingConfig.overlap
     bands: list[int] | None = None
-    stretch: Literal["auto", "none", "percentile"] = BandRule.stretch
+    stretch: Stretch = BandRule.stretch
     min_valid_fraction: float = TilingConfig.min_valid_fraction
     max_pixels: int = Field(MAX_PIXELS, gt=0)
 
@@ -109,7 +110,7 @@ class BuildConfig(_Section):
     merge: MergeConfig = MergeConfig()
     selection: SelectionConfig = SelectionConfig()
     shards: ShardConfig = ShardConfig()
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(TASK_BATCH, ge=1)  # tiles per task (pipeline/build/batching.py says why not 8)
     overlays: bool = False
     runner: Runner = Runner()
     audit: Audit = Audit()

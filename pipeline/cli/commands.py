@@ -10,9 +10,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from pipeline.build.batching import MODEL_BATCH
 from pipeline.cli.terminal import EXIT_INTERRUPTED, console, counting_bar, fail, set_aside
 from pipeline.files.layout import summary_file
-from pipeline.raster.tiling import MAX_PIXELS, TilingConfig
+from pipeline.raster.tiling import MAX_PIXELS, STRETCHES, BandRule, TilingConfig
+from pipeline.stages.merge import BACKGROUNDS, MergeConfig
 from taxonomy.loader import TaxonomyError, bundled_taxonomies, load_taxonomy
 from taxonomy.matcher import DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
@@ -188,14 +190,14 @@ def annotate(
     captions: Path | None = typer.Option(None, help="Captions JSON Lines to use instead of the captioner."),
     models: str = typer.Option("default", help="default | fast | best (presets) | tiny | path to a models YAML."),
     tile_size: int = typer.Option(TilingConfig.tile_size, help="Tile side in pixels."),
-    overlap: int = typer.Option(0, help="Overlap between neighbouring tiles in pixels."),
+    overlap: int = typer.Option(TilingConfig.overlap, help="Overlap between neighbouring tiles in pixels."),
     bands: str | None = typer.Option(None, help="1-based bands used as R,G,B, e.g. '4,3,2' [auto]."),
-    stretch: str = typer.Option("auto", help="auto | none | percentile (2-98 %% per band)."),
-    batch_size: int = typer.Option(8, min=1, help="Tiles per model batch."),
-    min_area: int = typer.Option(16, min=0, help="Instances smaller than this (pixels) are dropped."),
-    fill_holes: bool = typer.Option(False, help="Fill holes inside each instance mask."),
+    stretch: str = typer.Option(BandRule.stretch, help=" | ".join(STRETCHES) + " (2-98 %% per band)."),
+    batch_size: int = typer.Option(MODEL_BATCH, min=1, help="Tiles per model batch."),
+    min_area: int = typer.Option(MergeConfig.min_area, min=0, help="Instances smaller than this (pixels) are dropped."),
+    fill_holes: bool = typer.Option(MergeConfig.fill_holes, help="Fill holes inside each instance mask."),
     background: str = typer.Option(
-        "auto",
+        MergeConfig.background,
         help="Unclaimed pixels: auto (the taxonomy's background class if it has one, "
         "else 255), class (the background class, required) or ignore (255).",
     ),
@@ -212,17 +214,14 @@ def annotate(
 
     from pipeline.build.annotate import AnnotateConfig, Annotator, load_caption_file
     from pipeline.models.config import ModelSet, load_models_config
-    from pipeline.raster.ingest import BandRule, find_rasters, planned_tiles, source_keys
-    from pipeline.stages.merge import MergeConfig
+    from pipeline.raster.ingest import find_rasters, planned_tiles, source_keys
 
     try:
         vocabulary = load_taxonomy(taxonomy)
         config = AnnotateConfig(
             tiling=TilingConfig(tile_size, overlap),
-            bands=BandRule(
-                bands=_parse_bands(bands), stretch=_choice(stretch, ("auto", "none", "percentile"), "--stretch")
-            ),
-            merge=MergeConfig(min_area, fill_holes, _choice(background, ("auto", "class", "ignore"), "--background")),
+            bands=BandRule(bands=_parse_bands(bands), stretch=_choice(stretch, STRETCHES, "--stretch")),
+            merge=MergeConfig(min_area, fill_holes, _choice(background, BACKGROUNDS, "--background")),
             batch_size=batch_size,
             write_geotiff=geotiff,
             write_overlay=overlays,

@@ -8,15 +8,17 @@ command-line options read their defaults without opening a raster; pipeline/rast
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 MAX_PIXELS = 2_500_000_000  # default refusal threshold for a raster's header (width x height)
+Stretch = Literal["auto", "none", "percentile"]  # how bands become 8-bit (pipeline/raster/ingest.py)
+STRETCHES: tuple[str, ...] = get_args(Stretch)
 
 
 @dataclass(frozen=True)
 class BandRule:
     bands: tuple[int, ...] | None = None  # 1-based; None chooses automatically (pipeline/raster/ingest.py)
-    stretch: Literal["auto", "none", "percentile"] = "auto"
+    stretch: Stretch = "auto"
     low_percentile: float = 2.0
     high_percentile: float = 98.0
 

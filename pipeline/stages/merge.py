@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -27,6 +27,9 @@ from pycocotools import mask as coco_mask
 from pipeline.dataset.records import Conflict, Instance
 from taxonomy.loader import Taxonomy
 from taxonomy.masks import IGNORE_INDEX as IGNORE
+
+Background = Literal["auto", "class", "ignore"]  # what unclaimed pixels become (the module docstring)
+BACKGROUNDS: tuple[str, ...] = get_args(Background)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class MergeConfig:
 
     min_area: int = 16
     fill_holes: bool = False
-    background: Literal["auto", "class", "ignore"] = "auto"
+    background: Background = "auto"
 
 
 @dataclass
