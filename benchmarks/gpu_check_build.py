@@ -2,15 +2,16 @@
 
 1. Each model stage at real size with random weights (built from the released configurations,
    nothing downloaded): Florence-2-large captioning (96 new tokens), GroundingDINO-base detection,
-   SAM ViT-B and ViT-H box prompting (image embedding + 20 boxes), at batch 1, 8 and 16 tiles:
+   SAM ViT-B and ViT-H box prompting (image embedding + 20 boxes), at batch 1, 8 and 16 tiles and at
+   float32 and bfloat16 (autocast, as a models YAML's `precision` runs a stage: pipeline/models/stage_run.py):
    tiles/s and peak GPU memory. The sizes come from benchmarks/bench_annotate.py (REAL_SIZE).
 2. The whole build flow against the plain stage functions over generated imagery
    (benchmarks/bench_flow_overhead.py, tiny models on this device): the orchestration share
    of the flow's time.
 
 Each part is skipped with a note once the time budget is spent, so the script always prints.
-Usage: python benchmarks/gpu_check_build.py [--budget-s 480] [--batches 1 8 16] [--out gpu_check_build.json]
-                                           [--tiny] [--smoke]
+Usage: python benchmarks/gpu_check_build.py [--budget-s 480] [--batches 1 8 16] [--precisions float32 bfloat16]
+                                           [--out gpu_check_build.json] [--tiny] [--smoke]
 (`--tiny` builds small configurations instead, so the script itself can be checked on a CPU; --smoke: those at
 batch 1, the flow part by `bench_flow_overhead.py --smoke`, no file written.)
 """
@@ -24,11 +25,14 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from _shared import parse_args
 from bench_annotate import REAL_SIZE
+
+from pipeline.models.stage_run import DTYPES
 
 HERE = Path(__file__).resolve().parent
 
@@ -140,13 +144,16 @@ def build(name: str, tiny: bool, device: str):
     return model, run
 
 
-def time_stage(name: str, batches: list[int], tiny: bool, device: str, deadline: float) -> list[dict]:
+def time_stage(
+    name: str, batches: list[int], precisions: list[str], tiny: bool, device: str, deadline: float
+) -> list[dict]:
     model, run = build(name, tiny, device)
     rows = []
-    with torch.inference_mode():
-        for batch in batches:
+    for precision, batch in ((p, b) for p in precisions for b in batches):
+        autocast = torch.autocast(device, dtype=DTYPES[precision]) if precision in DTYPES else nullcontext()
+        with torch.inference_mode(), autocast:
             if time.monotonic() > deadline:
-                rows.append({"model": name, "batch": batch, "skipped": "time budget spent"})
+                rows.append({"model": name, "precision": precision, "batch": batch, "skipped": "time budget spent"})
                 continue
             try:
                 run(batch)  # warm-up: kernels, allocator
@@ -162,13 +169,14 @@ def time_stage(name: str, batches: list[int], tiny: bool, device: str, deadline:
                 rows.append(
                     {
                         "model": name,
+                        "precision": precision,
                         "batch": batch,
                         "tiles_per_s": round(batch / seconds, 2),
                         "peak_gib": peak and round(peak, 2),
                     }
                 )
             except torch.OutOfMemoryError:
-                rows.append({"model": name, "batch": batch, "skipped": "out of GPU memory"})
+                rows.append({"model": name, "precision": precision, "batch": batch, "skipped": "out of GPU memory"})
                 torch.cuda.empty_cache()
             print(rows[-1], flush=True)
     params = sum(p.numel() for p in model.parameters())
@@ -213,23 +221,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--precisions", nargs="+", choices=["float32", *DTYPES], default=["float32", "bfloat16"])
     parser.add_argument("--rasters", type=int, default=20, help="rasters of 100 tiles for the flow part")
     parser.add_argument("--tiny", action="store_true", help="small configurations (checks the script on a CPU)")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_build.json"))
-    args = parse_args(parser, batches=[1], tiny=True, out=Path(os.devnull))
+    args = parse_args(parser, batches=[1], precisions=["float32", "bfloat16"], tiny=True, out=Path(os.devnull))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU (no GPU: figures are not GPU figures)"
     deadline = time.monotonic() + args.budget_s
     report = {"device": card, "tiny": args.tiny, "stages": []}
     for name in MODELS:
-        report["stages"] += time_stage(name, args.batches, args.tiny, device, deadline - 0.25 * args.budget_s)
+        report["stages"] += time_stage(
+            name, args.batches, args.precisions, args.tiny, device, deadline - 0.25 * args.budget_s
+        )
     report["flow"] = flow_share(["--smoke"] if args.smoke else ["--rasters", str(args.rasters)], deadline)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"device: {card}")
-    print("| model | params (M) | batch | tiles/s | peak GPU memory (GiB) |\n|---|---:|---:|---:|---:|")
+    print("| model | params (M) | precision | batch | tiles/s | peak GPU memory (GiB) |\n|---|---:|---|---:|---:|---:|")
     for row in report["stages"]:
         print(
-            f"| {row['model']} | {row['params_m']} | {row['batch']} | "
+            f"| {row['model']} | {row['params_m']} | {row['precision']} | {row['batch']} | "
             f"{row.get('tiles_per_s', row.get('skipped'))} | {row.get('peak_gib') or '-'} |"
         )
     print(f"flow: {report['flow']}")

@@ -22,6 +22,7 @@ from pipeline.models.protocols import Captioner, Detector, Segmenter
 from pipeline.models.sam2 import Sam2Segmenter, Sam2Spec
 from pipeline.models.segmenter import SamSpec, SegmentAnythingSegmenter, SegmentAnythingSpec, TransformersSamSegmenter
 from pipeline.models.spec import BackendSpec
+from pipeline.models.stage_run import with_run_settings
 
 Stage = Literal["captioner", "detector", "segmenter"]
 STAGES: tuple[Stage, ...] = ("captioner", "detector", "segmenter")
@@ -89,10 +90,11 @@ def parse_spec(stage: Stage, value: dict) -> BackendSpec:
 
 
 def load_backend(stage: Stage, spec: BackendSpec):
+    """The stage's model, checked against its Protocol, as the stage calls it (its batch size and precision)."""
     model = backend_of(stage, spec.backend).load(spec)
     if not isinstance(model, PROTOCOLS[stage]):
         raise TypeError(
             f"{stage} backend {spec.backend!r} built a {type(model).__name__}, "
             f"which is not a {PROTOCOLS[stage].__name__}"
         )
-    return model
+    return with_run_settings(model, stage, spec)
