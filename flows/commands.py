@@ -1,5 +1,6 @@
-"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...`, `ovrsis cache ...` and `ovrsis evaluate-build`: running the
-flow and checking its output (flows.cli mounts `app` at the top level of `ovrsis`)."""
+"""`ovrsis build`, `ovrsis serve`, `ovrsis shards ...`, `ovrsis cache ...`, `ovrsis release ...` and `ovrsis
+evaluate-build`: running the flow, checking its output and freezing it (flows.cli mounts `app` at the top level
+of `ovrsis`)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,13 @@ shards_app = typer.Typer(help="Check and export the WebDataset shards of a build
 cache_app = typer.Typer(
     help="The stage cache of a build: its size, and pruning what the last build did not use.", no_args_is_help=True
 )
+release_app = typer.Typer(
+    help="Versioned releases of a build: freeze a round under a version, and what changed between two.",
+    no_args_is_help=True,
+)
 app.add_typer(shards_app, name="shards")
 app.add_typer(cache_app, name="cache")
+app.add_typer(release_app, name="release")
 
 
 @app.command("build")
@@ -330,3 +336,74 @@ def cache_prune(
     except FileNotFoundError as error:
         fail(error)
     console.print(f"removed {removed} files, {freed / 2**20:.1f} MiB from {folder}")
+
+
+@release_app.command("create")
+def release_create(
+    out: Path = typer.Argument(..., help="Build output folder (holds manifest.json and shards/)."),
+    version: str = typer.Argument(..., help="The release's version, e.g. 1.0 or round-2 (one file name)."),
+    licence: str = typer.Option("unspecified", help="The dataset's licence, for the card (e.g. CC-BY-4.0)."),
+) -> None:
+    """Freeze the build as OUT/releases/VERSION: its shards (linked), manifest, per-tile mask digests and
+    pixels, the ledger's digest and review identities, the build configuration and a dataset card
+    (sizes, classes, domains, balance, Table II). A release never changes: an existing version is refused."""
+    from audit.ledger import ledger_entries, ledger_path
+    from audit.stats import write_report as write_audit_report
+    from ovrsis.errors import OvrsisError
+    from pipeline.dataset.release import ReleaseInputs, create_release, read_release
+    from pipeline.dataset.shards import read_manifest
+    from pipeline.files.atomic import file_sha256
+    from taxonomy.loader import load_taxonomy
+
+    try:
+        manifest = read_manifest(out)
+        fields = ("key", "queue", "project_id", "task_id", "annotation_id", "updated_at")
+        reviews = [{name: getattr(review, name) for name in fields} for review, _ in ledger_entries(out)]
+        ledger = ledger_path(out)
+        audit_markdown = None
+        if reviews:
+            taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
+            write_audit_report(out, report_dir(out), taxonomy)
+            audit_markdown = (report_dir(out) / "audit_stats.md").read_text(encoding="utf-8")
+        balance = report_dir(out) / "balance.md"
+        inputs = ReleaseInputs(reviews, file_sha256(ledger) if ledger.is_file() else None, audit_markdown)
+        folder = create_release(
+            out, version, inputs, licence, balance.read_text(encoding="utf-8") if balance.is_file() else None
+        )
+    except OvrsisError as error:
+        fail(error)
+    release = read_release(folder)
+    console.print(
+        f"release {version}: {sum(release['samples'].values())} samples, {release['reviews']} reviews, "
+        f"digest {release['digest'][:16]} -> {folder} (card: {folder / 'README.md'})",
+        highlight=False,
+    )
+
+
+@release_app.command("diff")
+def release_diff(
+    a: Path = typer.Argument(..., help="The earlier release folder (OUT/releases/VERSION)."),
+    b: Path = typer.Argument(..., help="The later release folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole difference as JSON."),
+) -> None:
+    """What changed from release A to release B: tiles added and removed, categories changed per tile,
+    mask pixels changed per category (pixel by pixel), reviews added."""
+    from ovrsis.errors import OvrsisError
+    from pipeline.dataset.release import diff_releases
+
+    try:
+        change = diff_releases(a, b)
+    except OvrsisError as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(change.as_dict(), indent=2, sort_keys=True))
+        return
+    out = Console(soft_wrap=True)
+    out.print(
+        f"tiles: {len(change.added)} added, {len(change.removed)} removed, {len(change.masks_changed)} masks changed"
+    )
+    for key, moved in change.categories_changed.items():
+        out.print(Text(f"  {key}: +{', '.join(moved['gained']) or '-'} / -{', '.join(moved['lost']) or '-'}"))
+    for name, pixels in change.pixels_changed.items():
+        out.print(Text(f"  {name}: +{pixels['gained']} / -{pixels['lost']} pixels"))
+    out.print(f"reviews: {len(change.reviews_added)} added")

@@ -88,6 +88,7 @@ def test_ovrsis_command_tree():
         "export",
         "models",
         "view",
+        "release",
     }
     group = typer.main.get_command(ovrsis)
     assert set(group.commands) == expected
@@ -98,6 +99,7 @@ def test_ovrsis_command_tree():
         "audit": {"server", "backend", "push", "pull", "status", "stats"},
         "export": {"vectors", "stac", "hf"},
         "models": {"fetch", "check"},
+        "release": {"create", "diff"},
     }
     result = runner.invoke(ovrsis, ["--help"])
     assert result.exit_code == 0

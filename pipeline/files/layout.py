@@ -6,6 +6,7 @@ folder"), so a reader, an exporter and the audit cannot each spell it their own 
     masks/ overlays/ stitched/    per-tile masks (KEY.png, KEY.proposed.png, KEY.tif), quick looks, mosaics
     report/ gallery/              reports; `ovrsis view`'s HTML gallery
     shards/, manifest.json        the WebDataset shards and their manifest
+    releases/VERSION/             a frozen round (pipeline/dataset/release.py)
     audit/                        the review ledger and what the audit keeps (audit/ledger.py names its files)
     .cache/                       the build's stage cache (the default storage folder)
     .writing.lock                 held while a run writes (pipeline.files.atomic.output_lock)
@@ -25,6 +26,7 @@ REPORT = "report"
 GALLERY = "gallery"
 SHARDS = "shards"
 AUDIT = "audit"
+RELEASES = "releases"
 CACHE = ".cache"
 LOCK = ".writing.lock"
 TILE_FOLDERS = (MASKS, OVERLAYS, STITCHED)  # written per tile or raster, by annotate and the build
@@ -72,3 +74,7 @@ def audit_dir(out: Path) -> Path:
 
 def cache_dir(out: Path) -> Path:
     return out / CACHE
+
+
+def releases_dir(out: Path) -> Path:
+    return out / RELEASES

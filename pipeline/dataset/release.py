@@ -1,0 +1,268 @@
+"""Versioned releases of a build (issue 33, item 4): a round frozen under a version a user can cite,
+and what changed between two of them.
+
+    OUT/releases/VERSION/
+        release.json     version, digest, sizes, the taxonomy, the ledger's sha256, the build configuration
+        manifest.json    the build's manifest, as it was
+        shards/          the shards (hard links where the disk allows, else copies), checked against it
+        tiles.jsonl      per sample: key, split, the mask part's sha256, pixels per category
+        reviews.jsonl    the identity of every review the ledger held (project, task, annotation, time, tile)
+        README.md        the dataset card: sizes, classes, domains, balance, Table II, how it was made, licence
+
+The digest is the sha256 of the manifest (which holds every shard's sha256) and the ledger's sha256:
+two releases with one digest hold the same bytes and were made from the same reviews, and a build
+rebuilt from the recorded inputs (imagery, configuration, the output's `audit/` folder, whose
+pseudonym key names the reviewers in the shards) gives the same digest. The audit (a layer above)
+passes in the review identities and its Table II; nothing here reads the ledger's reviews.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ovrsis.errors import ShardError
+from pipeline.dataset.shards import read_manifest, read_samples
+from pipeline.files.atomic import file_sha256
+from pipeline.files.layout import manifest_file, releases_dir, shards_dir
+from pipeline.files.safe_names import confined_path
+from taxonomy.masks import IGNORE_INDEX
+
+RELEASE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ReleaseInputs:
+    """What the audit knows of a round: the reviews' identities, the ledger's sha256, Table II."""
+
+    reviews: list[dict] = field(default_factory=list)
+    ledger_sha256: str | None = None
+    audit_markdown: str | None = None
+
+
+@dataclass
+class ReleaseDiff:
+    """Release B against release A."""
+
+    added: list[str] = field(default_factory=list)  # tile keys in B only
+    removed: list[str] = field(default_factory=list)  # tile keys in A only
+    categories_changed: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # key -> gained / lost
+    pixels_changed: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> gained / lost pixels
+    # (pixel by pixel in the tiles of both; every labelled pixel of a tile added or removed)
+    masks_changed: list[str] = field(default_factory=list)  # tiles in both whose mask differs
+    reviews_added: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "masks_changed": self.masks_changed,
+            "categories_changed": self.categories_changed,
+            "pixels_changed": self.pixels_changed,
+            "reviews_added": self.reviews_added,
+        }
+
+
+def release_digest(manifest_sha256: str, ledger_sha256: str | None) -> str:
+    return hashlib.sha256(f"{manifest_sha256}\n{ledger_sha256 or 'no ledger'}\n".encode()).hexdigest()
+
+
+def create_release(
+    out: Path, version: str, inputs: ReleaseInputs, licence: str = "unspecified", balance_markdown: str | None = None
+) -> Path:
+    """Freeze the build in OUT as OUT/releases/VERSION; refuses a version that exists (a release never
+    changes) or shards that do not match their manifest. Written into a temporary folder and renamed."""
+    folder = confined_path(releases_dir(out), version, "release version")
+    if folder.exists():
+        raise ShardError(f"{folder}: release {version!r} exists; a release never changes (choose another version)")
+    manifest = read_manifest(out)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{version}.part"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "shards").mkdir(parents=True)
+        shutil.copyfile(manifest_file(out), staging / "manifest.json")
+        tiles = _freeze_shards(out, manifest, staging / "shards")
+        _write_lines(staging / "tiles.jsonl", tiles)
+        _write_lines(staging / "reviews.jsonl", sorted(inputs.reviews, key=_review_order))
+        manifest_sha256 = file_sha256(staging / "manifest.json")
+        release = {
+            "schema_version": RELEASE_SCHEMA_VERSION,
+            "version": version,
+            "digest": release_digest(manifest_sha256, inputs.ledger_sha256),
+            "manifest_sha256": manifest_sha256,
+            "ledger_sha256": inputs.ledger_sha256,
+            "taxonomy": manifest["taxonomy"],
+            "samples": {split: info["samples"] for split, info in manifest["splits"].items()},
+            "reviews": len(inputs.reviews),
+            "licence": licence,
+            "build_config": manifest.get("build_config"),
+        }
+        (staging / "release.json").write_text(json.dumps(release, indent=2, sort_keys=True) + "\n")
+        (staging / "README.md").write_text(_card(release, manifest, inputs, balance_markdown))
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_release(folder: Path) -> dict:
+    path = folder / "release.json"
+    if not path.is_file():
+        raise ShardError(f"{path}: no release here (ovrsis release create makes one)")
+    release = json.loads(path.read_text())
+    if release.get("schema_version") != RELEASE_SCHEMA_VERSION:
+        raise ShardError(f"{path}: release schema {release.get('schema_version')}, this reader knows 1")
+    return release
+
+
+def diff_releases(a: Path, b: Path) -> ReleaseDiff:
+    """What changed from release A to release B: tiles, their categories, mask pixels per category
+    (counted pixel by pixel from both masks, for the tiles whose mask changed) and reviews."""
+    read_release(a), read_release(b)
+    before, after = _tiles(a), _tiles(b)
+    result = ReleaseDiff(added=sorted(after.keys() - before.keys()), removed=sorted(before.keys() - after.keys()))
+    changed = sorted(k for k in before.keys() & after.keys() if before[k]["mask_sha256"] != after[k]["mask_sha256"])
+    result.masks_changed = changed
+    for key in changed:
+        old, new = set(before[key]["pixels"]), set(after[key]["pixels"])
+        if old != new:
+            result.categories_changed[key] = {"gained": sorted(new - old), "lost": sorted(old - new)}
+    pixels: dict[str, Counter] = {}
+    masks_a, masks_b = _masks(a, set(changed)), _masks(b, set(changed))
+    names = read_release(b)["taxonomy"]["names"]
+    for key in changed:
+        old, new = masks_a[key], masks_b[key]
+        moved = old != new
+        for value, count in zip(*np.unique(new[moved], return_counts=True), strict=True):
+            if value != IGNORE_INDEX:
+                pixels.setdefault(names[value], Counter())["gained"] += int(count)
+        for value, count in zip(*np.unique(old[moved], return_counts=True), strict=True):
+            if value != IGNORE_INDEX:
+                pixels.setdefault(names[value], Counter())["lost"] += int(count)
+    for keys, side, direction in ((result.added, after, "gained"), (result.removed, before, "lost")):
+        for key in keys:  # a tile added or removed gains or loses all its labelled pixels
+            for name, count in side[key]["pixels"].items():
+                pixels.setdefault(name, Counter())[direction] += count
+    result.pixels_changed = {name: {"gained": c["gained"], "lost": c["lost"]} for name, c in sorted(pixels.items())}
+    identity = _review_order
+    known = {identity(r) for r in _lines(a / "reviews.jsonl")}
+    result.reviews_added = [r for r in _lines(b / "reviews.jsonl") if identity(r) not in known]
+    return result
+
+
+def _freeze_shards(out: Path, manifest: dict, target: Path) -> list[dict]:
+    """Each shard linked (or copied) into TARGET and checked against the manifest's sha256; a row per
+    sample (key, split, the mask part's sha256 and pixels per category), sorted by key."""
+    names = manifest["taxonomy"]["names"]
+    rows = []
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            source = confined_path(shards_dir(out), shard["name"], "shard name")
+            copy = target / shard["name"]
+            try:
+                os.link(source, copy)
+            except OSError:  # another disk, or links not allowed: a copy
+                shutil.copyfile(source, copy)
+            if file_sha256(copy) != shard["sha256"]:
+                raise ShardError(f"{source}: does not match its manifest's sha256 (rebuild or verify the shards)")
+            skipped: list[str] = []
+            for key, parts in read_samples(copy, skipped):
+                mask = parts.get("mask.png")
+                if mask is None:
+                    raise ShardError(f"{source}: sample {key!r} has no mask")
+                values, counts = np.unique(np.asarray(Image.open(BytesIO(mask))), return_counts=True)
+                pixels = {names[v]: int(c) for v, c in zip(values, counts, strict=True) if v != IGNORE_INDEX}
+                digest = hashlib.sha256(mask).hexdigest()
+                rows.append({"key": key, "split": split, "mask_sha256": digest, "pixels": pixels})
+            if skipped:
+                raise ShardError(f"{source}: {skipped[0]}")
+    return sorted(rows, key=lambda row: row["key"])
+
+
+def _masks(folder: Path, keys: set[str]) -> dict[str, np.ndarray]:
+    """The masks of KEYS out of a release's shards."""
+    found = {}
+    for shard in sorted((folder / "shards").glob("*.tar")):
+        for key, parts in read_samples(shard, []):
+            if key in keys:
+                found[key] = np.asarray(Image.open(BytesIO(parts["mask.png"])))
+    return found
+
+
+def _tiles(folder: Path) -> dict[str, dict]:
+    return {row["key"]: row for row in _lines(folder / "tiles.jsonl")}
+
+
+def _review_order(review: dict) -> tuple:
+    return (review["project_id"], review["task_id"], review["annotation_id"], review["updated_at"])
+
+
+def _lines(path: Path) -> Iterable[dict]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
+def _write_lines(path: Path, rows: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _card(release: dict, manifest: dict, inputs: ReleaseInputs, balance_markdown: str | None) -> str:
+    """The dataset card: what a user reads before citing or downloading the release."""
+    samples = release["samples"]
+    categories = manifest.get("categories", {})
+    domains = manifest.get("domains", {})
+    config = release.get("build_config") or {}
+    lines = [
+        f"# Release {release['version']}",
+        "",
+        f"- digest: `{release['digest']}` (manifest sha256 `{release['manifest_sha256']}`, "
+        f"ledger sha256 `{release['ledger_sha256'] or 'no ledger'}`)",
+        f"- samples: {', '.join(f'{split} {n}' for split, n in samples.items())} ({sum(samples.values())} in all)",
+        f"- taxonomy: {len(release['taxonomy']['names'])} classes, version `{release['taxonomy']['version']}`",
+        f"- reviews applied: {release['reviews']} (audit round `{manifest.get('audit_round')}`)",
+        f"- licence: {release['licence']} (the imagery's own licence applies to the images)",
+        "",
+        "## Classes",
+        "",
+        "| class | pixels | images |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {info.get('pixels', 0)} | {info.get('images', 0)} |"
+            for name, info in categories.items()
+            if info.get("images")
+        ),
+        "",
+        "## Domains",
+        "",
+        "| domain | tiles |",
+        "|---|---:|",
+        *(f"| {name} | {count} |" for name, count in domains.items()),
+        "",
+        "## How it was made",
+        "",
+        f"Built by `ovrsis build` from {', '.join(str(p) for p in config.get('inputs', []))} with models "
+        f"`{config.get('models')}` and taxonomy `{config.get('taxonomy')}`; tiles of "
+        f"{(config.get('tiling') or {}).get('tile_size')} px; selection {config.get('selection')}. The build "
+        "configuration is in release.json; the reviews' identities in reviews.jsonl.",
+        "",
+    ]
+    if balance_markdown:
+        lines += ["## Balance", "", balance_markdown.strip(), ""]
+    if inputs.audit_markdown:
+        lines += ["## Human audit (Table II)", "", inputs.audit_markdown.strip(), ""]
+    return "\n".join(lines)

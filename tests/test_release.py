@@ -1,0 +1,100 @@
+"""Versioned releases (issue 33, item 4), on real builds: a round frozen with `ovrsis release create`, the
+next round's reviews applied by a plain rebuild, `ovrsis release diff` checked against the ledger, and a
+release rebuilt from its recorded inputs in a fresh folder with the same digest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_audit_ledger import brush, discard, review
+from typer.testing import CliRunner
+
+from audit.ledger import append_reviews, read_ledger
+from audit.records import load_records
+from flows.cli import app
+from flows.sample_build import CAPTION, make_imagery, run_build, write_config
+from pipeline.cli.terminal import EXIT_REFUSED
+from pipeline.dataset.release import read_release
+from pipeline.dataset.shards import ShardReader
+from pipeline.files.atomic import file_sha256
+from taxonomy import load_taxonomy
+
+pytestmark = pytest.mark.slow
+TAXONOMY = load_taxonomy("ovrsis95k")
+runner = CliRunner()
+
+
+def release(out, version: str) -> dict:
+    result = runner.invoke(app, ["release", "create", str(out), version, "--licence", "CC-BY-4.0"])
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return read_release(out / "releases" / version)
+
+
+def test_a_release_freezes_a_round_and_the_diff_of_two_rounds_is_the_ledger(tmp_path, tiny_models_yaml):
+    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False)
+    (imagery.parent / "captions.jsonl").write_text(  # scene1 names nothing: no proposal until a reviewer paints
+        json.dumps({"id": "scene0", "caption": CAPTION})
+        + "\n"
+        + json.dumps({"id": "scene1", "caption": "a view"})
+        + "\n"
+    )
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, out, selection={"target_tiles": "all"})
+    assert (first := run_build(config, tmp_path / "prefect")).returncode == 0, first.stderr[-3000:]
+    one = release(out, "1.0")
+    frozen = out / "releases" / "1.0"
+    assert one["reviews"] == 0 and one["ledger_sha256"] is None and one["licence"] == "CC-BY-4.0"
+    assert sum(one["samples"].values()) == sum(1 for _ in open(frozen / "tiles.jsonl"))
+    card = (frozen / "README.md").read_text()
+    assert "# Release 1.0" in card and one["digest"] in card and "## Classes" in card and "CC-BY-4.0" in card
+    again = runner.invoke(app, ["release", "create", str(out), "1.0"])  # a release never changes
+    assert again.exit_code == EXIT_REFUSED and "exists" in again.stderr
+
+    records = {r.key: r for r in load_records(out) if not r.quarantine}
+    empty = sorted(k for k in records if k.startswith("scene1"))
+    labelled = sorted(k for k, r in records.items() if k.startswith("scene0") and r.instances)
+    assert len(empty) == 4 and len(labelled) >= 2, "the tiny models proposed too little to test with"
+    reviews, painted = [], 0
+    for number, key in enumerate(empty):
+        shown = np.asarray(Image.open(out / "masks" / f"{key}.png"))
+        region = np.zeros(shown.shape, bool)
+        region[10 + 5 * number : 60, 20:90] = True
+        painted += int(region.sum())
+        reviews.append(review(out, key, [brush("new", "building", region)], annotation=number + 1, proposal=shown))
+    emptied = labelled[0]
+    shown = np.asarray(Image.open(out / "masks" / f"{emptied}.png"))
+    names = [TAXONOMY.categories[v].name for v in np.unique(shown) if v != 255 and TAXONOMY.categories[v].propose]
+    reviews.append(review(out, emptied, [discard(*names)], annotation=99, proposal=shown))
+    append_reviews(out, reviews)
+    assert (second := run_build(config, tmp_path / "prefect")).returncode == 0, second.stderr[-3000:]
+    two = release(out, "2.0")
+    kept = json.loads((frozen / "manifest.json").read_text())  # the rebuild replaced the shards, not release 1.0's
+    for shard in (s for info in kept["splits"].values() for s in info["shards"]):
+        assert file_sha256(frozen / "shards" / shard["name"]) == shard["sha256"]
+    assert two["reviews"] == 5 and two["digest"] != one["digest"]
+    assert "## Human audit (Table II)" in (out / "releases" / "2.0" / "README.md").read_text()
+
+    result = runner.invoke(app, ["release", "diff", str(frozen), str(out / "releases" / "2.0"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    change = json.loads(result.stdout)
+    assert change["added"] == empty and change["removed"] == [emptied] and change["masks_changed"] == []
+    ledger = {(r.project_id, r.task_id, r.annotation_id, r.updated_at) for r in read_ledger(out)}
+    added = {(r["project_id"], r["task_id"], r["annotation_id"], r["updated_at"]) for r in change["reviews_added"]}
+    assert added == ledger and len(added) == 5
+    before = {row["key"]: row for row in map(json.loads, open(frozen / "tiles.jsonl"))}
+    expected = {name: {"gained": 0, "lost": count} for name, count in before[emptied]["pixels"].items()}
+    expected.setdefault("building", {"gained": 0, "lost": 0})["gained"] += painted
+    assert change["pixels_changed"] == expected  # the reviewers' pixels, exactly
+
+    # the release rebuilt from its recorded inputs (imagery, configuration, the output's audit/ folder)
+    fresh = tmp_path / "fresh"
+    (fresh / "audit").parent.mkdir()
+    shutil.copytree(out / "audit", fresh / "audit")
+    config = write_config(tmp_path / "again.yaml", imagery, tiny_models_yaml, fresh, selection={"target_tiles": "all"})
+    assert (third := run_build(config, tmp_path / "prefect")).returncode == 0, third.stderr[-3000:]
+    assert release(fresh, "2.0")["digest"] == two["digest"]
+    assert ShardReader(fresh).manifest == ShardReader(out).manifest
