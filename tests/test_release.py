@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 
 import numpy as np
 import pytest
@@ -89,6 +90,21 @@ def test_a_release_freezes_a_round_and_the_diff_of_two_rounds_is_the_ledger(tmp_
     expected = {name: {"gained": 0, "lost": count} for name, count in before[emptied]["pixels"].items()}
     expected.setdefault("building", {"gained": 0, "lost": 0})["gained"] += painted
     assert change["pixels_changed"] == expected  # the reviewers' pixels, exactly
+
+    exported = runner.invoke(app, ["export", "hf", str(out), "--release", "1.0", "--dest", str(tmp_path / "hf")])
+    assert exported.exit_code == 0, exported.stderr  # round 1 as it was released, after round 2's rebuild
+    hf_card = (tmp_path / "hf" / "README.md").read_text()
+    assert f"Release 1.0 (`ovrsis release create`), digest `{one['digest']}`" in hf_card
+    assert "pretty_name: out 1.0" in hf_card and "license: CC-BY-4.0" in hf_card
+    exported_samples = {
+        split: sum(
+            name.endswith(".json")
+            for tar in (tmp_path / "hf" / "data").glob(f"{split}-*.tar")
+            for name in tarfile.open(tar).getnames()
+        )
+        for split in one["samples"]
+    }
+    assert exported_samples == one["samples"]
 
     # the release rebuilt from its recorded inputs (imagery, configuration, the output's audit/ folder)
     fresh = tmp_path / "fresh"

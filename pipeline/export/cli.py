@@ -94,6 +94,9 @@ def hf(
         help="Keep absolute source paths and reviewer addresses in the record column (default: paths "
         "relative to the build's inputs, reviewers as pseudonyms; fit to publish).",
     ),
+    release: str | None = typer.Option(
+        None, help="Export the release OUT/releases/RELEASE (`ovrsis release create`) instead of the current shards."
+    ),
 ) -> None:
     """The shards as a Hugging Face dataset: the same image and mask bytes, a fixed-schema json part,
     and a dataset card declaring the features (class names included) and splits. Samples whose names
@@ -104,7 +107,7 @@ def hf(
     target = dest or out / "hf"
     skipped: list[str] = []
     try:
-        counts = export_hf(out, target, keep_private_fields, skipped)
+        counts = export_hf(out, target, keep_private_fields, skipped, release)
     except ExportError as error:
         fail(error)
     console.print(

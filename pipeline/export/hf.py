@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.dataset.release import read_release
 from pipeline.dataset.shards import (
     IMAGE_EXTENSIONS,
     Pseudonyms,
@@ -50,6 +51,7 @@ from pipeline.dataset.shards import (
 )
 from pipeline.export.output_folder import ExportError
 from pipeline.files.atomic import atomic_path
+from pipeline.files.layout import releases_dir
 from pipeline.files.safe_names import UnsafeName, confined_path
 from taxonomy.masks import IGNORE_INDEX as IGNORE
 
@@ -83,13 +85,20 @@ def hf_features(class_names: list[str], image_extension: str):
 
 
 def export_hf(
-    out_dir: Path, dest: Path, keep_private_fields: bool = False, skipped: list[str] | None = None
+    out_dir: Path,
+    dest: Path,
+    keep_private_fields: bool = False,
+    skipped: list[str] | None = None,
+    release: str | None = None,
 ) -> dict[str, int]:
-    """Write DEST/data/*.tar and DEST/README.md from a build's shards; returns samples per split.
-    Samples left out (unsafe member names, repeated keys) are named in `skipped`."""
+    """Write DEST/data/*.tar and DEST/README.md from a build's shards, or from its release RELEASE
+    (OUT/releases/RELEASE, `ovrsis release create`: the card then names the version and its digest);
+    returns samples per split. Samples left out (unsafe member names, repeated keys) are named in `skipped`."""
     try:
-        reader = ShardReader(out_dir)
-    except ShardError as error:
+        source = confined_path(releases_dir(out_dir), release, "release version") if release else out_dir
+        version = read_release(source) if release else None
+        reader = ShardReader(source)
+    except (ShardError, UnsafeName) as error:
         raise ExportError(str(error)) from error
     names = reader.class_names
     mixed = reader.manifest.get("image_format") not in IMAGE_EXTENSIONS
@@ -112,7 +121,7 @@ def export_hf(
                     for name, data in _hf_parts(key, parts, extension, mixed, names, shard, publish).items():
                         _add(tar, f"{key}.{name}", data)
                     counts[split] += 1
-    _write_card(dest, out_dir, names, extension, counts, mixed)
+    _write_card(dest, out_dir, names, extension, counts, mixed, version)
     return counts
 
 
@@ -177,7 +186,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_card(
-    dest: Path, out_dir: Path, names: list[str], extension: str, counts: dict[str, int], mixed: bool
+    dest: Path,
+    out_dir: Path,
+    names: list[str],
+    extension: str,
+    counts: dict[str, int],
+    mixed: bool,
+    release: dict | None = None,
 ) -> None:
     import yaml
 
@@ -210,8 +225,15 @@ def _write_card(
         if mixed
         else "Image and mask bytes are the build's own."
     )
-    body = f"""# {out_dir.resolve().name}
-
+    title = out_dir.resolve().name + (f" {release['version']}" if release else "")
+    if release:
+        metadata["pretty_name"] = title
+        metadata["license"] = release["licence"]
+    provenance = (
+        f"\nRelease {release['version']} (`ovrsis release create`), digest `{release['digest']}`.\n" if release else ""
+    )
+    body = f"""# {title}
+{provenance}
 Open-vocabulary remote-sensing segmentation tiles exported by `ovrsis export hf` from a build's
 WebDataset shards ({", ".join(f"{split}: {n}" for split, n in counts.items())} samples).
 
