@@ -35,6 +35,7 @@ SCRIPTS = (
     "eval_lovo",
     "gpu_check",
     "gpu_check_build",
+    "sim_audit",
 )
 # modes that run code of their own, not the default's
 OTHER_MODES = (("bench_shards", "--images"), ("bench_gpu_box", "--webp"))
