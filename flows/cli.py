@@ -33,6 +33,8 @@ def _root() -> None:
 app.add_typer(pipeline_cli.app)  # categories, annotate
 app.add_typer(commands.app)  # build, serve, evaluate-build, shards, cache
 app.add_typer(audit_cli.app, name="audit")
+# `ovrsis audit round` trains Pi-Seg, which only flows may import beside the ML backend: defined in flows/commands.py
+audit_cli.app.command("round")(commands.audit_round)
 app.add_typer(export_cli.app, name="export")
 app.add_typer(models_cli.app, name="models")
 

@@ -407,3 +407,52 @@ def release_diff(
     for name, pixels in change.pixels_changed.items():
         out.print(Text(f"  {name}: +{pixels['gained']} / -{pixels['lost']} pixels"))
     out.print(f"reviews: {len(change.reviews_added)} added")
+
+
+def audit_round(
+    records: Path = typer.Option(..., "--records", help="The build output folder (records.jsonl, masks/, audit/)."),
+    signal: str = typer.Option("combined", help="combined | disagreement | uncertainty | low_confidence | random."),
+    count: int = typer.Option(50, min=1, help="Tiles in the ranked queue."),
+    iters: int = typer.Option(2000, min=1, help="Pi-Seg training iterations on the reviewed tiles."),
+    backbone: str = typer.Option("vit-b", help="vit-b, vit-l or tiny (tests)."),
+    seed: int = typer.Option(0, help="Training and random-order seed."),
+    push: bool = typer.Option(False, "--push", help="Push the ranked queue to Label Studio as TITLE (ranked)."),
+    project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
+    url: str | None = typer.Option(None, help="Label Studio URL [LABEL_STUDIO_URL or http://127.0.0.1:8089]."),
+) -> None:
+    """One audit round: Pi-Seg trained on the reviewed tiles (from the previous round's model), its
+    disagreement with each unreviewed tile's proposal and its uncertainty scored, and the next queue
+    ranked (written to OUT/audit/rounds/NNN/round.json; with --push, queued in Label Studio). The
+    random sample queue (`ovrsis audit push`) stays random, for Table II."""
+    from flows.rounds import run_round
+    from ovrsis.errors import OvrsisError
+
+    try:
+        result = run_round(records, signal, count, iters, backbone, seed, notice=lambda line: console.print(line))
+        if push:
+            _push_ranked(records, result.queue, project, url)
+    except OvrsisError as error:
+        fail(error)
+    console.print(
+        f"round {result.number}: trained on {result.trained_on} reviewed tile(s) -> {result.checkpoint}; "
+        f"{len(result.queue)} tile(s) queued by {signal} -> {result.folder / 'round.json'}",
+        highlight=False,
+    )
+
+
+def _push_ranked(out: Path, keys: list[str], project: str | None, url: str | None) -> None:
+    from audit.client import AuditClient
+    from audit.pull import queue_title
+    from audit.queue import load_live_records, push
+    from audit.session import default_title
+    from audit.settings import server_settings
+    from taxonomy.loader import load_taxonomy
+
+    client = AuditClient(server_settings(url))
+    client.check()
+    by_key = {r.key: r for r in load_live_records(out)}
+    manifest = json.loads(manifest_file(out).read_text())
+    taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
+    title = queue_title(project or default_title(out), "ranked")
+    summary = push(client, out, taxonomy, [by_key[k] for k in keys], title, out, "ranked")
+    console.print(f"{summary.created} task(s) created in {title!r}", highlight=False)

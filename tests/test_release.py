@@ -21,6 +21,7 @@ from flows.sample_build import CAPTION, make_imagery, run_build, write_config
 from pipeline.cli.terminal import EXIT_REFUSED
 from pipeline.dataset.release import read_release
 from pipeline.dataset.shards import ShardReader
+from pipeline.dataset.tile_table import proposed_pixels
 from pipeline.files.atomic import file_sha256
 from taxonomy import load_taxonomy
 
@@ -114,3 +115,26 @@ def test_a_release_freezes_a_round_and_the_diff_of_two_rounds_is_the_ledger(tmp_
     assert (third := run_build(config, tmp_path / "prefect")).returncode == 0, third.stderr[-3000:]
     assert release(fresh, "2.0")["digest"] == two["digest"]
     assert ShardReader(fresh).manifest == ShardReader(out).manifest
+
+    # an audit round on the reviewed build: Pi-Seg (tiny) trained on the reviewed tiles ranks the rest
+    ranked = runner.invoke(
+        app, ["audit", "round", "--records", str(out), "--backbone", "tiny", "--iters", "2", "--count", "3"]
+    )
+    assert ranked.exit_code == 0, (ranked.stdout, ranked.stderr, ranked.exception)
+    first_round = json.loads((out / "audit" / "rounds" / "001" / "round.json").read_text())
+    records = {r.key: r for r in load_records(out) if not r.quarantine}
+    reviewed = sorted(k for k, r in records.items() if r.review is not None)
+    assert first_round["trained_on"] == reviewed and first_round["init"] is None
+    candidates = {k for k, r in records.items() if r.review is None and proposed_pixels(r)}
+    assert set(first_round["scores"]) == candidates and len(first_round["queue"]) == min(3, len(candidates))
+    combined = {k: v["combined"] for k, v in first_round["scores"].items()}
+    assert first_round["queue"] == sorted(combined, key=lambda k: (-combined[k], k))[:3]
+    assert all(0.0 <= v["disagreement"] <= 1.0 and v["uncertainty"] >= 0.0 for v in first_round["scores"].values())
+    manifest = json.loads((out / "audit" / "rounds" / "001" / "data" / "manifest.json").read_text())
+    assert sum(info["samples"] for info in manifest["splits"].values()) == len(reviewed)
+    again = runner.invoke(
+        app, ["audit", "round", "--records", str(out), "--backbone", "tiny", "--iters", "2", "--signal", "disagreement"]
+    )
+    assert again.exit_code == 0, again.stderr
+    second_round = json.loads((out / "audit" / "rounds" / "002" / "round.json").read_text())
+    assert second_round["init"] == first_round["checkpoint"] and second_round["signal"] == "disagreement"

@@ -240,13 +240,15 @@ def train(
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     notice: Callable[[str], None] | None = None,
+    init: Path | None = None,
 ) -> Path:
     """Train on `shards` and return the final checkpoint's path. `progress(step, total, values)` is
     called on the main process after every step (the CLI draws a bar with it). With
     `on_corrupt_shard: skip`, unreadable shards and samples are left out and listed in OUT/skipped.jsonl;
     otherwise the first one stops the run with a ShardError naming it. `notice(line)` gets, on the main
     process, what a user must know before the run goes on: whether an epoch is a full permutation (also in
-    log.jsonl as `sample_order`)."""
+    log.jsonl as `sample_order`). `init`: a checkpoint whose weights the model starts from (an audit round
+    goes on from the previous round's model); a fresh optimizer and schedule, unlike `resume`."""
     runtime = start_runtime()
     torch.manual_seed(config.train.seed)
     expected = load_taxonomy(config.train.taxonomy).names if config.train.taxonomy else None
@@ -263,7 +265,10 @@ def train(
         log.write(0, {"corrupt_shards": len(reader.corrupt), "corrupt": reader.corrupt})
         for path, problem in reader.corrupt.items():
             skipped.add(f"{path}: {problem}", path)
-    model = build_model(config.model).to(runtime.device).train()
+    model = build_model(config.model)
+    if init is not None and not resume:
+        restore_weights(model, read_checkpoint(init), init)
+    model = model.to(runtime.device).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config))
     scheduler = cosine_schedule(optimizer, config.train.iters)
     step = 0

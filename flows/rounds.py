@@ -1,0 +1,161 @@
+"""One audit round (issue 33, item 1): Pi-Seg trained on the reviewed tiles ranks the next queue.
+
+    reviewed tiles (records.jsonl after a build applied the ledger) -> shards of their reviewed masks
+    -> `piseg train` on them (from the previous round's model, when there is one)
+    -> its prediction and class probabilities on every unreviewed tile with a proposal
+    -> ranking signals (audit/ranking.py) -> the queue, in order -> optionally pushed to Label Studio
+
+Everything a round did is in OUT/audit/rounds/NNN/: `data/` (its shards and manifest), `piseg/` (the
+run: checkpoints, log.jsonl), `round.json` (the signal, the checkpoint and the one it started from, the
+reviewed tiles it trained on, every scored tile's signals, the queue in order). Plain functions: `ovrsis
+audit round` calls them, and so can a Prefect flow. Here, not in audit/, because only the ML backend of
+the audit may import piseg (docs/architecture.md, "Layers").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from audit import ranking
+from audit.queue import load_live_records
+from ovrsis.errors import AuditError
+from pipeline.dataset.records import TileRecord
+from pipeline.dataset.tile_table import proposed_pixels
+from pipeline.files.layout import audit_dir, manifest_file
+from pipeline.raster.tiling import BandRule
+from taxonomy.loader import Taxonomy, load_taxonomy
+
+ROUNDS = "rounds"
+RANKING_SIGNALS = ("combined", "disagreement", "uncertainty", "low_confidence", "random")
+
+
+@dataclass
+class RoundResult:
+    number: int
+    folder: Path
+    checkpoint: Path
+    trained_on: int  # reviewed tiles
+    queue: list[str]  # tile keys, the first to review first
+    scores: dict[str, dict[str, float]]  # key -> signal -> score
+
+
+def rounds_dir(out: Path) -> Path:
+    return audit_dir(out) / ROUNDS
+
+
+def run_round(
+    out: Path,
+    signal: str = "combined",
+    count: int = 50,
+    iters: int = 2000,
+    backbone: str = "vit-b",
+    seed: int = 0,
+    notice: Callable[[str], None] = lambda line: None,
+) -> RoundResult:
+    """Train on the reviewed tiles, score the unreviewed ones, and write OUT/audit/rounds/NNN/."""
+    from piseg.config import load_config
+    from piseg.training.train import train
+
+    if signal not in RANKING_SIGNALS:
+        raise AuditError(f"unknown ranking signal {signal!r}; one of {', '.join(RANKING_SIGNALS)}")
+    records = load_live_records(out)
+    reviewed = [r for r in records if r.review is not None and r.semantic_mask]
+    candidates = [r for r in records if r.review is None and proposed_pixels(r)]
+    if not reviewed:
+        raise AuditError(f"{out}: no reviewed tile to train on; push a sample, review it, pull and rebuild first")
+    if not candidates:
+        raise AuditError(f"{out}: every tile with a proposal is reviewed; nothing to rank")
+    manifest = json.loads(manifest_file(out).read_text())
+    taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
+    earlier = sorted(p for p in rounds_dir(out).glob("[0-9][0-9][0-9]") if (p / "round.json").is_file())
+    number = len(earlier) + 1
+    folder = rounds_dir(out) / f"{number:03d}"
+    init = Path(json.loads((earlier[-1] / "round.json").read_text())["checkpoint"]) if earlier else None
+    notice(f"round {number}: training on {len(reviewed)} reviewed tile(s)" + (f", from {init}" if init else ""))
+    _write_reviewed_shards(out, folder / "data", reviewed, taxonomy, manifest)
+    config = load_config(None, backbone, {"train": {"iters": iters, "seed": seed}})
+    checkpoint = train(folder / "data", config, folder / "piseg", init=init)
+    notice(f"round {number}: scoring {len(candidates)} unreviewed tile(s) by {signal}")
+    scores = _score(out, checkpoint, candidates, taxonomy, manifest, seed)
+    chosen = {key: values[signal] for key, values in scores.items()}
+    queue = ranking.queue_order(chosen, count)
+    (folder / "round.json").write_text(
+        json.dumps(
+            {
+                "number": number,
+                "signal": signal,
+                "checkpoint": str(checkpoint),
+                "init": str(init) if init else None,
+                "trained_on": sorted(r.key for r in reviewed),
+                "scores": scores,
+                "queue": queue,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return RoundResult(number, folder, checkpoint, len(reviewed), queue, scores)
+
+
+def _write_reviewed_shards(out: Path, dest: Path, reviewed: list[TileRecord], taxonomy: Taxonomy, manifest: dict):
+    """The reviewed tiles as shards (their reviewed masks, read back from OUT/masks/), every one for training."""
+    from pipeline.build.annotate import RasterPixels
+    from pipeline.dataset.shards import ShardConfig, write_shards
+
+    pixels = RasterPixels(_bands(manifest))
+
+    def load(record: TileRecord) -> tuple[np.ndarray, np.ndarray]:
+        return pixels(record)[0], np.asarray(Image.open(out / record.semantic_mask))
+
+    write_shards(dest, reviewed, load, taxonomy.names, taxonomy.version, ShardConfig(val_fraction=0.0))
+
+
+def _score(
+    out: Path, checkpoint: Path, candidates: list[TileRecord], taxonomy: Taxonomy, manifest: dict, seed: int
+) -> dict[str, dict[str, float]]:
+    """Every ranking signal for every candidate tile (the model's prediction against its proposal)."""
+    import torch
+
+    from pipeline.build.annotate import RasterPixels
+    from piseg.inference.predict import Predictor
+    from piseg.inference.scheme import class_probabilities
+
+    pixels, predictor = RasterPixels(_bands(manifest)), Predictor(checkpoint)
+    text = predictor.class_embeddings(taxonomy.names)
+    disagreement, uncertainty, confidence = {}, {}, {}
+    with torch.no_grad():
+        for record in candidates:
+            image = pixels(record)[0]
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(predictor.device)
+            probabilities = class_probabilities(predictor.model, tensor, text, predictor.settings).float().cpu().numpy()
+            proposal = np.asarray(Image.open(out / record.semantic_mask))
+            disagreement[record.key] = ranking.disagreement(probabilities.argmax(0).astype(np.uint8), proposal)
+            # per-class sigmoids (Pi-Seg scores each class on its own), normalised over the classes
+            uncertainty[record.key] = ranking.uncertainty(
+                probabilities / probabilities.sum(0, keepdims=True).clip(1e-12)
+            )
+            kept = [i for i in record.instances if not i.dropped]
+            confidence[record.key] = ranking.low_confidence([i.detector_score * (i.mask_score or 1.0) for i in kept])
+    keys = [r.key for r in candidates]
+    signals = {
+        "disagreement": disagreement,
+        "uncertainty": uncertainty,
+        "low_confidence": confidence,
+        "random": ranking.random_scores(keys, seed),
+        "combined": ranking.combined(disagreement, confidence),
+    }
+    return {key: {name: float(values[key]) for name, values in signals.items()} for key in keys}
+
+
+def _bands(manifest: dict) -> BandRule:
+    """The build's band rule (its tiling section), so tiles are read as the build read them."""
+    tiling = (manifest.get("build_config") or {}).get("tiling") or {}
+    return BandRule(
+        bands=tuple(tiling["bands"]) if tiling.get("bands") else None, stretch=tiling.get("stretch", "auto")
+    )
