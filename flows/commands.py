@@ -85,16 +85,20 @@ def _why_no_samples(output: Path) -> str:
 
 @app.command("serve")
 def serve(name: str = typer.Option("local", help="Deployment name.")) -> None:
-    """Serve the flow as deployment build-ovrsis95k/NAME against the Prefect API in PREFECT_API_URL;
-    then `prefect deployment run build-ovrsis95k/local --param config=PATH` starts a build."""
+    """Serve the flows as deployments build-ovrsis95k/NAME and audit-round/NAME against the Prefect API in
+    PREFECT_API_URL; then `prefect deployment run build-ovrsis95k/local --param config=PATH` starts a build
+    (`audit-round/local --param records=OUT` an audit round)."""
     if not os.environ.get("PREFECT_API_URL"):
         fail(
             "PREFECT_API_URL is not set: start `prefect server start` and export "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (see README)"
         )
-    from flows.build import build as build_flow
+    from prefect import serve as serve_all
 
-    build_flow.serve(name=name)
+    from flows.build import build as build_flow
+    from flows.round_flow import audit_round as round_flow
+
+    serve_all(build_flow.to_deployment(name=name), round_flow.to_deployment(name=name))
 
 
 @shards_app.command("verify")

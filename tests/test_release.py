@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 from audit.ledger import append_reviews, read_ledger
 from audit.records import load_records
 from flows.cli import app
-from flows.sample_build import CAPTION, make_imagery, run_build, write_config
+from flows.sample_build import CAPTION, make_imagery, prefect_env, run_build, write_config
 from pipeline.cli.terminal import EXIT_REFUSED
 from pipeline.dataset.release import read_release
 from pipeline.dataset.shards import ShardReader
@@ -138,3 +140,15 @@ def test_a_release_freezes_a_round_and_the_diff_of_two_rounds_is_the_ledger(tmp_
     assert again.exit_code == 0, again.stderr
     second_round = json.loads((out / "audit" / "rounds" / "002" / "round.json").read_text())
     assert second_round["init"] == first_round["checkpoint"] and second_round["signal"] == "disagreement"
+
+    # the same round as a Prefect flow run (Prefect's temporary server), its report written for the artifacts
+    code = (
+        "from flows.round_flow import audit_round; "
+        f"print(audit_round(records={str(out)!r}, backbone='tiny', iters=2, count=2)['number'])"
+    )
+    flowed = subprocess.run(
+        [sys.executable, "-c", code], env=prefect_env(tmp_path / "prefect"), capture_output=True, text=True, timeout=600
+    )
+    assert flowed.returncode == 0 and flowed.stdout.strip().splitlines()[-1] == "3", flowed.stderr[-3000:]
+    third = out / "audit" / "rounds" / "003"
+    assert (third / "scores.png").stat().st_size > 1000 and "| rank | tile |" in (third / "round.md").read_text()
