@@ -96,7 +96,7 @@ def test_ovrsis_command_tree():
     assert groups == {
         "shards": {"verify", "export", "import"},
         "cache": {"stats", "prune"},
-        "audit": {"server", "backend", "push", "pull", "status", "stats"},
+        "audit": {"server", "backend", "push", "pull", "status", "stats", "round"},
         "export": {"vectors", "stac", "hf"},
         "models": {"fetch", "check"},
         "release": {"create", "diff"},
