@@ -1,13 +1,15 @@
 """A simulated audit (issue 33, item 3): how fast each ranking signal (audit/ranking.py) raises the
 dataset's mask quality, review by review, against the random order.
 
-The world, generated (seeded):
-- tiles of SIZE px with a background and 1-4 rectangles of 5 classes, each class a colour with
-  per-pixel noise: the ground truth;
-- proposals made from the ground truth by the paper's Table II error rates, per region: 8 % of masks
-  corrected (boundary 4 %: edges moved 2-4 px; merge 2 %: the region grown 6 px over its neighbours;
-  filtering 2 %: the region dropped), 2 % of categories corrected (relabelled) and 0.5 % discarded
-  (a spurious region added);
+The world (seeded):
+- the ground truth: generated tiles of SIZE px with a background and 1-4 rectangles of 5 classes, each
+  class a colour with per-pixel noise; or, with --real, the SpaceNet tiles of ../shared/data/real cut
+  into SIZE px tiles (a panchromatic scene with its 43 building footprints rasterized, and a Las Vegas
+  scene with its road mask: background, building, road);
+- proposals made from the ground truth by the paper's Table II error rates, per region (a connected
+  component of one class): 8 % of masks corrected (boundary 4 %: the region grown or shrunk 2-4 px;
+  merge 2 %: grown 6 px over its neighbours; filtering 2 %: dropped), 2 % of categories corrected
+  (relabelled) and 0.5 % of tiles with a spurious region (a category the reviewer discards);
 - each proposed region's detector x mask score: Beta(9, 1.5) for a correct region, Beta(5, 3) for a
   corrupted one (an assumption: wrong masks score lower, by this much; the low-confidence signal's
   figures depend on it, the others' do not);
@@ -22,7 +24,7 @@ dataset's quality is the mIoU of every tile's current mask (reviewed or proposed
 truth. Prints the table of mIoU against reviews per signal, the reviews each needs to reach the random
 order's final quality, and writes the plot.
 Usage: python benchmarks/sim_audit.py [--tiles 800] [--size 48] [--round 2.5] [--budget 40] [--seed 0]
-                                      [--plot docs/images/sim_audit.png] [--smoke]
+                                      [--real] [--plot docs/images/sim_audit.png] [--smoke]
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _shared import parse_args
-from scipy.ndimage import uniform_filter
+from _shared import SHARED_REAL, parse_args, require
+from scipy.ndimage import binary_dilation, binary_erosion, label, uniform_filter
 
 from audit import ranking
 from pipeline.quality.confusion import Confusion
@@ -57,31 +59,68 @@ class Tile:
 
 
 def make_tiles(count: int, size: int, rng: np.random.Generator) -> list[Tile]:
+    """COUNT generated tiles: rectangles of the 5 classes on a background, each class its colour plus noise."""
     tiles = []
     for _ in range(count):
         truth = np.zeros((size, size), np.uint8)
-        proposal = np.zeros((size, size), np.uint8)
-        scores, corrupted = [], False
         for _ in range(rng.integers(1, 5)):
-            category = int(rng.integers(1, CLASSES))
             h, w = rng.integers(size // 6, size // 2, 2)
             y, x = rng.integers(0, size - h), rng.integers(0, size - w)
-            region = np.zeros_like(truth, bool)
-            region[y : y + h, x : x + w] = True
-            truth[region] = category
+            truth[y : y + h, x : x + w] = rng.integers(1, CLASSES)
+        image = np.clip(COLOURS[truth] + rng.normal(0, NOISE, (size, size, 3)), 0, 255).astype(np.float32)
+        tiles.append(propose(image, truth, rng, CLASSES))
+    return tiles
+
+
+def real_tiles(size: int, rng: np.random.Generator) -> list[Tile]:
+    """The SpaceNet scenes of ../shared/data/real as SIZE px tiles: 0 background, 1 building, 2 road."""
+    import json
+
+    import rasterio
+    from rasterio.features import rasterize
+
+    spacenet = require(SHARED_REAL / "spacenet")
+    scenes = []
+    with rasterio.open(spacenet / "sample_geotiff.tif") as source:
+        shapes = [(f["geometry"], 1) for f in json.loads((spacenet / "geotiff_labels.geojson").read_text())["features"]]
+        buildings = rasterize(shapes, out_shape=source.shape, transform=source.transform, dtype="uint8")
+        scenes.append((source.read(1), buildings))
+    with (
+        rasterio.open(spacenet / "road_mask_input.tif") as source,
+        rasterio.open(spacenet / "sample_road_raster_mask.tif") as roads,
+    ):
+        scenes.append((source.read(1), np.where(roads.read(1) > 0, 2, 0).astype(np.uint8)))
+    tiles = []
+    for pixels, truth in scenes:
+        low, high = np.percentile(pixels[pixels > 0], (2, 98))
+        grey = np.clip((pixels.astype(np.float32) - low) * 255 / (high - low), 0, 255)
+        for y in range(0, truth.shape[0] - size + 1, size):
+            for x in range(0, truth.shape[1] - size + 1, size):
+                image = np.repeat(grey[y : y + size, x : x + size, None], 3, axis=2)
+                tiles.append(propose(image, truth[y : y + size, x : x + size].copy(), rng, 3))
+    return tiles
+
+
+def propose(image: np.ndarray, truth: np.ndarray, rng: np.random.Generator, classes: int) -> Tile:
+    """The tile with a proposal made from its ground truth at Table II's rates, region by region, and a
+    detector x mask score per proposed region."""
+    proposal = np.zeros_like(truth)
+    scores, corrupted = [], False
+    for category in range(1, classes):
+        regions, count = label(truth == category)
+        for number in range(1, count + 1):
             error = _draw_error(rng)
             corrupted |= error is not None
             scores.append(float(rng.beta(5, 3) if error else rng.beta(9, 1.5)))
-            _propose(proposal, region, category, error, rng)
-        if rng.random() < SPURIOUS:  # a category the reviewer discards: a region where nothing of it is
-            h, w = rng.integers(size // 6, size // 3, 2)
-            y, x = rng.integers(0, size - h), rng.integers(0, size - w)
-            proposal[y : y + h, x : x + w] = rng.integers(1, CLASSES)
-            scores.append(float(rng.beta(5, 3)))
-            corrupted = True
-        image = COLOURS[truth] + rng.normal(0, NOISE, (size, size, 3))
-        tiles.append(Tile(np.clip(image, 0, 255).astype(np.float32), truth, proposal, scores, corrupted))
-    return tiles
+            _propose(proposal, regions == number, category, error, rng, classes)
+    if rng.random() < SPURIOUS:  # a category the reviewer discards: a region where nothing of it is
+        size = truth.shape[0]
+        h, w = rng.integers(size // 6, size // 3, 2)
+        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+        proposal[y : y + h, x : x + w] = rng.integers(1, classes)
+        scores.append(float(rng.beta(5, 3)))
+        corrupted = True
+    return Tile(image, truth, proposal, scores, corrupted)
 
 
 def _draw_error(rng: np.random.Generator) -> str | None:
@@ -93,20 +132,22 @@ def _draw_error(rng: np.random.Generator) -> str | None:
     return None
 
 
-def _propose(proposal: np.ndarray, region: np.ndarray, category: int, error: str | None, rng) -> None:
-    """The region as the build would propose it, with ERROR's kind of mistake (Table II's kinds)."""
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    size = proposal.shape[0]
+def _propose(proposal: np.ndarray, region: np.ndarray, category: int, error: str | None, rng, classes: int) -> None:
+    """REGION as the build would propose it, with ERROR's kind of mistake (Table II's kinds)."""
     if error == "filtering":
         return
     if error == "boundary":
-        y0, y1, x0, x1 = (int(np.clip(v + rng.choice([-1, 1]) * rng.integers(2, 5), 0, size)) for v in (y0, y1, x0, x1))
+        steps = int(rng.integers(2, 5))
+        region = (
+            binary_dilation(region, iterations=steps)
+            if rng.random() < 0.5
+            else binary_erosion(region, iterations=steps)
+        )
     if error == "merge":
-        y0, y1, x0, x1 = max(y0 - 6, 0), min(y1 + 6, size), max(x0 - 6, 0), min(x1 + 6, size)
+        region = binary_dilation(region, iterations=6)
     if error == "category":
-        category = int((category + rng.integers(1, CLASSES - 1) - 1) % (CLASSES - 1) + 1)
-    proposal[min(y0, y1) : max(y0, y1), min(x0, x1) : max(x0, x1)] = category
+        category = int((category + rng.integers(1, classes - 1) - 1) % (classes - 1) + 1)
+    proposal[region] = category
 
 
 class ColourModel:
@@ -214,10 +255,13 @@ def main() -> None:
     parser.add_argument("--round", type=float, default=2.5, help="tiles reviewed per round, % of all tiles")
     parser.add_argument("--budget", type=float, default=40.0, help="tiles reviewed in all, % of all tiles")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real", action="store_true", help="SpaceNet tiles of ../shared/data/real, not generated ones")
     parser.add_argument("--plot", type=Path, default=Path("docs/images/sim_audit.png"))
     args = parse_args(parser, tiles=60, size=32, round=10.0, budget=30.0, plot=None)
     started = time.perf_counter()
-    tiles = make_tiles(args.tiles, args.size, np.random.default_rng(args.seed))
+    rng = np.random.default_rng(args.seed)
+    tiles = real_tiles(args.size, rng) if args.real else make_tiles(args.tiles, args.size, rng)
+    args.tiles = len(tiles)
     per_round = max(1, round(args.tiles * args.round / 100))
     budget = round(args.tiles * args.budget / 100)
     corrupted = sum(t.corrupted for t in tiles)
