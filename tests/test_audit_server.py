@@ -466,3 +466,15 @@ def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
     assert selected == {
         n: (c["images"], c["pixels"]) for n, c in manifest.items() if c["images"] and n not in background
     }
+
+    # the next round: Pi-Seg (tiny) trained on the painted tiles ranks the rest, and the queue is pushed in order
+    command = ovrsis(
+        "audit", "round", "--records", str(output), "--backbone", "tiny", "--iters", "2", "--count", "3",
+        "--push", "--project", "unlabelled audit", "--url", label_studio.url,
+    )  # fmt: skip
+    ranked = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert ranked.returncode == 0, ranked.stderr[-3000:]
+    queue = json.loads((output / "audit" / "rounds" / "001" / "round.json").read_text())["queue"]
+    assert len(queue) == 3 and not set(queue) & set(painted)  # reviewed tiles are never re-ranked
+    tasks = tasks_by_key(client, "unlabelled audit (ranked)")
+    assert sorted(tasks, key=lambda key: tasks[key]["id"]) == queue  # imported in the ranked order
