@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from taxonomy.loader import DATA_DIR, Taxonomy, load_taxonomy, normalize_term
-from taxonomy.names import name_parts
+from taxonomy.names import name_parts, name_variants
 from taxonomy.relations import Relations
 
 NOMENCLATURES_DIR = DATA_DIR / "nomenclatures"
@@ -65,4 +65,13 @@ def definition_relations(exclude: Iterable[str] = ()) -> Relations:
     for (term, node), count in stated.items():
         if (term, node) not in excluded and 2 * count > holders[node]:
             broader.setdefault(term, []).append(node)
-    return Relations(broader={t: tuple(dict.fromkeys(ps)) for t, ps in broader.items()})
+    # an exclusion holds for the class name and its shorter forms ("open water" -> "water"), not for
+    # the parts of a joined name: what NLCD's "Grassland/Herbaceous" excludes, a "Grassland" may hold
+    excluded_names = {
+        (term, form)
+        for term, node in excluded
+        for form in (node, *(name_variants(node) if len(name_parts(node)) == 1 else ()))
+    }
+    return Relations(
+        broader={t: tuple(dict.fromkeys(ps)) for t, ps in broader.items()}, excluded=frozenset(excluded_names)
+    )

@@ -7,7 +7,14 @@ clearly ahead of the runner-up category. A phrase arrives as its lemma spans, lo
 match by name, synonym or lexicon, never by embedding. A word the lexicon knows but the
 taxonomy lacks ("railway" in OVRSIS95K) stays unmatched rather than being guessed, unless a
 written hypernym walk (taxonomy/relations.py) reaches a broader category the taxonomy has
-("runway" -> "impervious surfaces").
+("runway" -> "impervious surfaces"). Every term walk counts its steps: a hypernym edge is a step,
+and so is each place down a lexicon entry's list (its first relative is the word's near-synonym,
+0 steps; "meadow": grass 0, pasture 1). The class reached in the fewest steps wins, so a nearer
+class is never lost to a lexicon relative listed later ("meadow" is NLCD's grassland, through
+"grass", not its pasture). A word that reaches two classes in as few steps sits between them
+("bay": CORINE's water bodies or its sea?): it is not guessed, and `ambiguous` / `between` report
+it for `--suggest`. A term a nomenclature's definition excludes from a class ("swimming pool" from
+"open water") reaches no class of that name by any walk.
 
 The matcher knows nothing of spaCy: the caller passes a `lemmatize` function, so taxonomy terms
 and caption phrases are normalised by the same pipeline.
@@ -16,7 +23,7 @@ and caption phrases are normalised by the same pipeline.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -24,14 +31,17 @@ import numpy as np
 from taxonomy.definitions import definition_relations
 from taxonomy.embedding import TextEmbedder
 from taxonomy.loader import Taxonomy, load_lexicon, normalize_term
-from taxonomy.names import COVER_HEADS, name_parts, name_variants
+from taxonomy.names import COVER_HEADS, literal_forms, name_variants
 from taxonomy.relations import Relations, load_relations, merged
 
 Lemmatize = Callable[[Sequence[str]], list[str]]
 
 # Fitted by taxonomy/calibration.py (benchmarks/calibrate_embedding.py) for precision >= 0.95 on
-# leave-one-out pairs from ten names-only vocabularies; 0.72 before relations and calibration.
-DEFAULT_THRESHOLD = 0.7937
+# leave-one-out pairs from ten names-only vocabularies, with the matcher's default relations (the
+# lexicon's plus every bundled nomenclature's definitions, includes and excludes) and name variants,
+# as benchmarks/eval_lovo.py refits it per held-out vocabulary. 0.7937 with the lexicon's relations
+# alone; 0.72 before relations and calibration.
+DEFAULT_THRESHOLD = 0.9229
 DEFAULT_MARGIN = 0.06
 METHOD_RANK = {"exact": 0, "synonym": 1, "relation": 2, "embedding": 3}  # most certain first
 RELATION_DECAY = 0.9  # a relation match scores 0.9 per hypernym step: nearer is more certain
@@ -53,6 +63,24 @@ class CategoryMatch:
     phrase: str  # the lemma span that matched
     method: str  # exact | synonym | relation | embedding
     propose: bool = True  # False for background classes: recognised, but never proposed
+
+
+@dataclass(frozen=True, order=True)
+class Reach:
+    """How directly a term walk reaches a class: in how many steps, and from which start."""
+
+    steps: int  # the lexicon relative's place in the list + hypernym steps
+    rank: int  # 0: the span's own walk; i: from its i-th lexicon relative
+    lexical: bool = field(default=False, compare=False)  # a lexicon relative is the class's own term
+
+
+def _nearest(reach: dict[str, Reach]) -> tuple[str, ...]:
+    """The classes reached most directly, in the fewest steps. One is the match; two or more are a
+    tie, whichever walks reached them, and the word sits between them: no guess."""
+    if not reach:
+        return ()
+    steps = min(r.steps for r in reach.values())
+    return tuple(o for o, r in reach.items() if r.steps == steps)
 
 
 @dataclass(frozen=True)
@@ -107,9 +135,15 @@ class CategoryMatcher:
             self._relations = Relations()
         else:
             self._relations = _lemmatized_relations(lemmatize) if relations is None else relations.lemmatized(lemmatize)
-        self.ambiguous: dict[str, tuple[str, ...]] = {}  # span -> the classes a relation reaches equally near
+        self._reach: dict[str, dict[str, Reach]] = {}
+        self.ambiguous: dict[str, tuple[str, ...]] = {}  # span -> the classes reached in as few steps
         if use_name_variants:
             self._add_name_variants(lemmatize)
+        self._excluded: dict[str, set[str]] = {}  # term -> the classes a definition excludes it from
+        for term, node in self._relations.excluded:
+            owner = self._names.get(node) or self._synonyms.get(node)
+            if owner is not None:
+                self._excluded.setdefault(term, set()).add(owner)
         owners = {t: self._names.get(t) or self._synonyms[t] for t in dict.fromkeys([*self._names, *self._synonyms])}
         if use_relations:
             owners.update(self._relative_anchors(owners))
@@ -135,34 +169,55 @@ class CategoryMatcher:
             for span in spans:
                 if span in table:
                     return self._result(table[span], 1.0, span, method)
+        blocked: set[str] = set()  # classes a longer span is excluded from: "pool" of "swimming pool" too
         for span in spans:
-            for related in self._lexicon.get(span, ()):
-                owner = self._names.get(related) or self._synonyms.get(related)
-                if owner is not None:
-                    return self._result(owner, 1.0, span, "synonym")
-        return self._match_by_relations(spans)
-
-    def _match_by_relations(self, spans: Sequence[str]) -> CategoryMatch | None:
-        """Walk up from each span (then from its lexicon relatives) to the nearest category. When
-        two categories are reached at the same, smallest depth from the span itself, the caption
-        word sits between them ("shore": sea or sand?): no guess, and the word is kept in
-        `ambiguous` for `--suggest`."""
-        for span in spans:
-            for start in (span, *self._lexicon.get(span, ())):
-                reached: dict[str, int] = {}
-                for term, depth in self._relations.ancestors(start):
-                    owner = self._names.get(term) or self._synonyms.get(term)
-                    if owner is not None:
-                        reached.setdefault(owner, depth)
-                if not reached:
-                    continue
-                nearest = min(reached.values())
-                owners = tuple(o for o, d in reached.items() if d == nearest)
-                if len(owners) > 1 and start == span:
-                    self.ambiguous[span] = owners
-                    return None
-                return self._result(owners[0], RELATION_DECAY**nearest, span, "relation")
+            blocked |= self._excluded.get(span, set())
+            reach = {o: r for o, r in self.reach(span).items() if o not in blocked}
+            if not reach:
+                continue
+            owners = _nearest(reach)
+            if len(owners) > 1:  # the word sits between two classes ("shore": sea or sand?): no guess
+                self.ambiguous[span] = owners
+                return None
+            found = reach[owners[0]]
+            if found.lexical:  # as near through a lexicon relative that is the class's own term
+                return self._result(owners[0], 1.0, span, "synonym")
+            return self._result(owners[0], RELATION_DECAY**found.steps, span, "relation")
         return None
+
+    def reach(self, span: str) -> dict[str, Reach]:
+        """Every class a span's term walks reach, each by its most direct path: the span's own
+        hypernym walk (taxonomy/relations.py) and the walks from its lexicon relatives, a relative
+        starting at its place in the span's list (see the module's docstring)."""
+        cached = self._reach.get(span)
+        if cached is not None:
+            return cached
+        reached: dict[str, Reach] = {}
+        starts = [
+            (span, 0, 0),
+            *((term, step, rank) for rank, (term, step) in enumerate(self._lexicon.get(span, ()), 1)),
+        ]
+        excluded = self._excluded.get(span, ())
+        for start, step, rank in starts:
+            for term, depth in self._relations.ancestors(start):
+                owner = self._names.get(term) or self._synonyms.get(term)
+                if owner is None or owner in excluded:
+                    continue
+                found, known = Reach(step + depth, rank, lexical=depth == 0 and rank > 0), reached.get(owner)
+                if known is None or found < known:
+                    lexical = found.lexical or (known is not None and known.steps == found.steps and known.lexical)
+                    reached[owner] = replace(found, lexical=lexical)
+                elif found.steps == known.steps and found.lexical:
+                    reached[owner] = replace(known, lexical=True)
+        self._reach[span] = reached  # captions repeat their words: each span is walked once
+        return reached
+
+    def between(self, span: str) -> tuple[str, ...]:
+        """The classes a span reaches equally directly (no match is made for it), else ()."""
+        if span in self._names or span in self._synonyms:
+            return ()
+        owners = _nearest(self.reach(span))
+        return owners if len(owners) > 1 else ()
 
     def _add_name_variants(self, lemmatize: Lemmatize) -> None:
         """Register the shorter forms each class name implies, as names. A part of a joined name
@@ -172,8 +227,7 @@ class CategoryMatcher:
         known = self.known_terms()
         offered: dict[str, set[str]] = {}
         for category in self.taxonomy.categories:
-            parts = name_parts(category.name)
-            literal = set(parts) if len(parts) > 1 else set()
+            literal = set(literal_forms(category.name))
             variants = name_variants(category.name)
             for variant, lemma in zip(variants, _lemmatize_terms(lemmatize, variants)):
                 if lemma in COVER_HEADS or not (variant in literal or lemma in known or variant in known):
@@ -264,16 +318,22 @@ def _lemmatized_relations(lemmatize: Lemmatize) -> Relations:
 
 
 @lru_cache(maxsize=4)
-def _lemmatized_lexicon(lemmatize: Lemmatize) -> dict[str, list[str]]:
+def _lemmatized_lexicon(lemmatize: Lemmatize) -> dict[str, tuple[tuple[str, int], ...]]:
+    """term -> its (relative, steps), nearest first, each relative as written and as its lemma. A
+    relative's steps are its place in the term's list: the first is the term's own near-synonym (0
+    steps, as near as the term itself), each later one a step further ("meadow": grass 0, pasture 1)."""
     lexicon = _two_step_lexicon(load_lexicon())
     keys = list(lexicon)
     values = sorted({v for vs in lexicon.values() for v in vs})
     lemma_of = dict(zip(values, _lemmatize_terms(lemmatize, values)))
-    lexicon_lemmas: dict[str, list[str]] = {}
+    lexicon_lemmas: dict[str, tuple[tuple[str, int], ...]] = {}
     for key, key_lemma in zip(keys, _lemmatize_terms(lemmatize, keys)):
-        related = [x for v in lexicon[key] for x in dict.fromkeys((v, lemma_of[v]))]
-        lexicon_lemmas.setdefault(key_lemma, related)
-        lexicon_lemmas.setdefault(key, related)
+        related: dict[str, int] = {}
+        for place, v in enumerate(lexicon[key]):
+            for x in (v, lemma_of[v]):
+                related.setdefault(x, place)
+        lexicon_lemmas.setdefault(key_lemma, tuple(related.items()))
+        lexicon_lemmas.setdefault(key, tuple(related.items()))
     return lexicon_lemmas
 
 

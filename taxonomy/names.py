@@ -29,14 +29,22 @@ def name_parts(name: str) -> list[str]:
     return [p for p in (normalize_term(x) for x in _SPLIT.split(name)) if p]
 
 
-def name_variants(name: str) -> list[str]:
-    """Shorter forms a caption may use for the class, most literal first: the parts, then each part
-    without a cover head ("tree cover" -> "tree"), then without a qualifier ("open water" -> "water").
-    Unfiltered: the matcher keeps the ones its lexicon knows and only one class yields."""
-    variants: list[str] = []
+def literal_forms(name: str) -> list[str]:
+    """The name's own words in other spellings: the parts of a joined name, and a hyphenated or
+    underscored name with spaces ("bare-soil" -> "bare soil", "Built-up" -> "built up"), as captions write
+    it. The matcher keeps these whenever one class yields them, known to its lexicon or not."""
     parts = name_parts(name)
-    if len(parts) > 1:
-        variants += parts
+    forms = parts if len(parts) > 1 else []
+    forms += [_spaced(x) for x in (name, *parts)]
+    return list(dict.fromkeys(f for f in forms if f and f != normalize_term(name)))
+
+
+def name_variants(name: str) -> list[str]:
+    """Shorter forms a caption may use for the class, most literal first: the literal forms, then each
+    part without a cover head ("tree cover" -> "tree"), then without a qualifier ("open water" -> "water").
+    Unfiltered: the matcher keeps the ones its lexicon knows and only one class yields."""
+    variants: list[str] = literal_forms(name)
+    parts = [_spaced(p) for p in name_parts(name)]
     for part in parts:
         words = part.split()
         if len(words) > 1 and words[-1] in COVER_HEADS:
@@ -46,6 +54,11 @@ def name_variants(name: str) -> list[str]:
         if len(words) > 2 and _is_qualifier(words[0]):
             variants.append(" ".join(words[1:]))
     return list(dict.fromkeys(v for v in variants if v != normalize_term(name)))
+
+
+def _spaced(term: str) -> str:
+    """ "bare-soil" -> "bare soil": a hyphen or underscore between words is a space in a caption."""
+    return normalize_term(re.sub(r"(?<=\w)[-_](?=\w)", " ", term))
 
 
 def _is_qualifier(word: str) -> bool:

@@ -26,6 +26,9 @@ class Relations:
 
     same: dict[str, tuple[str, ...]] = field(default_factory=dict)  # term -> its set, itself first
     broader: dict[str, tuple[str, ...]] = field(default_factory=dict)  # term -> parents, nearest first
+    # (term, class name) pairs a definition excludes ("swimming pool" from "open water"): no walk,
+    # lexicon or hypernym, may take the term to a class of that name
+    excluded: frozenset[tuple[str, str]] = frozenset()
 
     def ancestors(self, term: str, max_depth: int = MAX_DEPTH) -> list[tuple[str, int]]:
         """(term, depth) in walking order: the term's set at depth 0, then each level's parents
@@ -45,16 +48,29 @@ class Relations:
         return term in self.same or term in self.broader
 
     def lemmatized(self, lemmatize: Lemmatize) -> Relations:
-        """The same relations with every term also under its lemma ("parking lots" -> "parking lot")."""
+        """The same relations with every term also under its lemma ("parking lots" -> "parking lot"):
+        a term is looked up as written and as its lemma, since a term lemmatised alone is not always
+        lemmatised as in a caption ("building" alone is the verb's "build")."""
         terms = sorted({*self.same, *self.broader, *(p for ps in self.broader.values() for p in ps)})
         lemma = dict(zip(terms, (normalize_term(x) for x in lemmatize(terms)) if terms else ()))
+
+        def forms(members: Iterable[str]) -> tuple[str, ...]:
+            return tuple(dict.fromkeys(x for m in members for x in (m, lemma[m])))
+
         same: dict[str, tuple[str, ...]] = {}
         for term, members in self.same.items():
-            same[lemma[term]] = tuple(dict.fromkeys(lemma[m] for m in members))
+            for key in dict.fromkeys((term, lemma[term])):
+                same.setdefault(key, forms(members))
         broader: dict[str, tuple[str, ...]] = {}
         for term, parents in self.broader.items():
-            broader.setdefault(lemma[term], tuple(dict.fromkeys(lemma[p] for p in parents)))
-        return Relations(same=same, broader=broader)
+            for key in dict.fromkeys((lemma[term], term)):
+                broader[key] = tuple(dict.fromkeys([*broader.get(key, ()), *forms(parents)]))
+        pairs = sorted({x for pair in self.excluded for x in pair})
+        pair_lemma = dict(zip(pairs, (normalize_term(x) for x in lemmatize(pairs)) if pairs else ()))
+        excluded = frozenset(
+            (t, n) for term, node in self.excluded for t in (term, pair_lemma[term]) for n in (node, pair_lemma[node])
+        )
+        return Relations(same=same, broader=broader, excluded=excluded)
 
 
 def load_relations() -> Relations:
@@ -86,4 +102,4 @@ def merged(first: Relations, second: Relations) -> Relations:
     for term, parents in second.broader.items():
         broader[term] = tuple(dict.fromkeys([*broader.get(term, ()), *parents]))
     same = {**second.same, **first.same}
-    return Relations(same=same, broader=broader)
+    return Relations(same=same, broader=broader, excluded=first.excluded | second.excluded)

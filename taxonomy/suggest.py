@@ -26,7 +26,7 @@ class Suggestion:
     images: int  # images whose captions used the phrase without a match
     nearest: tuple[tuple[str, float], ...]  # (category, score), best first
     known: bool = False  # the lexicon/relations know the phrase and it reaches no category here
-    between: tuple[str, ...] = ()  # categories a relation reaches equally near: left for a person to pick
+    between: tuple[str, ...] = ()  # categories its term walks reach equally directly: left for a person to pick
 
 
 def suggest(matcher: CategoryMatcher, unmatched: Counter, top: int = 40, min_images: int = 2) -> list[Suggestion]:
@@ -44,7 +44,7 @@ def suggest(matcher: CategoryMatcher, unmatched: Counter, top: int = 40, min_ima
     for row, (phrase, images) in enumerate(phrases):
         order = np.argsort(-per_category[row])[: 1 + ALTERNATIVES]
         nearest = tuple((names[i], round(float(per_category[row, i]), 3)) for i in order if proposable[i])
-        between = matcher.ambiguous.get(phrase, ())
+        between = matcher.ambiguous.get(phrase) or matcher.between(phrase)  # also when another matcher ran
         suggestions.append(Suggestion(phrase, images, nearest, known=phrase in known and not between, between=between))
     return suggestions
 
@@ -81,7 +81,9 @@ def suggestions_yaml(taxonomy_name: str, suggestions: list[Suggestion], images: 
         lines.append("# category for them rather than a synonym of a different thing:")
         lines += [f"#   {s.phrase}  # {s.images} images; {_evidence(s)}" for s in missing]
     if ambiguous:
-        lines.append("# words between two categories (relations reach both equally near): not guessed; add the")
+        lines.append(
+            "# words between two categories (their term walks reach both equally directly): not guessed; add the"
+        )
         lines.append("# word as a synonym of the one it means in your data:")
         lines += [f"#   {s.phrase}  # {s.images} images; between {', '.join(s.between)}" for s in ambiguous]
     if far:

@@ -8,7 +8,7 @@
     storage: out/.cache                # the stage cache (resume and selective reruns) [default: OUTPUT/.cache]
     tiling: {tile_size: 1024, overlap: 0, bands: null, stretch: auto, min_valid_fraction: 0.0, max_pixels: 2500000000}
                                        # max_pixels: a raster whose header claims more is quarantined unread
-    matching: {threshold: 0.7937, margin: 0.06}
+    matching: {threshold: 0.9229, margin: 0.06}
     merge: {min_area: 16, fill_holes: false, background: auto}   # auto: unclaimed pixels -> the taxonomy's background
                                        # class (propose: false) if it has one; ignore: 255
     selection: {target_tiles: 95000, quota_per_category: null, drop_unlabeled: true, domain_weight: 1.0,

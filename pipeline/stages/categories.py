@@ -24,6 +24,7 @@ from taxonomy.matcher import (
     CategoryMatcher,
     PhraseQuery,
 )
+from taxonomy.relations import Relations
 
 
 class ProposedCategory(BaseModel):
@@ -50,7 +51,16 @@ def spacy_lemmatize(terms: Sequence[str]) -> list[str]:
 
 @dataclass
 class CaptionCategorizer:
-    """Loads the models once; `categorize` takes a batch of images, each with one or more captions."""
+    """Loads the models once; `categorize` takes a batch of images, each with one or more captions.
+
+    `relations`: the hypernym edges (and excluded term/class pairs) the matcher walks. None (the
+    default) is what the product ships: the bundled lexicon's relations plus those derived from every
+    bundled nomenclature's class definitions, includes and excludes (taxonomy/definitions.py). The
+    leave-one-vocabulary-out benchmark (benchmarks/eval_lovo.py) passes the same relations built
+    without the held-out vocabulary's definitions. `name_variants`: also match the
+    shorter forms a class name implies ("Snow & ice" -> snow, "Tree cover" -> tree;
+    taxonomy/names.py); False matches names as written (the benchmark's --before).
+    """
 
     taxonomy: Taxonomy
     threshold: float = DEFAULT_THRESHOLD
@@ -58,6 +68,8 @@ class CaptionCategorizer:
     embedder_model: str | None = DEFAULT_TEXT_EMBEDDER  # None: exact, synonym, lexicon and relation only
     use_lexicon: bool = True
     use_relations: bool = True  # False: today's matcher before relation walks (the eval's baseline)
+    relations: Relations | None = None  # None: bundled lexicon + all bundled nomenclatures' definitions
+    name_variants: bool = True
 
     @cached_property
     def matcher(self) -> CategoryMatcher:
@@ -70,6 +82,8 @@ class CaptionCategorizer:
             self.margin,
             use_lexicon=self.use_lexicon,
             use_relations=self.use_relations,
+            relations=self.relations,
+            use_name_variants=self.name_variants,
         )
 
     def categorize(self, images: Sequence[Sequence[str]]) -> list[CaptionCategories]:
