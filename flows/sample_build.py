@@ -25,7 +25,9 @@ CAPTION = "many buildings and trees along a road with cars near a river"
 BROKEN = "broken.tif"
 
 
-def make_imagery(folder: Path, count: int = 3, size: int = 512, *, linked: bool = False, broken: bool = True) -> Path:
+def make_imagery(
+    folder: Path, count: int = 3, size: int = 512, *, linked: bool = False, broken: bool = True, unnamed: int = 0
+) -> Path:
     """Write `count` random RGB GeoTIFFs `scene0.tif`, `scene1.tif`, ... of `size` x `size` px into
     `folder`, and `folder.parent / "captions.jsonl"` giving each the same caption (CAPTION names
     categories of every kind, so a build needs no captioner and finds something to segment).
@@ -35,6 +37,8 @@ def make_imagery(folder: Path, count: int = 3, size: int = 512, *, linked: bool 
     Otherwise each raster has its own pixels and lies beside the previous one on the map.
     broken: also write `broken.tif`, bytes that are no raster, which a build must quarantine and never
     shard; a build that quarantines anything exits 1.
+    unnamed: the last `unnamed` scenes get a caption that names nothing ("a view"), so their tiles get no
+    proposal until a reviewer paints one (the unlabelled queue, reviews that bring a tile in).
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
@@ -57,7 +61,10 @@ def make_imagery(folder: Path, count: int = 3, size: int = 512, *, linked: bool 
     if broken:
         (folder / BROKEN).write_bytes(b"not a raster" * 20)
     captions = folder.parent / "captions.jsonl"
-    captions.write_text("".join(json.dumps({"id": f"scene{i}", "caption": CAPTION}) + "\n" for i in range(count)))
+    texts = [CAPTION if i < count - unnamed else "a view" for i in range(count)]
+    captions.write_text(
+        "".join(json.dumps({"id": f"scene{i}", "caption": text}) + "\n" for i, text in enumerate(texts))
+    )
     return folder
 
 

@@ -405,16 +405,11 @@ def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
     queues them; a reviewer paints a building on each in Label Studio; `ovrsis audit pull`; a plain rebuild
     (no server needed). Every painted tile is in the shards with the painted pixels, the balance report's
     selected column equals the manifest, and the random sample never spent a task on an unlabelled tile."""
-    from flows.sample_build import CAPTION, prefect_env, write_config
+    from flows.sample_build import prefect_env, write_config
     from pipeline.dataset.shards import ShardReader
 
-    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False)
-    (imagery.parent / "captions.jsonl").write_text(
-        json.dumps({"id": "scene0", "caption": CAPTION})
-        + "\n"
-        + json.dumps({"id": "scene1", "caption": "a view"})
-        + "\n"
-    )
+    # scene1's caption names nothing: its tiles get no proposal until a reviewer paints one
+    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False, unnamed=1)
     output = build_output / "unlabelled-build"  # under the folder the server serves
     audit = {"push_sample": 3, "unlabelled": 4, "seed": 0, "project": "unlabelled audit", "url": label_studio.url}
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, output, audit=audit)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from audit.ledger import append_reviews, read_ledger
 from audit.records import load_records
 from flows.cli import app
-from flows.sample_build import CAPTION, make_imagery, prefect_env, run_build, write_config
+from flows.sample_build import make_imagery, prefect_env, run_build, write_config
 from pipeline.cli.terminal import EXIT_REFUSED
 from pipeline.dataset.release import read_release
 from pipeline.dataset.shards import ShardReader
@@ -39,13 +39,8 @@ def release(out, version: str) -> dict:
 
 
 def test_a_release_freezes_a_round_and_the_diff_of_two_rounds_is_the_ledger(tmp_path, tiny_models_yaml):
-    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False)
-    (imagery.parent / "captions.jsonl").write_text(  # scene1 names nothing: no proposal until a reviewer paints
-        json.dumps({"id": "scene0", "caption": CAPTION})
-        + "\n"
-        + json.dumps({"id": "scene1", "caption": "a view"})
-        + "\n"
-    )
+    # scene1's caption names nothing: its tiles get no proposal until a reviewer paints one
+    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, broken=False, unnamed=1)
     out = tmp_path / "out"
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, out, selection={"target_tiles": "all"})
     assert (first := run_build(config, tmp_path / "prefect")).returncode == 0, first.stderr[-3000:]

@@ -18,7 +18,7 @@ from test_audit_ledger import brush, discard, review
 
 from audit.ledger import append_reviews
 from audit.records import load_records
-from flows.sample_build import CAPTION, make_imagery, run_build, write_config
+from flows.sample_build import make_imagery, run_build, write_config
 from pipeline.dataset.shards import ShardReader, verify_shards
 from taxonomy import load_taxonomy
 
@@ -38,14 +38,8 @@ def balance_rows(report: str) -> dict[str, tuple[int, int, int, int]]:
 
 
 def test_reviews_decide_selection_the_balance_report_and_the_manifest(tmp_path, tiny_models_yaml):
-    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256)
-    captions = imagery.parent / "captions.jsonl"  # scene1's caption names nothing: its 4 tiles get no proposal
-    captions.write_text(
-        json.dumps({"id": "scene0", "caption": CAPTION})
-        + "\n"
-        + json.dumps({"id": "scene1", "caption": "a view"})
-        + "\n"
-    )
+    # scene1's caption names nothing: its 4 tiles get no proposal
+    imagery = make_imagery(tmp_path / "data" / "rasters", count=2, size=256, unnamed=1)
     out = tmp_path / "out"
     config = write_config(tmp_path / "build.yaml", imagery, tiny_models_yaml, out, selection={"target_tiles": "all"})
     first = run_build(config, tmp_path / "prefect")
