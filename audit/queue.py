@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -144,12 +144,15 @@ def push(
     queue: str = "sample",
     shown: dict[str, str] | None = None,
     chunk: int = IMPORT_CHUNK,
+    second_opinions: Mapping[str, tuple[str, np.ndarray]] | None = None,
 ) -> PushSummary:
     """Create (or reuse) the project `title` and import the records not already in it.
 
     All-or-nothing: every check (the served root, each record's proposal) runs before anything is
     created on the server. A task's identity is its tile key (its key and the proposal it shows in
-    the "stale" queue), so pushing twice creates nothing new."""
+    the "stale" queue), so pushing twice creates nothing new. `second_opinions` (key -> (label, mask)):
+    another model's mask shown beside the build's proposal as a second prediction, named by its label
+    (an audit round's Pi-Seg where it disagrees with the proposal)."""
     if shown is None:  # (push_queues prepares every queue's tiles at once, before any push)
         shown = prepare_tiles(out_dir, records, served_root)
     project_id = ensure_project(client, title, taxonomy, out_dir, (audit_dir(out_dir) / "images").resolve())
@@ -158,7 +161,10 @@ def push(
     task_ids: list[int] = []
     for start in range(0, len(new), chunk):
         part = new[start : start + chunk]
-        payload = [task_payload(r, out_dir, served_root, taxonomy, queue, shown[r.key]) for r in part]
+        payload = [
+            task_payload(r, out_dir, served_root, taxonomy, queue, shown[r.key], (second_opinions or {}).get(r.key))
+            for r in part
+        ]
         response = client.call(
             "importing tasks",
             lambda payload=payload: client.sdk.projects.import_tasks(
@@ -293,9 +299,17 @@ class TileImages:
 
 
 def task_payload(
-    record: TileRecord, out_dir: Path, served_root: Path, taxonomy: Taxonomy, queue: str, digest: str
+    record: TileRecord,
+    out_dir: Path,
+    served_root: Path,
+    taxonomy: Taxonomy,
+    queue: str,
+    digest: str,
+    second_opinion: tuple[str, np.ndarray] | None = None,
 ) -> dict:
-    """One task: the tile's image (written by `prepare_tiles`) and one brush region per class in its proposal."""
+    """One task: the tile's image (written by `prepare_tiles`) and one brush region per class in its
+    proposal; with `second_opinion` (label, mask), that mask as a second prediction named by the label,
+    its regions `m{category index}` (a reviewer who starts from it paints regions a pull reads as new)."""
     image_path = (audit_dir(out_dir) / "images" / f"{record.key}.jpg").resolve()
     mask = proposal_mask(out_dir, record)
     proposed = [c for c in proposed_categories(mask, taxonomy) if c.propose]
@@ -304,6 +318,16 @@ def task_payload(
     conflicts = "; ".join(
         f"{c.winner_category} over {c.loser_category} ({c.pixels} px, {c.rule})" for c in record.conflicts
     )
+    predictions = [
+        {
+            "model_version": MODEL_VERSION,
+            "score": prediction_score(float(np.mean(scores))) if scores else 0.0,
+            "result": regions,
+        }
+    ]
+    if second_opinion is not None:
+        label, other = second_opinion
+        predictions.append({"model_version": label, "score": 0.0, "result": brush_regions(other, taxonomy, "m")})
     return {
         "data": {
             "image": "/data/local-files/?d=" + quote(_served_path(image_path, served_root), safe="/"),
@@ -315,13 +339,7 @@ def task_payload(
             "proposed_options": [{"value": c.name} for c in proposed],
             "conflicts_note": f"⚠ overlaps resolved by the merge: {conflicts}" if conflicts else "no overlap conflicts",
         },
-        "predictions": [
-            {
-                "model_version": MODEL_VERSION,
-                "score": prediction_score(float(np.mean(scores))) if scores else 0.0,
-                "result": regions,
-            }
-        ],
+        "predictions": predictions,
     }
 
 
@@ -333,10 +351,10 @@ def prediction_score(score: float) -> float:
     return 0.0 if math.isnan(score) else round(min(1.0, max(0.0, score)), 4)
 
 
-def brush_regions(mask: np.ndarray, taxonomy: Taxonomy) -> list[dict]:
+def brush_regions(mask: np.ndarray, taxonomy: Taxonomy, prefix: str = "r") -> list[dict]:
     """One editable brush region per class in a semantic mask, id `r{category index}` (so a pull knows
     which proposal a reviewed region came from); the background class too: editable, not judged."""
-    return [brush_region(mask == c.index, c.name, f"r{c.index}") for c in proposed_categories(mask, taxonomy)]
+    return [brush_region(mask == c.index, c.name, f"{prefix}{c.index}") for c in proposed_categories(mask, taxonomy)]
 
 
 def brush_region(pixels: np.ndarray, label: str, region_id: str) -> dict:

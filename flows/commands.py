@@ -421,6 +421,13 @@ def audit_round(
     backbone: str = typer.Option("vit-b", help="vit-b, vit-l or tiny (tests)."),
     seed: int = typer.Option(0, help="Training and random-order seed."),
     push: bool = typer.Option(False, "--push", help="Push the ranked queue to Label Studio as TITLE (ranked)."),
+    disagreement: float = typer.Option(
+        0.25,
+        min=0.0,
+        max=1.0,
+        help="With --push: show the model's mask beside the proposal, labelled as Pi-Seg's, where 1 - IoU with "
+        "the proposal is at least this (1: never).",
+    ),
     project: str | None = typer.Option(None, help="Project title [ovrsis audit: <records folder name>]."),
     url: str | None = typer.Option(None, help="Label Studio URL [LABEL_STUDIO_URL or http://127.0.0.1:8089]."),
 ) -> None:
@@ -434,7 +441,7 @@ def audit_round(
     try:
         result = run_round(records, signal, count, iters, backbone, seed, notice=lambda line: console.print(line))
         if push:
-            _push_ranked(records, result.queue, project, url)
+            _push_ranked(records, result, project, url, disagreement)
     except OvrsisError as error:
         fail(error)
     console.print(
@@ -444,12 +451,13 @@ def audit_round(
     )
 
 
-def _push_ranked(out: Path, keys: list[str], project: str | None, url: str | None) -> None:
+def _push_ranked(out: Path, result, project: str | None, url: str | None, floor: float) -> None:
     from audit.client import AuditClient
     from audit.pull import queue_title
     from audit.queue import load_live_records, push
     from audit.session import default_title
     from audit.settings import server_settings
+    from flows.rounds import second_opinions
     from taxonomy.loader import load_taxonomy
 
     client = AuditClient(server_settings(url))
@@ -458,5 +466,10 @@ def _push_ranked(out: Path, keys: list[str], project: str | None, url: str | Non
     manifest = json.loads(manifest_file(out).read_text())
     taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
     title = queue_title(project or default_title(out), "ranked")
-    summary = push(client, out, taxonomy, [by_key[k] for k in keys], title, out, "ranked")
-    console.print(f"{summary.created} task(s) created in {title!r}", highlight=False)
+    opinions = second_opinions(out, result.folder, floor) if floor < 1.0 else {}
+    records = [by_key[k] for k in result.queue]
+    summary = push(client, out, taxonomy, records, title, out, "ranked", second_opinions=opinions)
+    console.print(
+        f"{summary.created} task(s) created in {title!r}, {len(opinions)} with Pi-Seg's mask beside the proposal",
+        highlight=False,
+    )

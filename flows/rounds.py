@@ -6,7 +6,8 @@
     -> ranking signals (audit/ranking.py) -> the queue, in order -> optionally pushed to Label Studio
 
 Everything a round did is in OUT/audit/rounds/NNN/: `data/` (its shards and manifest), `piseg/` (the
-run: checkpoints, log.jsonl), `round.json` (the signal, the checkpoint and the one it started from, the
+run: checkpoints, log.jsonl), `predictions/` (the model's masks of the queued tiles, which a push shows
+beside the proposal where they disagree), `round.json` (the signal, the checkpoint and the one it started from, the
 reviewed tiles it trained on, every scored tile's signals, the queue in order). Plain functions: `ovrsis
 audit round` calls them, and so can a Prefect flow. Here, not in audit/, because only the ML backend of
 the audit may import piseg (docs/architecture.md, "Layers").
@@ -28,6 +29,8 @@ from ovrsis.errors import AuditError
 from pipeline.dataset.records import TileRecord
 from pipeline.dataset.tile_table import proposed_pixels
 from pipeline.files.layout import audit_dir, manifest_file
+from pipeline.files.safe_names import confined_path
+from pipeline.raster.outputs import write_png
 from pipeline.raster.tiling import BandRule
 from taxonomy.loader import Taxonomy, load_taxonomy
 
@@ -82,9 +85,12 @@ def run_round(
     config = load_config(None, backbone, {"train": {"iters": iters, "seed": seed}})
     checkpoint = train(folder / "data", config, folder / "piseg", init=init)
     notice(f"round {number}: scoring {len(candidates)} unreviewed tile(s) by {signal}")
-    scores = _score(out, checkpoint, candidates, taxonomy, manifest, seed)
+    model = _RoundModel(checkpoint, taxonomy, manifest)
+    scores = _score(out, model, candidates, seed)
     chosen = {key: values[signal] for key, values in scores.items()}
     queue = ranking.queue_order(chosen, count)
+    by_key = {r.key: r for r in candidates}
+    _save_predictions(folder / "predictions", model, [by_key[k] for k in queue])
     (folder / "round.json").write_text(
         json.dumps(
             {
@@ -116,32 +122,39 @@ def _write_reviewed_shards(out: Path, dest: Path, reviewed: list[TileRecord], ta
     write_shards(dest, reviewed, load, taxonomy.names, taxonomy.version, ShardConfig(val_fraction=0.0))
 
 
-def _score(
-    out: Path, checkpoint: Path, candidates: list[TileRecord], taxonomy: Taxonomy, manifest: dict, seed: int
-) -> dict[str, dict[str, float]]:
+class _RoundModel:
+    """The round's Pi-Seg over the build's tiles: class probabilities (classes, H, W) by its inference scheme."""
+
+    def __init__(self, checkpoint: Path, taxonomy: Taxonomy, manifest: dict) -> None:
+        from pipeline.build.annotate import RasterPixels
+        from piseg.inference.predict import Predictor
+
+        self.pixels, self.predictor = RasterPixels(_bands(manifest)), Predictor(checkpoint)
+        self.text = self.predictor.class_embeddings(taxonomy.names)
+
+    def probabilities(self, record: TileRecord) -> np.ndarray:
+        import torch
+
+        from piseg.inference.scheme import class_probabilities
+
+        image = self.pixels(record)[0]
+        with torch.no_grad():
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.predictor.device)
+            output = class_probabilities(self.predictor.model, tensor, self.text, self.predictor.settings)
+        return output.float().cpu().numpy()
+
+
+def _score(out: Path, model: _RoundModel, candidates: list[TileRecord], seed: int) -> dict[str, dict[str, float]]:
     """Every ranking signal for every candidate tile (the model's prediction against its proposal)."""
-    import torch
-
-    from pipeline.build.annotate import RasterPixels
-    from piseg.inference.predict import Predictor
-    from piseg.inference.scheme import class_probabilities
-
-    pixels, predictor = RasterPixels(_bands(manifest)), Predictor(checkpoint)
-    text = predictor.class_embeddings(taxonomy.names)
     disagreement, uncertainty, confidence = {}, {}, {}
-    with torch.no_grad():
-        for record in candidates:
-            image = pixels(record)[0]
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(predictor.device)
-            probabilities = class_probabilities(predictor.model, tensor, text, predictor.settings).float().cpu().numpy()
-            proposal = np.asarray(Image.open(out / record.semantic_mask))
-            disagreement[record.key] = ranking.disagreement(probabilities.argmax(0).astype(np.uint8), proposal)
-            # per-class sigmoids (Pi-Seg scores each class on its own), normalised over the classes
-            uncertainty[record.key] = ranking.uncertainty(
-                probabilities / probabilities.sum(0, keepdims=True).clip(1e-12)
-            )
-            kept = [i for i in record.instances if not i.dropped]
-            confidence[record.key] = ranking.low_confidence([i.detector_score * (i.mask_score or 1.0) for i in kept])
+    for record in candidates:
+        probabilities = model.probabilities(record)
+        proposal = np.asarray(Image.open(out / record.semantic_mask))
+        disagreement[record.key] = ranking.disagreement(probabilities.argmax(0).astype(np.uint8), proposal)
+        # per-class sigmoids (Pi-Seg scores each class on its own), normalised over the classes
+        uncertainty[record.key] = ranking.uncertainty(probabilities / probabilities.sum(0, keepdims=True).clip(1e-12))
+        kept = [i for i in record.instances if not i.dropped]
+        confidence[record.key] = ranking.low_confidence([i.detector_score * (i.mask_score or 1.0) for i in kept])
     keys = [r.key for r in candidates]
     signals = {
         "disagreement": disagreement,
@@ -151,6 +164,27 @@ def _score(
         "combined": ranking.combined(disagreement, confidence),
     }
     return {key: {name: float(values[key]) for name, values in signals.items()} for key in keys}
+
+
+def _save_predictions(folder: Path, model: _RoundModel, records: list[TileRecord]) -> None:
+    """The model's masks of the queued tiles (predictions/KEY.png): what a push shows beside the proposal."""
+    for record in records:
+        mask = model.probabilities(record).argmax(0).astype(np.uint8)
+        write_png(confined_path(folder, f"{record.key}.png", "tile key"), mask)
+
+
+def second_opinions(out: Path, round_folder: Path, floor: float) -> dict[str, tuple[str, np.ndarray]]:
+    """For each queued tile whose prediction disagrees with its proposal by at least FLOOR (1 - IoU), the
+    round model's mask and the label Label Studio shows it under (never mistaken for the build's proposal)."""
+    summary = json.loads((round_folder / "round.json").read_text())
+    opinions = {}
+    for key in summary["queue"]:
+        disagreement = summary["scores"][key]["disagreement"]
+        if disagreement >= floor:
+            mask = np.asarray(Image.open(confined_path(round_folder / "predictions", f"{key}.png", "tile key")))
+            label = f"pi-seg round {summary['number']}: disagrees with the proposal (IoU {1 - disagreement:.2f})"
+            opinions[key] = (label, mask)
+    return opinions
 
 
 def _bands(manifest: dict) -> BandRule:

@@ -465,7 +465,7 @@ def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
     # the next round: Pi-Seg (tiny) trained on the painted tiles ranks the rest, and the queue is pushed in order
     command = ovrsis(
         "audit", "round", "--records", str(output), "--backbone", "tiny", "--iters", "2", "--count", "3",
-        "--push", "--project", "unlabelled audit", "--url", label_studio.url,
+        "--push", "--project", "unlabelled audit", "--url", label_studio.url, "--disagreement", "0",
     )  # fmt: skip
     ranked = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert ranked.returncode == 0, ranked.stderr[-3000:]
@@ -473,3 +473,12 @@ def test_tiles_a_reviewer_labels_in_the_unlabelled_queue_reach_the_shards(
     assert len(queue) == 3 and not set(queue) & set(painted)  # reviewed tiles are never re-ranked
     tasks = tasks_by_key(client, "unlabelled audit (ranked)")
     assert sorted(tasks, key=lambda key: tasks[key]["id"]) == queue  # imported in the ranked order
+    summary = json.loads((output / "audit" / "rounds" / "001" / "round.json").read_text())
+    for key in queue:  # the model's mask beside the build's proposal, each named for what it is
+        by_version = {p.model_version: p for p in client.sdk.predictions.list(task=tasks[key]["id"])}
+        label = f"pi-seg round 1: disagrees with the proposal (IoU {1 - summary['scores'][key]['disagreement']:.2f})"
+        assert set(by_version) == {"ovrsis-build", label}, set(by_version)
+        predicted = np.asarray(Image.open(output / "audit" / "rounds" / "001" / "predictions" / f"{key}.png"))
+        regions = {r["value"]["brushlabels"][0] for r in by_version[label].result}
+        assert regions == {taxonomy.categories[v].name for v in np.unique(predicted)}
+        assert all(r["id"].startswith("m") for r in by_version[label].result)
