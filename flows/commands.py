@@ -357,9 +357,11 @@ def release_create(
     from pipeline.dataset.release import ReleaseInputs, create_release, read_release
     from pipeline.dataset.shards import read_manifest
     from pipeline.files.atomic import file_sha256
+    from pipeline.files.safe_names import confined_name
     from taxonomy.loader import load_taxonomy
 
     try:
+        confined_name(version, "release version")  # before anything is read: a version is one folder name
         manifest = read_manifest(out)
         fields = ("key", "queue", "project_id", "task_id", "annotation_id", "updated_at")
         reviews = [{name: getattr(review, name) for name in fields} for review, _ in ledger_entries(out)]

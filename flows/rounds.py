@@ -79,7 +79,11 @@ def run_round(
     earlier = sorted(p for p in rounds_dir(out).glob("[0-9][0-9][0-9]") if (p / "round.json").is_file())
     number = len(earlier) + 1
     folder = rounds_dir(out) / f"{number:03d}"
-    init = Path(json.loads((earlier[-1] / "round.json").read_text())["checkpoint"]) if earlier else None
+    # the previous round's model, found by its place in the previous round's folder (never a path read
+    # from a file: round.json only reports it)
+    init = earlier[-1] / "piseg" / "checkpoints" / "final.pt" if earlier else None
+    if init is not None and not init.is_file():
+        raise AuditError(f"{init}: the previous round's model is missing; remove {earlier[-1]} to redo that round")
     notice(f"round {number}: training on {len(reviewed)} reviewed tile(s)" + (f", from {init}" if init else ""))
     _write_reviewed_shards(out, folder / "data", reviewed, taxonomy, manifest)
     config = load_config(None, backbone, {"train": {"iters": iters, "seed": seed}})

@@ -121,16 +121,28 @@ def read_release(folder: Path) -> dict:
     path = folder / "release.json"
     if not path.is_file():
         raise ShardError(f"{path}: no release here (ovrsis release create makes one)")
-    release = json.loads(path.read_text())
-    if release.get("schema_version") != RELEASE_SCHEMA_VERSION:
+    try:
+        release = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ShardError(f"{path}: not a release description ({error})") from None
+    if not isinstance(release, dict) or release.get("schema_version") != RELEASE_SCHEMA_VERSION:
         raise ShardError(f"{path}: release schema {release.get('schema_version')}, this reader knows 1")
     return release
 
 
 def diff_releases(a: Path, b: Path) -> ReleaseDiff:
     """What changed from release A to release B: tiles, their categories, mask pixels per category
-    (counted pixel by pixel from both masks, for the tiles whose mask changed) and reviews."""
-    read_release(a), read_release(b)
+    (counted pixel by pixel from both masks, for the tiles whose mask changed) and reviews. A release
+    folder whose files are not what `create_release` writes is refused (ShardError), naming it."""
+    for folder in (a, b):
+        read_release(folder)
+    try:
+        return _diff(a, b)
+    except (KeyError, TypeError, ValueError, OSError) as error:
+        raise ShardError(f"{a} or {b}: a release file is damaged or not ovrsis's ({error!r})") from None
+
+
+def _diff(a: Path, b: Path) -> ReleaseDiff:
     before, after = _tiles(a), _tiles(b)
     result = ReleaseDiff(added=sorted(after.keys() - before.keys()), removed=sorted(before.keys() - after.keys()))
     changed = sorted(k for k in before.keys() & after.keys() if before[k]["mask_sha256"] != after[k]["mask_sha256"])
@@ -142,15 +154,16 @@ def diff_releases(a: Path, b: Path) -> ReleaseDiff:
     pixels: dict[str, Counter] = {}
     masks_a, masks_b = _masks(a, set(changed)), _masks(b, set(changed))
     names = read_release(b)["taxonomy"]["names"]
+
     for key in changed:
         old, new = masks_a[key], masks_b[key]
         moved = old != new
         for value, count in zip(*np.unique(new[moved], return_counts=True), strict=True):
             if value != IGNORE_INDEX:
-                pixels.setdefault(names[value], Counter())["gained"] += int(count)
+                pixels.setdefault(_name(names, value), Counter())["gained"] += int(count)
         for value, count in zip(*np.unique(old[moved], return_counts=True), strict=True):
             if value != IGNORE_INDEX:
-                pixels.setdefault(names[value], Counter())["lost"] += int(count)
+                pixels.setdefault(_name(names, value), Counter())["lost"] += int(count)
     for keys, side, direction in ((result.added, after, "gained"), (result.removed, before, "lost")):
         for key in keys:  # a tile added or removed gains or loses all its labelled pixels
             for name, count in side[key]["pixels"].items():
@@ -183,12 +196,17 @@ def _freeze_shards(out: Path, manifest: dict, target: Path) -> list[dict]:
                 if mask is None:
                     raise ShardError(f"{source}: sample {key!r} has no mask")
                 values, counts = np.unique(np.asarray(Image.open(BytesIO(mask))), return_counts=True)
-                pixels = {names[v]: int(c) for v, c in zip(values, counts, strict=True) if v != IGNORE_INDEX}
+                pixels = {_name(names, v): int(c) for v, c in zip(values, counts, strict=True) if v != IGNORE_INDEX}
                 digest = hashlib.sha256(mask).hexdigest()
                 rows.append({"key": key, "split": split, "mask_sha256": digest, "pixels": pixels})
             if skipped:
                 raise ShardError(f"{source}: {skipped[0]}")
     return sorted(rows, key=lambda row: row["key"])
+
+
+def _name(names: list[str], value: int) -> str:
+    """A mask value's class; a value past the taxonomy (a damaged or foreign mask) is named, not fatal."""
+    return names[value] if value < len(names) else f"value {value}"
 
 
 def _masks(folder: Path, keys: set[str]) -> dict[str, np.ndarray]:
