@@ -349,33 +349,48 @@ def release_create(
     licence: str = typer.Option("unspecified", help="The dataset's licence, for the card (e.g. CC-BY-4.0)."),
 ) -> None:
     """Freeze the build as OUT/releases/VERSION: its shards (linked), manifest, per-tile mask digests and
-    pixels, the ledger's digest and review identities, the build configuration and a dataset card
-    (sizes, classes, domains, balance, Table II). A release never changes: an existing version is refused."""
-    from audit.ledger import ledger_entries, ledger_path
+    pixels, the reviews the shards hold and the ledger's digest, the build configuration and a dataset card
+    (sizes, classes, domains, balance, Table II). A release never changes: an existing version is refused;
+    so is a ledger changed since the build (rebuild first: the shards would not hold its reviews)."""
+    from audit.ledger import ledger_path
+    from audit.queue import load_live_records
     from audit.stats import write_report as write_audit_report
-    from ovrsis.errors import OvrsisError
+    from flows.rounds import build_taxonomy
+    from ovrsis.errors import OvrsisError, ShardError
+    from pipeline.dataset.markdown import embedded_images
     from pipeline.dataset.release import ReleaseInputs, create_release, read_release
     from pipeline.dataset.shards import read_manifest
-    from pipeline.files.atomic import file_sha256
-    from pipeline.files.safe_names import confined_name
-    from taxonomy.loader import load_taxonomy
+    from pipeline.files.atomic import file_sha256, output_lock
+    from pipeline.files.layout import releases_dir
+    from pipeline.files.safe_names import confined_path
 
     try:
-        confined_name(version, "release version")  # before anything is read: a version is one folder name
-        manifest = read_manifest(out)
-        fields = ("key", "queue", "project_id", "task_id", "annotation_id", "updated_at")
-        reviews = [{name: getattr(review, name) for name in fields} for review, _ in ledger_entries(out)]
-        ledger = ledger_path(out)
-        audit_markdown = None
-        if reviews:
-            taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
-            write_audit_report(out, report_dir(out), taxonomy)
-            audit_markdown = (report_dir(out) / "audit_stats.md").read_text(encoding="utf-8")
-        balance = report_dir(out) / "balance.md"
-        inputs = ReleaseInputs(reviews, file_sha256(ledger) if ledger.is_file() else None, audit_markdown)
-        folder = create_release(
-            out, version, inputs, licence, balance.read_text(encoding="utf-8") if balance.is_file() else None
-        )
+        target = confined_path(releases_dir(out), version, "release version")  # before anything is read
+        if target.exists():
+            raise ShardError(f"{target}: release {version!r} exists; a release never changes (choose another version)")
+        with output_lock(out, wait=False):  # no build rewrites the shards while they are linked
+            manifest = read_manifest(out)
+            ledger = ledger_path(out)
+            if ledger.is_file() and ledger.stat().st_mtime_ns > manifest_file(out).stat().st_mtime_ns:
+                raise ShardError(
+                    f"{ledger} changed after the build wrote {manifest_file(out)}: rebuild first, so that the "
+                    "shards hold the ledger's reviews"
+                )
+            fields = ("queue", "project_id", "task_id", "annotation_id", "updated_at")
+            reviews = [
+                {"key": r.key, **{name: getattr(r.review, name) for name in fields}}
+                for r in load_live_records(out)
+                if r.review is not None
+            ]  # the reviews the build applied: what the shards hold
+            audit_markdown = None
+            if reviews:
+                write_audit_report(out, report_dir(out), build_taxonomy(out, manifest))
+                audit_markdown = embedded_images(report_dir(out) / "audit_stats.md")
+            balance = report_dir(out) / "balance.md"
+            inputs = ReleaseInputs(reviews, file_sha256(ledger) if ledger.is_file() else None, audit_markdown)
+            folder = create_release(
+                out, version, inputs, licence, embedded_images(balance) if balance.is_file() else None
+            )
     except OvrsisError as error:
         fail(error)
     release = read_release(folder)
@@ -437,13 +452,20 @@ def audit_round(
     disagreement with each unreviewed tile's proposal and its uncertainty scored, and the next queue
     ranked (written to OUT/audit/rounds/NNN/round.json; with --push, queued in Label Studio). The
     random sample queue (`ovrsis audit push`) stays random, for Table II."""
+    from audit.client import AuditClient
+    from audit.settings import server_settings
     from flows.rounds import run_round
     from ovrsis.errors import OvrsisError
+    from pipeline.files.atomic import output_lock
 
     try:
-        result = run_round(records, signal, count, iters, backbone, seed, notice=lambda line: console.print(line))
-        if push:
-            _push_ranked(records, result, project, url, disagreement)
+        client = AuditClient(server_settings(url)) if push else None
+        if client is not None:
+            client.check()  # before hours of training, not after
+        with output_lock(records, wait=False):  # no build rewrites masks and records under the round
+            result = run_round(records, signal, count, iters, backbone, seed, notice=lambda line: console.print(line))
+            if client is not None:
+                _push_ranked(client, records, result, project, disagreement)
     except OvrsisError as error:
         fail(error)
     console.print(
@@ -453,20 +475,15 @@ def audit_round(
     )
 
 
-def _push_ranked(out: Path, result, project: str | None, url: str | None, floor: float) -> None:
-    from audit.client import AuditClient
+def _push_ranked(client, out: Path, result, project: str | None, floor: float) -> None:
     from audit.pull import queue_title
     from audit.queue import load_live_records, push
     from audit.session import default_title
-    from audit.settings import server_settings
-    from flows.rounds import second_opinions
-    from taxonomy.loader import load_taxonomy
+    from flows.rounds import build_taxonomy, second_opinions
 
-    client = AuditClient(server_settings(url))
-    client.check()
     by_key = {r.key: r for r in load_live_records(out)}
     manifest = json.loads(manifest_file(out).read_text())
-    taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
+    taxonomy = build_taxonomy(out, manifest)
     title = queue_title(project or default_title(out), "ranked")
     opinions = second_opinions(out, result.folder, floor) if floor < 1.0 else {}
     records = [by_key[k] for k in result.queue]

@@ -15,8 +15,11 @@ from pipeline.dataset.markdown import embedded_images
 
 
 def _run(records: str, signal: str, count: int, iters: int, backbone: str, seed: int) -> RoundResult:
+    from pipeline.files.atomic import output_lock
+
     logger = get_run_logger()
-    return run_round(Path(records), signal, count, iters, backbone, seed, notice=logger.info)
+    with output_lock(Path(records), wait=False):  # no build rewrites masks and records under the round
+        return run_round(Path(records), signal, count, iters, backbone, seed, notice=logger.info)
 
 
 round_task = task(_run, name="round", persist_result=False, cache_policy=NO_CACHE)

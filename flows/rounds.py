@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from audit import ranking
+from audit.ledger import read_queued
 from audit.queue import load_live_records
-from ovrsis.errors import AuditError
+from ovrsis.errors import AuditError, OvrsisError
 from pipeline.dataset.records import TileRecord
 from pipeline.dataset.tile_table import proposed_pixels
 from pipeline.files.layout import audit_dir, manifest_file
@@ -69,16 +70,20 @@ def run_round(
         raise AuditError(f"unknown ranking signal {signal!r}; one of {', '.join(RANKING_SIGNALS)}")
     records = load_live_records(out)
     reviewed = [r for r in records if r.review is not None and r.semantic_mask]
-    candidates = [r for r in records if r.review is None and proposed_pixels(r)]
+    queued = {q.key for q in read_queued(out)}  # a tile with an open task in any queue is not queued twice:
+    # the random sample must stay the random sample, whatever a round ranks
+    candidates = [r for r in records if r.review is None and proposed_pixels(r) and r.key not in queued]
     if not reviewed:
         raise AuditError(f"{out}: no reviewed tile to train on; push a sample, review it, pull and rebuild first")
     if not candidates:
-        raise AuditError(f"{out}: every tile with a proposal is reviewed; nothing to rank")
+        raise AuditError(f"{out}: every tile with a proposal is reviewed or queued; nothing to rank")
     manifest = json.loads(manifest_file(out).read_text())
-    taxonomy = load_taxonomy((manifest.get("build_config") or {}).get("taxonomy", "ovrsis95k"))
-    earlier = sorted(p for p in rounds_dir(out).glob("[0-9][0-9][0-9]") if (p / "round.json").is_file())
-    number = len(earlier) + 1
+    taxonomy = build_taxonomy(out, manifest)
+    done = sorted((int(p.name), p) for p in rounds_dir(out).glob("[0-9]*") if p.name.isdigit())
+    earlier = [p for _, p in done if (p / "round.json").is_file()]
+    number = done[-1][0] + 1 if done else 1  # never a number used before, even if an older round was removed
     folder = rounds_dir(out) / f"{number:03d}"
+    folder.mkdir(parents=True, exist_ok=False)  # two rounds at once never share a folder
     # the previous round's model, found by its place in the previous round's folder (never a path read
     # from a file: round.json only reports it)
     init = earlier[-1] / "piseg" / "checkpoints" / "final.pt" if earlier else None
@@ -87,6 +92,8 @@ def run_round(
     notice(f"round {number}: training on {len(reviewed)} reviewed tile(s)" + (f", from {init}" if init else ""))
     _write_reviewed_shards(out, folder / "data", reviewed, taxonomy, manifest)
     config = load_config(None, backbone, {"train": {"iters": iters, "seed": seed}})
+    if config.train.batch_size > len(reviewed):  # an early round: a batch is every reviewed tile
+        config = load_config(None, backbone, {"train": {"iters": iters, "seed": seed, "batch_size": len(reviewed)}})
     checkpoint = train(folder / "data", config, folder / "piseg", init=init)
     notice(f"round {number}: scoring {len(candidates)} unreviewed tile(s) by {signal}")
     model = _RoundModel(checkpoint, taxonomy, manifest)
@@ -158,7 +165,9 @@ def _score(out: Path, model: _RoundModel, candidates: list[TileRecord], seed: in
         # per-class sigmoids (Pi-Seg scores each class on its own), normalised over the classes
         uncertainty[record.key] = ranking.uncertainty(probabilities / probabilities.sum(0, keepdims=True).clip(1e-12))
         kept = [i for i in record.instances if not i.dropped]
-        confidence[record.key] = ranking.low_confidence([i.detector_score * (i.mask_score or 1.0) for i in kept])
+        confidence[record.key] = ranking.low_confidence(
+            [i.detector_score * (1.0 if i.mask_score is None else i.mask_score) for i in kept]
+        )
     keys = [r.key for r in candidates]
     signals = {
         "disagreement": disagreement,
@@ -196,4 +205,25 @@ def _bands(manifest: dict) -> BandRule:
     tiling = (manifest.get("build_config") or {}).get("tiling") or {}
     return BandRule(
         bands=tuple(tiling["bands"]) if tiling.get("bands") else None, stretch=tiling.get("stretch", "auto")
+    )
+
+
+def build_taxonomy(out: Path, manifest: dict) -> Taxonomy:
+    """The taxonomy the build used, checked by its version against the manifest: the manifest's
+    configuration names it (a bundled name, or a path made relative to the build's inputs), the records
+    by name. A file edited since the build has another version and is refused: its values would mean
+    other classes."""
+    version = manifest["taxonomy"]["version"]
+    named = [(manifest.get("build_config") or {}).get("taxonomy")]
+    named += [r.provenance.get("taxonomy", {}).get("name") for r in load_live_records(out)[:1]]
+    for name in (n for n in named if isinstance(n, str)):
+        try:
+            taxonomy = load_taxonomy(name)
+        except (OvrsisError, OSError):
+            continue
+        if taxonomy.version == version:
+            return taxonomy
+    raise AuditError(
+        f"{out}: cannot find the taxonomy the build used (version {version}, named {', '.join(map(str, named))}); "
+        "run from the folder its path is relative to, or restore the file as it was"
     )

@@ -69,6 +69,8 @@ def test_a_release_freezes_a_round_and_the_diff_of_two_rounds_is_the_ledger(tmp_
     names = [TAXONOMY.categories[v].name for v in np.unique(shown) if v != 255 and TAXONOMY.categories[v].propose]
     reviews.append(review(out, emptied, [discard(*names)], annotation=99, proposal=shown))
     append_reviews(out, reviews)
+    early = runner.invoke(app, ["release", "create", str(out), "1.5"])  # the shards do not hold these reviews yet
+    assert early.exit_code == EXIT_REFUSED and "rebuild first" in early.stderr, early.stderr
     assert (second := run_build(config, tmp_path / "prefect")).returncode == 0, second.stderr[-3000:]
     two = release(out, "2.0")
     kept = json.loads((frozen / "manifest.json").read_text())  # the rebuild replaced the shards, not release 1.0's

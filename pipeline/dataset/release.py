@@ -22,8 +22,10 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
+import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -36,6 +38,7 @@ from pipeline.dataset.shards import read_manifest, read_samples
 from pipeline.files.atomic import file_sha256
 from pipeline.files.layout import manifest_file, releases_dir, shards_dir
 from pipeline.files.safe_names import confined_path
+from pipeline.raster.outputs import mask_digest
 from taxonomy.masks import IGNORE_INDEX
 
 RELEASE_SCHEMA_VERSION = 1
@@ -87,10 +90,9 @@ def create_release(
         raise ShardError(f"{folder}: release {version!r} exists; a release never changes (choose another version)")
     manifest = read_manifest(out)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{version}.part"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".release.", suffix=".part", dir=folder.parent))
     try:
-        (staging / "shards").mkdir(parents=True)
+        (staging / "shards").mkdir()
         shutil.copyfile(manifest_file(out), staging / "manifest.json")
         tiles = _freeze_shards(out, manifest, staging / "shards")
         _write_lines(staging / "tiles.jsonl", tiles)
@@ -125,8 +127,9 @@ def read_release(folder: Path) -> dict:
         release = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ShardError(f"{path}: not a release description ({error})") from None
-    if not isinstance(release, dict) or release.get("schema_version") != RELEASE_SCHEMA_VERSION:
-        raise ShardError(f"{path}: release schema {release.get('schema_version')}, this reader knows 1")
+    schema = release.get("schema_version") if isinstance(release, dict) else type(release).__name__
+    if schema != RELEASE_SCHEMA_VERSION:
+        raise ShardError(f"{path}: release schema {schema}, this reader knows {RELEASE_SCHEMA_VERSION}")
     return release
 
 
@@ -143,35 +146,34 @@ def diff_releases(a: Path, b: Path) -> ReleaseDiff:
 
 
 def _diff(a: Path, b: Path) -> ReleaseDiff:
+    if read_release(a)["taxonomy"]["version"] != read_release(b)["taxonomy"]["version"]:
+        raise ShardError(f"{a} and {b} were made with different taxonomies: their masks' values mean different classes")
+    names = read_release(b)["taxonomy"]["names"]
     before, after = _tiles(a), _tiles(b)
     result = ReleaseDiff(added=sorted(after.keys() - before.keys()), removed=sorted(before.keys() - after.keys()))
-    changed = sorted(k for k in before.keys() & after.keys() if before[k]["mask_sha256"] != after[k]["mask_sha256"])
+    changed = sorted(k for k in before.keys() & after.keys() if before[k]["mask_digest"] != after[k]["mask_digest"])
     result.masks_changed = changed
     for key in changed:
         old, new = set(before[key]["pixels"]), set(after[key]["pixels"])
         if old != new:
             result.categories_changed[key] = {"gained": sorted(new - old), "lost": sorted(old - new)}
     pixels: dict[str, Counter] = {}
-    masks_a, masks_b = _masks(a, set(changed)), _masks(b, set(changed))
-    names = read_release(b)["taxonomy"]["names"]
-
-    for key in changed:
-        old, new = masks_a[key], masks_b[key]
-        moved = old != new
-        for value, count in zip(*np.unique(new[moved], return_counts=True), strict=True):
-            if value != IGNORE_INDEX:
-                pixels.setdefault(_name(names, value), Counter())["gained"] += int(count)
-        for value, count in zip(*np.unique(old[moved], return_counts=True), strict=True):
-            if value != IGNORE_INDEX:
-                pixels.setdefault(_name(names, value), Counter())["lost"] += int(count)
+    earlier = _MaskIndex(a)
+    for key, new in _masks(b, set(changed)):  # one tile's two masks in memory at a time
+        old = earlier.mask(key)
+        moved = old != new if old.shape == new.shape else None  # another tiling: every pixel is another pixel
+        for mask, direction in ((new, "gained"), (old, "lost")):
+            values = mask[moved] if moved is not None else mask.reshape(-1)
+            for value, count in zip(*np.unique(values, return_counts=True), strict=True):
+                if value != IGNORE_INDEX:
+                    pixels.setdefault(_name(names, value), Counter())[direction] += int(count)
     for keys, side, direction in ((result.added, after, "gained"), (result.removed, before, "lost")):
         for key in keys:  # a tile added or removed gains or loses all its labelled pixels
             for name, count in side[key]["pixels"].items():
                 pixels.setdefault(name, Counter())[direction] += count
     result.pixels_changed = {name: {"gained": c["gained"], "lost": c["lost"]} for name, c in sorted(pixels.items())}
-    identity = _review_order
-    known = {identity(r) for r in _lines(a / "reviews.jsonl")}
-    result.reviews_added = [r for r in _lines(b / "reviews.jsonl") if identity(r) not in known]
+    known = {_review_order(r) for r in _lines(a / "reviews.jsonl")}
+    result.reviews_added = [r for r in _lines(b / "reviews.jsonl") if _review_order(r) not in known]
     return result
 
 
@@ -195,10 +197,10 @@ def _freeze_shards(out: Path, manifest: dict, target: Path) -> list[dict]:
                 mask = parts.get("mask.png")
                 if mask is None:
                     raise ShardError(f"{source}: sample {key!r} has no mask")
-                values, counts = np.unique(np.asarray(Image.open(BytesIO(mask))), return_counts=True)
+                labels = np.asarray(Image.open(BytesIO(mask)))
+                values, counts = np.unique(labels, return_counts=True)
                 pixels = {_name(names, v): int(c) for v, c in zip(values, counts, strict=True) if v != IGNORE_INDEX}
-                digest = hashlib.sha256(mask).hexdigest()
-                rows.append({"key": key, "split": split, "mask_sha256": digest, "pixels": pixels})
+                rows.append({"key": key, "split": split, "mask_digest": mask_digest(labels), "pixels": pixels})
             if skipped:
                 raise ShardError(f"{source}: {skipped[0]}")
     return sorted(rows, key=lambda row: row["key"])
@@ -209,14 +211,36 @@ def _name(names: list[str], value: int) -> str:
     return names[value] if value < len(names) else f"value {value}"
 
 
-def _masks(folder: Path, keys: set[str]) -> dict[str, np.ndarray]:
-    """The masks of KEYS out of a release's shards."""
-    found = {}
+def _masks(folder: Path, keys: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, mask) of KEYS out of a release's shards, one sample at a time."""
     for shard in sorted((folder / "shards").glob("*.tar")):
         for key, parts in read_samples(shard, []):
             if key in keys:
-                found[key] = np.asarray(Image.open(BytesIO(parts["mask.png"])))
-    return found
+                yield key, _decode_mask(parts["mask.png"])
+
+
+class _MaskIndex:
+    """A release's masks by key, read on demand from their place in the shards (no tile held)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._where: dict[str, tuple[Path, str]] = {}
+        for shard in sorted((folder / "shards").glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".mask.png"):
+                        self._where.setdefault(member.name.split(".", 1)[0], (shard, member.name))
+
+    def mask(self, key: str) -> np.ndarray:
+        shard, name = self._where[key]
+        with tarfile.open(shard) as tar:
+            return _decode_mask(tar.extractfile(name).read())
+
+
+def _decode_mask(data: bytes) -> np.ndarray:
+    try:
+        return np.asarray(Image.open(BytesIO(data)))
+    except Image.DecompressionBombError as error:  # a hostile release: refused, not a crash
+        raise ValueError(f"a mask too large to decode: {error}") from None
 
 
 def _tiles(folder: Path) -> dict[str, dict]:
