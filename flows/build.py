@@ -59,8 +59,10 @@ class Batch:
         self.states = states
 
 
-def _annotate_batch(batch: Batch, config: BuildConfig, keys: dict[str, str]) -> tuple[list[str], dict[str, float]]:
-    return annotate_batch(config, batch.states, keys)
+def _annotate_batch(
+    batch: Batch, config: BuildConfig, keys: dict[str, str], annotator_inputs: str
+) -> tuple[list[str], dict[str, float]]:
+    return annotate_batch(config, batch.states, keys, annotator_inputs)
 
 
 def _audit_pull(config: BuildConfig) -> int:
@@ -161,7 +163,7 @@ def build_stages(config_path: str) -> dict:
             sink.write(record.model_dump_json() + "\n")
 
         def submit(states: list[TileState]):
-            return annotate_task.submit(Batch(states), config, plan.keys(states))
+            return annotate_task.submit(Batch(states), config, plan.keys(states), plan.annotator_inputs)
 
         live = plan.tiles(rasters, keys.stems, sink)
         for lines, batch_seconds in in_order(batched(live, config.batch_size), submit, config.runner.workers + 1):

@@ -226,6 +226,9 @@ def test_batches_starting_at_once_share_one_annotator(tmp_path, tiny_models_yaml
     with ThreadPoolExecutor(threads) as pool:
         annotators = list(pool.map(first_call, range(threads)))
     assert all(annotator is annotators[0] for annotator in annotators)
+    # a worker that outlives a build: models, taxonomy or captions changed -> another Annotator, built anew
+    assert annotator_of(config, "other inputs") is not annotators[0]
+    assert annotator_of(config, "other inputs") is annotator_of(config, "other inputs")
 
 
 def test_rebuild_with_every_stage_cached_reads_no_pixel(tmp_path, tiny_models_yaml, monkeypatch):

@@ -106,6 +106,10 @@ class BuildPlan:
             version("ovrsis"),
             SCHEMA_VERSION,
         )
+        # what a worker's Annotator is built from, besides the configuration's paths: the files they name
+        # may change between builds while a remote worker lives on, and an Annotator built from the old
+        # ones must not fill the cache under the new keys
+        self.annotator_inputs = digest("annotator", self.fingerprints, self.captions)
         self.cache = StageCache(config.storage_dir)
         self.used_keys: list[str] = []
         self.tiles_seen = 0
@@ -215,14 +219,15 @@ def sample_cache(config: BuildConfig) -> SampleCache:
 
 
 def annotate_batch(
-    config: BuildConfig, states: list[TileState], keys: dict[str, str]
+    config: BuildConfig, states: list[TileState], keys: dict[str, str], annotator_inputs: str = ""
 ) -> tuple[list[str], dict[str, float]]:
     """One batch through every stage (cached stages restored, the others run and stored), then its
     masks written and its image parts encoded into the sample cache; returns the records as JSON
     lines and the seconds per stage run. A batch whose every stage is cached (a rebuild with nothing
-    changed) reads no pixel unless something asks for it (an overlay, an image part not cached)."""
+    changed) reads no pixel unless something asks for it (an overlay, an image part not cached).
+    `annotator_inputs` (`BuildPlan.annotator_inputs`) picks the process's Annotator with the configuration."""
     apply_thread_budget_once(worker_threads(config.runner))  # in whatever process the runner put this batch
-    annotator = annotator_of(config)
+    annotator = annotator_of(config, annotator_inputs)
     cache, samples = StageCache(config.storage_dir), sample_cache(config)
     started = time.perf_counter()
     pixels = BatchPixels(annotator, states)
@@ -243,18 +248,20 @@ def annotate_batch(
 _ANNOTATOR_LOCK = threading.Lock()
 
 
-def annotator_of(config: BuildConfig) -> Annotator:
+def annotator_of(config: BuildConfig, inputs: str = "") -> Annotator:
     """The process's one Annotator for this configuration. Locked, because the thread runner starts
     two batches at once: unlocked, both missed the cache and built an Annotator each, whose model
     loads (each serialised only within its own Annotator) then overlapped, and a SAM built while
     transformers had torch patched for meta-device loading came out empty ("Cannot copy out of meta
-    tensor"), quarantining a batch of good tiles."""
+    tensor"), quarantining a batch of good tiles. One per configuration and INPUTS (the digest of the
+    models, taxonomy and captions the plan saw): a worker that outlives a build never reuses an Annotator
+    built from files that have changed since."""
     with _ANNOTATOR_LOCK:
-        return _annotator(config.model_dump_json())
+        return _annotator(config.model_dump_json(), inputs)
 
 
 @lru_cache(maxsize=2)
-def _annotator(config_json: str) -> Annotator:
+def _annotator(config_json: str, inputs: str) -> Annotator:
     """One Annotator (and so one set of loaded models) per worker process and configuration (keyed by
     its JSON: a configuration object is not hashable)."""
     from pipeline.models.config import ModelSet, load_models_config
