@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -377,14 +378,15 @@ def release_create(
                     "shards hold the ledger's reviews"
                 )
             fields = ("queue", "project_id", "task_id", "annotation_id", "updated_at")
+            records = load_live_records(out)
             reviews = [
                 {"key": r.key, **{name: getattr(r.review, name) for name in fields}}
-                for r in load_live_records(out)
+                for r in records
                 if r.review is not None
             ]  # the reviews the build applied: what the shards hold
             audit_markdown = None
             if reviews:
-                write_audit_report(out, report_dir(out), build_taxonomy(out, manifest))
+                write_audit_report(out, report_dir(out), build_taxonomy(manifest, records))
                 audit_markdown = embedded_images(report_dir(out) / "audit_stats.md")
             balance = report_dir(out) / "balance.md"
             inputs = ReleaseInputs(reviews, file_sha256(ledger) if ledger.is_file() else None, audit_markdown)
@@ -417,7 +419,7 @@ def release_diff(
     except OvrsisError as error:
         fail(error)
     if as_json:
-        typer.echo(json.dumps(change.as_dict(), indent=2, sort_keys=True))
+        typer.echo(json.dumps(asdict(change), indent=2, sort_keys=True))
         return
     out = Console(soft_wrap=True)
     out.print(
@@ -483,7 +485,7 @@ def _push_ranked(client, out: Path, result, project: str | None, floor: float) -
 
     by_key = {r.key: r for r in load_live_records(out)}
     manifest = json.loads(manifest_file(out).read_text())
-    taxonomy = build_taxonomy(out, manifest)
+    taxonomy = build_taxonomy(manifest, list(by_key.values()))
     title = queue_title(project or default_title(out), "ranked")
     opinions = second_opinions(out, result.folder, floor) if floor < 1.0 else {}
     records = [by_key[k] for k in result.queue]

@@ -78,7 +78,7 @@ def run_round(
     if not candidates:
         raise AuditError(f"{out}: every tile with a proposal is reviewed or queued; nothing to rank")
     manifest = json.loads(manifest_file(out).read_text())
-    taxonomy = build_taxonomy(out, manifest)
+    taxonomy = build_taxonomy(manifest, records)
     done = sorted((int(p.name), p) for p in rounds_dir(out).glob("[0-9]*") if p.name.isdigit())
     earlier = [p for _, p in done if (p / "round.json").is_file()]
     number = done[-1][0] + 1 if done else 1  # never a number used before, even if an older round was removed
@@ -208,14 +208,14 @@ def _bands(manifest: dict) -> BandRule:
     )
 
 
-def build_taxonomy(out: Path, manifest: dict) -> Taxonomy:
+def build_taxonomy(manifest: dict, records: list[TileRecord]) -> Taxonomy:
     """The taxonomy the build used, checked by its version against the manifest: the manifest's
     configuration names it (a bundled name, or a path made relative to the build's inputs), the records
     by name. A file edited since the build has another version and is refused: its values would mean
     other classes."""
     version = manifest["taxonomy"]["version"]
     named = [(manifest.get("build_config") or {}).get("taxonomy")]
-    named += [r.provenance.get("taxonomy", {}).get("name") for r in load_live_records(out)[:1]]
+    named += [r.provenance.get("taxonomy", {}).get("name") for r in records[:1]]
     for name in (n for n in named if isinstance(n, str)):
         try:
             taxonomy = load_taxonomy(name)
@@ -224,6 +224,6 @@ def build_taxonomy(out: Path, manifest: dict) -> Taxonomy:
         if taxonomy.version == version:
             return taxonomy
     raise AuditError(
-        f"{out}: cannot find the taxonomy the build used (version {version}, named {', '.join(map(str, named))}); "
+        f"cannot find the taxonomy the build used (version {version}, named {', '.join(map(str, named))}); "
         "run from the folder its path is relative to, or restore the file as it was"
     )

@@ -65,16 +65,6 @@ class ReleaseDiff:
     masks_changed: list[str] = field(default_factory=list)  # tiles in both whose mask differs
     reviews_added: list[dict] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
-        return {
-            "added": self.added,
-            "removed": self.removed,
-            "masks_changed": self.masks_changed,
-            "categories_changed": self.categories_changed,
-            "pixels_changed": self.pixels_changed,
-            "reviews_added": self.reviews_added,
-        }
-
 
 def release_digest(manifest_sha256: str, ledger_sha256: str | None) -> str:
     return hashlib.sha256(f"{manifest_sha256}\n{ledger_sha256 or 'no ledger'}\n".encode()).hexdigest()
